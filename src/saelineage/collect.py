@@ -1,0 +1,210 @@
+"""collect: run the model over a corpus once, encode every layer with its SAE, store codes.
+
+Shards hold `shard_windows` whole windows and are written atomically, so after a crash
+the complete shards are kept and collection resumes with the first missing one; the
+summary files are then rebuilt from all shards, which makes a resumed run end
+byte-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saelineage import __version__
+from saelineage.data.corpus import load_corpus
+from saelineage.data.finalize import summarize_run, write_vocab
+from saelineage.data.store import LayerCodes, list_shards, remove_stale_temporaries, shard_path, write_shard
+from saelineage.data.windows import make_windows
+from saelineage.errors import SaelineageError
+from saelineage.progress import console, progress
+from saelineage.run import SCHEMA_VERSION, RunDir, config_hash
+
+
+@dataclass
+class CollectConfig:
+    """What `saelineage collect` runs; its hash guards a run directory against mixing configs."""
+
+    model: str = "smollm2"
+    """Preset name (`smollm2`, `gpt2`), local HF folder or hub id."""
+    saes: str | None = None
+    """Folder of SAELens/sparsify SAE folders, or a SAELens release name (e.g. gpt2-small-res-jb)."""
+    layers: list[int] | None = None
+    """Layers to encode (default: every layer that has an SAE)."""
+    corpus: str = "default"
+    """Text file, folder, .jsonl, .parquet, or `default` (bundled English text)."""
+    text_column: str = "text"
+    """Field holding the text in JSONL/Parquet corpora."""
+    window: int = 128
+    """Tokens per window, BOS included."""
+    max_tokens: int | None = None
+    """Cap on tokens collected (whole windows)."""
+    first_window: int = 0
+    """Skip this many corpus windows (e.g. those used to train the SAEs)."""
+    batch_windows: int = 16
+    """Windows per forward pass."""
+    shard_windows: int = 64
+    """Windows per shard file (a multiple of batch_windows keeps batches identical on resume)."""
+    examples_k: int = 20
+    """Top activating examples kept per feature."""
+    include_bos: bool = False
+    """Count position 0 of BOS-led windows in feature statistics."""
+    dtype: str = "float32"
+    """Model and SAE dtype (bf16 is very slow on CPUs)."""
+    device: str = "cpu"
+    """cpu or cuda."""
+    center_residual: bool | None = None
+    """Mean-centre residuals before encoding (default: on for the gpt2 preset, as TransformerLens SAEs expect)."""
+    extra: dict = field(default_factory=dict)
+    """Free-form provenance (not part of the identity hash)."""
+
+    def identity(self) -> dict:
+        d = asdict(self)
+        for key in ("device", "extra", "batch_windows"):
+            d.pop(key)
+        return d
+
+
+def _check_finite(x: torch.Tensor, layer: int, windows: np.ndarray) -> None:
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        b, s = (int(v) for v in torch.nonzero(bad.any(-1))[0])
+        raise SaelineageError(
+            f"non-finite residual (NaN/inf) at layer {layer}, window {int(windows[b])}, position {s}.",
+            "use --dtype float32, check the model weights, or exclude that text; complete shards are kept.",
+        )
+
+
+def _prepare_run(run: RunDir, cfg: CollectConfig, force: bool) -> str:
+    run.check_writable()
+    ident = config_hash(cfg.identity())
+    if run.exists():
+        old = run.load()
+        if old.get("config_hash") != ident:
+            if not force:
+                raise SaelineageError(
+                    f"{run.path} holds a run made with a different configuration "
+                    f"(hash {old.get('config_hash')} vs {ident}).",
+                    "choose another output directory, or pass --force to discard that run.",
+                )
+            shutil.rmtree(run.path)
+            run.check_writable()
+        elif force:
+            shutil.rmtree(run.path)
+            run.check_writable()
+    remove_stale_temporaries(run)
+    return ident
+
+
+def collect(run_dir: str | Path, cfg: CollectConfig, force: bool = False, adapter=None, saes=None) -> RunDir:
+    """Collect sparse codes into `run_dir` (resumes an interrupted run of the same config)."""
+    from saelineage.models.loading import load_model
+    from saelineage.saes.resolve import resolve_saes
+
+    run = RunDir(run_dir)
+    ident = _prepare_run(run, cfg, force)
+    if run.is_complete("collect"):
+        console.print(f"collect: {run.path} is complete; skipping (use --force to redo).")
+        return run
+    if cfg.shard_windows % cfg.batch_windows:
+        raise SaelineageError(f"--shard-windows {cfg.shard_windows} is not a multiple of --batch-windows {cfg.batch_windows}.",
+                              "choose shard windows as a multiple of batch windows.")
+    adapter = adapter or load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, center_residual=cfg.center_residual)
+    saes = saes if saes is not None else resolve_saes(cfg.saes, cfg.model, device=cfg.device, dtype=cfg.dtype)
+    layers = sorted(saes) if cfg.layers is None else sorted(cfg.layers)
+    unknown = [l for l in layers if l not in saes]
+    if unknown:
+        raise SaelineageError(f"no SAE for layers {unknown} (SAEs exist for {sorted(saes)}).",
+                              "choose --layers among those, or add SAEs for them.")
+    for l in layers:
+        saes[l].validate_for(adapter)
+    hooks = {l: saes[l].hook for l in layers}
+
+    corpus = load_corpus(cfg.corpus, cfg.text_column)
+    need = None if cfg.max_tokens is None else cfg.max_tokens + cfg.first_window * cfg.window
+    wins = make_windows(adapter.tokenizer, corpus.docs, cfg.window, need)
+    ids = wins.ids[cfg.first_window:]
+    if cfg.max_tokens is not None:
+        ids = ids[: cfg.max_tokens // cfg.window]
+    if len(ids) == 0:
+        raise SaelineageError(
+            f"the corpus has no windows left after skipping {cfg.first_window} (it has {len(wins.ids)}).",
+            "lower --first-window or use a larger corpus.",
+        )
+    n_windows = len(ids)
+    n_shards = -(-n_windows // cfg.shard_windows)
+    manifest = run.load() if run.exists() else {}
+    manifest.update(
+        schema_version=SCHEMA_VERSION,
+        saelineage_version=__version__,
+        config_hash=ident,
+        config=cfg.identity() | {"device": cfg.device, "batch_windows": cfg.batch_windows},
+        model=adapter.identity,
+        saes={str(l): saes[l].meta | {"hook_name": saes[l].hook_name, "architecture": saes[l].architecture,
+                                       "d_in": saes[l].d_in, "d_sae": saes[l].d_sae} for l in layers},
+        layers=layers,
+        hooks={str(l): hooks[l].name for l in layers},
+        d_sae={str(l): saes[l].d_sae for l in layers},
+        d_model=adapter.d_model,
+        corpus=corpus.identity,
+        window=cfg.window,
+        bos=wins.bos,
+        include_bos=cfg.include_bos,
+        first_window=cfg.first_window,
+        n_windows=n_windows,
+        n_tokens=int(n_windows * cfg.window),
+        shard_windows=cfg.shard_windows,
+        n_shards=n_shards,
+        center_residual=adapter.center_residual,
+        thresholds={"active": 0.0},
+    )
+    manifest.setdefault("stages", {})
+    run.save(manifest)
+    if adapter.tokenizer is not None and not run.file("vocab.json").is_file():
+        write_vocab(run, adapter.tokenizer)
+
+    done = {int(p.name[6:11]) for p in list_shards(run)}
+    todo = [i for i in range(n_shards) if i not in done]
+    with run.stage("collect") as info, progress() as bar:
+        already = sum(min(cfg.shard_windows, n_windows - i * cfg.shard_windows) for i in done if i < n_shards)
+        task = bar.add_task("collect", total=n_windows * cfg.window, rate="", completed=already * cfg.window)
+        t0, n_new = time.perf_counter(), 0
+        for i in todo:
+            w0, w1 = i * cfg.shard_windows, min((i + 1) * cfg.shard_windows, n_windows)
+            parts: dict[int, list[LayerCodes]] = {l: [] for l in layers}
+            for b0 in range(w0, w1, cfg.batch_windows):
+                b1 = min(b0 + cfg.batch_windows, w1)
+                batch = torch.from_numpy(ids[b0:b1])
+                res = adapter.residuals(batch, [hooks[l] for l in layers])
+                for l in layers:
+                    x = res[hooks[l]].reshape(-1, adapter.d_model)
+                    _check_finite(x.view(b1 - b0, cfg.window, -1), l, np.arange(b0, b1))
+                    parts[l].append(saes[l].encode_sparse(x.to(saes[l].W_enc.dtype)))
+                n_new += (b1 - b0) * cfg.window
+                bar.update(task, advance=(b1 - b0) * cfg.window,
+                           rate=f"{n_new / (time.perf_counter() - t0):,.0f} tok/s")
+            t = (w1 - w0) * cfg.window
+            window = np.repeat(np.arange(w0, w1, dtype=np.int32), cfg.window)
+            pos = np.tile(np.arange(cfg.window, dtype=np.int32), w1 - w0)
+            write_shard(run, i, ids[w0:w1].reshape(-1).astype(np.int32), window, pos,
+                        {l: concat_codes(parts[l]) for l in layers})
+            assert shard_path(run, i).is_file() and t == len(window)
+        info.update(summarize_run(run, cfg.examples_k, progress=bar))
+        elapsed = time.perf_counter() - t0
+        info["tokens_per_second"] = round(n_new / elapsed, 1) if n_new else None
+    return run
+
+
+def concat_codes(parts: list[LayerCodes]) -> LayerCodes:
+    """Stack CSR blocks of consecutive tokens."""
+    if len(parts) == 1:
+        return parts[0]
+    offsets = np.cumsum([0] + [len(p.indices) for p in parts[:-1]])
+    indptr = np.concatenate([parts[0].indptr[:1]] + [p.indptr[1:] + o for p, o in zip(parts, offsets)])
+    return LayerCodes(indptr.astype(np.int64), np.concatenate([p.indices for p in parts]),
+                      np.concatenate([p.values for p in parts]))

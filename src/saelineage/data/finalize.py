@@ -1,0 +1,73 @@
+"""Summary pass over a run's shards: features.parquet and examples.parquet.
+
+Collection and the store API both end here, so an imported run and a collected one have
+the same files. One streaming pass; memory is O(d_sae · K) per layer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from saelineage.data.store import iter_shards, list_shards, token_mask
+from saelineage.data.summary import LayerSummary
+from saelineage.errors import SaelineageError
+from saelineage.run import RunDir, atomic_write_bytes
+
+
+def write_parquet(path, table: pa.Table) -> None:
+    """Write a Parquet file atomically (deterministic bytes for the same table)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def summarize_run(run: RunDir, k: int = 20, progress=None) -> dict:
+    """Stream all shards once; write features.parquet and examples.parquet. Returns counts."""
+    manifest = run.load()
+    layers = [int(x) for x in manifest["layers"]]
+    d_sae = {int(l): int(d) for l, d in manifest["d_sae"].items()}
+    bos, include_bos = bool(manifest.get("bos")), bool(manifest.get("include_bos", False))
+    acc = {l: LayerSummary(l, d_sae[l], k) for l in layers}
+    n_shards = len(list_shards(run))
+    if n_shards == 0:
+        raise SaelineageError(f"run {run.path} has no activation shards.", "run `saelineage collect` first.")
+    task = progress.add_task("summarising", total=n_shards, rate="") if progress else None
+    n_tokens = 0
+    for shard in iter_shards(run, layers):
+        mask = token_mask(shard.pos, bos, include_bos)
+        n_tokens += int(mask.sum())
+        for l in layers:
+            acc[l].add(shard.codes[l], mask, shard.window, shard.pos)
+        if progress:
+            progress.advance(task)
+    write_parquet(run.file("features.parquet"), pa.concat_tables([acc[l].features() for l in layers]))
+    write_parquet(run.file("examples.parquet"), pa.concat_tables([acc[l].examples() for l in layers]))
+    dead = {str(l): int((acc[l].count == 0).sum()) for l in layers}
+    return {"n_tokens_counted": n_tokens, "dead": dead}
+
+
+def write_vocab(run: RunDir, tokenizer) -> None:
+    """vocab.json: the string of every token id, for showing examples without the tokenizer."""
+    n = len(tokenizer)
+    strings = tokenizer.convert_ids_to_tokens(list(range(n)))
+    decoded = [tokenizer.decode([i]) for i in range(n)]
+    atomic_write_bytes(run.file("vocab.json"), json.dumps({"tokens": strings, "decoded": decoded}).encode())
+
+
+def shard_of_window(manifest: dict, window: int) -> int:
+    """Index of the shard holding `window` (shards hold whole windows)."""
+    return int(window) // int(manifest["shard_windows"])
+
+
+def window_tokens(run: RunDir, window: int) -> np.ndarray:
+    """Token ids of one window, read from its shard."""
+    from saelineage.data.store import read_shard, shard_path
+
+    manifest = run.load()
+    shard = read_shard(shard_path(run, shard_of_window(manifest, window)), layers=[])
+    return shard.tokens[shard.window == window]
