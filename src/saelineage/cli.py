@@ -20,6 +20,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """saelineage: where does an SAE feature come from, and where does it go?"""
+
+
 def _layers(text: Optional[str]) -> Optional[list[int]]:
     if text is None:
         return None
