@@ -98,7 +98,9 @@ def write_shard(
         tensors[f"l{layer}.indptr"] = np.ascontiguousarray(c.indptr, dtype=np.int64)
         tensors[f"l{layer}.indices"] = np.ascontiguousarray(c.indices, dtype=np.int32)
         tensors[f"l{layer}.values"] = np.ascontiguousarray(c.values)
-    meta = {"n_tokens": str(t), "layers": json.dumps(sorted(codes))}
+    # one metadata key: safetensors stores metadata in a hash map, so several keys would
+    # come out in a random order and identical shards would differ byte for byte
+    meta = {"saelineage": json.dumps({"n_tokens": t, "layers": sorted(codes)}, sort_keys=True)}
     run.activations.mkdir(parents=True, exist_ok=True)
     path = shard_path(run, index)
     atomic_write_bytes(path, save(tensors, metadata=meta))
