@@ -1,0 +1,1 @@
+"""SAEs: loading (SAELens, sparsify, releases), fast sparse encoding, saving, training."""
