@@ -123,6 +123,12 @@ def collect(run_dir: str | Path, cfg: CollectConfig, force: bool = False, adapte
                               "choose --layers among those, or add SAEs for them.")
     for l in layers:
         saes[l].validate_for(adapter)
+    if cfg.center_residual is None and any(
+        (saes[l].meta.get("model_from_pretrained_kwargs") or {}).get("center_writing_weights") for l in layers
+    ):
+        # SAEs trained on TransformerLens activations with centred writing weights see
+        # residuals whose mean over d_model is zero; plain HF residuals must match that
+        adapter.center_residual = True
     hooks = {l: saes[l].hook for l in layers}
 
     corpus = load_corpus(cfg.corpus, cfg.text_column)

@@ -46,8 +46,34 @@ def clean_wiki(text: str) -> str:
     return text.strip()
 
 
+BUNDLED_VERSION = 1
+
+
 def bundled_docs() -> list[str]:
-    """The bundled English default corpus (news + Wikipedia), deterministic order."""
+    """The bundled English default corpus (news + Wikipedia), deterministic order.
+
+    Parsing the Wikipedia dump takes seconds, so the cleaned documents are cached as JSON.
+    """
+    from saelineage.models.presets import cache_dir
+
+    cached = cache_dir() / "corpus" / f"bundled-v{BUNDLED_VERSION}.json"
+    if cached.is_file():
+        try:
+            return json.loads(cached.read_text(encoding="utf8"))
+        except (OSError, json.JSONDecodeError):
+            pass
+    docs = _parse_bundled()
+    try:
+        from saelineage.run import atomic_write_bytes
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cached, json.dumps(docs).encode("utf8"))
+    except OSError:
+        pass  # a read-only cache only costs time
+    return docs
+
+
+def _parse_bundled() -> list[str]:
     try:
         from gensim.corpora.wikicorpus import extract_pages, filter_wiki
         from gensim.test.utils import datapath

@@ -55,7 +55,7 @@ def write_vocab(run: RunDir, tokenizer) -> None:
     """vocab.json: the string of every token id, for showing examples without the tokenizer."""
     n = len(tokenizer)
     strings = tokenizer.convert_ids_to_tokens(list(range(n)))
-    decoded = [tokenizer.decode([i]) for i in range(n)]
+    decoded = tokenizer.batch_decode([[i] for i in range(n)])
     atomic_write_bytes(run.file("vocab.json"), json.dumps({"tokens": strings, "decoded": decoded}).encode())
 
 

@@ -181,6 +181,10 @@ def _from_saelens(folder: Path, cfg: dict[str, Any], device, dtype) -> SAE:
     _check_dims(folder, cfg.get("d_in"), cfg.get("d_sae"), w["W_enc"])
     target = to_dtype(dtype) if dtype is not None else to_dtype(cfg.get("dtype", "float32"))
     meta = {"path": str(folder.resolve()), "format": fmt, "sha256": sha256_file(weights_path)}
+    md = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    kwargs = md.get("model_from_pretrained_kwargs") or cfg.get("model_from_pretrained_kwargs")
+    if kwargs:  # e.g. center_writing_weights: tells collect to mean-centre the residual stream
+        meta["model_from_pretrained_kwargs"] = dict(kwargs)
     return sae_from_tensors(w, norm, meta, device, target)
 
 
