@@ -1,0 +1,225 @@
+"""The `ablate` stage on a run directory: sample edges, ablate, correlate, plot, error projections.
+
+Reads manifest.json, edges.parquet, features.parquet and the activation store; writes
+ablations.parquet (one row per sampled (measure, pair)), ablations.html, error_projection.parquet
+and the error columns of features.parquet. Work is saved per block of upstream layers under
+.ablate-parts/, so an interrupted stage resumes and ends with the same files.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from saelineage.causal.ablate import EFFECT_COLUMNS, ablate_pairs
+from saelineage.causal.error_projection import ERROR_COLUMNS, ending_features, merge_into_features, project_errors
+from saelineage.causal.report import correlations, print_correlations, write_plot
+from saelineage.causal.sampling import sample_edges, unique_pairs
+from saelineage.causal.windows import active_windows, choose, load_windows, window_rank
+from saelineage.data.finalize import write_parquet
+from saelineage.errors import SaelineageError
+from saelineage.progress import console, progress
+from saelineage.run import RunDir, config_hash
+
+PARTS = ".ablate-parts"
+LAYERS_PER_PART = 8
+"""Upstream layers ablated together: they share clean passes; an interrupted stage resumes per part."""
+
+
+@dataclass
+class AblateConfig:
+    """Options of `saelineage ablate` (see the command's --help)."""
+
+    measures: list[str] | None = None
+    bins: int = 10
+    per_bin: int = 10
+    seed: int = 0
+    binning: str = "width"
+    windows_per_pair: int = 8
+    layer_pairs: list[tuple[int, int]] | None = None
+    threshold: float | None = None
+    batch_rows: int = 32
+    hidden: bool = True
+    hidden_windows: int = 256
+    hidden_windows_per_feature: int = 4
+    ending_measure: str = "pearson"
+    ending_threshold: float = 0.5
+    plot: bool = True
+
+
+def ablate_run(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, force: bool = False, device: str | None = None,
+               model=None, show: bool = True) -> pa.Table:
+    """Run the ablate stage; returns ablations.parquet's table. `model` = a preloaded RunModel."""
+    cfg = cfg or AblateConfig()
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    manifest = run.require("stats")
+    if run.is_complete("ablate") and not force and run.file("ablations.parquet").is_file():
+        console.print(f"ablate: {run.path} is complete; skipping (use --force to redo).")
+        _remerge_errors(run)
+        table = pq.read_table(run.file("ablations.parquet"))
+        if show:
+            print_correlations(run.load()["stages"]["ablate"].get("correlations", []))
+        return table
+    threshold = float(cfg.threshold if cfg.threshold is not None else (manifest.get("thresholds") or {}).get("active", 0.0))
+    edges = pq.read_table(run.file("edges.parquet"))
+    sample = sample_edges(edges, cfg.measures, cfg.bins, cfg.per_bin, cfg.seed, cfg.binning, cfg.layer_pairs)
+    if sample.num_rows == 0:
+        raise SaelineageError("edges.parquet has no edges to sample for the chosen measures and layer pairs.",
+                              "lower stats thresholds, or choose other --measures / --layer-pairs.")
+    pairs, inverse = unique_pairs(sample)
+    key = config_hash({"cfg": asdict(cfg), "threshold": threshold, "pairs": pairs.tolist(),
+                       "collect": manifest.get("config_hash"), "stats": manifest["stages"]["stats"].get("started")})
+    if force:
+        shutil.rmtree(run.file(PARTS), ignore_errors=True)
+    with run.stage("ablate", config=asdict(cfg)) as info:
+        rm = model
+        if rm is None:
+            from saelineage.session import load_run_model
+
+            rm = load_run_model(run, device=device)
+        # windows per downstream feature (shared by every pair that ends in it)
+        wanted: dict[int, list[int]] = {}
+        for _, _, m, j in pairs.tolist():
+            wanted.setdefault(m, []).append(j)
+        act = active_windows(run, {m: np.asarray(v) for m, v in wanted.items()}, threshold)
+        rank = window_rank(manifest["n_windows"], cfg.seed)
+        pw = [choose(act[(int(m), int(j))], cfg.windows_per_pair, rank) for _, _, m, j in pairs]
+        parts_dir = run.file(PARTS)
+        parts_dir.mkdir(exist_ok=True)
+        results, stats = [], {"forward_passes": 0, "rows": 0, "jobs_pruned": 0}
+        with progress() as bar:
+            layers = sorted(set(pairs[:, 0].tolist()))
+            blocks = [layers[i:i + LAYERS_PER_PART] for i in range(0, len(layers), LAYERS_PER_PART)]
+            task = bar.add_task("ablate", total=len(blocks), rate="")
+            for block in blocks:
+                part = parts_dir / f"l{block[0]}-{block[-1]}-{key}.parquet"
+                sel = np.flatnonzero(np.isin(pairs[:, 0], block))
+                if part.is_file():
+                    results.append(pq.read_table(part))
+                    bar.advance(task)
+                    continue
+                wins = np.unique(np.concatenate([pw[p] for p in sel]))
+                ids, mask = load_windows(run, wins)
+                local = [np.searchsorted(wins, pw[p]) for p in sel]
+                res = ablate_pairs(rm.adapter, rm.saes, ids, pairs[sel], local, mask, threshold, cfg.batch_rows)
+                for k in stats:
+                    stats[k] += int(res.info.get(k, 0))
+                write_parquet(part, res.table)
+                results.append(res.table)
+                bar.advance(task)
+        effects = pa.concat_tables(results)
+        table = _join(sample, pairs, inverse, effects)
+        write_parquet(run.file("ablations.parquet"), table)
+        corr = correlations(table)
+        info.update(n_rows=table.num_rows, n_pairs=int(len(pairs)), threshold=threshold, correlations=corr,
+                    **{f"{k}": v for k, v in stats.items()})
+        if cfg.plot:
+            write_plot(table, run.file("ablations.html"), f"Ablation effect vs similarity — {run.path.name}")
+        if cfg.hidden:
+            info["error_projection"] = _hidden(run, rm, cfg, threshold)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    if show:
+        print_correlations(corr)
+    return table
+
+
+def _join(sample: pa.Table, pairs: np.ndarray, inverse: np.ndarray, effects: pa.Table) -> pa.Table:
+    """Sample rows + the effect of their pair, matched on the full (src_layer, src, dst_layer, dst) key."""
+    ekey = np.stack([effects.column(c).to_numpy().astype(np.int64) for c in ("src_layer", "src", "dst_layer", "dst")], 1)
+    index = {tuple(r): k for k, r in enumerate(ekey.tolist())}
+    if len(index) != effects.num_rows:
+        raise RuntimeError("ablation results hold a pair twice")
+    missing = [tuple(p) for p in pairs.tolist() if tuple(p) not in index]
+    if missing:
+        raise RuntimeError(f"ablation results miss sampled pairs, e.g. {missing[:3]}")
+    at = np.array([index[tuple(p)] for p in pairs.tolist()], np.int64)
+    take = pa.array(at[inverse])
+    cols = {c: sample.column(c) for c in sample.column_names}
+    for c in EFFECT_COLUMNS:
+        cols[c] = effects.column(c).take(take)
+    return pa.table(cols)
+
+
+def _hidden(run: RunDir, rm, cfg: AblateConfig, threshold: float) -> dict:
+    """Error projections of ending features; writes error_projection.parquet and merges into features."""
+    feats, note = ending_features(run, cfg.ending_measure, cfg.ending_threshold)
+    console.print(f"hidden in the error: {note}.")
+    layers = sorted(int(l) for l in run.load()["layers"])
+    nxt = dict(zip(layers[:-1], layers[1:]))
+    if cfg.layer_pairs:
+        keep = {a for a, _ in cfg.layer_pairs}
+        feats = {l: f for l, f in feats.items() if l in keep}
+    feats = {l: f for l, f in feats.items() if len(f)}
+    if not feats:
+        console.print("hidden in the error: no ending features; nothing to project.")
+        return {"note": note, "n_features": 0}
+    act = active_windows(run, feats, threshold)
+    rank = window_rank(run.load()["n_windows"], cfg.seed)
+    chosen = {lf: choose(w, cfg.hidden_windows_per_feature, rank) for lf, w in act.items()}
+    wins = _cover(chosen, cfg.hidden_windows, cfg.seed)
+    ids, mask = load_windows(run, wins)
+    proj = project_errors(rm.adapter, rm.saes, ids, mask, feats, nxt, threshold, cfg.batch_rows)
+    write_parquet(run.file("error_projection.parquet"), proj)
+    merge_into_features(run, proj)
+    rel = np.asarray(proj.column("error_proj_rel").to_pylist(), dtype=float)
+    base = np.asarray(proj.column("error_proj_base").to_pylist(), dtype=float)
+    ok = np.isfinite(rel)
+    summary = {"note": note, "n_features": proj.num_rows, "n_windows": int(len(wins)), "n_measured": int(ok.sum()),
+               "median_error_proj_rel": float(np.median(rel[ok])) if ok.any() else None,
+               "median_error_proj_base": float(np.nanmedian(base)) if np.isfinite(base).any() else None}
+    console.print(f"hidden in the error: {summary['n_measured']} ending features measured; median share of their "
+                  f"write found in the next SAE's error: {summary['median_error_proj_rel']}")
+    return summary
+
+
+def _cover(chosen: dict[tuple[int, int], np.ndarray], cap: int, seed: int) -> np.ndarray:
+    """At most `cap` windows, taken round-robin over features in a seeded order (each feature gets
+    its first window before any gets a second)."""
+    keys = sorted(chosen)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    out: list[int] = []
+    seen: set[int] = set()
+    depth = max((len(v) for v in chosen.values()), default=0)
+    for r in range(depth):
+        for k in order:
+            w = chosen[keys[k]]
+            if r < len(w) and int(w[r]) not in seen:
+                if len(out) >= cap:
+                    return np.sort(np.asarray(out, np.int64))
+                seen.add(int(w[r]))
+                out.append(int(w[r]))
+    return np.sort(np.asarray(out, np.int64))
+
+
+def _remerge_errors(run: RunDir) -> None:
+    """Put the error columns back into features.parquet if a later stage rewrote it without them."""
+    p = run.file("error_projection.parquet")
+    if p.is_file() and run.file("features.parquet").is_file():
+        if not set(ERROR_COLUMNS) <= set(pq.read_schema(run.file("features.parquet")).names):
+            merge_into_features(run, pq.read_table(p))
+
+
+def demo_ablation(run_dir: str | Path, layer_pairs: Sequence[tuple[int, int]] | None = None, max_layer_pairs: int = 3,
+                  model=None) -> list[dict]:
+    """The demo's small sample: 5 bins x 4 pairs per measure on up to `max_layer_pairs` layer pairs spread
+    over the depth, 4 windows per pair; prints the correlations and returns them."""
+    run = RunDir(run_dir)
+    run.require("stats")
+    if layer_pairs is None:
+        edges = pq.read_table(run.file("edges.parquet"), columns=["src_layer", "dst_layer"])
+        lp = sorted(set(zip(edges.column("src_layer").to_pylist(), edges.column("dst_layer").to_pylist())))
+        lp = [p for p in lp if p[1] - p[0] == min(b - a for a, b in lp)] if lp else lp
+        pick = np.unique(np.linspace(0, len(lp) - 1, min(max_layer_pairs, len(lp))).round().astype(int)) if lp else []
+        layer_pairs = [lp[i] for i in pick]
+    cfg = AblateConfig(measures=None, bins=5, per_bin=4, windows_per_pair=4, layer_pairs=list(layer_pairs),
+                       hidden_windows=64, hidden_windows_per_feature=1)
+    table = ablate_run(run, cfg, model=model, show=False)
+    rows = correlations(table)
+    print_correlations(rows)
+    return rows

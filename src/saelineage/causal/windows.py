@@ -1,0 +1,70 @@
+"""Which corpus windows to run: read from the run's activation store, never from a model."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from saelineage.data.store import iter_shards, read_shard, shard_path, token_mask
+from saelineage.run import RunDir
+
+
+def active_windows(run: RunDir, wanted: dict[int, np.ndarray], threshold: float = 0.0) -> dict[tuple[int, int], np.ndarray]:
+    """Windows (sorted, unique int64) where each wanted feature is active on the token set.
+
+    wanted: {layer: feature ids}. One streaming pass over the shards; independent of sharding."""
+    m = run.load()
+    bos, include_bos = bool(m.get("bos")), bool(m.get("include_bos", False))
+    layers = sorted(l for l, f in wanted.items() if len(f))
+    feats = {l: np.unique(np.asarray(wanted[l], dtype=np.int64)) for l in layers}
+    hits: dict[int, list[np.ndarray]] = {l: [] for l in layers}
+    for shard in iter_shards(run, layers):
+        keep = token_mask(shard.pos, bos, include_bos)
+        for l in layers:
+            csr = shard.codes[l].csr(int(m["d_sae"][str(l)]))[np.flatnonzero(keep)][:, feats[l]].tocoo()
+            on = csr.data > threshold
+            win = shard.window[np.flatnonzero(keep)][csr.row[on]].astype(np.int64)
+            hits[l].append(np.stack([csr.col[on].astype(np.int64), win], axis=1))
+    out: dict[tuple[int, int], np.ndarray] = {}
+    for l in layers:
+        allh = np.unique(np.concatenate(hits[l]), axis=0) if hits[l] else np.zeros((0, 2), np.int64)
+        split = np.searchsorted(allh[:, 0], np.arange(len(feats[l]) + 1))
+        for k, f in enumerate(feats[l]):
+            out[(l, int(f))] = allh[split[k]:split[k + 1], 1]
+    return out
+
+
+def window_rank(n_windows: int, seed: int) -> np.ndarray:
+    """A seeded random rank for every window of the run: int64 [n_windows]."""
+    return np.random.default_rng([int(seed), 0x5A11]).permutation(int(n_windows)).astype(np.int64)
+
+
+def choose(windows: np.ndarray, k: int, rank: np.ndarray) -> np.ndarray:
+    """Up to k of `windows` (sorted): those first in the shared random `rank`.
+
+    Per feature this is a uniform random draw among the windows where it is active; across
+    features the draws are coordinated (features active in the same windows get the same
+    ones), so the union of windows to run stays small and the clean passes are shared."""
+    windows = np.asarray(windows, dtype=np.int64)
+    if len(windows) <= k:
+        return windows
+    return np.sort(windows[np.argsort(rank[windows], kind="stable")[:k]])
+
+
+def load_windows(run: RunDir, windows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """Token ids int64 [W, S] and the token-set mask bool [W, S] of `windows` (in the given order)."""
+    m = run.load()
+    windows = np.asarray(windows, dtype=np.int64)
+    seq = int(m["window"])
+    ids = np.zeros((len(windows), seq), np.int64)
+    pos = np.zeros((len(windows), seq), np.int32)
+    where = {int(w): r for r, w in enumerate(windows)}
+    for s in sorted({int(w) // int(m["shard_windows"]) for w in windows}):
+        shard = read_shard(shard_path(run, s), layers=[])
+        for w in np.unique(shard.window):
+            if int(w) in where:
+                sel = shard.window == w
+                ids[where[int(w)]] = shard.tokens[sel]
+                pos[where[int(w)]] = shard.pos[sel]
+    mask = token_mask(pos.reshape(-1), bool(m.get("bos")), bool(m.get("include_bos", False))).reshape(pos.shape)
+    return torch.from_numpy(ids), mask

@@ -1,0 +1,158 @@
+"""`saelineage analyze`, `saelineage prompt`, `saelineage export`: typer commands (registered in cli.py)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from saelineage.errors import SaelineageError
+
+
+def _help(fn):
+    """Join the wrapped lines of each docstring paragraph: typer keeps single line breaks
+    (rich markup mode), which would leave ragged help text."""
+    doc = inspect.cleandoc(fn.__doc__ or "")
+    fn.__doc__ = "\n\n".join(" ".join(p.split("\n")) for p in doc.split("\n\n"))
+    return fn
+
+
+@_help
+def analyze_command(
+    run: Path = typer.Argument(..., help="Run directory (after `saelineage stats`)."),
+    measure: str = typer.Option("pearson", help="Lifecycle measure M: jaccard, sufficiency, necessity, mutual_info, "
+                                                "pearson, act_cosine (best match over all pairs, feature_links)."),
+    threshold: float = typer.Option(0.5, help="Lifecycle threshold τ: a feature is carried when its best predecessor "
+                                              "has M ≥ τ, and continues when its best successor does "
+                                              "(the reference: Pearson, 0.4-0.95)."),
+    gate_threshold: float = typer.Option(0.95, help="τ_g: AND parents need necessity ≥ τ_g, OR parents "
+                                                    "sufficiency ≥ τ_g."),
+    gate_valid: Optional[float] = typer.Option(None, help="τ_v: a gate is reported when P(condition | child) and "
+                                                          "P(child | condition), counted on the codes, both reach it "
+                                                          "(default: τ_g). Lower it for noisy data."),
+    min_support: int = typer.Option(5, help="Minimum tokens: the child, each parent–child pair, and the gate's "
+                                            "support (child ∧ condition). Gates below it are never reported."),
+    max_parents: int = typer.Option(8, help="Candidate parents paired per child (best first)."),
+    pair_measure: str = typer.Option("jaccard", help="Measure ranking each child's two strongest parents "
+                                                     "(best_pairs.parquet)."),
+    split_threshold: Optional[float] = typer.Option(None, help="τ_s: split children need necessity(parent→child) "
+                                                               "≥ τ_s (default: τ_g)."),
+    exclusivity: float = typer.Option(0.1, help="τ_x: children of a split have pairwise Jaccard ≤ τ_x."),
+    min_coverage: float = typer.Option(0.5, help="Minimum share of the parent's tokens its split children cover."),
+    community_measure: str = typer.Option("jaccard", help="Edge measure of the community graph."),
+    community_threshold: float = typer.Option(0.1, help="τ_c: community graph edges need measure ≥ τ_c."),
+    quality: str = typer.Option("modularity", help="Leiden quality function: modularity, rb (RB configuration, "
+                                                   "uses --resolution), cpm (uses --resolution)."),
+    resolution: float = typer.Option(1.0, help="Resolution γ of rb / cpm (modularity with γ ≠ 1 runs as rb)."),
+    seed: int = typer.Option(42, help="Leiden seed (same seed, same communities)."),
+    leiden_backend: str = typer.Option("igraph", help="Leiden implementation: igraph (C community_leiden, fast) "
+                                                      "or leidenalg (as the reference; slow with many small "
+                                                      "communities)."),
+    prompt_samples: int = typer.Option(32, help="Corpus windows whose last token gets a precomputed prompt graph."),
+    prompt_rel: float = typer.Option(0.1, help="Prompt graphs keep features with activation ≥ this × their max."),
+    quiet: bool = typer.Option(False, "--quiet", help="Do not print the lifecycle table."),
+    force: bool = typer.Option(False, "--force", help="Redo a completed analyze stage."),
+) -> None:
+    """Lifecycle, AND/OR gates, splits and communities of a run's features.
+
+    Writes lifecycle.parquet (per layer: counts and shares of new / carried / ending features,
+    for a sweep of thresholds; `chosen` marks --threshold), lifecycle.html (Sankey diagram),
+    gates.parquet (validated AND/OR gates with support and both scores), best_pairs.parquet
+    (every child's two strongest parents scored as AND and as OR), splits.parquet,
+    communities.parquet (size, layers spanned, top tokens), prompt_graphs.json, and adds
+    lifecycle / has_pred / has_succ / community columns to features.parquet. Gates and
+    splits are validated by re-reading the stored codes with the stats stage's threshold.
+    """
+    from saelineage.lineage.lifecycle import print_lifecycle
+    from saelineage.lineage.stage import analyze
+
+    r = analyze(run, force=force, measure=measure, threshold=threshold, gate_threshold=gate_threshold,
+                gate_valid=gate_valid, min_support=min_support, max_parents=max_parents, pair_measure=pair_measure,
+                split_threshold=split_threshold, exclusivity=exclusivity, min_coverage=min_coverage,
+                community_measure=community_measure, community_threshold=community_threshold, quality=quality,
+                resolution=resolution, seed=seed, leiden_backend=leiden_backend, prompt_samples=prompt_samples,
+                prompt_rel=prompt_rel)
+    if not quiet:
+        print_lifecycle(r.path)
+        _print_counts(r.path)
+
+
+def _print_counts(run: Path) -> None:
+    from saelineage.progress import console
+    from saelineage.run import RunDir
+
+    info = RunDir(run).load()["stages"]["analyze"]
+    g, c = info.get("gates", {}), info.get("communities", {})
+    console.print(f"gates: {g.get('and', 0):,} AND, {g.get('or', 0):,} OR; splits: {info.get('splits', 0):,}; "
+                  f"communities: {c.get('communities', 0):,} over {c.get('nodes', 0):,} live features "
+                  f"({c.get('edges', 0):,} edges); figure: {Path(run) / 'lifecycle.html'}")
+
+
+@_help
+def prompt_command(
+    run: Path = typer.Argument(..., help="Run directory (after `saelineage analyze`, collected with a model)."),
+    text: str = typer.Argument(..., help="The prompt text."),
+    position: int = typer.Option(-1, help="Token position to inspect (negative: from the end; BOS counts as 0)."),
+    rel: float = typer.Option(0.1, help="Keep features whose activation is ≥ this × their max over the corpus."),
+    measure: str = typer.Option("jaccard", help="Edge measure shown as link similarity."),
+    min_value: Optional[float] = typer.Option(None, help="Only links whose measure is ≥ this."),
+    max_nodes: Optional[int] = typer.Option(None, help="Keep only the strongest N features (by relative activation)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the graph (node-link JSON) to this file; "
+                                                                  "'-' prints it to stdout."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: the device the run was collected on)."),
+) -> None:
+    """Features active on one token of a prompt, and the run's edges among them.
+
+    Runs the run's model and SAEs on TEXT, keeps the features active at --position above
+    --rel × their corpus maximum, and returns the subgraph of kept edges among them,
+    coloured by global community: a terminal summary, and node-link JSON with --json
+    (nodes {id "L_F", layer, feature, activation, rel_activation, community, explanation},
+    links {source, target, similarity}).
+    """
+    from saelineage.lineage.prompt_graph import prompt, summary_table
+    from saelineage.progress import console
+
+    model = None
+    if device is not None:
+        from saelineage.session import load_run_model
+
+        model = load_run_model(run, device=device)
+    g = prompt(run, text, position, rel=rel, measure=measure, min_value=min_value, max_nodes=max_nodes, model=model)
+    if json_out is not None:
+        data = json.dumps(g, indent=1, allow_nan=False)
+        if str(json_out) == "-":
+            typer.echo(data)
+        else:
+            json_out.write_text(data)
+            console.print(f"graph written to {json_out}")
+    console.print(summary_table(g))
+
+
+@_help
+def export_command(
+    run: Path = typer.Argument(..., help="Run directory (after `saelineage stats`; communities after analyze)."),
+    format: str = typer.Option("nodelink", "--format", help="nodelink (JSON for networkx/D3), graphml (Gephi), "
+                                                            "parquet (nodes.parquet + links.parquet)."),
+    out: Optional[Path] = typer.Option(None, help="Output file (folder for parquet). Default: RUN/export/graph.json, "
+                                                  "RUN/export/graph.graphml or RUN/export/."),
+    measure: str = typer.Option("jaccard", help="Edge measure exported as link `similarity`."),
+    min_value: Optional[float] = typer.Option(None, help="Only edges whose measure is ≥ this "
+                                                         "(default: all kept edges)."),
+) -> None:
+    """Export the feature graph: live features as nodes, kept edges as links.
+
+    Nodes: id "L_F", layer, feature, explanation, community, lifecycle, density.
+    Links: source, target, similarity (= --measure). Node-link JSON reads back with
+    `networkx.node_link_graph(data, edges="links")`; GraphML opens in Gephi (edge weight =
+    similarity).
+    """
+    from saelineage.lineage.export import FORMATS, export
+    from saelineage.progress import console
+
+    if format not in FORMATS:
+        raise SaelineageError(f"unknown format {format!r}.", f"choose one of {', '.join(FORMATS)}.")
+    path = export(run, format, out, measure, min_value)
+    console.print(f"exported to {path}")

@@ -1,0 +1,153 @@
+"""Exports of the feature graph: node-link JSON (networkx, D3), GraphML (Gephi), Parquet.
+
+Nodes are the live features, with id "L_F" (layer_feature), layer, feature, explanation,
+community and lifecycle; links are the kept edges whose `measure` is ≥ min_value, with that
+value as `similarity`. Written without networkx (a test-only dependency) and atomically.
+
+Read the node-link file with networkx as ``nx.node_link_graph(data, edges="links")``
+(networkx ≥ 3.4 defaults to the key "edges"; the file uses the classic "links").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from saelineage.data.finalize import write_parquet
+from saelineage.errors import SaelineageError
+from saelineage.run import RunDir, atomic_write_bytes
+
+FORMATS = ("nodelink", "graphml", "parquet")
+
+
+def explanations(run: RunDir, feats: pa.Table) -> np.ndarray | None:
+    """object [N] explanation per features row: imported labels (labels.parquet) first, then the
+    features table's own `explanation` column; None where neither has one."""
+    out = np.full(feats.num_rows, None, dtype=object)
+    have = False
+    if "explanation" in feats.column_names:
+        out[:] = feats.column("explanation").to_pylist()
+        have = True
+    lp = run.file("labels.parquet")
+    if lp.is_file():
+        lab = pq.read_table(lp)
+        if {"layer", "feature", "explanation"} <= set(lab.column_names) and lab.num_rows:
+            key = feats.column("layer").to_numpy().astype(np.int64) * (1 << 32) + feats.column("feature").to_numpy()
+            order = np.argsort(key)
+            lk = lab.column("layer").to_numpy().astype(np.int64) * (1 << 32) + lab.column("feature").to_numpy()
+            pos = np.minimum(np.searchsorted(key[order], lk), len(key) - 1)
+            hit = key[order][pos] == lk
+            vals = np.asarray(lab.column("explanation").to_pylist(), dtype=object)
+            out[order[pos[hit]]] = vals[hit]
+            have = True
+    return out if have else None
+
+
+def graph_tables(run_dir: str | Path, measure: str = "jaccard", min_value: float | None = None
+                 ) -> tuple[pa.Table, pa.Table]:
+    """(nodes, links) tables of the run's feature graph (see module doc)."""
+    run = RunDir(run_dir)
+    run.require("stats")
+    feats = pq.read_table(run.file("features.parquet"))
+    names = feats.column_names
+    live = feats.column("n_active").to_numpy() > 0
+    layer = feats.column("layer").to_numpy().astype(np.int64)
+    fid = feats.column("feature").to_numpy().astype(np.int64)
+    expl = explanations(run, feats)
+    comm = feats.column("community").to_pylist() if "community" in names else [None] * feats.num_rows
+    life = feats.column("lifecycle").to_pylist() if "lifecycle" in names else [None] * feats.num_rows
+    sel = np.nonzero(live)[0]
+    nodes = pa.table({
+        "id": pa.array([f"{a}_{b}" for a, b in zip(layer[sel].tolist(), fid[sel].tolist())], pa.string()),
+        "layer": pa.array(layer[sel], pa.int64()), "feature": pa.array(fid[sel], pa.int64()),
+        "explanation": pa.array([None if expl is None else expl[i] for i in sel.tolist()], pa.string()),
+        "community": pa.array([comm[i] for i in sel.tolist()], pa.int64()),
+        "lifecycle": pa.array([life[i] for i in sel.tolist()], pa.string()),
+        "density": feats.column("density").take(pa.array(sel)) if "density" in names
+        else pa.array([None] * len(sel), pa.float64())})
+    schema = pq.read_schema(run.file("edges.parquet"))
+    if measure not in schema.names:
+        names = [n for n in schema.names if n not in ("src_layer", "src", "dst_layer", "dst")]
+        raise SaelineageError(f"edges.parquet has no column {measure!r}.", f"choose one of {', '.join(names)}.")
+    e = pq.read_table(run.file("edges.parquet"), columns=["src_layer", "src", "dst_layer", "dst", measure])
+    v = e.column(measure).to_numpy(zero_copy_only=False).astype(np.float64)
+    keep = np.isfinite(v) if min_value is None else (np.isfinite(v) & (v >= min_value))
+    idx = np.nonzero(keep)[0]
+    s_l, s_f = e.column("src_layer").to_numpy()[idx], e.column("src").to_numpy()[idx]
+    d_l, d_f = e.column("dst_layer").to_numpy()[idx], e.column("dst").to_numpy()[idx]
+    links = pa.table({
+        "source": pa.array([f"{a}_{b}" for a, b in zip(s_l.tolist(), s_f.tolist())], pa.string()),
+        "target": pa.array([f"{a}_{b}" for a, b in zip(d_l.tolist(), d_f.tolist())], pa.string()),
+        "similarity": pa.array(v[idx], pa.float64())})
+    return nodes, links
+
+
+def _clean(x: Any) -> Any:
+    return None if isinstance(x, float) and not np.isfinite(x) else x
+
+
+def nodelink(nodes: pa.Table, links: pa.Table, meta: dict[str, Any]) -> dict[str, Any]:
+    """The networkx node-link structure (directed; links use the key "links")."""
+    return {"directed": True, "multigraph": False, "graph": meta,
+            "nodes": [{k: _clean(v) for k, v in r.items()} for r in nodes.to_pylist()],
+            "links": [{k: _clean(v) for k, v in r.items()} for r in links.to_pylist()]}
+
+
+def graphml_bytes(nodes: pa.Table, links: pa.Table, meta: dict[str, Any]) -> bytes:
+    """GraphML for Gephi: node attributes as <data>, edge `similarity` (also as `weight`)."""
+    n_attrs = [("layer", "int"), ("feature", "int"), ("explanation", "string"), ("community", "int"),
+               ("lifecycle", "string"), ("density", "double")]
+    parts = ['<?xml version="1.0" encoding="UTF-8"?>\n',
+             '<graphml xmlns="http://graphml.graphdrawing.org/xmlns" '
+             'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+             'xsi:schemaLocation="http://graphml.graphdrawing.org/xmlns '
+             'http://graphml.graphdrawing.org/xmlns/1.0/graphml.xsd">\n']
+    for name, typ in n_attrs:
+        parts.append(f'  <key id="{name}" for="node" attr.name="{name}" attr.type="{typ}"/>\n')
+    parts.append('  <key id="similarity" for="edge" attr.name="similarity" attr.type="double"/>\n')
+    parts.append('  <key id="weight" for="edge" attr.name="weight" attr.type="double"/>\n')
+    parts.append(f'  <graph id={quoteattr(str(meta.get("run", "saelineage")))} edgedefault="directed">\n')
+    cols = {name: nodes.column(name).to_pylist() for name, _ in n_attrs}
+    for i, nid in enumerate(nodes.column("id").to_pylist()):
+        data = "".join(f'<data key="{name}">{escape(str(cols[name][i]))}</data>'
+                       for name, _ in n_attrs if _clean(cols[name][i]) is not None)
+        parts.append(f'    <node id="{nid}">{data}</node>\n')
+    for k, (s, t, v) in enumerate(zip(links.column("source").to_pylist(), links.column("target").to_pylist(),
+                                      links.column("similarity").to_pylist())):
+        data = "" if _clean(v) is None else f'<data key="similarity">{v!r}</data><data key="weight">{v!r}</data>'
+        parts.append(f'    <edge id="e{k}" source="{s}" target="{t}">{data}</edge>\n')
+    parts.append("  </graph>\n</graphml>\n")
+    return "".join(parts).encode()
+
+
+def export(run_dir: str | Path, fmt: str = "nodelink", out: str | Path | None = None, measure: str = "jaccard",
+           min_value: float | None = None) -> Path:
+    """Write the feature graph of a run in `fmt`; returns the file (or folder, for parquet) written.
+
+    Default `out`: RUN/export/graph.json (nodelink), RUN/export/graph.graphml, RUN/export/ (parquet:
+    nodes.parquet + links.parquet).
+    """
+    if fmt not in FORMATS:
+        raise SaelineageError(f"unknown export format {fmt!r}.", f"choose one of {', '.join(FORMATS)}.")
+    run = RunDir(run_dir)
+    nodes, links = graph_tables(run.path, measure, min_value)
+    meta = {"run": run.path.name, "measure": measure, "min_value": min_value}
+    default = {"nodelink": "graph.json", "graphml": "graph.graphml", "parquet": ""}[fmt]
+    target = Path(out) if out is not None else run.file("export") / default
+    if fmt == "parquet":
+        target.mkdir(parents=True, exist_ok=True)
+        write_parquet(target / "nodes.parquet", nodes)
+        write_parquet(target / "links.parquet", links)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "nodelink":
+        atomic_write_bytes(target, json.dumps(nodelink(nodes, links, meta), allow_nan=False).encode())
+    else:
+        atomic_write_bytes(target, graphml_bytes(nodes, links, meta))
+    return target

@@ -1,0 +1,169 @@
+"""Feature lifecycle across layers: dead / new / carried / ending (DESIGN §4).
+
+A live feature is *carried* (has a predecessor) when its best match in the previous layer
+under measure M reaches τ, *new* otherwise; it *continues* when its best match in the next
+layer reaches τ, and is *ending* otherwise. "Best" is over ALL pairs of the two layers
+(feature_links.parquet from the stats stage), not only the kept edges, so a feature is
+never called new or ending just because its partner's edge was not kept.
+
+Dead features (never active) are reported apart and excluded from the rates; the per-layer
+table also gives the rates counted the reference's way, with dead features counted as both
+new and ending, side by side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.table import Table
+
+from saelineage.errors import SaelineageError
+from saelineage.lineage.index import feature_rows
+from saelineage.run import RunDir
+
+LIFECYCLE_MEASURES = ("jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine")
+DEFAULT_MEASURE = "pearson"
+DEFAULT_THRESHOLD = 0.5
+SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+LABELS = ("dead", "new", "carried", "ending", "new+ending")
+NA = -1  # "not applicable": no previous layer (first) or no next layer (last)
+
+
+class Lifecycle:
+    """Per-feature lifecycle in the row order of features.parquet.
+
+    has_pred, has_succ: int8 [N] in {1, 0, NA}; live: bool [N]; label: object [N] (LABELS).
+    """
+
+    def __init__(self, layer: np.ndarray, live: np.ndarray, has_pred: np.ndarray, has_succ: np.ndarray):
+        self.layer, self.live, self.has_pred, self.has_succ = layer, live, has_pred, has_succ
+        label = np.full(len(layer), "carried", dtype=object)
+        # succ not applicable (last layer): carried/new by the predecessor alone; pred not
+        # applicable (first layer): carried/ending by the successor alone
+        label[(has_pred == 0) & (has_succ != 0)] = "new"
+        label[(has_pred != 0) & (has_succ == 0)] = "ending"
+        label[(has_pred == 0) & (has_succ == 0)] = "new+ending"
+        label[~live] = "dead"
+        self.label = label
+
+
+def classify(features: pa.Table, links: pa.Table, layers: list[int], measure: str = DEFAULT_MEASURE,
+             threshold: float = DEFAULT_THRESHOLD) -> Lifecycle:
+    """Lifecycle of every feature of `features` (rows: layer, feature, n_active, ...).
+
+    links: feature_links.parquet (best_pred_{M}, best_succ_{M} per (layer, feature)).
+    NaN best values (dead or constant features, undefined Pearson) never reach τ.
+    """
+    if measure not in LIFECYCLE_MEASURES:
+        raise SaelineageError(f"unknown lifecycle measure {measure!r}.",
+                              f"choose one of {', '.join(LIFECYCLE_MEASURES)}.")
+    for col in (f"best_pred_{measure}", f"best_succ_{measure}"):
+        if col not in links.column_names:
+            raise SaelineageError(f"feature_links.parquet has no column {col}.",
+                                  "re-run `saelineage stats RUN --force` with this version.")
+    f_layer = features.column("layer").to_numpy().astype(np.int64)
+    f_id = features.column("feature").to_numpy().astype(np.int64)
+    live = features.column("n_active").to_numpy() > 0
+    # align links to features rows (both are one row per (layer, feature), maybe ordered differently)
+    pred = np.full(len(f_layer), np.nan)
+    succ = np.full(len(f_layer), np.nan)
+    rows = feature_rows(f_layer, f_id)(links.column("layer").to_numpy(), links.column("feature").to_numpy())
+    ok = rows >= 0
+    rows = rows[ok]
+    pred[rows] = links.column(f"best_pred_{measure}").to_numpy(zero_copy_only=False)[ok]
+    succ[rows] = links.column(f"best_succ_{measure}").to_numpy(zero_copy_only=False)[ok]
+    with np.errstate(invalid="ignore"):
+        has_pred = (pred >= threshold).astype(np.int8)
+        has_succ = (succ >= threshold).astype(np.int8)
+    has_pred[f_layer == layers[0]] = NA
+    has_succ[f_layer == layers[-1]] = NA
+    return Lifecycle(f_layer, live, has_pred, has_succ)
+
+
+def layer_table(features: pa.Table, links: pa.Table, layers: list[int], measure: str = DEFAULT_MEASURE,
+                threshold: float = DEFAULT_THRESHOLD, sweep: tuple[float, ...] = SWEEP) -> pa.Table:
+    """lifecycle.parquet: one row per (threshold, layer); `chosen` marks the analysis threshold.
+
+    n_new / n_carried count live features without / with a predecessor, n_ending /
+    n_continuing those without / with a successor (a feature can be new and ending:
+    n_new_and_ending). share_* are fractions of live features (null where not applicable:
+    new/carried at the first layer, ending/continuing at the last); ref_share_* count dead
+    features as new and ending, out of all features, as the reference did.
+    """
+    rows: dict[str, list] = {k: [] for k in (
+        "measure", "threshold", "chosen", "layer", "n_features", "n_dead", "n_live", "n_new", "n_carried",
+        "n_ending", "n_continuing", "n_new_and_ending", "share_new", "share_carried", "share_ending",
+        "share_continuing", "ref_share_new", "ref_share_ending")}
+    for t in sorted(set(sweep) | {threshold}):
+        lc = classify(features, links, layers, measure, t)
+        for l in layers:
+            sel = lc.layer == l
+            live = sel & lc.live
+            n, nl = int(sel.sum()), int(live.sum())
+            nd = n - nl
+            first, last = l == layers[0], l == layers[-1]
+            n_new = None if first else int((live & (lc.has_pred == 0)).sum())
+            n_car = None if first else int((live & (lc.has_pred == 1)).sum())
+            n_end = None if last else int((live & (lc.has_succ == 0)).sum())
+            n_con = None if last else int((live & (lc.has_succ == 1)).sum())
+            n_ne = None if first or last else int((live & (lc.has_pred == 0) & (lc.has_succ == 0)).sum())
+
+            def share(x, d=nl):
+                return None if x is None or d == 0 else x / d
+            for k, v in (("measure", measure), ("threshold", float(t)), ("chosen", bool(t == threshold)),
+                         ("layer", l), ("n_features", n), ("n_dead", nd), ("n_live", nl), ("n_new", n_new),
+                         ("n_carried", n_car), ("n_ending", n_end), ("n_continuing", n_con),
+                         ("n_new_and_ending", n_ne), ("share_new", share(n_new)), ("share_carried", share(n_car)),
+                         ("share_ending", share(n_end)), ("share_continuing", share(n_con)),
+                         ("ref_share_new", None if n_new is None or n == 0 else (n_new + nd) / n),
+                         ("ref_share_ending", None if n_end is None or n == 0 else (n_end + nd) / n)):
+                rows[k].append(v)
+    ints = {"layer", "n_features", "n_dead", "n_live", "n_new", "n_carried", "n_ending", "n_continuing",
+            "n_new_and_ending"}
+    schema = pa.schema([(k, pa.string() if k == "measure" else pa.bool_() if k == "chosen"
+                         else pa.int64() if k in ints else pa.float64()) for k in rows])
+    return pa.table(rows, schema=schema)
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _n_pct(n, share) -> str:
+    return "—" if n is None else f"{n:,} {_pct(share)}"
+
+
+def lifecycle_rich_table(table: pa.Table) -> Table:
+    """A rich table of the chosen threshold's per-layer rows of lifecycle.parquet.
+
+    new / ending: count and share of live features (carried = live − new); ref: shares of all
+    features counting dead ones as new and as ending (the reference's way), side by side.
+    """
+    from rich import box
+
+    rows = [r for r in table.to_pylist() if r["chosen"]]
+    m, t = (rows[0]["measure"], rows[0]["threshold"]) if rows else ("?", float("nan"))
+    out = Table(title=f"Feature lifecycle per layer ({m} ≥ {t:g})", box=box.SIMPLE_HEAD, pad_edge=False,
+                caption="% of live features (carried = live − new); †: % of all features, dead ones "
+                        "counted as new and ending (the reference's way)")
+    for name in ("layer", "features", "dead", "live", "new", "ending", "new †", "end †"):
+        out.add_column(name, justify="right", no_wrap=True)
+    for r in rows:
+        out.add_row(str(r["layer"]), f"{r['n_features']:,}", f"{r['n_dead']:,}", f"{r['n_live']:,}",
+                    _n_pct(r["n_new"], r["share_new"]), _n_pct(r["n_ending"], r["share_ending"]), _pct(r["ref_share_new"]),
+                    _pct(r["ref_share_ending"]))
+    return out
+
+
+def print_lifecycle(run_dir: str | Path, console=None) -> Table:
+    """Print the per-layer lifecycle table of an analysed run (used by `make demo`)."""
+    from saelineage.progress import console as default_console
+
+    run = RunDir(run_dir)
+    run.require("analyze")
+    table = lifecycle_rich_table(pq.read_table(run.file("lifecycle.parquet")))
+    (console or default_console).print(table)
+    return table

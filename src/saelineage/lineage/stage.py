@@ -1,0 +1,263 @@
+"""The analyze stage: lifecycle, gates, splits, communities and sample prompt graphs.
+
+Reads features.parquet, feature_links.parquet and edges.parquet (stats) and the activation
+store (two validation passes); writes lifecycle.parquet, gates.parquet, best_pairs.parquet,
+splits.parquet, communities.parquet, prompt_graphs.json and lifecycle.html, and adds
+`lifecycle`, `has_pred`, `has_succ`, `community` (and an empty `explanation` when absent) to
+features.parquet. Every file is written atomically; re-running with the same options after a
+complete run is skipped, and an interrupted run simply starts again (all outputs are pure
+functions of the inputs and the options).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from saelineage.data.finalize import write_parquet
+from saelineage.errors import SaelineageError
+from saelineage.lineage import communities as comm
+from saelineage.lineage import gates, lifecycle, splits
+from saelineage.lineage.figures import write_lifecycle_html
+from saelineage.lineage.index import feature_rows
+from saelineage.lineage.prompt_graph import GraphContext, _vocab, sample_graphs
+from saelineage.lineage.validate import Requests, count
+from saelineage.progress import console
+from saelineage.run import RunDir, atomic_write_bytes
+
+EDGE_COLUMNS = ("src_layer", "src", "dst_layer", "dst", "n_co", "jaccard", "sufficiency", "necessity",
+                "mutual_info", "pearson", "act_cosine")
+ADDED_COLUMNS = ("lifecycle", "has_pred", "has_succ", "community")
+
+
+@dataclass
+class AnalyzeOptions:
+    """Options of the analyze stage (defaults documented in the README)."""
+
+    measure: str = lifecycle.DEFAULT_MEASURE
+    """lifecycle measure M (feature_links best_pred_M / best_succ_M)"""
+    threshold: float = lifecycle.DEFAULT_THRESHOLD
+    """lifecycle threshold τ: carried / continuing when the best M ≥ τ"""
+    gate_threshold: float = 0.95
+    """τ_g: candidate AND (necessity) / OR (sufficiency) parents"""
+    gate_valid: float | None = None
+    """τ_v: both validated scores must reach it (None: τ_g)"""
+    min_support: int = 5
+    """minimum tokens for c_j, each parent's n_co and the gate's support"""
+    max_parents: int = 8
+    """candidate parents paired per child and parent layer"""
+    pair_measure: str = "jaccard"
+    """measure ranking a child's two strongest parents (best_pairs.parquet)"""
+    split_threshold: float | None = None
+    """τ_s: necessity(parent→child) of split children (None: τ_g)"""
+    exclusivity: float = 0.1
+    """τ_x: maximum pairwise Jaccard between children of a split"""
+    min_coverage: float = 0.5
+    """minimum share of the parent's tokens covered by its split children"""
+    max_children: int = 16
+    community_measure: str = "jaccard"
+    community_threshold: float = 0.1
+    quality: str = "modularity"
+    """Leiden quality function: modularity, rb (RB configuration, uses resolution), cpm"""
+    resolution: float = 1.0
+    seed: int = 42
+    leiden_backend: str = "igraph"
+    """igraph (C community_leiden, default) or leidenalg"""
+    prompt_samples: int = 32
+    """corpus windows whose last token gets a precomputed prompt graph"""
+    prompt_rel: float = 0.1
+    prompt_measure: str = "jaccard"
+    prompt_max_nodes: int = 256
+    top_examples: int = 10
+    """top examples per member feature used for a community's top tokens"""
+
+    def check(self, edge_names: list[str]) -> None:
+        if self.measure not in lifecycle.LIFECYCLE_MEASURES:
+            raise SaelineageError(f"unknown lifecycle measure {self.measure!r}.",
+                                  f"choose one of {', '.join(lifecycle.LIFECYCLE_MEASURES)}.")
+        for name, m in (("--pair-measure", self.pair_measure), ("--community-measure", self.community_measure),
+                        ("--prompt-measure", self.prompt_measure)):
+            if m not in edge_names:
+                raise SaelineageError(f"{name} {m!r} is not a column of edges.parquet.",
+                                      f"choose one of {', '.join(c for c in edge_names if c not in EDGE_COLUMNS[:4])}.")
+        comm._check(self.quality, self.leiden_backend)
+        for name in ("gate_threshold", "exclusivity", "min_coverage"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise SaelineageError(f"{name} must lie in [0, 1] (got {getattr(self, name)}).", "pick a share.")
+        if self.min_support < 1:
+            raise SaelineageError("min_support must be at least 1.", "use e.g. --min-support 5.")
+
+
+def _edges(run: RunDir) -> dict[str, np.ndarray]:
+    names = pq.read_schema(run.file("edges.parquet")).names
+    t = pq.read_table(run.file("edges.parquet"), columns=[c for c in names if c in EDGE_COLUMNS or c == "dec_cosine"])
+    out = {}
+    for c in t.column_names:
+        a = t.column(c).to_numpy(zero_copy_only=False)
+        out[c] = a.astype(np.int64) if c in ("src_layer", "src", "dst_layer", "dst", "n_co") else a.astype(np.float64)
+    return out
+
+
+def _merge_pairs(*dicts: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    out: dict[int, list] = {}
+    for d in dicts:
+        for l, p in d.items():
+            out.setdefault(int(l), []).append(np.asarray(p, np.int64).reshape(-1, 2))
+    # lexicographic unique rows == sorted by the encoded key lo * d + hi that gates.lookup uses
+    return {l: np.unique(np.concatenate(ps), axis=0) for l, ps in out.items()}
+
+
+def analyze(run_dir: str | Path, *, force: bool = False, quiet: bool = False, **options: Any) -> RunDir:
+    """Run the analyze stage on `run_dir` (options: AnalyzeOptions fields). Returns the RunDir."""
+    unknown = set(options) - {f.name for f in fields(AnalyzeOptions)}
+    if unknown:
+        raise TypeError(f"unknown analyze options: {sorted(unknown)}")
+    opt = AnalyzeOptions(**options)
+    run = RunDir(run_dir)
+    manifest = run.require("stats")
+    stats_entry = manifest["stages"]["stats"]
+    stamp = {k: stats_entry.get(k) for k in ("started", "seconds")}
+    prev = (manifest.get("stages") or {}).get("analyze") or {}
+    if (not force and prev.get("status") == "complete" and prev.get("options") == asdict(opt)
+            and prev.get("stats_stamp") == stamp):
+        if not quiet:
+            console.print(f"analyze: {run.path} is complete with these options; skipping (use --force to redo).")
+        return run
+    for name in ("features.parquet", "feature_links.parquet", "edges.parquet"):
+        if not run.file(name).is_file():
+            raise SaelineageError(f"{run.file(name)} is missing.", "re-run `saelineage stats RUN --force`.")
+    e = _edges(run)
+    opt.check(list(e))
+    with run.stage("analyze", options=asdict(opt), stats_stamp=stamp) as info:
+        info.update(_analyze(run, manifest, opt, e, quiet))
+    return run
+
+
+def _analyze(run: RunDir, manifest: dict, opt: AnalyzeOptions, e: dict[str, np.ndarray], quiet: bool) -> dict:
+    layers = [int(l) for l in manifest["layers"]]
+    d_sae = {int(l): int(d) for l, d in manifest["d_sae"].items()}
+    feats = pq.read_table(run.file("features.parquet"))
+    links = pq.read_table(run.file("feature_links.parquet"))
+    say = (lambda *_: None) if quiet else console.print
+
+    # lifecycle (no pass over the codes: feature_links holds the best match over all pairs)
+    lc = lifecycle.classify(feats, links, layers, opt.measure, opt.threshold)
+    life_table = lifecycle.layer_table(feats, links, layers, opt.measure, opt.threshold)
+
+    # candidates, then one validation pass counting what they need
+    tau_g = opt.gate_threshold
+    tau_v = tau_g if opt.gate_valid is None else opt.gate_valid
+    tau_s = tau_g if opt.split_threshold is None else opt.split_threshold
+    c_and = gates.candidates(e, "and", tau_g, opt.min_support, opt.max_parents)
+    c_or = gates.candidates(e, "or", tau_g, opt.min_support, opt.max_parents)
+    c_best = gates.best_pair_candidates(e, opt.min_support, opt.pair_measure)
+    g_pairs, g_triples = gates.build_requests([c_and, c_or, c_best], d_sae)
+    s_cand = splits.split_candidates(e, tau_s, opt.min_support, opt.max_children)
+    p1, p2, s_pairs = splits.child_pair_requests(s_cand)
+    pairs = _merge_pairs(g_pairs, s_pairs)
+    f_layer = feats.column("layer").to_numpy().astype(np.int64)
+    f_id = feats.column("feature").to_numpy().astype(np.int64)
+    n_windows = int(manifest.get("n_windows") or 0)
+    samples = (np.unique(np.linspace(0, n_windows - 1, min(opt.prompt_samples, n_windows)).round().astype(np.int64))
+               if opt.prompt_samples > 0 and n_windows > 0 else None)
+    ex = pq.read_table(run.file("examples.parquet"), columns=["layer", "feature", "rank", "window", "pos"]) \
+        if run.file("examples.parquet").is_file() else None
+    if ex is not None:
+        ex = ex.filter(pc.less(ex.column("rank"), opt.top_examples))
+    req = Requests(pairs=pairs, triples=g_triples, samples=samples, sample_pos=-1,
+                   example_keys=None if ex is None else (ex.column("window").to_numpy(), ex.column("pos").to_numpy()))
+    say(f"analyze: validating {len(c_and['j']):,} AND / {len(c_or['j']):,} OR gate candidates, "
+        f"{len(c_best['j']):,} parent pairs, {len(s_cand['c']):,} split children")
+    counts = count(run, req)
+
+    # gates
+    tables = []
+    for kind, c in (("and", c_and), ("or", c_or)):
+        k = gates.lookup(c, pairs, g_triples, counts, d_sae)
+        tables.append(gates.validated_gates(e, c, k, kind, tau_v, opt.min_support))
+    gate_table = pa.concat_tables(tables) if tables else gates.empty_gates()
+    gate_table = gate_table.sort_by([("layer", "ascending"), ("feature", "ascending"), ("kind", "ascending"),
+                                     ("parent_layer", "ascending"), ("parent_a", "ascending"),
+                                     ("parent_b", "ascending")])
+    best_table = gates.best_pairs_table(e, c_best, gates.lookup(c_best, pairs, g_triples, counts, d_sae),
+                                        opt.pair_measure)
+
+    # splits: choose exclusive children, then a second pass for coverage / exclusivity
+    if len(p1):
+        m = s_cand["m"][p1]
+        a, b = s_cand["c"][p1], s_cand["c"][p2]
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        n12 = np.zeros(len(p1), np.int64)
+        for layer in np.unique(m).tolist():
+            sel = m == layer
+            keys = pairs[layer][:, 0] * d_sae[layer] + pairs[layer][:, 1]
+            n12[sel] = counts.pairs[layer][np.searchsorted(keys, lo[sel] * d_sae[layer] + hi[sel])]
+        n1, n2 = np.zeros(len(p1), np.int64), np.zeros(len(p1), np.int64)
+        for layer in np.unique(m).tolist():
+            sel = m == layer
+            n1[sel], n2[sel] = counts.n_active[layer][a[sel]], counts.n_active[layer][b[sel]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pj = np.where(n1 + n2 - n12 > 0, n12 / (n1 + n2 - n12), np.nan)
+    else:
+        pj = np.zeros(0)
+    chosen, max_pair = splits.choose_children(s_cand, p1, p2, pj, opt.exclusivity)
+    groups = splits.split_groups(s_cand, chosen)
+    group_counts = {}
+    if groups:
+        say(f"analyze: validating {sum(len(g[0]) for g in groups.values()):,} splits")
+        c2 = count(run, Requests(groups={k: g[:3] for k, g in groups.items()}))
+        group_counts = c2.groups
+    split_table = splits.splits_table(e, s_cand, groups, group_counts, counts.n_active, max_pair, opt.min_coverage)
+
+    # communities
+    live = lc.live
+    community, ginfo = comm.leiden(f_layer, f_id, live, e, opt.community_measure, opt.community_threshold,
+                                   opt.quality, opt.resolution, opt.seed, backend=opt.leiden_backend)
+    vocab = _vocab(run)
+    if ex is not None:
+        ex_rows = feature_rows(f_layer, f_id)(ex.column("layer").to_numpy(), ex.column("feature").to_numpy())
+        ex_tok = counts.example_tokens
+    else:
+        ex_rows = ex_tok = np.zeros(0, np.int64)
+    comm_table = comm.community_table(f_layer, community, ex_rows, ex_tok, vocab)
+
+    # features.parquet gains lifecycle and community (replacing those of an earlier analyze)
+    keep_cols = [c for c in feats.column_names if c not in ADDED_COLUMNS]
+    new = feats.select(keep_cols)
+    new = new.append_column("lifecycle", pa.array(list(lc.label), pa.string()))
+    for name, flag in (("has_pred", lc.has_pred), ("has_succ", lc.has_succ)):  # null: no such layer
+        new = new.append_column(name, pa.array(flag == 1, pa.bool_(), mask=flag < 0))
+    new = new.append_column("community", pa.array(np.where(community >= 0, community, 0), pa.int64(),
+                                                  mask=community < 0))
+    if "explanation" not in new.column_names:
+        new = new.append_column("explanation", pa.array([None] * new.num_rows, pa.string()))
+
+    # sample prompt graphs from the stored codes (no model needed)
+    from saelineage.lineage.export import explanations
+
+    ctx = GraphContext(f_layer, f_id, feats.column("act_max").to_numpy().astype(np.float64), community,
+                       explanations(run, new), e)
+    graphs = sample_graphs(counts.samples, ctx, vocab, rel=opt.prompt_rel, measure=opt.prompt_measure,
+                           max_nodes=opt.prompt_max_nodes)
+
+    write_parquet(run.file("lifecycle.parquet"), life_table)
+    write_parquet(run.file("gates.parquet"), gate_table)
+    write_parquet(run.file("best_pairs.parquet"), best_table)
+    write_parquet(run.file("splits.parquet"), split_table)
+    write_parquet(run.file("communities.parquet"), comm_table)
+    atomic_write_bytes(run.file("prompt_graphs.json"),
+                       json.dumps({"rel": opt.prompt_rel, "measure": opt.prompt_measure, "graphs": graphs},
+                                  allow_nan=False).encode())
+    write_lifecycle_html(life_table, run.file("lifecycle.html"), f"Feature lifecycle of {run.path.name}")
+    write_parquet(run.file("features.parquet"), new)
+    kinds = gate_table.column("kind").to_pylist()
+    return {"lifecycle": {lab: int((lc.label == lab).sum()) for lab in lifecycle.LABELS},
+            "gates": {"and": kinds.count("and"), "or": kinds.count("or")}, "splits": split_table.num_rows,
+            "communities": ginfo, "prompt_graphs": len(graphs), "tokens_validated": counts.n_tokens}

@@ -1,0 +1,419 @@
+"""Train per-layer TopK SAEs on an HF model, save them as SAELens folders, evaluate on held-out text.
+
+Pipeline (`train_saes`):
+1. the corpus is cut into windows; the FIRST windows are training text, the LAST ones held out
+   (the same end of the corpus that `collect` reads);
+2. one forward pass per batch captures every hook's residual stream (stopping after the deepest),
+   cached once in RAM as bfloat16 (BOS positions dropped);
+3. eai-sparsify `SparseCoder`s (TopK, AuxK, unit-norm decoder; see `topk_train`) are trained on
+   the cache for a few epochs, all hooks in the same loop, each on its input divided by one scalar
+   (so one learning rate fits every layer; the scale is folded back into the saved weights);
+4. each SAE is written as a SAELens folder `<out>/<hook name>/`, then evaluated on the held-out
+   windows (`metrics.json`); `training.json` holds the configuration, its hash and timings.
+
+Why not sparsify's `Trainer`: it re-runs the whole model on every batch (no early stop after the
+deepest hook, one pass over the data) and reports only to wandb. On this 2-core CPU the SAE step,
+not the model, is the cost, so we cache activations once and loop over them ourselves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import zlib
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from saelineage.errors import SaelineageError
+from saelineage.models.hooks import HookPoint, parse_hook
+from saelineage.run import atomic_write_bytes, config_hash
+
+TRAINER_VERSION = 1
+TRAINING_JSON = "training.json"
+METRICS_JSON = "metrics.json"
+LR_AT_4608 = 3e-3  # Adam lr for 4,608 latents on unit-variance inputs; scaled by sqrt(4608 / latents)
+
+
+@dataclass
+class TrainConfig:
+    """What to train. Everything except `device` and `threads` enters the configuration hash."""
+
+    model: str = "smollm2"
+    hooks: list[str] = field(default_factory=lambda: [f"blocks.{l}.hook_resid_pre" for l in range(12)])
+    corpus: str = "default"
+    text_column: str = "text"
+    window: int = 128
+    expansion_factor: int = 8
+    num_latents: int | None = None
+    """latents per SAE; overrides expansion_factor"""
+    k: int = 32
+    tokens: int = 100_000
+    """distinct training tokens (BOS positions excluded), from the start of the corpus"""
+    epochs: float = 2.0
+    batch_size: int = 1024
+    """tokens per optimizer step (per hook)"""
+    lr: float | None = None
+    auxk_alpha: float = 1 / 32
+    dead_tokens: int = 25_000
+    """a latent that has not fired for this many training tokens is dead (AuxK revives it)"""
+    seed: int = 0
+    heldout_tokens: int = 16_384
+    """held-out tokens for FVU / L0 / dead, from the end of the corpus"""
+    ce_tokens: int = 2_048
+    """held-out tokens for the cross-entropy increase (a full forward per hook)"""
+    center_residual: bool | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int | None = None
+
+    def parsed_hooks(self) -> list[HookPoint]:
+        hooks = sorted({parse_hook(h) for h in self.hooks}, key=lambda h: (h.order, h.kind))
+        if not hooks:
+            raise SaelineageError("no hook points to train on.",
+                                  "pass --hooks, e.g. '0-11' or 'blocks.3.hook_resid_pre'.")
+        return hooks
+
+    def d_sae(self, d_model: int) -> int:
+        return int(self.num_latents) if self.num_latents else int(self.expansion_factor * d_model)
+
+    def learning_rate(self, d_sae: int) -> float:
+        return float(self.lr) if self.lr else LR_AT_4608 * math.sqrt(4608 / d_sae)
+
+    def validate(self) -> None:
+        checks = [
+            (self.k >= 1, f"k={self.k} must be at least 1.", "use -k 32 (the default)."),
+            (self.num_latents is None or self.num_latents >= 1, f"--latents {self.num_latents} must be positive.",
+             "use --latents 4608 or --expansion-factor 8."),
+            (self.num_latents is not None or self.expansion_factor >= 1,
+             f"--expansion-factor {self.expansion_factor} must be at least 1.", "use --expansion-factor 8."),
+            (self.num_latents is None or self.k <= self.num_latents,
+             f"k={self.k} exceeds the number of latents ({self.num_latents}).", "lower -k or raise --latents."),
+            (self.tokens >= 1 and self.heldout_tokens >= 1, "--tokens and --heldout-tokens must be positive.",
+             "use e.g. --tokens 100000 --heldout-tokens 16384."),
+            (self.epochs > 0, f"--epochs {self.epochs} must be positive.", "use e.g. --epochs 2."),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size} must be positive.", "use --batch-size 1024."),
+            (self.lr is None or self.lr > 0, f"--lr {self.lr} must be positive.", "leave --lr out for the default."),
+            (self.ce_tokens >= 0, "--ce-tokens must be 0 or more.", "use --ce-tokens 2048 (0 skips the CE metric)."),
+        ]
+        for ok, problem, fix in checks:
+            if not ok:
+                raise SaelineageError(problem, fix)
+
+    def identity(self, model_key: str | None = None) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("device"), d.pop("threads")
+        d["hooks"] = [h.name for h in self.parsed_hooks()]
+        d["model"] = model_key or self.model
+        d["trainer_version"] = TRAINER_VERSION
+        return d
+
+
+def model_key(spec: str) -> str:
+    """The model part of the configuration hash: preset name, hub id, or a local folder's weights sha256."""
+    path = Path(spec)
+    if path.is_dir() and (path / "config.json").is_file():
+        from saelineage.models.loading import weights_sha256
+
+        return f"sha256:{weights_sha256(path)}"
+    return spec
+
+
+# ---- output folder ------------------------------------------------------------------------------
+def _read_training(out: Path) -> dict | None:
+    try:
+        return json.loads((out / TRAINING_JSON).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(out: Path, digest: str) -> bool:
+    """True when `out` holds a finished training run of the configuration hashed `digest`."""
+    info = _read_training(out)
+    return bool(info and info.get("config_hash") == digest and info.get("status") == "complete"
+                and (out / METRICS_JSON).is_file())
+
+
+def _prepare_out(out: Path, digest: str, force: bool) -> None:
+    """Make `out` ready for a fresh run; refuse folders holding SAEs of another configuration."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SaelineageError(f"--out {out} is a file.", "choose a folder path for the SAEs.")
+    info = _read_training(out)
+    sae_dirs = [d for d in out.iterdir() if d.is_dir() and (d / "cfg.json").is_file()]
+    ours = info is not None and "config_hash" in info
+    if not force:
+        if ours and info["config_hash"] != digest:
+            raise SaelineageError(
+                f"{out} holds SAEs of another configuration (hash {info['config_hash']}, this one {digest}).",
+                "choose another --out folder, or pass --force to replace them.")
+        if not ours and sae_dirs:
+            raise SaelineageError(f"{out} already holds SAE folders not written by `saelineage train` "
+                                  f"({', '.join(sorted(d.name for d in sae_dirs)[:4])}).",
+                                  "choose another --out folder, or pass --force to replace them.")
+    for d in sae_dirs:
+        shutil.rmtree(d)
+    for name in (TRAINING_JSON, METRICS_JSON):
+        (out / name).unlink(missing_ok=True)
+
+
+def _publish(work: Path, final: Path, digest: str) -> None:
+    """Rename the finished cache folder `work` to `final`, replacing an older or broken copy."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    try:
+        os.replace(work, final)
+    except OSError:  # another process published the same configuration in between
+        if not is_complete(final, digest):
+            raise
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
+
+
+# ---- activations --------------------------------------------------------------------------------
+@torch.no_grad()
+def cache_activations(adapter, hooks: list[HookPoint], windows: np.ndarray, bos: bool, batch_windows: int = 16,
+                      on_batch=None) -> dict[HookPoint, torch.Tensor]:
+    """Residuals of every hook for all tokens of `windows` (int64 [n, S]), one forward per batch.
+
+    Returns {hook: bfloat16 [n · (S − bos), d_model]} (position 0 dropped when windows start with BOS).
+    """
+    skip = 1 if bos else 0
+    n, s = windows.shape
+    per = s - skip
+    acts = {h: torch.empty(n * per, adapter.d_model, dtype=torch.bfloat16) for h in hooks}
+    for start in range(0, n, batch_windows):
+        ids = torch.from_numpy(windows[start:start + batch_windows])
+        res = adapter.residuals(ids, hooks)
+        rows = slice(start * per, (start + ids.shape[0]) * per)
+        for h in hooks:
+            acts[h][rows] = res[h][:, skip:].reshape(-1, adapter.d_model).to("cpu", torch.bfloat16)
+        if on_batch:
+            on_batch(ids.shape[0])
+    return acts
+
+
+def _mean_scale(x: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, float]:
+    """Mean [d] and scale s with E‖x − mean‖² = d · s² (float64 accumulation over chunks of x [N, d])."""
+    s1 = torch.zeros(x.shape[1], dtype=torch.float64)
+    s2 = 0.0
+    for i in range(0, len(x), chunk):
+        c = x[i:i + chunk].double()
+        s1 += c.sum(0)
+        s2 += float(c.pow(2).sum())
+    mean = s1 / len(x)
+    var = s2 / len(x) - float(mean.pow(2).sum())
+    return mean.float(), math.sqrt(max(var, 1e-12) / x.shape[1])
+
+
+def _hook_seed(seed: int, hook: HookPoint) -> int:
+    """A distinct init seed per hook: identical inits would make latent i of adjacent layers start on
+    the same direction, a spurious cross-layer link for decoder-cosine measures."""
+    return (seed * 1_000_003 + zlib.crc32(hook.name.encode())) % (2**31)
+
+
+# ---- training -----------------------------------------------------------------------------------
+def fit_saes(acts: dict[HookPoint, torch.Tensor], cfg: TrainConfig, d_sae: int, device: str = "cpu",
+             on_step=None) -> tuple[dict, dict[HookPoint, float], dict[HookPoint, float]]:
+    """Train one TopK SparseCoder per hook on cached activations acts[hook]: [N, d].
+
+    All hooks see the same shuffled batches (one permutation per epoch, from `cfg.seed`).
+    Returns (coders, scales, train_fvu) keyed by hook; coders map x / scale.
+    `on_step(step, steps, fvu_by_hook)` reports progress.
+    """
+    from saelineage.saes.topk_train import FastSparseCoder, SparseCoderConfig
+
+    hooks = list(acts)
+    n_tok, d = next(iter(acts.values())).shape
+    bs = min(cfg.batch_size, n_tok)
+    steps = max(1, math.ceil(cfg.epochs * n_tok / bs))
+    coders, scales = {}, {}
+    for h in hooks:
+        mean, scale = _mean_scale(acts[h])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_hook_seed(cfg.seed, h))
+            coder = FastSparseCoder(d, SparseCoderConfig(num_latents=d_sae, k=cfg.k), device=device,
+                                    dtype=torch.float32)
+        coder.b_dec.data = (mean / scale).to(device)
+        coders[h], scales[h] = coder, scale
+    lr = cfg.learning_rate(d_sae)
+    params = [p for c in coders.values() for p in c.parameters()]
+    opt = torch.optim.Adam(params, lr=lr, fused=True) if device == "cpu" else torch.optim.Adam(params, lr=lr)
+    warmup = max(1, min(100, steps // 20))
+    decay = max(1, steps // 5)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warmup) * min(1.0, (steps - i) / decay))
+    since = {h: torch.zeros(d_sae, dtype=torch.long, device=device) for h in hooks}
+    fvu_ema = {h: math.nan for h in hooks}
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(n_tok, generator=gen)
+    pos = 0
+    for step in range(steps):
+        if pos + bs > n_tok:  # next epoch: a fresh permutation
+            order, pos = torch.randperm(n_tok, generator=gen), 0
+        idx = order[pos:pos + bs]
+        pos += bs
+        for h in hooks:
+            coder = coders[h]
+            coder.set_decoder_norm_to_unit_norm()
+            x = acts[h][idx].to(device=device, dtype=torch.float32).div_(scales[h])
+            dead = since[h] > cfg.dead_tokens if cfg.auxk_alpha > 0 else None
+            out = coder(x, dead_mask=dead)
+            (out.fvu + cfg.auxk_alpha * out.auxk_loss).backward()
+            coder.remove_gradient_parallel_to_decoder_directions()
+            fired = torch.zeros(d_sae, dtype=torch.bool, device=device)
+            fired[out.latent_indices.flatten()] = True
+            since[h] += len(idx)
+            since[h][fired] = 0
+            f = float(out.fvu.detach())
+            fvu_ema[h] = f if math.isnan(fvu_ema[h]) else 0.9 * fvu_ema[h] + 0.1 * f
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        if on_step:
+            on_step(step + 1, steps, fvu_ema)
+    for c in coders.values():
+        c.set_decoder_norm_to_unit_norm()
+    return coders, scales, fvu_ema
+
+
+# ---- the whole run ------------------------------------------------------------------------------
+def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
+    """Train, save and evaluate SAEs for `cfg`; returns the output folder.
+
+    out=None: the cache folder `cache_dir()/saes/<config hash>/` (built in a temporary sibling and
+    renamed when complete, so concurrent callers never see half a set). A folder that already holds
+    this configuration's finished run is returned as is unless `force`.
+    """
+    from saelineage.data.corpus import load_corpus
+    from saelineage.data.windows import make_windows
+    from saelineage.models.loading import load_model
+    from saelineage.models.presets import cache_dir
+    from saelineage.progress import console
+    from saelineage.progress import progress as make_progress
+    from saelineage.saes.evaluate import evaluate_saes, metrics_table
+    from saelineage.saes.loading import save_saelens
+    from saelineage.saes.topk_train import coder_to_sae, set_threads
+
+    cfg.validate()
+    hooks = cfg.parsed_hooks()
+    digest = config_hash(cfg.identity(model_key(cfg.model)))
+    cached = out is None
+    final = Path(out).expanduser() if out is not None else cache_dir() / "saes" / digest
+    if is_complete(final, digest) and not force:
+        if progress:
+            console.print(f"SAEs for this configuration are already trained: [bold]{final}[/]")
+        return final
+    if cached:
+        work = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        _prepare_out(final, digest, force)
+        work = final
+    if cfg.threads:
+        set_threads(cfg.threads)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    adapter = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, center_residual=cfg.center_residual)
+    adapter.check_hooks(hooks)
+    d_sae = cfg.d_sae(adapter.d_model)
+    if cfg.k > d_sae:
+        raise SaelineageError(f"k={cfg.k} exceeds the number of latents ({d_sae} = {cfg.expansion_factor} × "
+                              f"d_model {adapter.d_model})." if not cfg.num_latents else
+                              f"k={cfg.k} exceeds the number of latents ({d_sae}).",
+                              "lower -k, or raise --expansion-factor / --latents.")
+    corpus = load_corpus(cfg.corpus, text_column=cfg.text_column)
+    wins = make_windows(adapter.tokenizer, corpus.docs, window=cfg.window)
+    per = cfg.window - (1 if wins.bos else 0)
+    n_train = math.ceil(cfg.tokens / per)
+    n_held = math.ceil(cfg.heldout_tokens / per)
+    n_ce = min(n_held, math.ceil(cfg.ce_tokens / per)) if cfg.ce_tokens else 0
+    if n_train + n_held > len(wins.ids):
+        raise SaelineageError(
+            f"the corpus has {len(wins.ids) * per:,} tokens ({len(wins.ids)} windows of {cfg.window}), fewer than "
+            f"the {n_train * per:,} training + {n_held * per:,} held-out tokens requested.",
+            "lower --tokens / --heldout-tokens, or use a larger --corpus.")
+    timings["load"] = time.perf_counter() - t_start
+    work.mkdir(parents=True, exist_ok=True)
+    info: dict[str, Any] = {
+        "config_hash": digest, "status": "running", "config": cfg.identity(model_key(cfg.model)),
+        "model_identity": adapter.identity, "corpus_identity": corpus.identity, "d_model": adapter.d_model,
+        "d_sae": d_sae, "bos": wins.bos, "train_windows": [0, n_train], "heldout_windows": [len(wins.ids) - n_held,
+                                                                                          len(wins.ids)],
+        "n_train_tokens": n_train * per, "lr": cfg.learning_rate(d_sae),
+    }
+    _write_json(work / TRAINING_JSON, info)
+
+    bar = make_progress() if progress else None
+    with bar or nullcontext():
+        t0 = time.perf_counter()
+        task = bar.add_task("activations", total=n_train, rate="") if bar else None
+        acts = cache_activations(adapter, hooks, wins.ids[:n_train], wins.bos,
+                                 on_batch=(lambda n: bar.advance(task, n)) if bar else None)
+        timings["activations"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        steps = max(1, math.ceil(cfg.epochs * n_train * per / min(cfg.batch_size, n_train * per)))
+        task = bar.add_task(f"training {len(hooks)} SAEs", total=steps, rate="") if bar else None
+
+        def on_step(step, total, fvu):
+            if bar:
+                vals = [v for v in fvu.values() if not math.isnan(v)]
+                bar.update(task, completed=step, rate=f"FVU mean {np.mean(vals):.3f} max {max(vals):.3f}")
+
+        coders, scales, train_fvu = fit_saes(acts, cfg, d_sae, device=cfg.device, on_step=on_step)
+        del acts
+        timings["training"] = time.perf_counter() - t0
+
+        meta = {"model_name": cfg.model, "context_size": cfg.window, "prepend_bos": bool(wins.bos),
+                "dataset_path": cfg.corpus, "saelineage_config_hash": digest}
+        saes = {}
+        for h in hooks:
+            saes[h] = coder_to_sae(coders[h], h, scales[h])
+            save_saelens(saes[h], work / h.name, metadata=meta)
+
+        t0 = time.perf_counter()
+        held = wins.ids[len(wins.ids) - n_held:]
+        task = bar.add_task("evaluating", total=n_held + n_ce, rate="") if bar else None
+        on_device = {h: s.to(cfg.device) for h, s in saes.items()}
+        metrics = evaluate_saes(adapter, on_device, held, wins.bos, ce_windows=n_ce,
+                                on_batch=(lambda phase, n: bar.advance(task, n)) if bar else None)
+        timings["evaluation"] = time.perf_counter() - t0
+    for h in hooks:
+        metrics[h].train_fvu = train_fvu[h]
+    timings["total"] = time.perf_counter() - t_start
+    rows = [metrics[h].as_dict() for h in hooks]
+    _write_json(work / METRICS_JSON, {"config_hash": digest, "model": cfg.model, "layers": rows,
+                                      "timings_s": {k: round(v, 2) for k, v in timings.items()}})
+    info.update(status="complete", scales={h.name: scales[h] for h in hooks},
+                timings_s={k: round(v, 2) for k, v in timings.items()})
+    _write_json(work / TRAINING_JSON, info)
+    if cached:
+        _publish(work, final, digest)
+    if progress:
+        console.print(metrics_table(rows, title=f"SAEs in {final} (held-out evaluation)"))
+        console.print(f"trained in {timings['total']:.0f} s "
+                      f"(activations {timings['activations']:.0f} s, training {timings['training']:.0f} s, "
+                      f"evaluation {timings['evaluation']:.0f} s)")
+    return final
+
+
+def default_saes(progress: bool = True) -> Path:
+    """Folder of the embedded default SAE set (SmolLM2-135M, resid_pre 0-11), trained once and cached."""
+    from saelineage.saes.defaults import default_saes as _default
+
+    return _default(progress=progress)

@@ -1,0 +1,181 @@
+"""Edge selection and best partners for one layer pair, block of source rows by block.
+
+A pair's accumulators may arrive in several blocks of source rows (memory limit). Row-wise
+results (best successor, top-k partners of i, threshold cells) are complete within a block;
+column-wise results (best predecessor, top-k partners of j) are folded into a running pair
+state with a total order (value desc, id asc), so the outcome does not depend on how rows
+were blocked, how many threads ran, or how the corpus was sharded (counts are exact
+integers; sums are float64 in global token order).
+
+Edge rule (DESIGN §4): c_ij >= min_support and (among the top-k supported partners of i or
+of j by any primary measure, or any measure >= its keep threshold).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from saelineage.stats import kernels_scan as ks
+from saelineage.stats.measures import MEASURE_INDEX, MEASURE_RANGE, MEASURES, Side, mutual_info
+
+HIST_BINS = 20
+
+
+@dataclass
+class EdgeOptions:
+    """What to keep. primary: measures ranked for top-k; keep: measure -> threshold."""
+
+    min_support: int = 5
+    top_k: int = 16
+    primary: tuple[str, ...] = MEASURES
+    keep: dict[str, float] = field(default_factory=dict)
+
+    def prim_index(self) -> np.ndarray:
+        return np.array([MEASURE_INDEX[m] for m in self.primary], np.int64)
+
+    def thresholds(self) -> np.ndarray:
+        thr = np.full(len(MEASURES), np.nan)
+        for m, t in self.keep.items():
+            thr[MEASURE_INDEX[m]] = t
+        return thr
+
+
+def _threads() -> int:
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def state_bytes(d_l: int, d_m: int, opts: EdgeOptions, do_best: bool) -> int:
+    """Bytes held by a PairState plus the per-thread scratch of one block scan."""
+    P, k = len(opts.primary), opts.top_k
+    pair = P * d_m * k * 28 + (6 * d_m * 24 + d_m * 24 + d_l * 6 * 20 if do_best else 0)
+    scratch = _threads() * (P * d_m * k * 12 + (6 * d_m * 12 + d_m * 16 if do_best else 0))
+    return pair + scratch
+
+
+class PairState:
+    """Running results of one layer pair (l -> m) over blocks of source rows."""
+
+    def __init__(self, d_l: int, d_m: int, opts: EdgeOptions, do_best: bool):
+        self.d_l, self.d_m, self.opts, self.do_best = d_l, d_m, opts, do_best
+        P, k = len(opts.primary), opts.top_k
+        nb = 1 if do_best else 0  # column-best arrays are only needed for span-1 pairs
+        self.pb_v = np.full((6 * nb, d_m), -np.inf)
+        self.pb_i = np.full((6 * nb, d_m), ks.NO_ID, np.int32)
+        self.pb_c = np.zeros((6 * nb, d_m), np.int64)
+        self.pb_p = np.zeros((6 * nb, d_m), np.float64)
+        self.pz_c = np.full(d_m * nb, -1, np.int64)
+        self.pz_i = np.full(d_m * nb, ks.NO_ID, np.int32)
+        self.pz_low = np.full(d_m * nb, ks.NO_ID, np.int32)
+        self.pt_v = np.full((P, d_m, k), -np.inf)
+        self.pt_i = np.full((P, d_m, k), ks.NO_ID, np.int32)
+        self.pt_c = np.zeros((P, d_m, k), np.int64)
+        self.pt_p = np.zeros((P, d_m, k), np.float64)
+        # best successor of each source feature: partner id and its c_ij, p_ij, per measure
+        self.rb_j = np.full((d_l * nb, 6), -1, np.int32)
+        self.rb_c = np.zeros((d_l * nb, 6), np.int64)
+        self.rb_p = np.zeros((d_l * nb, 6), np.float64)
+        self.hist = np.zeros((6, HIST_BINS), np.int64)
+        self.counters = np.zeros(3, np.int64)  # seen (c>0), touched (c>0 or p>0), supported
+        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.rows_done = 0
+
+    def add_block(self, cnt: np.ndarray, psum: np.ndarray, lo: int, n: int, src: Side, dst: Side) -> None:
+        """Scan accumulator rows lo..lo+B-1 (cnt, psum [B, d_m]) and fold them in."""
+        B, dm = cnt.shape
+        o = self.opts
+        prim, thr = o.prim_index(), o.thresholds()
+        P, k, T = len(prim), o.top_k, _threads()
+        hlo = np.array([MEASURE_RANGE[m][0] for m in MEASURES])
+        hhi = np.array([MEASURE_RANGE[m][1] for m in MEASURES])
+        nb = 1 if self.do_best else 0
+        rbest = np.full((B * nb, 6), -1, np.int32)
+        rtop = np.full((B, P, k), -1, np.int32)
+        rkeep = np.zeros(B, np.int64)
+        cbest_v = np.full((T * nb, 6, dm), -np.inf)
+        cbest_i = np.full((T * nb, 6, dm), ks.NO_ID, np.int32)
+        zc = np.full((T * nb, dm), -1, np.int64)
+        zi = np.full((T * nb, dm), ks.NO_ID, np.int32)
+        zlow = np.full((T * nb, dm), ks.NO_ID, np.int32)
+        ctop_v = np.full((T, P, dm, k), -np.inf)
+        ctop_i = np.full((T, P, dm, k), ks.NO_ID, np.int32)
+        hist = np.zeros((T, 6, HIST_BINS), np.int64)
+        counters = np.zeros((T, 3), np.int64)
+        n = np.int64(n)
+        ks.scan_block(cnt, psum, lo, n, src.count, src.s, src.isd, src.irq, dst.count, dst.s, dst.isd, dst.irq,
+                      self.do_best, prim, o.min_support, thr, hlo, hhi,
+                      rbest, rtop, rkeep, cbest_v, cbest_i, zc, zi, zlow, ctop_v, ctop_i, hist, counters)
+        ks.merge_columns(cnt, psum, lo, self.do_best, cbest_v, cbest_i, zc, zi, zlow, ctop_v, ctop_i,
+                         self.pb_v, self.pb_i, self.pb_c, self.pb_p, self.pz_c, self.pz_i, self.pz_low,
+                         self.pt_v, self.pt_i, self.pt_c, self.pt_p)
+        self.hist += hist.sum(0)
+        self.counters += counters.sum(0)
+        if self.do_best:
+            rows = np.arange(B)[:, None]
+            ok = rbest >= 0
+            safe = np.where(ok, rbest, 0)
+            self.rb_j[lo:lo + B] = rbest
+            self.rb_c[lo:lo + B] = np.where(ok, cnt[rows, safe], 0)
+            self.rb_p[lo:lo + B] = np.where(ok, psum[rows, safe], 0.0)
+        # kept cells of these rows: count, then fill
+        args = (cnt, psum, lo, n, src.count, src.s, src.isd, src.irq, dst.count, dst.s, dst.isd, dst.irq,
+                o.min_support, thr, rtop, rkeep)
+        offsets = np.zeros(B + 1, np.int64)
+        empty_i, empty_f = np.zeros(0, np.int32), np.zeros(0, np.float64)
+        ks.gather_rows(*args, offsets, empty_i, empty_i, np.zeros(0, np.int64), empty_f, True)
+        np.cumsum(offsets, out=offsets)
+        K = int(offsets[-1])
+        out = (np.empty(K, np.int32), np.empty(K, np.int32), np.empty(K, np.int64), np.empty(K, np.float64))
+        ks.gather_rows(*args, offsets, *out, False)
+        self.parts.append(out)
+        self.rows_done += B
+
+    def finish(self, n: int, src: Side, dst: Side) -> "PairResult":
+        """Combine blocks: kept edges (sorted by src, dst) and best predecessors per measure."""
+        assert self.rows_done == self.d_l, (self.rows_done, self.d_l)
+        P, dm, k = self.pt_i.shape
+        ok = self.pt_i != ks.NO_ID
+        jj = np.broadcast_to(np.arange(dm)[None, :, None], (P, dm, k))
+        parts = self.parts + [(self.pt_i[ok], jj[ok].astype(np.int32), self.pt_c[ok], self.pt_p[ok])]
+        src_i = np.concatenate([p[0] for p in parts])
+        dst_j = np.concatenate([p[1] for p in parts])
+        key = src_i.astype(np.int64) * dm + dst_j
+        _, first = np.unique(key, return_index=True)  # sorted by (src, dst), one row per pair
+        edges = tuple(np.concatenate([p[x] for p in parts])[first] for x in range(4))
+        self.parts = []
+        pred = None
+        if self.do_best:
+            pred = self._best_pred(n, src.count, dst.count)
+        return PairResult(*edges, pred_j=pred, hist=self.hist, counters=self.counters,
+                          succ=(self.rb_j, self.rb_c, self.rb_p) if self.do_best else None)
+
+    def _best_pred(self, n: int, src_count: np.ndarray, dst_count: np.ndarray):
+        """Best source row of each column per measure: (ids, c, p) [d_m, 6], -1 where none."""
+        ids, c, p = self.pb_i.T.copy(), self.pb_c.T.copy(), self.pb_p.T.copy()
+        # MI of never co-active pairs: the column's zero-count candidate (see kernels_scan)
+        cand = np.where(dst_count > 0, self.pz_i, self.pz_low)
+        has = cand != ks.NO_ID
+        mi0 = mutual_info(n, np.zeros(self.d_m, np.int64), src_count[np.where(has, cand, 0)], dst_count)
+        cur_v, cur_i = self.pb_v[3], self.pb_i[3]
+        take = has & ((mi0 > cur_v) | ((mi0 == cur_v) & (cand < cur_i)))
+        ids[take, 3] = cand[take]
+        c[take, 3] = 0
+        p[take, 3] = 0.0
+        ids[ids == ks.NO_ID] = -1
+        return ids, c, p
+
+
+@dataclass
+class PairResult:
+    """One layer pair's kept edges (arrays [K], sorted by src then dst) and best partners."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    n_co: np.ndarray
+    p: np.ndarray
+    pred_j: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    hist: np.ndarray
+    counters: np.ndarray
+    succ: tuple[np.ndarray, np.ndarray, np.ndarray] | None

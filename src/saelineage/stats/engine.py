@@ -1,0 +1,196 @@
+"""The accumulation pass: every layer pair at once, in bounded memory.
+
+A *unit* is a block of source rows [lo, hi) of one layer pair; its accumulators are
+cnt (int32, or int64 past 2^31 tokens) and psum (float64), both [hi-lo, d_dst]. Units are
+packed into *passes* so that each pass fits the memory budget; when everything fits
+there is one pass over the shards. Each pass streams the shards in order, gathers them
+into batches of about `batch_bytes` of buffers (large batches let an accumulator row
+stay in cache for many tokens), and runs the compiled kernels on every unit. Marginals
+of a layer are taken in the first pass that reads it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numba
+import numpy as np
+
+from saelineage.errors import SaelineageError
+from saelineage.stats import kernels as kn
+from saelineage.stats.batch import Batch, LayerBuffer, batches
+from saelineage.stats.edges import EdgeOptions, PairResult, PairState, state_bytes
+from saelineage.stats.measures import Marginals, side
+
+
+BATCH_MAX = 1536 << 20  # larger batches: fewer accumulator-row streams (see batch.py)
+BATCH_MIN_ENTRIES = 1 << 16
+
+
+class Pair(NamedTuple):
+    src: int
+    dst: int
+    span: int
+
+
+class Unit(NamedTuple):
+    pair: int  # index into the pair list
+    lo: int
+    hi: int
+
+
+@dataclass
+class Layout:
+    """Everything the pass needs to know about the run."""
+
+    shards: list[Path]
+    layers: list[int]
+    d: dict[int, int]
+    pairs: list[Pair]
+    theta: dict[int, np.ndarray]  # per-feature active threshold, float64 [d]
+    bos: bool
+    include_bos: bool
+    all_active: bool  # threshold 0: every stored entry > 0 is active
+    n_tokens_hint: int
+
+
+@dataclass
+class Budget:
+    limit: int
+    batch_bytes: int
+    count_dtype: type
+    passes: list[list[Unit]] = field(default_factory=list)
+
+    @property
+    def cell_bytes(self) -> int:
+        return np.dtype(self.count_dtype).itemsize + 8
+
+
+def plan(layout: Layout, opts: EdgeOptions, memory_limit: int) -> Budget:
+    """Split the pairs into units and passes that fit `memory_limit` bytes.
+
+    Accumulators get limit - (batch buffers: 15%, capped at 1 GiB; slack: 5%, capped at
+    64 MiB; the state of each pair in the pass). At least one source row per unit, so a tiny
+    limit still runs (slowly, many passes) with identical results; batches never go below
+    64k entries, so limits under ~50 MB bound the accumulators only.
+    """
+    count_dtype = np.int32 if layout.n_tokens_hint < 2**31 - 1 else np.int64
+    batch_bytes = int(min(BATCH_MAX, 0.15 * memory_limit))
+    budget = Budget(memory_limit, batch_bytes, count_dtype)
+    states = [state_bytes(layout.d[p.src], layout.d[p.dst], opts, p.span == 1) for p in layout.pairs]
+    free0 = memory_limit - batch_bytes - int(min(64 << 20, 0.05 * memory_limit))
+    free, current = free0, []
+    for k, p in enumerate(layout.pairs):
+        row = layout.d[p.dst] * budget.cell_bytes
+        lo, d_src = 0, layout.d[p.src]
+        free -= states[k]
+        while lo < d_src:
+            rows = min(d_src - lo, max(0, free) // row)
+            if rows == 0 and current:
+                budget.passes.append(current)
+                free, current = free0 - states[k], []
+                continue
+            rows = max(rows, 1)
+            current.append(Unit(k, lo, lo + rows))
+            free -= rows * row
+            lo += rows
+    if current:
+        budget.passes.append(current)
+    return budget
+
+
+class Accumulated(NamedTuple):
+    n: int
+    marginals: dict[int, Marginals]
+    results: list[PairResult]
+    increments: int
+    timings: dict[str, float]
+
+
+def _new_marginals(d: int) -> Marginals:
+    return Marginals(np.zeros(d, np.int64), np.zeros(d, np.int64), np.zeros(d), np.zeros(d),
+                     np.full(d, np.inf), np.zeros(d))
+
+
+def _batch_for(layout: Layout, layers: list[int], src: set[int], batch_bytes: int) -> Batch:
+    need_act = not layout.all_active
+    per_entry = sum(LayerBuffer.entry_bytes(np.float32, need_act, l in src) for l in layers)
+    ecap = max(BATCH_MIN_ENTRIES, batch_bytes // per_entry)
+    return Batch(layers, src, layout.d, ecap, max(ecap // 8, 1 << 12), need_act)
+
+
+def _prepare(batch: Batch, layout: Layout, keep: np.ndarray, fresh: dict[int, Marginals]) -> None:
+    """Clean every layer of the batch in place, add first-pass marginals, transpose sources."""
+    d, empty_i, empty_f = layout.d, np.zeros(0, np.int64), np.zeros(0)
+    for l, b in batch.buf.items():
+        m = fresh.get(l)
+        marg = m if m is not None else (empty_i, empty_i, empty_f, empty_f, empty_f, empty_f)
+        nnz, lo_id, hi_id = kn.prepare_inplace(b.ptr, b.idx, b.val, batch.n_tok, keep, layout.theta[l], d[l],
+                                               m is not None, *marg, b.need_act, b.act)
+        if lo_id < 0 or hi_id >= d[l]:
+            raise SaelineageError(f"layer {l} codes hold feature id {hi_id if hi_id >= d[l] else lo_id} "
+                                  f"outside 0..{d[l] - 1} (d_sae).",
+                                  "the shards do not match the manifest: re-run `saelineage collect --force`.")
+        b.nnz = nnz
+        if b.is_src:
+            kn.transpose_into(b.ptr, b.idx, b.val, b.act, batch.n_tok, keep, d[l], b.need_act,
+                              b.colptr, b.tok, b.cval, b.cact)
+
+
+def run_passes(layout: Layout, budget: Budget, opts: EdgeOptions, workers: int,
+               on_shards: Callable[[int, int, int], None] | None = None) -> Accumulated:
+    """Run every pass; return the token count, layer marginals and each pair's results."""
+    numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
+    d, pairs = layout.d, layout.pairs
+    marg: dict[int, Marginals] = {}
+    n_tokens = None
+    results: list[PairResult | None] = [None] * len(pairs)
+    states: dict[int, PairState] = {}
+    increments = 0
+    tm = {"read_prepare": 0.0, "accumulate": 0.0, "finalize": 0.0}
+    for pass_no, units in enumerate(budget.passes):
+        src = {pairs[u.pair].src for u in units}
+        layers = sorted(src | {pairs[u.pair].dst for u in units})
+        fresh = {l: _new_marginals(d[l]) for l in layers if l not in marg}
+        acc = {u: (np.zeros((u.hi - u.lo, d[pairs[u.pair].dst]), budget.count_dtype),
+                   np.zeros((u.hi - u.lo, d[pairs[u.pair].dst]), np.float64)) for u in units}
+        n_pass = 0
+        t0 = time.perf_counter()
+        for batch in batches(layout.shards, _batch_for(layout, layers, src, budget.batch_bytes)):
+            keep = batch.keep(layout.bos, layout.include_bos)
+            n_pass += int(keep.sum())
+            _prepare(batch, layout, keep, fresh)
+            t1 = time.perf_counter()
+            tm["read_prepare"] += t1 - t0
+            for u in units:
+                s, m = batch.buf[pairs[u.pair].src], batch.buf[pairs[u.pair].dst]
+                work = kn.row_work(s.colptr, s.tok, m.ptr, u.lo, u.hi)
+                bounds = kn.chunk_bounds(work, u.lo, 8 * numba.get_num_threads())
+                kn.accumulate(bounds, u.lo, s.colptr, s.tok, s.cval, s.cact, m.ptr, m.idx, m.val, m.act,
+                              layout.all_active, *acc[u])
+                increments += int(work.sum())
+            t0 = time.perf_counter()
+            tm["accumulate"] += t0 - t1
+            if on_shards:
+                on_shards(pass_no, batch.n_shards, increments)
+        if n_tokens is None:
+            n_tokens = n_pass
+        elif n_tokens != n_pass:
+            raise SaelineageError("the shards changed while stats was reading them.", "re-run `saelineage stats`.")
+        marg.update(fresh)
+        t0 = time.perf_counter()
+        for u in units:
+            p = pairs[u.pair]
+            st = states.get(u.pair) or states.setdefault(u.pair, PairState(d[p.src], d[p.dst], opts, p.span == 1))
+            cnt, psum = acc.pop(u)
+            st.add_block(cnt, psum, u.lo, n_tokens, side(n_tokens, marg[p.src]), side(n_tokens, marg[p.dst]))
+            del cnt, psum
+            if st.rows_done == d[p.src]:
+                results[u.pair] = st.finish(n_tokens, side(n_tokens, marg[p.src]), side(n_tokens, marg[p.dst]))
+                del states[u.pair]
+        tm["finalize"] += time.perf_counter() - t0
+    assert all(r is not None for r in results)
+    return Accumulated(int(n_tokens or 0), marg, results, increments, tm)

@@ -1,0 +1,289 @@
+"""Compiled (numba) kernels that turn a finished accumulator block into results.
+
+One parallel scan over every cell (i, j) of a block of source rows evaluates all measures
+(the same expressions as `measures.py`) and collects, in one go:
+  - per row: the best partner under each measure over *all* j (span-1 pairs only) and the
+    top-k supported partners under each primary measure;
+  - per column (per thread, merged later): the best source row under each measure and the
+    top-k supported source rows, so that blocks of rows can be combined exactly;
+  - histograms and counters for the summary.
+
+Ranking order everywhere: higher value first, then lower partner id; NaN never ranks.
+
+Mutual information of a pair that is never co-active (c_ij = 0) is not evaluated per cell:
+for a live feature i (0 < c_i) MI(c_ij=0; c_i, c_j) is strictly increasing in c_j, so the
+best such partner is the one with the largest c_j (lowest id on ties); when c_i = 0 every
+partner has MI 0 and the lowest id wins. The scan records those candidates instead.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
+N_MEASURES = 6
+MI = 3  # index of mutual_info in measures.MEASURES
+NO_ID = np.iinfo(np.int32).max  # "no row yet" in column states: loses every id tie
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def mi_scalar(n, c, ci, cj):
+    """measures.mutual_info on int64 scalars (same operations, same order)."""
+    d = n * c - ci * cj
+    fd = np.float64(d)
+    fci = np.float64(ci)
+    fcj = np.float64(cj)
+    fni = np.float64(n - ci)
+    fnj = np.float64(n - cj)
+    out = 0.0
+    if c > 0:
+        out = out + c * np.log1p(fd / (fci * fcj))
+    if ci - c > 0:
+        out = out + (ci - c) * np.log1p(-fd / (fci * fnj))
+    if cj - c > 0:
+        out = out + (cj - c) * np.log1p(-fd / (fni * fcj))
+    if n - ci - cj + c > 0:
+        out = out + (n - ci - cj + c) * np.log1p(fd / (fni * fnj))
+    return max(out / np.float64(n), 0.0)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def cell_values(v, n, c, p, ci, si, isdi, irqi, cj, sj, isdj, irqj, with_mi):
+    """Fill v[0..5] with the measures of one cell (measures.MEASURES order; MI NaN unless asked)."""
+    fc = np.float64(c)
+    v[0] = fc / np.float64(ci + cj - c)
+    v[1] = fc / np.float64(ci)
+    v[2] = fc / np.float64(cj)
+    v[3] = mi_scalar(n, c, ci, cj) if with_mi else np.nan
+    v[4] = (np.float64(n) * p - si * sj) * isdi * isdj
+    v[5] = p * irqi * irqj
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def passes(v, thr):
+    """True when any measure reaches its keep threshold (NaN threshold = none)."""
+    for m in range(N_MEASURES):
+        if v[m] >= thr[m]:
+            return True
+    return False
+
+
+@numba.njit(parallel=True, **_JIT)
+def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj,
+               do_best, prim, min_support, thr, hlo, hhi,
+               rbest, rtop, rkeep, cbest_v, cbest_i, zc, zi, zlow, ctop_v, ctop_i, hist, counters):
+    """Scan block rows lo..lo+B-1 (cnt, psum [B, d_m]); see the module docstring.
+
+    Per-feature inputs are [d_l] (ci, si, isdi, irqi) and [d_m] (cj, ...). prim int64[P]:
+    measure indices ranked for edges; thr float64[6] keep thresholds (NaN = none);
+    hlo/hhi float64[6] histogram ranges. Outputs: rbest int32[B,6] (best j per measure,
+    do_best only), rtop int32[B,P,k] (-1 padded), rkeep int64[B] (threshold cells);
+    per thread th: cbest_v/cbest_i [th,6,d_m], zc/zi/zlow [th,d_m], ctop_v/ctop_i
+    [th,P,d_m,k], hist int64[th,6,bins], counters int64[th,3] (seen, touched, supported).
+    """
+    B, dm = cnt.shape
+    P = prim.shape[0]
+    k = rtop.shape[2]
+    nb = hist.shape[2]
+    for r in prange(B):
+        th = numba.get_thread_id()
+        i = lo + r
+        ci_ = np.int64(ci[i])
+        v = np.empty(N_MEASURES)
+        bv = np.full(N_MEASURES, -np.inf)
+        bj = np.full(N_MEASURES, -1, np.int32)
+        tv = np.full((P, k), -np.inf)
+        tj = np.full((P, k), -1, np.int32)
+        zmax_c = np.int64(-1)
+        zmax_j = -1
+        zlow_j = -1
+        seen = 0
+        touched = 0
+        supported = 0
+        n_thr = 0
+        for j in range(dm):
+            c = np.int64(cnt[r, j])
+            p = psum[r, j]
+            cjj = np.int64(cj[j])
+            if c > 0:
+                seen += 1
+            if c > 0 or p != 0.0:
+                touched += 1
+            sup = c >= min_support
+            cell_values(v, n, c, p, ci_, si[i], isdi[i], irqi[i], cjj, sj[j], isdj[j], irqj[j],
+                        c > 0 and (do_best or sup))
+            if do_best:
+                for m in range(N_MEASURES):
+                    x = v[m]
+                    if x > bv[m]:
+                        bv[m] = x
+                        bj[m] = j
+                    cb = cbest_v[th, m, j]
+                    if x > cb or (x == cb and i < cbest_i[th, m, j]):
+                        cbest_v[th, m, j] = x
+                        cbest_i[th, m, j] = i
+                if c == 0:
+                    if cjj > zmax_c:
+                        zmax_c = cjj
+                        zmax_j = j
+                    if zlow_j < 0:
+                        zlow_j = j
+                    if ci_ > zc[th, j] or (ci_ == zc[th, j] and i < zi[th, j]):
+                        zc[th, j] = ci_
+                        zi[th, j] = i
+                    if i < zlow[th, j]:
+                        zlow[th, j] = i
+            if not sup:
+                continue
+            supported += 1
+            for m in range(N_MEASURES):
+                x = v[m]
+                if x == x:
+                    b = int((x - hlo[m]) / (hhi[m] - hlo[m]) * nb)
+                    hist[th, m, min(max(b, 0), nb - 1)] += 1
+            for q in range(P):
+                x = v[prim[q]]
+                if not x == x:
+                    continue
+                if x > tv[q, k - 1]:  # j ascends along the row: ties keep the earlier j
+                    s = k - 1
+                    while s > 0 and tv[q, s - 1] < x:
+                        tv[q, s] = tv[q, s - 1]
+                        tj[q, s] = tj[q, s - 1]
+                        s -= 1
+                    tv[q, s] = x
+                    tj[q, s] = j
+                kv = ctop_v[th, q, j, k - 1]
+                if x > kv or (x == kv and i < ctop_i[th, q, j, k - 1]):
+                    s = k - 1
+                    while s > 0 and (ctop_v[th, q, j, s - 1] < x or
+                                     (ctop_v[th, q, j, s - 1] == x and ctop_i[th, q, j, s - 1] > i)):
+                        ctop_v[th, q, j, s] = ctop_v[th, q, j, s - 1]
+                        ctop_i[th, q, j, s] = ctop_i[th, q, j, s - 1]
+                        s -= 1
+                    ctop_v[th, q, j, s] = x
+                    ctop_i[th, q, j, s] = i
+            if passes(v, thr):
+                n_thr += 1
+        if do_best:
+            cand = zmax_j if ci_ > 0 else zlow_j
+            if cand >= 0:
+                x = mi_scalar(n, np.int64(0), ci_, np.int64(cj[cand]))
+                if x > bv[MI] or (x == bv[MI] and cand < bj[MI]):
+                    bv[MI] = x
+                    bj[MI] = cand
+            for m in range(N_MEASURES):
+                rbest[r, m] = bj[m]
+        for q in range(P):
+            for s in range(k):
+                rtop[r, q, s] = tj[q, s]
+        rkeep[r] = n_thr
+        counters[th, 0] += seen
+        counters[th, 1] += touched
+        counters[th, 2] += supported
+
+
+@numba.njit(parallel=True, **_JIT)
+def merge_columns(cnt, psum, lo, do_best, cbest_v, cbest_i, zc, zi, zlow, ctop_v, ctop_i,
+                  pb_v, pb_i, pb_c, pb_p, pz_c, pz_i, pz_low, pt_v, pt_i, pt_c, pt_p):
+    """Fold the per-thread column states of one block into the pair's running state.
+
+    Pair state: pb_* [6, d_m] best row per measure (value, id, c_ij, p_ij); pz_c/pz_i/pz_low
+    [d_m] zero-count MI candidates; pt_* [P, d_m, k] column top-k with c_ij, p_ij. The
+    order (value desc, id asc) is total, so the result is independent of block and thread
+    order. c_ij and p_ij of newly taken rows are read from this block (cnt, psum).
+    """
+    T = ctop_v.shape[0]  # cbest_* are empty for span > 1 pairs
+    P = ctop_v.shape[1]
+    dm = cnt.shape[1]
+    k = ctop_v.shape[3]
+    for j in prange(dm):
+        for th in range(T):
+            if do_best:
+                for m in range(N_MEASURES):
+                    x = cbest_v[th, m, j]
+                    i = cbest_i[th, m, j]
+                    if i != NO_ID and (x > pb_v[m, j] or (x == pb_v[m, j] and i < pb_i[m, j])):
+                        pb_v[m, j] = x
+                        pb_i[m, j] = i
+                        pb_c[m, j] = cnt[i - lo, j]
+                        pb_p[m, j] = psum[i - lo, j]
+                i = zi[th, j]
+                if i != NO_ID and (zc[th, j] > pz_c[j] or (zc[th, j] == pz_c[j] and i < pz_i[j])):
+                    pz_c[j] = zc[th, j]
+                    pz_i[j] = i
+                pz_low[j] = min(pz_low[j], zlow[th, j])
+            for q in range(P):
+                for s in range(k):
+                    x = ctop_v[th, q, j, s]
+                    i = ctop_i[th, q, j, s]
+                    if i == NO_ID:
+                        break
+                    if not (x > pt_v[q, j, k - 1] or (x == pt_v[q, j, k - 1] and i < pt_i[q, j, k - 1])):
+                        break  # thread lists are sorted: nothing further can enter
+                    u = k - 1
+                    while u > 0 and (pt_v[q, j, u - 1] < x or (pt_v[q, j, u - 1] == x and pt_i[q, j, u - 1] > i)):
+                        pt_v[q, j, u] = pt_v[q, j, u - 1]
+                        pt_i[q, j, u] = pt_i[q, j, u - 1]
+                        pt_c[q, j, u] = pt_c[q, j, u - 1]
+                        pt_p[q, j, u] = pt_p[q, j, u - 1]
+                        u -= 1
+                    pt_v[q, j, u] = x
+                    pt_i[q, j, u] = i
+                    pt_c[q, j, u] = cnt[i - lo, j]
+                    pt_p[q, j, u] = psum[i - lo, j]
+
+
+@numba.njit(parallel=True, **_JIT)
+def gather_rows(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, min_support, thr,
+                rtop, rkeep, offsets, out_i, out_j, out_c, out_p, count_only):
+    """Kept cells of each block row: its top-k partners (any primary measure) and the
+    supported cells that pass a keep threshold, ascending j, without duplicates.
+
+    With count_only, writes the number of kept cells of row r into offsets[r + 1];
+    otherwise fills out_* [K] from offsets (exclusive prefix sums of those counts).
+    """
+    B, dm = cnt.shape
+    for r in prange(B):
+        i = lo + r
+        ids = np.sort(rtop[r].ravel())
+        v = np.empty(N_MEASURES)
+        w = offsets[r]
+        u = 0
+        prev = -1
+        nxt = 0  # next unread position in ids
+        while nxt < ids.shape[0] and ids[nxt] < 0:
+            nxt += 1
+        scan = rkeep[r] > 0
+        j = 0
+        while True:
+            # next candidate: the smaller of the next top-k id and the next threshold cell
+            cand = ids[nxt] if nxt < ids.shape[0] else dm
+            if scan:
+                while j < cand:
+                    c = np.int64(cnt[r, j])
+                    if c >= min_support:
+                        cell_values(v, n, c, psum[r, j], np.int64(ci[i]), si[i], isdi[i], irqi[i],
+                                    np.int64(cj[j]), sj[j], isdj[j], irqj[j], True)
+                        if passes(v, thr):
+                            break
+                    j += 1
+                if j < cand:
+                    cand = j
+            if cand >= dm:
+                break
+            if cand != prev:
+                if not count_only:
+                    out_i[w + u] = i
+                    out_j[w + u] = cand
+                    out_c[w + u] = cnt[r, cand]
+                    out_p[w + u] = psum[r, cand]
+                u += 1
+                prev = cand
+            if nxt < ids.shape[0] and ids[nxt] == cand:
+                nxt += 1
+            j = max(j, cand + 1)
+        if count_only:
+            offsets[r + 1] = u

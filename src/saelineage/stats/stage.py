@@ -1,0 +1,226 @@
+"""The stats stage: options, checks, the pass, outputs, manifest (DESIGN §3, §4).
+
+Restart rule: outputs are written atomically and the stage is marked complete only after
+all of them exist. A run whose stats stage is not complete (interrupted, failed) starts
+over: its old outputs are deleted first, so no file from an earlier attempt is ever taken
+for a result of this one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping, NamedTuple
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+
+from saelineage.data.store import list_shards, remove_stale_temporaries
+from saelineage.errors import SaelineageError
+from saelineage.progress import progress as make_progress
+from saelineage.run import RunDir
+from saelineage.stats.edges import EdgeOptions
+from saelineage.stats.engine import Budget, Layout, Pair, plan, run_passes
+from saelineage.stats.measures import MAX_TOKENS, MEASURES, side
+from saelineage.stats.outputs import feature_links, pair_summary, write_edges, write_json, write_parquet
+
+OUTPUTS = ("edges.parquet", "feature_links.parquet", "stats_summary.json")
+#: Keep every supported pair with P(j|i) or P(i|j) >= 0.99 besides the top-k, so that
+#: quasi-boolean gates (AND: necessity, OR: sufficiency, DESIGN §4) never lose a parent
+#: to the top-k cut. At most ~L0/0.99 such partners exist per feature.
+DEFAULT_KEEP = {"sufficiency": 0.99, "necessity": 0.99}
+
+
+class StatsSummary(NamedTuple):
+    """What `compute_stats` did."""
+
+    run: Path
+    n_tokens: int
+    pairs: int
+    edges: int
+    passes: int
+    increments: int
+    seconds: float
+    dec_cosine: bool  # False when some layer had no decoder weights (column NaN there)
+    skipped: bool  # outputs were already complete with the same options
+
+
+def default_memory_limit() -> int:
+    """70% of the RAM available now (other processes share the machine)."""
+    return int(0.7 * psutil.virtual_memory().available)
+
+
+def _options(span, threshold, relative_threshold, include_bos, min_support, top_k, keep, primary) -> dict:
+    if span < 1:
+        raise SaelineageError(f"--span must be >= 1 (got {span}).", "use --span 1 for adjacent layers.")
+    if relative_threshold is not None and not 0 < relative_threshold <= 1:
+        raise SaelineageError(f"--relative-threshold must be in (0, 1] (got {relative_threshold}).",
+                              "e.g. --relative-threshold 0.2 (the paper's choice).")
+    if threshold < 0 or not np.isfinite(threshold):
+        raise SaelineageError(f"--threshold must be a finite number >= 0 (got {threshold}).", "use 0 (default).")
+    if min_support < 1 or top_k < 1:
+        raise SaelineageError("--min-support and --top-k must be >= 1.", "e.g. --min-support 5 --top-k 16.")
+    bad = [m for m in list(keep) + list(primary) if m not in MEASURES]
+    if bad:
+        raise SaelineageError(f"unknown measure(s) {bad}.", f"choose among {', '.join(MEASURES)}.")
+    return {"span": int(span), "threshold": float(threshold),
+            "relative_threshold": None if relative_threshold is None else float(relative_threshold),
+            "include_bos": bool(include_bos), "min_support": int(min_support), "top_k": int(top_k),
+            "primary": list(primary), "keep_thresholds": {m: float(keep[m]) for m in sorted(keep)}}
+
+
+def _thresholds(run: RunDir, layers, d, opts) -> dict[int, np.ndarray]:
+    if opts["relative_threshold"] is None:
+        return {l: np.full(d[l], opts["threshold"]) for l in layers}
+    path = run.file("features.parquet")
+    if not path.is_file():
+        raise SaelineageError(f"{path} is missing; a relative threshold needs each feature's max activation.",
+                              "re-run `saelineage collect RUN` (it writes features.parquet).")
+    t = pq.read_table(path, columns=["layer", "feature", "act_max"])
+    lay, feat, mx_all = (t.column(c).to_numpy() for c in ("layer", "feature", "act_max"))
+    out = {}
+    for l in layers:
+        mx = np.zeros(d[l])
+        sel = lay == l
+        mx[feat[sel]] = mx_all[sel]
+        out[l] = opts["relative_threshold"] * mx
+    return out
+
+
+class _Decoders:
+    """Decoder rows per layer, loaded on demand (two kept), checked against d_sae."""
+
+    def __init__(self, run: RunDir, d: dict[int, int], given: Mapping[int, np.ndarray] | None):
+        self.run, self.d, self.given, self.cache = run, d, given, {}
+
+    def __call__(self, layer: int):
+        if layer not in self.cache:
+            if self.given is not None:
+                w = self.given.get(layer)
+            else:
+                from saelineage.data.importer import load_decoder
+
+                w = load_decoder(self.run, layer)
+            if w is not None:
+                w = np.ascontiguousarray(np.asarray(w), np.float32)
+                if w.ndim != 2 or w.shape[0] != self.d[layer]:
+                    raise SaelineageError(f"decoder of layer {layer} has shape {w.shape}; expected [{self.d[layer]}, d_in].",
+                                          "decoders are [d_sae, d_in] (W_dec).")
+            if len(self.cache) >= 2:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[layer] = w
+        return self.cache[layer]
+
+
+class _Setup(NamedTuple):
+    run: RunDir
+    opts: dict
+    layout: Layout
+    edge_opts: EdgeOptions
+
+
+def _setup(run_dir, span, threshold, relative_threshold, include_bos, min_support, top_k, keep_thresholds,
+           primary) -> _Setup:
+    """Check the run and the options; build the layout of the pass."""
+    run = RunDir(run_dir)
+    manifest = run.require("collect")
+    keep = DEFAULT_KEEP if keep_thresholds is None else dict(keep_thresholds)
+    opts = _options(span, threshold, relative_threshold, include_bos, min_support, top_k, keep, primary)
+    layers = sorted(int(l) for l in manifest["layers"])
+    d = {l: int(manifest["d_sae"][str(l)]) for l in layers}
+    if len(layers) < 2:
+        raise SaelineageError(f"run {run.path} has {len(layers)} layer(s); stats needs at least two.",
+                              "collect codes for two or more layers.")
+    if span > len(layers) - 1:
+        raise SaelineageError(f"--span {span} needs {span + 1} layers; run has {len(layers)} ({layers}).",
+                              f"use --span {len(layers) - 1} or less.")
+    shards = list_shards(run)
+    if not shards:
+        raise SaelineageError(f"run {run.path} has no activation shards.", "run `saelineage collect RUN` first.")
+    if int(manifest.get("n_tokens", 0)) > MAX_TOKENS:
+        raise SaelineageError(f"{manifest['n_tokens']:,} tokens exceed the exact-arithmetic limit {MAX_TOKENS:,}.",
+                              "split the corpus into several runs.")
+    pairs = [Pair(layers[a], layers[a + s], s) for a in range(len(layers)) for s in range(1, span + 1)
+             if a + s < len(layers)]
+    layout = Layout(shards, layers, d, pairs, _thresholds(run, layers, d, opts), bool(manifest.get("bos")),
+                    include_bos, relative_threshold is None and threshold == 0.0,
+                    int(manifest.get("n_tokens", 2**31)))
+    return _Setup(run, opts, layout, EdgeOptions(min_support, top_k, tuple(primary), keep))
+
+
+def plan_stats(run_dir: str | Path, *, memory_limit: int | None = None, span: int = 1, top_k: int = 16,
+               primary: tuple[str, ...] = MEASURES) -> Budget:
+    """The passes `compute_stats` would make under `memory_limit` (nothing is computed)."""
+    st = _setup(run_dir, span, 0.0, None, False, 5, top_k, {}, primary)
+    return plan(st.layout, st.edge_opts, int(memory_limit or default_memory_limit()))
+
+
+def compute_stats(run_dir: str | Path, *, span: int = 1, threshold: float = 0.0,
+                  relative_threshold: float | None = None, include_bos: bool = False, min_support: int = 5,
+                  top_k: int = 16, keep_thresholds: Mapping[str, float] | None = None,
+                  memory_limit: int | None = None, workers: int = 2,
+                  decoders: Mapping[int, np.ndarray] | None = None, force: bool = False, progress: bool = True,
+                  primary: tuple[str, ...] = MEASURES) -> StatsSummary:
+    """Co-activation statistics of every layer pair (l, l+s), s = 1..span, in one pass.
+
+    Writes edges.parquet, feature_links.parquet and stats_summary.json into the run and
+    records the options in manifest ``stages.stats``. keep_thresholds: None = DEFAULT_KEEP,
+    {} = top-k only. decoders: {layer: [d_sae, d_in]} instead of the run's SAE weights.
+    memory_limit: bytes (default 70% of available RAM). primary: measures ranked for top-k.
+    """
+    t_start = time.perf_counter()
+    run, opts, layout, edge_opts = _setup(run_dir, span, threshold, relative_threshold, include_bos, min_support,
+                                          top_k, keep_thresholds, primary)
+    layers, d, pairs, shards = layout.layers, layout.d, layout.pairs, layout.shards
+    prev = run.load().get("stages", {}).get("stats", {})
+    if prev.get("status") == "complete" and not force and all(run.file(f).is_file() for f in OUTPUTS):
+        if prev.get("options") != opts:
+            raise SaelineageError(f"stats of {run.path} are complete with other options ({prev.get('options')}).",
+                                  "pass --force to recompute with the new options.")
+        s = prev.get("summary", {})
+        return StatsSummary(run.path, s.get("n_tokens", 0), s.get("pairs", 0), s.get("edges", 0), s.get("passes", 0),
+                            s.get("increments", 0), 0.0, bool(s.get("dec_cosine", False)), True)
+    budget = plan(layout, edge_opts, int(memory_limit or default_memory_limit()))
+    dec = _Decoders(run, d, decoders)
+    manifest = run.load()
+    manifest.setdefault("stages", {})["stats"] = {}  # drop what an earlier attempt recorded
+    run.save(manifest)
+    with run.stage("stats", options=opts) as info:
+        remove_stale_temporaries(run)
+        for f in OUTPUTS:
+            run.file(f).unlink(missing_ok=True)
+        with make_progress(transient=not progress) as bar:
+            task = bar.add_task("stats", total=len(budget.passes) * len(shards), rate="", visible=progress)
+            t0 = time.perf_counter()
+
+            def tick(pass_no: int, n_sh: int, incr: int) -> None:
+                rate = incr / max(time.perf_counter() - t0, 1e-9)
+                bar.update(task, advance=n_sh, rate=f"pass {pass_no + 1}/{len(budget.passes)}, {rate / 1e6:,.0f}M pairs/s",
+                           description="stats")
+
+            acc = run_passes(layout, budget, edge_opts, workers, tick if progress else None)
+        if acc.n == 0:
+            raise SaelineageError("the token set is empty (every token is a BOS position?).",
+                                  "use longer windows or --include-bos.")
+        t_w = time.perf_counter()
+        sides = {l: side(acc.n, acc.marginals[l]) for l in layers}
+        n_edges, hists = write_edges(run.file("edges.parquet"), pairs, acc.results, acc.n, sides, dec)
+        write_parquet(run.file("feature_links.parquet"),
+                      feature_links(layers, d, pairs, acc.results, acc.n, acc.marginals))
+        missing = [l for l in layers if dec(l) is None]
+        summary = {
+            "n_tokens": acc.n, "pairs": len(pairs), "edges": n_edges, "passes": len(budget.passes),
+            "increments": acc.increments, "dec_cosine": not missing,
+            "memory_limit": budget.limit, "batch_bytes": budget.batch_bytes,
+        }
+        timings = {k: round(v, 3) for k, v in acc.timings.items()} | {"write": round(time.perf_counter() - t_w, 3)}
+        write_json(run.file("stats_summary.json"), {
+            **summary, "options": opts, "timings": timings,
+            "dec_cosine_note": ("decoder cosine for every pair" if not missing else
+                                f"dec_cosine is NaN for pairs touching layers {missing}: no SAE decoder weights"),
+            "pairs_detail": [pair_summary(p, r, d, hists.get(k)) for k, (p, r) in enumerate(zip(pairs, acc.results))],
+        })
+        info.update(summary=summary, timings=timings, dec_cosine_missing_layers=missing)
+    return StatsSummary(run.path, acc.n, len(pairs), n_edges, len(budget.passes), acc.increments,
+                        round(time.perf_counter() - t_start, 3), not missing, False)

@@ -1,0 +1,150 @@
+"""The JSON API (`/api/...`): every view of the browser is built from these endpoints.
+
+Request parameters are bounded (sizes, ranges, enumerations) and never name a file: the
+run directory is fixed when the app is created.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, Optional
+
+from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from saelineage.errors import SaelineageError
+from saelineage.web.graph import MAX_NODES, graph
+from saelineage.web.prompt import MAX_CHARS, PromptService
+from saelineage.web.queries import RunData
+
+Measure = Literal["jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine", "dec_cosine",
+                  "sufficiency_lo", "necessity_lo"]
+SortKey = Literal["jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine", "dec_cosine",
+                  "sufficiency_lo", "necessity_lo", "n_co"]
+Order = Literal["barycenter", "community", "feature"]
+LayerP = Path(..., ge=0, le=100_000, description="Layer index")
+FeatureP = Path(..., ge=0, le=1_000_000_000, description="Feature (latent) index")
+
+
+class JSON(Response):
+    """Compact JSON without FastAPI's generic encoder (the payloads are plain dicts already)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+
+
+class PromptText(BaseModel):
+    text: str = Field(..., min_length=1, max_length=MAX_CHARS, description="Prompt text (bounded length)")
+
+
+class PromptGraphRequest(PromptText):
+    position: int = Field(..., ge=0, le=10_000, description="Token index in the prompt")
+    rel: float = Field(0.1, ge=0.0, le=1.0, description="Active = activation above rel x the feature's corpus max")
+    measure: Measure = "jaccard"
+    min_value: Optional[float] = Field(None, ge=-1.0, le=1e6)
+    max_nodes: int = Field(500, ge=1, le=MAX_NODES)
+    order: Order = "barycenter"
+
+
+def build_router(data: RunData, prompts: PromptService) -> APIRouter:
+    r = APIRouter(prefix="/api", default_response_class=JSON)
+
+    def _feature_or_404(layer: int, feature: int) -> dict[str, Any]:
+        f = data.feature(layer, feature)
+        if f is None:
+            raise HTTPException(404, f"feature {layer}:{feature} is not in this run")
+        return f
+
+    def _exists_or_404(layer: int, feature: int) -> None:
+        if data.g.idx(layer, feature) is None:
+            raise HTTPException(404, f"feature {layer}:{feature} is not in this run")
+
+    @r.get("/status", summary="Stages of the run, what is present and what is missing")
+    def status() -> JSON:
+        return JSON(data.status())
+
+    @r.get("/overview", summary="Model, SAEs, corpus, per-layer lifecycle, measure histograms, counts")
+    def overview() -> JSON:
+        return JSON(data.overview())
+
+    @r.get("/features/{layer}/{feature}", summary="One feature: label, statistics, top examples")
+    def feature(layer: int = LayerP, feature: int = FeatureP,
+                examples: int = Query(20, ge=0, le=100, description="Top examples to return")) -> JSON:
+        f = _feature_or_404(layer, feature)
+        f["examples"] = data.examples(layer, feature, limit=examples)
+        return JSON(f)
+
+    @r.get("/features/{layer}/{feature}/neighbours", summary="Upstream/downstream edges with every measure")
+    def neighbours(layer: int = LayerP, feature: int = FeatureP,
+                   direction: Literal["up", "down", "both"] = "both", sort: SortKey = "jaccard",
+                   limit: int = Query(50, ge=1, le=500)) -> JSON:
+        _exists_or_404(layer, feature)
+        out = {}
+        for d in (("up", "down") if direction == "both" else (direction,)):
+            out[d] = data.neighbours(layer, feature, d, sort, limit)
+        return JSON(out | {"sort": sort})
+
+    @r.get("/features/{layer}/{feature}/relations", summary="Gates and splits the feature takes part in")
+    def relations(layer: int = LayerP, feature: int = FeatureP) -> JSON:
+        _exists_or_404(layer, feature)
+        return JSON({"gates": data.feature_gates(layer, feature),
+                     "splits": data.splits(layer=layer, feature=feature)["rows"]})
+
+    @r.get("/graph", summary="Layered graph: nodes, edges and a crossing-reducing row order")
+    def graph_(measure: Measure = "jaccard", min_value: Optional[float] = Query(None, ge=-1.0, le=1e6),
+               layer_min: Optional[int] = Query(None, ge=0, le=100_000),
+               layer_max: Optional[int] = Query(None, ge=0, le=100_000),
+               community: Optional[int] = Query(None, ge=0, le=10**9),
+               max_nodes: int = Query(500, ge=1, le=MAX_NODES), order: Order = "barycenter") -> JSON:
+        return JSON(graph(data, measure, min_value, layer_min, layer_max, community, max_nodes, order))
+
+    @r.get("/communities", summary="Communities, largest first")
+    def communities(limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=10**9),
+                    min_size: int = Query(1, ge=1, le=10**6)) -> JSON:
+        return JSON(data.communities(limit, offset, min_size))
+
+    @r.get("/communities/{community}", summary="One community: members")
+    def community(community: int = Path(..., ge=0, le=10**9)) -> JSON:
+        c = data.community(community)
+        if c is None:
+            raise HTTPException(404, f"community {community} is not in this run")
+        return JSON(c)
+
+    @r.get("/gates", summary="Quasi-boolean AND/OR gates")
+    def gates(kind: Optional[Literal["and", "or"]] = None, layer: Optional[int] = Query(None, ge=0, le=100_000),
+              limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=10**9)) -> JSON:
+        return JSON(data.gates(kind, layer, limit, offset))
+
+    @r.get("/splits", summary="Splits: a parent feature whose children divide its activity")
+    def splits(layer: Optional[int] = Query(None, ge=0, le=100_000), limit: int = Query(100, ge=1, le=500),
+               offset: int = Query(0, ge=0, le=10**9)) -> JSON:
+        return JSON(data.splits(layer, limit, offset))
+
+    @r.get("/search", summary="Search by feature id (L:F), label text, or token")
+    def search(q: str = Query(..., min_length=1, max_length=200), limit: int = Query(50, ge=1, le=200)) -> JSON:
+        return JSON(data.search(q, limit))
+
+    @r.get("/prompt/status", summary="Whether live prompts are available (model and SAEs present)")
+    def prompt_status() -> JSON:
+        return JSON(prompts.status())
+
+    @r.post("/prompt/tokens", summary="Tokens of a prompt")
+    def prompt_tokens(body: PromptText) -> JSON:
+        try:
+            return JSON({"tokens": prompts.tokens(body.text)})
+        except SaelineageError as exc:
+            raise HTTPException(503, exc.problem) from exc
+
+    @r.post("/prompt/graph", summary="Graph of the features active on one token of a prompt")
+    def prompt_graph(body: PromptGraphRequest) -> JSON:
+        try:
+            return JSON(prompts.graph(body.text, body.position, body.rel, body.measure, body.min_value,
+                                      body.max_nodes, body.order))
+        except SaelineageError as exc:
+            code = 400 if "outside the prompt" in exc.problem else 503
+            raise HTTPException(code, exc.problem) from exc
+
+    return r

@@ -1,0 +1,211 @@
+"""The feature browser: a FastAPI app over one run directory (JSON API + HTML pages).
+
+Everything is served locally: our own JS/CSS from `static/`, plotly.js from the installed
+plotly wheel. Pages are Jinja2 templates with autoescaping; the JS builds the DOM with
+`textContent` only, and a Content-Security-Policy forbids inline and foreign scripts, so a
+label such as ``<script>alert(1)</script>`` is shown as text and never runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from fastapi import FastAPI, Path as PathParam, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from saelineage import __version__
+from saelineage.web.api import build_router
+from saelineage.web.prompt import PromptBackend, PromptService
+from saelineage.web.queries import MEASURES, SORTABLE, RunData
+
+HERE = Path(__file__).parent
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+MAX_BODY = 64 * 1024
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+def plotly_js_path() -> Path:
+    """plotly.min.js inside the installed plotly package (no CDN, nothing vendored in the repo)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the plotly package is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "package_data" / "plotly.min.js"
+
+
+def warm_up() -> None:
+    """Compile the jitted crossing counter now rather than on the first graph request."""
+    import numpy as np
+
+    from saelineage.web.graph import crossings
+
+    z = np.zeros(2, np.int64)
+    crossings(z, np.array([0, 1]), z, np.array([1, 0]))
+
+
+def swagger_ui_dir() -> Optional[Path]:
+    """Swagger UI from the swagger-ui-bundle wheel when installed (no CDN); None otherwise."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    path = Path(str(swagger_ui_path))
+    return path if (path / "swagger-ui-bundle.js").is_file() else None
+
+
+def create_app(run_dir: str | Path, *, prompt_backend: Optional[PromptBackend] = None,
+               allowed_hosts: Optional[Sequence[str]] = LOOPBACK_HOSTS, cache_folder: Optional[Path] = None
+               ) -> FastAPI:
+    """The browser app for `run_dir`. `allowed_hosts` guards against DNS rebinding (None = any host)."""
+    data = RunData(run_dir, cache_folder=cache_folder)
+    warm_up()
+    prompts = PromptService(data, prompt_backend)
+    app = FastAPI(title="saelineage feature browser", version=__version__, docs_url=None, redoc_url=None,
+                  description=f"Features, edges, communities, gates and splits of the run {data.run.path.name}.")
+    app.state.data, app.state.prompts = data, prompts
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next):  # type: ignore[no-untyped-def]
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
+            return JSONResponse({"detail": f"request body larger than {MAX_BODY} bytes"}, status_code=413)
+        response: Response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        return response
+
+    app.include_router(build_router(data, prompts))
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    plotly_path = plotly_js_path()
+
+    @app.get("/vendor/plotly.min.js", include_in_schema=False)
+    def plotly_js() -> FileResponse:
+        return FileResponse(plotly_path, media_type="text/javascript",
+                            headers={"Cache-Control": "public, max-age=86400"})
+
+    def page(request: Request, name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+        base = {"run_name": data.run.path.name, "version": __version__, "measures": MEASURES,
+                "layers": data.g.layers, "status": data.status()}
+        return templates.TemplateResponse(request, name, base | ctx, status_code=status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):  # type: ignore[no-untyped-def]
+        if request.url.path.startswith("/api") or request.url.path.startswith("/static"):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return page(request, "error.html", exc.status_code, message=str(exc.detail), code=exc.status_code)
+
+    swagger = swagger_ui_dir()
+    if swagger is not None:
+        app.mount("/vendor/swagger-ui", StaticFiles(directory=swagger), name="swagger")
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs_page(request: Request) -> HTMLResponse:
+        if swagger is not None:
+            return templates.TemplateResponse(request, "docs.html", {})
+        api_paths = [(m.upper(), p, op.get("summary", "")) for p, ops in app.openapi()["paths"].items()
+                     for m, op in ops.items()]
+        return page(request, "docs_plain.html", paths=api_paths)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def overview_page(request: Request) -> HTMLResponse:
+        return page(request, "overview.html", ov=data.overview())
+
+    @app.get("/graph", response_class=HTMLResponse, include_in_schema=False)
+    def graph_page(request: Request) -> HTMLResponse:
+        return page(request, "graph.html")
+
+    @app.get("/feature/{layer}/{feature}", response_class=HTMLResponse, include_in_schema=False)
+    def feature_page(request: Request, layer: int = PathParam(..., ge=0, le=100_000),
+                     feature: int = PathParam(..., ge=0, le=10**9),
+                     sort: str = Query("jaccard", max_length=32)) -> HTMLResponse:
+        f = data.feature(layer, feature)
+        if f is None:
+            raise StarletteHTTPException(404, f"Feature {layer}:{feature} is not in this run.")
+        sort = sort if sort in SORTABLE else "jaccard"
+        layers = data.g.layers
+        return page(request, "feature.html", f=f, sort=sort, examples=data.examples(layer, feature),
+                    first=bool(layers) and layer == layers[0], last=bool(layers) and layer == layers[-1],
+                    up=data.neighbours(layer, feature, "up", sort, 50),
+                    down=data.neighbours(layer, feature, "down", sort, 50),
+                    gates=data.feature_gates(layer, feature),
+                    splits=data.splits(layer=layer, feature=feature)["rows"], sortable=SORTABLE)
+
+    @app.get("/communities", response_class=HTMLResponse, include_in_schema=False)
+    def communities_page(request: Request, offset: int = Query(0, ge=0, le=10**9),
+                         min_size: int = Query(2, ge=1, le=10**6)) -> HTMLResponse:
+        return page(request, "communities.html", res=data.communities(100, offset, min_size), offset=offset,
+                    min_size=min_size)
+
+    @app.get("/community/{community}", response_class=HTMLResponse, include_in_schema=False)
+    def community_page(request: Request, community: int = PathParam(..., ge=0, le=10**9)) -> HTMLResponse:
+        c = data.community(community)
+        if c is None:
+            raise StarletteHTTPException(404, f"Community {community} is not in this run.")
+        return page(request, "community.html", c=c)
+
+    @app.get("/gates", response_class=HTMLResponse, include_in_schema=False)
+    def gates_page(request: Request, kind: str = Query("", max_length=3),
+                   layer: Optional[int] = Query(None, ge=0, le=100_000),
+                   offset: int = Query(0, ge=0, le=10**9)) -> HTMLResponse:
+        kind_ = kind if kind in ("and", "or") else None
+        return page(request, "gates.html", res=data.gates(kind_, layer, 100, offset), kind=kind_ or "",
+                    layer=layer, offset=offset)
+
+    @app.get("/splits", response_class=HTMLResponse, include_in_schema=False)
+    def splits_page(request: Request, layer: Optional[int] = Query(None, ge=0, le=100_000),
+                    offset: int = Query(0, ge=0, le=10**9)) -> HTMLResponse:
+        return page(request, "splits.html", res=data.splits(layer, 100, offset), layer=layer, offset=offset)
+
+    @app.get("/search", response_class=HTMLResponse, include_in_schema=False)
+    def search_page(request: Request, q: str = Query("", max_length=200)) -> HTMLResponse:
+        return page(request, "search.html", q=q, res=data.search(q) if q.strip() else None)
+
+    @app.get("/prompt", response_class=HTMLResponse, include_in_schema=False)
+    def prompt_page(request: Request) -> HTMLResponse:
+        return page(request, "prompt.html", prompt=prompts.status())
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning",
+          announce: bool = True) -> None:
+    """Serve the browser for `run_dir` until interrupted (the demo and `saelineage serve` call this).
+
+    Builds (or reuses) the query cache first, then prints the URL when `announce`."""
+    import uvicorn
+
+    from saelineage.progress import console
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    loop = is_loopback(host)
+    if not loop:
+        console.print(f"[bold yellow]warning:[/] serving on {host}, reachable from other machines; the browser has "
+                      "no authentication. Bind to 127.0.0.1 (the default) unless you mean it.")
+    from saelineage.run import RunDir
+    from saelineage.web.cache import CacheFiles, cache_dir_for, signature
+
+    run = RunDir(run_dir)
+    if run.exists() and not CacheFiles(cache_dir_for(run), signature(run)).complete():
+        console.print(f"preparing the browser's query cache for {run.path} (once per change of the run's files)…")
+    app = create_app(run_dir, allowed_hosts=(LOOPBACK_HOSTS + (host,)) if loop else None)
+    shown = f"[{host}]" if ":" in host else host
+    if announce:
+        console.print(f"[bold green]Feature browser:[/] http://{shown}:{port}/   (API docs: /docs; Ctrl-C to stop)")
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,382 @@
+"""The browser's query cache: one DuckDB file (+ token arrays) built from a run's files.
+
+The run's Parquet files are written in the order their stage finds convenient (edges by
+source feature, examples by feature, ...). The browser needs other orders too (edges by
+*target* feature, examples by token, the strongest edges of each layer pair), so at start-up
+it copies what it needs into tables sorted for each lookup. DuckDB's per-row-group min/max
+statistics then answer every request by reading a few row groups, never a whole table.
+
+The cache is keyed by the size and mtime of every input file, lives in
+``RUN/.browser-cache/`` (or the user cache when the run is read-only), is written to a
+temporary name and renamed, and is rebuilt automatically when a stage rewrites its output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from saelineage.run import RunDir
+from saelineage.web.arrays import write_arrays
+
+CACHE_VERSION = 5
+CACHE_DIRNAME = ".browser-cache"
+MEASURES = ("jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine", "dec_cosine",
+            "sufficiency_lo", "necessity_lo")
+"""Edge measures (DESIGN §4), in the order the browser lists them."""
+TABLE_FILES = ("features", "examples", "edges", "gates", "splits", "communities", "lifecycle", "ablations",
+               "feature_links", "labels")
+GRAPH_TOP_PER_PAIR = 2500
+"""Strongest edges kept per (measure, layer pair) for the layered graph (the view shows ≤ 2,000 nodes)."""
+HIST_BINS = 40
+
+
+def _sql_str(path: Path) -> str:
+    """A file path as a SQL string literal (paths come from the run directory, never from requests)."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def input_files(run: RunDir) -> list[Path]:
+    files = [run.manifest_path, run.file("vocab.json")] + [run.file(f"{t}.parquet") for t in TABLE_FILES]
+    if run.activations.is_dir():
+        files += sorted(run.activations.glob("shard-*.safetensors"))
+    return files
+
+
+def signature(run: RunDir) -> str:
+    """Hash of (name, size, mtime) of every input; changes whenever a stage rewrites a file."""
+    parts: list[Any] = [CACHE_VERSION]
+    for p in input_files(run):
+        try:
+            st = p.stat()
+            parts.append((p.name, st.st_size, st.st_mtime_ns))
+        except OSError:
+            parts.append((p.name, None))
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def cache_dir_for(run: RunDir) -> Path:
+    """RUN/.browser-cache when writable, else a per-run folder in the user cache."""
+    here = run.path / CACHE_DIRNAME
+    try:
+        here.mkdir(exist_ok=True)
+        probe = here / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return here
+    except OSError:
+        base = Path(os.environ.get("SAELINEAGE_CACHE", Path.home() / ".cache" / "saelineage")) / "browser"
+        key = hashlib.sha256(str(run.path.resolve()).encode()).hexdigest()[:16]
+        (base / key).mkdir(parents=True, exist_ok=True)
+        return base / key
+
+
+class CacheFiles:
+    """Paths of one cache generation."""
+
+    def __init__(self, folder: Path, sig: str):
+        self.folder, self.sig = folder, sig
+        self.db = folder / f"cache-{sig}.duckdb"
+        self.tokens = folder / f"tokens-{sig}.npz"
+        self.arrays = folder / f"arrays-{sig}"
+
+    def complete(self) -> bool:
+        return self.db.is_file() and self.tokens.is_file() and (self.arrays / "feat_key.npy").is_file()
+
+
+def ensure_cache(run: RunDir, folder: Path | None = None) -> CacheFiles:
+    """Return an up-to-date cache for `run`, building it when the inputs changed."""
+    folder = folder or cache_dir_for(run)
+    files = CacheFiles(folder, signature(run))
+    if not files.complete():
+        build_cache(run, files)
+        for p in folder.iterdir():  # drop older generations
+            if p.name.startswith(("cache-", "tokens-", "arrays-")) and files.sig not in p.name:
+                try:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+                except OSError:
+                    pass
+    return files
+
+
+# ---- tokens of every window -------------------------------------------------------------
+
+def read_window_tokens(run: RunDir) -> dict[str, np.ndarray]:
+    """Token ids, window ids and positions of every stored token, in store order (no codes read)."""
+    from safetensors import safe_open
+
+    toks, wins, poss = [], [], []
+    if run.activations.is_dir():
+        for p in sorted(run.activations.glob("shard-*.safetensors")):
+            with safe_open(str(p), "numpy") as fh:
+                toks.append(fh.get_tensor("tokens"))
+                wins.append(fh.get_tensor("window"))
+                poss.append(fh.get_tensor("pos"))
+    if not toks:
+        z = np.zeros(0, np.int32)
+        return {"tokens": z, "window": z, "pos": z}
+    tokens, window, pos = (np.concatenate(x).astype(np.int32) for x in (toks, wins, poss))
+    if _is_sorted(window, pos):  # store order is (window, pos) already
+        return {"tokens": tokens, "window": window, "pos": pos}
+    order = lexorder(window, pos)
+    return {"tokens": tokens[order], "window": window[order], "pos": pos[order]}
+
+
+def token_at(arrays: dict[str, np.ndarray], window: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Token id at each (window, pos); -1 where the store does not hold it."""
+    wins, poss, toks = arrays["window"], arrays["pos"], arrays["tokens"]
+    window, pos = np.asarray(window, np.int64), np.asarray(pos, np.int64)
+    out = np.full(len(window), -1, np.int64)
+    if len(wins) == 0 or len(window) == 0:
+        return out
+    n_win = int(wins[-1]) + 1
+    start = np.searchsorted(wins, np.arange(n_win + 1))
+    ok = (window >= 0) & (window < n_win)
+    w = np.where(ok, window, 0)
+    i = start[w] + pos - poss[np.minimum(start[w], len(poss) - 1)]  # windows hold consecutive positions
+    ok &= (i >= start[w]) & (i < start[w + 1])
+    i = np.where(ok, i, 0)
+    ok &= (wins[i] == window) & (poss[i] == pos)
+    out[ok] = toks[i[ok]]
+    return out
+
+
+# ---- build ------------------------------------------------------------------------------
+
+def _columns(path: Path) -> list[str]:
+    return pq.read_schema(path).names
+
+
+def build_cache(run: RunDir, files: CacheFiles) -> None:
+    """Build the DuckDB cache and token arrays for `run` into `files` (atomic renames)."""
+    arrays = read_window_tokens(run)
+    tmp_tok = files.folder / f".tokens-{files.sig}.tmp-{os.getpid()}.npz"
+    np.savez(tmp_tok, **arrays)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".cache-{files.sig}.", suffix=f".tmp-{os.getpid()}", dir=files.folder)
+    os.close(fd)
+    os.unlink(tmp_name)  # duckdb wants to create the file itself
+    tmp_arrays = files.folder / f".arrays-{files.sig}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp_arrays, ignore_errors=True)
+    con = duckdb.connect(tmp_name)
+    try:
+        con.execute("SET threads=2")
+        _build_tables(con, run, arrays)
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        write_arrays(con, tmp_arrays, tables)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    os.replace(tmp_tok, files.tokens)
+    os.replace(tmp_name, files.db)
+    shutil.rmtree(files.arrays, ignore_errors=True)
+    os.replace(tmp_arrays, files.arrays)
+
+
+def _build_tables(con: duckdb.DuckDBPyConnection, run: RunDir, arrays: dict[str, np.ndarray]) -> None:
+    present = {t: run.file(f"{t}.parquet") for t in TABLE_FILES if run.file(f"{t}.parquet").is_file()}
+    con.execute("CREATE TABLE meta (key VARCHAR, value VARCHAR)")
+    con.execute("INSERT INTO meta VALUES ('tables', ?)", [json.dumps(sorted(present))])
+    if "features" in present:
+        _build_features(con, present)
+    if "examples" in present:
+        _build_examples(con, present["examples"], arrays, load_vocab(run))
+    if "features" in present and "examples" in present:
+        con.execute("UPDATE features f SET auto_label = a.label FROM auto_labels a "
+                    "WHERE f.layer = a.layer AND f.feature = a.feature")
+    if "edges" in present:
+        _build_edges(con, present["edges"])
+    for t in ("gates", "splits", "communities", "lifecycle", "ablations", "feature_links"):
+        if t in present:
+            con.execute(f"CREATE TABLE {t} AS SELECT * FROM read_parquet({_sql_str(present[t])})")
+    if "features" in present and "edges" in present:
+        _build_community_edges(con)
+
+
+def _build_features(con: duckdb.DuckDBPyConnection, present: dict[str, Path]) -> None:
+    cols = _columns(present["features"])
+    extra = []
+    if "lifecycle" not in cols:
+        extra.append("CAST(NULL AS VARCHAR) AS lifecycle")
+    if "community" not in cols:
+        extra.append("CAST(NULL AS BIGINT) AS community")
+    if "explanation" not in cols:
+        extra.append("CAST(NULL AS VARCHAR) AS explanation")
+    sel = ", ".join(["*"] + extra)
+    con.execute(f"CREATE TABLE features AS SELECT {sel}, CAST(NULL AS VARCHAR) AS auto_label, "
+                f"CAST(NULL AS VARCHAR) AS imported_label "
+                f"FROM read_parquet({_sql_str(present['features'])}) ORDER BY layer, feature")
+    if "labels" in present:
+        con.execute(f"""UPDATE features f SET imported_label = l.explanation
+            FROM (SELECT layer, feature, first(explanation) AS explanation
+                  FROM read_parquet({_sql_str(present['labels'])}) GROUP BY layer, feature) l
+            WHERE f.layer = l.layer AND f.feature = l.feature""")
+
+
+def lexorder(*keys: np.ndarray) -> np.ndarray:
+    """Stable lexicographic order, first key most significant (np.lexsort, but several times faster here)."""
+    order = np.arange(len(keys[0]))
+    for k in reversed(keys):
+        order = order[np.argsort(k[order], kind="stable")]
+    return order
+
+
+def _is_sorted(*keys: np.ndarray) -> bool:
+    """Whether rows are in lexicographic order of `keys` (first key most significant)."""
+    if len(keys[0]) < 2:
+        return True
+    ok = np.ones(len(keys[0]) - 1, bool)  # rows i, i+1 ordered on the keys compared so far and tied before
+    tied = np.ones(len(keys[0]) - 1, bool)
+    for k in keys:
+        a, b = k[:-1], k[1:]
+        ok &= ~tied | (a <= b)
+        tied &= a == b
+    return bool(ok.all())
+
+
+def _build_examples(con: duckdb.DuckDBPyConnection, path: Path, arrays: dict[str, np.ndarray],
+                    vocab: list[str] | None) -> None:
+    ex = pq.read_table(path, columns=["layer", "feature", "rank", "value", "window", "pos"])
+    cols = {c: ex.column(c).to_numpy() for c in ("layer", "feature", "rank")}
+    if not _is_sorted(cols["layer"], cols["feature"], cols["rank"]):
+        ex = ex.take(pa.array(lexorder(cols["layer"], cols["feature"], cols["rank"])))
+    tok = token_at(arrays, ex.column("window").to_numpy(), ex.column("pos").to_numpy())
+    ex = ex.append_column("token", pa.array(tok, pa.int64()))
+    con.register("ex_in", ex)
+    con.execute("CREATE TABLE examples AS SELECT * FROM ex_in")
+    con.unregister("ex_in")
+    keep = np.nonzero(tok >= 0)[0]
+    by_tok = ex.select(["token", "layer", "feature", "value"]).take(pa.array(keep[np.argsort(tok[keep], kind="stable")]))
+    con.register("tok_in", by_tok)
+    con.execute("CREATE TABLE ex_tok AS SELECT * FROM tok_in")
+    con.unregister("tok_in")
+    _auto_labels(con, ex.select(["layer", "feature", "value", "token"]), vocab)
+
+
+def _auto_labels(con: duckdb.DuckDBPyConnection, ex: pa.Table, vocab: list[str] | None) -> None:
+    """Label every feature by the tokens it fires on most among its top examples.
+
+    Ties go to the token seen at the better rank. Vectorised over a [features, K] matrix of the
+    examples' tokens (examples are in (layer, feature, rank) order, so rank order = value order)."""
+    layer, feat = ex.column("layer").to_numpy().astype(np.int64), ex.column("feature").to_numpy().astype(np.int64)
+    tok = ex.column("token").to_numpy()
+    con.execute("CREATE TABLE auto_labels (layer BIGINT, feature BIGINT, label VARCHAR)")
+    if not len(tok):
+        return
+    new = np.ones(len(tok), bool)
+    new[1:] = (layer[1:] != layer[:-1]) | (feat[1:] != feat[:-1])
+    row = np.cumsum(new) - 1
+    starts = np.nonzero(new)[0]
+    col = np.arange(len(tok)) - starts[row]
+    k = int(col.max()) + 1
+    mat = np.full((len(starts), k), -1, np.int64)
+    mat[row, col] = tok
+    order = np.argsort(mat, axis=1, kind="stable")
+    st = np.take_along_axis(mat, order, 1)
+    run_start = np.ones_like(st, bool)
+    run_start[:, 1:] = st[:, 1:] != st[:, :-1]
+    # run length at each run start: distance to the next run start in the row
+    idx = np.where(run_start, np.arange(k)[None, :], k)
+    nxt = np.minimum.accumulate(idx[:, ::-1], axis=1)[:, ::-1]
+    nxt = np.concatenate([nxt[:, 1:], np.full((len(st), 1), k)], axis=1)
+    count = nxt - np.arange(k)[None, :]
+    score = np.where(run_start & (st >= 0), count * (k + 1) - order, -1)  # more often first, then earlier rank
+    best = np.argsort(-score, axis=1, kind="stable")[:, :3]
+    top_tok = np.take_along_axis(st, best, 1)
+    top_ok = np.take_along_axis(score, best, 1) >= 0
+    quoted: dict[int, str] = {}
+
+    def q(t: int) -> str:
+        if t not in quoted:
+            quoted[t] = json.dumps(token_text(vocab, t), ensure_ascii=False)
+        return quoted[t]
+
+    labels = [" · ".join(q(t) for t, ok in zip(ts, oks) if ok) for ts, oks in zip(top_tok.tolist(), top_ok.tolist())]
+    con.register("auto_in", pa.table({"layer": layer[starts], "feature": feat[starts], "label": labels}))
+    con.execute("INSERT INTO auto_labels SELECT * FROM auto_in WHERE label <> ''")
+    con.unregister("auto_in")
+
+
+def _build_edges(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    src = _sql_str(path)
+    keys = pq.read_table(path, columns=["src_layer", "src", "dst_layer", "dst"])
+    sl, s, dl, d = (keys.column(c).to_numpy().astype(np.int64) for c in ("src_layer", "src", "dst_layer", "dst"))
+    order = "" if _is_sorted(sl, s, dl, d) else " ORDER BY src_layer, src, dst_layer, dst"
+    con.execute(f"CREATE TABLE edges_dn AS SELECT * FROM read_parquet({src}){order}")
+    if order:
+        keys = con.execute("SELECT src_layer, src, dst_layer, dst FROM edges_dn").fetchnumpy()
+        sl, s, dl, d = (np.asarray(keys[c]).astype(np.int64) for c in ("src_layer", "src", "dst_layer", "dst"))
+    measures = [m for m in MEASURES if m in set(_columns(path))]
+    pair = sl * (1 << 32) + dl
+    pair_ids, inv = np.unique(pair, return_inverse=True)
+    grouped = np.argsort(inv, kind="stable")
+    bounds = np.searchsorted(inv[grouped], np.arange(len(pair_ids) + 1))
+    top_parts, hist_rows = [], []
+    for m in measures:
+        v = np.asarray(con.execute(f"SELECT CAST({m} AS DOUBLE) AS v FROM edges_dn").fetchnumpy()["v"], np.float64)
+        v = np.ma.filled(v, np.nan) if np.ma.isMaskedArray(v) else v
+        for g in range(len(pair_ids)):  # strongest GRAPH_TOP_PER_PAIR edges of each layer pair
+            idx = grouped[bounds[g]: bounds[g + 1]]
+            idx = idx[np.isfinite(v[idx])]
+            if len(idx) > GRAPH_TOP_PER_PAIR:
+                idx = idx[np.argpartition(-v[idx], GRAPH_TOP_PER_PAIR - 1)[:GRAPH_TOP_PER_PAIR]]
+            idx = idx[lexorder(-v[idx], s[idx], d[idx])]
+            top_parts.append(pa.table({
+                "measure": pa.array([m] * len(idx), pa.string()), "src_layer": sl[idx], "dst_layer": dl[idx],
+                "rk": np.arange(len(idx), dtype=np.int64), "src": s[idx], "dst": d[idx], "value": v[idx]}))
+        fin = v[np.isfinite(v)]
+        if len(fin):
+            lo, hi = float(fin.min()), float(fin.max())
+            counts, edges = np.histogram(fin, bins=HIST_BINS, range=(lo, hi if hi > lo else lo + 1))
+            hist_rows += [(m, i, float(edges[i]), float(edges[i + 1]), int(c)) for i, c in enumerate(counts)]
+    top = pa.concat_tables(top_parts) if top_parts else pa.table({
+        "measure": pa.array([], pa.string()), **{c: pa.array([], pa.int64()) for c in
+                                                 ("src_layer", "dst_layer", "rk", "src", "dst")},
+        "value": pa.array([], pa.float64())})
+    con.register("top_in", top)
+    con.execute("CREATE TABLE graph_top AS SELECT * FROM top_in")  # already in (measure, pair, rk) order
+    con.unregister("top_in")
+    con.execute("CREATE TABLE hist (measure VARCHAR, bin BIGINT, lo DOUBLE, hi DOUBLE, n BIGINT)")
+    if hist_rows:
+        con.executemany("INSERT INTO hist VALUES (?, ?, ?, ?, ?)", hist_rows)
+
+
+def _build_community_edges(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""CREATE TABLE comm_edges AS
+        SELECT a.community, e.* FROM edges_dn e
+        JOIN features a ON a.layer = e.src_layer AND a.feature = e.src
+        JOIN features b ON b.layer = e.dst_layer AND b.feature = e.dst
+        WHERE a.community IS NOT NULL AND a.community = b.community
+        ORDER BY a.community, e.src_layer, e.src""")
+    con.execute("""CREATE TABLE members AS SELECT community, layer, feature FROM features
+        WHERE community IS NOT NULL ORDER BY community, layer, feature""")
+
+
+# ---- vocabulary -------------------------------------------------------------------------
+
+def load_vocab(run: RunDir) -> list[str] | None:
+    """Decoded string of every token id (vocab.json), or None when the run has none."""
+    p = run.file("vocab.json")
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    out = data.get("decoded") or data.get("tokens")
+    return [str(s) for s in out] if isinstance(out, list) else None
+
+
+def token_text(vocab: list[str] | None, token: int) -> str:
+    if vocab is not None and 0 <= token < len(vocab):
+        return vocab[token]
+    return f"#{token}"

@@ -1,0 +1,168 @@
+"""The `ablate` stage on a collected run of the exact tiny system (see test_causal.py).
+
+edges.parquet is computed here by brute force from the stored codes, so this test does not
+depend on the stats engine; the stage only needs the edges' contract columns.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer import Typer
+from typer.testing import CliRunner
+
+from saelineage.causal.command import ablate_command
+from saelineage.causal.error_projection import ERROR_COLUMNS
+from saelineage.causal.stage import AblateConfig, ablate_run, demo_ablation
+from saelineage.collect import CollectConfig, collect
+from saelineage.data.finalize import write_parquet
+from saelineage.data.store import iter_shards, token_mask
+from saelineage.saes.loading import save_saelens
+from runs import write_corpus
+from test_causal import D_SAE, exact_model, exact_saes
+
+LAYERS = (1, 2, 3)
+HIDDEN = 5  # layer 2's SAE cannot represent q_5: upstream feature 5 ends, but lives on in the error
+
+
+def brute_edges(run) -> pa.Table:
+    m = run.load()
+    codes = {l: [] for l in LAYERS}
+    for shard in iter_shards(run, LAYERS):
+        keep = token_mask(shard.pos, m["bos"], False)
+        for l in LAYERS:
+            codes[l].append(shard.codes[l].csr(D_SAE).toarray()[keep])
+    a = {l: np.concatenate(codes[l]).astype(np.float64) for l in LAYERS}
+    rows = []
+    for l, n in zip(LAYERS[:-1], LAYERS[1:]):
+        x, y = a[l] > 0, a[n] > 0
+        co = x.T.astype(np.int64) @ y.astype(np.int64)
+        ci, cj = x.sum(0), y.sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pear = np.corrcoef(a[l].T, a[n].T)[:D_SAE, D_SAE:]
+        for i, j in zip(*np.nonzero(co >= 1)):
+            rows.append({"src_layer": l, "src": int(i), "dst_layer": n, "dst": int(j), "n_co": int(co[i, j]),
+                         "jaccard": co[i, j] / (ci[i] + cj[j] - co[i, j]), "sufficiency": co[i, j] / ci[i],
+                         "necessity": co[i, j] / cj[j], "pearson": float(pear[i, j])})
+    return pa.Table.from_pylist(rows)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablate_stage")
+    model = exact_model(root, "llama")
+    saes = exact_saes(LAYERS, archs=("standard", "standard", "standard"), dead={2: [HIDDEN]})
+    for l, s in saes.items():
+        save_saelens(s, root / "saes" / s.hook_name)
+    cfg = CollectConfig(model=str(model), saes=str(root / "saes"), corpus=str(write_corpus(root / "c.txt")),
+                        window=16, max_tokens=16 * 48, batch_windows=8, shard_windows=16, examples_k=3)
+    r = collect(root / "run", cfg)
+    write_parquet(r.file("edges.parquet"), brute_edges(r))
+    r.set_stage("stats", "complete", started="test")
+    return r
+
+
+def test_stage_writes_every_sampled_pair_and_correlates(run):
+    cfg = AblateConfig(measures=["jaccard", "pearson", "sufficiency"], bins=4, per_bin=6, windows_per_pair=3,
+                       batch_rows=8, hidden=False)
+    table = ablate_run(run.path, cfg, force=True)
+    disk = pq.read_table(run.file("ablations.parquet"))
+    assert disk.equals(table)
+    # one row per sampled (measure, pair): pairs repeat across measures and upstream features repeat
+    keys = list(zip(*(table.column(c).to_pylist() for c in ("measure", "src_layer", "src", "dst_layer", "dst"))))
+    assert len(keys) == len(set(keys))
+    pairs = [k[1:] for k in keys]
+    assert len(set(pairs)) < len(pairs)
+    assert len({p[:2] for p in pairs}) < len(set(pairs))
+    rows = table.to_pylist()
+    for r in rows:  # same pair, same effect, whatever measure drew it
+        same = [x for x in rows if (x["src_layer"], x["src"], x["dst_layer"], x["dst"]) ==
+                (r["src_layer"], r["src"], r["dst_layer"], r["dst"])]
+        assert all(x["mean_drop"] == r["mean_drop"] or np.isnan(r["mean_drop"]) for x in same)
+    # known answers of the exact system (1 -> 2): same latent: everything removed; other latent: nothing
+    for r in rows:
+        if r["src_layer"] == 1 and r["n_tokens"]:
+            want = 1.0 if r["src"] == r["dst"] else 0.0
+            assert r["rel_drop"] == pytest.approx(want, abs=1e-4), r
+    m = run.load()["stages"]["ablate"]
+    assert m["status"] == "complete" and m["n_rows"] == table.num_rows
+    pooled = {c["measure"]: c for c in m["correlations"] if c["src_layer"] is None}
+    assert pooled["jaccard"]["spearman_drop"] > 0.3
+    assert run.file("ablations.html").stat().st_size > 100_000  # plotly.js inlined
+    assert not run.file(".ablate-parts").exists()
+
+
+def test_resume_from_parts_gives_same_file(run, monkeypatch):
+    import saelineage.causal.stage as st
+
+    monkeypatch.setattr(st, "LAYERS_PER_PART", 1)  # one part per upstream layer
+    cfg = AblateConfig(measures=["jaccard"], bins=3, per_bin=4, windows_per_pair=2, hidden=False, plot=False)
+    full = ablate_run(run.path, cfg, force=True)
+    # simulate a crash after the first upstream layer: its part file exists, the stage is 'running'
+    calls = []
+    real = st.ablate_pairs
+
+    def crash_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    st.ablate_pairs = crash_second
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ablate_run(run.path, cfg, force=True)
+    finally:
+        st.ablate_pairs = real
+    assert run.stage_status("ablate") == "running" and len(list(run.file(".ablate-parts").iterdir())) == 1
+    resumed = ablate_run(run.path, cfg)
+    assert resumed.equals(full)
+
+
+def test_hidden_in_error(run):
+    # fallback without analyze: 'ending' = no next-layer edge with pearson >= 0.5
+    ablate_run(run.path, AblateConfig(measures=["jaccard"], bins=2, per_bin=2, plot=False), force=True)
+    feats = pq.read_table(run.file("features.parquet")).to_pylist()
+    by = {(r["layer"], r["feature"]): r for r in feats}
+    assert set(ERROR_COLUMNS) <= set(by[(1, 0)])
+    assert by[(1, HIDDEN)]["error_proj_rel"] == pytest.approx(1.0, abs=1e-4)  # all of it is in layer 2's error
+    assert by[(1, HIDDEN)]["error_proj_tokens"] > 0
+    assert by[(1, 0)]["error_proj_rel"] is None  # carried: not an ending feature
+    # with analyze's lifecycle column, exactly the features classed 'ending' are measured
+    t = pq.read_table(run.file("features.parquet"))
+    life = ["ending" if (l, f) in {(1, HIDDEN), (1, 3)} else "carried"
+            for l, f in zip(t.column("layer").to_pylist(), t.column("feature").to_pylist())]
+    write_parquet(run.file("features.parquet"), t.drop_columns(list(ERROR_COLUMNS)).append_column("lifecycle", pa.array(life)))
+    ablate_run(run.path, AblateConfig(measures=["jaccard"], bins=2, per_bin=2, plot=False), force=True)
+    by = {(r["layer"], r["feature"]): r for r in pq.read_table(run.file("features.parquet")).to_pylist()}
+    assert by[(1, HIDDEN)]["error_proj_rel"] == pytest.approx(1.0, abs=1e-4)
+    assert by[(1, 3)]["error_proj_rel"] == pytest.approx(0.0, abs=1e-4)  # layer 2 reconstructs q_3 exactly
+    assert by[(1, 3)]["resid_proj_rel"] == pytest.approx(1.0, abs=1e-4)  # ... so it is in the residual, not the error
+    assert sum(r["error_proj_rel"] is not None for r in by.values()) == 2
+    # a later stage that rewrites features.parquet without the columns: a skipped ablate puts them back
+    t = pq.read_table(run.file("features.parquet"))
+    write_parquet(run.file("features.parquet"), t.drop_columns(list(ERROR_COLUMNS)))
+    ablate_run(run.path, AblateConfig(), show=False)
+    assert set(ERROR_COLUMNS) <= set(pq.read_schema(run.file("features.parquet")).names)
+
+
+def test_command_and_demo(run):
+    app = Typer()
+    app.command("ablate")(ablate_command)
+    app.command("other")(lambda: None)  # a group, so 'ablate' is a sub-command as in cli.py
+    runner = CliRunner()
+    help_text = runner.invoke(app, ["ablate", "--help"], terminal_width=200).output
+    for opt in ("--measures", "--bins", "--per-bin", "--seed", "--layer-pairs", "--batch-rows", "--hidden",
+                "--force", "--windows-per-pair"):
+        assert opt in help_text
+    res = runner.invoke(app, ["ablate", str(run.path), "--measures", "jaccard", "--bins", "2", "--per-bin", "2",
+                              "--layer-pairs", "1:2", "--no-plot", "--no-hidden", "--force"])
+    assert res.exit_code == 0, res.output
+    assert set(pq.read_table(run.file("ablations.parquet")).column("src_layer").to_pylist()) == {1}
+    rows = demo_ablation(run.path)
+    assert any(r["src_layer"] is None for r in rows)
+    assert json.loads(run.manifest_path.read_text())["stages"]["ablate"]["status"] == "complete"

@@ -1,0 +1,199 @@
+"""Stats stage against a brute-force dense oracle, and invariance to sharding, workers, memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from saelineage.data.importer import write_run
+from saelineage.stats import compute_stats
+from saelineage.stats.stage import plan_stats
+from saelineage.stats import kernels_scan as ks
+from saelineage.stats import measures as ms
+from test_stats_oracle import MEASURES, best, dec_cos, kept_mask, pair_oracle, synthetic_codes, to_csr
+
+W = 16  # tokens per window; windows start with BOS
+RTOL = 1e-9
+VALUE_COLUMNS = list(MEASURES) + ["sufficiency_lo", "necessity_lo", "dec_cosine", "p_sum"]
+
+
+@pytest.fixture(scope="module")
+def codes():
+    return synthetic_codes()
+
+
+@pytest.fixture(scope="module")
+def decoders():
+    rng = np.random.default_rng(5)
+    dec = {l: rng.normal(size=(d, 12)).astype(np.float32) for l, d in ((0, 40), (2, 30), (5, 35))}
+    dec[2][3] = 0.0  # a zero decoder row: cosine undefined
+    return dec
+
+
+def make_run(path, codes, shard_windows=7, **kw):
+    t = len(next(iter(codes.values())))
+    return write_run(path, to_csr(codes), np.arange(t) % 50, window_len=W, bos=True, shard_windows=shard_windows, **kw)
+
+
+def kept_tokens(t):
+    return np.arange(t) % W != 0
+
+
+def assert_close(got, want, what):
+    both_nan = np.isnan(got) & np.isnan(want)
+    ok = both_nan | (np.abs(got - want) <= RTOL * np.abs(want))
+    assert ok.all(), f"{what}: {np.flatnonzero(~ok)[:5]} got {got[~ok][:5]} want {want[~ok][:5]}"
+
+
+CASES = [  # span, relative threshold, absolute threshold
+    (1, None, 0.0),
+    (2, None, 0.0),
+    (1, 0.2, 0.0),
+    (2, 0.2, 0.0),
+    (1, None, 0.5),
+]
+
+
+@pytest.mark.parametrize("span,rel,thr", CASES)
+def test_every_measure_matches_the_oracle(tmp_path, codes, decoders, span, rel, thr):
+    run = make_run(tmp_path / "run", codes)
+    k, ms_, keep = 3, 3, {"pearson": 0.6, "necessity": 0.95}
+    s = compute_stats(run.path, span=span, threshold=thr, relative_threshold=rel, min_support=ms_, top_k=k,
+                      keep_thresholds=keep, decoders=decoders, progress=False)
+    layers = [0, 2, 5]
+    mask = kept_tokens(len(codes[0]))
+    x = {l: codes[l][mask] for l in layers}
+    theta = {l: (rel * x[l].max(0).astype(np.float64) if rel else np.full(x[l].shape[1], thr)) for l in layers}
+    edges = pq.read_table(run.file("edges.parquet")).to_pandas()
+    assert s.n_tokens == mask.sum() and s.dec_cosine
+    keys = ["src_layer", "src", "dst_layer", "dst"]
+    assert (edges[keys].to_records(index=False) == np.sort(edges[keys].to_records(index=False))).all()
+    links = pq.read_table(run.file("feature_links.parquet")).to_pandas()
+    n_pairs = 0
+    for a, l in enumerate(layers):
+        for m in layers[a + 1: a + 1 + span]:
+            n_pairs += 1
+            want = pair_oracle(x[l], x[m], theta[l], theta[m])
+            want["dec_cosine"] = dec_cos(decoders[l], decoders[m])
+            kept = kept_mask(want, ms_, k, keep)
+            got = edges[(edges.src_layer == l) & (edges.dst_layer == m)]
+            gi, gj = got.src.to_numpy(), got.dst.to_numpy()
+            assert sorted(zip(gi, gj)) == sorted(zip(*np.nonzero(kept))), f"kept set {l}->{m}"
+            assert (got.n_co.to_numpy() == want["n_co"][gi, gj]).all()
+            for col in VALUE_COLUMNS:
+                assert_close(got[col].to_numpy(), want[col][gi, gj], f"{col} {l}->{m}")
+            if m != layers[a + 1]:
+                continue
+            # best successor of layer-l features / best predecessor of layer-m features, over ALL pairs
+            for meas in MEASURES:
+                for direction, layer, axis in (("succ", l, 1), ("pred", m, 0)):
+                    v, ids = best(want[meas], axis)
+                    row = links[links.layer == layer]
+                    gv, gid = row[f"best_{direction}_{meas}"].to_numpy(), row[f"best_{direction}_{meas}_id"].to_numpy()
+                    assert_close(gv, v, f"best_{direction}_{meas} layer {layer}")
+                    assert (gid == ids).all(), f"best_{direction}_{meas}_id layer {layer}: {gid} vs {ids}"
+    assert s.pairs == n_pairs
+    # no neighbour layer: NaN / -1
+    assert links[links.layer == 0]["best_pred_jaccard_id"].eq(-1).all()
+    assert links[links.layer == 5]["best_succ_pearson"].isna().all()
+
+
+def test_active_count_and_constant_features(tmp_path, codes):
+    run = make_run(tmp_path / "run", codes)
+    compute_stats(run.path, progress=False)
+    links = pq.read_table(run.file("feature_links.parquet")).to_pandas()
+    mask = kept_tokens(len(codes[0]))
+    for l in (0, 2, 5):
+        assert (links[links.layer == l].active_count.to_numpy() == (codes[l][mask] > 0).sum(0)).all()
+    f = links[(links.layer == 2)]
+    assert np.isnan(f.best_pred_pearson.to_numpy()[[1, 2]]).all()  # dead and constant: pearson undefined
+    assert f.best_pred_jaccard_id.to_numpy()[2] >= 0  # a constant feature still has count measures
+
+
+def _tables(path):
+    return {name: pq.read_table(path / name) for name in ("edges.parquet", "feature_links.parquet")}
+
+
+def same_table(a, b) -> bool:
+    """Bit-for-bit equal columns (NaN equal to NaN)."""
+    return a.column_names == b.column_names and all(
+        np.array_equal(a.column(c).to_numpy(), b.column(c).to_numpy(),
+                       equal_nan=a.schema.field(c).type in ("double", "float")) for c in a.column_names)
+
+
+def limit_for_passes(run, lo, hi, span=2):
+    """A memory limit under which stats makes between lo and hi passes (bisection on the plan)."""
+    a, b = 1, 1 << 30
+    while b - a > 1:
+        mid = (a + b) // 2
+        if len(plan_stats(run.path, memory_limit=mid, span=span).passes) > hi:
+            a = mid
+        else:
+            b = mid
+    assert lo <= len(plan_stats(run.path, memory_limit=b, span=span).passes) <= hi
+    return b
+
+
+def test_identical_whatever_shards_workers_and_memory(tmp_path, codes, decoders):
+    ref = None
+    mid = limit_for_passes(make_run(tmp_path / "probe", codes), 3, 6)
+    for k, (sw, workers, mem) in enumerate([(7, 2, None), (1, 2, None), (64, 1, None), (64, 2, 1), (5, 2, mid)]):
+        run = make_run(tmp_path / f"run{k}", codes, shard_windows=sw)
+        s = compute_stats(run.path, span=2, workers=workers, memory_limit=mem, decoders=decoders, progress=False)
+        if mem == 1:
+            assert s.passes == 40 + 40 + 30  # one source row per block: every row its own pass
+        if mem == mid:
+            assert 3 <= s.passes <= 6
+        got = _tables(run.path)
+        if ref is None:
+            ref = got
+        for name in ref:
+            assert same_table(got[name], ref[name]), (name, sw, workers, mem)
+
+
+def test_window_order_changes_only_rounding(tmp_path, codes):
+    a = make_run(tmp_path / "a", codes)
+    perm = np.random.default_rng(3).permutation(len(codes[0]) // W)
+    rows = (perm[:, None] * W + np.arange(W)).ravel()
+    b = make_run(tmp_path / "b", {l: x[rows] for l, x in codes.items()}, shard_windows=5)
+    for r in (a, b):
+        compute_stats(r.path, span=2, progress=False)
+    ea, eb = (pq.read_table(r.file("edges.parquet")).to_pandas() for r in (a, b))
+    assert (ea[["src_layer", "src", "dst_layer", "dst", "n_co"]].values == eb[["src_layer", "src", "dst_layer", "dst", "n_co"]].values).all()
+    for col in VALUE_COLUMNS:
+        np.testing.assert_allclose(eb[col], ea[col], rtol=1e-12)
+
+
+def test_scalar_kernels_equal_numpy_formulas():
+    rng = np.random.default_rng(0)
+    n = 10_000
+    ci = rng.integers(0, n + 1, 1000)
+    cj = rng.integers(0, n + 1, 1000)
+    c = np.minimum(rng.integers(0, n + 1, 1000), np.minimum(ci, cj))
+    c = np.maximum(c, np.maximum(ci + cj - n, 0))
+    want = ms.mutual_info(n, c, ci, cj)
+    got = np.array([ks.mi_scalar(np.int64(n), np.int64(a), np.int64(b), np.int64(e)) for a, b, e in zip(c, ci, cj)])
+    assert np.array_equal(got, want)
+    p, si, sj = rng.random(1000) * 50, rng.random(1000) * 90, rng.random(1000) * 90
+    isd_i, isd_j, irq_i, irq_j = (rng.random(1000) for _ in range(4))
+    v = np.empty(6)
+    side_i, side_j = ms.Side(ci, si, isd_i, irq_i), ms.Side(cj, sj, isd_j, irq_j)
+    idx = np.arange(1000)
+    ref = ms.pair_measures(n, c, p, side_i, side_j, idx, idx)
+    for r in range(0, 1000, 3):
+        ks.cell_values(v, np.int64(n), np.int64(c[r]), p[r], np.int64(ci[r]), si[r], isd_i[r], irq_i[r],
+                       np.int64(cj[r]), sj[r], isd_j[r], irq_j[r], True)
+        got = np.array([ref[m][r] for m in MEASURES])
+        assert np.array_equal(v, got, equal_nan=True), r
+
+
+def test_mutual_info_is_exact_near_independence():
+    n = 10**9
+    ci, cj = 10**6, 2 * 10**6
+    c = ci * cj // n + 1  # one co-activation above independence
+    got = ms.mutual_info(n, c, ci, cj)
+    N, C, I, J = (np.longdouble(v) for v in (n, c, ci, cj))
+    want = sum(nxy / N * np.log(nxy * N / (nx * ny)) for nxy, nx, ny in
+               ((C, I, J), (I - C, I, N - J), (J - C, N - I, J), (N - I - J + C, N - I, N - J)))
+    assert abs(got - float(want)) <= 1e-6 * float(want)

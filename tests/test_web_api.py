@@ -1,0 +1,244 @@
+"""Feature browser API and pages without a browser (FastAPI TestClient over a synthetic run)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+
+from saelineage.web.app import create_app
+from saelineage.web.graph import crossings, order_rows
+from saelineage.web.labels import import_labels, neuronpedia_ids, neuronpedia_url, read_label_file
+from saelineage.web.synthetic import HOSTILE_LABEL, build_sample_run
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def node_rows(g: dict) -> list[dict]:
+    """The graph API's node columns as one dict per node (id = position)."""
+    cols = g["nodes"]
+    return [dict(zip(cols, vals), id=i) for i, vals in enumerate(zip(*cols.values()))]
+
+
+def edge_rows(g: dict) -> list[tuple]:
+    return list(zip(g["edges"]["src"], g["edges"]["dst"], g["edges"]["value"]))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return build_sample_run(tmp_path_factory.mktemp("webapi") / "run")
+
+
+@pytest.fixture(scope="module")
+def client(run):
+    return TestClient(create_app(run.path, allowed_hosts=["testserver"]))
+
+
+def test_every_page_renders(client):
+    for path in ["/", "/graph", "/feature/1/3", "/communities", "/community/0", "/gates", "/splits", "/search?q=the",
+                 "/prompt", "/docs", "/openapi.json", "/vendor/plotly.min.js", "/static/app.css"]:
+        r = client.get(path)
+        assert r.status_code == 200, path
+        assert "content-security-policy" in r.headers
+    assert "script-src 'self'" in client.get("/").headers["content-security-policy"]
+
+
+def test_feature_api(client):
+    f = client.get("/api/features/1/3").json()
+    assert f["layer"] == 1 and f["feature"] == 3 and f["label"]
+    assert f["density"] > 0 and f["act_max"] > 0 and f["lifecycle"]
+    ex = f["examples"]
+    assert ex and all(sum(t["hit"] for t in e["tokens"]) == 1 for e in ex)
+    assert [e["rank"] for e in ex] == sorted(e["rank"] for e in ex)
+    nb = client.get("/api/features/1/3/neighbours?sort=sufficiency&limit=5").json()
+    assert nb["up"] and all(e["dst_layer"] == 1 and e["dst"] == 3 and e["src_layer"] == 0 for e in nb["up"])
+    assert all(e["src_layer"] == 1 and e["src"] == 3 for e in nb["down"])
+    vals = [e["sufficiency"] for e in nb["up"]]
+    assert vals == sorted(vals, reverse=True) and len(vals) <= 5
+    for key in ("n_co", "jaccard", "necessity", "mutual_info", "pearson", "act_cosine", "dec_cosine", "sufficiency_lo"):
+        assert key in nb["up"][0]
+    rel = client.get("/api/features/1/3/relations").json()
+    assert set(rel) == {"gates", "splits"}
+    assert client.get("/api/features/1/99999").status_code == 404
+    assert client.get("/feature/1/99999").status_code == 404
+
+
+def test_graph_api(client):
+    g = client.get("/api/graph?max_nodes=60&min_value=0.2").json()
+    nodes, edges = node_rows(g), edge_rows(g)
+    assert 0 < len(nodes) <= 60
+    ids = {n["id"] for n in nodes}
+    assert all(a in ids and b in ids and v >= 0.2 for a, b, v in edges)
+    rows = {}
+    for n in nodes:
+        rows.setdefault(n["row"], []).append(n["pos"])
+        assert g["layers"][n["row"]] == n["layer"]
+    assert all(sorted(p) == list(range(len(p))) for p in rows.values())  # positions are a permutation per row
+    assert all(nodes[b]["layer"] == nodes[a]["layer"] + 1 for a, b, _ in edges)
+    assert g["crossings"]["shown"] <= g["crossings"]["by_feature"]
+    big = client.get("/api/graph?max_nodes=2000&measure=necessity").json()
+    assert big["crossings"]["shown"] < big["crossings"]["by_feature"]  # reordering really reduces crossings
+    sub = client.get("/api/graph?layer_min=1&layer_max=2&max_nodes=2000").json()
+    assert set(sub["nodes"]["layer"]) <= {1, 2} and sub["layers"] == [1, 2]
+    c = client.get("/api/graph?community=0&max_nodes=2000").json()
+    assert c["nodes"]["community"] and set(c["nodes"]["community"]) == {0}
+    assert client.get("/api/graph?max_nodes=5000").status_code == 422
+    assert client.get("/api/graph?measure=__import__").status_code == 422
+
+
+def test_order_rows_and_crossings_match_brute_force():
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        sizes = rng.integers(2, 9, 3)
+        row = np.repeat(np.arange(3), sizes)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        e = [(a, b) for r in range(2) for a in range(starts[r], starts[r + 1]) for b in range(starts[r + 1], starts[r + 2])
+             if rng.random() < 0.35]
+        eu, ev = np.array([x[0] for x in e], np.int64), np.array([x[1] for x in e], np.int64)
+        key = rng.random(len(row))
+        for mode in ("feature", "barycenter"):
+            pos = order_rows(row, key, eu, ev, mode)
+            brute = sum(1 for (a, b), (c, d) in itertools.combinations(e, 2)
+                        if row[a] == row[c] and (pos[a] - pos[c]) * (pos[b] - pos[d]) < 0)
+            assert crossings(row, pos, eu, ev) == brute
+        start = order_rows(row, key, eu, ev, "feature")
+        assert crossings(row, order_rows(row, key, eu, ev), eu, ev) <= crossings(row, start, eu, ev)
+
+
+def test_lists_and_search(client):
+    ov = client.get("/api/overview").json()
+    assert ov["counts"]["edges"] > 0 and ov["counts"]["communities"] > 0
+    assert [r["layer"] for r in ov["per_layer"]] == [0, 1, 2, 3]
+    assert set(ov["histograms"]) >= {"jaccard", "pearson"}
+    cs = client.get("/api/communities?limit=5").json()
+    sizes = [r["size"] for r in cs["rows"]]
+    assert sizes == sorted(sizes, reverse=True)
+    assert client.get(f"/api/communities/{cs['rows'][0]['community']}").json()["size"] == sizes[0]
+    gates = client.get("/api/gates?kind=or&limit=3").json()
+    assert gates["total"] > 0 and all(r["kind"] == "or" for r in gates["rows"])
+    assert client.get("/api/splits").json()["total"] > 0
+    s = client.get("/api/search", params={"q": "2:5"}).json()
+    assert s["feature"]["layer"] == 2 and s["feature"]["feature"] == 5
+    s = client.get("/api/search", params={"q": "the"}).json()
+    assert s["tokens"] and s["token_ids"]
+    assert all("the" in x["label"].lower() for x in s["labels"])
+    assert client.get("/api/search", params={"q": "x" * 201}).status_code == 422
+
+
+def test_hostile_label_is_escaped(client):
+    r = client.get("/feature/0/0")
+    assert HOSTILE_LABEL not in r.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;" in r.text
+    r = client.get("/search", params={"q": "onerror"})
+    assert HOSTILE_LABEL not in r.text and "&lt;img src=x" in r.text
+    assert client.get("/api/features/0/0").json()["label"] == HOSTILE_LABEL  # data stays data in the API
+
+
+def test_inputs_are_bounded_and_never_paths(client):
+    assert client.get("/static/../manifest.json").status_code == 404
+    assert client.get("/static/%2e%2e/%2e%2e/manifest.json").status_code == 404
+    assert client.get("/feature/..%2F..%2Fetc/passwd").status_code in (404, 422)
+    assert client.get("/api/features/-1/0").status_code in (404, 422)
+    r = client.post("/api/prompt/tokens", content=b'{"text": "' + b"a" * 70_000 + b'"}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert client.post("/api/prompt/tokens", json={"text": "a" * 2001}).status_code == 422
+    assert client.get("/api/overview", headers={"host": "evil.example"}).status_code == 400
+
+
+def test_prompt_unavailable_without_model(client):
+    st = client.get("/api/prompt/status").json()
+    assert st["available"] is False and "imported without a model" in st["reason"]
+    r = client.post("/api/prompt/tokens", json={"text": "hello"})
+    assert r.status_code == 503
+    page = client.get("/prompt").text
+    assert "prompt-unavailable" in page and "disabled" in page
+
+
+def test_run_with_only_collect(tmp_path):
+    """The browser works on a run whose later stages are missing and says what is missing."""
+    from saelineage.data.importer import write_run
+    from saelineage.web.synthetic import synthetic_codes
+
+    codes, tokens, vocab = synthetic_codes(n_layers=2, d_sae=12, n_windows=8, window=16)
+    run = write_run(tmp_path / "r", codes, tokens, window_len=16, bos=True, vocab=vocab)
+    c = TestClient(create_app(run.path, allowed_hosts=None))
+    st = c.get("/api/status").json()
+    assert {m["stage"] for m in st["missing"]} == {"stats", "analyze", "ablate"}
+    assert "saelineage stats" in c.get("/").text
+    g = c.get("/api/graph").json()
+    assert g["nodes"]["layer"] == [] and "saelineage stats" in g["missing"]
+    f = c.get("/api/features/0/1").json()
+    assert f["examples"] and f["lifecycle"] is None and f["label_source"] == "auto"
+    for path in ["/feature/0/1", "/graph", "/gates", "/splits", "/communities", "/search?q=0:1"]:
+        assert c.get(path).status_code == 200, path
+    assert "No edges yet" in c.get("/feature/0/1").text
+    assert c.get("/api/gates").json()["missing"]
+
+
+def test_labels_import_json_and_csv(tmp_path, run):
+    np_export = [{"modelId": "m", "layer": "1-res-x", "index": "3", "description": "cats and dogs"},
+                 {"modelId": "m", "layer": "1-res-x", "index": "999999", "description": "out of range"},
+                 {"modelId": "m", "layer": "2-res-x", "index": 4, "description": "Paris"}]
+    (tmp_path / "np.json").write_text(json.dumps(np_export))
+    (tmp_path / "l.csv").write_text('layer,feature,explanation\n3,7,"commas, and ""quotes"""\n')
+    assert read_label_file(tmp_path / "np.json")[0] == (1, 3, "cats and dogs")
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy, ignore=shutil.ignore_patterns(".browser-cache"))
+    n = import_labels(copy, tmp_path / "np.json")
+    assert n == {"read": 3, "kept": 2, "unknown": 1, "total": 3}  # + the planted hostile label
+    import_labels(copy, tmp_path / "l.csv")
+    lab = pq.read_table(copy / "labels.parquet").to_pydict()
+    assert 'commas, and "quotes"' in lab["explanation"]
+    c = TestClient(create_app(copy, allowed_hosts=None))
+    f = c.get("/api/features/1/3").json()
+    assert f["label"] == "cats and dogs" and f["label_source"] == "imported" and f["auto_label"]
+    assert any(x["feature"] == 4 for x in c.get("/api/search", params={"q": "paris"}).json()["labels"])
+
+
+def test_labels_cli(tmp_path, run):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from saelineage.web.command import labels_app
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy, ignore=shutil.ignore_patterns(".browser-cache"))
+    (tmp_path / "l.csv").write_text("layer,feature,explanation\n0,1,first\n")
+    res = CliRunner().invoke(labels_app, ["import", str(copy), str(tmp_path / "l.csv")])
+    assert res.exit_code == 0, res.output
+    assert "1 of 1" in res.output
+
+
+def test_cache_follows_rewritten_files(tmp_path, run):
+    import shutil
+    import time
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy, ignore=shutil.ignore_patterns(".browser-cache"))
+    app = create_app(copy, allowed_hosts=None)
+    app.state.data.refresh_s = 0.0
+    c = TestClient(app)
+    assert c.get("/api/features/2/2").json()["label_source"] != "imported"
+    time.sleep(0.01)
+    pq.write_table(pa.table({"layer": pa.array([2], pa.int64()), "feature": pa.array([2], pa.int64()),
+                             "explanation": ["new label"], "source": ["x"]}), copy / "labels.parquet")
+    assert c.get("/api/features/2/2").json()["label"] == "new label"
+
+
+def test_neuronpedia_links():
+    m = {"saes": {"3": {"release": "gpt2-small-res-jb", "sae_id": "blocks.3.hook_resid_pre"}, "4": {"path": "/x"},
+                  "5": {"neuronpedia": "gemma-2-2b/5-gemmascope-res-16k"}}}
+    ids = neuronpedia_ids(m)
+    assert neuronpedia_url(ids, 3, 17) == "https://www.neuronpedia.org/gpt2-small/3-res-jb/17"
+    assert neuronpedia_url(ids, 4, 17) is None
+    assert neuronpedia_url(ids, 5, 2) == "https://www.neuronpedia.org/gemma-2-2b/5-gemmascope-res-16k/2"
