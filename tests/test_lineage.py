@@ -127,10 +127,12 @@ def test_precision_recall_under_5_percent_noise(tmp_path, seed):
 
 def test_leiden_identical_across_runs_and_outputs(clean):
     run, truth = clean
-    before = run.file("communities.parquet").read_bytes()
+    outputs = ("communities.parquet", "gates.parquet", "splits.parquet", "best_pairs.parquet", "lifecycle.parquet",
+               "features.parquet", "prompt_graphs.json", "lifecycle.html")
+    before = {f: run.file(f).read_bytes() for f in outputs}
     comm = pq.read_table(run.file("features.parquet"), columns=["layer", "feature", "community"]).to_pylist()
     analyze(run.path, quiet=True, force=True)
-    assert run.file("communities.parquet").read_bytes() == before
+    assert {f: run.file(f).read_bytes() for f in outputs} == before
     assert pq.read_table(run.file("features.parquet"), columns=["layer", "feature", "community"]).to_pylist() == comm
     c = {(r["layer"], r["feature"]): r["community"] for r in comm}
     for parent, child in truth.copies:  # a copy lands in its parent's community

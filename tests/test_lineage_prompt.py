@@ -30,7 +30,7 @@ def run(tmp_path_factory):
     saes = write_saes(root / "saes", 64, LAYERS)
     corpus = write_corpus(root / "corpus.txt")
     r = collect(root / "run", CollectConfig(model=str(model), saes=str(saes), corpus=str(corpus), window=16,
-                                           max_tokens=16 * 48, batch_windows=8, shard_windows=16, examples_k=5))
+                                           max_tokens=16 * 32, batch_windows=8, shard_windows=16, examples_k=5))
     compute_stats(r.path, min_support=2)
     analyze(r.path, quiet=True, prompt_samples=4)
     return r

@@ -232,6 +232,8 @@ def test_cache_follows_rewritten_files(tmp_path, run):
     time.sleep(0.01)
     pq.write_table(pa.table({"layer": pa.array([2], pa.int64()), "feature": pa.array([2], pa.int64()),
                              "explanation": ["new label"], "source": ["x"]}), copy / "labels.parquet")
+    c.get("/api/status")  # notices the change and starts rebuilding in the background
+    app.state.data.wait_for_refresh()
     assert c.get("/api/features/2/2").json()["label"] == "new label"
 
 

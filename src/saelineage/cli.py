@@ -80,6 +80,12 @@ def _register_optional() -> None:
     for module, attr, name in [
         ("saelineage.saes.train_command", "train_command", "train"),
         ("saelineage.stats.command", "stats_command", "stats"),
+        ("saelineage.lineage.command", "analyze_command", "analyze"),
+        ("saelineage.lineage.command", "prompt_command", "prompt"),
+        ("saelineage.lineage.command", "export_command", "export"),
+        ("saelineage.causal.command", "ablate_command", "ablate"),
+        ("saelineage.web.command", "serve_command", "serve"),
+        ("saelineage.web.command", "labels_app", "labels"),
         ("saelineage.demo", "demo_command", "demo"),
     ]:
         try:
@@ -88,7 +94,11 @@ def _register_optional() -> None:
             if exc.name and exc.name.startswith("saelineage"):
                 continue  # that stage is not part of this build
             raise
-        app.command(name)(getattr(mod, attr))
+        obj = getattr(mod, attr)
+        if isinstance(obj, typer.Typer):
+            app.add_typer(obj, name=name)
+        else:
+            app.command(name)(obj)
 
 
 _register_optional()

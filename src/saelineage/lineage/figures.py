@@ -90,8 +90,9 @@ def lifecycle_html(table: pa.Table, title: str = "Feature lifecycle") -> str:
     lines.update_layout(title=f"Share of features with no successor in the next layer ({measure})",
                         xaxis_title="layer", yaxis_title="% of live features", height=450)
     lines.update_xaxes(tickmode="array", tickvals=sorted({r["layer"] for r in table.to_pylist()}))
-    body = (sankey.to_html(full_html=False, include_plotlyjs=True)
-            + lines.to_html(full_html=False, include_plotlyjs=False))
+    # fixed div ids: the same table always gives the same bytes (plotly's default ids are random)
+    body = (sankey.to_html(full_html=False, include_plotlyjs=True, div_id="lifecycle-sankey")
+            + lines.to_html(full_html=False, include_plotlyjs=False, div_id="lifecycle-ending"))
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
             f"<body>{body}</body></html>\n")
 

@@ -153,8 +153,8 @@ def lifecycle_rich_table(table: pa.Table) -> Table:
         out.add_column(name, justify="right", no_wrap=True)
     for r in rows:
         out.add_row(str(r["layer"]), f"{r['n_features']:,}", f"{r['n_dead']:,}", f"{r['n_live']:,}",
-                    _n_pct(r["n_new"], r["share_new"]), _n_pct(r["n_ending"], r["share_ending"]), _pct(r["ref_share_new"]),
-                    _pct(r["ref_share_ending"]))
+                    _n_pct(r["n_new"], r["share_new"]), _n_pct(r["n_ending"], r["share_ending"]),
+                    _pct(r["ref_share_new"]), _pct(r["ref_share_ending"]))
     return out
 
 

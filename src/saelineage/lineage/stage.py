@@ -90,7 +90,8 @@ class AnalyzeOptions:
         comm._check(self.quality, self.leiden_backend)
         for name in ("gate_threshold", "exclusivity", "min_coverage"):
             if not 0 <= getattr(self, name) <= 1:
-                raise SaelineageError(f"{name} must lie in [0, 1] (got {getattr(self, name)}).", "pick a share.")
+                raise SaelineageError(f"{name} must lie in [0, 1] (got {getattr(self, name)}).",
+                                  "pick a share.")
         if self.min_support < 1:
             raise SaelineageError("min_support must be at least 1.", "use e.g. --min-support 5.")
 
@@ -229,15 +230,17 @@ def _analyze(run: RunDir, manifest: dict, opt: AnalyzeOptions, e: dict[str, np.n
     comm_table = comm.community_table(f_layer, community, ex_rows, ex_tok, vocab)
 
     # features.parquet gains lifecycle and community (replacing those of an earlier analyze)
-    keep_cols = [c for c in feats.column_names if c not in ADDED_COLUMNS]
+    # analyze's columns always go last, in one order, so a re-run writes the same bytes;
+    # an explanation column someone filled is carried over
+    keep_cols = [c for c in feats.column_names if c not in ADDED_COLUMNS and c != "explanation"]
     new = feats.select(keep_cols)
     new = new.append_column("lifecycle", pa.array(list(lc.label), pa.string()))
     for name, flag in (("has_pred", lc.has_pred), ("has_succ", lc.has_succ)):  # null: no such layer
         new = new.append_column(name, pa.array(flag == 1, pa.bool_(), mask=flag < 0))
     new = new.append_column("community", pa.array(np.where(community >= 0, community, 0), pa.int64(),
                                                   mask=community < 0))
-    if "explanation" not in new.column_names:
-        new = new.append_column("explanation", pa.array([None] * new.num_rows, pa.string()))
+    new = new.append_column("explanation", feats.column("explanation").cast(pa.string())
+                            if "explanation" in feats.column_names else pa.array([None] * new.num_rows, pa.string()))
 
     # sample prompt graphs from the stored codes (no model needed)
     from saelineage.lineage.export import explanations

@@ -68,7 +68,6 @@ class PairState:
         self.pb_p = np.zeros((6 * nb, d_m), np.float64)
         self.pz_c = np.full(d_m * nb, -1, np.int64)
         self.pz_i = np.full(d_m * nb, ks.NO_ID, np.int32)
-        self.pz_low = np.full(d_m * nb, ks.NO_ID, np.int32)
         self.pt_v = np.full((P, d_m, k), -np.inf)
         self.pt_i = np.full((P, d_m, k), ks.NO_ID, np.int32)
         self.pt_c = np.zeros((P, d_m, k), np.int64)
@@ -98,17 +97,16 @@ class PairState:
         cbest_i = np.full((T * nb, 6, dm), ks.NO_ID, np.int32)
         zc = np.full((T * nb, dm), -1, np.int64)
         zi = np.full((T * nb, dm), ks.NO_ID, np.int32)
-        zlow = np.full((T * nb, dm), ks.NO_ID, np.int32)
         ctop_v = np.full((T, P, dm, k), -np.inf)
         ctop_i = np.full((T, P, dm, k), ks.NO_ID, np.int32)
         hist = np.zeros((T, 6, HIST_BINS), np.int64)
         counters = np.zeros((T, 3), np.int64)
         n = np.int64(n)
         ks.scan_block(cnt, psum, lo, n, src.count, src.s, src.isd, src.irq, dst.count, dst.s, dst.isd, dst.irq,
-                      self.do_best, prim, o.min_support, thr, hlo, hhi,
-                      rbest, rtop, rkeep, cbest_v, cbest_i, zc, zi, zlow, ctop_v, ctop_i, hist, counters)
-        ks.merge_columns(cnt, psum, lo, self.do_best, cbest_v, cbest_i, zc, zi, zlow, ctop_v, ctop_i,
-                         self.pb_v, self.pb_i, self.pb_c, self.pb_p, self.pz_c, self.pz_i, self.pz_low,
+                      _first(dst.count > 0), _first(~np.isnan(dst.irq)), self.do_best, prim, o.min_support, thr,
+                      hlo, hhi, rbest, rtop, rkeep, cbest_v, cbest_i, zc, zi, ctop_v, ctop_i, hist, counters)
+        ks.merge_columns(cnt, psum, lo, self.do_best, cbest_v, cbest_i, zc, zi, ctop_v, ctop_i,
+                         self.pb_v, self.pb_i, self.pb_c, self.pb_p, self.pz_c, self.pz_i,
                          self.pt_v, self.pt_i, self.pt_c, self.pt_p)
         self.hist += hist.sum(0)
         self.counters += counters.sum(0)
@@ -147,17 +145,28 @@ class PairState:
         self.parts = []
         pred = None
         if self.do_best:
-            pred = self._best_pred(n, src.count, dst.count)
+            pred = self._best_pred(n, src, dst)
         return PairResult(*edges, pred_j=pred, hist=self.hist, counters=self.counters,
                           succ=(self.rb_j, self.rb_c, self.rb_p) if self.do_best else None)
 
-    def _best_pred(self, n: int, src_count: np.ndarray, dst_count: np.ndarray):
+    def _best_pred(self, n: int, src: Side, dst: Side):
         """Best source row of each column per measure: (ids, c, p) [d_m, 6], -1 where none."""
         ids, c, p = self.pb_i.T.copy(), self.pb_c.T.copy(), self.pb_p.T.copy()
+        none = ids == ks.NO_ID
+        # no positive value in a column: the best is 0 at the lowest row where it is defined
+        # (see kernels_scan.zero_best; the roles of sufficiency and necessity swap here)
+        live_j, q_j = dst.count > 0, ~np.isnan(dst.irq)
+        first_live_i, first_q_i = _first(src.count > 0), _first(~np.isnan(src.irq))
+        zero = {0: np.where(live_j, 0, first_live_i), 1: np.full(self.d_m, first_live_i),
+                2: np.where(live_j, 0, -1), 5: np.where(q_j, first_q_i, -1)}
+        for m, cand in zero.items():
+            ids[none[:, m], m] = cand[none[:, m]]
+            c[none[:, m], m] = 0
+            p[none[:, m], m] = 0.0
         # MI of never co-active pairs: the column's zero-count candidate (see kernels_scan)
-        cand = np.where(dst_count > 0, self.pz_i, self.pz_low)
+        cand = np.where(live_j, self.pz_i, 0)
         has = cand != ks.NO_ID
-        mi0 = mutual_info(n, np.zeros(self.d_m, np.int64), src_count[np.where(has, cand, 0)], dst_count)
+        mi0 = mutual_info(n, np.zeros(self.d_m, np.int64), src.count[np.where(has, cand, 0)], dst.count)
         cur_v, cur_i = self.pb_v[3], self.pb_i[3]
         take = has & ((mi0 > cur_v) | ((mi0 == cur_v) & (cand < cur_i)))
         ids[take, 3] = cand[take]
@@ -165,6 +174,12 @@ class PairState:
         p[take, 3] = 0.0
         ids[ids == ks.NO_ID] = -1
         return ids, c, p
+
+
+def _first(mask: np.ndarray) -> int:
+    """Lowest index where mask is True, -1 if none."""
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if len(hits) else -1
 
 
 @dataclass

@@ -70,35 +70,76 @@ def passes(v, thr):
     return False
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _insert_desc(vals, ids, x, e):
+    """Insert (x, e) into a full-length sorted top list (value desc, id asc) if it ranks."""
+    k = vals.shape[0]
+    last = k - 1
+    if not (x > vals[last] or (x == vals[last] and e < ids[last])):
+        return
+    s = last
+    while s > 0 and (vals[s - 1] < x or (vals[s - 1] == x and ids[s - 1] > e)):
+        vals[s] = vals[s - 1]
+        ids[s] = ids[s - 1]
+        s -= 1
+    vals[s] = x
+    ids[s] = e
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def zero_best(m, own_count, own_q_pos, first_live, first_q):
+    """Partner of the best value 0 of a count measure / act_cosine when no pair is positive.
+
+    With no positive value every pair has c_ij = 0 (p_ij = 0 for act_cosine), so the best
+    is 0 at the lowest partner for which the measure is defined, or none (-1: all NaN).
+    m: measure index; own_count, own_q_pos: this feature's count and q > 0; first_live /
+    first_q: lowest partner with count > 0 / q > 0. Jaccard and the "own-side" ratio need own_count > 0 or
+    a live partner; the "partner-side" ratio needs a live partner.
+    """
+    if m == 0:  # jaccard: c_i + c_j > 0
+        return 0 if own_count > 0 else first_live
+    if m == 1:  # c / own count
+        return 0 if own_count > 0 else -1
+    if m == 2:  # c / partner count
+        return first_live
+    return first_q if own_q_pos else -1  # act_cosine: q_i > 0 and q_j > 0
+
+
 @numba.njit(parallel=True, **_JIT)
-def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj,
+def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, first_live_j, first_q_j,
                do_best, prim, min_support, thr, hlo, hhi,
-               rbest, rtop, rkeep, cbest_v, cbest_i, zc, zi, zlow, ctop_v, ctop_i, hist, counters):
+               rbest, rtop, rkeep, cbest_v, cbest_i, zc, zi, ctop_v, ctop_i, hist, counters):
     """Scan block rows lo..lo+B-1 (cnt, psum [B, d_m]); see the module docstring.
 
-    Per-feature inputs are [d_l] (ci, si, isdi, irqi) and [d_m] (cj, ...). prim int64[P]:
-    measure indices ranked for edges; thr float64[6] keep thresholds (NaN = none);
-    hlo/hhi float64[6] histogram ranges. Outputs: rbest int32[B,6] (best j per measure,
-    do_best only), rtop int32[B,P,k] (-1 padded), rkeep int64[B] (threshold cells);
-    per thread th: cbest_v/cbest_i [th,6,d_m], zc/zi/zlow [th,d_m], ctop_v/ctop_i
-    [th,P,d_m,k], hist int64[th,6,bins], counters int64[th,3] (seen, touched, supported).
+    Per-feature inputs are [d_l] (ci, si, isdi, irqi) and [d_m] (cj, ...); first_*_j:
+    lowest column with c_j > 0 / q_j > 0 (-1 if none). prim int64[P]: measure indices
+    ranked for edges; thr float64[6] keep thresholds (NaN = none); hlo/hhi float64[6]
+    histogram ranges. Outputs: rbest int32[B,6] (best j per measure, do_best only),
+    rtop int32[B,P,k] (-1 padded), rkeep int64[B] (threshold cells); per thread th:
+    cbest_v/cbest_i [th,6,d_m] (positive values only, except pearson and MI), zc/zi
+    [th,d_m] zero-count MI candidates, ctop_v/ctop_i [th,P,d_m,k], hist int64[th,6,bins],
+    counters int64[th,3] (seen, touched, supported).
+
+    Untouched cells (c = p = 0) only need pearson (every other measure is 0 or NaN there,
+    resolved in closed form), which keeps the scan cheap where most cells are untouched.
     """
     B, dm = cnt.shape
     P = prim.shape[0]
     k = rtop.shape[2]
     nb = hist.shape[2]
+    fn = np.float64(n)
     for r in prange(B):
         th = numba.get_thread_id()
         i = lo + r
         ci_ = np.int64(ci[i])
+        si_, isdi_, irqi_ = si[i], isdi[i], irqi[i]
         v = np.empty(N_MEASURES)
         bv = np.full(N_MEASURES, -np.inf)
         bj = np.full(N_MEASURES, -1, np.int32)
         tv = np.full((P, k), -np.inf)
-        tj = np.full((P, k), -1, np.int32)
+        tj = np.full((P, k), np.int32(NO_ID), np.int32)
         zmax_c = np.int64(-1)
         zmax_j = -1
-        zlow_j = -1
         seen = 0
         touched = 0
         supported = 0
@@ -106,35 +147,43 @@ def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj,
         for j in range(dm):
             c = np.int64(cnt[r, j])
             p = psum[r, j]
-            cjj = np.int64(cj[j])
-            if c > 0:
-                seen += 1
-            if c > 0 or p != 0.0:
-                touched += 1
-            sup = c >= min_support
-            cell_values(v, n, c, p, ci_, si[i], isdi[i], irqi[i], cjj, sj[j], isdj[j], irqj[j],
-                        c > 0 and (do_best or sup))
             if do_best:
-                for m in range(N_MEASURES):
-                    x = v[m]
-                    if x > bv[m]:
-                        bv[m] = x
-                        bj[m] = j
-                    cb = cbest_v[th, m, j]
-                    if x > cb or (x == cb and i < cbest_i[th, m, j]):
-                        cbest_v[th, m, j] = x
-                        cbest_i[th, m, j] = i
+                x = (fn * p - si_ * sj[j]) * isdi_ * isdj[j]  # pearson, as in cell_values
+                if x > bv[4]:
+                    bv[4] = x
+                    bj[4] = j
+                if x > cbest_v[th, 4, j] or (x == cbest_v[th, 4, j] and i < cbest_i[th, 4, j]):
+                    cbest_v[th, 4, j] = x
+                    cbest_i[th, 4, j] = i
                 if c == 0:
+                    cjj = np.int64(cj[j])
                     if cjj > zmax_c:
                         zmax_c = cjj
                         zmax_j = j
-                    if zlow_j < 0:
-                        zlow_j = j
                     if ci_ > zc[th, j] or (ci_ == zc[th, j] and i < zi[th, j]):
                         zc[th, j] = ci_
                         zi[th, j] = i
-                    if i < zlow[th, j]:
-                        zlow[th, j] = i
+            if c == 0 and p == 0.0:
+                continue
+            touched += 1
+            sup = c >= min_support
+            if c > 0:
+                seen += 1
+            cell_values(v, n, c, p, ci_, si_, isdi_, irqi_, np.int64(cj[j]), sj[j], isdj[j], irqj[j],
+                        c > 0 and (do_best or sup))
+            if do_best:
+                for m in range(N_MEASURES):
+                    if m == 4:
+                        continue
+                    x = v[m]
+                    if m != MI and not x > 0.0:
+                        continue  # zeros are resolved in closed form (zero_best)
+                    if x > bv[m]:
+                        bv[m] = x
+                        bj[m] = j
+                    if x > cbest_v[th, m, j] or (x == cbest_v[th, m, j] and i < cbest_i[th, m, j]):
+                        cbest_v[th, m, j] = x
+                        cbest_i[th, m, j] = i
             if not sup:
                 continue
             supported += 1
@@ -145,31 +194,17 @@ def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj,
                     hist[th, m, min(max(b, 0), nb - 1)] += 1
             for q in range(P):
                 x = v[prim[q]]
-                if not x == x:
-                    continue
-                if x > tv[q, k - 1]:  # j ascends along the row: ties keep the earlier j
-                    s = k - 1
-                    while s > 0 and tv[q, s - 1] < x:
-                        tv[q, s] = tv[q, s - 1]
-                        tj[q, s] = tj[q, s - 1]
-                        s -= 1
-                    tv[q, s] = x
-                    tj[q, s] = j
-                kv = ctop_v[th, q, j, k - 1]
-                if x > kv or (x == kv and i < ctop_i[th, q, j, k - 1]):
-                    s = k - 1
-                    while s > 0 and (ctop_v[th, q, j, s - 1] < x or
-                                     (ctop_v[th, q, j, s - 1] == x and ctop_i[th, q, j, s - 1] > i)):
-                        ctop_v[th, q, j, s] = ctop_v[th, q, j, s - 1]
-                        ctop_i[th, q, j, s] = ctop_i[th, q, j, s - 1]
-                        s -= 1
-                    ctop_v[th, q, j, s] = x
-                    ctop_i[th, q, j, s] = i
+                if x == x:
+                    _insert_desc(tv[q], tj[q], x, j)
+                    _insert_desc(ctop_v[th, q, j], ctop_i[th, q, j], x, i)
             if passes(v, thr):
                 n_thr += 1
         if do_best:
-            cand = zmax_j if ci_ > 0 else zlow_j
-            if cand >= 0:
+            for m in (0, 1, 2, 5):
+                if bj[m] < 0:
+                    bj[m] = zero_best(m, ci_, irqi_ == irqi_, first_live_j, first_q_j)
+            cand = zmax_j if ci_ > 0 else 0  # c_i = 0: every partner has MI 0, lowest id wins
+            if cand >= 0 and cand < dm:
                 x = mi_scalar(n, np.int64(0), ci_, np.int64(cj[cand]))
                 if x > bv[MI] or (x == bv[MI] and cand < bj[MI]):
                     bv[MI] = x
@@ -178,7 +213,7 @@ def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj,
                 rbest[r, m] = bj[m]
         for q in range(P):
             for s in range(k):
-                rtop[r, q, s] = tj[q, s]
+                rtop[r, q, s] = tj[q, s] if tj[q, s] != NO_ID else -1
         rkeep[r] = n_thr
         counters[th, 0] += seen
         counters[th, 1] += touched
@@ -186,11 +221,11 @@ def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj,
 
 
 @numba.njit(parallel=True, **_JIT)
-def merge_columns(cnt, psum, lo, do_best, cbest_v, cbest_i, zc, zi, zlow, ctop_v, ctop_i,
-                  pb_v, pb_i, pb_c, pb_p, pz_c, pz_i, pz_low, pt_v, pt_i, pt_c, pt_p):
+def merge_columns(cnt, psum, lo, do_best, cbest_v, cbest_i, zc, zi, ctop_v, ctop_i,
+                  pb_v, pb_i, pb_c, pb_p, pz_c, pz_i, pt_v, pt_i, pt_c, pt_p):
     """Fold the per-thread column states of one block into the pair's running state.
 
-    Pair state: pb_* [6, d_m] best row per measure (value, id, c_ij, p_ij); pz_c/pz_i/pz_low
+    Pair state: pb_* [6, d_m] best row per measure (value, id, c_ij, p_ij); pz_c/pz_i
     [d_m] zero-count MI candidates; pt_* [P, d_m, k] column top-k with c_ij, p_ij. The
     order (value desc, id asc) is total, so the result is independent of block and thread
     order. c_ij and p_ij of newly taken rows are read from this block (cnt, psum).
@@ -214,7 +249,6 @@ def merge_columns(cnt, psum, lo, do_best, cbest_v, cbest_i, zc, zi, zlow, ctop_v
                 if i != NO_ID and (zc[th, j] > pz_c[j] or (zc[th, j] == pz_c[j] and i < pz_i[j])):
                     pz_c[j] = zc[th, j]
                     pz_i[j] = i
-                pz_low[j] = min(pz_low[j], zlow[th, j])
             for q in range(P):
                 for s in range(k):
                     x = ctop_v[th, q, j, s]

@@ -63,22 +63,22 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
             raise HTTPException(404, f"feature {layer}:{feature} is not in this run")
 
     @r.get("/status", summary="Stages of the run, what is present and what is missing")
-    def status() -> JSON:
+    async def status() -> JSON:
         return JSON(data.status())
 
     @r.get("/overview", summary="Model, SAEs, corpus, per-layer lifecycle, measure histograms, counts")
-    def overview() -> JSON:
+    async def overview() -> JSON:
         return JSON(data.overview())
 
     @r.get("/features/{layer}/{feature}", summary="One feature: label, statistics, top examples")
-    def feature(layer: int = LayerP, feature: int = FeatureP,
+    async def feature(layer: int = LayerP, feature: int = FeatureP,
                 examples: int = Query(20, ge=0, le=100, description="Top examples to return")) -> JSON:
         f = _feature_or_404(layer, feature)
         f["examples"] = data.examples(layer, feature, limit=examples)
         return JSON(f)
 
     @r.get("/features/{layer}/{feature}/neighbours", summary="Upstream/downstream edges with every measure")
-    def neighbours(layer: int = LayerP, feature: int = FeatureP,
+    async def neighbours(layer: int = LayerP, feature: int = FeatureP,
                    direction: Literal["up", "down", "both"] = "both", sort: SortKey = "jaccard",
                    limit: int = Query(50, ge=1, le=500)) -> JSON:
         _exists_or_404(layer, feature)
@@ -88,13 +88,13 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
         return JSON(out | {"sort": sort})
 
     @r.get("/features/{layer}/{feature}/relations", summary="Gates and splits the feature takes part in")
-    def relations(layer: int = LayerP, feature: int = FeatureP) -> JSON:
+    async def relations(layer: int = LayerP, feature: int = FeatureP) -> JSON:
         _exists_or_404(layer, feature)
         return JSON({"gates": data.feature_gates(layer, feature),
                      "splits": data.splits(layer=layer, feature=feature)["rows"]})
 
     @r.get("/graph", summary="Layered graph: nodes, edges and a crossing-reducing row order")
-    def graph_(measure: Measure = "jaccard", min_value: Optional[float] = Query(None, ge=-1.0, le=1e6),
+    async def graph_(measure: Measure = "jaccard", min_value: Optional[float] = Query(None, ge=-1.0, le=1e6),
                layer_min: Optional[int] = Query(None, ge=0, le=100_000),
                layer_max: Optional[int] = Query(None, ge=0, le=100_000),
                community: Optional[int] = Query(None, ge=0, le=10**9),
@@ -102,29 +102,29 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
         return JSON(graph(data, measure, min_value, layer_min, layer_max, community, max_nodes, order))
 
     @r.get("/communities", summary="Communities, largest first")
-    def communities(limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=10**9),
+    async def communities(limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=10**9),
                     min_size: int = Query(1, ge=1, le=10**6)) -> JSON:
         return JSON(data.communities(limit, offset, min_size))
 
     @r.get("/communities/{community}", summary="One community: members")
-    def community(community: int = Path(..., ge=0, le=10**9)) -> JSON:
+    async def community(community: int = Path(..., ge=0, le=10**9)) -> JSON:
         c = data.community(community)
         if c is None:
             raise HTTPException(404, f"community {community} is not in this run")
         return JSON(c)
 
     @r.get("/gates", summary="Quasi-boolean AND/OR gates")
-    def gates(kind: Optional[Literal["and", "or"]] = None, layer: Optional[int] = Query(None, ge=0, le=100_000),
+    async def gates(kind: Optional[Literal["and", "or"]] = None, layer: Optional[int] = Query(None, ge=0, le=100_000),
               limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=10**9)) -> JSON:
         return JSON(data.gates(kind, layer, limit, offset))
 
     @r.get("/splits", summary="Splits: a parent feature whose children divide its activity")
-    def splits(layer: Optional[int] = Query(None, ge=0, le=100_000), limit: int = Query(100, ge=1, le=500),
+    async def splits(layer: Optional[int] = Query(None, ge=0, le=100_000), limit: int = Query(100, ge=1, le=500),
                offset: int = Query(0, ge=0, le=10**9)) -> JSON:
         return JSON(data.splits(layer, limit, offset))
 
     @r.get("/search", summary="Search by feature id (L:F), label text, or token")
-    def search(q: str = Query(..., min_length=1, max_length=200), limit: int = Query(50, ge=1, le=200)) -> JSON:
+    async def search(q: str = Query(..., min_length=1, max_length=200), limit: int = Query(50, ge=1, le=200)) -> JSON:
         return JSON(data.search(q, limit))
 
     @r.get("/prompt/status", summary="Whether live prompts are available (model and SAEs present)")

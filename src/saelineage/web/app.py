@@ -21,6 +21,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from saelineage import __version__
 from saelineage.web.api import build_router
+from saelineage.web.layout import warm_up
 from saelineage.web.prompt import PromptBackend, PromptService
 from saelineage.web.queries import MEASURES, SORTABLE, RunData
 
@@ -41,16 +42,6 @@ def plotly_js_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "package_data" / "plotly.min.js"
 
 
-def warm_up() -> None:
-    """Compile the jitted crossing counter now rather than on the first graph request."""
-    import numpy as np
-
-    from saelineage.web.graph import crossings
-
-    z = np.zeros(2, np.int64)
-    crossings(z, np.array([0, 1]), z, np.array([1, 0]))
-
-
 def swagger_ui_dir() -> Optional[Path]:
     """Swagger UI from the swagger-ui-bundle wheel when installed (no CDN); None otherwise."""
     try:
@@ -66,7 +57,7 @@ def create_app(run_dir: str | Path, *, prompt_backend: Optional[PromptBackend] =
                ) -> FastAPI:
     """The browser app for `run_dir`. `allowed_hosts` guards against DNS rebinding (None = any host)."""
     data = RunData(run_dir, cache_folder=cache_folder)
-    warm_up()
+    warm_up()  # jitted row ordering, compiled (or loaded from cache) now rather than on a first request
     prompts = PromptService(data, prompt_backend)
     app = FastAPI(title="saelineage feature browser", version=__version__, docs_url=None, redoc_url=None,
                   description=f"Features, edges, communities, gates and splits of the run {data.run.path.name}.")
@@ -112,7 +103,7 @@ def create_app(run_dir: str | Path, *, prompt_backend: Optional[PromptBackend] =
         app.mount("/vendor/swagger-ui", StaticFiles(directory=swagger), name="swagger")
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
-    def docs_page(request: Request) -> HTMLResponse:
+    async def docs_page(request: Request) -> HTMLResponse:
         if swagger is not None:
             return templates.TemplateResponse(request, "docs.html", {})
         api_paths = [(m.upper(), p, op.get("summary", "")) for p, ops in app.openapi()["paths"].items()
@@ -120,15 +111,15 @@ def create_app(run_dir: str | Path, *, prompt_backend: Optional[PromptBackend] =
         return page(request, "docs_plain.html", paths=api_paths)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def overview_page(request: Request) -> HTMLResponse:
+    async def overview_page(request: Request) -> HTMLResponse:
         return page(request, "overview.html", ov=data.overview())
 
     @app.get("/graph", response_class=HTMLResponse, include_in_schema=False)
-    def graph_page(request: Request) -> HTMLResponse:
+    async def graph_page(request: Request) -> HTMLResponse:
         return page(request, "graph.html")
 
     @app.get("/feature/{layer}/{feature}", response_class=HTMLResponse, include_in_schema=False)
-    def feature_page(request: Request, layer: int = PathParam(..., ge=0, le=100_000),
+    async def feature_page(request: Request, layer: int = PathParam(..., ge=0, le=100_000),
                      feature: int = PathParam(..., ge=0, le=10**9),
                      sort: str = Query("jaccard", max_length=32)) -> HTMLResponse:
         f = data.feature(layer, feature)
@@ -144,20 +135,20 @@ def create_app(run_dir: str | Path, *, prompt_backend: Optional[PromptBackend] =
                     splits=data.splits(layer=layer, feature=feature)["rows"], sortable=SORTABLE)
 
     @app.get("/communities", response_class=HTMLResponse, include_in_schema=False)
-    def communities_page(request: Request, offset: int = Query(0, ge=0, le=10**9),
+    async def communities_page(request: Request, offset: int = Query(0, ge=0, le=10**9),
                          min_size: int = Query(2, ge=1, le=10**6)) -> HTMLResponse:
         return page(request, "communities.html", res=data.communities(100, offset, min_size), offset=offset,
                     min_size=min_size)
 
     @app.get("/community/{community}", response_class=HTMLResponse, include_in_schema=False)
-    def community_page(request: Request, community: int = PathParam(..., ge=0, le=10**9)) -> HTMLResponse:
+    async def community_page(request: Request, community: int = PathParam(..., ge=0, le=10**9)) -> HTMLResponse:
         c = data.community(community)
         if c is None:
             raise StarletteHTTPException(404, f"Community {community} is not in this run.")
         return page(request, "community.html", c=c)
 
     @app.get("/gates", response_class=HTMLResponse, include_in_schema=False)
-    def gates_page(request: Request, kind: str = Query("", max_length=3),
+    async def gates_page(request: Request, kind: str = Query("", max_length=3),
                    layer: Optional[int] = Query(None, ge=0, le=100_000),
                    offset: int = Query(0, ge=0, le=10**9)) -> HTMLResponse:
         kind_ = kind if kind in ("and", "or") else None
@@ -165,12 +156,12 @@ def create_app(run_dir: str | Path, *, prompt_backend: Optional[PromptBackend] =
                     layer=layer, offset=offset)
 
     @app.get("/splits", response_class=HTMLResponse, include_in_schema=False)
-    def splits_page(request: Request, layer: Optional[int] = Query(None, ge=0, le=100_000),
+    async def splits_page(request: Request, layer: Optional[int] = Query(None, ge=0, le=100_000),
                     offset: int = Query(0, ge=0, le=10**9)) -> HTMLResponse:
         return page(request, "splits.html", res=data.splits(layer, 100, offset), layer=layer, offset=offset)
 
     @app.get("/search", response_class=HTMLResponse, include_in_schema=False)
-    def search_page(request: Request, q: str = Query("", max_length=200)) -> HTMLResponse:
+    async def search_page(request: Request, q: str = Query("", max_length=200)) -> HTMLResponse:
         return page(request, "search.html", q=q, res=data.search(q) if q.strip() else None)
 
     @app.get("/prompt", response_class=HTMLResponse, include_in_schema=False)

@@ -41,6 +41,18 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def _unmask(v: np.ndarray) -> np.ndarray:
+    """A fetched column without its mask: NaN (numbers) or None (anything else) where NULL."""
+    if not np.ma.isMaskedArray(v):
+        return np.asarray(v)
+    mask = np.ma.getmaskarray(v)
+    if v.dtype.kind in "iuf":
+        return np.where(mask, np.nan, v.data.astype(np.float64))
+    out = np.asarray(v.data, object).copy()
+    out[mask] = None
+    return out
+
+
 def rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     names = [d[0] for d in cur.description]
     return [{n: _clean(v) for n, v in zip(names, r)} for r in cur.fetchall()]
@@ -88,6 +100,8 @@ class Generation:
             CASE WHEN nullif(trim(imported_label), '') IS NOT NULL THEN 'imported'
                  WHEN nullif(trim(explanation), '') IS NOT NULL THEN 'analysis' ELSE 'auto' END AS src
             FROM features ORDER BY layer, feature""").fetchnumpy()
+        full = self.con.execute("SELECT * FROM features ORDER BY layer, feature").fetchnumpy()
+        self.fcols = {k: _unmask(v) for k, v in full.items()}  # every column, for feature pages without a query
         self.layer = r["layer"].astype(np.int64)
         self.feature = r["feature"].astype(np.int64)
         self.n_active = r["n_active"].astype(np.int64)
@@ -138,6 +152,10 @@ class Generation:
         end = self.start.get(int(layer) + 1, self.n)
         j = s + int(np.searchsorted(self.feature[s:end], feature))
         return j if j < self.n and self.layer[j] == layer and self.feature[j] == feature else None
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Every column of features row `i` (JSON-safe)."""
+        return {k: _clean(v[i]) for k, v in self.fcols.items()}
 
     def brief(self, i: int) -> dict[str, Any]:
         """What the browser shows about a feature in lists, tooltips and tables."""

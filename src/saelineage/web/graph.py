@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 
+from saelineage.web.layout import crossings, order_rows
 from saelineage.web.queries import MEASURES, STAGE_HINTS, Generation, RunData
+
+__all__ = ["MAX_NODES", "NODE_COLUMNS", "ORDERS", "crossings", "empty_layout", "graph", "order_rows"]
 
 ORDERS = ("barycenter", "community", "feature")
 NODE_COLUMNS = ("layer", "feature", "label", "community", "density", "lifecycle", "pos", "row", "n_row")
@@ -45,94 +47,6 @@ def _idx_many(g: Generation, layer: np.ndarray, feature: np.ndarray) -> np.ndarr
         bad[ok] = (g.layer[cand[ok]] != layer[ok]) | (g.feature[cand[ok]] != feature[ok])
         out[bad] = -1
     return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _crossings_sorted(ru: np.ndarray, pu: np.ndarray, pv: np.ndarray, nv: int) -> int:  # pragma: no cover - jit
-    """Crossing pairs of edges sorted by (row, pu, pv): a Fenwick-tree inversion count per row."""
-    tree = np.zeros(nv + 2, np.int64)
-    total = 0
-    n = len(pu)
-    i = 0
-    seen = 0
-    while i < n:
-        if i == 0 or ru[i] != ru[i - 1]:
-            tree[:] = 0
-            seen = 0
-        j = i
-        while j < n and ru[j] == ru[i] and pu[j] == pu[i]:
-            j += 1
-        for k in range(i, j):  # earlier edges (smaller pu) ending right of this one cross it
-            s = 0
-            x = pv[k] + 1
-            while x > 0:
-                s += tree[x]
-                x -= x & -x
-            total += seen - s
-        for k in range(i, j):
-            x = pv[k] + 1
-            while x <= nv + 1:
-                tree[x] += 1
-                x += x & -x
-            seen += 1
-        i = j
-    return total
-
-
-def crossings(row: np.ndarray, pos: np.ndarray, eu: np.ndarray, ev: np.ndarray) -> int:
-    """Number of crossing edge pairs; edges go from row r (eu) to row r+1 (ev), pos = rank in row."""
-    if len(eu) < 2:
-        return 0
-    ru, pu, pv = row[eu], pos[eu], pos[ev]
-    o = np.lexsort((pv, pu, ru))
-    return int(_crossings_sorted(ru[o].astype(np.int64), pu[o].astype(np.int64), pv[o].astype(np.int64),
-                                 int(pv.max()) + 1))
-
-
-def order_rows(row: np.ndarray, start_key: np.ndarray, eu: np.ndarray, ev: np.ndarray, mode: str = "barycenter",
-               sweeps: int = 8) -> np.ndarray:
-    """Rank of every node inside its row (0 = left). `start_key` gives the initial order."""
-    n = len(row)
-    pos = np.zeros(n, np.int64)
-    rows = [np.nonzero(row == r)[0] for r in range(int(row.max()) + 1)] if n else []
-    for nodes in rows:
-        pos[nodes[np.argsort(start_key[nodes], kind="stable")]] = np.arange(len(nodes))
-    if mode != "barycenter" or len(eu) == 0:
-        return pos
-    size = np.array([len(x) for x in rows], np.float64)
-    best, best_c = pos.copy(), crossings(row, pos, eu, ev)
-    by_row = [np.nonzero(row[eu] == r)[0] for r in range(len(rows))]  # edges leaving row r
-
-    local = np.zeros(n, np.int64)  # index of each node inside its row's node list
-    for nodes in rows:
-        local[nodes] = np.arange(len(nodes))
-
-    def place(r: int, edges: np.ndarray, here: np.ndarray, there: np.ndarray) -> None:
-        nodes = rows[r]
-        if len(nodes) < 2 or len(edges) == 0:
-            return
-        h, t = here[edges], there[edges]
-        xs = (pos[t] + 0.5) / size[row[t]]
-        s = np.bincount(local[h], weights=xs, minlength=len(nodes))
-        c = np.bincount(local[h], minlength=len(nodes))
-        cur = (pos[nodes] + 0.5) / size[r]
-        key = np.where(c > 0, s / np.maximum(c, 1), cur)
-        pos[nodes[np.lexsort((cur, key))]] = np.arange(len(nodes))
-
-    stale = 0
-    for _ in range(sweeps):
-        for r in range(1, len(rows)):
-            place(r, by_row[r - 1], ev, eu)
-        for r in range(len(rows) - 2, -1, -1):
-            place(r, by_row[r], eu, ev)
-        c = crossings(row, pos, eu, ev)
-        if c < best_c:
-            best, best_c, stale = pos.copy(), c, 0
-        else:
-            stale += 1
-            if stale >= 2 or c == 0:
-                break
-    return best
 
 
 def graph(data: RunData, measure: str = "jaccard", min_value: float | None = None, layer_min: int | None = None,

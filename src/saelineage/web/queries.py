@@ -37,23 +37,42 @@ class RunData(RelationQueries):
         self.refresh_s = refresh_s
         self._lock = threading.Lock()
         self._checked = 0.0
+        self._building: threading.Thread | None = None
+        self.refresh_error: str | None = None
         self._gen = self._build()
 
     def _build(self) -> Generation:
         files = cache.ensure_cache(self.run, self.cache_folder)
         return Generation(self.run, files)
 
+    def _rebuild(self) -> None:
+        try:
+            self._gen = self._build()
+            self.refresh_error = None
+        except Exception as exc:  # noqa: BLE001 - keep serving the previous generation, say why
+            self.refresh_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._building = None
+
     @property
     def g(self) -> Generation:
-        """The current generation; rebuilt when the run's files changed since it was built."""
+        """The current generation. When the run's files changed (checked every `refresh_s`), a new
+        one is built in the background while requests keep being answered from this one."""
         now = time.monotonic()
         if now - self._checked >= self.refresh_s:
             with self._lock:
-                if now - self._checked >= self.refresh_s:
+                if now - self._checked >= self.refresh_s and self._building is None:
                     self._checked = now
                     if cache.signature(self.run) != self._gen.sig:
-                        self._gen = self._build()
+                        self._building = threading.Thread(target=self._rebuild, daemon=True, name="cache-rebuild")
+                        self._building.start()
         return self._gen
+
+    def wait_for_refresh(self, timeout: float = 60.0) -> None:
+        """Block until a background rebuild (if any) is done (for tests and scripts)."""
+        t = self._building
+        if t is not None:
+            t.join(timeout)
 
     # ---- run level ------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -136,7 +155,7 @@ class RunData(RelationQueries):
         i = g.idx(layer, feature)
         if i is None:
             return None
-        r = g.q("SELECT * FROM features WHERE layer = ? AND feature = ?", [layer, feature])[0]
+        r = g.row(i)
         out = g.brief(i) | {"label_source": g.label_src[i], "auto_label": r.pop("auto_label"),
                             "imported_label": r.pop("imported_label"), "n_active": int(g.n_active[i]),
                             "neuronpedia": neuronpedia_url(g.np_ids, layer, feature)}
