@@ -217,6 +217,10 @@ def test_other_views(page, base_url):
         if path.startswith("/community/"):
             _wait_graph(page)
         shot(page, name, full_page=False)
+    page.goto(base_url + "/docs")  # Swagger UI from the fastapi-offline wheel, under the same CSP
+    page.wait_for_selector(".opblock", timeout=15000)
+    assert page.locator(".opblock").count() >= 10
+    shot(page, "api-docs", full_page=False)
 
 
 def test_live_prompt(page, base_url):

@@ -87,8 +87,7 @@ def run_demo(run_dir: Path = DEFAULT_RUN, tokens: int = 200_000, serve: bool = T
     if serve:
         serve_fn = _optional("saelineage.web", "serve")
         if serve_fn is not None:
-            console.print(f"[bold green]Feature browser:[/] http://127.0.0.1:{port}/   (Ctrl-C to stop)")
-            serve_fn(run.path, "127.0.0.1", port)
+            serve_fn(run.path, "127.0.0.1", port, announce=True)
     return timings
 
 

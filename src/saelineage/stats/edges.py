@@ -88,23 +88,31 @@ class PairState:
         prim, thr = o.prim_index(), o.thresholds()
         P, k, T = len(prim), o.top_k, _threads()
         hlo = np.array([MEASURE_RANGE[m][0] for m in MEASURES])
-        hhi = np.array([MEASURE_RANGE[m][1] for m in MEASURES])
+        hscale = HIST_BINS / (np.array([MEASURE_RANGE[m][1] for m in MEASURES]) - hlo)
         nb = 1 if self.do_best else 0
         rbest = np.full((B * nb, 6), -1, np.int32)
         rtop = np.full((B, P, k), -1, np.int32)
         rkeep = np.zeros(B, np.int64)
         cbest_v = np.full((T * nb, 6, dm), -np.inf)
         cbest_i = np.full((T * nb, 6, dm), ks.NO_ID, np.int32)
+        # MI pruning starts from the pair's current column best (see kernels_scan)
+        cb_mie = np.tile(np.expm1(self.pb_v[3]) if self.do_best else np.zeros(0), (T * nb, 1)).reshape(T * nb, -1)
         zc = np.full((T * nb, dm), -1, np.int64)
         zi = np.full((T * nb, dm), ks.NO_ID, np.int32)
         ctop_v = np.full((T, P, dm, k), -np.inf)
         ctop_i = np.full((T, P, dm, k), ks.NO_ID, np.int32)
+        ckth = np.full((T, P, dm), -np.inf)
+        ck_mie = np.full((T, dm), -1.0)
+        floor_v, floor_i = self.pt_v[:, :, k - 1].copy(), self.pt_i[:, :, k - 1].copy()
+        q_mi = [q for q, m in enumerate(prim) if m == 3]
+        floor_mie = np.expm1(floor_v[q_mi[0]]) if q_mi else np.zeros(dm)
         hist = np.zeros((T, 6, HIST_BINS), np.int64)
         counters = np.zeros((T, 3), np.int64)
         n = np.int64(n)
         ks.scan_block(cnt, psum, lo, n, src.count, src.s, src.isd, src.irq, dst.count, dst.s, dst.isd, dst.irq,
                       _first(dst.count > 0), _first(~np.isnan(dst.irq)), self.do_best, prim, o.min_support, thr,
-                      hlo, hhi, rbest, rtop, rkeep, cbest_v, cbest_i, zc, zi, ctop_v, ctop_i, hist, counters)
+                      hlo, hscale, floor_v, floor_i, floor_mie,
+                      rbest, rtop, rkeep, cbest_v, cbest_i, cb_mie, zc, zi, ctop_v, ctop_i, ckth, ck_mie, hist, counters)
         ks.merge_columns(cnt, psum, lo, self.do_best, cbest_v, cbest_i, zc, zi, ctop_v, ctop_i,
                          self.pb_v, self.pb_i, self.pb_c, self.pb_p, self.pz_c, self.pz_i,
                          self.pt_v, self.pt_i, self.pt_c, self.pt_p)

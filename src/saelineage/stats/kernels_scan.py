@@ -14,6 +14,12 @@ Mutual information of a pair that is never co-active (c_ij = 0) is not evaluated
 for a live feature i (0 < c_i) MI(c_ij=0; c_i, c_j) is strictly increasing in c_j, so the
 best such partner is the one with the largest c_j (lowest id on ties); when c_i = 0 every
 partner has MI 0 and the lowest id wins. The scan records those candidates instead.
+
+Mutual information costs four logarithms; it is evaluated only where it could matter. By
+Jensen, MI = KL(joint || product) <= log(1 + chi2/n) with chi2/n = r = D² / (c_i c_j (n-c_i)
+(n-c_j)), D = n c_ij - c_i c_j (a few multiplications). A cell whose bound is below every
+value it could displace (row best, column best, the k-th of the row and column top-k lists,
+the keep threshold) is skipped: r < expm1(that value), with a 1e-9 relative margin.
 """
 
 from __future__ import annotations
@@ -105,98 +111,154 @@ def zero_best(m, own_count, own_q_pos, first_live, first_q):
     return first_q if own_q_pos else -1  # act_cosine: q_i > 0 and q_j > 0
 
 
+@numba.njit(**_JIT)
+def _pearson_row(crow, prow, fn, i, ci_, si_, isdi_, sj, isdj, cj, cb_v, cb_i, zc, zi):
+    """Every cell of one row: pearson row/column best and the zero-count MI candidates.
+
+    1-D arrays only, so the compiler keeps the row invariants in registers. Returns the
+    row's best pearson (value, j) and its zero-count candidate (largest c_j, lowest j).
+    """
+    best = -np.inf
+    best_j = -1
+    zmax_c = np.int64(-1)
+    zmax_j = -1
+    for j in range(crow.shape[0]):
+        c = crow[j]
+        x = (fn * prow[j] - si_ * sj[j]) * isdi_ * isdj[j]  # pearson, as in cell_values
+        if x > best:
+            best = x
+            best_j = j
+        if x > cb_v[j] or (x == cb_v[j] and i < cb_i[j]):
+            cb_v[j] = x
+            cb_i[j] = i
+        if c == 0:
+            cjj = np.int64(cj[j])
+            if cjj > zmax_c:
+                zmax_c = cjj
+                zmax_j = j
+            if ci_ > zc[j] or (ci_ == zc[j] and i < zi[j]):
+                zc[j] = ci_
+                zi[j] = i
+    return best, best_j, zmax_j
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def mi_bound(n, c, ci, cj):
+    """chi2 / n of the 2x2 table: MI <= log1p(this) (see the module docstring)."""
+    d = np.float64(n * c - ci * cj)
+    return d * d / (np.float64(ci) * np.float64(cj) * np.float64(n - ci) * np.float64(n - cj))
+
+
+MARGIN = 1.0 - 1e-9  # safety margin on the MI bound test (rounding of r and of expm1)
+
+
 @numba.njit(parallel=True, **_JIT)
 def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, first_live_j, first_q_j,
-               do_best, prim, min_support, thr, hlo, hhi,
-               rbest, rtop, rkeep, cbest_v, cbest_i, zc, zi, ctop_v, ctop_i, hist, counters):
+               do_best, prim, min_support, thr, hlo, hscale, floor_v, floor_i, floor_mie,
+               rbest, rtop, rkeep, cbest_v, cbest_i, cb_mie, zc, zi, ctop_v, ctop_i, ckth, ck_mie, hist, counters):
     """Scan block rows lo..lo+B-1 (cnt, psum [B, d_m]); see the module docstring.
 
     Per-feature inputs are [d_l] (ci, si, isdi, irqi) and [d_m] (cj, ...); first_*_j:
     lowest column with c_j > 0 / q_j > 0 (-1 if none). prim int64[P]: measure indices
-    ranked for edges; thr float64[6] keep thresholds (NaN = none); hlo/hhi float64[6]
-    histogram ranges. Outputs: rbest int32[B,6] (best j per measure, do_best only),
-    rtop int32[B,P,k] (-1 padded), rkeep int64[B] (threshold cells); per thread th:
-    cbest_v/cbest_i [th,6,d_m] (positive values only, except pearson and MI), zc/zi
-    [th,d_m] zero-count MI candidates, ctop_v/ctop_i [th,P,d_m,k], hist int64[th,6,bins],
+    ranked for edges; thr float64[6] keep thresholds (NaN = none); histogram bin of x:
+    (x - hlo[m]) * hscale[m]; floor_v/floor_i [P, d_m]: the pair's current k-th best per
+    column (entries that do not beat it cannot enter), floor_mie [d_m] = expm1(floor of the
+    MI list). Outputs: rbest int32[B,6] (best j
+    per measure, do_best only), rtop int32[B,P,k] (-1 padded), rkeep int64[B] (threshold
+    cells); per thread th: cbest_v/cbest_i [th,6,d_m] (positive values only, except
+    pearson and MI) with cb_mie [th,d_m] = expm1(column best MI; start: the pair's best),
+    zc/zi [th,d_m] zero-count MI candidates, ctop_v/ctop_i [th,P,d_m,k] with ckth
+    [th,P,d_m] their k-th value and ck_mie [th,d_m] its expm1 for the MI list,
+    hist int64[th,6,bins] (supported cells; MI not binned: it is mostly not evaluated),
     counters int64[th,3] (seen, touched, supported).
 
     Untouched cells (c = p = 0) only need pearson (every other measure is 0 or NaN there,
-    resolved in closed form), which keeps the scan cheap where most cells are untouched.
+    resolved in closed form), so most cells cost one cheap pass.
     """
     B, dm = cnt.shape
     P = prim.shape[0]
     k = rtop.shape[2]
     nb = hist.shape[2]
     fn = np.float64(n)
+    q_mi = -1
+    for q in range(P):
+        if prim[q] == MI:
+            q_mi = q
+    thr_mie = np.expm1(thr[MI]) if thr[MI] == thr[MI] else np.inf
     for r in prange(B):
         th = numba.get_thread_id()
         i = lo + r
         ci_ = np.int64(ci[i])
         si_, isdi_, irqi_ = si[i], isdi[i], irqi[i]
+        crow = cnt[r]
+        prow = psum[r]
         v = np.empty(N_MEASURES)
         bv = np.full(N_MEASURES, -np.inf)
         bj = np.full(N_MEASURES, -1, np.int32)
         tv = np.full((P, k), -np.inf)
         tj = np.full((P, k), np.int32(NO_ID), np.int32)
-        zmax_c = np.int64(-1)
+        row_mie = -1.0  # expm1 of the row's best MI so far
+        top_mie = -1.0  # expm1 of the k-th of the row's MI top list
         zmax_j = -1
+        if do_best:
+            bv[4], bj[4], zmax_j = _pearson_row(crow, prow, fn, i, ci_, si_, isdi_, sj, isdj, cj,
+                                                cbest_v[th, 4], cbest_i[th, 4], zc[th], zi[th])
         seen = 0
         touched = 0
         supported = 0
         n_thr = 0
         for j in range(dm):
-            c = np.int64(cnt[r, j])
-            p = psum[r, j]
-            if do_best:
-                x = (fn * p - si_ * sj[j]) * isdi_ * isdj[j]  # pearson, as in cell_values
-                if x > bv[4]:
-                    bv[4] = x
-                    bj[4] = j
-                if x > cbest_v[th, 4, j] or (x == cbest_v[th, 4, j] and i < cbest_i[th, 4, j]):
-                    cbest_v[th, 4, j] = x
-                    cbest_i[th, 4, j] = i
-                if c == 0:
-                    cjj = np.int64(cj[j])
-                    if cjj > zmax_c:
-                        zmax_c = cjj
-                        zmax_j = j
-                    if ci_ > zc[th, j] or (ci_ == zc[th, j] and i < zi[th, j]):
-                        zc[th, j] = ci_
-                        zi[th, j] = i
+            c = np.int64(crow[j])
+            p = prow[j]
             if c == 0 and p == 0.0:
                 continue
             touched += 1
             sup = c >= min_support
+            need_mi = False
             if c > 0:
                 seen += 1
-            cell_values(v, n, c, p, ci_, si_, isdi_, irqi_, np.int64(cj[j]), sj[j], isdj[j], irqj[j],
-                        c > 0 and (do_best or sup))
+                rb = mi_bound(n, c, ci_, np.int64(cj[j])) / MARGIN
+                if do_best:
+                    need_mi = rb >= row_mie or rb >= cb_mie[th, j]
+                if sup and not need_mi:
+                    need_mi = rb >= thr_mie or (q_mi >= 0 and (rb >= top_mie or (
+                        rb >= ck_mie[th, j] and rb >= floor_mie[j])))
+            cell_values(v, n, c, p, ci_, si_, isdi_, irqi_, np.int64(cj[j]), sj[j], isdj[j], irqj[j], need_mi)
             if do_best:
                 for m in range(N_MEASURES):
-                    if m == 4:
-                        continue
                     x = v[m]
-                    if m != MI and not x > 0.0:
-                        continue  # zeros are resolved in closed form (zero_best)
+                    if m == 4 or (m != MI and not x > 0.0):
+                        continue  # pearson is done; zeros are resolved in closed form (zero_best)
                     if x > bv[m]:
                         bv[m] = x
                         bj[m] = j
+                        if m == MI:
+                            row_mie = np.expm1(x)
                     if x > cbest_v[th, m, j] or (x == cbest_v[th, m, j] and i < cbest_i[th, m, j]):
                         cbest_v[th, m, j] = x
                         cbest_i[th, m, j] = i
+                        if m == MI:
+                            cb_mie[th, j] = np.expm1(x)
             if not sup:
                 continue
             supported += 1
             for m in range(N_MEASURES):
                 x = v[m]
-                if x == x:
-                    b = int((x - hlo[m]) / (hhi[m] - hlo[m]) * nb)
+                if m != MI and x == x:
+                    b = int((x - hlo[m]) * hscale[m])
                     hist[th, m, min(max(b, 0), nb - 1)] += 1
             for q in range(P):
                 x = v[prim[q]]
-                if x == x:
-                    _insert_desc(tv[q], tj[q], x, j)
+                if not x == x:
+                    continue
+                _insert_desc(tv[q], tj[q], x, j)
+                if x >= ckth[th, q, j] and (x > floor_v[q, j] or (x == floor_v[q, j] and i < floor_i[q, j])):
                     _insert_desc(ctop_v[th, q, j], ctop_i[th, q, j], x, i)
+                    ckth[th, q, j] = ctop_v[th, q, j, k - 1]
+                    if q == q_mi:
+                        ck_mie[th, j] = np.expm1(ckth[th, q, j])
+            if q_mi >= 0 and tv[q_mi, k - 1] > -np.inf:
+                top_mie = np.expm1(tv[q_mi, k - 1])
             if passes(v, thr):
                 n_thr += 1
         if do_best:

@@ -147,7 +147,8 @@ def pair_summary(p: Pair, r: PairResult, d: dict[int, int], hist_kept: dict | No
         "pairs_supported": int(r.counters[2]),  # c_ij >= min_support
         "pairs_kept": len(r.src),
         "hist_bins": {m: list(MEASURE_RANGE[m]) + [HIST_BINS] for m in MEASURES},
-        "hist_supported": {m: r.hist[k].tolist() for k, m in enumerate(MEASURES)},
+        # mutual information is mostly not evaluated for supported pairs (bound pruning)
+        "hist_supported": {m: r.hist[k].tolist() for k, m in enumerate(MEASURES) if m != "mutual_info"},
     }
     if hist_kept is not None:
         out["hist_kept"] = hist_kept

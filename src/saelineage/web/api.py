@@ -93,7 +93,12 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
         return JSON({"gates": data.feature_gates(layer, feature),
                      "splits": data.splits(layer=layer, feature=feature)["rows"]})
 
-    @r.get("/graph", summary="Layered graph: nodes, edges and a crossing-reducing row order")
+    @r.get("/graph", summary="Layered graph: nodes, edges and a crossing-reducing row order",
+           description="`nodes` holds columns (layer, feature, label, community, density, lifecycle, pos, row, "
+                       "n_row; node i is position i of every list); `edges` holds src, dst (node positions) and "
+                       "value (the measure); `crossings` gives the edge crossings of the order shown and of the "
+                       "plain feature-id order. Without `community`, the strongest edges of every layer pair are "
+                       "taken in turn until `max_nodes` features are shown.")
     async def graph_(measure: Measure = "jaccard", min_value: Optional[float] = Query(None, ge=-1.0, le=1e6),
                layer_min: Optional[int] = Query(None, ge=0, le=100_000),
                layer_max: Optional[int] = Query(None, ge=0, le=100_000),

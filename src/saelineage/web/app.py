@@ -43,13 +43,14 @@ def plotly_js_path() -> Path:
 
 
 def swagger_ui_dir() -> Optional[Path]:
-    """Swagger UI from the swagger-ui-bundle wheel when installed (no CDN); None otherwise."""
-    try:
-        from swagger_ui_bundle import swagger_ui_path
-    except ImportError:
+    """Swagger UI files shipped in the fastapi-offline wheel (no CDN); None when it is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or not spec.origin:
         return None
-    path = Path(str(swagger_ui_path))
-    return path if (path / "swagger-ui-bundle.js").is_file() else None
+    path = Path(spec.origin).parent / "static"
+    return path if (path / "swagger-ui-bundle.js").is_file() and (path / "swagger-ui.css").is_file() else None
 
 
 def create_app(run_dir: str | Path, *, prompt_backend: Optional[PromptBackend] = None,

@@ -80,6 +80,11 @@ class RunData(RelationQueries):
         g = self.g
         if "status" not in g.memo:
             g.memo["status"] = self._status(g)
+        if self.refresh_error:
+            st = dict(g.memo["status"])
+            st["notes"] = st["notes"] + [f"the run's files changed but could not be reloaded ({self.refresh_error}); "
+                                         "showing the previous state."]
+            return st
         return g.memo["status"]
 
     def _status(self, g: Generation) -> dict[str, Any]:
