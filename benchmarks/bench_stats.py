@@ -131,22 +131,24 @@ def dense_batch(run: RunDir, layer: int, d: int, t0: int, t: int = 4096):
     return x
 
 
-def reference_dense(run: RunDir, d: int, seconds: float):
-    """The reference algorithm: per 4,096-token batch, float32 einsums of binarised and raw codes."""
+def reference_dense(run: RunDir, d: int, n_tokens: int, seconds: float):
+    """The reference algorithm: per 4,096-token batch, float32 einsums of binarised and raw codes.
+
+    Runs as many batches as fit in `seconds` (at least one). Returns the accumulators, the
+    einsum time per batch and the number of batches.
+    """
     acc_c = np.zeros((d, d), np.float32)
     acc_p = np.zeros((d, d), np.float32)
-    times, b = [], 0
-    t_end = time.perf_counter() + seconds
-    while b == 0 or time.perf_counter() + (times[-1] if times else 0) < t_end:
+    times: list[float] = []
+    available = n_tokens // 4096
+    while len(times) < available and (not times or sum(times) + times[-1] <= seconds):
+        b = len(times)
         x, y = dense_batch(run, 0, d, b * 4096), dense_batch(run, 1, d, b * 4096)
         t = time.perf_counter()
         acc_c += np.einsum("ti,tj->ij", (x > 0).astype(np.float32), (y > 0).astype(np.float32), optimize=True)
         acc_p += np.einsum("ti,tj->ij", x, y, optimize=True)
         times.append(time.perf_counter() - t)
-        b += 1
-        if (b + 1) * 4096 * 1 > 64 * WINDOW * 1e9:
-            break
-    return acc_c, acc_p, times, x, y, b
+    return acc_c, acc_p, times
 
 
 def check_same(acc_c, acc_p, n_batches: int, run: RunDir, d: int, rows: int = 1024) -> dict:
@@ -159,19 +161,19 @@ def check_same(acc_c, acc_p, n_batches: int, run: RunDir, d: int, rows: int = 10
     cnt = np.zeros((rows, d), np.int32)
     psum = np.zeros((rows, d))
     exact = np.zeros((rows, d))
+    z, zi, none = np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.uint8)
     for b in range(n_batches):
         x, y = dense_batch(run, 0, d, b * 4096), dense_batch(run, 1, d, b * 4096)
         keep = np.ones(len(x), bool)
-        z = np.zeros(0)
-        prep = {}
+        csr = {}
         for k, m in ((0, x), (1, y)):
             c = sp.csr_matrix(m)
-            prep[k] = kn.prepare_layer(c.indptr.astype(np.int64), c.indices.astype(np.int32), c.data, keep,
-                                       np.zeros(d), d, False, np.zeros(0, np.int64), np.zeros(0, np.int64), z, z, z, z)
-        colptr, tok, val, act = kn.transpose(*prep[0][:4], keep, d)
-        ptr, idx, val_m, act_m = prep[1][:4]
-        bounds = kn.chunk_bounds(kn.row_work(colptr, tok, ptr, 0, rows), 0, 16)
-        kn.accumulate(bounds, 0, colptr, tok, val, act, ptr, idx, val_m, act_m, True, cnt, psum)
+            csr[k] = (c.indptr.astype(np.int64), c.indices.astype(np.int32), c.data.astype(np.float32))
+            kn.prepare_inplace(*csr[k], len(x), keep, np.zeros(d), d, False, zi, zi, z, z, z, z, False, none)
+        colptr, tok, val = np.zeros(d + 1, np.int64), np.empty(len(csr[0][1]), np.int32), np.empty(len(csr[0][1]), np.float32)
+        kn.transpose_into(*csr[0], none, len(x), keep, d, False, colptr, tok, val, none)
+        bounds = kn.chunk_bounds(kn.row_work(colptr, tok, csr[1][0], 0, rows), 0, 16)
+        kn.accumulate(bounds, 0, colptr, tok, val, none, *csr[1], none, True, cnt, psum)
         exact += (sp.csr_matrix(x[:, :rows].astype(np.float64)).T @ sp.csr_matrix(y.astype(np.float64))).toarray()
     nz = exact != 0
     return {
@@ -226,7 +228,8 @@ def main() -> None:
           f"{tm['accumulate'] / (n / 1e6) / pairs:.2f} (accumulate)")
 
     print(f"\nreference dense algorithm (float32 einsum, 4,096-token batches, up to {a.dense_seconds:.0f}s):")
-    acc_c, acc_p, times, *_ , nb = reference_dense(run, a.d, a.dense_seconds)
+    acc_c, acc_p, times = reference_dense(run, a.d, n, a.dense_seconds)
+    nb = len(times)
     per_batch = float(np.mean(times))
     dense_per_m = per_batch * 1e6 / 4096
     print(f"  {nb} batch(es), {per_batch:.1f}s per batch (counts + products) -> {dense_per_m:,.0f}s per 1M tokens per pair")

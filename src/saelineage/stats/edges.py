@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from saelineage.stats import kernels_scan as ks
-from saelineage.stats.measures import MEASURE_INDEX, MEASURE_RANGE, MEASURES, Side, mutual_info
+from saelineage.stats.measures import MEASURE_INDEX, MEASURES, Side, mutual_info
 
 HIST_BINS = 20
 
@@ -76,7 +76,6 @@ class PairState:
         self.rb_j = np.full((d_l * nb, 6), -1, np.int32)
         self.rb_c = np.zeros((d_l * nb, 6), np.int64)
         self.rb_p = np.zeros((d_l * nb, 6), np.float64)
-        self.hist = np.zeros((6, HIST_BINS), np.int64)
         self.counters = np.zeros(3, np.int64)  # seen (c>0), touched (c>0 or p>0), supported
         self.parts: list[tuple[np.ndarray, ...]] = []
         self.rows_done = 0
@@ -87,18 +86,16 @@ class PairState:
         o = self.opts
         prim, thr = o.prim_index(), o.thresholds()
         P, k, T = len(prim), o.top_k, _threads()
-        hlo = np.array([MEASURE_RANGE[m][0] for m in MEASURES])
-        hscale = HIST_BINS / (np.array([MEASURE_RANGE[m][1] for m in MEASURES]) - hlo)
-        nb = 1 if self.do_best else 0
-        rbest = np.full((B * nb, 6), -1, np.int32)
+        db = dm if self.do_best else 0  # column-best state only for span-1 pairs
+        rbest = np.full((B if self.do_best else 0, 6), -1, np.int32)
         rtop = np.full((B, P, k), -1, np.int32)
         rkeep = np.zeros(B, np.int64)
-        cbest_v = np.full((T * nb, 6, dm), -np.inf)
-        cbest_i = np.full((T * nb, 6, dm), ks.NO_ID, np.int32)
+        cbest_v = np.full((T, 6, db), -np.inf)
+        cbest_i = np.full((T, 6, db), ks.NO_ID, np.int32)
         # MI pruning starts from the pair's current column best (see kernels_scan)
-        cb_mie = np.tile(np.expm1(self.pb_v[3]) if self.do_best else np.zeros(0), (T * nb, 1)).reshape(T * nb, -1)
-        zc = np.full((T * nb, dm), -1, np.int64)
-        zi = np.full((T * nb, dm), ks.NO_ID, np.int32)
+        cb_mie = np.tile(np.expm1(self.pb_v[3]), (T, 1)) if self.do_best else np.zeros((T, 0))
+        zc = np.full((T, db), -1, np.int64)
+        zi = np.full((T, db), ks.NO_ID, np.int32)
         ctop_v = np.full((T, P, dm, k), -np.inf)
         ctop_i = np.full((T, P, dm, k), ks.NO_ID, np.int32)
         ckth = np.full((T, P, dm), -np.inf)
@@ -106,17 +103,15 @@ class PairState:
         floor_v, floor_i = self.pt_v[:, :, k - 1].copy(), self.pt_i[:, :, k - 1].copy()
         q_mi = [q for q, m in enumerate(prim) if m == 3]
         floor_mie = np.expm1(floor_v[q_mi[0]]) if q_mi else np.zeros(dm)
-        hist = np.zeros((T, 6, HIST_BINS), np.int64)
         counters = np.zeros((T, 3), np.int64)
         n = np.int64(n)
         ks.scan_block(cnt, psum, lo, n, src.count, src.s, src.isd, src.irq, dst.count, dst.s, dst.isd, dst.irq,
                       _first(dst.count > 0), _first(~np.isnan(dst.irq)), self.do_best, prim, o.min_support, thr,
-                      hlo, hscale, floor_v, floor_i, floor_mie,
-                      rbest, rtop, rkeep, cbest_v, cbest_i, cb_mie, zc, zi, ctop_v, ctop_i, ckth, ck_mie, hist, counters)
+                      floor_v, floor_i, floor_mie,
+                      rbest, rtop, rkeep, cbest_v, cbest_i, cb_mie, zc, zi, ctop_v, ctop_i, ckth, ck_mie, counters)
         ks.merge_columns(cnt, psum, lo, self.do_best, cbest_v, cbest_i, zc, zi, ctop_v, ctop_i,
                          self.pb_v, self.pb_i, self.pb_c, self.pb_p, self.pz_c, self.pz_i,
                          self.pt_v, self.pt_i, self.pt_c, self.pt_p)
-        self.hist += hist.sum(0)
         self.counters += counters.sum(0)
         if self.do_best:
             rows = np.arange(B)[:, None]
@@ -154,7 +149,7 @@ class PairState:
         pred = None
         if self.do_best:
             pred = self._best_pred(n, src, dst)
-        return PairResult(*edges, pred_j=pred, hist=self.hist, counters=self.counters,
+        return PairResult(*edges, pred_j=pred, counters=self.counters,
                           succ=(self.rb_j, self.rb_c, self.rb_p) if self.do_best else None)
 
     def _best_pred(self, n: int, src: Side, dst: Side):
@@ -199,6 +194,5 @@ class PairResult:
     n_co: np.ndarray
     p: np.ndarray
     pred_j: tuple[np.ndarray, np.ndarray, np.ndarray] | None
-    hist: np.ndarray
     counters: np.ndarray
     succ: tuple[np.ndarray, np.ndarray, np.ndarray] | None

@@ -6,7 +6,7 @@ One parallel scan over every cell (i, j) of a block of source rows evaluates all
     top-k supported partners under each primary measure;
   - per column (per thread, merged later): the best source row under each measure and the
     top-k supported source rows, so that blocks of rows can be combined exactly;
-  - histograms and counters for the summary.
+  - counters for the summary (histograms are taken over the kept edges when written).
 
 Ranking order everywhere: higher value first, then lower partner id; NaN never ranks.
 
@@ -144,33 +144,52 @@ def _pearson_row(crow, prow, fn, i, ci_, si_, isdi_, sj, isdj, cj, cb_v, cb_i, z
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def mi_bound(n, c, ci, cj):
-    """chi2 / n of the 2x2 table: MI <= log1p(this) (see the module docstring)."""
+    """chi2 / n of the 2x2 table: MI <= log1p(this) (see the module docstring).
+
+    A constant variable (c_i or c_j in {0, n}) has MI exactly 0: the bound is then 0.
+    """
+    den = np.float64(ci) * np.float64(cj) * np.float64(n - ci) * np.float64(n - cj)
+    if den == 0.0:
+        return 0.0
     d = np.float64(n * c - ci * cj)
-    return d * d / (np.float64(ci) * np.float64(cj) * np.float64(n - ci) * np.float64(n - cj))
+    return d * d / den
 
 
 MARGIN = 1.0 - 1e-9  # safety margin on the MI bound test (rounding of r and of expm1)
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _best(bv, bj, cb_v, cb_i, m, x, i, j):
+    """Row best (j ascending: ties keep the earlier j) and column best (value desc, id asc).
+
+    Returns True when the column best changed."""
+    if x > bv[m]:
+        bv[m] = x
+        bj[m] = j
+    if x > cb_v[m, j] or (x == cb_v[m, j] and i < cb_i[m, j]):
+        cb_v[m, j] = x
+        cb_i[m, j] = i
+        return True
+    return False
+
+
 @numba.njit(parallel=True, **_JIT)
 def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, first_live_j, first_q_j,
-               do_best, prim, min_support, thr, hlo, hscale, floor_v, floor_i, floor_mie,
-               rbest, rtop, rkeep, cbest_v, cbest_i, cb_mie, zc, zi, ctop_v, ctop_i, ckth, ck_mie, hist, counters):
+               do_best, prim, min_support, thr, floor_v, floor_i, floor_mie,
+               rbest, rtop, rkeep, cbest_v, cbest_i, cb_mie, zc, zi, ctop_v, ctop_i, ckth, ck_mie, counters):
     """Scan block rows lo..lo+B-1 (cnt, psum [B, d_m]); see the module docstring.
 
     Per-feature inputs are [d_l] (ci, si, isdi, irqi) and [d_m] (cj, ...); first_*_j:
     lowest column with c_j > 0 / q_j > 0 (-1 if none). prim int64[P]: measure indices
-    ranked for edges; thr float64[6] keep thresholds (NaN = none); histogram bin of x:
-    (x - hlo[m]) * hscale[m]; floor_v/floor_i [P, d_m]: the pair's current k-th best per
-    column (entries that do not beat it cannot enter), floor_mie [d_m] = expm1(floor of the
-    MI list). Outputs: rbest int32[B,6] (best j
-    per measure, do_best only), rtop int32[B,P,k] (-1 padded), rkeep int64[B] (threshold
+    ranked for edges; thr float64[6] keep thresholds (NaN = none); floor_v/floor_i
+    [P, d_m]: the pair's current k-th best per column (entries that do not beat it cannot
+    enter), floor_mie [d_m] = expm1(floor of the MI list). Outputs: rbest int32[B,6] (best
+    j per measure, do_best only), rtop int32[B,P,k] (-1 padded), rkeep int64[B] (threshold
     cells); per thread th: cbest_v/cbest_i [th,6,d_m] (positive values only, except
     pearson and MI) with cb_mie [th,d_m] = expm1(column best MI; start: the pair's best),
     zc/zi [th,d_m] zero-count MI candidates, ctop_v/ctop_i [th,P,d_m,k] with ckth
-    [th,P,d_m] their k-th value and ck_mie [th,d_m] its expm1 for the MI list,
-    hist int64[th,6,bins] (supported cells; MI not binned: it is mostly not evaluated),
-    counters int64[th,3] (seen, touched, supported).
+    [th,P,d_m] their k-th value and ck_mie [th,d_m] its expm1 for the MI list, counters
+    int64[th,3] (seen, touched, supported).
 
     Untouched cells (c = p = 0) only need pearson (every other measure is 0 or NaN there,
     resolved in closed form), so most cells cost one cheap pass.
@@ -178,20 +197,25 @@ def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, first_l
     B, dm = cnt.shape
     P = prim.shape[0]
     k = rtop.shape[2]
-    nb = hist.shape[2]
     fn = np.float64(n)
     q_mi = -1
     for q in range(P):
         if prim[q] == MI:
             q_mi = q
+    any_thr = False
+    for m in range(N_MEASURES):
+        any_thr = any_thr or thr[m] == thr[m]
     thr_mie = np.expm1(thr[MI]) if thr[MI] == thr[MI] else np.inf
     for r in prange(B):
         th = numba.get_thread_id()
         i = lo + r
         ci_ = np.int64(ci[i])
+        fci = np.float64(ci_)
         si_, isdi_, irqi_ = si[i], isdi[i], irqi[i]
         crow = cnt[r]
         prow = psum[r]
+        cb_v = cbest_v[th]  # [6, d_m], or [6, 0] for span > 1 pairs (never read then)
+        cb_i = cbest_i[th]
         v = np.empty(N_MEASURES)
         bv = np.full(N_MEASURES, -np.inf)
         bj = np.full(N_MEASURES, -1, np.int32)
@@ -202,7 +226,7 @@ def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, first_l
         zmax_j = -1
         if do_best:
             bv[4], bj[4], zmax_j = _pearson_row(crow, prow, fn, i, ci_, si_, isdi_, sj, isdj, cj,
-                                                cbest_v[th, 4], cbest_i[th, 4], zc[th], zi[th])
+                                                cb_v[4], cb_i[4], zc[th], zi[th])
         seen = 0
         touched = 0
         supported = 0
@@ -213,53 +237,51 @@ def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, first_l
             if c == 0 and p == 0.0:
                 continue
             touched += 1
+            cjj = np.int64(cj[j])
             sup = c >= min_support
-            need_mi = False
+            # the measures, as in cell_values / measures.py
+            fc = np.float64(c)
+            v[0] = fc / np.float64(ci_ + cjj - c)
+            v[1] = fc / fci
+            v[2] = fc / np.float64(cjj)
+            v[4] = (fn * p - si_ * sj[j]) * isdi_ * isdj[j]
+            v[5] = p * irqi_ * irqj[j]
+            v[3] = np.nan
             if c > 0:
                 seen += 1
-                rb = mi_bound(n, c, ci_, np.int64(cj[j])) / MARGIN
-                if do_best:
-                    need_mi = rb >= row_mie or rb >= cb_mie[th, j]
-                if sup and not need_mi:
-                    need_mi = rb >= thr_mie or (q_mi >= 0 and (rb >= top_mie or (
+                rb = mi_bound(n, c, ci_, cjj) / MARGIN
+                need = do_best and (rb >= row_mie or rb >= cb_mie[th, j])
+                if sup and not need:
+                    need = rb >= thr_mie or (q_mi >= 0 and (rb >= top_mie or (
                         rb >= ck_mie[th, j] and rb >= floor_mie[j])))
-            cell_values(v, n, c, p, ci_, si_, isdi_, irqi_, np.int64(cj[j]), sj[j], isdj[j], irqj[j], need_mi)
+                if need:
+                    v[3] = mi_scalar(n, c, ci_, cjj)
             if do_best:
-                for m in range(N_MEASURES):
-                    x = v[m]
-                    if m == 4 or (m != MI and not x > 0.0):
-                        continue  # pearson is done; zeros are resolved in closed form (zero_best)
-                    if x > bv[m]:
-                        bv[m] = x
-                        bj[m] = j
-                        if m == MI:
-                            row_mie = np.expm1(x)
-                    if x > cbest_v[th, m, j] or (x == cbest_v[th, m, j] and i < cbest_i[th, m, j]):
-                        cbest_v[th, m, j] = x
-                        cbest_i[th, m, j] = i
-                        if m == MI:
-                            cb_mie[th, j] = np.expm1(x)
+                for m in (0, 1, 2, 5):
+                    if v[m] > 0.0:  # zeros are resolved in closed form (zero_best)
+                        _best(bv, bj, cb_v, cb_i, m, v[m], i, j)
+                if v[3] == v[3]:
+                    if v[3] > bv[MI]:
+                        row_mie = np.expm1(v[3])
+                    if _best(bv, bj, cb_v, cb_i, MI, v[3], i, j):
+                        cb_mie[th, j] = np.expm1(v[3])
             if not sup:
                 continue
             supported += 1
-            for m in range(N_MEASURES):
-                x = v[m]
-                if m != MI and x == x:
-                    b = int((x - hlo[m]) * hscale[m])
-                    hist[th, m, min(max(b, 0), nb - 1)] += 1
             for q in range(P):
                 x = v[prim[q]]
                 if not x == x:
                     continue
-                _insert_desc(tv[q], tj[q], x, j)
+                if x > tv[q, k - 1]:  # j ascends along the row: ties keep the earlier j
+                    _insert_desc(tv[q], tj[q], x, j)
+                    if q == q_mi:
+                        top_mie = np.expm1(tv[q, k - 1])
                 if x >= ckth[th, q, j] and (x > floor_v[q, j] or (x == floor_v[q, j] and i < floor_i[q, j])):
                     _insert_desc(ctop_v[th, q, j], ctop_i[th, q, j], x, i)
                     ckth[th, q, j] = ctop_v[th, q, j, k - 1]
                     if q == q_mi:
                         ck_mie[th, j] = np.expm1(ckth[th, q, j])
-            if q_mi >= 0 and tv[q_mi, k - 1] > -np.inf:
-                top_mie = np.expm1(tv[q_mi, k - 1])
-            if passes(v, thr):
+            if any_thr and passes(v, thr):
                 n_thr += 1
         if do_best:
             for m in (0, 1, 2, 5):

@@ -138,7 +138,7 @@ def histogram(values: np.ndarray, measure: str) -> list[int]:
 
 
 def pair_summary(p: Pair, r: PairResult, d: dict[int, int], hist_kept: dict | None) -> dict:
-    """Per layer pair: pairs seen / supported / kept and histograms of each measure."""
+    """Per layer pair: pairs seen / supported / kept and histograms of each measure over the kept edges."""
     out = {
         "src_layer": p.src, "dst_layer": p.dst, "span": p.span,
         "candidate_pairs": d[p.src] * d[p.dst],
@@ -146,9 +146,7 @@ def pair_summary(p: Pair, r: PairResult, d: dict[int, int], hist_kept: dict | No
         "pairs_touched": int(r.counters[1]),  # c_ij >= 1 or p_ij > 0 (differs with a threshold)
         "pairs_supported": int(r.counters[2]),  # c_ij >= min_support
         "pairs_kept": len(r.src),
-        "hist_bins": {m: list(MEASURE_RANGE[m]) + [HIST_BINS] for m in MEASURES},
-        # mutual information is mostly not evaluated for supported pairs (bound pruning)
-        "hist_supported": {m: r.hist[k].tolist() for k, m in enumerate(MEASURES) if m != "mutual_info"},
+        "hist_bins": {m: list(MEASURE_RANGE[m]) + [HIST_BINS] for m in MEASURES},  # [lo, hi, bins]
     }
     if hist_kept is not None:
         out["hist_kept"] = hist_kept
