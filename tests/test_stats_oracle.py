@@ -88,10 +88,11 @@ def top_k_mask(values: np.ndarray, support: np.ndarray, k: int) -> np.ndarray:
     return keep
 
 
-def kept_mask(meas: dict[str, np.ndarray], min_support: int, k: int, keep: dict[str, float]) -> np.ndarray:
+def kept_mask(meas: dict[str, np.ndarray], min_support: int, k: int, keep: dict[str, float],
+              primary=("jaccard", "sufficiency", "necessity", "pearson")) -> np.ndarray:
     sup = meas["n_co"] >= min_support
     mask = np.zeros(sup.shape, bool)
-    for m in MEASURES:
+    for m in primary:
         mask |= top_k_mask(meas[m], sup, k)
     for m, t in keep.items():
         mask |= sup & (np.nan_to_num(meas[m], nan=-np.inf) >= t)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from saelineage.cli import app
 from saelineage.errors import SaelineageError
 from saelineage.run import RunDir
-from saelineage.stats import compute_stats
+from saelineage.stats import MEASURES, compute_stats
 from saelineage.stats import outputs as stats_outputs
 from saelineage.stats.command import parse_size
 from test_stats import make_run, same_table
@@ -44,6 +44,8 @@ def test_bad_span_and_options(run):
         compute_stats(run.path, relative_threshold=1.5, progress=False)
     with pytest.raises(SaelineageError, match="unknown measure"):
         compute_stats(run.path, keep_thresholds={"cosine": 0.5}, progress=False)
+    with pytest.raises(SaelineageError, match="workers"):
+        compute_stats(run.path, workers=0, progress=False)
     assert run.stage_status("stats") is None  # refused before anything was marked
 
 
@@ -139,10 +141,11 @@ def test_cli(run):
     res = runner.invoke(app, ["stats", "--help"])
     assert res.exit_code == 0 and "--relative-threshold" in res.output and "--memory-limit" in res.output
     res = runner.invoke(app, ["stats", str(run.path), "--span", "2", "--memory-limit", "64M", "--keep", "pearson=0.5",
-                              "--relative-threshold", "0.2"])
+                              "--relative-threshold", "0.2", "--primary", "all"])
     assert res.exit_code == 0, res.output
     m = RunDir(run.path).load()["stages"]["stats"]
     assert m["options"]["keep_thresholds"] == {"pearson": 0.5} and m["options"]["relative_threshold"] == 0.2
+    assert m["options"]["primary"] == list(MEASURES)
     assert m["summary"]["memory_limit"] == 64 << 20
 
 
@@ -151,3 +154,31 @@ def test_parse_size():
     assert parse_size("1000") == 1000
     with pytest.raises(SaelineageError):
         parse_size("lots")
+
+
+def test_stored_zeros_and_negatives_count_as_absent(tmp_path, codes):
+    import scipy.sparse as sp
+
+    from saelineage.data.store import LayerCodes, read_shard, shard_path, write_shard
+
+    a = make_run(tmp_path / "a", codes, shard_windows=64)
+    b = make_run(tmp_path / "b", codes, shard_windows=64)
+    sh = read_shard(shard_path(b, 0))
+    rng = np.random.default_rng(0)
+    new = {}
+    for l, c in sh.codes.items():
+        m = c.csr(codes[l].shape[1]).tocoo()
+        t, d = m.shape
+        rows, cols = rng.integers(0, t, 200), rng.integers(0, d, 200)
+        free = np.asarray(m.tocsr()[rows, cols]).ravel() == 0
+        vals = np.where(rng.random(free.sum()) < 0.5, 0.0, -1.0)
+        z = sp.coo_matrix((np.concatenate([m.data, vals]), (np.concatenate([m.row, rows[free]]),
+                                                             np.concatenate([m.col, cols[free]]))), shape=m.shape).tocsr()
+        z.sort_indices()
+        assert (z.data <= 0).sum() > 0
+        new[l] = LayerCodes(z.indptr.astype(np.int64), z.indices.astype(np.int32), z.data.astype(np.float32))
+    write_shard(b, 0, sh.tokens, sh.window, sh.pos, new)
+    for r in (a, b):
+        compute_stats(r.path, span=2, progress=False)
+    for name in ("edges.parquet", "feature_links.parquet"):
+        assert same_table(pq.read_table(a.file(name)), pq.read_table(b.file(name)))

@@ -34,15 +34,9 @@ def _optional(module: str, attr: str) -> Optional[Callable]:
 
 
 def _heldout_first_window(sae_folder: Path) -> int:
-    """First corpus window not used to train (or evaluate) the default SAEs."""
-    for name in ("training.json", "metrics.json"):
-        p = sae_folder / name
-        if p.is_file():
-            info = json.loads(p.read_text())
-            for key in ("heldout_first_window", "collect_first_window", "first_unused_window"):
-                if key in info:
-                    return int(info[key])
-    raise RuntimeError(f"{sae_folder} does not record which windows training used")
+    """First corpus window after those used to train the default SAEs (training.json)."""
+    info = json.loads((sae_folder / "training.json").read_text())
+    return int(info["train_windows"][1])
 
 
 def run_demo(run_dir: Path = DEFAULT_RUN, tokens: int = 200_000, serve: bool = True, port: int = 8000,

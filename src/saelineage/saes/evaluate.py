@@ -96,8 +96,9 @@ def evaluate_saes(
     saes: Mapping[HookPoint, SAE],
     windows: np.ndarray,
     bos: bool,
-    ce_windows: int = 16,
-    batch_windows: int = 16,
+    ce_windows: int = 8,
+    batch_windows: int = 32,
+    ce_batch_windows: int = 8,
     on_batch: Callable[[str, int], None] | None = None,
 ) -> dict[HookPoint, LayerMetrics]:
     """Evaluate every SAE on held-out `windows` (int64 [n, S]).
@@ -142,8 +143,8 @@ def evaluate_saes(
     if len(ce_ids):
         clean = [0.0, 0]
         with_sae = {h: [0.0, 0] for h in hooks}
-        for start in range(0, len(ce_ids), batch_windows):
-            ids = torch.from_numpy(ce_ids[start:start + batch_windows])
+        for start in range(0, len(ce_ids), ce_batch_windows):  # logits: [B, S, vocab] float32
+            ids = torch.from_numpy(ce_ids[start:start + ce_batch_windows])
             s, n = _ce(adapter.logits_with(ids, hooks[0], None), ids)
             clean[0] += s
             clean[1] += n

@@ -44,7 +44,8 @@ LR_AT_4608 = 3e-3  # Adam lr for 4,608 latents on unit-variance inputs; scaled b
 
 @dataclass
 class TrainConfig:
-    """What to train. Everything except `device` and `threads` enters the configuration hash."""
+    """What to train. The training settings enter the configuration hash; the evaluation sizes
+    (`heldout_tokens`, `ce_tokens`), `device` and `threads` do not."""
 
     model: str = "smollm2"
     hooks: list[str] = field(default_factory=lambda: [f"blocks.{l}.hook_resid_pre" for l in range(12)])
@@ -67,7 +68,7 @@ class TrainConfig:
     seed: int = 0
     heldout_tokens: int = 16_384
     """held-out tokens for FVU / L0 / dead, from the end of the corpus"""
-    ce_tokens: int = 2_048
+    ce_tokens: int = 1_024
     """held-out tokens for the cross-entropy increase (a full forward per hook)"""
     center_residual: bool | None = None
     dtype: str = "float32"
@@ -101,7 +102,7 @@ class TrainConfig:
             (self.epochs > 0, f"--epochs {self.epochs} must be positive.", "use e.g. --epochs 2."),
             (self.batch_size >= 1, f"--batch-size {self.batch_size} must be positive.", "use --batch-size 1024."),
             (self.lr is None or self.lr > 0, f"--lr {self.lr} must be positive.", "leave --lr out for the default."),
-            (self.ce_tokens >= 0, "--ce-tokens must be 0 or more.", "use --ce-tokens 2048 (0 skips the CE metric)."),
+            (self.ce_tokens >= 0, "--ce-tokens must be 0 or more.", "use --ce-tokens 1024 (0 skips the CE metric)."),
         ]
         for ok, problem, fix in checks:
             if not ok:
@@ -109,7 +110,8 @@ class TrainConfig:
 
     def identity(self, model_key: str | None = None) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("device"), d.pop("threads")
+        for name in ("device", "threads", "heldout_tokens", "ce_tokens"):
+            d.pop(name)
         d["hooks"] = [h.name for h in self.parsed_hooks()]
         d["model"] = model_key or self.model
         d["trainer_version"] = TRAINER_VERSION
@@ -185,7 +187,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 # ---- activations --------------------------------------------------------------------------------
 @torch.no_grad()
-def cache_activations(adapter, hooks: list[HookPoint], windows: np.ndarray, bos: bool, batch_windows: int = 16,
+def cache_activations(adapter, hooks: list[HookPoint], windows: np.ndarray, bos: bool, batch_windows: int = 32,
                       on_batch=None) -> dict[HookPoint, torch.Tensor]:
     """Residuals of every hook for all tokens of `windows` (int64 [n, S]), one forward per batch.
 
@@ -275,7 +277,7 @@ def fit_saes(acts: dict[HookPoint, torch.Tensor], cfg: TrainConfig, d_sae: int, 
             (out.fvu + cfg.auxk_alpha * out.auxk_loss).backward()
             coder.remove_gradient_parallel_to_decoder_directions()
             fired = torch.zeros(d_sae, dtype=torch.bool, device=device)
-            fired[out.latent_indices.flatten()] = True
+            fired[out.latent_indices[out.latent_acts > 0]] = True
             since[h] += len(idx)
             since[h][fired] = 0
             f = float(out.fvu.detach())
@@ -298,15 +300,8 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
     renamed when complete, so concurrent callers never see half a set). A folder that already holds
     this configuration's finished run is returned as is unless `force`.
     """
-    from saelineage.data.corpus import load_corpus
-    from saelineage.data.windows import make_windows
-    from saelineage.models.loading import load_model
     from saelineage.models.presets import cache_dir
     from saelineage.progress import console
-    from saelineage.progress import progress as make_progress
-    from saelineage.saes.evaluate import evaluate_saes, metrics_table
-    from saelineage.saes.loading import save_saelens
-    from saelineage.saes.topk_train import coder_to_sae, set_threads
 
     cfg.validate()
     hooks = cfg.parsed_hooks()
@@ -317,6 +312,14 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
         if progress:
             console.print(f"SAEs for this configuration are already trained: [bold]{final}[/]")
         return final
+
+    from saelineage.data.corpus import load_corpus
+    from saelineage.data.windows import make_windows
+    from saelineage.models.loading import load_model
+    from saelineage.progress import progress as make_progress
+    from saelineage.saes.evaluate import evaluate_saes, metrics_table
+    from saelineage.saes.loading import save_saelens
+    from saelineage.saes.topk_train import coder_to_sae, set_threads
     if cached:
         work = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(work, ignore_errors=True)
@@ -405,7 +408,8 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
     if cached:
         _publish(work, final, digest)
     if progress:
-        console.print(metrics_table(rows, title=f"SAEs in {final} (held-out evaluation)"))
+        table = metrics_table(rows, title=f"SAEs in {final} (held-out evaluation)")
+        console.print(table, width=None if console.is_terminal else max(console.width, 120))  # logs: no squeezing
         console.print(f"trained in {timings['total']:.0f} s "
                       f"(activations {timings['activations']:.0f} s, training {timings['training']:.0f} s, "
                       f"evaluation {timings['evaluation']:.0f} s)")

@@ -45,6 +45,9 @@ def stats_command(
         [], help="Also keep pairs with MEASURE >= VALUE (repeatable, e.g. --keep pearson=0.5). "
         "Default: sufficiency=0.99 and necessity=0.99; --no-keep disables it."),
     no_keep: bool = typer.Option(False, "--no-keep", help="Keep top-K partners only (no threshold edges)."),
+    primary: str = typer.Option(
+        "jaccard,sufficiency,necessity,pearson",
+        help="Measures whose top-K partners are kept (comma list, or 'all' to add mutual_info and act_cosine)."),
     memory_limit: Optional[str] = typer.Option(
         None, help="Memory for accumulators and buffers, e.g. 8G (default: 70% of available RAM)."),
     workers: int = typer.Option(2, help="Threads for the compiled kernels."),
@@ -60,11 +63,14 @@ def stats_command(
     from saelineage.progress import console
     from saelineage.stats.stage import compute_stats
 
+    from saelineage.stats.measures import MEASURES
+
     keep_thr = {} if no_keep else (_keep(keep) if keep else None)
+    prim = MEASURES if primary.strip() == "all" else tuple(m.strip() for m in primary.split(",") if m.strip())
     s = compute_stats(run, span=span, threshold=threshold, relative_threshold=relative_threshold,
                       include_bos=include_bos, min_support=min_support, top_k=top_k, keep_thresholds=keep_thr,
                       memory_limit=None if memory_limit is None else parse_size(memory_limit), workers=workers,
-                      force=force)
+                      force=force, primary=prim)
     if s.skipped:
         console.print(f"stats: {s.run} is complete; skipping (use --force to redo).")
         return

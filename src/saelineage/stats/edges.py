@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from saelineage.stats import kernels_scan as ks
-from saelineage.stats.measures import MEASURE_INDEX, MEASURES, Side, mutual_info
+from saelineage.stats.measures import MEASURE_INDEX, MEASURES, PRIMARY, Side, mutual_info
 
 HIST_BINS = 20
 
@@ -30,7 +30,7 @@ class EdgeOptions:
 
     min_support: int = 5
     top_k: int = 16
-    primary: tuple[str, ...] = MEASURES
+    primary: tuple[str, ...] = PRIMARY
     keep: dict[str, float] = field(default_factory=dict)
 
     def prim_index(self) -> np.ndarray:

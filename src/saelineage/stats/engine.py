@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple
 
 import numba
 import numpy as np
+import psutil
 
 from saelineage.errors import SaelineageError
 from saelineage.stats import kernels as kn
@@ -69,17 +70,26 @@ class Budget:
         return np.dtype(self.count_dtype).itemsize + 8
 
 
-def plan(layout: Layout, opts: EdgeOptions, memory_limit: int) -> Budget:
-    """Split the pairs into units and passes that fit `memory_limit` bytes.
+def process_baseline() -> int:
+    """Resident memory of this process before the stage allocates (at least 256 MiB)."""
+    return max(256 << 20, psutil.Process().memory_info().rss)
 
-    Accumulators get limit - (batch buffers: 15%, capped at 1 GiB; slack: 5%, capped at
-    64 MiB; the state of each pair in the pass). At least one source row per unit, so a tiny
+
+def plan(layout: Layout, opts: EdgeOptions, memory_limit: int, baseline: int | None = None) -> Budget:
+    """Split the pairs into units and passes that fit `memory_limit` bytes of process memory.
+
+    Accumulators get limit - (baseline: the process's resident memory now, at least
+    256 MiB; batch buffers: 15%, capped at 1.5 GiB; slack: 5%, capped at 64 MiB; the state of
+    each pair in the pass). At least one source row per unit, so a tiny
     limit still runs (slowly, many passes) with identical results; batches never go below
     64k entries, so limits under ~50 MB bound the accumulators only.
     """
     count_dtype = np.int32 if layout.n_tokens_hint < 2**31 - 1 else np.int64
+    if baseline is None:
+        baseline = process_baseline()
+    limit, memory_limit = memory_limit, max(memory_limit - baseline, 0)
     batch_bytes = int(min(BATCH_MAX, 0.15 * memory_limit))
-    budget = Budget(memory_limit, batch_bytes, count_dtype)
+    budget = Budget(limit, batch_bytes, count_dtype)
     states = [state_bytes(layout.d[p.src], layout.d[p.dst], opts, p.span == 1) for p in layout.pairs]
     free0 = memory_limit - batch_bytes - int(min(64 << 20, 0.05 * memory_limit))
     free, current = free0, []

@@ -77,6 +77,26 @@ def passes(v, thr):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def cell_passes(n, c, p, ci, si, isdi, irqi, cj, sj, isdj, irqj, thr, thr_mie):
+    """passes(cell_values(...), thr), computing only the measures that have a threshold
+    (mutual information only when its bound can reach the threshold)."""
+    fc = np.float64(c)
+    if thr[0] == thr[0] and fc / np.float64(ci + cj - c) >= thr[0]:
+        return True
+    if thr[1] == thr[1] and fc / np.float64(ci) >= thr[1]:
+        return True
+    if thr[2] == thr[2] and fc / np.float64(cj) >= thr[2]:
+        return True
+    if thr[4] == thr[4] and (np.float64(n) * p - si * sj) * isdi * isdj >= thr[4]:
+        return True
+    if thr[5] == thr[5] and p * irqi * irqj >= thr[5]:
+        return True
+    if thr[MI] == thr[MI] and c > 0 and mi_bound(n, c, ci, cj) / MARGIN >= thr_mie:
+        return mi_scalar(n, c, ci, cj) >= thr[MI]
+    return False
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _insert_desc(vals, ids, x, e):
     """Insert (x, e) into a full-length sorted top list (value desc, id asc) if it ranks."""
     k = vals.shape[0]
@@ -364,10 +384,10 @@ def gather_rows(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, min_su
     otherwise fills out_* [K] from offsets (exclusive prefix sums of those counts).
     """
     B, dm = cnt.shape
+    thr_mie = np.expm1(thr[MI]) if thr[MI] == thr[MI] else np.inf
     for r in prange(B):
         i = lo + r
         ids = np.sort(rtop[r].ravel())
-        v = np.empty(N_MEASURES)
         w = offsets[r]
         u = 0
         prev = -1
@@ -383,9 +403,8 @@ def gather_rows(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, min_su
                 while j < cand:
                     c = np.int64(cnt[r, j])
                     if c >= min_support:
-                        cell_values(v, n, c, psum[r, j], np.int64(ci[i]), si[i], isdi[i], irqi[i],
-                                    np.int64(cj[j]), sj[j], isdj[j], irqj[j], True)
-                        if passes(v, thr):
+                        if cell_passes(n, c, psum[r, j], np.int64(ci[i]), si[i], isdi[i], irqi[i],
+                                       np.int64(cj[j]), sj[j], isdj[j], irqj[j], thr, thr_mie):
                             break
                     j += 1
                 if j < cand:

@@ -21,6 +21,11 @@ import numpy as np
 MEASURES = ("jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine")
 """Data measures, in the fixed order used by every kernel (index = position here)."""
 MEASURE_INDEX = {m: k for k, m in enumerate(MEASURES)}
+PRIMARY = ("jaccard", "sufficiency", "necessity", "pearson")
+"""Measures ranked for the top-k edge rule by default: overlap, both conditional
+probabilities and correlation. act_cosine tracks pearson closely on sparse codes, and the
+top partners by mutual information include mutually exclusive pairs; either can be added
+(`primary=MEASURES`), at ~15% more finalize time each."""
 #: Range of each measure, used for the fixed histogram bins of the summary.
 MEASURE_RANGE = {
     "jaccard": (0.0, 1.0), "sufficiency": (0.0, 1.0), "necessity": (0.0, 1.0),

@@ -22,7 +22,7 @@ from saelineage.progress import progress as make_progress
 from saelineage.run import RunDir
 from saelineage.stats.edges import EdgeOptions
 from saelineage.stats.engine import Budget, Layout, Pair, plan, run_passes
-from saelineage.stats.measures import MAX_TOKENS, MEASURES, side
+from saelineage.stats.measures import MAX_TOKENS, MEASURES, PRIMARY, side
 from saelineage.stats.outputs import feature_links, pair_summary, write_edges, write_json, write_parquet
 
 OUTPUTS = ("edges.parquet", "feature_links.parquet", "stats_summary.json")
@@ -59,6 +59,8 @@ def _options(span, threshold, relative_threshold, include_bos, min_support, top_
                               "e.g. --relative-threshold 0.2 (the paper's choice).")
     if threshold < 0 or not np.isfinite(threshold):
         raise SaelineageError(f"--threshold must be a finite number >= 0 (got {threshold}).", "use 0 (default).")
+    if not primary:
+        raise SaelineageError("no primary measure given.", f"choose among {', '.join(MEASURES)}.")
     if min_support < 1 or top_k < 1:
         raise SaelineageError("--min-support and --top-k must be >= 1.", "e.g. --min-support 5 --top-k 16.")
     bad = [m for m in list(keep) + list(primary) if m not in MEASURES]
@@ -67,7 +69,7 @@ def _options(span, threshold, relative_threshold, include_bos, min_support, top_
     return {"span": int(span), "threshold": float(threshold),
             "relative_threshold": None if relative_threshold is None else float(relative_threshold),
             "include_bos": bool(include_bos), "min_support": int(min_support), "top_k": int(top_k),
-            "primary": list(primary), "keep_thresholds": {m: float(keep[m]) for m in sorted(keep)}}
+            "primary": [m for m in MEASURES if m in primary], "keep_thresholds": {m: float(keep[m]) for m in sorted(keep)}}
 
 
 def _thresholds(run: RunDir, layers, d, opts) -> dict[int, np.ndarray]:
@@ -93,6 +95,11 @@ class _Decoders:
 
     def __init__(self, run: RunDir, d: dict[int, int], given: Mapping[int, np.ndarray] | None):
         self.run, self.d, self.given, self.cache = run, d, given, {}
+        self.available: dict[int, bool] = {}
+
+    def missing(self, layers) -> list[int]:
+        """Layers without decoder weights (loading those not seen yet)."""
+        return [l for l in layers if not self.available.get(l, self(l) is not None)]
 
     def __call__(self, layer: int):
         if layer not in self.cache:
@@ -110,6 +117,7 @@ class _Decoders:
             if len(self.cache) >= 2:
                 self.cache.pop(next(iter(self.cache)))
             self.cache[layer] = w
+            self.available[layer] = w is not None
         return self.cache[layer]
 
 
@@ -150,7 +158,7 @@ def _setup(run_dir, span, threshold, relative_threshold, include_bos, min_suppor
 
 
 def plan_stats(run_dir: str | Path, *, memory_limit: int | None = None, span: int = 1, top_k: int = 16,
-               primary: tuple[str, ...] = MEASURES) -> Budget:
+               primary: tuple[str, ...] = PRIMARY) -> Budget:
     """The passes `compute_stats` would make under `memory_limit` (nothing is computed)."""
     st = _setup(run_dir, span, 0.0, None, False, 5, top_k, {}, primary)
     return plan(st.layout, st.edge_opts, int(memory_limit or default_memory_limit()))
@@ -161,7 +169,7 @@ def compute_stats(run_dir: str | Path, *, span: int = 1, threshold: float = 0.0,
                   top_k: int = 16, keep_thresholds: Mapping[str, float] | None = None,
                   memory_limit: int | None = None, workers: int = 2,
                   decoders: Mapping[int, np.ndarray] | None = None, force: bool = False, progress: bool = True,
-                  primary: tuple[str, ...] = MEASURES) -> StatsSummary:
+                  primary: tuple[str, ...] = PRIMARY) -> StatsSummary:
     """Co-activation statistics of every layer pair (l, l+s), s = 1..span, in one pass.
 
     Writes edges.parquet, feature_links.parquet and stats_summary.json into the run and
@@ -170,6 +178,8 @@ def compute_stats(run_dir: str | Path, *, span: int = 1, threshold: float = 0.0,
     memory_limit: bytes (default 70% of available RAM). primary: measures ranked for top-k.
     """
     t_start = time.perf_counter()
+    if workers < 1:
+        raise SaelineageError(f"--workers must be >= 1 (got {workers}).", "use --workers 2 on a 2-core machine.")
     run, opts, layout, edge_opts = _setup(run_dir, span, threshold, relative_threshold, include_bos, min_support,
                                           top_k, keep_thresholds, primary)
     layers, d, pairs, shards = layout.layers, layout.d, layout.pairs, layout.shards
@@ -208,11 +218,13 @@ def compute_stats(run_dir: str | Path, *, span: int = 1, threshold: float = 0.0,
         n_edges, hists = write_edges(run.file("edges.parquet"), pairs, acc.results, acc.n, sides, dec)
         write_parquet(run.file("feature_links.parquet"),
                       feature_links(layers, d, pairs, acc.results, acc.n, acc.marginals))
-        missing = [l for l in layers if dec(l) is None]
+        missing = dec.missing(layers)
         summary = {
             "n_tokens": acc.n, "pairs": len(pairs), "edges": n_edges, "passes": len(budget.passes),
             "increments": acc.increments, "dec_cosine": not missing,
             "memory_limit": budget.limit, "batch_bytes": budget.batch_bytes,
+            "accumulator_bytes": int(sum((u.hi - u.lo) * d[pairs[u.pair].dst] for p_ in budget.passes for u in p_)
+                                     * budget.cell_bytes),
         }
         timings = {k: round(v, 3) for k, v in acc.timings.items()} | {"write": round(time.perf_counter() - t_w, 3)}
         write_json(run.file("stats_summary.json"), {
