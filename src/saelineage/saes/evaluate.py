@@ -96,7 +96,7 @@ def evaluate_saes(
     saes: Mapping[HookPoint, SAE],
     windows: np.ndarray,
     bos: bool,
-    ce_windows: int = 8,
+    ce_windows: int = 16,
     batch_windows: int = 32,
     ce_batch_windows: int = 8,
     on_batch: Callable[[str, int], None] | None = None,

@@ -68,7 +68,7 @@ class TrainConfig:
     seed: int = 0
     heldout_tokens: int = 16_384
     """held-out tokens for FVU / L0 / dead, from the end of the corpus"""
-    ce_tokens: int = 1_024
+    ce_tokens: int = 2_048
     """held-out tokens for the cross-entropy increase (a full forward per hook)"""
     center_residual: bool | None = None
     dtype: str = "float32"
@@ -102,7 +102,7 @@ class TrainConfig:
             (self.epochs > 0, f"--epochs {self.epochs} must be positive.", "use e.g. --epochs 2."),
             (self.batch_size >= 1, f"--batch-size {self.batch_size} must be positive.", "use --batch-size 1024."),
             (self.lr is None or self.lr > 0, f"--lr {self.lr} must be positive.", "leave --lr out for the default."),
-            (self.ce_tokens >= 0, "--ce-tokens must be 0 or more.", "use --ce-tokens 1024 (0 skips the CE metric)."),
+            (self.ce_tokens >= 0, "--ce-tokens must be 0 or more.", "use --ce-tokens 2048 (0 skips the CE metric)."),
         ]
         for ok, problem, fix in checks:
             if not ok:
@@ -408,8 +408,11 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
     if cached:
         _publish(work, final, digest)
     if progress:
+        from rich.console import Console
+
         table = metrics_table(rows, title=f"SAEs in {final} (held-out evaluation)")
-        console.print(table, width=None if console.is_terminal else max(console.width, 120))  # logs: no squeezing
+        wide = console if console.is_terminal else Console(file=console.file, width=120)  # logs: no squeezing
+        wide.print(table)
         console.print(f"trained in {timings['total']:.0f} s "
                       f"(activations {timings['activations']:.0f} s, training {timings['training']:.0f} s, "
                       f"evaluation {timings['evaluation']:.0f} s)")

@@ -60,7 +60,7 @@ def train_command(
     seed: int = typer.Option(0, help="Seed for initialisation and batch order."),
     heldout_tokens: int = typer.Option(16_384, help="Held-out tokens (end of the corpus) for FVU, L0 and dead "
                                        "fraction."),
-    ce_tokens: int = typer.Option(1_024, help="Held-out tokens for the next-token cross-entropy increase "
+    ce_tokens: int = typer.Option(2_048, help="Held-out tokens for the next-token cross-entropy increase "
                                   "(one full forward pass per hook; 0 skips it)."),
     center: Optional[bool] = typer.Option(None, "--center/--no-center", help="Mean-centre residuals over "
                                           "d_model (default: on for gpt2, off otherwise)."),

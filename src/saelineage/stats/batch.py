@@ -1,40 +1,80 @@
 """Batches of consecutive shards in reusable buffers.
 
 The accumulation kernel wants large batches (an accumulator row is streamed into cache
-once per batch, so more tokens per batch means more increments per streamed row). The
-buffers are allocated once and reused: fresh allocations cost a page fault per 4 KiB,
-which on a virtual machine is as slow as the work itself. numpy allocations of this size
-are also eligible for transparent huge pages, which cuts TLB misses on the random
-destination-row reads.
+once per batch, so more tokens per batch means more increments per streamed row). All
+buffers are allocated once and reused across batches and passes: a fresh allocation costs
+a page fault per 4 KiB, which on a virtual machine is as slow as the work itself. numpy
+allocations of this size are also eligible for transparent huge pages, which cuts TLB
+misses on the random destination-row reads.
+
+Shards are read with `readinto` straight from the safetensors layout (8-byte header size,
+JSON header, raw little-endian data) into staging buffers, in a background thread.
 """
 
 from __future__ import annotations
 
+import json
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 
 from saelineage.data.store import token_mask
 from saelineage.errors import SaelineageError
 
+_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64}
 
-def read_layers(path: Path, layers: list[int]) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, ...]]]:
-    """pos int32[T] and {layer: (indptr, indices, values)} of one shard, reading only those tensors."""
+
+def _bad_shard(path: Path, why: str) -> SaelineageError:
+    return SaelineageError(f"activation shard {path} is unreadable or truncated ({why}).",
+                           "delete that shard and re-run `saelineage collect RUN` (it recomputes missing shards).")
+
+
+def _grab(stage: dict, key: str, n: int, dtype) -> np.ndarray:
+    """A reusable staging array of at least n items."""
+    buf = stage.get(key)
+    if buf is None or buf.dtype != dtype or len(buf) < n:
+        buf = stage[key] = np.empty(max(n, int(1.25 * n)), dtype)
+    return buf[:n]
+
+
+def read_layers(path: Path, layers: list[int], stage: dict | None = None):
+    """pos int32[T] and {layer: (indptr, indices, values)} of one shard, only those tensors.
+
+    With `stage` (a dict), the arrays are views into reusable buffers kept there.
+    """
+    stage = {} if stage is None else stage
     try:
-        with safe_open(str(path), "numpy") as fh:
-            pos = fh.get_tensor("pos")
-            out = {l: (fh.get_tensor(f"l{l}.indptr"), fh.get_tensor(f"l{l}.indices"), fh.get_tensor(f"l{l}.values"))
-                   for l in layers}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SaelineageError(f"activation shard {path} is unreadable, truncated or lacks layers {layers} ({exc}).",
-                              "re-run `saelineage collect RUN` (it recomputes missing shards), or --force.") from exc
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+            base = 8 + size
+
+            def get(name: str) -> np.ndarray:
+                if name not in header:
+                    raise KeyError(name)
+                meta = header[name]
+                dtype = _DTYPES[meta["dtype"]]
+                begin, end = meta["data_offsets"]
+                n = (end - begin) // np.dtype(dtype).itemsize
+                out = _grab(stage, name, n, dtype)
+                fh.seek(base + begin)
+                if fh.readinto(memoryview(out).cast("B")) != end - begin:
+                    raise ValueError("file shorter than its header says")
+                return out
+
+            pos = get("pos")
+            out = {l: (get(f"l{l}.indptr"), get(f"l{l}.indices"), get(f"l{l}.values")) for l in layers}
+    except KeyError as exc:
+        raise SaelineageError(f"shard {path} has no tensor {exc}; it lacks layers among {layers}.",
+                              "re-run `saelineage collect --force` with those layers.") from exc
+    except (OSError, ValueError, struct.error) as exc:
+        raise _bad_shard(path, str(exc)) from exc
     for l, (ptr, idx, val) in out.items():
-        if len(ptr) != len(pos) + 1 or int(ptr[-1] - ptr[0]) != len(idx) or len(idx) != len(val):
-            raise SaelineageError(f"shard {path} layer {l}: CSR arrays do not match its {len(pos)} tokens.",
-                                  "delete that shard and re-run `saelineage collect RUN`.")
+        if len(ptr) != len(pos) + 1 or (len(ptr) and int(ptr[-1] - ptr[0]) != len(idx)) or len(idx) != len(val):
+            raise _bad_shard(path, f"layer {l}: CSR arrays do not match its {len(pos)} tokens")
     return pos, out
 
 
@@ -58,22 +98,49 @@ class LayerBuffer:
     def ecap(self) -> int:
         return len(self.idx)
 
+    def fits(self, tcap: int, ecap: int, vdtype, d: int, need_act: bool, is_src: bool) -> bool:
+        return (len(self.ptr) >= tcap + 1 and self.ecap >= ecap and self.vdtype == np.dtype(vdtype)
+                and self.need_act == need_act and self.is_src == is_src and (not is_src or self.d == d))
+
     @staticmethod
     def entry_bytes(vdtype, need_act: bool, is_src: bool) -> int:
         one = 4 + np.dtype(vdtype).itemsize + (1 if need_act else 0)
         return one * (2 if is_src else 1)
 
 
+class BufferPool:
+    """LayerBuffers kept across passes, so each is allocated (and page-faulted) once."""
+
+    def __init__(self):
+        self.free: list[LayerBuffer] = []
+
+    def take(self, tcap, ecap, vdtype, d, need_act, is_src) -> LayerBuffer:
+        for k, b in enumerate(self.free):
+            if b.fits(tcap, ecap, vdtype, d, need_act, is_src):
+                return self.free.pop(k)
+        return LayerBuffer(tcap, ecap, vdtype, d, need_act, is_src)
+
+    def give(self, bufs) -> None:
+        self.free.extend(bufs)
+
+
 class Batch:
     """Tokens of consecutive shards: n_tok tokens, keep mask, per-layer buffers."""
 
-    def __init__(self, layers: list[int], src: set[int], d: dict[int, int], ecap: int, tcap: int, need_act: bool):
+    def __init__(self, layers: list[int], src: set[int], d: dict[int, int], ecap: int, tcap: int, need_act: bool,
+                 pool: BufferPool | None = None):
         self.layers, self.src, self.d, self.need_act = layers, src, d, need_act
         self.tcap, self.ecap = tcap, ecap
+        self.pool = pool or BufferPool()
         self.pos = np.empty(tcap, np.int32)
-        self.buf = {l: LayerBuffer(tcap, ecap, np.float32, d[l], need_act, l in src) for l in layers}
+        self.buf = {l: self.pool.take(tcap, ecap, np.float32, d[l], need_act, l in src) for l in layers}
         self.n_tok = 0
         self.n_shards = 0
+
+    def release(self) -> None:
+        """Hand the buffers back to the pool (for the next pass)."""
+        self.pool.give(self.buf.values())
+        self.buf = {}
 
     def reset(self) -> None:
         self.n_tok = self.n_shards = 0
@@ -102,7 +169,7 @@ class Batch:
                 self._widen(l)
                 b = self.buf[l]
             e0, n = b.nnz, len(idx)
-            b.ptr[t0 + 1:t0 + t + 1] = ptr[1:] - ptr[0] + e0
+            np.subtract(ptr[1:], ptr[0] - e0, out=b.ptr[t0 + 1:t0 + t + 1])
             b.idx[e0:e0 + n] = idx
             b.val[e0:e0 + n] = val  # float16 -> float32 is exact
             b.nnz += n
@@ -125,16 +192,19 @@ class Batch:
 def batches(shards: list[Path], batch: Batch) -> Iterator[Batch]:
     """Fill `batch` with consecutive shards and yield it each time it is full (then reuse it).
 
-    The next shard is read in a background thread while the caller computes.
+    The next shard is read into the other of two staging areas in a background thread
+    while the caller computes; a staging area is refilled only after it was copied.
     """
     if not shards:
         return
+    stages: list[dict] = [{}, {}]
     with ThreadPoolExecutor(max_workers=1) as pool:
-        fut = pool.submit(read_layers, shards[0], batch.layers)
+        fut = pool.submit(read_layers, shards[0], batch.layers, stages[0])
         batch.reset()
         for k in range(len(shards)):
             pos, codes = fut.result()
-            fut = pool.submit(read_layers, shards[k + 1], batch.layers) if k + 1 < len(shards) else None
+            fut = (pool.submit(read_layers, shards[k + 1], batch.layers, stages[(k + 1) % 2])
+                   if k + 1 < len(shards) else None)
             if not batch.fits(pos, codes):
                 if batch.n_tok:
                     yield batch

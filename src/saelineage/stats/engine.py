@@ -22,7 +22,7 @@ import psutil
 
 from saelineage.errors import SaelineageError
 from saelineage.stats import kernels as kn
-from saelineage.stats.batch import Batch, LayerBuffer, batches
+from saelineage.stats.batch import Batch, BufferPool, LayerBuffer, batches
 from saelineage.stats.edges import EdgeOptions, PairResult, PairState, state_bytes
 from saelineage.stats.measures import Marginals, side
 
@@ -125,11 +125,11 @@ def _new_marginals(d: int) -> Marginals:
                      np.full(d, np.inf), np.zeros(d))
 
 
-def _batch_for(layout: Layout, layers: list[int], src: set[int], batch_bytes: int) -> Batch:
+def _batch_for(layout: Layout, layers: list[int], src: set[int], batch_bytes: int, pool: BufferPool) -> Batch:
     need_act = not layout.all_active
     per_entry = sum(LayerBuffer.entry_bytes(np.float32, need_act, l in src) for l in layers)
     ecap = max(BATCH_MIN_ENTRIES, batch_bytes // per_entry)
-    return Batch(layers, src, layout.d, ecap, max(ecap // 8, 1 << 12), need_act)
+    return Batch(layers, src, layout.d, ecap, max(ecap // 8, 1 << 12), need_act, pool)
 
 
 def _prepare(batch: Batch, layout: Layout, keep: np.ndarray, fresh: dict[int, Marginals]) -> None:
@@ -161,6 +161,7 @@ def run_passes(layout: Layout, budget: Budget, opts: EdgeOptions, workers: int,
     states: dict[int, PairState] = {}
     increments = 0
     tm = {"read_prepare": 0.0, "accumulate": 0.0, "finalize": 0.0}
+    pool = BufferPool()
     for pass_no, units in enumerate(budget.passes):
         src = {pairs[u.pair].src for u in units}
         layers = sorted(src | {pairs[u.pair].dst for u in units})
@@ -169,7 +170,8 @@ def run_passes(layout: Layout, budget: Budget, opts: EdgeOptions, workers: int,
                    np.zeros((u.hi - u.lo, d[pairs[u.pair].dst]), np.float64)) for u in units}
         n_pass = 0
         t0 = time.perf_counter()
-        for batch in batches(layout.shards, _batch_for(layout, layers, src, budget.batch_bytes)):
+        batch = _batch_for(layout, layers, src, budget.batch_bytes, pool)
+        for batch in batches(layout.shards, batch):
             keep = batch.keep(layout.bos, layout.include_bos)
             n_pass += int(keep.sum())
             _prepare(batch, layout, keep, fresh)
@@ -186,6 +188,7 @@ def run_passes(layout: Layout, budget: Budget, opts: EdgeOptions, workers: int,
             tm["accumulate"] += t0 - t1
             if on_shards:
                 on_shards(pass_no, batch.n_shards, increments)
+        batch.release()
         if n_tokens is None:
             n_tokens = n_pass
         elif n_tokens != n_pass:
