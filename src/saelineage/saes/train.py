@@ -351,62 +351,69 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
             f"the {n_train * per:,} training + {n_held * per:,} held-out tokens requested.",
             "lower --tokens / --heldout-tokens, or use a larger --corpus.")
     timings["load"] = time.perf_counter() - t_start
-    work.mkdir(parents=True, exist_ok=True)
-    info: dict[str, Any] = {
-        "config_hash": digest, "status": "running", "config": cfg.identity(model_key(cfg.model)),
-        "model_identity": adapter.identity, "corpus_identity": corpus.identity, "d_model": adapter.d_model,
-        "d_sae": d_sae, "bos": wins.bos, "train_windows": [0, n_train], "heldout_windows": [len(wins.ids) - n_held,
-                                                                                          len(wins.ids)],
-        "n_train_tokens": n_train * per, "lr": cfg.learning_rate(d_sae),
-    }
-    _write_json(work / TRAINING_JSON, info)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        info: dict[str, Any] = {
+            "config_hash": digest, "status": "running", "config": cfg.identity(model_key(cfg.model)),
+            "model_identity": adapter.identity, "corpus_identity": corpus.identity, "d_model": adapter.d_model,
+            "d_sae": d_sae, "bos": wins.bos, "train_windows": [0, n_train], "heldout_windows": [len(wins.ids) - n_held,
+                                                                                              len(wins.ids)],
+            "n_train_tokens": n_train * per, "lr": cfg.learning_rate(d_sae),
+            "evaluation": {"heldout_tokens": cfg.heldout_tokens, "ce_tokens": cfg.ce_tokens},
+        }
+        _write_json(work / TRAINING_JSON, info)
 
-    bar = make_progress() if progress else None
-    with bar or nullcontext():
-        t0 = time.perf_counter()
-        task = bar.add_task("activations", total=n_train, rate="") if bar else None
-        acts = cache_activations(adapter, hooks, wins.ids[:n_train], wins.bos,
-                                 on_batch=(lambda n: bar.advance(task, n)) if bar else None)
-        timings["activations"] = time.perf_counter() - t0
+        bar = make_progress() if progress else None
+        with bar or nullcontext():
+            t0 = time.perf_counter()
+            task = bar.add_task("activations", total=n_train, rate="") if bar else None
+            acts = cache_activations(adapter, hooks, wins.ids[:n_train], wins.bos,
+                                     on_batch=(lambda n: bar.advance(task, n)) if bar else None)
+            timings["activations"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        steps = max(1, math.ceil(cfg.epochs * n_train * per / min(cfg.batch_size, n_train * per)))
-        task = bar.add_task(f"training {len(hooks)} SAEs", total=steps, rate="") if bar else None
+            t0 = time.perf_counter()
+            steps = max(1, math.ceil(cfg.epochs * n_train * per / min(cfg.batch_size, n_train * per)))
+            task = bar.add_task(f"training {len(hooks)} SAEs", total=steps, rate="") if bar else None
 
-        def on_step(step, total, fvu):
-            if bar:
-                vals = [v for v in fvu.values() if not math.isnan(v)]
-                bar.update(task, completed=step, rate=f"FVU mean {np.mean(vals):.3f} max {max(vals):.3f}")
+            def on_step(step, total, fvu):
+                if bar:
+                    vals = [v for v in fvu.values() if not math.isnan(v)]
+                    bar.update(task, completed=step, rate=f"FVU mean {np.mean(vals):.3f} max {max(vals):.3f}")
 
-        coders, scales, train_fvu = fit_saes(acts, cfg, d_sae, device=cfg.device, on_step=on_step)
-        del acts
-        timings["training"] = time.perf_counter() - t0
+            coders, scales, train_fvu = fit_saes(acts, cfg, d_sae, device=cfg.device, on_step=on_step)
+            del acts
+            timings["training"] = time.perf_counter() - t0
 
-        meta = {"model_name": cfg.model, "context_size": cfg.window, "prepend_bos": bool(wins.bos),
-                "dataset_path": cfg.corpus, "saelineage_config_hash": digest}
-        saes = {}
+            meta = {"model_name": cfg.model, "context_size": cfg.window, "prepend_bos": bool(wins.bos),
+                    "dataset_path": cfg.corpus, "saelineage_config_hash": digest}
+            saes = {}
+            for h in hooks:
+                saes[h] = coder_to_sae(coders[h], h, scales[h])
+                save_saelens(saes[h], work / h.name, metadata=meta)
+
+            t0 = time.perf_counter()
+            held = wins.ids[len(wins.ids) - n_held:]
+            task = bar.add_task("evaluating", total=n_held + n_ce, rate="") if bar else None
+            on_device = {h: s.to(cfg.device) for h, s in saes.items()}
+            metrics = evaluate_saes(adapter, on_device, held, wins.bos, ce_windows=n_ce,
+                                    on_batch=(lambda phase, n: bar.advance(task, n)) if bar else None)
+            timings["evaluation"] = time.perf_counter() - t0
         for h in hooks:
-            saes[h] = coder_to_sae(coders[h], h, scales[h])
-            save_saelens(saes[h], work / h.name, metadata=meta)
-
-        t0 = time.perf_counter()
-        held = wins.ids[len(wins.ids) - n_held:]
-        task = bar.add_task("evaluating", total=n_held + n_ce, rate="") if bar else None
-        on_device = {h: s.to(cfg.device) for h, s in saes.items()}
-        metrics = evaluate_saes(adapter, on_device, held, wins.bos, ce_windows=n_ce,
-                                on_batch=(lambda phase, n: bar.advance(task, n)) if bar else None)
-        timings["evaluation"] = time.perf_counter() - t0
-    for h in hooks:
-        metrics[h].train_fvu = train_fvu[h]
-    timings["total"] = time.perf_counter() - t_start
-    rows = [metrics[h].as_dict() for h in hooks]
-    _write_json(work / METRICS_JSON, {"config_hash": digest, "model": cfg.model, "layers": rows,
-                                      "timings_s": {k: round(v, 2) for k, v in timings.items()}})
-    info.update(status="complete", scales={h.name: scales[h] for h in hooks},
-                timings_s={k: round(v, 2) for k, v in timings.items()})
-    _write_json(work / TRAINING_JSON, info)
-    if cached:
-        _publish(work, final, digest)
+            metrics[h].train_fvu = train_fvu[h]
+        timings["total"] = time.perf_counter() - t_start
+        rows = [metrics[h].as_dict() for h in hooks]
+        _write_json(work / METRICS_JSON, {"config_hash": digest, "model": cfg.model, "layers": rows,
+                                          "evaluation": info["evaluation"],
+                                          "timings_s": {k: round(v, 2) for k, v in timings.items()}})
+        info.update(status="complete", scales={h.name: scales[h] for h in hooks},
+                    timings_s={k: round(v, 2) for k, v in timings.items()})
+        _write_json(work / TRAINING_JSON, info)
+        if cached:
+            _publish(work, final, digest)
+    except BaseException:
+        if cached:  # never leave half a set in the cache
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     if progress:
         from rich.console import Console
 
