@@ -55,7 +55,7 @@ def run_demo(run_dir: Path = DEFAULT_RUN, tokens: int = 200_000, serve: bool = T
         timings[name] = time.perf_counter() - t
         return out
 
-    sae_folder = Path(timed("train SAEs (cached)", default_saes))
+    sae_folder = Path(timed("SAEs (trained once, then cached)", default_saes))
     first = _heldout_first_window(sae_folder)
     cfg = CollectConfig(model="smollm2", saes=str(sae_folder), corpus="default", max_tokens=tokens,
                         first_window=first)
