@@ -92,6 +92,34 @@ def test_graph_api(client):
     assert client.get("/api/graph?measure=__import__").status_code == 422
 
 
+@pytest.mark.parametrize("query", [dict(min_value=0.0), dict(min_value=0.2, layer_min=1, layer_max=3),
+                                   dict(min_value=0.05, max_nodes=7)])
+def test_community_graph_edges_match_brute_force(run, client, query):
+    """Edges of a community's graph = every edge of edges.parquet between two shown members of
+    consecutive shown layers with value >= min_value (recomputed from the run's files)."""
+    feats = pq.read_table(run.file("features.parquet")).to_pandas()
+    edges = pq.read_table(run.file("edges.parquet")).to_pandas()
+    comm = int(feats["community"].dropna().astype(int).value_counts().index[0])  # the largest community
+    g = client.get("/api/graph", params={"community": comm, "measure": "jaccard", **query}).json()
+    nodes = node_rows(g)
+    shown = {(n["layer"], n["feature"]): n["id"] for n in nodes}
+    layers = g["layers"]
+    members = feats[(feats["community"] == comm) & feats["layer"].isin(layers)]
+    if "max_nodes" not in query:
+        assert set(shown) == set(zip(members["layer"], members["feature"]))
+    else:  # the most active members are kept
+        assert len(shown) == min(query["max_nodes"], len(members)) and g["truncated"] == (len(members) > query["max_nodes"])
+        assert min(feats.set_index(["layer", "feature"]).loc[list(shown), "n_active"]) >= \
+            sorted(members["n_active"], reverse=True)[len(shown) - 1]
+    nxt = dict(zip(layers[:-1], layers[1:]))
+    want = {(shown[(r.src_layer, r.src)], shown[(r.dst_layer, r.dst)], round(r.jaccard, 12))
+            for r in edges.itertuples() if (r.src_layer, r.src) in shown and (r.dst_layer, r.dst) in shown
+            and nxt.get(r.src_layer) == r.dst_layer and r.jaccard >= query["min_value"]}
+    got = {(a, b, round(v, 12)) for a, b, v in edge_rows(g)}
+    assert got == want and len(got) == len(edge_rows(g))
+    assert want  # the sample run's largest community has internal edges
+
+
 def test_order_rows_and_crossings_match_brute_force():
     rng = np.random.default_rng(3)
     for _ in range(30):

@@ -85,6 +85,10 @@ class Arrays:
     def col(self, name: str) -> np.ndarray:
         return self._load(f"e_{name}")
 
+    def ptr(self, direction: str) -> np.ndarray:
+        """CSR offsets [n_features + 1] of the edges out of (`down`) or into (`up`) each feature row."""
+        return self._load("e_dst_ptr" if direction == "up" else "e_src_ptr")
+
     def edge_rows(self, i: int, direction: str) -> np.ndarray:
         """Rows (in the edge arrays) of the edges out of (`down`) or into (`up`) feature row `i`."""
         if not self.has_edges:

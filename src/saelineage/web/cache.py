@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from saelineage.run import RunDir
 from saelineage.web.arrays import write_arrays
 
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 CACHE_DIRNAME = ".browser-cache"
 MEASURES = ("jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine", "dec_cosine",
             "sufficiency_lo", "necessity_lo")
@@ -198,8 +198,6 @@ def _build_tables(con: duckdb.DuckDBPyConnection, run: RunDir, arrays: dict[str,
     for t in ("gates", "splits", "communities", "lifecycle", "ablations", "feature_links"):
         if t in present:
             con.execute(f"CREATE TABLE {t} AS SELECT * FROM read_parquet({_sql_str(present[t])})")
-    if "features" in present and "edges" in present:
-        _build_community_edges(con)
 
 
 def _build_features(con: duckdb.DuckDBPyConnection, present: dict[str, Path]) -> None:
@@ -348,17 +346,6 @@ def _build_edges(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     con.execute("CREATE TABLE hist (measure VARCHAR, bin BIGINT, lo DOUBLE, hi DOUBLE, n BIGINT)")
     if hist_rows:
         con.executemany("INSERT INTO hist VALUES (?, ?, ?, ?, ?)", hist_rows)
-
-
-def _build_community_edges(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("""CREATE TABLE comm_edges AS
-        SELECT a.community, e.* FROM edges_dn e
-        JOIN features a ON a.layer = e.src_layer AND a.feature = e.src
-        JOIN features b ON b.layer = e.dst_layer AND b.feature = e.dst
-        WHERE a.community IS NOT NULL AND a.community = b.community
-        ORDER BY a.community, e.src_layer, e.src""")
-    con.execute("""CREATE TABLE members AS SELECT community, layer, feature FROM features
-        WHERE community IS NOT NULL ORDER BY community, layer, feature""")
 
 
 # ---- vocabulary -------------------------------------------------------------------------

@@ -90,16 +90,9 @@ def graph(data: RunData, measure: str = "jaccard", min_value: float | None = Non
         if len(mem) > max_nodes:
             out["truncated"] = True
             mem = mem[np.argsort(-g.n_active[mem], kind="stable")[:max_nodes]]
-        if "comm_edges" in g.tables:
-            sl, s, dl, d, v = _fetch(g, f"SELECT src_layer, src, dst_layer, dst, CAST({measure} AS DOUBLE) AS value "
-                                        f"FROM comm_edges WHERE community = ? AND {measure} >= ?", [int(community), lo])
-        else:
-            sl = s = dl = d = np.zeros(0, np.int64)
-            v = np.zeros(0)
-        keep = (sl < len(nxt)) & (nxt[np.minimum(sl, len(nxt) - 1)] == dl)
-        u, w, v = _idx_many(g, sl[keep], s[keep]), _idx_many(g, dl[keep], d[keep]), v[keep]
-        ok = (u >= 0) & (w >= 0)
-        u, w, v = u[ok], w[ok], v[ok]
+        u, w, v = _edges_among(g, mem, measure, lo)
+        keep = nxt[g.layer[u]] == g.layer[w]
+        u, w, v = u[keep], w[keep], v[keep]
         nodes = mem
     inside = np.isin(u, nodes) & np.isin(w, nodes)  # every fetched edge among the chosen nodes
     u, w, v = u[inside], w[inside], v[inside]
@@ -121,10 +114,27 @@ def _top_edges(top: dict, layers: list[int], limit: int, lo: float) -> tuple[np.
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(6))  # type: ignore[return-value]
 
 
-def _fetch(g: Generation, sql: str, params: list) -> tuple[np.ndarray, ...]:
-    r = g.cursor().execute(sql, params).fetchnumpy()
-    cols = [np.asarray(r[k]).astype(np.int64) for k in ("src_layer", "src", "dst_layer", "dst")]
-    return (*cols, np.asarray(r["value"]).astype(np.float64))
+def _edges_among(g: Generation, nodes: np.ndarray, measure: str, lo: float) -> tuple[np.ndarray, ...]:
+    """Edges (feature rows u -> w, value) with both ends in `nodes` and value >= lo.
+
+    Reads only the out-edges of `nodes` from the memory-mapped source-ordered edge arrays
+    (CSR by source feature), so the cost follows the number of nodes shown, not the size
+    of their community."""
+    z = np.zeros(0, np.int64)
+    if not g.arr.has_edges or not len(nodes) or measure not in g.arr.edge_cols:
+        return z, z, np.zeros(0)
+    ptr = g.arr.ptr("down")
+    nodes = np.asarray(nodes, np.int64)
+    a, b = ptr[nodes], ptr[nodes + 1]
+    cnt = b - a
+    rows = np.repeat(a - np.cumsum(cnt) + cnt, cnt) + np.arange(int(cnt.sum()))  # concat of ranges [a, b)
+    u = np.repeat(nodes, cnt)
+    w = _idx_many(g, np.asarray(g.arr.col("dst_layer")[rows], np.int64), np.asarray(g.arr.col("dst")[rows], np.int64))
+    inside = np.zeros(g.n + 1, bool)
+    inside[nodes] = True
+    v = np.asarray(g.arr.col(measure)[rows], np.float64)
+    ok = inside[w] & (v >= lo)  # w = -1 (unknown) reads inside[-1], which is always False
+    return u[ok], w[ok], v[ok]
 
 
 def _fill(u: np.ndarray, w: np.ndarray, max_nodes: int) -> tuple[np.ndarray, int]:
