@@ -132,10 +132,11 @@ def test_hidden_in_error(run):
     assert by[(1, HIDDEN)]["error_proj_rel"] == pytest.approx(1.0, abs=1e-4)  # all of it is in layer 2's error
     assert by[(1, HIDDEN)]["error_proj_tokens"] > 0
     assert by[(1, 0)]["error_proj_rel"] is None  # carried: not an ending feature
-    # with analyze's lifecycle column, exactly the features classed 'ending' are measured
+    # with analyze's lifecycle column, exactly the features without a successor ('ending' and
+    # 'new+ending') are measured; 'new' and 'carried' ones have a successor
     t = pq.read_table(run.file("features.parquet"))
-    life = ["ending" if (l, f) in {(1, HIDDEN), (1, 3)} else "carried"
-            for l, f in zip(t.column("layer").to_pylist(), t.column("feature").to_pylist())]
+    classes = {(1, HIDDEN): "ending", (1, 3): "new+ending", (1, 4): "new"}
+    life = [classes.get((l, f), "carried") for l, f in zip(t.column("layer").to_pylist(), t.column("feature").to_pylist())]
     write_parquet(run.file("features.parquet"), t.drop_columns(list(ERROR_COLUMNS)).append_column("lifecycle", pa.array(life)))
     ablate_run(run.path, AblateConfig(measures=["jaccard"], bins=2, per_bin=2, plot=False), force=True)
     by = {(r["layer"], r["feature"]): r for r in pq.read_table(run.file("features.parquet")).to_pylist()}

@@ -32,9 +32,10 @@ ERROR_COLUMNS = ("error_next_layer", "error_proj_tokens", "error_proj", "error_p
 
 
 def ending_features(run: RunDir, measure: str = "pearson", threshold: float = 0.5) -> tuple[dict[int, np.ndarray], str]:
-    """{layer: feature ids classed 'ending'} for every layer that has a next layer, and a note saying how.
+    """{layer: ids of live features with no successor} for every layer that has a next layer, and a note.
 
-    Uses features.parquet's `lifecycle` column (analyze) when present; otherwise live features with
+    Uses features.parquet's `lifecycle` column (analyze) when present: 'ending' and 'new+ending'
+    (a feature that is new at l and ends there has no successor either); otherwise live features with
     no edge to the next layer whose `measure` ≥ `threshold` (the reference's rule: pearson ≥ 0.5)."""
     m = run.load()
     layers = sorted(int(l) for l in m["layers"])
@@ -46,8 +47,9 @@ def ending_features(run: RunDir, measure: str = "pearson", threshold: float = 0.
     if "lifecycle" in feats.column_names:
         life = np.asarray(feats.column("lifecycle").to_pylist(), dtype=object)
         for l in nxt:
-            out[l] = np.sort(fid[(layer_col == l) & (life == "ending")].astype(np.int64))
-        return out, "features classed 'ending' by analyze (lifecycle column)"
+            ends = (life == "ending") | (life == "new+ending")
+            out[l] = np.sort(fid[(layer_col == l) & ends].astype(np.int64))
+        return out, "features without a successor by analyze (lifecycle 'ending' or 'new+ending')"
     if not run.file("edges.parquet").is_file():
         raise SaelineageError("no lifecycle column in features.parquet and no edges.parquet.",
                               "run `saelineage stats RUN` (and `saelineage analyze RUN`) first.")
