@@ -12,7 +12,9 @@ Modes (same pairs, same windows, same batch size; all measure the same thing):
   1 feat/pass   one feature per ablated pass, but one clean pass shared by all features
   batched       many features per pass (one per row of the batch), shared clean pass
   +prune        ... and windows where the upstream feature never fires are not run (drop is exactly 0)
-  +restart      ... and passes restart at hook l from cached clean residuals (the default engine)
+  +restart      ... and passes restart at hook l from cached clean residuals
+  +stored       ... and the clean codes the collect stage stored say beforehand where the upstream
+                feature is silent: those windows get no pass at all (what `saelineage ablate` does)
 Results of every mode must equal the reference ones (to float tolerance); the script checks it.
 Times: wall clock and process CPU time (the machine may be shared; CPU time is the steadier).
 
@@ -48,13 +50,14 @@ def make_sample(adapter, saes, ids, layer_pairs, n_feats, partners, unrelated, w
     rng = np.random.default_rng(seed)
     rank = window_rank(len(ids), seed)
     hooks = sorted({saes[l].hook for lp in layer_pairs for l in lp}, key=lambda h: h.order)
-    codes = {}
+    values = {}
     for r0 in range(0, len(ids), 16):
         res = adapter.residuals(ids[r0:r0 + 16], hooks)
         for l in {l for lp in layer_pairs for l in lp}:
-            c = saes[l].encode_dense(res[saes[l].hook].reshape(-1, adapter.d_model)) > 0
-            codes.setdefault(l, []).append(c.view(-1, ids.shape[1], c.shape[-1]))
-    codes = {l: torch.cat(v).numpy() for l, v in codes.items()}  # [W, S, d_sae] bool
+            c = saes[l].encode_dense(res[saes[l].hook].reshape(-1, adapter.d_model))
+            values.setdefault(l, []).append(c.view(-1, ids.shape[1], c.shape[-1]))
+    values = {l: torch.cat(v).numpy() for l, v in values.items()}  # [W, S, d_sae]: what collect stores
+    codes = {l: v > 0 for l, v in values.items()}
     pairs, windows = [], []
     for l, m in layer_pairs:
         a, b = codes[l].reshape(-1, codes[l].shape[-1]), codes[m].reshape(-1, codes[m].shape[-1])
@@ -66,7 +69,7 @@ def make_sample(adapter, saes, ids, layer_pairs, n_feats, partners, unrelated, w
                 wins = np.flatnonzero(codes[m][:, :, j].any(1))
                 pairs.append((l, int(i), m, int(j)))
                 windows.append(choose(wins, windows_per_pair, rank))
-    return np.array(pairs, np.int64), windows
+    return np.array(pairs, np.int64), windows, values
 
 
 def main() -> None:
@@ -99,8 +102,16 @@ def main() -> None:
     ids = torch.from_numpy(np.asarray(wins.ids[: args.windows], dtype=np.int64))
     mask = np.ones(ids.shape, bool)
     mask[:, 0] = False  # BOS
-    pairs, pw = make_sample(adapter, saes, ids, layer_pairs, args.features, args.partners, args.unrelated,
-                            args.windows_per_pair, 0)
+    from saelineage.causal.stored import StoredCodes
+
+    pairs, pw, values = make_sample(adapter, saes, ids, layer_pairs, args.features, args.partners, args.unrelated,
+                                    args.windows_per_pair, 0)
+    keep: dict[int, list] = {}
+    for l, f, m, j in pairs.tolist():
+        keep.setdefault(l, []).append(f)
+        keep.setdefault(m, []).append(j)
+    stored = StoredCodes.from_dense(values, mask, {l: np.array(v) for l, v in keep.items()})
+    del values
     n_up = len(np.unique(pairs[:, :2], axis=0))
     print(f"SmolLM2-135M, random TopK SAEs (d_sae={args.d_sae}, k={args.k}), layer pairs {layer_pairs}; "
           f"{len(pairs)} pairs, {n_up} distinct upstream features, {args.windows_per_pair} windows/pair of "
@@ -128,9 +139,10 @@ def main() -> None:
              ("1 feature/pass, shared clean pass", dict(one_feature_per_forward=True, skip_prefix=False, prune=False)),
              ("batched", dict(skip_prefix=False, prune=False)),
              ("batched +prune", dict(skip_prefix=False, prune=True)),
-             ("batched +prune +restart (default)", dict(skip_prefix=True, prune=True))]
+             ("batched +prune +restart", dict(skip_prefix=True, prune=True)),
+             ("... +stored codes (the stage's default)", dict(skip_prefix=True, prune=True, stored=stored))]
     if not args.all_modes:
-        modes = [modes[0], modes[1], modes[4]]
+        modes = [modes[0], modes[1], modes[4], modes[5]]
     results, times, cpu = {}, {}, {}
     for name, kw in modes:
         t, c = time.perf_counter(), time.process_time()

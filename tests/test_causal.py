@@ -134,6 +134,43 @@ def test_batched_equals_one_feature_per_forward(system):
         _same(fast, other)
 
 
+def clean_codes(adapter, saes, ids) -> dict[int, np.ndarray]:
+    """Clean codes {layer: [W, S, d_sae]} as the collect stage would store them."""
+    res = adapter.residuals(ids, [s.hook for s in saes.values()])
+    return {l: s.encode_dense(res[s.hook].reshape(-1, D)).reshape(*ids.shape, -1).detach().numpy()
+            for l, s in saes.items()}
+
+
+def test_stored_codes_skip_silent_windows_and_change_nothing(system):
+    from saelineage.causal.stored import StoredCodes
+
+    adapter, saes, ids, mask = system
+    codes = clean_codes(adapter, saes, ids)
+    keep = {l: np.arange(D_SAE) for l in saes}
+    stored = StoredCodes.from_dense(codes, mask, keep)
+    for l in saes:  # fires = some token of the token set has a non-zero code
+        np.testing.assert_array_equal(stored.fires(l, 2), (codes[l][:, :, 2] * mask != 0).any(1))
+    # windows where upstream latent 1 is silent: take latent 1's silent windows plus two where it fires
+    silent = np.flatnonzero(~stored.fires(1, 1))
+    pw = [np.arange(len(ids))] * len(PAIRS)
+    plain = ablate_pairs(adapter, saes, ids, PAIRS, pw, mask, batch_rows=4, keep_tokens=True)
+    fast = ablate_pairs(adapter, saes, ids, PAIRS, pw, mask, batch_rows=4, keep_tokens=True, stored=stored)
+    _same(plain, fast)
+    for a, b in zip(plain.tokens, fast.tokens):
+        np.testing.assert_array_equal(a["window"], b["window"])
+        np.testing.assert_array_equal(a["pos"], b["pos"])
+    assert fast.info["jobs_pruned"] == plain.info["jobs_pruned"] and fast.info["rows"] == plain.info["rows"]
+    # a pair whose upstream latent never fires in its windows: no forward pass at all, drop exactly 0
+    only_dead = ablate_pairs(adapter, saes, ids, PAIRS[2:3], None, mask, stored=stored)
+    assert only_dead.info["forward_passes"] == 0
+    row = only_dead.table.to_pylist()[0]
+    assert row["mean_drop"] == 0 and row["n_tokens"] == int((codes[2][:, :, 0] * mask > 0).sum())
+    assert row["mean_clean"] == pytest.approx(float(codes[2][:, :, 0][mask & (codes[2][:, :, 0] > 0)].mean()), rel=1e-6)
+    if len(silent):  # silent windows of latent 1 are measured without a pass
+        one = ablate_pairs(adapter, saes, ids, PAIRS[1:2], [silent], mask, stored=stored)
+        assert one.info["forward_passes"] == 0 and one.table.to_pylist()[0]["mean_drop"] == 0
+
+
 def _same(x, y):
     for a, b in zip(x.table.to_pylist(), y.table.to_pylist()):
         assert a["n_tokens"] == b["n_tokens"] and a["n_windows"] == b["n_windows"]

@@ -23,7 +23,7 @@ from saelineage.data.finalize import write_parquet
 from saelineage.data.store import iter_shards, token_mask
 from saelineage.saes.loading import save_saelens
 from runs import write_corpus
-from test_causal import D_SAE, exact_model, exact_saes
+from test_causal import D, D_SAE, exact_model, exact_saes
 
 LAYERS = (1, 2, 3)
 HIDDEN = 5  # layer 2's SAE cannot represent q_5: upstream feature 5 ends, but lives on in the error
@@ -149,6 +149,29 @@ def test_hidden_in_error(run):
     write_parquet(run.file("features.parquet"), t.drop_columns(list(ERROR_COLUMNS)))
     ablate_run(run.path, AblateConfig(), show=False)
     assert set(ERROR_COLUMNS) <= set(pq.read_schema(run.file("features.parquet")).names)
+
+
+def test_stored_codes_match_a_clean_pass(run):
+    """The codes the stage reads from the shards = a fresh clean pass, window by window, in any order."""
+    from saelineage.causal.windows import load_windows_with_codes
+    from saelineage.session import load_run_model
+
+    wins = np.array([17, 0, 5, 33])  # out of order, over several shards (16 windows per shard)
+    ids, mask, stored = load_windows_with_codes(run, wins, {l: np.arange(D_SAE) for l in LAYERS})
+    rm = load_run_model(run)
+    res = rm.adapter.residuals(ids, [rm.saes[l].hook for l in LAYERS])
+    n_active = 0
+    for l in LAYERS:
+        want = rm.saes[l].encode_dense(res[rm.saes[l].hook].reshape(-1, D)).reshape(len(wins), -1, D_SAE).numpy()
+        for w in range(len(wins)):
+            np.testing.assert_array_equal(stored.fires(l, 0)[w], bool(((want[w, :, 0] != 0) & mask[w]).any()))
+            for f in range(D_SAE):
+                pos, v = stored.active(l, f, w, 0.0)
+                expect = np.flatnonzero((want[w, :, f] > 0) & mask[w])
+                np.testing.assert_array_equal(pos, expect)
+                np.testing.assert_allclose(v, want[w, expect, f], rtol=1e-5, atol=1e-6)
+                n_active += len(pos)
+    assert n_active > 100
 
 
 def test_command_and_demo(run):

@@ -26,7 +26,8 @@ Reported per pair: token count, mean clean activation, mean and median drop, rel
 
 Batching: each row of a forward batch is one (upstream feature, window) job, so one pass
 ablates many different features. Windows where i never fires on the token set are not run
-(delta = 0 there, so j's drop is exactly 0). Clean residuals at hook l are cached and the
+(delta = 0 there, so j's drop is exactly 0); with the run's stored codes (`stored.py`) they
+are known before any pass, so they get no clean pass either. Clean residuals at hook l are cached and the
 pass restarts at hook l (see forward.py), stopping at the deepest downstream hook.
 """
 
@@ -114,6 +115,7 @@ def ablate_pairs(
     keep_tokens: bool = False,
     cache_bytes: int = 256 << 20,
     progress=None,
+    stored=None,
 ) -> AblationResult:
     """Ablate every distinct upstream feature of `pairs` and measure its paired downstream features.
 
@@ -125,6 +127,9 @@ def ablate_pairs(
     from cached residuals; prune: skip windows where the upstream feature never fires;
     one_feature_per_forward: the naive baseline (each pass ablates a single feature).
     cache_bytes bounds the cached clean residuals (windows per chunk x upstream layers).
+    stored: the run's clean codes of these windows (`StoredCodes`, covering every pair's upstream
+    feature and target): windows where the upstream feature does not fire are then measured from
+    the store (drop exactly 0) and get no forward pass at all, clean or ablated.
     Returns one row per pair, in input order (duplicate pairs get identical rows).
     """
     from saelineage.causal.engine import Engine, Plan
@@ -138,18 +143,40 @@ def ablate_pairs(
     acc = _Acc(len(pairs))
     info = {"forward_passes": 0, "rows": 0, "skip_prefix": bool(skip_prefix), "jobs_pruned": 0}
     if len(pairs):
-        plan = Plan(saes, pairs, pair_windows)
+        possible = _n_feature_windows(pairs, pair_windows)
+        run_windows = pair_windows if stored is None else _measure_silent(pairs, pair_windows, stored, threshold, acc)
+        plan = Plan(saes, pairs, run_windows)
         per_window = seq * adapter.d_model * torch.finfo(adapter.dtype).bits // 8 * max(1, len(plan.src_layers))
         chunk = max(batch_rows, cache_bytes // per_window // batch_rows * batch_rows)
         Engine(adapter, saes, ids, mask, plan, acc, threshold, batch_rows, skip_prefix, prune,
                one_feature_per_forward, info).run(chunk, progress)
-        info["jobs_pruned"] = int(sum(len(w) for w in _feature_windows(plan)) - info.get("jobs", 0))
+        info["jobs_pruned"] = int(possible - info.get("jobs", 0))
     return _assemble(pairs, pair_windows, acc, threshold, keep_tokens, info)
 
 
-def _feature_windows(plan) -> list[set]:
-    """Per (layer, feature): the windows it would be ablated on without pruning."""
-    return [set().union(*(plan.window_sets[p] for p in ps)) for ps in plan.pairs_of_feature.values()]
+def _n_feature_windows(pairs: np.ndarray, pair_windows: Sequence[np.ndarray]) -> int:
+    """(upstream feature, window) jobs there would be without pruning."""
+    seen: dict[tuple[int, int], set] = {}
+    for (l, f, _, _), w in zip(pairs.tolist(), pair_windows):
+        seen.setdefault((l, f), set()).update(w.tolist())
+    return sum(len(v) for v in seen.values())
+
+
+def _measure_silent(pairs: np.ndarray, pair_windows: list[np.ndarray], stored, threshold: float, acc: "_Acc"
+                    ) -> list[np.ndarray]:
+    """Record, from the store, every (pair, window) where the upstream feature does not fire (drop 0);
+    return per pair the windows left to run."""
+    fires: dict[tuple[int, int], np.ndarray] = {}
+    out = []
+    for p, ((l, f, m, j), w) in enumerate(zip(pairs.tolist(), pair_windows)):
+        if (l, f) not in fires:
+            fires[(l, f)] = stored.fires(l, f)
+        on = fires[(l, f)][w]
+        for x in w[~on].tolist():
+            pos, clean = stored.active(m, j, x, threshold)
+            acc.add(p, x, pos, clean, clean.copy())
+        out.append(w[on])
+    return out
 
 
 class _Acc:

@@ -21,7 +21,7 @@ from saelineage.causal.ablate import EFFECT_COLUMNS, ablate_pairs
 from saelineage.causal.error_projection import ERROR_COLUMNS, ending_features, merge_into_features, project_errors
 from saelineage.causal.report import correlations, print_correlations, write_plot
 from saelineage.causal.sampling import sample_edges, unique_pairs
-from saelineage.causal.windows import active_windows, choose, load_windows, window_rank
+from saelineage.causal.windows import active_windows, choose, load_windows, load_windows_with_codes, window_rank
 from saelineage.data.finalize import write_parquet
 from saelineage.errors import SaelineageError
 from saelineage.progress import console, progress
@@ -105,9 +105,14 @@ def ablate_run(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, fo
                     bar.advance(task)
                     continue
                 wins = np.unique(np.concatenate([pw[p] for p in sel]))
-                ids, mask = load_windows(run, wins)
+                keep: dict[int, list[int]] = {}
+                for l, f, m, j in pairs[sel].tolist():
+                    keep.setdefault(l, []).append(f)
+                    keep.setdefault(m, []).append(j)
+                ids, mask, stored = load_windows_with_codes(run, wins, {l: np.asarray(v) for l, v in keep.items()})
                 local = [np.searchsorted(wins, pw[p]) for p in sel]
-                res = ablate_pairs(rm.adapter, rm.saes, ids, pairs[sel], local, mask, threshold, cfg.batch_rows)
+                res = ablate_pairs(rm.adapter, rm.saes, ids, pairs[sel], local, mask, threshold, cfg.batch_rows,
+                                   stored=stored)
                 for k in stats:
                     stats[k] += int(res.info.get(k, 0))
                 write_parquet(part, res.table)

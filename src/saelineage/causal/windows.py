@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
+from saelineage.causal.stored import StoredCodes
 from saelineage.data.store import iter_shards, read_shard, shard_path, token_mask
 from saelineage.run import RunDir
 
@@ -53,18 +55,42 @@ def choose(windows: np.ndarray, k: int, rank: np.ndarray) -> np.ndarray:
 
 def load_windows(run: RunDir, windows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
     """Token ids int64 [W, S] and the token-set mask bool [W, S] of `windows` (in the given order)."""
+    ids, mask, _ = _read_windows(run, windows, {})
+    return ids, mask
+
+
+def load_windows_with_codes(run: RunDir, windows: np.ndarray, keep: dict[int, np.ndarray]
+                            ) -> tuple[torch.Tensor, np.ndarray, StoredCodes]:
+    """As `load_windows`, plus the stored clean codes of the `keep` {layer: features} on those windows."""
+    return _read_windows(run, windows, keep)
+
+
+def _read_windows(run: RunDir, windows: np.ndarray, keep: dict[int, np.ndarray]):
     m = run.load()
     windows = np.asarray(windows, dtype=np.int64)
     seq = int(m["window"])
     ids = np.zeros((len(windows), seq), np.int64)
     pos = np.zeros((len(windows), seq), np.int32)
     where = {int(w): r for r, w in enumerate(windows)}
+    layers = sorted(int(l) for l in keep)
+    parts: dict[int, list] = {l: [] for l in layers}
+    at: list[np.ndarray] = []  # store row of each part row, as w_local * seq + position index
     for s in sorted({int(w) // int(m["shard_windows"]) for w in windows}):
-        shard = read_shard(shard_path(run, s), layers=[])
+        shard = read_shard(shard_path(run, s), layers=layers)
         for w in np.unique(shard.window):
             if int(w) in where:
-                sel = shard.window == w
-                ids[where[int(w)]] = shard.tokens[sel]
-                pos[where[int(w)]] = shard.pos[sel]
+                sel = np.flatnonzero(shard.window == w)
+                r = where[int(w)]
+                ids[r] = shard.tokens[sel]
+                pos[r] = shard.pos[sel]
+                at.append(r * seq + np.arange(len(sel)))
+                for l in layers:
+                    parts[l].append(shard.codes[l].csr(int(m["d_sae"][str(l)]))[sel])
     mask = token_mask(pos.reshape(-1), bool(m.get("bos")), bool(m.get("include_bos", False))).reshape(pos.shape)
-    return torch.from_numpy(ids), mask
+    stored = None
+    if layers:
+        order = np.argsort(np.concatenate(at)) if at else np.zeros(0, np.int64)
+        codes = {l: sp.vstack(parts[l]).tocsr()[order] if parts[l] else
+                 sp.csr_matrix((len(windows) * seq, int(m["d_sae"][str(l)]))) for l in layers}
+        stored = StoredCodes(codes, mask, keep)
+    return torch.from_numpy(ids), mask, stored
