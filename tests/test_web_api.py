@@ -272,3 +272,24 @@ def test_neuronpedia_links():
     assert neuronpedia_url(ids, 3, 17) == "https://www.neuronpedia.org/gpt2-small/3-res-jb/17"
     assert neuronpedia_url(ids, 4, 17) is None
     assert neuronpedia_url(ids, 5, 2) == "https://www.neuronpedia.org/gemma-2-2b/5-gemmascope-res-16k/2"
+
+
+def test_feature_page_shows_hidden_in_error_when_present(tmp_path):
+    """After `ablate`, a feature without a successor shows its error projection; others show none."""
+    from saelineage.causal.error_projection import merge_into_features
+
+    run = build_sample_run(tmp_path / "run")
+    feats = pq.read_table(run.file("features.parquet")).to_pandas()
+    ending = feats[feats["lifecycle"].isin(["ending", "new+ending"])].iloc[0]
+    carried = feats[feats["lifecycle"] == "carried"].iloc[0]
+    l, f = int(ending["layer"]), int(ending["feature"])
+    merge_into_features(run, pa.table({
+        "layer": pa.array([l], pa.int32()), "feature": pa.array([f], pa.int32()),
+        "error_next_layer": pa.array([l + 1], pa.int32()), "error_proj_tokens": pa.array([321], pa.int64()),
+        "error_proj": [0.75], "error_proj_rel": [0.4321], "error_proj_base": [0.01], "resid_proj_rel": [0.9]}))
+    c = TestClient(create_app(run.path, allowed_hosts=["testserver"]))
+    page = c.get(f"/feature/{l}/{f}").text
+    assert 'id="hidden-in-error"' in page and "0.432" in page and "321" in page
+    assert f"layer {l + 1}&#39;s SAE error" in page or f"layer {l + 1}'s SAE error" in page
+    assert c.get(f"/api/features/{l}/{f}").json()["extra"]["error_proj_rel"] == pytest.approx(0.4321)
+    assert 'id="hidden-in-error"' not in c.get(f"/feature/{int(carried['layer'])}/{int(carried['feature'])}").text
