@@ -43,7 +43,8 @@ def ablate_command(
     batch_rows: int = typer.Option(32, help="(feature, window) rows per forward pass: different upstream features "
                                             "are ablated in different rows of one batch."),
     hidden: bool = typer.Option(True, "--hidden/--no-hidden",
-                                help="Also project the next layer's SAE error onto each ending feature's direction."),
+                                help="Also project the next layer's SAE error onto the direction of each feature "
+                                     "without a successor (lifecycle ending or new+ending)."),
     hidden_windows: int = typer.Option(256, help="Windows per run for the error projections (spread over features)."),
     ending_measure: str = typer.Option("pearson", help="Without analyze's lifecycle column: a feature 'ends' when no "
                                                        "edge to the next layer has this measure ≥ --ending-threshold."),
