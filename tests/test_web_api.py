@@ -293,3 +293,30 @@ def test_feature_page_shows_hidden_in_error_when_present(tmp_path):
     assert f"layer {l + 1}&#39;s SAE error" in page or f"layer {l + 1}'s SAE error" in page
     assert c.get(f"/api/features/{l}/{f}").json()["extra"]["error_proj_rel"] == pytest.approx(0.4321)
     assert 'id="hidden-in-error"' not in c.get(f"/feature/{int(carried['layer'])}/{int(carried['feature'])}").text
+
+
+def test_neighbours_carry_ablation_results(tmp_path):
+    """Edges sampled by `ablate` show its effect in both directions; other edges show none."""
+    from saelineage.data.finalize import write_parquet
+
+    run = build_sample_run(tmp_path / "run")
+    edges = pq.read_table(run.file("edges.parquet")).to_pandas()
+    e1, e2 = edges.iloc[0], edges.iloc[len(edges) // 2]
+    rows = [(e1, "jaccard", 0.5), (e1, "pearson", 0.5), (e2, "jaccard", 1.25)]  # e1 drawn for two measures
+    write_parquet(run.file("ablations.parquet"), pa.table({
+        "measure": [m for _, m, _ in rows], **{c: pa.array([int(e[c]) for e, _, _ in rows], pa.int32())
+                                              for c in ("src_layer", "src", "dst_layer", "dst")},
+        "mean_drop": [d for _, _, d in rows], "rel_drop": [d / 4 for _, _, d in rows],
+        "frac_off": [0.0] * 3, "n_tokens": pa.array([7] * 3, pa.int64())}))
+    c = TestClient(create_app(run.path, allowed_hosts=["testserver"]))
+    for e, drop in ((e1, 0.5), (e2, 1.25)):
+        key = tuple(int(e[k]) for k in ("src_layer", "src", "dst_layer", "dst"))
+        down = c.get(f"/api/features/{key[0]}/{key[1]}/neighbours", params={"limit": 500}).json()["down"]
+        up = c.get(f"/api/features/{key[2]}/{key[3]}/neighbours", params={"limit": 500}).json()["up"]
+        for lst in (down, up):
+            hit = [x for x in lst if (x["src_layer"], x["src"], x["dst_layer"], x["dst"]) == key]
+            assert len(hit) == 1 and hit[0]["ablation"] == {"mean_drop": drop, "rel_drop": drop / 4, "frac_off": 0.0,
+                                                            "n_tokens": 7}
+        sampled = {tuple(int(x[k]) for k in ("src_layer", "src", "dst_layer", "dst")) for x in (e1, e2)}
+        assert sum(x["ablation"] is not None for x in down) == sum(p[:2] == key[:2] for p in sampled)
+        assert sum(x["ablation"] is not None for x in up) == sum(p[2:] == key[2:] for p in sampled)

@@ -178,8 +178,10 @@ def _hidden(run: RunDir, rm, cfg: AblateConfig, threshold: float) -> dict:
     summary = {"note": note, "n_features": proj.num_rows, "n_windows": int(len(wins)), "n_measured": int(ok.sum()),
                "median_error_proj_rel": float(np.median(rel[ok])) if ok.any() else None,
                "median_error_proj_base": float(np.nanmedian(base)) if np.isfinite(base).any() else None}
-    console.print(f"hidden in the error: {summary['n_measured']} ending features measured; median share of their "
-                  f"write found in the next SAE's error: {summary['median_error_proj_rel']}")
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    console.print(f"hidden in the error: {summary['n_measured']:,} features without a successor measured; median share "
+                  f"of their write found in the next SAE's error: {fmt(summary['median_error_proj_rel'])} (median "
+                  f"projection on tokens where they are off: {fmt(summary['median_error_proj_base'])})")
     return summary
 
 

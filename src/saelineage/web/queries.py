@@ -220,10 +220,24 @@ class RunData(RelationQueries):
         return out
 
     def _ablations(self, layer: int, feature: int, here: tuple[str, str]) -> dict[tuple, dict]:
-        cols = {r["column_name"] for r in self.g.q(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'ablations'")}
-        if not {"src_layer", "src", "dst_layer", "dst"} <= cols:
-            return {}
-        res = self.g.q(f"SELECT * FROM ablations WHERE {here[0]} = ? AND {here[1]} = ?", [layer, feature])
-        show = [c for c in ABLATION_SHOWN if c in cols] or sorted(cols - {"src_layer", "src", "dst_layer", "dst"})
-        return {(r["src_layer"], r["src"], r["dst_layer"], r["dst"]): {c: r[c] for c in show} for r in res}
+        """Ablation results of the edges at (layer, feature), keyed by (src_layer, src, dst_layer, dst)."""
+        by_end = self._ablation_index()[0 if here[0] == "src_layer" else 1]
+        return by_end.get((int(layer), int(feature)), {})
+
+    def _ablation_index(self) -> tuple[dict, dict]:
+        """ablations.parquet (a sample, small) indexed by source and by target feature, once per generation."""
+        g = self.g
+        if "ablations_index" not in g.memo:
+            by_src: dict[tuple, dict] = {}
+            by_dst: dict[tuple, dict] = {}
+            cols = {r["column_name"] for r in g.q(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'ablations'")}
+            if {"src_layer", "src", "dst_layer", "dst"} <= cols:
+                show = [c for c in ABLATION_SHOWN if c in cols] or sorted(cols - {"src_layer", "src", "dst_layer", "dst"})
+                for r in g.q(f"SELECT DISTINCT src_layer, src, dst_layer, dst, {', '.join(show)} FROM ablations"):
+                    key = (r["src_layer"], r["src"], r["dst_layer"], r["dst"])
+                    val = {c: r[c] for c in show}
+                    by_src.setdefault(key[:2], {})[key] = val
+                    by_dst.setdefault(key[2:], {})[key] = val
+            g.memo["ablations_index"] = (by_src, by_dst)
+        return g.memo["ablations_index"]
