@@ -317,6 +317,10 @@ def test_neighbours_carry_ablation_results(tmp_path):
             hit = [x for x in lst if (x["src_layer"], x["src"], x["dst_layer"], x["dst"]) == key]
             assert len(hit) == 1 and hit[0]["ablation"] == {"mean_drop": drop, "rel_drop": drop / 4, "frac_off": 0.0,
                                                             "n_tokens": 7}
+        if drop == 1.25:  # the feature page shows the drop and the relative drop (31%)
+            page = c.get(f"/feature/{key[0]}/{key[1]}").text
+            cell = page[page.index("ablating the upstream feature: mean drop"):]
+            assert "on 7 tokens" in cell[:200] and ">1.25 <span class=\"lo\">31%</span>" in cell[:400]
         sampled = {tuple(int(x[k]) for k in ("src_layer", "src", "dst_layer", "dst")) for x in (e1, e2)}
         assert sum(x["ablation"] is not None for x in down) == sum(p[:2] == key[:2] for p in sampled)
         assert sum(x["ablation"] is not None for x in up) == sum(p[2:] == key[2:] for p in sampled)

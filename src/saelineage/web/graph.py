@@ -58,8 +58,8 @@ def graph(data: RunData, measure: str = "jaccard", min_value: float | None = Non
     order = order if order in ORDERS else "barycenter"
     max_nodes = int(min(max(max_nodes, 1), MAX_NODES))
     layers = [l for l in g.layers if (layer_min is None or l >= layer_min) and (layer_max is None or l <= layer_max)]
-    out: dict[str, Any] = {"measure": measure, "order": order, "layers": layers, **empty_layout(),
-                           "truncated": False, "missing": None}
+    out: dict[str, Any] = {"measure": measure, "order": order, "layers": layers, "community": community,
+                           **empty_layout(), "truncated": False, "missing": None}
     if "edges_dn" not in g.tables or not g.n:
         out["missing"] = STAGE_HINTS["stats"]
         return out

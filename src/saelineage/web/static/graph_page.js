@@ -67,7 +67,11 @@ async function load(push = false) {
     if (data.crossings) {
       parts.push(`crossings ${fmt(data.crossings.shown)} (ordered by id: ${fmt(data.crossings.by_feature)})`);
     }
-    if (data.truncated) parts.push('strongest edges only — raise max nodes or the minimum to see others');
+    if (data.truncated) {
+      parts.push(data.community !== undefined && data.community !== null
+        ? `the ${fmt(nNodes)} most active members only — narrow the layer range to see others`
+        : 'strongest edges only — raise max nodes or the minimum to see others');
+    }
     if (data.missing) parts.push(`no edges: ${data.missing}`);
     if (!data.missing && !nNodes) parts.push('nothing passes these filters');
     parts.push(`${Math.round(t1 - t0)} ms`);
