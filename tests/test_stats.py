@@ -199,3 +199,26 @@ def test_mutual_info_is_exact_near_independence():
     want = sum(nxy / N * np.log(nxy * N / (nx * ny)) for nxy, nx, ny in
                ((C, I, J), (I - C, I, N - J), (J - C, N - I, J), (N - I - J + C, N - I, N - J)))
     assert abs(got - float(want)) <= 1e-6 * float(want)
+
+
+def test_buffer_pool_holds_only_what_the_current_pass_uses():
+    """A pass whose layers or sizes differ from the last one's must not keep the old buffers too
+    (they would sit outside the memory budget): the pool reuses close fits and drops the rest."""
+    from saelineage.stats.batch import Batch, BufferPool
+
+    def nbytes(batch):
+        return sum(a.nbytes for b in batch.buf.values() for a in vars(b).values() if isinstance(a, np.ndarray))
+
+    d = {0: 512, 1: 512, 2: 512}
+    pool = BufferPool()
+    first = Batch([0, 1], {0}, d, ecap=90_000, tcap=4096, need_act=False, pool=pool)
+    old = list(first.buf.values())  # kept alive here, so identities stay unique
+    first.release()
+    second = Batch([0, 1, 2], {0, 1}, d, ecap=60_000, tcap=4096, need_act=False, pool=pool)  # layer 1 now a source
+    fresh = Batch([0, 1, 2], {0, 1}, d, ecap=60_000, tcap=4096, need_act=False, pool=BufferPool())
+    assert pool.free == [] and nbytes(second) <= 1.25 * nbytes(fresh)
+    taken = {id(b) for b in second.buf.values()}
+    second.release()
+    third = Batch([0, 1, 2], {0, 1}, d, ecap=60_000, tcap=4096, need_act=False, pool=pool)  # same shapes: reused
+    assert {id(b) for b in third.buf.values()} == taken
+    assert not any(b is o for b in third.buf.values() for o in old)  # 1.5x oversized: not reused

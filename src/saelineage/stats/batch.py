@@ -99,7 +99,9 @@ class LayerBuffer:
         return len(self.idx)
 
     def fits(self, tcap: int, ecap: int, vdtype, d: int, need_act: bool, is_src: bool) -> bool:
-        return (len(self.ptr) >= tcap + 1 and self.ecap >= ecap and self.vdtype == np.dtype(vdtype)
+        # not much larger either: an oversized buffer costs memory outside this pass's budget
+        return (tcap + 1 <= len(self.ptr) <= 1.25 * (tcap + 1) and ecap <= self.ecap <= 1.25 * ecap
+                and self.vdtype == np.dtype(vdtype)
                 and self.need_act == need_act and self.is_src == is_src and (not is_src or self.d == d))
 
     @staticmethod
@@ -123,6 +125,11 @@ class BufferPool:
     def give(self, bufs) -> None:
         self.free.extend(bufs)
 
+    def trim(self) -> None:
+        """Drop the buffers no batch took: they would sit in memory next to the new ones, outside
+        the pass's memory budget (a layer that was a target in one pass can be a source in the next)."""
+        self.free.clear()
+
 
 class Batch:
     """Tokens of consecutive shards: n_tok tokens, keep mask, per-layer buffers."""
@@ -134,6 +141,7 @@ class Batch:
         self.pool = pool or BufferPool()
         self.pos = np.empty(tcap, np.int32)
         self.buf = {l: self.pool.take(tcap, ecap, np.float32, d[l], need_act, l in src) for l in layers}
+        self.pool.trim()
         self.n_tok = 0
         self.n_shards = 0
 
