@@ -18,7 +18,6 @@ not the model, is the cost, so we cache activations once and loop over them ours
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -34,11 +33,10 @@ import torch
 
 from saelineage.errors import SaelineageError
 from saelineage.models.hooks import HookPoint, parse_hook
-from saelineage.run import atomic_write_bytes, config_hash
+from saelineage.run import config_hash
+from saelineage.saes.outdir import METRICS_JSON, TRAINING_JSON, _prepare_out, _publish, _write_json, is_complete
 
 TRAINER_VERSION = 1
-TRAINING_JSON = "training.json"
-METRICS_JSON = "metrics.json"
 LR_AT_4608 = 3e-3  # Adam lr for 4,608 latents on unit-variance inputs; scaled by sqrt(4608 / latents)
 
 
@@ -126,63 +124,6 @@ def model_key(spec: str) -> str:
 
         return f"sha256:{weights_sha256(path)}"
     return spec
-
-
-# ---- output folder ------------------------------------------------------------------------------
-def _read_training(out: Path) -> dict | None:
-    try:
-        return json.loads((out / TRAINING_JSON).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def is_complete(out: Path, digest: str) -> bool:
-    """True when `out` holds a finished training run of the configuration hashed `digest`."""
-    info = _read_training(out)
-    return bool(info and info.get("config_hash") == digest and info.get("status") == "complete"
-                and (out / METRICS_JSON).is_file())
-
-
-def _prepare_out(out: Path, digest: str, force: bool) -> None:
-    """Make `out` ready for a fresh run; refuse folders holding SAEs of another configuration."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise SaelineageError(f"--out {out} is a file.", "choose a folder path for the SAEs.")
-    info = _read_training(out)
-    sae_dirs = [d for d in out.iterdir() if d.is_dir() and (d / "cfg.json").is_file()]
-    ours = info is not None and "config_hash" in info
-    if not force:
-        if ours and info["config_hash"] != digest:
-            raise SaelineageError(
-                f"{out} holds SAEs of another configuration (hash {info['config_hash']}, this one {digest}).",
-                "choose another --out folder, or pass --force to replace them.")
-        if not ours and sae_dirs:
-            raise SaelineageError(f"{out} already holds SAE folders not written by `saelineage train` "
-                                  f"({', '.join(sorted(d.name for d in sae_dirs)[:4])}).",
-                                  "choose another --out folder, or pass --force to replace them.")
-    for d in sae_dirs:
-        shutil.rmtree(d)
-    for name in (TRAINING_JSON, METRICS_JSON):
-        (out / name).unlink(missing_ok=True)
-
-
-def _publish(work: Path, final: Path, digest: str) -> None:
-    """Rename the finished cache folder `work` to `final`, replacing an older or broken copy."""
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    try:
-        os.replace(work, final)
-    except OSError:  # another process published the same configuration in between
-        if not is_complete(final, digest):
-            raise
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(work, ignore_errors=True)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
 
 
 # ---- activations --------------------------------------------------------------------------------
