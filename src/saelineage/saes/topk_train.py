@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 with contextlib.redirect_stdout(io.StringIO()):  # sparsify prints a Triton notice to stdout on import
-    from sparsify import SparseCoder, SparseCoderConfig
+    from sparsify import SparseCoder, SparseCoderConfig  # noqa: F401 - re-exported for train.py
     from sparsify.fused_encoder import EncoderOutput
 
 from saelineage.models.hooks import HookPoint
