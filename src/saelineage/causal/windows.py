@@ -77,6 +77,7 @@ def _read_windows(run: RunDir, windows: np.ndarray, keep: dict[int, np.ndarray])
     at: list[np.ndarray] = []  # store row of each part row, as w_local * seq + position index
     for s in sorted({int(w) // int(m["shard_windows"]) for w in windows}):
         shard = read_shard(shard_path(run, s), layers=layers)
+        csr = {l: shard.codes[l].csr(int(m["d_sae"][str(l)])) for l in layers}  # once per shard
         for w in np.unique(shard.window):
             if int(w) in where:
                 sel = np.flatnonzero(shard.window == w)
@@ -85,7 +86,7 @@ def _read_windows(run: RunDir, windows: np.ndarray, keep: dict[int, np.ndarray])
                 pos[r] = shard.pos[sel]
                 at.append(r * seq + np.arange(len(sel)))
                 for l in layers:
-                    parts[l].append(shard.codes[l].csr(int(m["d_sae"][str(l)]))[sel])
+                    parts[l].append(csr[l][sel])
     mask = token_mask(pos.reshape(-1), bool(m.get("bos")), bool(m.get("include_bos", False))).reshape(pos.shape)
     stored = None
     if layers:
