@@ -324,3 +324,23 @@ def test_neighbours_carry_ablation_results(tmp_path):
         sampled = {tuple(int(x[k]) for k in ("src_layer", "src", "dst_layer", "dst")) for x in (e1, e2)}
         assert sum(x["ablation"] is not None for x in down) == sum(p[:2] == key[:2] for p in sampled)
         assert sum(x["ablation"] is not None for x in up) == sum(p[2:] == key[2:] for p in sampled)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_edges_per_node_keeps_each_nodes_strongest_edges(client, k):
+    """edges_per_node=k: exactly the edges among the k strongest out-edges of their source or
+    in-edges of their target, from the same full graph (brute force over its edge list)."""
+    q = {"measure": "jaccard", "max_nodes": 300, "min_value": 0.05}
+    full = client.get("/api/graph", params=q).json()
+    cut = client.get("/api/graph", params={**q, "edges_per_node": k}).json()
+    assert [cut["nodes"][c] for c in ("layer", "feature")] == [full["nodes"][c] for c in ("layer", "feature")]
+    edges = edge_rows(full)
+    want = set()
+    for end in (0, 1):
+        by: dict[int, list] = {}
+        for e in edges:
+            by.setdefault(e[end], []).append(e)
+        for lst in by.values():  # strongest first, ties by the other end's position
+            want |= set(sorted(lst, key=lambda e: (-e[2], e[1 - end]))[:k])
+    assert set(edge_rows(cut)) == want and len(want) < len(edges)
+    assert cut["edges_dropped"] == len(edges) - len(want)

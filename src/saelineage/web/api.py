@@ -106,8 +106,11 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
                layer_min: Optional[int] = Query(None, ge=0, le=100_000),
                layer_max: Optional[int] = Query(None, ge=0, le=100_000),
                community: Optional[int] = Query(None, ge=0, le=10**9),
-               max_nodes: int = Query(500, ge=1, le=MAX_NODES), order: Order = "barycenter") -> JSON:
-        return JSON(graph(data, measure, min_value, layer_min, layer_max, community, max_nodes, order))
+               max_nodes: int = Query(500, ge=1, le=MAX_NODES), order: Order = "barycenter",
+               edges_per_node: int = Query(0, ge=0, le=100, description="Keep each node's k strongest "
+                                           "in- and out-edges only (0: every edge)")) -> JSON:
+        return JSON(graph(data, measure, min_value, layer_min, layer_max, community, max_nodes, order,
+                          edges_per_node))
 
     @r.get("/communities", summary="Communities, largest first")
     async def communities(limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=10**9),

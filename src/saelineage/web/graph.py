@@ -21,7 +21,8 @@ import numpy as np
 from saelineage.web.layout import crossings, order_rows
 from saelineage.web.queries import MEASURES, STAGE_HINTS, Generation, RunData
 
-__all__ = ["MAX_NODES", "NODE_COLUMNS", "ORDERS", "crossings", "empty_layout", "graph", "order_rows"]
+__all__ = ["MAX_NODES", "NODE_COLUMNS", "ORDERS", "crossings", "empty_layout", "graph", "order_rows",
+           "strongest_per_node"]
 
 ORDERS = ("barycenter", "community", "feature")
 NODE_COLUMNS = ("layer", "feature", "label", "community", "density", "lifecycle", "pos", "row", "n_row")
@@ -51,8 +52,11 @@ def _idx_many(g: Generation, layer: np.ndarray, feature: np.ndarray) -> np.ndarr
 
 def graph(data: RunData, measure: str = "jaccard", min_value: float | None = None, layer_min: int | None = None,
           layer_max: int | None = None, community: int | None = None, max_nodes: int = 500,
-          order: str = "barycenter") -> dict[str, Any]:
-    """Nodes, edges and row order of the layered graph for the given filters."""
+          order: str = "barycenter", edges_per_node: int = 0) -> dict[str, Any]:
+    """Nodes, edges and row order of the layered graph for the given filters.
+
+    edges_per_node k > 0 keeps only each node's backbone: an edge stays when it is among the k
+    strongest out-edges of its source or the k strongest in-edges of its target (0: every edge)."""
     g = data.g
     measure = measure if measure in MEASURES else "jaccard"
     order = order if order in ORDERS else "barycenter"
@@ -96,7 +100,24 @@ def graph(data: RunData, measure: str = "jaccard", min_value: float | None = Non
         nodes = mem
     inside = np.isin(u, nodes) & np.isin(w, nodes)  # every fetched edge among the chosen nodes
     u, w, v = u[inside], w[inside], v[inside]
+    out["edges_per_node"] = int(max(edges_per_node, 0))
+    if edges_per_node > 0 and len(u):
+        keep = strongest_per_node(u, w, v, edges_per_node)
+        out["edges_dropped"] = int((~keep).sum())
+        u, w, v = u[keep], w[keep], v[keep]
     return out | _layout(g, nodes, u, w, v, layers, order)
+
+
+def strongest_per_node(u: np.ndarray, w: np.ndarray, v: np.ndarray, k: int) -> np.ndarray:
+    """bool [E]: edge e is among the k strongest out-edges of u[e] or in-edges of w[e] (ties by the other end)."""
+    keep = np.zeros(len(u), bool)
+    for a, b in ((u, w), (w, u)):
+        o = np.lexsort((b, -v, a))  # by node, strongest first
+        s = a[o]
+        start = np.r_[0, np.flatnonzero(s[1:] != s[:-1]) + 1]
+        rank = np.arange(len(s)) - np.repeat(start, np.diff(np.r_[start, len(s)]))
+        keep[o[rank < k]] = True
+    return keep
 
 
 def _top_edges(top: dict, layers: list[int], limit: int, lo: float) -> tuple[np.ndarray, ...]:

@@ -8,7 +8,7 @@ const form = document.getElementById('graph-controls');
 const info = document.getElementById('graph-info');
 const legend = document.getElementById('legend');
 const panel = document.getElementById('feature-panel');
-const FIELDS = ['measure', 'min_value', 'layer_min', 'layer_max', 'community', 'max_nodes', 'order'];
+const FIELDS = ['measure', 'min_value', 'layer_min', 'layer_max', 'community', 'max_nodes', 'order', 'edges_per_node'];
 
 const graph = new LayeredGraph(document.getElementById('graph-canvas'), document.getElementById('tooltip'), {
   onSelect: n => showFeaturePanel(panel, n.layer, n.feature, {measure: form.measure.value, onCommunity: setCommunity}),
@@ -64,6 +64,7 @@ async function load(push = false) {
     renderLegend();
     const nNodes = data.nodes.layer.length, nEdges = data.edges.src.length;
     const parts = [`${nNodes} features, ${nEdges} edges (${data.measure})`];
+    if (data.edges_dropped) parts.push(`${fmt(data.edges_dropped)} weaker edges hidden (${data.edges_per_node} per node)`);
     if (data.crossings) {
       parts.push(`crossings ${fmt(data.crossings.shown)} (ordered by id: ${fmt(data.crossings.by_feature)})`);
     }
