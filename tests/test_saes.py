@@ -286,6 +286,17 @@ def test_load_release_from_hub_cache(sl, tmp_path, monkeypatch):
     json.dumps(sae.meta)
     x = x_batch()
     assert torch.equal(sae.encode_dense(x), load_sae(folder).encode_dense(x))
+    # a run collected with the release finds its decoder for dec_cosine (no local path in the manifest)
+    from saelineage.data.importer import load_decoder
+    from saelineage.run import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.save({"schema_version": 1, "layers": [3, 4], "saes": {"3": sae.meta, "4": {**sae.meta, "sae_id": "blocks.4.hook_resid_pre"}}})
+    assert sae.meta["path"] is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        np.testing.assert_array_equal(load_decoder(run, 3), load_sae(folder).W_dec.numpy())
+        assert load_decoder(run, 4) is None  # not in the cache, offline: reported missing, not an error
 
 
 # -- bad inputs ---------------------------------------------------------------------------------

@@ -142,7 +142,8 @@ def write_run(
 
 
 def load_decoder(run: RunDir, layer: int) -> np.ndarray | None:
-    """Decoder directions [d_sae, d_in] of `layer`, from the run's decoder file or its SAE folder; None if unknown."""
+    """Decoder directions [d_sae, d_in] of `layer`, from the run's decoder file, its SAE folder or its SAELens
+    release (hub cache); None if unknown or unreachable."""
     meta = run.load().get("saes", {}).get(str(layer), {}) or {}
     if meta.get("decoder_file"):
         from safetensors import safe_open
@@ -153,4 +154,12 @@ def load_decoder(run: RunDir, layer: int) -> np.ndarray | None:
         from saelineage.saes.loading import load_sae
 
         return load_sae(meta["path"]).W_dec.float().cpu().numpy()
+    if meta.get("release") and meta.get("sae_id"):  # a SAELens hub release: from the Hugging Face cache
+        from saelineage.errors import SaelineageError
+        from saelineage.saes.release import load_release
+
+        try:
+            return load_release(meta["release"], meta["sae_id"]).W_dec.float().cpu().numpy()
+        except SaelineageError:  # not cached and offline: dec_cosine is reported missing for this layer
+            return None
     return None
