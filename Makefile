@@ -3,8 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export HF_HUB_OFFLINE ?= 1
+SHELL := /bin/bash
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-simd test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +23,15 @@ demo: install
 
 test: install
 	$(VENV)/bin/pytest -m "not slow" -q
+
+# the numeric tests again at every lower SIMD level of this machine (NumPy without AVX-512 /
+# AVX2 kernels, numba for a generic x86-64): results must not depend on SIMD dispatch
+test-simd: install
+	@$(PY) tests/simd.py | while IFS= read -r line; do \
+		IFS=';' read -ra vars <<< "$$line"; \
+		echo "== numeric tests with $$line"; \
+		env "$${vars[@]}" $(VENV)/bin/pytest -m "numeric and not slow" -q -p no:cacheprovider </dev/null || exit 1; \
+	done
 
 test-all: install
 	$(VENV)/bin/pytest -q

@@ -18,6 +18,7 @@ from saelineage.data.store import iter_shards, list_shards
 from saelineage.errors import SaelineageError
 from saelineage.models.loading import load_model
 from saelineage.saes.loading import load_saes
+import simd
 from runs import write_corpus, write_saes
 from tinymodels import tiny_llama
 
@@ -81,10 +82,21 @@ def _files(run_dir):
     return out
 
 
-def test_sigkill_then_resume_is_byte_identical(env, tmp_path):
-    environ = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    full = subprocess.run(_cli(env, tmp_path / "full"), env=environ, capture_output=True, text=True)
+@pytest.fixture(scope="module")
+def uninterrupted(env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "run"
+    full = subprocess.run(_cli(env, out), env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
     assert full.returncode == 0, full.stderr
+    return out
+
+
+@pytest.mark.parametrize("resume_at", ["same", "lowest-simd"])
+def test_sigkill_then_resume_is_byte_identical(env, uninterrupted, tmp_path, resume_at):
+    """Killed mid-collection, resumed: every file equals the uninterrupted run's, byte for byte.
+
+    With "lowest-simd" the resumed process runs NumPy's baseline kernels and generic numba
+    code (as another machine would), so the identity cannot rest on one SIMD dispatch."""
+    environ = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(_cli(env, tmp_path / "killed"), env=environ, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     shards = tmp_path / "killed" / "activations"
@@ -94,12 +106,15 @@ def test_sigkill_then_resume_is_byte_identical(env, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     n_before = len(list(shards.glob("shard-*.safetensors")))
-    n_total = len(list((tmp_path / "full" / "activations").glob("shard-*.safetensors")))
+    n_total = len(list((uninterrupted / "activations").glob("shard-*.safetensors")))
     assert 0 < n_before < n_total, "the kill must land mid-collection"
     assert not (tmp_path / "killed" / "features.parquet").exists()
+    if resume_at == "lowest-simd":
+        environ = {k: v for k, v in environ.items() if k not in ("NPY_DISABLE_CPU_FEATURES", "NUMBA_CPU_NAME")}
+        environ.update(simd.lowest())
     resumed = subprocess.run(_cli(env, tmp_path / "killed"), env=environ, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    a, b = _files(tmp_path / "full"), _files(tmp_path / "killed")
+    a, b = _files(uninterrupted), _files(tmp_path / "killed")
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
 
 

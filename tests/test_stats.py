@@ -11,6 +11,7 @@ from saelineage.stats import compute_stats
 from saelineage.stats.stage import plan_stats
 from saelineage.stats import kernels_scan as ks
 from saelineage.stats import measures as ms
+import numerics
 from test_stats_oracle import MEASURES, best, dec_cos, kept_mask, pair_oracle, synthetic_codes, to_csr
 
 W = 16  # tokens per window; windows start with BOS
@@ -167,7 +168,7 @@ def test_window_order_changes_only_rounding(tmp_path, codes):
         np.testing.assert_allclose(eb[col], ea[col], rtol=1e-12)
 
 
-def test_scalar_kernels_equal_numpy_formulas():
+def test_scalar_kernels_agree_with_numpy_formulas():
     rng = np.random.default_rng(0)
     n = 10_000
     ci = rng.integers(0, n + 1, 1000)
@@ -176,7 +177,8 @@ def test_scalar_kernels_equal_numpy_formulas():
     c = np.maximum(c, np.maximum(ci + cj - n, 0))
     want = ms.mutual_info(n, c, ci, cj)
     got = np.array([ks.mi_scalar(np.int64(n), np.int64(a), np.int64(b), np.int64(e)) for a, b, e in zip(c, ci, cj)])
-    assert np.array_equal(got, want)
+    # numba's log1p and NumPy's SIMD log1p may round differently: equal to MEASURE_RTOL, not bitwise
+    numerics.assert_close(got, want, "mutual_info numba vs numpy")
     p, si, sj = rng.random(1000) * 50, rng.random(1000) * 90, rng.random(1000) * 90
     isd_i, isd_j, irq_i, irq_j = (rng.random(1000) for _ in range(4))
     v = np.empty(6)
@@ -187,7 +189,7 @@ def test_scalar_kernels_equal_numpy_formulas():
         ks.cell_values(v, np.int64(n), np.int64(c[r]), p[r], np.int64(ci[r]), si[r], isd_i[r], irq_i[r],
                        np.int64(cj[r]), sj[r], isd_j[r], irq_j[r], True)
         got = np.array([ref[m][r] for m in MEASURES])
-        assert np.array_equal(v, got, equal_nan=True), r
+        numerics.assert_close(v, got, f"row {r}")
 
 
 def test_mutual_info_is_exact_near_independence():
