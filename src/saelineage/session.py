@@ -33,14 +33,19 @@ def load_run_model(run: RunDir | str | Path, device: str | None = None) -> RunMo
     spec = cfg.get("model") or (m.get("model") or {}).get("spec")
     if not spec or spec == "imported":
         raise SaelineageError(f"run {run.path} was imported without a model.",
-                              "collect the run with `saelineage collect` to use prompts and ablations.")
+                              "prompts and ablations need the model: collect the corpus with "
+                              "`saelineage collect RUN --model MODEL --saes SAES` into a new run directory.")
     saes = {}
     for layer in m["layers"]:
         meta = m["saes"].get(str(layer)) or {}
         path = meta.get("path")
         if not path or not Path(path).exists():
+            from saelineage.hints import collect_command
+
+            again = collect_command(run.path, force=True, manifest=m, saes="NEW_FOLDER")
             raise SaelineageError(f"the SAE of layer {layer} is not at {path!r} any more.",
-                                  "restore that folder, or re-run `saelineage collect --force`.")
+                                  f"restore that folder, or collect the run again from the SAEs' new folder: "
+                                  f"`{again}`.")
         saes[int(layer)] = load_sae(path, device=device or cfg.get("device", "cpu"), dtype=cfg.get("dtype", "float32"))
     adapter = load_model(spec, dtype=cfg.get("dtype", "float32"), device=device or cfg.get("device", "cpu"),
                          center_residual=m.get("center_residual"))

@@ -28,8 +28,9 @@ _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I32": np.in
 
 
 def _bad_shard(path: Path, why: str) -> SaelineageError:
-    return SaelineageError(f"activation shard {path} is unreadable or truncated ({why}).",
-                           "delete that shard and re-run `saelineage collect RUN` (it recomputes missing shards).")
+    from saelineage.hints import damaged_shard
+
+    return damaged_shard(path, why)
 
 
 def _grab(stage: dict, key: str, n: int, dtype) -> np.ndarray:
@@ -68,8 +69,7 @@ def read_layers(path: Path, layers: list[int], stage: dict | None = None):
             pos = get("pos")
             out = {l: (get(f"l{l}.indptr"), get(f"l{l}.indices"), get(f"l{l}.values")) for l in layers}
     except KeyError as exc:
-        raise SaelineageError(f"shard {path} has no tensor {exc}; it lacks layers among {layers}.",
-                              "re-run `saelineage collect --force` with those layers.") from exc
+        raise _bad_shard(path, f"no tensor {exc}: it lacks layers among {layers}, which the manifest lists") from exc
     except (OSError, ValueError, struct.error) as exc:
         raise _bad_shard(path, str(exc)) from exc
     for l, (ptr, idx, val) in out.items():
