@@ -20,14 +20,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from saelineage import __version__
-from saelineage.web.api import build_router
+from saelineage.web.api import MAX_BODY, build_router
 from saelineage.web.layout import warm_up
 from saelineage.web.prompt import PromptBackend, PromptService
 from saelineage.web.queries import MEASURES, SORTABLE, RunData
 
 HERE = Path(__file__).parent
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-MAX_BODY = 64 * 1024
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
@@ -96,7 +95,8 @@ def create_app(run_dir: str | Path, *, prompt_backend: Optional[PromptBackend] =
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):  # type: ignore[no-untyped-def]
         if request.url.path.startswith("/api") or request.url.path.startswith("/static"):
-            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+            # exc.headers carries e.g. the Allow header a 405 must send
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         return page(request, "error.html", exc.status_code, message=str(exc.detail), code=exc.status_code)
 
     swagger = swagger_ui_dir()

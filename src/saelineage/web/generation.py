@@ -164,6 +164,15 @@ class Generation:
                 "density": _clean(float(self.density[i])), "act_max": _clean(float(self.act_max[i])),
                 "lifecycle": self.lifecycle[i], "community": c if c >= 0 else None}
 
+    def brief_at(self, layer: int, feature: int) -> dict[str, Any]:
+        """`brief` of (layer, feature); for a feature the index lacks (an edge or split naming a feature
+        outside features.parquet) the same keys, with an empty label and nulls."""
+        i = self.idx(layer, feature)
+        if i is not None:
+            return self.brief(i)
+        return {"layer": int(layer), "feature": int(feature), "label": "", "density": None, "act_max": None,
+                "lifecycle": None, "community": None}
+
     def members(self, community: int) -> np.ndarray:
         lo = np.searchsorted(self.comm_sorted, community, "left")
         hi = np.searchsorted(self.comm_sorted, community, "right")

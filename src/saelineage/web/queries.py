@@ -214,8 +214,7 @@ class RunData(RelationQueries):
         out = [{c: _clean(cols[c][k]) for c in cols} for k in range(len(r))]
         abl = self._ablations(layer, feature, here) if "ablations" in g.tables else {}
         for e in out:
-            j = g.idx(e[there[0]], e[there[1]])
-            e["other"] = g.brief(j) if j is not None else {"layer": e[there[0]], "feature": e[there[1]], "label": ""}
+            e["other"] = g.brief_at(e[there[0]], e[there[1]])
             e["ablation"] = abl.get((e["src_layer"], e["src"], e["dst_layer"], e["dst"]))
         return out
 

@@ -106,8 +106,7 @@ class RelationQueries:
     def _ref(self, layer: Any, feature: Any) -> dict[str, Any] | None:
         if layer is None or feature is None:
             return None
-        i = self.g.idx(int(layer), int(feature))
-        return self.g.brief(i) if i is not None else {"layer": int(layer), "feature": int(feature), "label": ""}
+        return self.g.brief_at(int(layer), int(feature))
 
     # ---- communities ----------------------------------------------------------------
     def communities(self, limit: int = 100, offset: int = 0, min_size: int = 1) -> dict[str, Any]:
@@ -193,6 +192,5 @@ class RelationQueries:
                   f"({', '.join('?' * len(ids))}) GROUP BY layer, feature ORDER BY n DESC, top DESC, layer, feature "
                   "LIMIT ?", ids + [limit])
         for r in res:
-            i = g.idx(r["layer"], r["feature"])
-            r.update(g.brief(i) if i is not None else {})
+            r.update(g.brief_at(r["layer"], r["feature"]))
         return res, ids
