@@ -8,7 +8,6 @@ byte-identical to an uninterrupted one.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from saelineage.data.store import LayerCodes, list_shards, remove_stale_temporar
 from saelineage.data.windows import make_windows
 from saelineage.errors import SaelineageError
 from saelineage.progress import console, progress
-from saelineage.run import SCHEMA_VERSION, RunDir, config_hash
+from saelineage.run import SCHEMA_VERSION, RunDir, config_hash, writes_run
 
 
 @dataclass
@@ -92,15 +91,14 @@ def _prepare_run(run: RunDir, cfg: CollectConfig, force: bool) -> str:
                     f"(hash {old.get('config_hash')} vs {ident}).",
                     "choose another output directory, or pass --force to discard that run.",
                 )
-            shutil.rmtree(run.path)
-            run.check_writable()
+            run.clear()
         elif force:
-            shutil.rmtree(run.path)
-            run.check_writable()
+            run.clear()
     remove_stale_temporaries(run)
     return ident
 
 
+@writes_run("collect", create=True)
 def collect(run_dir: str | Path, cfg: CollectConfig, force: bool = False, adapter=None, saes=None) -> RunDir:
     """Collect sparse codes into `run_dir` (resumes an interrupted run of the same config)."""
     from saelineage.models.loading import load_model

@@ -1,34 +1,204 @@
-"""The run directory: manifest, stage status and file locations (DESIGN §3).
+"""The run directory: manifest, stage status, file locations and write access (DESIGN §3).
 
 Every stage reads what earlier stages wrote through this module, so paths and the
-manifest layout live in one place.
+manifest layout live in one place. Stages that write take `RunDir.writing` (or the
+`writes_run` decorator): one writer per run directory at a time, stale temporaries of a
+killed writer removed, and a full disk reported as one clear error.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import json
 import os
+import shutil
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from saelineage.errors import SaelineageError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there are not protected against a second writer
+    fcntl = None  # type: ignore[assignment]
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 STAGES = ("collect", "stats", "analyze", "ablate")
+LOCK = ".lock"
+#: Folders (relative to the run) where writers put ``.NAME.tmp-PID`` temporaries.
+TEMP_DIRS = (".", "activations", ".ablate-parts")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def temp_name(path: Path) -> Path:
+    """The temporary a writer of `path` fills before renaming it into place."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write `data` to `path` so that readers see either the old or the new file, never half.
+
+    A failed write (full disk, Ctrl-C) removes its temporary and names `path` in the error.
+    """
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            view = memoryview(data).cast("B")
+            while view:  # os.write may write less than asked (signals, >2 GiB)
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # ENOSPC from write(2) names no file
+        raise
+
+
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} TiB"
+
+
+def resume_command(run: "RunDir", stage: str) -> str:
+    """The command that resumes `stage` of `run`, as exact as the manifest allows (saelineage.hints)."""
+    from saelineage import hints
+
+    cmd = (hints.collect_command(run.path) if stage == "collect" else
+           hints.stats_command(run.path) if stage == "stats" else None)
+    return f"`{cmd}`" if cmd else f"`{hints.stage_command(run.path, stage)}` with the same options"
+
+
+def disk_full_error(exc: OSError, run: "RunDir", again: str) -> SaelineageError:
+    """The one message for ENOSPC / EDQUOT while writing into `run` (`again`: the command that resumes)."""
+    where = Path(exc.filename) if exc.filename else run.path
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = f"{_size(shutil.disk_usage(probe).free)} free there now"
+    except OSError:
+        free = "free space unknown"
+    what = "the disk quota is exceeded" if exc.errno == errno.EDQUOT else "the disk is full"
+    return SaelineageError(
+        f"{what}: writing {where} failed ({free}).",
+        f"free space on that disk (or raise the quota), then run the same command again ({again}): "
+        "it resumes and keeps everything already complete.",
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_HELD: dict[Path, list] = {}
+"""Run locks this process holds: resolved run path -> [lock fd, depth] (a stage may call another)."""
+
+
+def _holder(fd: int) -> dict[str, Any]:
+    """What the lock's holder recorded; it writes right after taking the lock, so retry briefly."""
+    for _ in range(20):
+        try:
+            info = json.loads(os.pread(fd, 4096, 0) or b"null")
+            if isinstance(info, dict):
+                return info
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.025)
+    return {}
+
+
+@contextmanager
+def _lock(run: "RunDir", stage: str) -> Iterator[bool]:
+    """Hold RUN/.lock (flock, non-blocking); yields True when this call took it (not re-entered).
+
+    flock belongs to the open file, so the kernel releases it when the process dies, even by
+    SIGKILL: a killed stage never leaves a lock that blocks the next run.
+    """
+    key = run.path.resolve()
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield False
+        finally:
+            _HELD[key][1] -= 1
+        return
+    if fcntl is None:
+        yield True
+        return
+    try:
+        fd = os.open(run.path / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except PermissionError as exc:
+        raise SaelineageError(f"cannot open the run's lock file {run.path / LOCK} ({exc.strerror}).",
+                              "run as a user who may write to the run directory, or fix its permissions.") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        h = _holder(fd)
+        os.close(fd)
+        pid = h.get("pid", "?")
+        raise SaelineageError(
+            f"run {run.path} is in use: `saelineage {h.get('stage', '?')}` (pid {pid} on {h.get('host', '?')}, "
+            f"started {h.get('started', '?')}) is writing to it, so `saelineage {stage}` may not.",
+            f"wait for that process to finish, or stop it (kill {pid}); a stopped or killed stage releases the "
+            "lock, and running its command again resumes it.",
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    _HELD[key] = [fd, 1]
+    try:
+        info = {"pid": os.getpid(), "stage": stage, "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield True
+    finally:
+        del _HELD[key]
+        try:
+            os.ftruncate(fd, 0)  # no stale pid for the next reader; a killed holder's is overwritten
+        except OSError:
+            pass
+        os.close(fd)  # releases the flock
+
+
+def writes_run(stage: str, create: bool = False, again: str | None = None) -> Callable[[F], F]:
+    """Decorator for a stage function whose first argument is the run directory: runs it under
+    `RunDir.writing(stage, create, again)`."""
+
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(run_dir, *args, **kwargs):
+            run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+            with run.writing(stage, create=create, again=again):
+                return fn(run_dir, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -138,6 +308,62 @@ class RunDir:
         extra: dict[str, Any] = {}
         yield extra
         self.set_stage(stage, "complete", seconds=round(time.perf_counter() - t0, 3), **extra)
+
+    # ---- write access ----------------------------------------------------------------
+    @contextmanager
+    def writing(self, stage: str, create: bool = False, again: str | None = None) -> Iterator["RunDir"]:
+        """Exclusive write access for `stage`; every stage that writes into the run takes it.
+
+        Refuses (SaelineageError naming the other process) while another process writes; then
+        removes temporaries that killed writers left; turns a full disk (ENOSPC/EDQUOT) into one
+        error that says which file, how much is free and that the same command resumes (`again`,
+        "{run}" standing for the run's path; default: `resume_command`). create: the run may not
+        exist yet (collect). Readers (serve, export) do not take it: atomic writes keep them
+        consistent.
+        """
+        try:
+            if create:
+                self.check_writable()
+            elif not self.exists():
+                self.load()  # raises: not a run directory
+            with _lock(self, stage) as first:
+                if first:
+                    self.remove_stale_temporaries()
+                yield self
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                cmd = again.format(run=self.path) if again else resume_command(self, stage)
+                raise disk_full_error(exc, self, cmd) from exc
+            raise
+
+    def remove_stale_temporaries(self) -> None:
+        """Drop the temporaries of writers that died (their pid is gone) or of this process."""
+        for sub in TEMP_DIRS:
+            folder = self.path / sub
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                name, _, pid = p.name.rpartition(".tmp-")
+                if not (p.name.startswith(".") and name):
+                    continue
+                try:
+                    owner = int(pid.split(".")[0])
+                except ValueError:
+                    continue
+                if owner == os.getpid() or not _alive(owner):
+                    try:
+                        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                    except OSError:
+                        pass
+
+    def clear(self) -> None:
+        """Delete everything in the run (for --force) except the lock its writer holds."""
+        if not self.path.is_dir():
+            return
+        for p in self.path.iterdir():
+            if p.name == LOCK:
+                continue
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
     def check_writable(self) -> None:
         try:

@@ -120,6 +120,7 @@ def write_plot(ablations: pa.Table, path: Path, title: str = "") -> Path:
         fig.update_xaxes(title_text=m, row=row, col=col)
         fig.update_yaxes(title_text="mean drop of downstream activation", row=row, col=col)
     fig.update_layout(title=title or "Ablation effect vs similarity", height=360 * nrow + 80, template="plotly_white")
-    html = fig.to_html(include_plotlyjs=True, full_html=True)
+    # a fixed div id: plotly's default is a random uuid, and a resumed run must write the same bytes
+    html = fig.to_html(include_plotlyjs=True, full_html=True, div_id="ablations")
     atomic_write_bytes(Path(path), html.encode())
     return Path(path)

@@ -8,6 +8,7 @@ and the error columns of features.parquet. Work is saved per block of upstream l
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,9 +26,10 @@ from saelineage.causal.windows import active_windows, choose, load_windows, load
 from saelineage.data.finalize import write_parquet
 from saelineage.errors import SaelineageError
 from saelineage.progress import console, progress
-from saelineage.run import RunDir, config_hash
+from saelineage.run import RunDir, config_hash, writes_run
 
 PARTS = ".ablate-parts"
+PART_INFO = "saelineage.ablate_counts"
 LAYERS_PER_PART = 8
 """Upstream layers ablated together: they share clean passes; an interrupted stage resumes per part."""
 
@@ -53,6 +55,7 @@ class AblateConfig:
     plot: bool = True
 
 
+@writes_run("ablate")
 def ablate_run(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, force: bool = False, device: str | None = None,
                model=None, show: bool = True) -> pa.Table:
     """Run the ablate stage; returns ablations.parquet's table. `model` = a preloaded RunModel."""
@@ -101,7 +104,12 @@ def ablate_run(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, fo
                 part = parts_dir / f"l{block[0]}-{block[-1]}-{key}.parquet"
                 sel = np.flatnonzero(np.isin(pairs[:, 0], block))
                 if part.is_file():
-                    results.append(pq.read_table(part))
+                    done = pq.read_table(part)
+                    # the part's own pass counts, so a resumed run records the same totals
+                    counted = json.loads((done.schema.metadata or {}).get(PART_INFO.encode(), b"{}"))
+                    for k in stats:
+                        stats[k] += int(counted.get(k, 0))
+                    results.append(done.replace_schema_metadata(None))
                     bar.advance(task)
                     continue
                 wins = np.unique(np.concatenate([pw[p] for p in sel]))
@@ -113,9 +121,10 @@ def ablate_run(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, fo
                 local = [np.searchsorted(wins, pw[p]) for p in sel]
                 res = ablate_pairs(rm.adapter, rm.saes, ids, pairs[sel], local, mask, threshold, cfg.batch_rows,
                                    stored=stored)
+                counted = {k: int(res.info.get(k, 0)) for k in stats}
                 for k in stats:
-                    stats[k] += int(res.info.get(k, 0))
-                write_parquet(part, res.table)
+                    stats[k] += counted[k]
+                write_parquet(part, res.table.replace_schema_metadata({PART_INFO: json.dumps(counted)}))
                 results.append(res.table)
                 bar.advance(task)
         effects = pa.concat_tables(results)

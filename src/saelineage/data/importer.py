@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -26,7 +25,7 @@ from saelineage import __version__
 from saelineage.data.finalize import summarize_run
 from saelineage.data.store import LayerCodes, write_shard
 from saelineage.errors import SaelineageError
-from saelineage.run import SCHEMA_VERSION, RunDir, atomic_write_bytes, config_hash
+from saelineage.run import SCHEMA_VERSION, RunDir, atomic_write_bytes, config_hash, writes_run
 
 DECODERS = "decoders.safetensors"
 
@@ -49,6 +48,7 @@ def _windows(n: int, window_len: int | None, window, pos) -> tuple[np.ndarray, n
             np.tile(np.arange(window_len, dtype=np.int32), n // window_len), window_len)
 
 
+@writes_run("collect", create=True, again="`write_run(...)` with force=True")
 def write_run(
     run_dir: str | Path,
     codes: Mapping[int, sp.spmatrix],
@@ -78,8 +78,7 @@ def write_run(
     if run.exists():
         if not force:
             raise SaelineageError(f"{run.path} already holds a run.", "choose another directory or pass force=True.")
-        shutil.rmtree(run.path)
-    run.check_writable()
+        run.clear()
     tokens = np.asarray(tokens, np.int32)
     n = len(tokens)
     if not codes:

@@ -9,7 +9,6 @@ temporary name and renamed, so a shard file that exists is complete.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -150,12 +149,5 @@ def token_mask(pos: np.ndarray, bos: bool, include_bos: bool) -> np.ndarray:
 
 
 def remove_stale_temporaries(run: RunDir) -> None:
-    """Drop half-written files a killed process may have left behind."""
-    for folder in (run.path, run.activations):
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if p.name.startswith(".") and ".tmp-" in p.name:
-                    try:
-                        os.unlink(p)
-                    except OSError:
-                        pass
+    """Drop half-written files a killed process may have left behind (see `RunDir.remove_stale_temporaries`)."""
+    run.remove_stale_temporaries()

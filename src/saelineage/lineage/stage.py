@@ -30,7 +30,7 @@ from saelineage.lineage.index import feature_rows
 from saelineage.lineage.prompt_graph import GraphContext, _vocab, sample_graphs
 from saelineage.lineage.validate import Requests, count
 from saelineage.progress import console
-from saelineage.run import RunDir, atomic_write_bytes
+from saelineage.run import RunDir, atomic_write_bytes, writes_run
 
 EDGE_COLUMNS = ("src_layer", "src", "dst_layer", "dst", "n_co", "jaccard", "sufficiency", "necessity",
                 "mutual_info", "pearson", "act_cosine")
@@ -115,6 +115,7 @@ def _merge_pairs(*dicts: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     return {l: np.unique(np.concatenate(ps), axis=0) for l, ps in out.items()}
 
 
+@writes_run("analyze")
 def analyze(run_dir: str | Path, *, force: bool = False, quiet: bool = False, **options: Any) -> RunDir:
     """Run the analyze stage on `run_dir` (options: AnalyzeOptions fields). Returns the RunDir."""
     unknown = set(options) - {f.name for f in fields(AnalyzeOptions)}

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from saelineage.run import atomic_write_bytes
+from saelineage.run import atomic_write_bytes, temp_name
 from saelineage.stats import kernels as kn
 from saelineage.stats.edges import HIST_BINS, PairResult
 from saelineage.stats.engine import Pair
@@ -67,7 +67,7 @@ def write_edges(path: Path, pairs: list[Pair], results: list[PairResult], n: int
     One source layer at a time (bounded memory), row groups of <= 1M rows with statistics,
     so readers (duckdb, pyarrow filters) skip to a (src_layer, src) range.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_name(path)
     schema = pa.schema([(c, pa.int32() if c in ("src_layer", "src", "dst_layer", "dst") else
                          pa.int64() if c == "n_co" else pa.float64()) for c in EDGE_COLUMNS])
     total, hists = 0, {}
@@ -83,6 +83,10 @@ def write_edges(path: Path, pairs: list[Pair], results: list[PairResult], n: int
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)  # Arrow's ENOSPC names no file
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from saelineage.data.store import list_shards, remove_stale_temporaries
 from saelineage.errors import SaelineageError
 from saelineage.progress import progress as make_progress
-from saelineage.run import RunDir
+from saelineage.run import RunDir, writes_run
 from saelineage.stats.edges import EdgeOptions
 from saelineage.stats.engine import Budget, Layout, Pair, plan, run_passes
 from saelineage.stats.measures import MAX_TOKENS, MEASURES, PRIMARY, side
@@ -164,6 +164,7 @@ def plan_stats(run_dir: str | Path, *, memory_limit: int | None = None, span: in
     return plan(st.layout, st.edge_opts, int(memory_limit or default_memory_limit()))
 
 
+@writes_run("stats")
 def compute_stats(run_dir: str | Path, *, span: int = 1, threshold: float = 0.0,
                   relative_threshold: float | None = None, include_bos: bool = False, min_support: int = 5,
                   top_k: int = 16, keep_thresholds: Mapping[str, float] | None = None,

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from saelineage.errors import SaelineageError
-from saelineage.run import RunDir
+from saelineage.run import RunDir, writes_run
 
 MAX_LABEL_CHARS = 1000
 _LAYER_RE = re.compile(r"^\s*(?:blocks\.)?(\d+)")
@@ -114,6 +114,7 @@ def read_label_file(path: str | Path) -> list[tuple[int, int, str]]:
     return [(l, f, t.strip()[:MAX_LABEL_CHARS]) for l, f, t in rows]
 
 
+@writes_run("labels import", again="`saelineage labels import {run} FILE` with the same FILE")
 def import_labels(run_dir: str | Path, path: str | Path, replace: bool = False) -> dict[str, int]:
     """Merge explanations from `path` into RUN/labels.parquet; returns counts (read, kept, unknown)."""
     import pyarrow.parquet as pq
