@@ -79,10 +79,30 @@ def _check_finite(x: torch.Tensor, layer: int, windows: np.ndarray) -> None:
         )
 
 
+def _manifest_readable(run: RunDir) -> bool:
+    try:
+        run.load()
+        return True
+    except SaelineageError:
+        return False
+
+
+def _outputs_present(run: RunDir, manifest: dict) -> bool:
+    """Every shard and summary file of a complete collection is on disk (a user may have deleted
+    a damaged shard or a summary file; collect then recomputes just those)."""
+    n_shards = int(manifest.get("n_shards") or 0)
+    have = {int(p.name[6:11]) for p in list_shards(run)}
+    return have >= set(range(n_shards)) and all(run.file(f).is_file() for f in ("features.parquet", "examples.parquet"))
+
+
 def _prepare_run(run: RunDir, cfg: CollectConfig, force: bool) -> str:
     run.check_writable()
     ident = config_hash(cfg.identity())
     if run.exists():
+        if force and not _manifest_readable(run):
+            run.clear()  # --force rebuilds a run whose manifest cannot be read at all
+            remove_stale_temporaries(run)
+            return ident
         old = run.load()
         if old.get("config_hash") != ident:
             if not force:
@@ -107,8 +127,10 @@ def collect(run_dir: str | Path, cfg: CollectConfig, force: bool = False, adapte
     run = RunDir(run_dir)
     ident = _prepare_run(run, cfg, force)
     if run.is_complete("collect"):
-        console.print(f"collect: {run.path} is complete; skipping (use --force to redo).")
-        return run
+        if _outputs_present(run, run.load()):
+            console.print(f"collect: {run.path} is complete; skipping (use --force to redo).")
+            return run
+        console.print(f"collect: {run.path} lacks some of its files; recomputing them.")
     if cfg.shard_windows % cfg.batch_windows:
         raise SaelineageError(f"--shard-windows {cfg.shard_windows} is not a multiple of --batch-windows {cfg.batch_windows}.",
                               "choose shard windows as a multiple of batch windows.")

@@ -246,14 +246,16 @@ class RunDir:
         if not self.manifest_path.is_file():
             raise SaelineageError(
                 f"{self.path} is not a saelineage run directory (no {MANIFEST}).",
-                "run `saelineage collect` first, or point to the folder that holds manifest.json.",
+                f"run `saelineage collect {self.path}` first (with --model/--saes/--corpus as needed), or point "
+                "to the folder that holds manifest.json.",
             )
         try:
             manifest = json.loads(self.manifest_path.read_text())
         except json.JSONDecodeError as exc:
             raise SaelineageError(
                 f"{self.manifest_path} is not valid JSON ({exc}).",
-                "re-run `saelineage collect --force` to rebuild the run.",
+                f"run the `saelineage collect {self.path} ...` command that made this run again, with its "
+                "options and --force (the manifest records them, but cannot be read).",
             ) from exc
         if manifest.get("schema_version", 0) > SCHEMA_VERSION:
             raise SaelineageError(
@@ -287,10 +289,11 @@ class RunDir:
         manifest = self.load()
         status = manifest.get("stages", {}).get(stage, {}).get("status")
         if status != "complete":
-            raise SaelineageError(
-                f"stage '{stage}' of run {self.path} is {status or 'missing'}, not complete.",
-                f"run `saelineage {stage} {self.path}` (it resumes where it stopped).",
-            )
+            from saelineage import hints
+
+            fix = (hints.recollect(self.path, manifest=manifest) if stage == "collect" else
+                   f"run `{hints.stage_command(self.path, stage)}` (it resumes where it stopped).")
+            raise SaelineageError(f"stage '{stage}' of run {self.path} is {status or 'missing'}, not complete.", fix)
         return manifest
 
     def set_stage(self, stage: str, status: str, **info: Any) -> None:

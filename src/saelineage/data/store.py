@@ -114,10 +114,9 @@ def read_shard(path: Path, layers: Iterable[int] | None = None) -> Shard:
     try:
         data = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise SaelineageError(
-            f"activation shard {path} is unreadable or truncated ({exc}).",
-            "delete that shard and re-run `saelineage collect RUN` to recompute it (other shards are kept).",
-        ) from exc
+        from saelineage.hints import damaged_shard
+
+        raise damaged_shard(path, exc) from exc
     want = sorted({int(k[1:].split(".")[0]) for k in data if k.startswith("l") and k.endswith(".indptr")})
     if layers is not None:
         missing = sorted(set(layers) - set(want))

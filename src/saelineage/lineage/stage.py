@@ -132,9 +132,13 @@ def analyze(run_dir: str | Path, *, force: bool = False, quiet: bool = False, **
         if not quiet:
             console.print(f"analyze: {run.path} is complete with these options; skipping (use --force to redo).")
         return run
-    for name in ("features.parquet", "feature_links.parquet", "edges.parquet"):
+    from saelineage.hints import recollect, stats_command
+
+    for name, writer in (("features.parquet", "collect"), ("feature_links.parquet", "stats"), ("edges.parquet", "stats")):
         if not run.file(name).is_file():
-            raise SaelineageError(f"{run.file(name)} is missing.", "re-run `saelineage stats RUN --force`.")
+            fix = (f"{recollect(run.path, manifest=manifest)}: collect writes {name}." if writer == "collect" else
+                   f"run `{stats_command(run.path, force=True, manifest=manifest)}`: stats writes {name}.")
+            raise SaelineageError(f"{run.file(name)} is missing.", fix)
     e = _edges(run)
     opt.check(list(e))
     with run.stage("analyze", options=asdict(opt), stats_stamp=stamp) as info:

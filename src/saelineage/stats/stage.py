@@ -77,8 +77,10 @@ def _thresholds(run: RunDir, layers, d, opts) -> dict[int, np.ndarray]:
         return {l: np.full(d[l], opts["threshold"]) for l in layers}
     path = run.file("features.parquet")
     if not path.is_file():
+        from saelineage.hints import recollect
+
         raise SaelineageError(f"{path} is missing; a relative threshold needs each feature's max activation.",
-                              "re-run `saelineage collect RUN` (it writes features.parquet).")
+                              f"{recollect(run.path)}: collect writes features.parquet.")
     t = pq.read_table(path, columns=["layer", "feature", "act_max"])
     lay, feat, mx_all = (t.column(c).to_numpy() for c in ("layer", "feature", "act_max"))
     out = {}
