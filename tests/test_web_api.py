@@ -344,3 +344,56 @@ def test_edges_per_node_keeps_each_nodes_strongest_edges(client, k):
             want |= set(sorted(lst, key=lambda e: (-e[2], e[1 - end]))[:k])
     assert set(edge_rows(cut)) == want and len(want) < len(edges)
     assert cut["edges_dropped"] == len(edges) - len(want)
+
+
+def test_serve_keeps_a_consistent_state_while_a_stage_rewrites_the_run(tmp_path, run):
+    """A browser left open while `analyze` reruns with other options: while the stage writes (and
+    its outputs are a mix of old and new files) every answer comes from the previous state; once
+    it finishes, the browser switches to the new results."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy, ignore=shutil.ignore_patterns(".browser-cache"))
+    app = create_app(copy, allowed_hosts=None)
+    data = app.state.data
+    data.refresh_s = 0.0
+    c = TestClient(app)
+
+    def lifecycle_counts() -> dict:
+        t = pq.read_table(copy / "features.parquet", columns=["lifecycle"]).column("lifecycle").to_pylist()
+        return {lab: t.count(lab) for lab in set(t)}
+
+    def shown_counts() -> dict:
+        rows = [c.get(f"/api/features/{l}/{f}").json()["lifecycle"] for l in range(4) for f in range(48)]
+        return {lab: rows.count(lab) for lab in set(rows)}
+
+    before = lifecycle_counts()
+    assert shown_counts() == before
+    overview = c.get("/api/overview").json()
+    spec = {"stage": "analyze", "run": str(copy), "mode": "pause", "k": 3, "kwargs": {"threshold": 0.95}}
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("killpoint.py")), json.dumps(spec)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ})
+    try:
+        assert proc.stdout.readline().strip() == "paused"  # analyze holds the lock, some outputs rewritten
+        assert data.run.writer()["stage"] == "analyze"
+        for _ in range(3):
+            assert c.get("/api/status").status_code == 200
+            data.wait_for_refresh()
+        # the previous state, not a mix (lifecycle.parquet is already rewritten, features.parquet not yet)
+        assert data._building is None and shown_counts() == before
+        assert c.get("/api/overview").json() == overview
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(120) == 0
+    finally:
+        proc.kill()
+    after = lifecycle_counts()
+    assert after != before  # the stricter threshold moved features from carried to new/ending
+    assert data.run.writer() is None
+    c.get("/api/status")
+    data.wait_for_refresh()
+    assert shown_counts() == after
+    assert c.get("/api/overview").json() != overview

@@ -339,6 +339,22 @@ class RunDir:
                 raise disk_full_error(exc, self, cmd) from exc
             raise
 
+    def writer(self) -> dict[str, Any] | None:
+        """Who is writing into the run now ({pid, stage, host, started}), or None.
+
+        Reads what the lock holder recorded rather than probing the flock itself, so a reader
+        (the browser) can never make a writer's non-blocking lock attempt fail. A holder that
+        died by SIGKILL leaves its record behind; its pid is gone, so it does not count."""
+        try:
+            info = json.loads((self.path / LOCK).read_bytes() or b"null")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
+            return None
+        if info.get("host") not in (None, socket.gethostname()):
+            return info  # another machine's process: its pid cannot be checked from here
+        return info if _alive(info["pid"]) else None
+
     def remove_stale_temporaries(self) -> None:
         """Drop the temporaries of writers that died (their pid is gone) or of this process."""
         for sub in TEMP_DIRS:

@@ -63,7 +63,9 @@ class RunData(RelationQueries):
             with self._lock:
                 if now - self._checked >= self.refresh_s and self._building is None:
                     self._checked = now
-                    if cache.signature(self.run) != self._gen.sig:
+                    # while a stage writes, its outputs are a mix of old and new files: keep
+                    # answering from the last consistent state and look again after it finishes
+                    if self.run.writer() is None and cache.signature(self.run) != self._gen.sig:
                         self._building = threading.Thread(target=self._rebuild, daemon=True, name="cache-rebuild")
                         self._building.start()
         return self._gen
