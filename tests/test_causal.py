@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from saelineage.causal.ablate import ablate_pairs, ablation_delta, write_directions
+from saelineage.causal.ablate import ablate_pairs, ablation_delta
 from saelineage.causal.sampling import assign_bins, bin_edges, sample_edges, unique_pairs
 from saelineage.models.loading import load_model
 from saelineage.saes.sae import SAE
@@ -225,7 +225,7 @@ def test_delta_is_decode_difference(arch, norm, rescale):
     without[:, f] = 0
     want = sae.decode(codes, x=s) - sae.decode(without, x=s)
     torch.testing.assert_close(ablation_delta(sae, s, codes, f), want, rtol=1e-4, atol=1e-4)
-    assert write_directions(sae, [f]).shape == (1, d)
+    assert sae.write_directions([f]).shape == (1, d)
 
 
 # ---- sampling ---------------------------------------------------------------------------------------

@@ -39,45 +39,23 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from saelineage.causal.engine import Engine, Plan
 
 EFFECT_COLUMNS = ("n_tokens", "n_windows", "n_windows_ablated", "mean_clean", "mean_drop", "median_drop",
                   "rel_drop", "frac_off")
 
 
-# ---- the SAE side: one latent's write ------------------------------------------------------------------
-def write_directions(sae, features: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Residual-space directions [F, d_in] such that latent f with code a writes a·dir_f (·scale).
-
-    Equals W_dec[f], divided by ||W_dec[f]|| for TopK SAEs with rescale_acts_by_decoder_norm."""
-    idx = torch.as_tensor(np.asarray(features, dtype=np.int64), device=sae.W_dec.device)
-    d = sae.W_dec[idx]
-    if sae.architecture == "topk" and getattr(sae, "rescale_acts_by_decoder_norm", False):
-        d = d / d.norm(dim=-1, keepdim=True)
-    return d
-
-
-def write_scale(sae, s: torch.Tensor) -> torch.Tensor | None:
-    """Per-token factor [...] that SAE.decode applies to writes for run-time normalised SAEs, else None.
-
-    s: SAE input [..., d_in]. layer_norm: the input's std; constant_norm_rescale: 1 / coeff."""
-    norm = getattr(sae, "normalize_activations", "none")
-    if norm == "layer_norm":
-        return (s - s.mean(dim=-1, keepdim=True)).std(dim=-1)
-    if norm == "constant_norm_rescale":
-        return s.norm(dim=-1) / (sae.d_in ** 0.5)
-    return None
-
-
+# ---- one latent's write (closed form) ------------------------------------------------------------------
 def ablation_delta(sae, s: torch.Tensor, codes: torch.Tensor, feature: int) -> torch.Tensor:
     """Residual change [N, d_in] that ablates `feature`: decode(codes) - decode(codes without it).
 
     s: SAE input [N, d_in]; codes: clean codes [N, d_sae]. Closed form; equals the decode
     difference (tested) without decoding twice."""
     a = codes[:, feature].to(s.dtype)
-    scale = write_scale(sae, s)
+    scale = sae.write_scale(s)
     if scale is not None:
         a = a * scale
-    return a[:, None] * write_directions(sae, [feature])[0][None, :]
+    return a[:, None] * sae.write_directions([feature])[0][None, :]
 
 
 # ---- the engine ----------------------------------------------------------------------------------------
@@ -132,7 +110,6 @@ def ablate_pairs(
     the store (drop exactly 0) and get no forward pass at all, clean or ablated.
     Returns one row per pair, in input order (duplicate pairs get identical rows).
     """
-    from saelineage.causal.engine import Engine, Plan
 
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 4)
     n_win, seq = ids.shape

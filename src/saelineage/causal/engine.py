@@ -58,13 +58,12 @@ class Engine:
         self.skip_prefix, self.info = skip_prefix, info
         self.fmt = BlockFormat()
         self.checked: dict[int, bool] = {}  # upstream layer -> restarting there reproduces a full pass
-        self.dirs = {l: write_dirs(saes[l], plan.feats[l]) for l in plan.src_layers}
+        self.dirs = {l: saes[l].write_directions(plan.feats[l]) for l in plan.src_layers}
 
     # ---- clean pass ----------------------------------------------------------------------------
     @torch.no_grad()
     def clean(self, W: np.ndarray, src: list[int], dst: list[int]) -> dict:
         """Cached clean state of windows W: x [C,S,d] per src layer, codes per layer, scales, refs."""
-        from saelineage.causal.ablate import write_scale
 
         plan, seq, C = self.plan, self.ids.shape[1], len(W)
         mask = torch.from_numpy(self.mask[W])
@@ -90,7 +89,7 @@ class Engine:
                     st["x"][L][rows] = x
                     c = codes[:, torch.as_tensor(plan.feats[L], device=codes.device)].float().cpu()
                     st["codes_l"][L][rows] = c.view(n, seq, -1) * mask[rows][..., None]
-                    sc = write_scale(sae, s)
+                    sc = sae.write_scale(s)
                     if sc is not None:
                         st["scale"].setdefault(L, torch.empty(C, seq, dtype=sc.dtype, device=sc.device))[rows] = sc.view(n, seq)
                 if L in dst:
@@ -224,8 +223,3 @@ class Engine:
             if progress:
                 progress.advance(task)
 
-
-def write_dirs(sae, feats: np.ndarray) -> torch.Tensor:
-    from saelineage.causal.ablate import write_directions
-
-    return write_directions(sae, feats)

@@ -22,7 +22,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from saelineage.causal.ablate import write_directions, write_scale
 from saelineage.data.finalize import write_parquet
 from saelineage.errors import SaelineageError
 from saelineage.run import RunDir
@@ -79,7 +78,7 @@ def project_errors(adapter, saes: dict, ids: torch.Tensor, token_mask: np.ndarra
     order = sorted(set(layers) | set(prev), key=lambda L: saes[L].hook.order)
     hooks = list(dict.fromkeys(saes[L].hook for L in order))
     acc = {l: np.zeros((6, len(features[l])), np.float64) for l in layers}
-    dirs = {l: write_directions(saes[l], features[l]) for l in layers}
+    dirs = {l: saes[l].write_directions(features[l]) for l in layers}
     for r0 in range(0, len(ids), batch_rows):
         res = adapter.residuals(ids[r0:r0 + batch_rows], hooks)
         mask = torch.from_numpy(np.asarray(token_mask[r0:r0 + batch_rows]).reshape(-1))
@@ -90,7 +89,7 @@ def project_errors(adapter, saes: dict, ids: torch.Tensor, token_mask: np.ndarra
             codes = sae.encode_dense(s_L)
             if L in acc:
                 a = codes[:, torch.as_tensor(features[L], device=codes.device)]
-                scale = write_scale(sae, s_L)
+                scale = sae.write_scale(s_L)
                 w = a * dirs[L].norm(dim=-1)[None, :] * (scale[:, None] if scale is not None else 1.0)
                 written[L] = (a, w)
             if L in prev:

@@ -260,6 +260,27 @@ class SAE:
                 out = out * state[1] + state[0]
         return out
 
+    def write_directions(self, features: torch.Tensor | np.ndarray | list[int]) -> torch.Tensor:
+        """Residual-space directions [F, d_in] such that latent f with code a writes a·dir_f (·write_scale).
+
+        Equals W_dec[f], divided by ||W_dec[f]|| for TopK SAEs with rescale_acts_by_decoder_norm."""
+        idx = torch.as_tensor(np.asarray(features, dtype=np.int64), device=self.W_dec.device)
+        d = self.W_dec[idx]
+        if self.architecture == "topk" and getattr(self, "rescale_acts_by_decoder_norm", False):
+            d = d / d.norm(dim=-1, keepdim=True)
+        return d
+
+    def write_scale(self, s: torch.Tensor) -> torch.Tensor | None:
+        """Per-token factor [...] that `decode` applies to writes of a run-time normalised SAE, else None.
+
+        s: SAE input [..., d_in]. layer_norm: the input's std; constant_norm_rescale: 1 / coeff
+        (the inverse of `_normalize_in`'s scaling)."""
+        if self.normalize_activations == "layer_norm":
+            return (s - s.mean(dim=-1, keepdim=True)).std(dim=-1)
+        if self.normalize_activations == "constant_norm_rescale":
+            return s.norm(dim=-1) / (self.d_in ** 0.5)
+        return None
+
     def decoder_directions(self) -> np.ndarray:
         """float32 [d_sae, d_in] decoder rows (for dec_cosine)."""
         return self.W_dec.detach().float().cpu().numpy()
