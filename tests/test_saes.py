@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from saelineage.errors import SaelineageError
 from saelineage.models.hooks import HookPoint
 from saelineage.run import sha256_file
-from saelineage.saes.loading import load_release, load_sae, load_saes, save_saelens
+from saelineage.saes.loading import load_sae, load_saes, save_saelens
+from saelineage.saes.release import load_release
 from saelineage.saes.sae import SAE, codes_to_dense
 
 D_IN, D_SAE, K = 16, 48, 5

@@ -43,7 +43,7 @@ def run_demo(run_dir: Path = DEFAULT_RUN, tokens: int = 200_000, serve: bool = T
              ablate: bool = True) -> dict[str, float]:
     """Train (once), collect, stats, analyze, ablate (small sample), then serve. Returns stage timings."""
     from saelineage.collect import CollectConfig, collect
-    from saelineage.saes.train import default_saes
+    from saelineage.saes.defaults import default_saes
 
     timings: dict[str, float] = {}
     t_all = time.perf_counter()

@@ -303,16 +303,6 @@ def _natural(p: Path) -> list:
     return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.name)]
 
 
-def load_release(release: str, sae_id: str, device: str | torch.device = "cpu",
-                 dtype: str | torch.dtype = "float32") -> SAE:
-    """Load SAE `sae_id` of a SAELens release through sae_lens (see `saelineage.saes.release`).
-
-    Needs the Hugging Face hub once; offline without a cached copy it raises SaelineageError."""
-    from saelineage.saes.release import load_release as _load_release
-
-    return _load_release(release, sae_id, device=device, dtype=dtype)
-
-
 def save_saelens(sae: SAE, folder: PathLike, metadata: dict[str, Any] | None = None, overwrite: bool = True) -> Path:
     """Write `sae` as a current-format SAELens folder (cfg.json + sae_weights.safetensors) that
     `sae_lens.SAE.load_from_disk` and `load_sae` load unchanged. Atomic: written to a temporary

@@ -34,7 +34,7 @@ def is_complete(out: Path, digest: str) -> bool:
                 and (out / METRICS_JSON).is_file())
 
 
-def _prepare_out(out: Path, digest: str, force: bool) -> None:
+def prepare_out(out: Path, digest: str, force: bool) -> None:
     """Make `out` ready for a fresh run; refuse folders holding SAEs of another configuration."""
     if not out.exists():
         return
@@ -58,7 +58,7 @@ def _prepare_out(out: Path, digest: str, force: bool) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _publish(work: Path, final: Path, digest: str) -> None:
+def publish(work: Path, final: Path, digest: str) -> None:
     """Rename the finished cache folder `work` to `final`, replacing an older or broken copy."""
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():

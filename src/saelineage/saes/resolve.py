@@ -14,11 +14,12 @@ RELEASES = {GPT2_RELEASE: ("blocks.{l}.hook_resid_pre", list(range(12)))}
 def resolve_saes(spec: str | None, model: str, device: str = "cpu", dtype: str = "float32",
                  layers: list[int] | None = None) -> dict:
     """SAEs keyed by layer for `spec` (folder, release name, or None = the model's default set)."""
-    from saelineage.saes.loading import load_release, load_saes
+    from saelineage.saes.loading import load_saes
+    from saelineage.saes.release import load_release
 
     if spec is None:
         if model == SMOLLM2:
-            from saelineage.saes.train import default_saes
+            from saelineage.saes.defaults import default_saes
 
             spec = str(default_saes())
         elif model == GPT2:

@@ -34,7 +34,7 @@ import torch
 from saelineage.errors import SaelineageError
 from saelineage.models.hooks import HookPoint, parse_hook
 from saelineage.run import config_hash
-from saelineage.saes.outdir import METRICS_JSON, TRAINING_JSON, _prepare_out, _publish, _write_json, is_complete
+from saelineage.saes.outdir import METRICS_JSON, TRAINING_JSON, prepare_out, publish, _write_json, is_complete
 
 TRAINER_VERSION = 1
 LR_AT_4608 = 3e-3  # Adam lr for 4,608 latents on unit-variance inputs; scaled by sqrt(4608 / latents)
@@ -265,7 +265,7 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
         work = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(work, ignore_errors=True)
     else:
-        _prepare_out(final, digest, force)
+        prepare_out(final, digest, force)
         work = final
     if cfg.threads:
         set_threads(cfg.threads)
@@ -350,7 +350,7 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
                     timings_s={k: round(v, 2) for k, v in timings.items()})
         _write_json(work / TRAINING_JSON, info)
         if cached:
-            _publish(work, final, digest)
+            publish(work, final, digest)
     except BaseException:
         if cached:  # never leave half a set in the cache
             shutil.rmtree(work, ignore_errors=True)
@@ -366,9 +366,3 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
                       f"evaluation {timings['evaluation']:.0f} s)")
     return final
 
-
-def default_saes(progress: bool = True) -> Path:
-    """Folder of the embedded default SAE set (SmolLM2-135M, resid_pre 0-11), trained once and cached."""
-    from saelineage.saes.defaults import default_saes as _default
-
-    return _default(progress=progress)
