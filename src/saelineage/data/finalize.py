@@ -59,6 +59,19 @@ def write_vocab(run: RunDir, tokenizer) -> None:
     atomic_write_bytes(run.file("vocab.json"), json.dumps({"tokens": strings, "decoded": decoded}).encode())
 
 
+def read_vocab(run: RunDir) -> list[str] | None:
+    """Decoded string of every token id (vocab.json), or None when the run has none or it is unreadable."""
+    p = run.file("vocab.json")
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    out = data.get("decoded") or data.get("tokens")
+    return [str(s) for s in out] if isinstance(out, list) else None
+
+
 def shard_of_window(manifest: dict, window: int) -> int:
     """Index of the shard holding `window` (shards hold whole windows)."""
     return int(window) // int(manifest["shard_windows"])

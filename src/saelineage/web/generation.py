@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from saelineage.data.finalize import read_vocab
 from saelineage.run import RunDir
 from saelineage.web import cache
 from saelineage.web.arrays import Arrays
@@ -30,14 +31,14 @@ STAGE_HINTS = {
 }
 
 
-def _clean(v: Any) -> Any:
+def json_safe(v: Any) -> Any:
     """JSON-safe scalar: NaN/inf become None, numpy scalars become Python ones."""
     if isinstance(v, (np.generic,)):
         v = v.item()
     if isinstance(v, float) and not np.isfinite(v):
         return None
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [json_safe(x) for x in v]
     return v
 
 
@@ -55,7 +56,7 @@ def _unmask(v: np.ndarray) -> np.ndarray:
 
 def rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     names = [d[0] for d in cur.description]
-    return [{n: _clean(v) for n, v in zip(names, r)} for r in cur.fetchall()]
+    return [{n: json_safe(v) for n, v in zip(names, r)} for r in cur.fetchall()]
 
 
 class Generation:
@@ -66,7 +67,7 @@ class Generation:
         self.con = duckdb.connect(str(files.db), read_only=True, config={"threads": 2})
         self.tables = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         self.manifest = run.load()
-        self.vocab = cache.load_vocab(run)
+        self.vocab = read_vocab(run)
         with np.load(files.tokens) as z:
             self.tok = {k: z[k] for k in z.files}
         wins = self.tok["window"].astype(np.int64)
@@ -155,13 +156,13 @@ class Generation:
 
     def row(self, i: int) -> dict[str, Any]:
         """Every column of features row `i` (JSON-safe)."""
-        return {k: _clean(v[i]) for k, v in self.fcols.items()}
+        return {k: json_safe(v[i]) for k, v in self.fcols.items()}
 
     def brief(self, i: int) -> dict[str, Any]:
         """What the browser shows about a feature in lists, tooltips and tables."""
         c = int(self.community[i])
         return {"layer": int(self.layer[i]), "feature": int(self.feature[i]), "label": self.label[i],
-                "density": _clean(float(self.density[i])), "act_max": _clean(float(self.act_max[i])),
+                "density": json_safe(float(self.density[i])), "act_max": json_safe(float(self.act_max[i])),
                 "lifecycle": self.lifecycle[i], "community": c if c >= 0 else None}
 
     def brief_at(self, layer: int, feature: int) -> dict[str, Any]:

@@ -31,7 +31,7 @@ NODE_COLUMNS = ("layer", "feature", "label", "community", "density", "lifecycle"
 MAX_NODES = 2000
 
 
-def _idx_many(g: Generation, layer: np.ndarray, feature: np.ndarray) -> np.ndarray:
+def feature_indices(g: Generation, layer: np.ndarray, feature: np.ndarray) -> np.ndarray:
     """Feature-index rows of many (layer, feature) pairs; -1 where unknown."""
     out = np.full(len(layer), -1, np.int64)
     if not g.dense:
@@ -78,7 +78,7 @@ def graph(data: RunData, measure: str = "jaccard", min_value: float | None = Non
         limit = min(max_nodes, max(64, 4 * max_nodes // (len(layers) - 1)))
         while True:
             sl, s, dl, d, v, rk = _top_edges(top, layers, limit, lo)
-            u, w = _idx_many(g, sl, s), _idx_many(g, dl, d)
+            u, w = feature_indices(g, sl, s), feature_indices(g, dl, d)
             ok = (u >= 0) & (w >= 0)
             o = np.lexsort((-v[ok], rk[ok])) if ok.any() else np.zeros(0, np.int64)
             u, w, v = u[ok][o], w[ok][o], v[ok][o]
@@ -105,7 +105,7 @@ def graph(data: RunData, measure: str = "jaccard", min_value: float | None = Non
         keep = strongest_per_node(u, w, v, edges_per_node)
         out["edges_dropped"] = int((~keep).sum())
         u, w, v = u[keep], w[keep], v[keep]
-    return out | _layout(g, nodes, u, w, v, layers, order)
+    return out | layout(g, nodes, u, w, v, layers, order)
 
 
 def strongest_per_node(u: np.ndarray, w: np.ndarray, v: np.ndarray, k: int) -> np.ndarray:
@@ -150,7 +150,7 @@ def _edges_among(g: Generation, nodes: np.ndarray, measure: str, lo: float) -> t
     cnt = b - a
     rows = np.repeat(a - np.cumsum(cnt) + cnt, cnt) + np.arange(int(cnt.sum()))  # concat of ranges [a, b)
     u = np.repeat(nodes, cnt)
-    w = _idx_many(g, np.asarray(g.arr.col("dst_layer")[rows], np.int64), np.asarray(g.arr.col("dst")[rows], np.int64))
+    w = feature_indices(g, np.asarray(g.arr.col("dst_layer")[rows], np.int64), np.asarray(g.arr.col("dst")[rows], np.int64))
     inside = np.zeros(g.n + 1, bool)
     inside[nodes] = True
     v = np.asarray(g.arr.col(measure)[rows], np.float64)
@@ -168,7 +168,7 @@ def _fill(u: np.ndarray, w: np.ndarray, max_nodes: int) -> tuple[np.ndarray, int
     return np.unique(ends[: 2 * cut]), cut
 
 
-def _layout(g: Generation, nodes: np.ndarray, u: np.ndarray, w: np.ndarray, v: np.ndarray, layers: list[int],
+def layout(g: Generation, nodes: np.ndarray, u: np.ndarray, w: np.ndarray, v: np.ndarray, layers: list[int],
             order: str) -> dict[str, Any]:
     nodes = np.unique(nodes)
     eu, ev = np.searchsorted(nodes, u).astype(np.int64), np.searchsorted(nodes, w).astype(np.int64)
@@ -195,5 +195,5 @@ def _layout(g: Generation, nodes: np.ndarray, u: np.ndarray, w: np.ndarray, v: n
 
 
 def empty_layout() -> dict[str, Any]:
-    """The nodes/edges of a graph with nothing to show (same shape as `_layout`)."""
+    """The nodes/edges of a graph with nothing to show (same shape as `layout`)."""
     return {"nodes": {c: [] for c in NODE_COLUMNS}, "edges": {"src": [], "dst": [], "value": []}, "crossings": None}

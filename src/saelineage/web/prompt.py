@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from saelineage.errors import SaelineageError
-from saelineage.web.graph import MAX_NODES, _idx_many, _layout, empty_layout
+from saelineage.web.graph import MAX_NODES, empty_layout, feature_indices, layout
 from saelineage.web.generation import Generation
 from saelineage.web.queries import MEASURES, RunData
 
@@ -145,7 +145,7 @@ class PromptService:
         nodes, act = np.array(rows, np.int64), np.array(acts, np.float64)
         u, w, v = self._edges(nodes, measure, min_value)
         nodes, act, u, w, v, truncated = _select(g, nodes, act, u, w, v, rel, measure, min(max_nodes, MAX_NODES))
-        out = _layout(g, nodes, u, w, v, g.layers, order) if len(nodes) else empty_layout()
+        out = layout(g, nodes, u, w, v, g.layers, order) if len(nodes) else empty_layout()
         by_row = dict(zip(nodes.tolist(), act.tolist()))
         shown = np.unique(nodes).tolist()
         out["nodes"]["activation"] = [by_row[i] for i in shown]
@@ -165,7 +165,7 @@ class PromptService:
         v = np.asarray(g.arr.col(measure)[rows], np.float64)
         nxt = np.full(max(g.layers + [0]) + 2, -1, np.int64)
         nxt[g.layers[:-1]] = g.layers[1:]
-        u, w = _idx_many(g, sl, s), _idx_many(g, dl, d)
+        u, w = feature_indices(g, sl, s), feature_indices(g, dl, d)
         keep = np.isin(w, nodes) & (nxt[sl] == dl) & np.isfinite(v)
         if min_value is not None:
             keep &= v >= min_value

@@ -20,7 +20,7 @@ import numpy as np
 from saelineage.run import RunDir
 from saelineage.web import cache
 from saelineage.web.generation import (ABLATION_SHOWN, ID_RE, MEASURES, SORTABLE, STAGE_HINTS, Generation,
-                                       _clean, rows)
+                                       json_safe, rows)
 from saelineage.web.labels import neuronpedia_url
 from saelineage.web.relations import RelationQueries
 
@@ -181,7 +181,7 @@ class RunData(RelationQueries):
         if i is None:
             return []
         x = g.arr.examples(i)
-        ex = [{"rank": int(r), "value": _clean(float(v)), "window": int(w), "pos": int(p), "token": int(t)}
+        ex = [{"rank": int(r), "value": json_safe(float(v)), "window": int(w), "pos": int(p), "token": int(t)}
               for r, v, w, p, t in zip(*(x[c][:limit].tolist() for c in ("rank", "value", "window", "pos", "token")))]
         for e in ex:
             w = e["window"]
@@ -213,7 +213,7 @@ class RunData(RelationQueries):
         o = np.lexsort((g.arr.col(there[1])[r], g.arr.col(there[0])[r], np.where(np.isnan(v), np.inf, -v)))
         r = r[o[:limit]]
         cols = {c: g.arr.col(c)[r].tolist() for c in g.arr.edge_cols}
-        out = [{c: _clean(cols[c][k]) for c in cols} for k in range(len(r))]
+        out = [{c: json_safe(cols[c][k]) for c in cols} for k in range(len(r))]
         abl = self._ablations(layer, feature, here) if "ablations" in g.tables else {}
         for e in out:
             e["other"] = g.brief_at(e[there[0]], e[there[1]])
