@@ -42,7 +42,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     args = ap.parse_args()
 
-    from saelineage.collect import CollectConfig, collect
+    from saelineage.collect.config import CollectConfig
+    from saelineage.collect.stage import collect
     from saelineage.data.corpus import load_corpus
     from saelineage.data.windows import make_windows
     from saelineage.models.loading import load_model

@@ -97,9 +97,10 @@ def make_run(path: Path, tokens: int, layers: int, d: int, l0: float, seed: int 
 
 STATS_CHILD = """
 import json, resource, sys, time
-from saelineage.stats import compute_stats
+from saelineage.stats.config import StatsConfig
+from saelineage.stats.stage import run_stats
 t = time.perf_counter()
-s = compute_stats(sys.argv[1], memory_limit=int(sys.argv[2]), workers=int(sys.argv[3]), progress=False, force=True)
+s = run_stats(sys.argv[1], StatsConfig(memory_limit=int(sys.argv[2]), workers=int(sys.argv[3])), progress=False, force=True)
 print(json.dumps({"seconds": time.perf_counter() - t, "cpu": time.process_time(),
                   "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
@@ -113,7 +114,7 @@ def warm_up(path: Path) -> None:
 
 
 def run_stats(run: RunDir, limit: int, workers: int) -> dict:
-    """compute_stats in a child process (its peak RSS is then the stage's alone)."""
+    """run_stats in a child process (its peak RSS is then the stage's alone)."""
     out = subprocess.run([sys.executable, "-c", STATS_CHILD, str(run.path), str(limit), str(workers)],
                          check=True, capture_output=True, text=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])

@@ -49,9 +49,10 @@ def main(spec: dict) -> None:
     kwargs = spec.get("kwargs") or {}
     stage = spec["stage"]
     if stage == "stats":
-        from saelineage.stats import compute_stats
+        from saelineage.stats.config import StatsConfig
+        from saelineage.stats.stage import run_stats
 
-        compute_stats(run, progress=False, **kwargs)
+        run_stats(run, StatsConfig(**kwargs), progress=False)
     elif stage == "analyze":
         from saelineage.lineage import analyze
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from saelineage.collect import CollectConfig, collect
+from saelineage.collect.config import CollectConfig
+from saelineage.collect.stage import collect
 from saelineage.data.store import iter_shards
 from saelineage.errors import SaelineageError
 from saelineage.models.loading import load_model

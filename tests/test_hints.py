@@ -8,7 +8,6 @@ unbroken run gives.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import shlex
@@ -18,13 +17,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from saelineage.cli import app
-from saelineage.collect import CollectConfig
 from saelineage.errors import SaelineageError
-from saelineage.hints import COLLECT_FLAGS
 from saelineage.run import RunDir
 from runs import write_corpus, write_saes
 from tinymodels import tiny_llama
@@ -74,14 +70,6 @@ def follow(exc: SaelineageError, **replace: str) -> list[str]:
 
 def files(run: RunDir, names) -> dict[str, bytes]:
     return {n: run.file(n).read_bytes() for n in names}
-
-
-def test_collect_hint_knows_every_collect_option():
-    fields = {f.name for f in dataclasses.fields(CollectConfig)} - {"extra"}
-    assert set(COLLECT_FLAGS) == fields
-    cmd = typer.main.get_command(app).commands["collect"]
-    flags = {o for p in cmd.params for o in p.opts if o.startswith("--")}
-    assert set(COLLECT_FLAGS.values()) <= flags
 
 
 def test_missing_features_parquet_names_collect_and_collect_rebuilds_it(env, tmp_path):
@@ -193,17 +181,18 @@ def test_imported_run_hint_is_the_store_api(tmp_path):
     import scipy.sparse as sp
 
     from saelineage.data.importer import write_run
-    from saelineage.stats import compute_stats
+    from saelineage.stats.config import StatsConfig
+    from saelineage.stats.stage import run_stats
 
     rng = np.random.default_rng(0)
     codes = {l: sp.csr_matrix((rng.random((64, 12)) < 0.3) * rng.random((64, 12))) for l in (0, 1)}
     run = write_run(tmp_path / "imp", codes, tokens=np.arange(64) % 7, window_len=8, bos=True)
-    compute_stats(run.path, progress=False, min_support=1)
+    run_stats(run.path, StatsConfig(min_support=1), progress=False)
     run.file("features.parquet").unlink()
     with pytest.raises(SaelineageError, match="features.parquet is missing") as e:
         cli("analyze", str(run.path))
     assert "write_run(..., force=True)" in e.value.fix
     run = write_run(tmp_path / "imp", codes, tokens=np.arange(64) % 7, window_len=8, bos=True, force=True)
-    compute_stats(run.path, progress=False, min_support=1)
+    run_stats(run.path, StatsConfig(min_support=1), progress=False)
     cli("analyze", str(run.path))
     assert pq.read_table(run.file("features.parquet")).num_rows == 24

@@ -26,12 +26,13 @@ EXACT = ("src_layer", "src", "dst_layer", "dst", "n_co", "layer", "feature", "ac
 STATS_SCRIPT = """
 import sys
 import numpy as np
-from saelineage.stats import compute_stats
+from saelineage.stats.config import StatsConfig
+from saelineage.stats.stage import run_stats
 rng = np.random.default_rng(5)
 dec = {l: rng.normal(size=(d, 12)).astype(np.float32) for l, d in ((0, 40), (2, 30), (5, 35))}
-compute_stats(sys.argv[1], span=2, relative_threshold=0.2 if sys.argv[2] == "rel" else None,
-              keep_thresholds={"pearson": 0.6, "mutual_info": 0.05}, top_k=3, min_support=3,
-              decoders=dec, progress=False)
+run_stats(sys.argv[1], StatsConfig(span=2, relative_threshold=0.2 if sys.argv[2] == "rel" else None,
+                                   keep={"pearson": 0.6, "mutual_info": 0.05}, top_k=3, min_support=3),
+          decoders=dec, progress=False)
 """
 
 

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from saelineage.data.importer import write_run
-from saelineage.stats import compute_stats
+from saelineage.stats.config import StatsConfig
+from saelineage.stats.stage import run_stats
 from saelineage.stats.stage import plan_stats
 from saelineage.stats import kernels_scan as ks
 from saelineage.stats import measures as ms
@@ -61,8 +62,7 @@ def test_every_measure_matches_the_oracle(tmp_path, codes, decoders, span, rel, 
     run = make_run(tmp_path / "run", codes)
     k, ms_, keep = 3, 3, {"pearson": 0.6, "necessity": 0.95, "mutual_info": 0.05}
     kw = {} if primary is None else {"primary": primary}
-    s = compute_stats(run.path, span=span, threshold=thr, relative_threshold=rel, min_support=ms_, top_k=k,
-                      keep_thresholds=keep, decoders=decoders, progress=False, **kw)
+    s = run_stats(run.path, StatsConfig(span=span, threshold=thr, relative_threshold=rel, min_support=ms_, top_k=k, keep=keep, **kw), decoders=decoders, progress=False)
     layers = [0, 2, 5]
     mask = kept_tokens(len(codes[0]))
     x = {l: codes[l][mask] for l in layers}
@@ -103,7 +103,7 @@ def test_every_measure_matches_the_oracle(tmp_path, codes, decoders, span, rel, 
 
 def test_active_count_and_constant_features(tmp_path, codes):
     run = make_run(tmp_path / "run", codes)
-    compute_stats(run.path, progress=False)
+    run_stats(run.path, progress=False)
     links = pq.read_table(run.file("feature_links.parquet")).to_pandas()
     mask = kept_tokens(len(codes[0]))
     for l in (0, 2, 5):
@@ -129,11 +129,11 @@ def limit_for_passes(run, lo, hi, span=2):
     a, b = 1, 1 << 30
     while b - a > 1:
         mid = (a + b) // 2
-        if len(plan_stats(run.path, memory_limit=mid, span=span).passes) > hi:
+        if len(plan_stats(run.path, StatsConfig(memory_limit=mid, span=span)).passes) > hi:
             a = mid
         else:
             b = mid
-    assert lo <= len(plan_stats(run.path, memory_limit=b, span=span).passes) <= hi
+    assert lo <= len(plan_stats(run.path, StatsConfig(memory_limit=b, span=span)).passes) <= hi
     return b
 
 
@@ -143,7 +143,7 @@ def test_identical_whatever_shards_workers_and_memory(tmp_path, codes, decoders,
     mid = limit_for_passes(make_run(tmp_path / "probe", codes), 4, 6)
     for k, (sw, workers, mem) in enumerate([(7, 2, None), (1, 2, None), (64, 1, None), (64, 2, 1), (5, 2, mid)]):
         run = make_run(tmp_path / f"run{k}", codes, shard_windows=sw)
-        s = compute_stats(run.path, span=2, workers=workers, memory_limit=mem, decoders=decoders, progress=False)
+        s = run_stats(run.path, StatsConfig(span=2, workers=workers, memory_limit=mem), decoders=decoders, progress=False)
         if mem == 1:
             assert s.passes == 40 + 40 + 30  # one source row per block: every row its own pass
         if mem == mid:
@@ -161,7 +161,7 @@ def test_window_order_changes_only_rounding(tmp_path, codes):
     rows = (perm[:, None] * W + np.arange(W)).ravel()
     b = make_run(tmp_path / "b", {l: x[rows] for l, x in codes.items()}, shard_windows=5)
     for r in (a, b):
-        compute_stats(r.path, span=2, progress=False)
+        run_stats(r.path, StatsConfig(span=2), progress=False)
     ea, eb = (pq.read_table(r.file("edges.parquet")).to_pandas() for r in (a, b))
     assert (ea[["src_layer", "src", "dst_layer", "dst", "n_co"]].values == eb[["src_layer", "src", "dst_layer", "dst", "n_co"]].values).all()
     for col in VALUE_COLUMNS:

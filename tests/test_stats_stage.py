@@ -12,9 +12,11 @@ from typer.testing import CliRunner
 from saelineage.cli import app
 from saelineage.errors import SaelineageError
 from saelineage.run import RunDir
-from saelineage.stats import MEASURES, compute_stats
+from saelineage.stats.config import StatsConfig
+from saelineage.stats.stage import run_stats
+from saelineage.stats.measures import MEASURES
 from saelineage.stats import outputs as stats_outputs
-from saelineage.stats.command import parse_size
+from saelineage.stats.config import parse_size
 from test_stats import make_run, same_table
 from test_stats_oracle import synthetic_codes
 
@@ -32,31 +34,31 @@ def run(tmp_path, codes):
 def test_incomplete_collect_is_refused(run):
     run.set_stage("collect", "running")
     with pytest.raises(SaelineageError, match="collect.*not complete"):
-        compute_stats(run.path, progress=False)
+        run_stats(run.path, progress=False)
 
 
 def test_bad_span_and_options(run):
     with pytest.raises(SaelineageError, match="span 3 needs 4 layers"):
-        compute_stats(run.path, span=3, progress=False)
+        run_stats(run.path, StatsConfig(span=3), progress=False)
     with pytest.raises(SaelineageError, match="span must be >= 1"):
-        compute_stats(run.path, span=0, progress=False)
+        run_stats(run.path, StatsConfig(span=0), progress=False)
     with pytest.raises(SaelineageError, match="relative-threshold"):
-        compute_stats(run.path, relative_threshold=1.5, progress=False)
+        run_stats(run.path, StatsConfig(relative_threshold=1.5), progress=False)
     with pytest.raises(SaelineageError, match="unknown measure"):
-        compute_stats(run.path, keep_thresholds={"cosine": 0.5}, progress=False)
+        run_stats(run.path, StatsConfig(keep={"cosine": 0.5}), progress=False)
     with pytest.raises(SaelineageError, match="workers"):
-        compute_stats(run.path, workers=0, progress=False)
+        run_stats(run.path, StatsConfig(workers=0), progress=False)
     assert run.stage_status("stats") is None  # refused before anything was marked
 
 
 def test_single_layer_run_is_refused(tmp_path, codes):
     r = make_run(tmp_path / "one", {0: codes[0]})
     with pytest.raises(SaelineageError, match="at least two"):
-        compute_stats(r.path, progress=False)
+        run_stats(r.path, progress=False)
 
 
 def test_no_decoders_means_dec_cosine_absent_and_stated(run):
-    s = compute_stats(run.path, progress=False)
+    s = run_stats(run.path, progress=False)
     assert not s.dec_cosine
     edges = pq.read_table(run.file("edges.parquet"))
     assert np.isnan(edges.column("dec_cosine").to_numpy()).all()
@@ -69,7 +71,7 @@ def test_decoders_from_the_run(tmp_path, codes):
     rng = np.random.default_rng(0)
     dec = {l: rng.normal(size=(x.shape[1], 8)).astype(np.float32) for l, x in codes.items() if l != 5}
     r = make_run(tmp_path / "dec", codes, decoders=dec)
-    s = compute_stats(r.path, span=2, progress=False)
+    s = run_stats(r.path, StatsConfig(span=2), progress=False)
     assert not s.dec_cosine  # layer 5 has none
     e = pq.read_table(r.file("edges.parquet")).to_pandas()
     has = e[(e.src_layer == 0) & (e.dst_layer == 2)]
@@ -81,25 +83,25 @@ def test_decoders_from_the_run(tmp_path, codes):
 
 def test_wrong_decoder_shape(run):
     with pytest.raises(SaelineageError, match="decoder of layer 0"):
-        compute_stats(run.path, decoders={0: np.zeros((3, 4)), 2: np.zeros((30, 4))}, progress=False)
+        run_stats(run.path, decoders={0: np.zeros((3, 4)), 2: np.zeros((30, 4))}, progress=False)
 
 
 def test_complete_is_skipped_other_options_refused_force_recomputes(run):
-    s = compute_stats(run.path, progress=False)
+    s = run_stats(run.path, progress=False)
     m = run.load()["stages"]["stats"]
     assert m["status"] == "complete" and m["options"]["min_support"] == 5 and m["summary"]["edges"] == s.edges
-    again = compute_stats(run.path, progress=False)
+    again = run_stats(run.path, progress=False)
     assert again.skipped and again.edges == s.edges
     with pytest.raises(SaelineageError, match="other options"):
-        compute_stats(run.path, top_k=2, progress=False)
-    s2 = compute_stats(run.path, top_k=2, force=True, progress=False)
+        run_stats(run.path, StatsConfig(top_k=2), progress=False)
+    s2 = run_stats(run.path, StatsConfig(top_k=2), force=True, progress=False)
     assert not s2.skipped and s2.edges < s.edges
     assert run.load()["stages"]["stats"]["options"]["top_k"] == 2
 
 
 def test_interrupted_run_restarts_cleanly(tmp_path, codes, monkeypatch):
     ref = make_run(tmp_path / "ref", codes)
-    compute_stats(ref.path, progress=False)
+    run_stats(ref.path, progress=False)
     r = make_run(tmp_path / "run", codes)
     stale = r.file(".edges.parquet.tmp-99999")
     stale.write_bytes(b"half")
@@ -109,11 +111,11 @@ def test_interrupted_run_restarts_cleanly(tmp_path, codes, monkeypatch):
 
     monkeypatch.setattr("saelineage.stats.stage.feature_links", boom)
     with pytest.raises(KeyboardInterrupt):
-        compute_stats(r.path, progress=False)
+        run_stats(r.path, progress=False)
     assert r.stage_status("stats") == "running"  # edges.parquet may exist, but is not claimed complete
     assert not r.file("stats_summary.json").exists() and not stale.exists()
     monkeypatch.setattr("saelineage.stats.stage.feature_links", stats_outputs.feature_links)
-    s = compute_stats(r.path, progress=False)  # no --force needed: an incomplete stage restarts
+    s = run_stats(r.path, progress=False)  # no --force needed: an incomplete stage restarts
     assert not s.skipped and r.is_complete("stats")
     for name in ("edges.parquet", "feature_links.parquet"):
         assert same_table(pq.read_table(r.file(name)), pq.read_table(ref.file(name)))
@@ -125,7 +127,7 @@ def test_failed_edges_write_leaves_no_edges_file(run, monkeypatch):
 
     monkeypatch.setattr(stats_outputs.pq.ParquetWriter, "write_table", broken)
     with pytest.raises(OSError):
-        compute_stats(run.path, progress=False)
+        run_stats(run.path, progress=False)
     assert not run.file("edges.parquet").exists()
     assert not [p for p in run.path.iterdir() if ".tmp-" in p.name]
 
@@ -133,7 +135,7 @@ def test_failed_edges_write_leaves_no_edges_file(run, monkeypatch):
 def test_relative_threshold_needs_features_parquet(run):
     run.file("features.parquet").unlink()
     with pytest.raises(SaelineageError, match="features.parquet is missing"):
-        compute_stats(run.path, relative_threshold=0.2, progress=False)
+        run_stats(run.path, StatsConfig(relative_threshold=0.2), progress=False)
 
 
 def test_cli(run):
@@ -179,6 +181,6 @@ def test_stored_zeros_and_negatives_count_as_absent(tmp_path, codes):
         new[l] = LayerCodes(z.indptr.astype(np.int64), z.indices.astype(np.int32), z.data.astype(np.float32))
     write_shard(b, 0, sh.tokens, sh.window, sh.pos, new)
     for r in (a, b):
-        compute_stats(r.path, span=2, progress=False)
+        run_stats(r.path, StatsConfig(span=2), progress=False)
     for name in ("edges.parquet", "feature_links.parquet"):
         assert same_table(pq.read_table(a.file(name)), pq.read_table(b.file(name)))

@@ -10,7 +10,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from runs import write_corpus, write_saes
-from saelineage.collect import CollectConfig, collect
+from saelineage.collect.config import CollectConfig
+from saelineage.collect.stage import collect
 from saelineage.session import load_run_model
 from saelineage.web.app import create_app
 from tinymodels import tiny_llama

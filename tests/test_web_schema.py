@@ -284,12 +284,12 @@ def test_runs_without_later_stages_conform(tmp_path, stages):
     """Runs that lack the later stages' files (only collect; collect + stats, no analyze or ablate) answer
     with shapes the schema allows: optional keys absent, nulls where the schema admits them."""
     # fixed requests rather than generated ones: what varies here is the run, not the input
-    from saelineage.stats import compute_stats
+    from saelineage.stats.stage import run_stats
 
     codes, tokens, vocab = synthetic_codes(n_layers=3, d_sae=12, n_windows=32, window=16)
     run = write_run(tmp_path / "r", codes, tokens, window_len=16, bos=True, vocab=vocab)
     if "stats" in stages:
-        compute_stats(run.path, progress=False)
+        run_stats(run.path, progress=False)
     app = create_app(run.path)
     seen = answers_conform(app, FIXED_REQUESTS)
     c = client(app)

@@ -7,11 +7,10 @@ demo only re-checks and re-prints (and serves).
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import typer
 from rich.table import Table
@@ -19,18 +18,6 @@ from rich.table import Table
 from saelineage.progress import console
 
 DEFAULT_RUN = Path("runs/demo")
-
-
-def _optional(module: str, attr: str) -> Optional[Callable]:
-    """A later stage's entry point, or None when this build does not have that stage yet."""
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("saelineage"):
-            return None
-        raise
-    except AttributeError:
-        return None
 
 
 def _heldout_first_window(sae_folder: Path) -> int:
@@ -42,8 +29,13 @@ def _heldout_first_window(sae_folder: Path) -> int:
 def run_demo(run_dir: Path = DEFAULT_RUN, tokens: int = 200_000, serve: bool = True, port: int = 8000,
              ablate: bool = True) -> dict[str, float]:
     """Train (once), collect, stats, analyze, ablate (small sample), then serve. Returns stage timings."""
-    from saelineage.collect import CollectConfig, collect
+    from saelineage.causal.stage import demo_ablation
+    from saelineage.collect.config import CollectConfig
+    from saelineage.collect.stage import collect
+    from saelineage.lineage.lifecycle import print_lifecycle
+    from saelineage.lineage.stage import analyze
     from saelineage.saes.defaults import default_saes
+    from saelineage.stats.stage import run_stats
 
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -61,27 +53,17 @@ def run_demo(run_dir: Path = DEFAULT_RUN, tokens: int = 200_000, serve: bool = T
                         first_window=first)
     run = timed("collect", collect, run_dir, cfg)
 
-    stages = [
-        ("stats", "saelineage.stats", "compute_stats", {}),
-        ("analyze", "saelineage.lineage", "analyze", {}),
-    ]
-    for name, module, attr, kwargs in stages:
-        fn = _optional(module, attr)
-        if fn is not None:
-            timed(name, fn, run.path, **kwargs)
-    report = _optional("saelineage.lineage", "print_lifecycle")
-    if report is not None:
-        report(run.path)
+    timed("stats", run_stats, run.path)
+    timed("analyze", analyze, run.path)
+    print_lifecycle(run.path)
     if ablate:
-        fn = _optional("saelineage.causal", "demo_ablation")
-        if fn is not None:
-            timed("ablate (small sample)", fn, run.path)
+        timed("ablate (small sample)", demo_ablation, run.path)
     timings["total"] = time.perf_counter() - t_all
     _summary(run.path, timings)
     if serve:
-        serve_fn = _optional("saelineage.web", "serve")
-        if serve_fn is not None:
-            serve_fn(run.path, "127.0.0.1", port, announce=True)
+        from saelineage.web.app import serve as serve_browser
+
+        serve_browser(run.path, "127.0.0.1", port, announce=True)
     return timings
 
 

@@ -13,16 +13,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-# CollectConfig field -> CLI option of `saelineage collect` (tests/test_hints.py checks it
-# against the typer command); defaults come from CollectConfig itself.
-COLLECT_FLAGS: dict[str, str] = {
-    "model": "--model", "saes": "--saes", "layers": "--layers", "corpus": "--corpus",
-    "text_column": "--text-column", "window": "--window", "max_tokens": "--max-tokens",
-    "first_window": "--first-window", "batch_windows": "--batch-windows", "shard_windows": "--shard-windows",
-    "examples_k": "--examples", "include_bos": "--include-bos", "dtype": "--dtype", "device": "--device",
-    "center_residual": "--center",
-}
-
 
 def _read_manifest(run_path: Path) -> dict[str, Any]:
     """The manifest as far as it can be read (an unreadable one gives {})."""
@@ -38,34 +28,16 @@ def collect_command(run_path: str | Path, *, force: bool = False, manifest: dict
 
     Options equal to their defaults are left out; `force` appends --force; `override` replaces
     recorded options (CollectConfig field names)."""
+    from saelineage.collect.config import CollectConfig
+    from saelineage.config import config_from_dict, to_argv
+
     run_path = Path(run_path)
     m = _read_manifest(run_path) if manifest is None else manifest
-    cfg = m.get("config")
-    if not isinstance(cfg, dict):
+    recorded = m.get("config")
+    if not isinstance(recorded, dict):
         return None
-    cfg = {**cfg, **override}
-    from dataclasses import fields
-
-    from saelineage.collect import CollectConfig
-
-    defaults = {f.name: f.default for f in fields(CollectConfig)}
-    words = ["saelineage", "collect", str(run_path)]
-    for name, flag in COLLECT_FLAGS.items():
-        default = defaults[name]
-        value = cfg.get(name, default)
-        if value == default:
-            continue
-        if name == "layers":
-            words += [flag, ",".join(str(int(l)) for l in value)]
-        elif name == "include_bos":
-            words.append(flag)
-        elif name == "center_residual":
-            words.append("--center" if value else "--no-center")
-        else:
-            words += [flag, str(value)]
-    if force:
-        words.append("--force")
-    return shlex.join(words)
+    cfg = config_from_dict(CollectConfig, {**recorded, **override})
+    return shlex.join(["saelineage", "collect", str(run_path), *to_argv(cfg)] + (["--force"] if force else []))
 
 
 def recollect(run_path: str | Path, *, force: bool = False, manifest: dict[str, Any] | None = None) -> str:
@@ -96,28 +68,10 @@ def damaged_shard(shard: str | Path, why: object) -> "SaelineageError":
 
 def stats_command(run_path: str | Path, *, force: bool = False, manifest: dict[str, Any] | None = None) -> str:
     """`saelineage stats RUN` with the options the run's last stats stage recorded."""
-    from saelineage.stats.measures import PRIMARY
-    from saelineage.stats.stage import DEFAULT_KEEP
+    from saelineage.config import config_from_dict, to_argv
+    from saelineage.stats.config import StatsConfig
 
     m = _read_manifest(Path(run_path)) if manifest is None else manifest
-    opts = ((m.get("stages") or {}).get("stats") or {}).get("options") or {}
-    words = ["saelineage", "stats", str(run_path)]
-    for name, flag, default in (("span", "--span", 1), ("threshold", "--threshold", 0.0),
-                                ("relative_threshold", "--relative-threshold", None),
-                                ("min_support", "--min-support", 5), ("top_k", "--top-k", 16)):
-        if opts.get(name, default) != default:
-            words += [flag, str(opts[name])]
-    if opts.get("include_bos"):
-        words.append("--include-bos")
-    keep = opts.get("keep_thresholds")
-    if keep == {}:
-        words.append("--no-keep")
-    elif keep and keep != DEFAULT_KEEP:
-        for k, v in keep.items():
-            words += ["--keep", f"{k}={v}"]
-    primary = opts.get("primary")
-    if primary and tuple(primary) != PRIMARY:
-        words += ["--primary", ",".join(primary)]
-    if force:
-        words.append("--force")
-    return shlex.join(words)
+    recorded = ((m.get("stages") or {}).get("stats") or {}).get("config") or {}
+    cfg = config_from_dict(StatsConfig, recorded)
+    return shlex.join(["saelineage", "stats", str(run_path), *to_argv(cfg)] + (["--force"] if force else []))

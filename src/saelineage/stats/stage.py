@@ -1,4 +1,4 @@
-"""The stats stage: options, checks, the pass, outputs, manifest (DESIGN §3, §4).
+"""The stats stage: options, checks, the pass, outputs, manifest (docs/design.md).
 
 Restart rule: outputs are written atomically and the stage is marked complete only after
 all of them exist. A run whose stats stage is not complete (interrupted, failed) starts
@@ -9,6 +9,7 @@ for a result of this one.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
@@ -22,18 +23,15 @@ from saelineage.progress import progress as make_progress
 from saelineage.run import RunDir, writes_run
 from saelineage.stats.edges import EdgeOptions
 from saelineage.stats.engine import Budget, Layout, Pair, plan, run_passes
-from saelineage.stats.measures import MAX_TOKENS, MEASURES, PRIMARY, side
+from saelineage.stats.config import StatsConfig
+from saelineage.stats.measures import MAX_TOKENS, MEASURES, side
 from saelineage.stats.outputs import feature_links, pair_summary, write_edges, write_json, write_parquet
 
 OUTPUTS = ("edges.parquet", "feature_links.parquet", "stats_summary.json")
-#: Keep every supported pair with P(j|i) or P(i|j) >= 0.99 besides the top-k, so that
-#: quasi-boolean gates (AND: necessity, OR: sufficiency, DESIGN §4) never lose a parent
-#: to the top-k cut. At most ~L0/0.99 such partners exist per feature.
-DEFAULT_KEEP = {"sufficiency": 0.99, "necessity": 0.99}
 
 
 class StatsSummary(NamedTuple):
-    """What `compute_stats` did."""
+    """What `run_stats` did."""
 
     run: Path
     n_tokens: int
@@ -130,12 +128,13 @@ class _Setup(NamedTuple):
     edge_opts: EdgeOptions
 
 
-def _setup(run_dir, span, threshold, relative_threshold, include_bos, min_support, top_k, keep_thresholds,
-           primary) -> _Setup:
+def _setup(run_dir: str | Path, cfg: StatsConfig) -> _Setup:
     """Check the run and the options; build the layout of the pass."""
     run = RunDir(run_dir)
     manifest = run.require("collect")
-    keep = DEFAULT_KEEP if keep_thresholds is None else dict(keep_thresholds)
+    keep = cfg.keep_thresholds()
+    span, threshold, relative_threshold, include_bos, min_support, top_k, primary = (
+        cfg.span, cfg.threshold, cfg.relative_threshold, cfg.include_bos, cfg.min_support, cfg.top_k, cfg.primary)
     opts = _options(span, threshold, relative_threshold, include_bos, min_support, top_k, keep, primary)
     layers = sorted(int(l) for l in manifest["layers"])
     d = {l: int(manifest["d_sae"][str(l)]) for l in layers}
@@ -159,32 +158,28 @@ def _setup(run_dir, span, threshold, relative_threshold, include_bos, min_suppor
     return _Setup(run, opts, layout, EdgeOptions(min_support, top_k, tuple(primary), keep))
 
 
-def plan_stats(run_dir: str | Path, *, memory_limit: int | None = None, span: int = 1, top_k: int = 16,
-               primary: tuple[str, ...] = PRIMARY) -> Budget:
-    """The passes `compute_stats` would make under `memory_limit` (nothing is computed)."""
-    st = _setup(run_dir, span, 0.0, None, False, 5, top_k, {}, primary)
-    return plan(st.layout, st.edge_opts, int(memory_limit or default_memory_limit()))
+def plan_stats(run_dir: str | Path, cfg: StatsConfig | None = None) -> Budget:
+    """The passes `run_stats` would make under `cfg.memory_limit` (nothing is computed)."""
+    cfg = cfg or StatsConfig()
+    st = _setup(run_dir, cfg)
+    return plan(st.layout, st.edge_opts, int(cfg.memory_limit or default_memory_limit()))
 
 
 @writes_run("stats")
-def compute_stats(run_dir: str | Path, *, span: int = 1, threshold: float = 0.0,
-                  relative_threshold: float | None = None, include_bos: bool = False, min_support: int = 5,
-                  top_k: int = 16, keep_thresholds: Mapping[str, float] | None = None,
-                  memory_limit: int | None = None, workers: int = 2,
-                  decoders: Mapping[int, np.ndarray] | None = None, force: bool = False, progress: bool = True,
-                  primary: tuple[str, ...] = PRIMARY) -> StatsSummary:
-    """Co-activation statistics of every layer pair (l, l+s), s = 1..span, in one pass.
+def run_stats(run_dir: str | Path, cfg: StatsConfig | None = None, *, force: bool = False, progress: bool = True,
+              decoders: Mapping[int, np.ndarray] | None = None) -> StatsSummary:
+    """Co-activation statistics of every layer pair (l, l+s), s = 1..cfg.span, in one pass.
 
     Writes edges.parquet, feature_links.parquet and stats_summary.json into the run and
-    records the options in manifest ``stages.stats``. keep_thresholds: None = DEFAULT_KEEP,
-    {} = top-k only. decoders: {layer: [d_sae, d_in]} instead of the run's SAE weights.
-    memory_limit: bytes (default 70% of available RAM). primary: measures ranked for top-k.
+    records the options in manifest ``stages.stats``. decoders: {layer: [d_sae, d_in]}
+    instead of the run's SAE weights (for dec_cosine).
     """
+    cfg = cfg or StatsConfig()
+    memory_limit, workers = cfg.memory_limit, cfg.workers
     t_start = time.perf_counter()
     if workers < 1:
         raise SaelineageError(f"--workers must be >= 1 (got {workers}).", "use --workers 2 on a 2-core machine.")
-    run, opts, layout, edge_opts = _setup(run_dir, span, threshold, relative_threshold, include_bos, min_support,
-                                          top_k, keep_thresholds, primary)
+    run, opts, layout, edge_opts = _setup(run_dir, cfg)
     layers, d, pairs, shards = layout.layers, layout.d, layout.pairs, layout.shards
     prev = run.load().get("stages", {}).get("stats", {})
     if prev.get("status") == "complete" and not force and all(run.file(f).is_file() for f in OUTPUTS):
@@ -199,7 +194,7 @@ def compute_stats(run_dir: str | Path, *, span: int = 1, threshold: float = 0.0,
     manifest = run.load()
     manifest.setdefault("stages", {})["stats"] = {}  # drop what an earlier attempt recorded
     run.save(manifest)
-    with run.stage("stats", options=opts) as info:
+    with run.stage("stats", options=opts, config=asdict(cfg)) as info:
         remove_stale_temporaries(run)
         for f in OUTPUTS:
             run.file(f).unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""collect: run the model over a corpus once, encode every layer with its SAE, store codes.
+"""The collect stage: run the model over a corpus once, encode every layer with its SAE, store codes.
 
 Shards hold `shard_windows` whole windows and are written atomically, so after a crash
 the complete shards are kept and collection resumes with the first missing one; the
@@ -9,7 +9,6 @@ byte-identical to an uninterrupted one.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,52 +20,9 @@ from saelineage.data.finalize import summarize_run, write_vocab
 from saelineage.data.store import LayerCodes, list_shards, remove_stale_temporaries, shard_path, write_shard
 from saelineage.data.windows import make_windows
 from saelineage.errors import SaelineageError
+from saelineage.collect.config import CollectConfig
 from saelineage.progress import console, progress
 from saelineage.run import SCHEMA_VERSION, RunDir, config_hash, writes_run
-
-
-@dataclass
-class CollectConfig:
-    """What `saelineage collect` runs; its hash guards a run directory against mixing configs."""
-
-    model: str = "smollm2"
-    """Preset name (`smollm2`, `gpt2`), local HF folder or hub id."""
-    saes: str | None = None
-    """Folder of SAELens/sparsify SAE folders, or a SAELens release name (e.g. gpt2-small-res-jb)."""
-    layers: list[int] | None = None
-    """Layers to encode (default: every layer that has an SAE)."""
-    corpus: str = "default"
-    """Text file, folder, .jsonl, .parquet, or `default` (bundled English text)."""
-    text_column: str = "text"
-    """Field holding the text in JSONL/Parquet corpora."""
-    window: int = 128
-    """Tokens per window, BOS included."""
-    max_tokens: int | None = None
-    """Cap on tokens collected (whole windows)."""
-    first_window: int = 0
-    """Skip this many corpus windows (e.g. those used to train the SAEs)."""
-    batch_windows: int = 16
-    """Windows per forward pass."""
-    shard_windows: int = 64
-    """Windows per shard file (a multiple of batch_windows keeps batches identical on resume)."""
-    examples_k: int = 20
-    """Top activating examples kept per feature."""
-    include_bos: bool = False
-    """Count position 0 of BOS-led windows in feature statistics."""
-    dtype: str = "float32"
-    """Model and SAE dtype (bf16 is very slow on CPUs)."""
-    device: str = "cpu"
-    """cpu or cuda."""
-    center_residual: bool | None = None
-    """Mean-centre residuals before encoding (default: on for the gpt2 preset, as TransformerLens SAEs expect)."""
-    extra: dict = field(default_factory=dict)
-    """Free-form provenance (not part of the identity hash)."""
-
-    def identity(self) -> dict:
-        d = asdict(self)
-        for key in ("device", "extra", "batch_windows"):
-            d.pop(key)
-        return d
 
 
 def _check_finite(x: torch.Tensor, layer: int, windows: np.ndarray) -> None:

@@ -1,0 +1,191 @@
+"""Stage configurations are dataclasses, and the command line is generated from them.
+
+Each field of a stage's config (`CollectConfig`, `StatsConfig`, `AnalyzeConfig`, `AblateConfig`,
+`ServeConfig`) has its default in the dataclass and its help text in the docstring under it,
+written once: `config_options` turns the fields into typer options, and `to_argv` turns a config
+back into the flags that reproduce it (error hints print such commands).
+
+A field whose command-line form differs from its Python value (a layer list written `0-11`, a
+boolean with a `--no-` form, a renamed flag) says so with `cli(...)` in its metadata.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import textwrap
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, TypeVar
+
+import typer
+
+T = TypeVar("T")
+_MISSING = dataclasses.MISSING
+
+
+@dataclass(frozen=True)
+class CliForm:
+    """How one config field appears on the command line."""
+
+    flag: str | None = None
+    """Option name (default: --field-name); "--x/--no-x" for a switch with both forms."""
+    parse: Callable[[str], Any] | None = None
+    """Text -> value, for fields given as text (lists, pairs, mappings)."""
+    show: Callable[[Any], str] | None = None
+    """Value -> text, the inverse of `parse` (for `to_argv`)."""
+    repeat: bool = False
+    """Given by repeating the option (`--keep a=1 --keep b=2`); parse/show work per item, and a
+    dict-valued field collects the parsed (key, value) items."""
+    hidden: bool = False
+    """Not a command-line option (set from Python only)."""
+
+
+def cli(**kw: Any) -> dict[str, CliForm]:
+    """Field metadata: ``field(default=..., metadata=cli(flag="--examples"))``."""
+    return {"cli": CliForm(**kw)}
+
+
+def _form(f: dataclasses.Field) -> CliForm:
+    return f.metadata.get("cli", CliForm())
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of dataclass `cls` (and its bases), as one line of help."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for a, b in zip(body, body[1:]):
+            if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+                    and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
+                docs[a.target.id] = " ".join(b.value.value.split())
+    return docs
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    if f.default is not _MISSING:
+        return f.default
+    if f.default_factory is not _MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    raise TypeError(f"config field {f.name} has no default")
+
+
+def cli_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of `cls` that are command-line options."""
+    return [f for f in dataclasses.fields(cls) if not _form(f).hidden]
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return _form(f).flag or "--" + f.name.replace("_", "-")
+
+
+def _option_type(cls: type, f: dataclasses.Field) -> Any:
+    form = _form(f)
+    if form.parse is not None:
+        return Optional[list[str]] if form.repeat else Optional[str]
+    return typing.get_type_hints(cls)[f.name]
+
+
+def config_options(cls: type, *, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """typer option parameters for the command-line fields of `cls` (keyword-only, field order)."""
+    docs, params = field_docs(cls), []
+    for f in cli_fields(cls):
+        if f.name in skip:
+            continue
+        form, default = _form(f), default_of(f)
+        if form.parse is not None:  # given as text; the default is shown as its text form
+            if form.repeat:
+                items = default.items() if isinstance(default, dict) else (default or [])
+                shown = [form.show(v) if form.show else str(v) for v in items] or None
+            else:
+                shown = None if default is None else (form.show(default) if form.show else str(default))
+            opt = typer.Option(shown, flag_of(f), help=docs.get(f.name, ""))
+        else:
+            opt = typer.Option(default, flag_of(f), help=docs.get(f.name, ""))
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt,
+                                        annotation=_option_type(cls, f)))
+    return params
+
+
+def _is_dict(cls: type, f: dataclasses.Field) -> bool:
+    hint = typing.get_type_hints(cls)[f.name]
+    return any(typing.get_origin(a) is dict or a is dict for a in (hint, *typing.get_args(hint)))
+
+
+def from_options(cls: type[T], values: dict[str, Any], **fixed: Any) -> T:
+    """Build a `cls` from command-line values (text fields parsed); `fixed` sets other fields."""
+    kw = dict(fixed)
+    for f in cli_fields(cls):
+        if f.name not in values:
+            continue
+        form, v = _form(f), values[f.name]
+        if form.parse is not None and v is not None:
+            v = [form.parse(x) for x in v] if form.repeat else form.parse(v)
+            if form.repeat:
+                v = (dict(v) if isinstance(default_of(f), dict) or _is_dict(cls, f) else v) if v else default_of(f)
+        kw[f.name] = v
+    return cls(**kw)
+
+
+def with_config(cls: type, *, skip: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for a typer command `fn(<its own params>, cfg)`: the command line gets one option
+    per field of `cls` (after fn's own parameters), and `fn` receives the built config as `cfg`."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p for p in inspect.signature(fn).parameters.values() if p.name != "cfg"]
+        opts = config_options(cls, skip=skip)
+        names = {p.name for p in opts}
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            cfg = from_options(cls, {k: v for k, v in kwargs.items() if k in names})
+            return fn(**{k: v for k, v in kwargs.items() if k not in names}, cfg=cfg)
+
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + opts
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return deco
+
+
+def to_argv(cfg: Any) -> list[str]:
+    """Command-line flags that reproduce `cfg` (fields equal to their defaults are left out)."""
+    out: list[str] = []
+    for f in cli_fields(type(cfg)):
+        v, default, form = getattr(cfg, f.name), default_of(f), _form(f)
+        if v == default:
+            continue
+        flag = flag_of(f)
+        if "/" in flag:
+            on, off = flag.split("/")
+            if v is not None:
+                out.append(on if v else off)
+        elif form.repeat:
+            for item in (v.items() if isinstance(v, dict) else v):
+                out += [flag, form.show(item) if form.show else str(item)]
+        elif isinstance(v, bool):
+            out.append(flag)  # a plain switch: only its True form exists
+        elif v is not None:
+            out += [flag, form.show(v) if form.show else str(v)]
+    return out
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """A config from a dict read back from JSON (the manifest): keys of other versions are
+    ignored, and lists become tuples where the field's default is a tuple."""
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            v = data[f.name]
+            kw[f.name] = tuple(v) if isinstance(v, list) and isinstance(default_of(f), tuple) else v
+    return cls(**kw)

@@ -1,0 +1,71 @@
+"""`StatsConfig`: what `saelineage stats` computes (the command's options are generated from it)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from saelineage.config import cli
+from saelineage.errors import SaelineageError
+from saelineage.stats.measures import MEASURES, PRIMARY
+
+DEFAULT_KEEP = {"sufficiency": 0.99, "necessity": 0.99}
+"""Keep every supported pair with P(j|i) or P(i|j) >= 0.99 besides the top-k, so that
+quasi-boolean gates (AND: necessity, OR: sufficiency, docs/design.md) never lose a parent to
+the top-k cut. At most ~L0/0.99 such partners exist per feature."""
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*$", re.I)
+
+
+def parse_size(text: str) -> int:
+    """'8G', '512M', '1.5GiB', '1000000' -> bytes (powers of 1024)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise SaelineageError(f"cannot read the memory size '{text}'.", "write e.g. 8G, 512M or a number of bytes.")
+    return int(float(m.group(1)) * 1024 ** "_kmgt".index((m.group(2) or "_").lower()))
+
+
+def _keep_item(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise SaelineageError(f"cannot read --keep '{text}'.", "write MEASURE=VALUE, e.g. --keep pearson=0.5.") from None
+
+
+def _primary(text: str) -> tuple[str, ...]:
+    return MEASURES if text.strip() == "all" else tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+@dataclass
+class StatsConfig:
+    """Options of the stats stage."""
+
+    span: int = 1
+    """Pair each layer with the next SPAN layers (1 = adjacent only)."""
+    threshold: float = 0.0
+    """Absolute activation threshold: active means a > THRESHOLD."""
+    relative_threshold: float | None = None
+    """Active means a > R * (feature's max activation), e.g. 0.2 as in the paper. Overrides --threshold."""
+    include_bos: bool = False
+    """Count BOS positions (position 0) as tokens."""
+    min_support: int = 5
+    """An edge needs at least this many co-active tokens."""
+    top_k: int = 16
+    """Keep the top-K partners of each feature under each primary measure."""
+    keep: dict[str, float] | None = field(default=None, metadata=cli(
+        repeat=True, parse=_keep_item, show=lambda kv: f"{kv[0]}={kv[1]}"))
+    """Also keep pairs with MEASURE >= VALUE (repeatable, e.g. --keep pearson=0.5). Default:
+    sufficiency=0.99 and necessity=0.99."""
+    no_keep: bool = False
+    """Keep top-K partners only (no threshold edges)."""
+    primary: tuple[str, ...] = field(default=PRIMARY, metadata=cli(parse=_primary, show=",".join))
+    """Measures whose top-K partners are kept (comma list, or 'all' to add mutual_info and act_cosine)."""
+    memory_limit: int | None = field(default=None, metadata=cli(parse=parse_size, show=str))
+    """Memory for accumulators and buffers in bytes, e.g. 8G (default: 70% of available RAM)."""
+    workers: int = 2
+    """Threads for the compiled kernels."""
+
+    def keep_thresholds(self) -> dict[str, float]:
+        """The threshold edges kept besides the top-k ({} with no_keep)."""
+        return {} if self.no_keep else dict(DEFAULT_KEEP if self.keep is None else self.keep)

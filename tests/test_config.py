@@ -1,0 +1,55 @@
+"""Stage configs generate the command line: every field is an option with its docstring as help,
+and a config written back as flags (`to_argv`) parses to the same config."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import typer
+
+from saelineage.cli import app
+from saelineage.collect.config import CollectConfig
+from saelineage.config import cli_fields, default_of, field_docs, flag_of, from_options, to_argv
+from saelineage.stats.config import StatsConfig
+
+# one value unlike the default for every command-line field
+ODD = {
+    CollectConfig: dict(model="m", saes="s", layers=[0, 2, 3], corpus="c.txt", text_column="body", window=64,
+                        max_tokens=4096, first_window=3, batch_windows=4, shard_windows=8, examples_k=7,
+                        include_bos=True, dtype="bfloat16", device="cuda", center_residual=False),
+    StatsConfig: dict(span=2, threshold=0.25, relative_threshold=0.2, include_bos=True, min_support=3, top_k=4,
+                      keep={"pearson": 0.5, "jaccard": 0.25}, no_keep=True, primary=("jaccard", "pearson"),
+                      memory_limit=3 << 30, workers=1),
+}
+COMMANDS = {CollectConfig: "collect", StatsConfig: "stats"}
+
+
+def parse(command: str, argv: list[str]) -> dict:
+    cmd = typer.main.get_command(app).commands[command]
+    ctx = cmd.make_context(command, ["RUN", *argv])
+    return ctx.params
+
+
+@pytest.mark.parametrize("cls", list(ODD))
+def test_every_field_is_covered_and_documented(cls):
+    names = {f.name for f in cli_fields(cls)}
+    assert names == set(ODD[cls]), "ODD must set every command-line field"
+    docs = field_docs(cls)
+    assert all(docs.get(n) for n in names), f"fields without a docstring: {names - set(docs)}"
+    cmd = typer.main.get_command(app).commands[COMMANDS[cls]]
+    helps = {o: p.help for p in cmd.params for o in p.opts}
+    for f in cli_fields(cls):
+        flag = flag_of(f).split("/")[0]
+        assert helps[flag] == docs[f.name], f"{flag}: help text is not the field's docstring"
+        assert getattr(cls(), f.name) == default_of(f) and ODD[cls][f.name] != default_of(f)
+
+
+@pytest.mark.parametrize("cls", list(ODD))
+def test_flags_round_trip_to_the_same_config(cls):
+    cfg = cls(**ODD[cls])
+    back = from_options(cls, parse(COMMANDS[cls], to_argv(cfg)))
+    assert dataclasses.asdict(back) == dataclasses.asdict(cfg)
+    # and the defaults need no flag at all
+    assert to_argv(cls()) == []
+    assert dataclasses.asdict(from_options(cls, parse(COMMANDS[cls], []))) == dataclasses.asdict(cls())
