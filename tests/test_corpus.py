@@ -12,7 +12,7 @@ import pytest
 from saelineage.data.corpus import clean_wiki, load_corpus
 from saelineage.data.windows import make_windows
 from saelineage.errors import SaelineageError
-from saelineage.models.presets import gpt2_tokenizer
+from saelineage.testing.tokenizers import gpt2_tokenizer
 
 
 @pytest.fixture(scope="module")

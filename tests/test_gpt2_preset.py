@@ -18,7 +18,7 @@ from saelineage.collect.stage import collect
 from saelineage.data.store import iter_shards
 from saelineage.errors import SaelineageError
 from saelineage.models.loading import load_model
-from saelineage.models.presets import gpt2_tokenizer
+from saelineage.testing.tokenizers import gpt2_tokenizer
 from saelineage.saes.resolve import resolve_saes
 from runs import write_corpus
 from tinymodels import tiny_gpt2

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from saelineage.models.presets import gpt2_tokenizer
+from saelineage.testing.tokenizers import gpt2_tokenizer
 
 
 def _save(model, tok, folder: Path) -> Path:

