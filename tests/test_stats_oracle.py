@@ -1,7 +1,7 @@
 """Brute-force dense oracle for the stats stage (imported by test_stats*.py; no tests here).
 
 Everything is recomputed from dense activation matrices in extended precision
-(np.longdouble) straight from the definitions of DESIGN §4, with no shared code.
+(np.longdouble) straight from the definitions of docs/design.md §4, with no shared code.
 """
 
 from __future__ import annotations

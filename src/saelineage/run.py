@@ -1,4 +1,4 @@
-"""The run directory: manifest, stage status, file locations and write access (DESIGN §3).
+"""The run directory: manifest, stage status, file locations and write access (docs/design.md §3).
 
 Every stage reads what earlier stages wrote through this module, so paths and the
 manifest layout live in one place. Stages that write take `RunDir.writing` (or the

@@ -23,7 +23,7 @@ import pyarrow as pa
 from saelineage.errors import SaelineageError
 
 MEASURES = ("jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine", "dec_cosine")
-"""Similarity measures of edges.parquet that can be sampled (DESIGN §4)."""
+"""Similarity measures of edges.parquet that can be sampled (docs/design.md §4)."""
 
 SAMPLE_COLUMNS = ("measure", "src_layer", "src", "dst_layer", "dst", "bin", "bin_lo", "bin_hi", "similarity", "n_co")
 

@@ -1,4 +1,4 @@
-"""The activation store: sharded sparse codes on disk (DESIGN §3).
+"""The activation store: sharded sparse codes on disk (docs/design.md §3).
 
 A shard holds whole windows. Per shard: ``tokens``, ``window``, ``pos`` (int32[T]) and per
 layer ``l{l}.indptr`` (int64[T+1]), ``l{l}.indices`` (int32[nnz]), ``l{l}.values``
@@ -141,7 +141,7 @@ def iter_shards(run: RunDir, layers: Iterable[int] | None = None) -> Iterator[Sh
 
 
 def token_mask(pos: np.ndarray, bos: bool, include_bos: bool) -> np.ndarray:
-    """bool [T]: which tokens belong to the token set (DESIGN §4)."""
+    """bool [T]: which tokens belong to the token set (docs/design.md §4)."""
     if bos and not include_bos:
         return pos != 0
     return np.ones(len(pos), dtype=bool)

@@ -1,4 +1,4 @@
-"""Communities of features across layers: weighted Leiden on the kept edges (DESIGN §4).
+"""Communities of features across layers: weighted Leiden on the kept edges (docs/design.md §4).
 
 Nodes are the live features; an undirected edge joins two features when the chosen measure
 of their kept edge is ≥ τ_c (default jaccard ≥ 0.1), weighted by that measure. The graph is

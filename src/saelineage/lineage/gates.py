@@ -1,6 +1,6 @@
 """Quasi-boolean gates: a child j (layer m) that behaves like a∧b or a∨b of two parents (layer l).
 
-Candidates come from the kept edges (DESIGN §4): AND when necessity(a→j), necessity(b→j) ≥ τ_g,
+Candidates come from the kept edges (docs/design.md §4): AND when necessity(a→j), necessity(b→j) ≥ τ_g,
 OR when sufficiency(a→j), sufficiency(b→j) ≥ τ_g, each pair with n_co ≥ min_support and c_j ≥
 min_support. The reference stopped there; here every candidate is then *validated on the
 data* (validate.count): with condition C = a∧b or a∨b,

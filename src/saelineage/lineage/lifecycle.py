@@ -1,4 +1,4 @@
-"""Feature lifecycle across layers: dead / new / carried / ending (DESIGN §4).
+"""Feature lifecycle across layers: dead / new / carried / ending (docs/design.md §4).
 
 A live feature is *carried* (has a predecessor) when its best match in the previous layer
 under measure M reaches τ, *new* otherwise; it *continues* when its best match in the next

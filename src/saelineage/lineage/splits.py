@@ -1,5 +1,5 @@
 """Splits (specialisation): a parent i (layer l) whose children (layer m) each imply it and
-rarely fire together (DESIGN §4).
+rarely fire together (docs/design.md §4).
 
 1. Candidate children of i: kept edges with necessity(i→c) ≥ τ_s (c fires only when i does),
    sufficiency(i→c) < τ_s (c is narrower than i: a plain copy of i is not a split) and

@@ -33,7 +33,7 @@ def stats_options(manifest: dict) -> dict:
 
 
 def active_thresholds(run: RunDir, manifest: dict) -> dict[int, np.ndarray]:
-    """θ per layer, float64 [d_sae]: a feature is active on a token when a > θ (DESIGN §4).
+    """θ per layer, float64 [d_sae]: a feature is active on a token when a > θ (docs/design.md §4).
 
     Uses the stats stage's absolute `threshold` or `relative_threshold` × act_max (the max
     from collection, features.parquet), so validation counts match the edges' counts.

@@ -1,7 +1,7 @@
 """Held-out evaluation of per-layer SAEs: FVU, L0, dead fraction, next-token CE increase.
 
 Token set: every position of every window except position 0 when the windows start with BOS
-(as in DESIGN §4). The CE increase replaces the residual stream at one hook with the SAE
+(as in docs/design.md §4). The CE increase replaces the residual stream at one hook with the SAE
 reconstruction on those positions (a BOS position keeps its own residual: SAEs are neither
 trained nor read there) and runs the model to the logits.
 """

@@ -7,7 +7,7 @@ state with a total order (value desc, id asc), so the outcome does not depend on
 were blocked, how many threads ran, or how the corpus was sharded (counts are exact
 integers; sums are float64 in global token order).
 
-Edge rule (DESIGN §4): c_ij >= min_support and (among the top-k supported partners of i or
+Edge rule (docs/design.md §4): c_ij >= min_support and (among the top-k supported partners of i or
 of j by any primary measure, or any measure >= its keep threshold).
 """
 

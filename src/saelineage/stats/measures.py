@@ -1,4 +1,4 @@
-"""Pair measures from sufficient statistics (DESIGN §4), vectorised over numpy arrays.
+"""Pair measures from sufficient statistics (docs/design.md §4), vectorised over numpy arrays.
 
 Inputs per pair (i in layer l, j in layer m) over a token set of n tokens:
 ``c`` = c_ij (both active), ``p`` = p_ij = Σ a_i a_j; per feature: ``c_i`` (active count),
