@@ -67,6 +67,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def write_json(path: Path, obj: Any, *, indent: int | None = 2, allow_nan: bool = True) -> None:
+    """Write `obj` as JSON atomically (values JSON cannot hold, such as paths, as strings)."""
+    atomic_write_bytes(path, json.dumps(obj, indent=indent, default=str, allow_nan=allow_nan).encode())
+
+
+def write_parquet(path: Path, table: Any) -> None:
+    """Write a pyarrow Table as zstd Parquet atomically; the same table always gives the same bytes."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _size(n: float) -> str:
     if n < 1024:
         return f"{n:.0f} B"
@@ -266,8 +282,7 @@ class RunDir:
 
     def save(self, manifest: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(manifest, indent=2, sort_keys=False, default=str).encode()
-        atomic_write_bytes(self.manifest_path, data)
+        write_json(self.manifest_path, manifest)
 
     def update(self, **fields: Any) -> dict[str, Any]:
         manifest = self.load()

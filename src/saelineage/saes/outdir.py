@@ -11,10 +11,8 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from saelineage.errors import SaelineageError
-from saelineage.run import atomic_write_bytes
 
 TRAINING_JSON = "training.json"
 METRICS_JSON = "metrics.json"
@@ -70,7 +68,3 @@ def publish(work: Path, final: Path, digest: str) -> None:
             raise
     shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())

@@ -33,8 +33,8 @@ import torch
 
 from saelineage.errors import SaelineageError
 from saelineage.models.hooks import HookPoint, parse_hook
-from saelineage.run import config_hash
-from saelineage.saes.outdir import METRICS_JSON, TRAINING_JSON, prepare_out, publish, _write_json, is_complete
+from saelineage.run import config_hash, write_json
+from saelineage.saes.outdir import METRICS_JSON, TRAINING_JSON, is_complete, prepare_out, publish
 
 TRAINER_VERSION = 1
 LR_AT_4608 = 3e-3  # Adam lr for 4,608 latents on unit-variance inputs; scaled by sqrt(4608 / latents)
@@ -302,7 +302,7 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
             "n_train_tokens": n_train * per, "lr": cfg.learning_rate(d_sae),
             "evaluation": {"heldout_tokens": cfg.heldout_tokens, "ce_tokens": cfg.ce_tokens},
         }
-        _write_json(work / TRAINING_JSON, info)
+        write_json(work / TRAINING_JSON, info)
 
         bar = make_progress() if progress else None
         with bar or nullcontext():
@@ -343,12 +343,12 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
             metrics[h].train_fvu = train_fvu[h]
         timings["total"] = time.perf_counter() - t_start
         rows = [metrics[h].as_dict() for h in hooks]
-        _write_json(work / METRICS_JSON, {"config_hash": digest, "model": cfg.model, "layers": rows,
+        write_json(work / METRICS_JSON, {"config_hash": digest, "model": cfg.model, "layers": rows,
                                           "evaluation": info["evaluation"],
                                           "timings_s": {k: round(v, 2) for k, v in timings.items()}})
         info.update(status="complete", scales={h.name: scales[h] for h in hooks},
                     timings_s={k: round(v, 2) for k, v in timings.items()})
-        _write_json(work / TRAINING_JSON, info)
+        write_json(work / TRAINING_JSON, info)
         if cached:
             publish(work, final, digest)
     except BaseException:

@@ -6,8 +6,6 @@ a half-written file under its final name.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from saelineage.run import atomic_write_bytes, temp_name
+from saelineage.run import temp_name
 from saelineage.stats import kernels as kn
 from saelineage.stats.edges import HIST_BINS, PairResult
 from saelineage.stats.engine import Pair
@@ -128,12 +126,6 @@ def feature_links(layers: Sequence[int], d: dict[int, int], pairs: list[Pair], r
     return pa.concat_tables(parts)
 
 
-def write_parquet(path: Path, table: pa.Table) -> None:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def histogram(values: np.ndarray, measure: str) -> list[int]:
     lo, hi = MEASURE_RANGE[measure]
     v = values[~np.isnan(values)]
@@ -155,7 +147,3 @@ def pair_summary(p: Pair, r: PairResult, d: dict[int, int], hist_kept: dict | No
     if hist_kept is not None:
         out["hist_kept"] = hist_kept
     return out
-
-
-def write_json(path: Path, obj: dict) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())

@@ -20,12 +20,12 @@ import pyarrow.parquet as pq
 from saelineage.data.store import list_shards, remove_stale_temporaries
 from saelineage.errors import SaelineageError
 from saelineage.progress import progress as make_progress
-from saelineage.run import RunDir, writes_run
+from saelineage.run import RunDir, write_json, write_parquet, writes_run
 from saelineage.stats.edges import EdgeOptions
 from saelineage.stats.engine import Budget, Layout, Pair, plan, run_passes
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.measures import MAX_TOKENS, MEASURES, side
-from saelineage.stats.outputs import feature_links, pair_summary, write_edges, write_json, write_parquet
+from saelineage.stats.outputs import feature_links, pair_summary, write_edges
 
 OUTPUTS = ("edges.parquet", "feature_links.parquet", "stats_summary.json")
 
@@ -225,7 +225,7 @@ def run_stats(run_dir: str | Path, cfg: StatsConfig | None = None, *, force: boo
                                      * budget.cell_bytes),
         }
         timings = {k: round(v, 3) for k, v in acc.timings.items()} | {"write": round(time.perf_counter() - t_w, 3)}
-        write_json(run.file("stats_summary.json"), {
+        write_json(run.file("stats_summary.json"), indent=1, obj={
             **summary, "options": opts, "timings": timings,
             "dec_cosine_note": ("decoder cosine for every pair" if not missing else
                                 f"dec_cosine is NaN for pairs touching layers {missing}: no SAE decoder weights"),
