@@ -57,11 +57,13 @@ def synthetic_scale_run(path: Path, layers: int, d_sae: int, n_tokens: int, wind
     n_f = layers * d_sae
     n_act = rng.integers(0, 2000, n_f)
     comm = rng.integers(0, n_f // 40, n_f)
+    key = {"layer": np.repeat(np.arange(layers), d_sae).astype(np.int64), "feature": np.tile(np.arange(d_sae), layers)}
     write_parquet(run.file("features.parquet"), pa.table({
-        "layer": np.repeat(np.arange(layers), d_sae).astype(np.int64), "feature": np.tile(np.arange(d_sae), layers),
-        "n_active": n_act, "density": n_act / n_tokens, "act_sum": n_act * 2.0, "act_sumsq": n_act * 5.0,
-        "act_max": rng.random(n_f) * 10, "lifecycle": rng.choice(["new", "carried", "ending", "dead"], n_f),
-        "community": comm, "explanation": pa.nulls(n_f, pa.string())}))
+        **key, "n_active": n_act, "density": n_act / n_tokens, "act_sum": n_act * 2.0, "act_sumsq": n_act * 5.0,
+        "act_max": rng.random(n_f) * 10}))
+    write_parquet(run.file("feature_analysis.parquet"), pa.table({
+        **key, "lifecycle": rng.choice(["new", "carried", "ending", "dead"], n_f),
+        "has_pred": rng.random(n_f) < 0.5, "has_succ": rng.random(n_f) < 0.5, "community": comm}))
     k = 20
     write_parquet(run.file("examples.parquet"), pa.table({
         "layer": np.repeat(np.arange(layers), d_sae * k), "feature": np.tile(np.repeat(np.arange(d_sae), k), layers),

@@ -226,7 +226,7 @@ def modelled(tmp_path_factory):
 @pytest.mark.parametrize("mode,which,last", [
     ("after", PARTS, False),                     # one block of upstream layers saved: the rerun resumes from it
     ("during", "ablations.html", False),         # middle, half written
-    ("after", "error_projection.parquet", False),  # last outputs: error columns not yet in features.parquet
+    ("after", "error_projection.parquet", False),  # last output in place, 'complete' not yet recorded
 ])
 def test_ablate_killed_then_rerun_equals_uninterrupted(server, modelled, tmp_path, monkeypatch, mode, which, last):
     import saelineage.causal.stage as st
@@ -255,7 +255,7 @@ def test_stats_killed_then_rerun_equals_uninterrupted(server, planted, tmp_path,
 @pytest.mark.parametrize("mode,which,last", [
     ("during", "lifecycle.parquet", False),      # first output
     ("after", "communities.parquet", False),     # middle
-    ("after", "features.parquet", False),        # last output: features.parquet already has analyze's columns
+    ("after", "feature_analysis.parquet", False),  # last output in place, 'complete' not yet recorded
     ("during", "manifest.json", True),           # every output in place, 'complete' half written
 ])
 def test_analyze_killed_then_rerun_equals_uninterrupted(server, planted, tmp_path, mode, which, last):

@@ -32,7 +32,7 @@ def _splits(run):
 
 
 def _labels(run):
-    f = pq.read_table(run.file("features.parquet")).to_pylist()
+    f = pq.read_table(run.file("feature_analysis.parquet")).to_pylist()
     return {(r["layer"], r["feature"]): r["lifecycle"] for r in f}
 
 
@@ -128,12 +128,11 @@ def test_precision_recall_under_5_percent_noise(tmp_path, seed):
 def test_leiden_identical_across_runs_and_outputs(clean):
     run, truth = clean
     outputs = ("communities.parquet", "gates.parquet", "splits.parquet", "best_pairs.parquet", "lifecycle.parquet",
-               "features.parquet", "prompt_graphs.json", "lifecycle.html")
+               "feature_analysis.parquet", "prompt_graphs.json", "lifecycle.html")
     before = {f: run.file(f).read_bytes() for f in outputs}
-    comm = pq.read_table(run.file("features.parquet"), columns=["layer", "feature", "community"]).to_pylist()
+    comm = pq.read_table(run.file("feature_analysis.parquet"), columns=["layer", "feature", "community"]).to_pylist()
     analyze(run.path, quiet=True, force=True)
     assert {f: run.file(f).read_bytes() for f in outputs} == before
-    assert pq.read_table(run.file("features.parquet"), columns=["layer", "feature", "community"]).to_pylist() == comm
     c = {(r["layer"], r["feature"]): r["community"] for r in comm}
     for parent, child in truth.copies:  # a copy lands in its parent's community
         assert c[parent] == c[child] is not None
@@ -145,9 +144,14 @@ def test_leiden_identical_across_runs_and_outputs(clean):
 
 def test_outputs_figure_and_rerun(clean, capsys):
     run, truth = clean
-    feats = pq.read_table(run.file("features.parquet"))
-    assert feats.column_names[:7] == ["layer", "feature", "n_active", "density", "act_sum", "act_sumsq", "act_max"]
-    assert {"lifecycle", "community", "has_pred", "has_succ", "explanation"} <= set(feats.column_names)
+    feats = pq.read_table(run.file("features.parquet"))  # collect's alone: analyze only reads it
+    assert feats.column_names == ["layer", "feature", "n_active", "density", "act_sum", "act_sumsq", "act_max"]
+    mine = pq.read_table(run.file("feature_analysis.parquet"))
+    assert mine.column_names == ["layer", "feature", "lifecycle", "has_pred", "has_succ", "community"]
+    assert mine.select(["layer", "feature"]).equals(feats.select(["layer", "feature"]))  # same rows, same order
+    first, last = truth.layers[0], truth.layers[-1]
+    for r in mine.to_pylist():  # no predecessor layer before the first, no successor layer after the last
+        assert (r["has_pred"] is None) == (r["layer"] == first) and (r["has_succ"] is None) == (r["layer"] == last)
     table = [r for r in pq.read_table(run.file("lifecycle.parquet")).to_pylist() if r["chosen"]]
     html = run.file("lifecycle.html").read_text()
     assert "plotly" in html and "cdn" not in html.split("<script")[1][:200]  # plotly.js embedded

@@ -66,7 +66,8 @@ def test_prompt_graph_matches_direct_encoding(run, model):
               if f"{a}_{b}" in want and f"{c}_{d}" in want}
     assert {(x["source"], x["target"]) for x in g["links"]} == expect
     comm = {(r["layer"], r["feature"]): r["community"]
-            for r in pq.read_table(run.file("features.parquet"), columns=["layer", "feature", "community"]).to_pylist()}
+            for r in pq.read_table(run.file("feature_analysis.parquet"), columns=["layer", "feature", "community"]
+                                   ).to_pylist()}
     assert all(x["community"] == comm[(x["layer"], x["feature"])] for x in g["nodes"])
     want3, _ = _expected_nodes(run, model, 3)
     assert {x["id"] for x in prompt(run.path, TEXT, 3, model=model)["nodes"]} == want3

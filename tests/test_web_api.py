@@ -97,7 +97,8 @@ def test_graph_api(client):
 def test_community_graph_edges_match_brute_force(run, client, query):
     """Edges of a community's graph = every edge of edges.parquet between two shown members of
     consecutive shown layers with value >= min_value (recomputed from the run's files)."""
-    feats = pq.read_table(run.file("features.parquet")).to_pandas()
+    feats = pq.read_table(run.file("features.parquet")).to_pandas().merge(
+        pq.read_table(run.file("feature_analysis.parquet")).to_pandas(), on=["layer", "feature"])
     edges = pq.read_table(run.file("edges.parquet")).to_pandas()
     comm = int(feats["community"].dropna().astype(int).value_counts().index[0])  # the largest community
     g = client.get("/api/graph", params={"community": comm, "measure": "jaccard", **query}).json()
@@ -229,6 +230,7 @@ def test_labels_import_json_and_csv(tmp_path, run):
     c = TestClient(create_app(copy, allowed_hosts=None))
     f = c.get("/api/features/1/3").json()
     assert f["label"] == "cats and dogs" and f["label_source"] == "imported" and f["auto_label"]
+    assert f["explanation"] == "cats and dogs" and c.get("/api/features/1/4").json()["explanation"] is None
     assert any(x["feature"] == 4 for x in c.get("/api/search", params={"q": "paris"}).json()["labels"])
 
 
@@ -276,14 +278,14 @@ def test_neuronpedia_links():
 
 def test_feature_page_shows_hidden_in_error_when_present(tmp_path):
     """After `ablate`, a feature without a successor shows its error projection; others show none."""
-    from saelineage.causal.error_projection import merge_into_features
+    from saelineage.data.finalize import write_parquet
 
     run = build_sample_run(tmp_path / "run")
-    feats = pq.read_table(run.file("features.parquet")).to_pandas()
+    feats = pq.read_table(run.file("feature_analysis.parquet")).to_pandas()
     ending = feats[feats["lifecycle"].isin(["ending", "new+ending"])].iloc[0]
     carried = feats[feats["lifecycle"] == "carried"].iloc[0]
     l, f = int(ending["layer"]), int(ending["feature"])
-    merge_into_features(run, pa.table({
+    write_parquet(run.file("error_projection.parquet"), pa.table({
         "layer": pa.array([l], pa.int32()), "feature": pa.array([f], pa.int32()),
         "error_next_layer": pa.array([l + 1], pa.int32()), "error_proj_tokens": pa.array([321], pa.int64()),
         "error_proj": [0.75], "error_proj_rel": [0.4321], "error_proj_base": [0.01], "resid_proj_rel": [0.9]}))
@@ -363,7 +365,7 @@ def test_serve_keeps_a_consistent_state_while_a_stage_rewrites_the_run(tmp_path,
     c = TestClient(app)
 
     def lifecycle_counts() -> dict:
-        t = pq.read_table(copy / "features.parquet", columns=["lifecycle"]).column("lifecycle").to_pylist()
+        t = pq.read_table(copy / "feature_analysis.parquet", columns=["lifecycle"]).column("lifecycle").to_pylist()
         return {lab: t.count(lab) for lab in set(t)}
 
     def shown_counts() -> dict:
@@ -382,7 +384,7 @@ def test_serve_keeps_a_consistent_state_while_a_stage_rewrites_the_run(tmp_path,
         for _ in range(3):
             assert c.get("/api/status").status_code == 200
             data.wait_for_refresh()
-        # the previous state, not a mix (lifecycle.parquet is already rewritten, features.parquet not yet)
+        # the previous state, not a mix (lifecycle.parquet is already rewritten, feature_analysis.parquet not yet)
         assert data._building is None and shown_counts() == before
         assert c.get("/api/overview").json() == overview
         proc.stdin.write("\n")

@@ -62,7 +62,7 @@ def ablate_command(
     Writes ablations.parquet (one row per sampled measure and pair: mean/median/relative drop,
     token count), ablations.html, and prints the Spearman correlation between similarity and
     effect per measure and layer pair. With --hidden, features that end at a layer get the
-    share of their write found in the next SAE's error (error_proj_* columns of features.parquet).
+    share of their write found in the next SAE's error (error_projection.parquet).
     """
     from saelineage.causal.stage import AblateConfig, ablate_run
 

@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from saelineage.data.finalize import write_parquet
 from saelineage.errors import SaelineageError
+from saelineage.feature_table import ANALYSIS_FILE, read_features
 from saelineage.run import RunDir
 
 ERROR_COLUMNS = ("error_next_layer", "error_proj_tokens", "error_proj", "error_proj_rel", "error_proj_base",
@@ -33,13 +33,13 @@ ERROR_COLUMNS = ("error_next_layer", "error_proj_tokens", "error_proj", "error_p
 def ending_features(run: RunDir, measure: str = "pearson", threshold: float = 0.5) -> tuple[dict[int, np.ndarray], str]:
     """{layer: ids of live features with no successor} for every layer that has a next layer, and a note.
 
-    Uses features.parquet's `lifecycle` column (analyze) when present: 'ending' and 'new+ending'
+    Uses analyze's `lifecycle` (feature_analysis.parquet) when present: 'ending' and 'new+ending'
     (a feature that is new at l and ends there has no successor either); otherwise live features with
     no edge to the next layer whose `measure` ≥ `threshold` (the reference's rule: pearson ≥ 0.5)."""
     m = run.load()
     layers = sorted(int(l) for l in m["layers"])
     nxt = dict(zip(layers[:-1], layers[1:]))
-    feats = pq.read_table(run.file("features.parquet"))
+    feats = read_features(run, columns=["n_active", "lifecycle"])
     layer_col = feats.column("layer").to_numpy()
     fid = feats.column("feature").to_numpy()
     out: dict[int, np.ndarray] = {}
@@ -50,7 +50,7 @@ def ending_features(run: RunDir, measure: str = "pearson", threshold: float = 0.
             out[l] = np.sort(fid[(layer_col == l) & ends].astype(np.int64))
         return out, "features without a successor by analyze (lifecycle 'ending' or 'new+ending')"
     if not run.file("edges.parquet").is_file():
-        raise SaelineageError("no lifecycle column in features.parquet and no edges.parquet.",
+        raise SaelineageError(f"no lifecycle ({ANALYSIS_FILE}) and no edges.parquet.",
                               "run `saelineage stats RUN` (and `saelineage analyze RUN`) first.")
     edges = pq.read_table(run.file("edges.parquet"), columns=["src_layer", "src", "dst_layer", measure])
     live = feats.column("n_active").to_numpy() > 0
@@ -60,7 +60,7 @@ def ending_features(run: RunDir, measure: str = "pearson", threshold: float = 0.
         has = np.unique(e.column("src").to_numpy())
         cand = fid[(layer_col == l) & live].astype(np.int64)
         out[l] = np.sort(cand[~np.isin(cand, has)])
-    return out, (f"analyze has not run (no lifecycle column): 'ending' = live features with no edge to the next "
+    return out, (f"analyze has not run (no lifecycle): 'ending' = live features with no edge to the next "
                  f"layer with {measure} ≥ {threshold}")
 
 
@@ -127,21 +127,3 @@ def _table(acc: dict, features: dict[int, np.ndarray], next_layer: dict[int, int
         "error_proj_tokens": pa.array(rows["error_proj_tokens"], pa.int64()),
         **{k: pa.array(rows[k], pa.float64()) for k in ERROR_COLUMNS[2:]},
     })
-
-
-def merge_into_features(run: RunDir, proj: pa.Table) -> None:
-    """Add (or replace) ERROR_COLUMNS in features.parquet, matched on (layer, feature); null elsewhere."""
-    feats = pq.read_table(run.file("features.parquet"))
-    for c in ERROR_COLUMNS:
-        if c in feats.column_names:
-            feats = feats.drop_columns([c])
-    key = feats.column("layer").to_numpy().astype(np.int64) << 32 | feats.column("feature").to_numpy().astype(np.int64)
-    pkey = proj.column("layer").to_numpy().astype(np.int64) << 32 | proj.column("feature").to_numpy().astype(np.int64)
-    order = np.argsort(pkey)
-    at = np.searchsorted(pkey[order], key)
-    at = np.clip(at, 0, max(len(pkey) - 1, 0))
-    hit = (pkey[order][at] == key) if len(pkey) else np.zeros(len(key), bool)
-    for c in ERROR_COLUMNS:
-        src = proj.column(c).take(pa.array(order[at])) if len(pkey) else pa.nulls(len(key), proj.schema.field(c).type)
-        feats = feats.append_column(c, pc.if_else(pa.array(hit), src, pa.nulls(len(key), src.type)))
-    write_parquet(run.file("features.parquet"), feats)

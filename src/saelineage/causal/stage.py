@@ -1,9 +1,10 @@
 """The `ablate` stage on a run directory: sample edges, ablate, correlate, plot, error projections.
 
-Reads manifest.json, edges.parquet, features.parquet and the activation store; writes
-ablations.parquet (one row per sampled (measure, pair)), ablations.html, error_projection.parquet
-and the error columns of features.parquet. Work is saved per block of upstream layers under
-.ablate-parts/, so an interrupted stage resumes and ends with the same files.
+Reads manifest.json, edges.parquet, features.parquet (+ analyze's lifecycle) and the activation
+store; writes ablations.parquet (one row per sampled (measure, pair)), ablations.html and its
+per-feature table error_projection.parquet (readers join it with feature_table.read_features).
+Work is saved per block of upstream layers under .ablate-parts/, so an interrupted stage resumes
+and ends with the same files.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from saelineage.causal.ablate import EFFECT_COLUMNS, ablate_pairs
-from saelineage.causal.error_projection import ERROR_COLUMNS, ending_features, merge_into_features, project_errors
+from saelineage.causal.error_projection import ending_features, project_errors
 from saelineage.causal.report import correlations, print_correlations, write_plot
 from saelineage.causal.sampling import sample_edges, unique_pairs
 from saelineage.causal.windows import active_windows, choose, load_windows, load_windows_with_codes, window_rank
 from saelineage.data.finalize import write_parquet
 from saelineage.errors import SaelineageError
+from saelineage.feature_table import ERROR_PROJECTION_FILE
 from saelineage.progress import console, progress
 from saelineage.run import RunDir, config_hash, writes_run
 
@@ -64,7 +66,6 @@ def ablate_run(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, fo
     manifest = run.require("stats")
     if run.is_complete("ablate") and not force and run.file("ablations.parquet").is_file():
         console.print(f"ablate: {run.path} is complete; skipping (use --force to redo).")
-        _remerge_errors(run)
         table = pq.read_table(run.file("ablations.parquet"))
         if show:
             print_correlations(run.load()["stages"]["ablate"].get("correlations", []))
@@ -161,7 +162,7 @@ def _join(sample: pa.Table, pairs: np.ndarray, inverse: np.ndarray, effects: pa.
 
 
 def _hidden(run: RunDir, rm, cfg: AblateConfig, threshold: float) -> dict:
-    """Error projections of ending features; writes error_projection.parquet and merges into features."""
+    """Error projections of ending features; writes error_projection.parquet."""
     feats, note = ending_features(run, cfg.ending_measure, cfg.ending_threshold)
     console.print(f"hidden in the error: {note}.")
     layers = sorted(int(l) for l in run.load()["layers"])
@@ -179,8 +180,7 @@ def _hidden(run: RunDir, rm, cfg: AblateConfig, threshold: float) -> dict:
     wins = _cover(chosen, cfg.hidden_windows, cfg.seed)
     ids, mask = load_windows(run, wins)
     proj = project_errors(rm.adapter, rm.saes, ids, mask, feats, nxt, threshold, cfg.batch_rows)
-    write_parquet(run.file("error_projection.parquet"), proj)
-    merge_into_features(run, proj)
+    write_parquet(run.file(ERROR_PROJECTION_FILE), proj)
     rel = np.asarray(proj.column("error_proj_rel").to_pylist(), dtype=float)
     base = np.asarray(proj.column("error_proj_base").to_pylist(), dtype=float)
     ok = np.isfinite(rel)
@@ -211,14 +211,6 @@ def _cover(chosen: dict[tuple[int, int], np.ndarray], cap: int, seed: int) -> np
                 seen.add(int(w[r]))
                 out.append(int(w[r]))
     return np.sort(np.asarray(out, np.int64))
-
-
-def _remerge_errors(run: RunDir) -> None:
-    """Put the error columns back into features.parquet if a later stage rewrote it without them."""
-    p = run.file("error_projection.parquet")
-    if p.is_file() and run.file("features.parquet").is_file():
-        if not set(ERROR_COLUMNS) <= set(pq.read_schema(run.file("features.parquet")).names):
-            merge_into_features(run, pq.read_table(p))
 
 
 def demo_ablation(run_dir: str | Path, layer_pairs: Sequence[tuple[int, int]] | None = None, max_layer_pairs: int = 3,

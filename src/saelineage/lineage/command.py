@@ -62,8 +62,8 @@ def analyze_command(
     for a sweep of thresholds; `chosen` marks --threshold), lifecycle.html (Sankey diagram),
     gates.parquet (validated AND/OR gates with support and both scores), best_pairs.parquet
     (every child's two strongest parents scored as AND and as OR), splits.parquet,
-    communities.parquet (size, layers spanned, top tokens), prompt_graphs.json, and adds
-    lifecycle / has_pred / has_succ / community columns to features.parquet. Gates and
+    communities.parquet (size, layers spanned, top tokens), prompt_graphs.json, and
+    feature_analysis.parquet (per feature: lifecycle / has_pred / has_succ / community). Gates and
     splits are validated by re-reading the stored codes with the stats stage's threshold.
     """
     from saelineage.lineage.lifecycle import print_lifecycle
@@ -135,9 +135,11 @@ def prompt_command(
 def export_command(
     run: Path = typer.Argument(..., help="Run directory (after `saelineage stats`; communities after analyze)."),
     format: str = typer.Option("nodelink", "--format", help="nodelink (JSON for networkx/D3), graphml (Gephi), "
-                                                            "parquet (nodes.parquet + links.parquet)."),
+                                                            "parquet (nodes.parquet + links.parquet), features "
+                                                            "(every per-feature column of the run, joined)."),
     out: Optional[Path] = typer.Option(None, help="Output file (folder for parquet). Default: RUN/export/graph.json, "
-                                                  "RUN/export/graph.graphml or RUN/export/."),
+                                                  "RUN/export/graph.graphml, RUN/export/ or "
+                                                  "RUN/export/features.parquet."),
     measure: str = typer.Option("jaccard", help="Edge measure exported as link `similarity`."),
     min_value: Optional[float] = typer.Option(None, help="Only edges whose measure is ≥ this "
                                                          "(default: all kept edges)."),
@@ -147,7 +149,8 @@ def export_command(
     Nodes: id "L_F", layer, feature, explanation, community, lifecycle, density.
     Links: source, target, similarity (= --measure). Node-link JSON reads back with
     `networkx.node_link_graph(data, edges="links")`; GraphML opens in Gephi (edge weight =
-    similarity).
+    similarity). `--format features` instead writes one Parquet file: collect's features.parquet
+    joined with analyze's feature_analysis.parquet and ablate's error_projection.parquet.
     """
     from saelineage.lineage.export import FORMATS, export
     from saelineage.progress import console

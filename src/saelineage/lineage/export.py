@@ -1,8 +1,14 @@
-"""Exports of the feature graph: node-link JSON (networkx, D3), GraphML (Gephi), Parquet.
+"""Exports of the feature graph: node-link JSON (networkx, D3), GraphML (Gephi), Parquet; and of
+the joined per-feature table (format "features").
 
-Nodes are the live features, with id "L_F" (layer_feature), layer, feature, explanation,
-community and lifecycle; links are the kept edges whose `measure` is ≥ min_value, with that
-value as `similarity`. Written without networkx (a test-only dependency) and atomically.
+Nodes are the live features, with id "L_F" (layer_feature), layer, feature, explanation (imported
+labels, labels.parquet), community and lifecycle; links are the kept edges whose `measure` is
+≥ min_value, with that value as `similarity`. Written without networkx (a test-only dependency)
+and atomically.
+
+"features" writes `feature_table.read_features`: collect's features.parquet with analyze's and
+ablate's per-feature columns, for readers that looked for `lifecycle` in features.parquet before
+each stage got its own table.
 
 Read the node-link file with networkx as ``nx.node_link_graph(data, edges="links")``
 (networkx ≥ 3.4 defaults to the key "edges"; the file uses the classic "links").
@@ -21,19 +27,18 @@ import pyarrow.parquet as pq
 
 from saelineage.data.finalize import write_parquet
 from saelineage.errors import SaelineageError
+from saelineage.feature_table import read_features
 from saelineage.run import RunDir, atomic_write_bytes
 
-FORMATS = ("nodelink", "graphml", "parquet")
+FORMATS = ("nodelink", "graphml", "parquet", "features")
 
 
 def explanations(run: RunDir, feats: pa.Table) -> np.ndarray | None:
-    """object [N] explanation per features row: imported labels (labels.parquet) first, then the
-    features table's own `explanation` column; None where neither has one."""
+    """object [N] explanation per row of `feats` (layer, feature): the imported label
+    (labels.parquet, `saelineage labels import`), None where there is none; None when the run
+    has no labels."""
     out = np.full(feats.num_rows, None, dtype=object)
     have = False
-    if "explanation" in feats.column_names:
-        out[:] = feats.column("explanation").to_pylist()
-        have = True
     lp = run.file("labels.parquet")
     if lp.is_file():
         lab = pq.read_table(lp)
@@ -54,7 +59,7 @@ def graph_tables(run_dir: str | Path, measure: str = "jaccard", min_value: float
     """(nodes, links) tables of the run's feature graph (see module doc)."""
     run = RunDir(run_dir)
     run.require("stats")
-    feats = pq.read_table(run.file("features.parquet"))
+    feats = read_features(run, columns=["n_active", "density", "community", "lifecycle"])
     names = feats.column_names
     live = feats.column("n_active").to_numpy() > 0
     layer = feats.column("layer").to_numpy().astype(np.int64)
@@ -128,14 +133,22 @@ def graphml_bytes(nodes: pa.Table, links: pa.Table, meta: dict[str, Any]) -> byt
 
 def export(run_dir: str | Path, fmt: str = "nodelink", out: str | Path | None = None, measure: str = "jaccard",
            min_value: float | None = None) -> Path:
-    """Write the feature graph of a run in `fmt`; returns the file (or folder, for parquet) written.
+    """Write the feature graph of a run in `fmt`, or (fmt "features") its joined per-feature table;
+    returns the file (or folder, for parquet) written.
 
     Default `out`: RUN/export/graph.json (nodelink), RUN/export/graph.graphml, RUN/export/ (parquet:
-    nodes.parquet + links.parquet).
+    nodes.parquet + links.parquet), RUN/export/features.parquet (features; measure and min_value
+    do not apply).
     """
     if fmt not in FORMATS:
         raise SaelineageError(f"unknown export format {fmt!r}.", f"choose one of {', '.join(FORMATS)}.")
     run = RunDir(run_dir)
+    if fmt == "features":
+        run.require("collect")
+        target = Path(out) if out is not None else run.file("export") / "features.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_parquet(target, read_features(run))
+        return target
     nodes, links = graph_tables(run.path, measure, min_value)
     meta = {"run": run.path.name, "measure": measure, "min_value": min_value}
     default = {"nodelink": "graph.json", "graphml": "graph.graphml", "parquet": ""}[fmt]

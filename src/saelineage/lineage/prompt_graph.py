@@ -18,6 +18,7 @@ import numpy as np
 from rich.table import Table
 
 from saelineage.errors import SaelineageError
+from saelineage.feature_table import read_features
 from saelineage.run import RunDir
 
 KEY = np.int64(1) << 32  # (layer, feature) → one int64 key
@@ -123,11 +124,11 @@ def prompt_graph(codes: dict[int, tuple[np.ndarray, np.ndarray]], ctx: GraphCont
 
 
 def load_context(run: RunDir) -> GraphContext:
-    """GraphContext of an analysed run (communities from features.parquet; explanations if any)."""
+    """GraphContext of an analysed run (communities from analyze; imported explanations if any)."""
     import pyarrow.parquet as pq
 
     run.require("stats")
-    feats = pq.read_table(run.file("features.parquet"))
+    feats = read_features(run, columns=["act_max", "community"])
     names = feats.column_names
     comm = (np.asarray(feats.column("community").fill_null(-1).to_numpy(), np.int64) if "community" in names
             else np.full(feats.num_rows, -1, np.int64))

@@ -2,9 +2,9 @@
 
 Reads features.parquet, feature_links.parquet and edges.parquet (stats) and the activation
 store (two validation passes); writes lifecycle.parquet, gates.parquet, best_pairs.parquet,
-splits.parquet, communities.parquet, prompt_graphs.json and lifecycle.html, and adds
-`lifecycle`, `has_pred`, `has_succ`, `community` (and an empty `explanation` when absent) to
-features.parquet. Every file is written atomically; re-running with the same options after a
+splits.parquet, communities.parquet, prompt_graphs.json, lifecycle.html and its per-feature
+table feature_analysis.parquet (`lifecycle`, `has_pred`, `has_succ`, `community`; collect's
+features.parquet is only read). Every file is written atomically; re-running with the same options after a
 complete run is skipped, and an interrupted run simply starts again (all outputs are pure
 functions of the inputs and the options).
 """
@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from saelineage.data.finalize import write_parquet
 from saelineage.errors import SaelineageError
+from saelineage.feature_table import ANALYSIS_FILE, KEY
 from saelineage.lineage import communities as comm
 from saelineage.lineage import gates, lifecycle, splits
 from saelineage.lineage.figures import write_lifecycle_html
@@ -34,7 +35,6 @@ from saelineage.run import RunDir, atomic_write_bytes, writes_run
 
 EDGE_COLUMNS = ("src_layer", "src", "dst_layer", "dst", "n_co", "jaccard", "sufficiency", "necessity",
                 "mutual_info", "pearson", "act_cosine")
-ADDED_COLUMNS = ("lifecycle", "has_pred", "has_succ", "community")
 
 
 @dataclass
@@ -146,6 +146,16 @@ def analyze(run_dir: str | Path, *, force: bool = False, quiet: bool = False, **
     return run
 
 
+def _feature_analysis(feats: pa.Table, lc: lifecycle.Lifecycle, community: np.ndarray) -> pa.Table:
+    """analyze's per-feature table, in features.parquet's row order (feature_table.ANALYSIS_COLUMNS)."""
+    cols = {c: feats.column(c) for c in KEY}
+    cols["lifecycle"] = pa.array(list(lc.label), pa.string())
+    for name, flag in (("has_pred", lc.has_pred), ("has_succ", lc.has_succ)):  # null: no such layer
+        cols[name] = pa.array(flag == 1, pa.bool_(), mask=flag < 0)
+    cols["community"] = pa.array(np.where(community >= 0, community, 0), pa.int64(), mask=community < 0)
+    return pa.table(cols)
+
+
 def _analyze(run: RunDir, manifest: dict, opt: AnalyzeOptions, e: dict[str, np.ndarray], quiet: bool) -> dict:
     layers = [int(l) for l in manifest["layers"]]
     d_sae = {int(l): int(d) for l, d in manifest["d_sae"].items()}
@@ -234,24 +244,11 @@ def _analyze(run: RunDir, manifest: dict, opt: AnalyzeOptions, e: dict[str, np.n
         ex_rows = ex_tok = np.zeros(0, np.int64)
     comm_table = comm.community_table(f_layer, community, ex_rows, ex_tok, vocab)
 
-    # features.parquet gains lifecycle and community (replacing those of an earlier analyze)
-    # analyze's columns always go last, in one order, so a re-run writes the same bytes;
-    # an explanation column someone filled is carried over
-    keep_cols = [c for c in feats.column_names if c not in ADDED_COLUMNS and c != "explanation"]
-    new = feats.select(keep_cols)
-    new = new.append_column("lifecycle", pa.array(list(lc.label), pa.string()))
-    for name, flag in (("has_pred", lc.has_pred), ("has_succ", lc.has_succ)):  # null: no such layer
-        new = new.append_column(name, pa.array(flag == 1, pa.bool_(), mask=flag < 0))
-    new = new.append_column("community", pa.array(np.where(community >= 0, community, 0), pa.int64(),
-                                                  mask=community < 0))
-    new = new.append_column("explanation", feats.column("explanation").cast(pa.string())
-                            if "explanation" in feats.column_names else pa.array([None] * new.num_rows, pa.string()))
-
     # sample prompt graphs from the stored codes (no model needed)
     from saelineage.lineage.export import explanations
 
     ctx = GraphContext(f_layer, f_id, feats.column("act_max").to_numpy().astype(np.float64), community,
-                       explanations(run, new), e)
+                       explanations(run, feats), e)
     graphs = sample_graphs(counts.samples, ctx, vocab, rel=opt.prompt_rel, measure=opt.prompt_measure,
                            max_nodes=opt.prompt_max_nodes)
 
@@ -264,7 +261,7 @@ def _analyze(run: RunDir, manifest: dict, opt: AnalyzeOptions, e: dict[str, np.n
                        json.dumps({"rel": opt.prompt_rel, "measure": opt.prompt_measure, "graphs": graphs},
                                   allow_nan=False).encode())
     write_lifecycle_html(life_table, run.file("lifecycle.html"), f"Feature lifecycle of {run.path.name}")
-    write_parquet(run.file("features.parquet"), new)
+    write_parquet(run.file(ANALYSIS_FILE), _feature_analysis(feats, lc, community))
     kinds = gate_table.column("kind").to_pylist()
     return {"lifecycle": {lab: int((lc.label == lab).sum()) for lab in lifecycle.LABELS},
             "gates": {"and": kinds.count("and"), "or": kinds.count("or")}, "splits": split_table.num_rows,

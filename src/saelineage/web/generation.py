@@ -97,9 +97,8 @@ class Generation:
             return
         r = self.con.execute("""SELECT layer, feature, n_active, density, act_max,
             coalesce(TRY_CAST(community AS BIGINT), -1) AS community, CAST(lifecycle AS VARCHAR) AS lifecycle,
-            coalesce(nullif(trim(imported_label), ''), nullif(trim(explanation), ''), auto_label, '') AS label,
-            CASE WHEN nullif(trim(imported_label), '') IS NOT NULL THEN 'imported'
-                 WHEN nullif(trim(explanation), '') IS NOT NULL THEN 'analysis' ELSE 'auto' END AS src
+            coalesce(nullif(trim(imported_label), ''), auto_label, '') AS label,
+            CASE WHEN nullif(trim(imported_label), '') IS NOT NULL THEN 'imported' ELSE 'auto' END AS src
             FROM features ORDER BY layer, feature""").fetchnumpy()
         full = self.con.execute("SELECT * FROM features ORDER BY layer, feature").fetchnumpy()
         self.fcols = {k: _unmask(v) for k, v in full.items()}  # every column, for feature pages without a query

@@ -168,8 +168,8 @@ class RunData(RelationQueries):
                             "neuronpedia": neuronpedia_url(g.np_ids, layer, feature)}
         out["act_mean"] = (r["act_sum"] / r["n_active"]) if r.get("n_active") else None
         out["extra"] = {k: v for k, v in r.items() if k not in out and v is not None
-                        and k not in ("layer", "feature", "explanation", "act_sum", "act_sumsq")}
-        out["explanation"] = r.get("explanation")
+                        and k not in ("layer", "feature", "act_sum", "act_sumsq")}
+        out["explanation"] = out["imported_label"]
         return out
 
     def examples(self, layer: int, feature: int, limit: int = 20, before: int = 12, after: int = 4

@@ -145,8 +145,8 @@ class FeatureBrief(Closed):
 
     layer: int
     feature: int
-    label: str = Field(..., description="Imported label, else the analysis explanation, else an automatic label "
-                                        "from top tokens; empty for a feature not in the run")
+    label: str = Field(..., description="Imported label, else an automatic label from top tokens; empty for a "
+                                        "feature not in the run")
     density: Optional[float] = Field(..., description="Share of tokens on which the feature fires")
     act_max: Optional[float] = Field(..., description="Largest activation over the corpus")
     lifecycle: Optional[str] = Field(..., description="dead, new, carried, ending or new+ending; null before analyze")
@@ -173,14 +173,15 @@ class Example(Closed):
 
 
 class Feature(FeatureBrief):
-    label_source: Literal["imported", "analysis", "auto"]
+    label_source: Literal["imported", "auto"]
     auto_label: Optional[str]
     imported_label: Optional[str]
     n_active: int = Field(..., description="Tokens on which the feature fires")
     neuronpedia: Optional[str] = Field(..., description="Neuronpedia page, for SAEs of a known public release")
     act_mean: Optional[float] = Field(..., description="Mean activation where active")
-    extra: dict[str, Any] = Field(..., description="Further non-null columns of features.parquet")
-    explanation: Optional[str] = Field(..., description="Explanation written by analyze")
+    extra: dict[str, Any] = Field(..., description="Further non-null per-feature columns (features.parquet, "
+                                                   "feature_analysis.parquet, error_projection.parquet)")
+    explanation: Optional[str] = Field(..., description="Imported explanation (labels.parquet); null when none")
     examples: list[Example]
 
 

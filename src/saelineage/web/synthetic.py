@@ -179,6 +179,7 @@ def _fixture_analyze(run: RunDir) -> None:
     import pyarrow.parquet as pq
 
     from saelineage.data.finalize import write_parquet
+    from saelineage.feature_table import ANALYSIS_FILE
 
     feats = pq.read_table(run.file("features.parquet"))
     edges = pq.read_table(run.file("edges.parquet")).to_pydict()
@@ -198,9 +199,11 @@ def _fixture_analyze(run: RunDir) -> None:
         else:
             life.append("carried" if k[0] == layers[-1] or k in has_succ else "ending")
     comm = _leiden(key, live, strong, edges)
-    feats = feats.append_column("lifecycle", pa.array(life)).append_column("community", pa.array(comm, pa.int64()))
-    feats = feats.append_column("explanation", pa.array([None] * len(key), pa.string()))
-    write_parquet(run.file("features.parquet"), feats)
+    write_parquet(run.file(ANALYSIS_FILE), pa.table({
+        "layer": feats.column("layer"), "feature": feats.column("feature"), "lifecycle": pa.array(life, pa.string()),
+        "has_pred": pa.array([None if k[0] == layers[0] else k in has_pred for k in key], pa.bool_()),
+        "has_succ": pa.array([None if k[0] == layers[-1] else k in has_succ for k in key], pa.bool_()),
+        "community": pa.array(comm, pa.int64())}))
     rates: dict[str, list] = {k: [] for k in ("layer", "chosen", "share_new", "share_ending", "ref_share_new",
                                                "ref_share_ending")}
     for l in layers:

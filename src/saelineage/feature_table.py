@@ -1,0 +1,74 @@
+"""A run's per-feature table: collect's columns joined with analyze's and ablate's.
+
+Every run file has one writing stage (docs/design.md §3), so the per-feature columns live in three files:
+
+- ``features.parquet`` (collect, or the store API): ``layer, feature, n_active, density, act_sum,
+  act_sumsq, act_max``; one row per (layer, feature);
+- ``feature_analysis.parquet`` (analyze): ``layer, feature, lifecycle, has_pred, has_succ,
+  community``, rows in features.parquet's order;
+- ``error_projection.parquet`` (ablate): ``layer, feature`` and the ``error_proj*`` columns, only
+  for the features it measured.
+
+`read_features` joins them on (layer, feature) for readers that want one table (the browser, the
+exports, Python users). A column of a stage that has not run is absent; a row the stage did not
+cover is null in its columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from saelineage.lineage.index import feature_rows
+from saelineage.run import RunDir
+
+FEATURES_FILE = "features.parquet"
+ANALYSIS_FILE = "feature_analysis.parquet"
+ERROR_PROJECTION_FILE = "error_projection.parquet"
+KEY = ("layer", "feature")
+COLLECT_COLUMNS = (*KEY, "n_active", "density", "act_sum", "act_sumsq", "act_max")
+ANALYSIS_COLUMNS = (*KEY, "lifecycle", "has_pred", "has_succ", "community")
+JOINED_FILES = (ANALYSIS_FILE, ERROR_PROJECTION_FILE)
+"""Per-feature tables joined onto features.parquet, in the order their columns are appended."""
+
+
+def read_features(run: RunDir | str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """features.parquet with the per-feature columns of feature_analysis.parquet and
+    error_projection.parquet appended, matched on (layer, feature), in features.parquet's row order.
+
+    columns: only these (plus layer and feature); a name no file holds is left out. A run made
+    before analyze had its own table keeps analyze's columns in features.parquet; when
+    feature_analysis.parquet exists its columns replace those (it is the newer analysis).
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    want = None if columns is None else set(columns) | set(KEY)
+    parts = [(name, pq.read_schema(run.file(name)).names) for name in JOINED_FILES if run.file(name).is_file()]
+    owned = {c for _, names in parts for c in names if c not in KEY}
+    base_names = [c for c in pq.read_schema(run.file(FEATURES_FILE)).names
+                  if c not in owned and (want is None or c in want)]
+    table = pq.read_table(run.file(FEATURES_FILE), columns=base_names)
+    for name, names in parts:
+        take = [c for c in names if c not in KEY and (want is None or c in want)]
+        if take:
+            table = _left_join(table, pq.read_table(run.file(name), columns=[*KEY, *take]), take)
+    return table
+
+
+def _left_join(left: pa.Table, right: pa.Table, columns: list[str]) -> pa.Table:
+    """`left` with `columns` of `right` appended where (layer, feature) matches; null elsewhere."""
+    ll, lf = (left.column(c).to_numpy().astype(np.int64) for c in KEY)
+    rl, rf = (right.column(c).to_numpy().astype(np.int64) for c in KEY)
+    if len(ll) == len(rl) and np.array_equal(ll, rl) and np.array_equal(lf, rf):
+        picked = [right.column(c) for c in columns]  # the same rows in the same order: nothing to match
+    else:
+        at = feature_rows(rl, rf)(ll, lf) if len(rl) else np.full(len(ll), -1, np.int64)
+        index = pa.array(np.maximum(at, 0), pa.int64(), mask=at < 0)
+        picked = [right.column(c).take(index) if len(rl) else pa.nulls(len(ll), right.schema.field(c).type)
+                  for c in columns]
+    for c, col in zip(columns, picked):
+        left = left.append_column(right.schema.field(c), col)
+    return left
