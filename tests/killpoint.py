@@ -54,7 +54,7 @@ def main(spec: dict) -> None:
 
         run_stats(run, StatsConfig(**kwargs), progress=False)
     elif stage == "analyze":
-        from saelineage.lineage import analyze
+        from saelineage.lineage.stage import analyze
 
         analyze(run, quiet=True, **kwargs)
     elif stage == "ablate":

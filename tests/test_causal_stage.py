@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from saelineage.causal.command import ablate_command
 from saelineage.causal.error_projection import ERROR_COLUMNS
 from saelineage.causal.stage import AblateConfig, ablate_run, demo_ablation
-from saelineage.collect import CollectConfig, collect
+from saelineage.collect.config import CollectConfig
+from saelineage.collect.stage import collect
 from saelineage.data.finalize import write_parquet
 from saelineage.data.store import iter_shards, token_mask
 from saelineage.saes.loading import save_saelens

@@ -22,13 +22,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from saelineage.causal.stage import PARTS, AblateConfig, ablate_run
-from saelineage.collect import CollectConfig, collect
+from saelineage.collect.config import CollectConfig
+from saelineage.collect.stage import collect
+from saelineage import hints
 from saelineage.errors import SaelineageError
-from saelineage.lineage import analyze
-from saelineage.lineage.planted import build_planted_run
+from saelineage.lineage.stage import analyze
+from saelineage.testing.planted import build_planted_run
 from saelineage.run import LOCK, RunDir
 from saelineage.session import load_run_model
-from saelineage.stats import compute_stats
+from saelineage.stats.config import StatsConfig
+from saelineage.stats.stage import run_stats
 from runs import write_corpus, write_saes
 from tinymodels import tiny_llama
 
@@ -193,7 +196,7 @@ def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("crash")
     run, _ = build_planted_run(root / "collected" / "run", noise=0.0, seed=0)
     stats_ref = copy_run(run.path, root / "stats")
-    stats_names = renames(lambda: compute_stats(stats_ref, progress=False, **STATS_KW), stats_ref)
+    stats_names = renames(lambda: run_stats(stats_ref, StatsConfig(**STATS_KW), progress=False), stats_ref)
     analyzed = copy_run(stats_ref, root / "analyzed")
     analyze_names = renames(lambda: analyze(analyzed, quiet=True), analyzed)
     return {"collected": run.path, "stats": stats_ref, "analyzed": analyzed,
@@ -209,7 +212,7 @@ def modelled(tmp_path_factory):
     cfg = CollectConfig(model=str(model), saes=str(saes), corpus=str(write_corpus(root / "c.txt", n_docs=8)),
                         window=16, max_tokens=16 * 16, batch_windows=4, shard_windows=8, examples_k=3)
     base = collect(root / "base" / "run", cfg).path
-    compute_stats(base, progress=False, **STATS_KW)
+    run_stats(base, StatsConfig(**STATS_KW), progress=False)
     analyze(base, quiet=True)
     ref = copy_run(base, root / "ablated")
     import saelineage.causal.stage as st
@@ -249,7 +252,7 @@ def test_ablate_killed_then_rerun_equals_uninterrupted(server, modelled, tmp_pat
 def test_stats_killed_then_rerun_equals_uninterrupted(server, planted, tmp_path, mode, which, last):
     k = point(planted["stats_names"], which, last)
     kill_and_resume(server, planted["collected"], planted["stats"], tmp_path, "stats", STATS_KW, mode, k,
-                    lambda run: compute_stats(run, progress=False, **STATS_KW))
+                    lambda run: run_stats(run, StatsConfig(**STATS_KW), progress=False))
 
 
 @pytest.mark.parametrize("mode,which,last", [
@@ -344,11 +347,14 @@ def test_stats_disk_full_is_one_clear_cli_error_then_resumes(planted, tmp_path, 
     text = _flat(out.err + out.out)
     assert "Traceback" not in text and text.count("error:") == 1
     assert _flat(f"error: the disk is full: writing {run / f'{where}.parquet'} failed") in text
-    assert _flat(f"fix: free space on that disk") in text and _flat(f"`saelineage stats {run}`") in text
+    # the resuming command repeats the options this run's stats was started with
+    again = hints.stats_command(run)
+    assert again.endswith("--memory-limit 4294967296")
+    assert _flat("fix: free space on that disk") in text and _flat(f"`{again}`") in text
     assert RunDir(run).stage_status("stats") == "running"
     assert not temporaries(run) and not (run / f"{where}.parquet").exists()
     monkeypatch.undo()
-    compute_stats(run, progress=False, **STATS_KW)
+    run_stats(run, StatsConfig(**STATS_KW), progress=False)
     assert_same_run(run, planted["stats"])
 
 
@@ -412,7 +418,7 @@ def test_second_writer_is_refused_while_a_stage_writes(planted, tmp_path, monkey
     try:
         _paused(proc)
         before = snapshot(run)
-        for second in (lambda: compute_stats(run, progress=False, **STATS_KW), lambda: analyze(run, quiet=True),
+        for second in (lambda: run_stats(run, StatsConfig(**STATS_KW), progress=False), lambda: analyze(run, quiet=True),
                        lambda: import_labels(run, labels), lambda: collect(run, CollectConfig())):
             with pytest.raises(SaelineageError) as err:
                 second()
@@ -450,7 +456,7 @@ def test_lock_of_a_killed_stage_does_not_block_the_next_run(planted, tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    compute_stats(run, progress=False, **STATS_KW)  # the dead holder's lock is gone with it
+    run_stats(run, StatsConfig(**STATS_KW), progress=False)  # the dead holder's lock is gone with it
     assert (run / LOCK).read_bytes() == b""  # released: no stale pid for the next reader
     assert not temporaries(run)
     assert_same_run(run, planted["stats"])

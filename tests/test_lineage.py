@@ -11,14 +11,15 @@ import typer
 from typer.testing import CliRunner
 
 from saelineage.errors import SaelineageError
-from saelineage.lineage import analyze
+from saelineage.lineage.stage import analyze
 from saelineage.lineage.command import analyze_command, export_command
-from saelineage.lineage.planted import build_planted_run
-from saelineage.stats import compute_stats
+from saelineage.testing.planted import build_planted_run
+from saelineage.stats.config import StatsConfig
+from saelineage.stats.stage import run_stats
 
 
 def _stats(run, **kw):
-    compute_stats(run.path, **kw)
+    run_stats(run.path, StatsConfig(**kw))
 
 
 def _gates(run, min_support=None):
@@ -167,7 +168,7 @@ def test_outputs_figure_and_rerun(clean, capsys):
     stamp = run.file("gates.parquet").stat().st_mtime_ns
     analyze(run.path, quiet=True)  # same options: skipped
     assert run.file("gates.parquet").stat().st_mtime_ns == stamp
-    from saelineage.lineage import print_lifecycle
+    from saelineage.lineage.lifecycle import print_lifecycle
     from rich.console import Console
 
     con = Console(record=True, width=120)

@@ -11,11 +11,14 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from saelineage.collect import CollectConfig, collect
-from saelineage.lineage import analyze, prompt
+from saelineage.collect.config import CollectConfig
+from saelineage.collect.stage import collect
+from saelineage.lineage.prompt_graph import prompt
+from saelineage.lineage.stage import analyze
 from saelineage.lineage.command import prompt_command
 from saelineage.session import load_run_model
-from saelineage.stats import compute_stats
+from saelineage.stats.config import StatsConfig
+from saelineage.stats.stage import run_stats
 from runs import write_corpus, write_saes
 from tinymodels import tiny_llama
 
@@ -31,7 +34,7 @@ def run(tmp_path_factory):
     corpus = write_corpus(root / "corpus.txt")
     r = collect(root / "run", CollectConfig(model=str(model), saes=str(saes), corpus=str(corpus), window=16,
                                            max_tokens=16 * 32, batch_windows=8, shard_windows=16, examples_k=5))
-    compute_stats(r.path, min_support=2)
+    run_stats(r.path, StatsConfig(min_support=2))
     analyze(r.path, quiet=True, prompt_samples=4)
     return r
 

@@ -17,7 +17,7 @@ from saelineage.causal.stage import AblateConfig, ablate_run
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import collect
 from saelineage.feature_table import read_features
-from saelineage.lineage import analyze
+from saelineage.lineage.stage import analyze
 from saelineage.lineage.command import analyze_command, export_command
 from saelineage.lineage.export import export
 from saelineage.stats.config import StatsConfig

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from saelineage.web.app import create_app
 from saelineage.web.graph import crossings, order_rows
 from saelineage.web.labels import import_labels, neuronpedia_ids, neuronpedia_url, read_label_file
-from saelineage.web.synthetic import HOSTILE_LABEL, build_sample_run
+from saelineage.testing.sample_run import HOSTILE_LABEL, build_sample_run
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -193,7 +193,7 @@ def test_prompt_unavailable_without_model(client):
 def test_run_with_only_collect(tmp_path):
     """The browser works on a run whose later stages are missing and says what is missing."""
     from saelineage.data.importer import write_run
-    from saelineage.web.synthetic import synthetic_codes
+    from saelineage.testing.sample_run import synthetic_codes
 
     codes, tokens, vocab = synthetic_codes(n_layers=2, d_sae=12, n_windows=8, window=16)
     run = write_run(tmp_path / "r", codes, tokens, window_len=16, bos=True, vocab=vocab)

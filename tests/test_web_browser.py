@@ -23,7 +23,7 @@ if not Path(CHROMIUM).exists():
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 
 from saelineage.web.app import create_app  # noqa: E402
-from saelineage.web.synthetic import HOSTILE_LABEL, build_sample_run  # noqa: E402
+from saelineage.testing.sample_run import HOSTILE_LABEL, build_sample_run  # noqa: E402
 
 
 class FakeBackend:

@@ -36,7 +36,7 @@ from saelineage.data.finalize import write_parquet
 from saelineage.data.importer import write_run
 from saelineage.run import RunDir
 from saelineage.web.app import create_app
-from saelineage.web.synthetic import build_sample_run, synthetic_codes
+from saelineage.testing.sample_run import build_sample_run, synthetic_codes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

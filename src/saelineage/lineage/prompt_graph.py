@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from saelineage.data.finalize import read_vocab
 from saelineage.errors import SaelineageError
 from saelineage.feature_table import read_features
 from saelineage.run import RunDir
@@ -183,20 +184,10 @@ def prompt(run_dir: str | Path, text: str, position: int = -1, *, rel: float = 0
     if not 0 <= p < len(ids):
         raise SaelineageError(f"token position {position} is outside the prompt ({len(ids)} tokens).",
                               f"choose a position between {-len(ids)} and {len(ids) - 1}.")
-    vocab = _vocab(run)
+    vocab = read_vocab(run)
     tokens = [vocab[i] if vocab and 0 <= i < len(vocab) else str(i) for i in ids]
     return prompt_graph(codes_at(codes, p), ctx, rel=rel, measure=measure, min_value=min_value, max_nodes=max_nodes,
                         meta={"text": text, "position": p, "token": tokens[p], "tokens": tokens})
-
-
-def _vocab(run: RunDir) -> list[str] | None:
-    import json
-
-    p = run.file("vocab.json")
-    if not p.is_file():
-        return None
-    v = json.loads(p.read_text())
-    return v.get("decoded") or v.get("tokens")
 
 
 def sample_graphs(samples: list[dict], ctx: GraphContext, vocab: list[str] | None, *, rel: float = 0.1,

@@ -21,14 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from saelineage.data.finalize import write_parquet
+from saelineage.data.finalize import read_vocab, write_parquet
 from saelineage.errors import SaelineageError
 from saelineage.feature_table import ANALYSIS_FILE, KEY
 from saelineage.lineage import communities as comm
 from saelineage.lineage import gates, lifecycle, splits
 from saelineage.lineage.figures import write_lifecycle_html
 from saelineage.lineage.index import feature_rows
-from saelineage.lineage.prompt_graph import GraphContext, _vocab, sample_graphs
+from saelineage.lineage.prompt_graph import GraphContext, sample_graphs
 from saelineage.lineage.validate import Requests, count
 from saelineage.progress import console
 from saelineage.run import RunDir, atomic_write_bytes, writes_run
@@ -236,7 +236,7 @@ def _analyze(run: RunDir, manifest: dict, opt: AnalyzeOptions, e: dict[str, np.n
     live = lc.live
     community, ginfo = comm.leiden(f_layer, f_id, live, e, opt.community_measure, opt.community_threshold,
                                    opt.quality, opt.resolution, opt.seed, backend=opt.leiden_backend)
-    vocab = _vocab(run)
+    vocab = read_vocab(run)
     if ex is not None:
         ex_rows = feature_rows(f_layer, f_id)(ex.column("layer").to_numpy(), ex.column("feature").to_numpy())
         ex_tok = counts.example_tokens

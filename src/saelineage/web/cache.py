@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from saelineage.data.finalize import read_vocab
 from saelineage.feature_table import JOINED_FILES, KEY, read_features
 from saelineage.run import RunDir
 from saelineage.web.arrays import write_arrays
@@ -39,7 +40,7 @@ CACHE_VERSION = 7
 CACHE_DIRNAME = ".browser-cache"
 MEASURES = ("jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine", "dec_cosine",
             "sufficiency_lo", "necessity_lo")
-"""Edge measures (DESIGN §4), in the order the browser lists them."""
+"""Edge measures (docs/design.md §4), in the order the browser lists them."""
 TABLE_FILES = ("features", "examples", "edges", "gates", "splits", "communities", "lifecycle", "ablations",
                "feature_links", "labels")
 GRAPH_TOP_PER_PAIR = 2500
@@ -196,7 +197,7 @@ def _build_tables(con: duckdb.DuckDBPyConnection, run: RunDir, arrays: dict[str,
     if "features" in present:
         _build_features(con, run, present)
     if "examples" in present:
-        _build_examples(con, present["examples"], arrays, load_vocab(run))
+        _build_examples(con, present["examples"], arrays, read_vocab(run))
     if "features" in present and "examples" in present:
         con.execute("UPDATE features f SET auto_label = a.label FROM auto_labels a "
                     "WHERE f.layer = a.layer AND f.feature = a.feature")
@@ -360,17 +361,6 @@ def _build_edges(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 # ---- vocabulary -------------------------------------------------------------------------
 
-def load_vocab(run: RunDir) -> list[str] | None:
-    """Decoded string of every token id (vocab.json), or None when the run has none."""
-    p = run.file("vocab.json")
-    if not p.is_file():
-        return None
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    out = data.get("decoded") or data.get("tokens")
-    return [str(s) for s in out] if isinstance(out, list) else None
 
 
 def token_text(vocab: list[str] | None, token: int) -> str:
