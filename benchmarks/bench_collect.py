@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from saelineage.collect.config import CollectConfig
-    from saelineage.collect.stage import collect
+    from saelineage.collect.stage import run_collect
     from saelineage.data.corpus import load_corpus
     from saelineage.data.windows import make_windows
     from saelineage.models.loading import load_model
@@ -76,7 +76,7 @@ def main() -> None:
         cfg = CollectConfig(model="smollm2", corpus="default", max_tokens=n_tok, batch_windows=batch,
                             shard_windows=64)
         t = time.perf_counter()
-        collect(os.path.join(tmp, "run"), cfg, adapter=adapter, saes=saes)
+        run_collect(os.path.join(tmp, "run"), cfg, adapter=adapter, saes=saes)
         ours = n_tok / (time.perf_counter() - t)
 
     # baseline: full forward with all hidden states, dense encode, nonzero

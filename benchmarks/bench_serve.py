@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     port = _free_port()
     # The server runs in its own process, as `saelineage serve` does (no GIL shared with this client).
-    code = ("import sys; from saelineage.web.app import serve; "
-            f"serve({str(run)!r}, '127.0.0.1', {port}, announce=False)")
+    code = ("import sys; from saelineage.web.app import serve; from saelineage.web.config import ServeConfig; "
+            f"serve({str(run)!r}, ServeConfig(port={port}), progress=False)")
     server = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 300
     while True:

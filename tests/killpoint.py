@@ -54,14 +54,16 @@ def main(spec: dict) -> None:
 
         run_stats(run, StatsConfig(**kwargs), progress=False)
     elif stage == "analyze":
-        from saelineage.lineage.stage import analyze
+        from saelineage.lineage.config import AnalyzeConfig
+        from saelineage.lineage.stage import run_analyze
 
-        analyze(run, quiet=True, **kwargs)
+        run_analyze(run, AnalyzeConfig(**kwargs), progress=False)
     elif stage == "ablate":
         import saelineage.causal.stage as ablate_stage
+        from saelineage.causal.config import AblateConfig
 
         ablate_stage.LAYERS_PER_PART = int(spec.get("layers_per_part", ablate_stage.LAYERS_PER_PART))
-        ablate_stage.ablate_run(run, ablate_stage.AblateConfig(**kwargs), show=False)
+        ablate_stage.run_ablate(run, AblateConfig(**kwargs), progress=False)
     elif stage == "cli":  # the command line itself: its exit status and output are the result
         from saelineage.cli import main as cli_main
 

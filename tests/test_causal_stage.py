@@ -17,9 +17,11 @@ from typer.testing import CliRunner
 
 from saelineage.causal.command import ablate_command
 from saelineage.causal.error_projection import ERROR_COLUMNS
-from saelineage.causal.stage import AblateConfig, ablate_run, demo_ablation
+from saelineage.causal.config import AblateConfig
+from saelineage.causal.stage import demo_ablation, run_ablate
+from saelineage.errors import SaelineageError
 from saelineage.collect.config import CollectConfig
-from saelineage.collect.stage import collect
+from saelineage.collect.stage import run_collect
 from saelineage.data.finalize import write_parquet
 from saelineage.data.store import iter_shards, token_mask
 from saelineage.saes.loading import save_saelens
@@ -61,7 +63,7 @@ def run(tmp_path_factory):
         save_saelens(s, root / "saes" / s.hook_name)
     cfg = CollectConfig(model=str(model), saes=str(root / "saes"), corpus=str(write_corpus(root / "c.txt")),
                         window=16, max_tokens=16 * 48, batch_windows=8, shard_windows=16, examples_k=3)
-    r = collect(root / "run", cfg)
+    r = run_collect(root / "run", cfg).run
     write_parquet(r.file("edges.parquet"), brute_edges(r))
     r.set_stage("stats", "complete", started="test")
     return r
@@ -70,7 +72,7 @@ def run(tmp_path_factory):
 def test_stage_writes_every_sampled_pair_and_correlates(run):
     cfg = AblateConfig(measures=["jaccard", "pearson", "sufficiency"], bins=4, per_bin=6, windows_per_pair=3,
                        batch_rows=8, hidden=False)
-    table = ablate_run(run.path, cfg, force=True)
+    table = run_ablate(run.path, cfg, force=True).table
     disk = pq.read_table(run.file("ablations.parquet"))
     assert disk.equals(table)
     # one row per sampled (measure, pair): pairs repeat across measures and upstream features repeat
@@ -102,7 +104,7 @@ def test_resume_from_parts_gives_same_file(run, monkeypatch):
 
     monkeypatch.setattr(st, "LAYERS_PER_PART", 1)  # one part per upstream layer
     cfg = AblateConfig(measures=["jaccard"], bins=3, per_bin=4, windows_per_pair=2, hidden=False, plot=False)
-    full = ablate_run(run.path, cfg, force=True)
+    full = run_ablate(run.path, cfg, force=True).table
     # simulate a crash after the first upstream layer: its part file exists, the stage is 'running'
     calls = []
     real = st.ablate_pairs
@@ -116,18 +118,18 @@ def test_resume_from_parts_gives_same_file(run, monkeypatch):
     st.ablate_pairs = crash_second
     try:
         with pytest.raises(KeyboardInterrupt):
-            ablate_run(run.path, cfg, force=True)
+            run_ablate(run.path, cfg, force=True)
     finally:
         st.ablate_pairs = real
     assert run.stage_status("ablate") == "running" and len(list(run.file(".ablate-parts").iterdir())) == 1
-    resumed = ablate_run(run.path, cfg)
+    resumed = run_ablate(run.path, cfg).table
     assert resumed.equals(full)
 
 
 def test_hidden_in_error(run):
     # fallback without analyze: 'ending' = no next-layer edge with pearson >= 0.5
     collected = run.file("features.parquet").read_bytes()
-    ablate_run(run.path, AblateConfig(measures=["jaccard"], bins=2, per_bin=2, plot=False), force=True)
+    run_ablate(run.path, AblateConfig(measures=["jaccard"], bins=2, per_bin=2, plot=False), force=True)
     proj = pq.read_table(run.file("error_projection.parquet"))
     assert proj.column_names == ["layer", "feature", *ERROR_COLUMNS]
     by = {(r["layer"], r["feature"]): r for r in proj.to_pylist()}
@@ -141,7 +143,7 @@ def test_hidden_in_error(run):
     life = [classes.get((l, f), "carried") for l, f in zip(t.column("layer").to_pylist(), t.column("feature").to_pylist())]
     write_parquet(run.file("feature_analysis.parquet"), t.append_column("lifecycle", pa.array(life)))
     try:
-        ablate_run(run.path, AblateConfig(measures=["jaccard"], bins=2, per_bin=2, plot=False), force=True)
+        run_ablate(run.path, AblateConfig(measures=["jaccard"], bins=2, per_bin=2, plot=False), force=True)
     finally:
         run.file("feature_analysis.parquet").unlink()  # the module's other tests run without analyze
     by = {(r["layer"], r["feature"]): r for r in pq.read_table(run.file("error_projection.parquet")).to_pylist()}
@@ -189,6 +191,9 @@ def test_command_and_demo(run):
                               "--layer-pairs", "1:2", "--no-plot", "--no-hidden", "--force"])
     assert res.exit_code == 0, res.output
     assert set(pq.read_table(run.file("ablations.parquet")).column("src_layer").to_pylist()) == {1}
-    rows = demo_ablation(run.path)
+    with pytest.raises(SaelineageError, match="complete with other options"):
+        demo_ablation(run.path)  # the run holds another sample: never mixed, never silently kept
+    rows = demo_ablation(run.path, force=True)
     assert any(r["src_layer"] is None for r in rows)
+    assert demo_ablation(run.path) == rows  # same options: skipped, same correlations
     assert json.loads(run.manifest_path.read_text())["stages"]["ablate"]["status"] == "complete"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from saelineage.collect.config import CollectConfig
-from saelineage.collect.stage import collect
+from saelineage.collect.stage import run_collect
 from saelineage.data.store import iter_shards, list_shards
 from saelineage.errors import SaelineageError
 from saelineage.models.loading import load_model
@@ -44,7 +44,7 @@ def cfg_for(env, **kw):
 
 
 def test_collect_writes_contract_and_exact_codes(env, tmp_path):
-    run = collect(tmp_path / "run", cfg_for(env, max_tokens=16 * 20))
+    run = run_collect(tmp_path / "run", cfg_for(env, max_tokens=16 * 20)).run
     m = run.require("collect")
     assert m["layers"] == LAYERS and m["n_windows"] == 20 and m["bos"] is True
     assert m["saes"]["0"]["sha256"] and m["model"]["sha256"]
@@ -65,7 +65,7 @@ def test_collect_writes_contract_and_exact_codes(env, tmp_path):
         np.testing.assert_allclose(stored, dense, rtol=1e-5, atol=1e-6)
     # a complete run is skipped, not redone
     before = [p.stat().st_mtime_ns for p in list_shards(run)]
-    collect(tmp_path / "run", cfg_for(env, max_tokens=16 * 20))
+    run_collect(tmp_path / "run", cfg_for(env, max_tokens=16 * 20))
     assert [p.stat().st_mtime_ns for p in list_shards(run)] == before
 
 
@@ -124,23 +124,23 @@ def test_bad_inputs(env, tmp_path):
     # SAE width differs from the model's
     wrong = write_saes(tmp_path / "wide", 32, [0])
     with pytest.raises(SaelineageError, match="d_in"):
-        collect(tmp_path / "a", cfg_for(env, saes=str(wrong), max_tokens=64))
+        run_collect(tmp_path / "a", cfg_for(env, saes=str(wrong), max_tokens=64))
     # a layer without an SAE
     with pytest.raises(SaelineageError, match="no SAE for layers"):
-        collect(tmp_path / "b", cfg_for(env, layers=[0, 7], max_tokens=64))
+        run_collect(tmp_path / "b", cfg_for(env, layers=[0, 7], max_tokens=64))
     # empty corpus
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(SaelineageError, match="holds no text"):
-        collect(tmp_path / "c", cfg_for(env, corpus=str(tmp_path / "empty.txt")))
+        run_collect(tmp_path / "c", cfg_for(env, corpus=str(tmp_path / "empty.txt")))
     # unwritable output directory (a path below a regular file)
     (tmp_path / "file").write_text("x")
     with pytest.raises(SaelineageError, match="cannot write to the output directory"):
-        collect(tmp_path / "file" / "run", cfg_for(env, max_tokens=64))
+        run_collect(tmp_path / "file" / "run", cfg_for(env, max_tokens=64))
     # a run directory made with a different configuration
-    collect(tmp_path / "d", cfg_for(env, max_tokens=64))
+    run_collect(tmp_path / "d", cfg_for(env, max_tokens=64))
     with pytest.raises(SaelineageError, match="different configuration"):
-        collect(tmp_path / "d", cfg_for(env, max_tokens=128))
-    run = collect(tmp_path / "d", cfg_for(env, max_tokens=128), force=True)
+        run_collect(tmp_path / "d", cfg_for(env, max_tokens=128))
+    run = run_collect(tmp_path / "d", cfg_for(env, max_tokens=128), force=True).run
     assert run.load()["n_windows"] == 8
 
 
@@ -155,7 +155,7 @@ def test_nan_activation_names_layer_and_token(env, tmp_path):
 
     AutoTokenizer.from_pretrained(env[1]).save_pretrained(tmp_path / "nanmodel")
     with pytest.raises(SaelineageError, match=r"non-finite residual .* layer 2, window 0, position 0"):
-        collect(tmp_path / "r", cfg_for(env, model=str(tmp_path / "nanmodel"), max_tokens=64))
+        run_collect(tmp_path / "r", cfg_for(env, model=str(tmp_path / "nanmodel"), max_tokens=64))
 
 
 def test_cli_reports_one_clear_error(env, tmp_path):

@@ -21,12 +21,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from saelineage.causal.stage import PARTS, AblateConfig, ablate_run
+from saelineage.causal.config import AblateConfig
+from saelineage.causal.stage import PARTS, run_ablate
 from saelineage.collect.config import CollectConfig
-from saelineage.collect.stage import collect
+from saelineage.collect.stage import run_collect
 from saelineage import hints
 from saelineage.errors import SaelineageError
-from saelineage.lineage.stage import analyze
+from saelineage.lineage.stage import run_analyze
 from saelineage.testing.planted import build_planted_run
 from saelineage.run import LOCK, RunDir
 from saelineage.session import load_run_model
@@ -198,7 +199,7 @@ def planted(tmp_path_factory):
     stats_ref = copy_run(run.path, root / "stats")
     stats_names = renames(lambda: run_stats(stats_ref, StatsConfig(**STATS_KW), progress=False), stats_ref)
     analyzed = copy_run(stats_ref, root / "analyzed")
-    analyze_names = renames(lambda: analyze(analyzed, quiet=True), analyzed)
+    analyze_names = renames(lambda: run_analyze(analyzed, progress=False), analyzed)
     return {"collected": run.path, "stats": stats_ref, "analyzed": analyzed,
             "stats_names": stats_names, "analyze_names": analyze_names}
 
@@ -211,15 +212,15 @@ def modelled(tmp_path_factory):
     saes = write_saes(root / "saes", 32, [0, 1, 2], d_sae=48)
     cfg = CollectConfig(model=str(model), saes=str(saes), corpus=str(write_corpus(root / "c.txt", n_docs=8)),
                         window=16, max_tokens=16 * 16, batch_windows=4, shard_windows=8, examples_k=3)
-    base = collect(root / "base" / "run", cfg).path
+    base = run_collect(root / "base" / "run", cfg).run.path
     run_stats(base, StatsConfig(**STATS_KW), progress=False)
-    analyze(base, quiet=True)
+    run_analyze(base, progress=False)
     ref = copy_run(base, root / "ablated")
     import saelineage.causal.stage as st
 
     real, st.LAYERS_PER_PART = st.LAYERS_PER_PART, 1  # one part per upstream layer: several parts
     try:
-        names = renames(lambda: ablate_run(ref, AblateConfig(**ABLATE_KW), show=False), ref)
+        names = renames(lambda: run_ablate(ref, AblateConfig(**ABLATE_KW), progress=False), ref)
     finally:
         st.LAYERS_PER_PART = real
     return {"base": base, "ref": ref, "names": names, "cfg": cfg, "model": load_run_model(base)}
@@ -239,7 +240,7 @@ def test_ablate_killed_then_rerun_equals_uninterrupted(server, modelled, tmp_pat
     k = point(names, which, last)
     monkeypatch.setattr(st, "LAYERS_PER_PART", 1)
     kill_and_resume(server, modelled["base"], modelled["ref"], tmp_path, "ablate", ABLATE_KW, mode, k,
-                    lambda run: ablate_run(run, AblateConfig(**ABLATE_KW), show=False, model=modelled["model"]),
+                    lambda run: run_ablate(run, AblateConfig(**ABLATE_KW), progress=False, model=modelled["model"]),
                     layers_per_part=1)
 
 
@@ -264,7 +265,7 @@ def test_stats_killed_then_rerun_equals_uninterrupted(server, planted, tmp_path,
 def test_analyze_killed_then_rerun_equals_uninterrupted(server, planted, tmp_path, mode, which, last):
     k = point(planted["analyze_names"], which, last)
     kill_and_resume(server, planted["stats"], planted["analyzed"], tmp_path, "analyze", {}, mode, k,
-                    lambda run: analyze(run, quiet=True))
+                    lambda run: run_analyze(run, progress=False))
 
 
 # ---- 2. a full disk ----------------------------------------------------------------------------------------
@@ -302,7 +303,7 @@ def _flat(text: str) -> str:
 def collected(modelled, tmp_path_factory):
     """An uninterrupted collect of 4 shards (the reference for the disk-full tests)."""
     cfg = CollectConfig(**{**modelled["cfg"].__dict__, "shard_windows": 4})
-    return cfg, collect(tmp_path_factory.mktemp("collected") / "run", cfg).path
+    return cfg, run_collect(tmp_path_factory.mktemp("collected") / "run", cfg).run.path
 
 
 def test_collect_disk_full_keeps_complete_shards_and_resumes(collected, tmp_path, monkeypatch):
@@ -310,7 +311,7 @@ def test_collect_disk_full_keeps_complete_shards_and_resumes(collected, tmp_path
     run = tmp_path / "run"
     monkeypatch.setattr("saelineage.run.os", FullDisk(r"\.shard-0000[2-9]\.safetensors\.tmp-"))
     with pytest.raises(SaelineageError) as err:
-        collect(run, cfg)
+        run_collect(run, cfg)
     e = err.value
     assert "disk is full" in e.problem and str(run / "activations" / "shard-00002.safetensors") in e.problem
     assert "free there now" in e.problem and "free space" in e.fix and f"`saelineage collect {run} --model" in e.fix
@@ -322,7 +323,7 @@ def test_collect_disk_full_keeps_complete_shards_and_resumes(collected, tmp_path
     assert not temporaries(run) and not (run / "features.parquet").exists()
     assert RunDir(run).stage_status("collect") == "running"
     monkeypatch.undo()
-    collect(run, cfg)
+    run_collect(run, cfg)
     assert_same_run(run, ref)
 
 
@@ -394,7 +395,7 @@ def test_collect_cli_on_a_really_full_disk(server, collected, tmp_path):
         for name in kept:  # complete shards only, identical to the uninterrupted run's
             assert (run / "activations" / name).read_bytes() == (ref / "activations" / name).read_bytes()
         (disk / "ballast").unlink()  # "free space on that disk", then the same command again
-        collect(run, cfg)
+        run_collect(run, cfg)
         assert_same_run(run, ref)
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
@@ -418,8 +419,8 @@ def test_second_writer_is_refused_while_a_stage_writes(planted, tmp_path, monkey
     try:
         _paused(proc)
         before = snapshot(run)
-        for second in (lambda: run_stats(run, StatsConfig(**STATS_KW), progress=False), lambda: analyze(run, quiet=True),
-                       lambda: import_labels(run, labels), lambda: collect(run, CollectConfig())):
+        for second in (lambda: run_stats(run, StatsConfig(**STATS_KW), progress=False), lambda: run_analyze(run, progress=False),
+                       lambda: import_labels(run, labels), lambda: run_collect(run, CollectConfig())):
             with pytest.raises(SaelineageError) as err:
                 second()
             assert f"`saelineage stats` (pid {proc.pid} on" in err.value.problem and "is writing to it" in err.value.problem

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from saelineage.collect.config import CollectConfig
-from saelineage.collect.stage import collect
+from saelineage.collect.stage import run_collect
 from saelineage.data.store import iter_shards
 from saelineage.errors import SaelineageError
 from saelineage.models.loading import load_model
@@ -48,8 +48,8 @@ def test_tiny_gpt2_with_legacy_saes_is_centred(tmp_path):
     for layer in (1, 2):
         write_legacy_sae(tmp_path / "saes" / f"blocks.{layer}.hook_resid_pre", layer, seed=layer)
     corpus = write_corpus(tmp_path / "c.txt", n_docs=5)
-    run = collect(tmp_path / "run", CollectConfig(model=str(model), saes=str(tmp_path / "saes"), corpus=str(corpus),
-                                                  window=16, max_tokens=16 * 6, batch_windows=2, shard_windows=4))
+    run = run_collect(tmp_path / "run", CollectConfig(model=str(model), saes=str(tmp_path / "saes"), corpus=str(corpus),
+                                                  window=16, max_tokens=16 * 6, batch_windows=2, shard_windows=4)).run
     m = run.load()
     assert m["center_residual"] is True and m["bos"] is True
     adapter = load_model(str(model))

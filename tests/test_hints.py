@@ -8,7 +8,6 @@ unbroken run gives.
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import shutil

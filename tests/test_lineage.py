@@ -11,7 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from saelineage.errors import SaelineageError
-from saelineage.lineage.stage import analyze
+from saelineage.lineage.config import AnalyzeConfig
+from saelineage.lineage.stage import run_analyze
 from saelineage.lineage.command import analyze_command, export_command
 from saelineage.testing.planted import build_planted_run
 from saelineage.stats.config import StatsConfig
@@ -46,7 +47,7 @@ def _pr(got: set, want: set) -> tuple[float, float]:
 def clean(tmp_path_factory):
     run, truth = build_planted_run(tmp_path_factory.mktemp("planted") / "run", noise=0.0, seed=0)
     _stats(run)
-    analyze(run.path, quiet=True)
+    run_analyze(run.path, progress=False)
     return run, truth
 
 
@@ -101,10 +102,10 @@ def test_low_support_gate_never_reported(tmp_path):
     run, truth = build_planted_run(tmp_path / "run", noise=0.0, seed=0)
     _stats(run, min_support=1)  # the rare gate's edges (3 tokens) are kept by stats
     (rare,) = truth.rare_gates
-    analyze(run.path, quiet=True, min_support=5)
+    run_analyze(run.path, AnalyzeConfig(min_support=5), progress=False)
     assert rare not in _gates(run)
     assert min(r["support"] for r in pq.read_table(run.file("gates.parquet")).to_pylist()) >= 5
-    analyze(run.path, quiet=True, min_support=3)
+    run_analyze(run.path, AnalyzeConfig(min_support=3), progress=False)
     assert rare in _gates(run)
     assert _gates(run) - truth.gates == {rare}
 
@@ -114,7 +115,7 @@ def test_precision_recall_under_5_percent_noise(tmp_path, seed):
     run, truth = build_planted_run(tmp_path / "run", noise=0.05, seed=seed)
     _stats(run)
     # with 5% noise on parents and child the true scores sit near 0.86-0.9: τ_g must be below that
-    analyze(run.path, quiet=True, gate_threshold=0.8)
+    run_analyze(run.path, AnalyzeConfig(gate_threshold=0.8), progress=False)
     p, r = _pr(_gates(run), truth.gates)
     assert p >= 0.9 and r >= 0.9, (p, r)
     got_s = set(_splits(run).items())
@@ -132,7 +133,7 @@ def test_leiden_identical_across_runs_and_outputs(clean):
                "feature_analysis.parquet", "prompt_graphs.json", "lifecycle.html")
     before = {f: run.file(f).read_bytes() for f in outputs}
     comm = pq.read_table(run.file("feature_analysis.parquet"), columns=["layer", "feature", "community"]).to_pylist()
-    analyze(run.path, quiet=True, force=True)
+    run_analyze(run.path, progress=False, force=True)
     assert {f: run.file(f).read_bytes() for f in outputs} == before
     c = {(r["layer"], r["feature"]): r["community"] for r in comm}
     for parent, child in truth.copies:  # a copy lands in its parent's community
@@ -166,7 +167,7 @@ def test_outputs_figure_and_rerun(clean, capsys):
     assert len(graphs) == 32 and all(g["nodes"] for g in graphs)
     assert all(n["rel_activation"] >= 0.1 for g in graphs for n in g["nodes"])
     stamp = run.file("gates.parquet").stat().st_mtime_ns
-    analyze(run.path, quiet=True)  # same options: skipped
+    run_analyze(run.path, progress=False)  # same options: skipped
     assert run.file("gates.parquet").stat().st_mtime_ns == stamp
     from saelineage.lineage.lifecycle import print_lifecycle
     from rich.console import Console
@@ -207,13 +208,13 @@ def test_cli_analyze_and_export(clean, tmp_path):
 def test_analyze_needs_stats(tmp_path):
     run, _ = build_planted_run(tmp_path / "run", n_windows=20)
     with pytest.raises(SaelineageError, match="stats"):
-        analyze(run.path)
+        run_analyze(run.path)
 
 
 def test_span_two_edges_give_gates_through_copies(tmp_path):
     run, truth = build_planted_run(tmp_path / "run", noise=0.0, seed=0)
     _stats(run, span=2)
-    analyze(run.path, quiet=True)
+    run_analyze(run.path, progress=False)
     assert _labels(run) == {k: truth.lifecycle(k) for k in _labels(run)}  # lifecycle uses adjacent layers only
     got = _gates(run)
     assert truth.gates <= got

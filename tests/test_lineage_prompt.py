@@ -12,9 +12,10 @@ import typer
 from typer.testing import CliRunner
 
 from saelineage.collect.config import CollectConfig
-from saelineage.collect.stage import collect
+from saelineage.collect.stage import run_collect
 from saelineage.lineage.prompt_graph import prompt
-from saelineage.lineage.stage import analyze
+from saelineage.lineage.config import AnalyzeConfig
+from saelineage.lineage.stage import run_analyze
 from saelineage.lineage.command import prompt_command
 from saelineage.session import load_run_model
 from saelineage.stats.config import StatsConfig
@@ -32,10 +33,10 @@ def run(tmp_path_factory):
     model = tiny_llama(root / "model", n_layers=3, d=64)
     saes = write_saes(root / "saes", 64, LAYERS)
     corpus = write_corpus(root / "corpus.txt")
-    r = collect(root / "run", CollectConfig(model=str(model), saes=str(saes), corpus=str(corpus), window=16,
-                                           max_tokens=16 * 32, batch_windows=8, shard_windows=16, examples_k=5))
+    r = run_collect(root / "run", CollectConfig(model=str(model), saes=str(saes), corpus=str(corpus), window=16,
+                                           max_tokens=16 * 32, batch_windows=8, shard_windows=16, examples_k=5)).run
     run_stats(r.path, StatsConfig(min_support=2))
-    analyze(r.path, quiet=True, prompt_samples=4)
+    run_analyze(r.path, AnalyzeConfig(prompt_samples=4), progress=False)
     return r
 
 

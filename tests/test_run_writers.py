@@ -13,11 +13,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from saelineage.causal.stage import AblateConfig, ablate_run
+from saelineage.causal.config import AblateConfig
+from saelineage.causal.stage import run_ablate
 from saelineage.collect.config import CollectConfig
-from saelineage.collect.stage import collect
+from saelineage.collect.stage import run_collect
 from saelineage.feature_table import read_features
-from saelineage.lineage.stage import analyze
+from saelineage.lineage.stage import run_analyze
 from saelineage.lineage.command import analyze_command, export_command
 from saelineage.lineage.export import export
 from saelineage.stats.config import StatsConfig
@@ -64,13 +65,13 @@ def pipeline(tmp_path_factory):
         import_labels(run, root / "labels.csv")
 
     stages = [
-        ("collect", lambda: collect(run, cfg)),
+        ("collect", lambda: run_collect(run, cfg)),
         ("stats", lambda: run_stats(run, StatsConfig(memory_limit=4 << 30), progress=False)),
-        ("analyze", lambda: analyze(run, quiet=True)),
-        ("ablate", lambda: ablate_run(run, AblateConfig(**ABLATE_KW), show=False)),
+        ("analyze", lambda: run_analyze(run, progress=False)),
+        ("ablate", lambda: run_ablate(run, AblateConfig(**ABLATE_KW), progress=False)),
         ("labels import", label_one),
-        ("analyze", lambda: analyze(run, quiet=True, force=True)),
-        ("ablate", lambda: ablate_run(run, AblateConfig(**ABLATE_KW), show=False)),
+        ("analyze", lambda: run_analyze(run, progress=False, force=True)),
+        ("ablate", lambda: run_ablate(run, AblateConfig(**ABLATE_KW), progress=False)),
     ]
     writers: dict[str, set[str]] = {}
     before: dict[str, tuple] = {}

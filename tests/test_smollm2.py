@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from saelineage.collect.config import CollectConfig
-from saelineage.collect.stage import collect
+from saelineage.collect.stage import run_collect
 from saelineage.data.store import iter_shards
 from saelineage.errors import SaelineageError
 from saelineage.models import presets
@@ -48,7 +48,7 @@ def test_collect_on_smollm2_with_saelens_saes(smollm2, tmp_path):
     saes = write_saes(tmp_path / "saes", 576, [0, 2], d_sae=256, archs=("topk", "standard"))
     cfg = CollectConfig(model="smollm2", saes=str(saes), corpus="default", max_tokens=128 * 4, batch_windows=2,
                         shard_windows=2)
-    run = collect(tmp_path / "run", cfg, adapter=smollm2)
+    run = run_collect(tmp_path / "run", cfg, adapter=smollm2).run
     m = run.require("collect")
     assert m["layers"] == [0, 2] and m["n_tokens"] == 512 and m["model"]["spec"] == "smollm2"
     f = pq.read_table(run.file("features.parquet")).to_pandas()

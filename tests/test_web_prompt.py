@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from runs import write_corpus, write_saes
 from saelineage.collect.config import CollectConfig
-from saelineage.collect.stage import collect
+from saelineage.collect.stage import run_collect
 from saelineage.session import load_run_model
 from saelineage.web.app import create_app
 from tinymodels import tiny_llama
@@ -26,8 +26,8 @@ def run(tmp_path_factory):
     model = tiny_llama(root / "model", n_layers=3, d=64)
     saes = write_saes(root / "saes", 64, LAYERS, d_sae=64)
     corpus = write_corpus(root / "corpus.txt", n_docs=10)
-    return collect(root / "run", CollectConfig(model=str(model), saes=str(saes), corpus=str(corpus), window=16,
-                                               batch_windows=4, shard_windows=8, examples_k=5, max_tokens=16 * 12))
+    return run_collect(root / "run", CollectConfig(model=str(model), saes=str(saes), corpus=str(corpus), window=16,
+                                               batch_windows=4, shard_windows=8, examples_k=5, max_tokens=16 * 12)).run
 
 
 def test_prompt_graph_matches_direct_encoding(run):

@@ -31,9 +31,9 @@ def run_demo(run_dir: Path = DEFAULT_RUN, tokens: int = 200_000, serve: bool = T
     """Train (once), collect, stats, analyze, ablate (small sample), then serve. Returns stage timings."""
     from saelineage.causal.stage import demo_ablation
     from saelineage.collect.config import CollectConfig
-    from saelineage.collect.stage import collect
+    from saelineage.collect.stage import run_collect
     from saelineage.lineage.lifecycle import print_lifecycle
-    from saelineage.lineage.stage import analyze
+    from saelineage.lineage.stage import run_analyze
     from saelineage.saes.defaults import default_saes
     from saelineage.stats.stage import run_stats
 
@@ -51,10 +51,10 @@ def run_demo(run_dir: Path = DEFAULT_RUN, tokens: int = 200_000, serve: bool = T
     first = _heldout_first_window(sae_folder)
     cfg = CollectConfig(model="smollm2", saes=str(sae_folder), corpus="default", max_tokens=tokens,
                         first_window=first)
-    run = timed("collect", collect, run_dir, cfg)
+    run = timed("collect", run_collect, run_dir, cfg).run
 
     timed("stats", run_stats, run.path)
-    timed("analyze", analyze, run.path)
+    timed("analyze", run_analyze, run.path)
     print_lifecycle(run.path)
     if ablate:
         timed("ablate (small sample)", demo_ablation, run.path)
@@ -62,8 +62,9 @@ def run_demo(run_dir: Path = DEFAULT_RUN, tokens: int = 200_000, serve: bool = T
     _summary(run.path, timings)
     if serve:
         from saelineage.web.app import serve as serve_browser
+        from saelineage.web.config import ServeConfig
 
-        serve_browser(run.path, "127.0.0.1", port, announce=True)
+        serve_browser(run.path, ServeConfig(port=port))
     return timings
 
 

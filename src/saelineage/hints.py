@@ -13,6 +13,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from saelineage.errors import SaelineageError
+
 
 def _read_manifest(run_path: Path) -> dict[str, Any]:
     """The manifest as far as it can be read (an unreadable one gives {})."""
@@ -56,10 +58,8 @@ def stage_command(run_path: str | Path, stage: str, *, force: bool = False) -> s
     return shlex.join(words)
 
 
-def damaged_shard(shard: str | Path, why: object) -> "SaelineageError":
+def damaged_shard(shard: str | Path, why: object) -> SaelineageError:
     """The error for an unreadable activation shard: delete it, and collect recomputes it."""
-    from saelineage.errors import SaelineageError
-
     shard = Path(shard)
     run_path = shard.parent.parent  # RUN/activations/shard-NNNNN.safetensors
     return SaelineageError(f"activation shard {shard} is unreadable or truncated ({why}).",

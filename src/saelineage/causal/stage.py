@@ -11,23 +11,31 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from saelineage.causal.ablate import EFFECT_COLUMNS, ablate_pairs
+from saelineage.causal.config import AblateConfig
 from saelineage.causal.error_projection import ending_features, project_errors
 from saelineage.causal.report import correlations, print_correlations, write_plot
 from saelineage.causal.sampling import sample_edges, unique_pairs
-from saelineage.causal.windows import active_windows, choose, load_windows, load_windows_with_codes, window_rank
+from saelineage.causal.windows import (
+    active_windows,
+    choose,
+    load_windows,
+    load_windows_with_codes,
+    window_rank,
+)
 from saelineage.data.finalize import write_parquet
 from saelineage.errors import SaelineageError
 from saelineage.feature_table import ERROR_PROJECTION_FILE
-from saelineage.progress import console, progress
+from saelineage.progress import console
+from saelineage.progress import progress as make_progress
 from saelineage.run import RunDir, config_hash, writes_run
 
 PARTS = ".ablate-parts"
@@ -36,40 +44,36 @@ LAYERS_PER_PART = 8
 """Upstream layers ablated together: they share clean passes; an interrupted stage resumes per part."""
 
 
-@dataclass
-class AblateConfig:
-    """Options of `saelineage ablate` (see the command's --help)."""
+class AblateResult(NamedTuple):
+    """What `run_ablate` did: ablations.parquet's table, the correlations, and whether it was skipped."""
 
-    measures: list[str] | None = None
-    bins: int = 10
-    per_bin: int = 10
-    seed: int = 0
-    binning: str = "width"
-    windows_per_pair: int = 8
-    layer_pairs: list[tuple[int, int]] | None = None
-    threshold: float | None = None
-    batch_rows: int = 32
-    hidden: bool = True
-    hidden_windows: int = 256
-    hidden_windows_per_feature: int = 4
-    ending_measure: str = "pearson"
-    ending_threshold: float = 0.5
-    plot: bool = True
+    run: RunDir
+    table: pa.Table
+    correlations: list[dict]
+    skipped: bool
 
 
 @writes_run("ablate")
-def ablate_run(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, force: bool = False, device: str | None = None,
-               model=None, show: bool = True) -> pa.Table:
-    """Run the ablate stage; returns ablations.parquet's table. `model` = a preloaded RunModel."""
+def run_ablate(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, *, force: bool = False,
+               progress: bool = True, model=None) -> AblateResult:
+    """Sample edges, ablate their upstream features, measure the downstream drop; `model` = a preloaded RunModel."""
     cfg = cfg or AblateConfig()
+    if cfg.batch_rows < 1 or cfg.windows_per_pair < 1:
+        raise SaelineageError("--batch-rows and --windows-per-pair must be at least 1.", "pass positive numbers.")
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     manifest = run.require("stats")
-    if run.is_complete("ablate") and not force and run.file("ablations.parquet").is_file():
-        console.print(f"ablate: {run.path} is complete; skipping (use --force to redo).")
+    prev = (manifest.get("stages") or {}).get("ablate") or {}
+    if prev.get("status") == "complete" and not force and run.file("ablations.parquet").is_file():
+        if _identity(prev.get("config") or {}) != _identity(asdict(cfg)):
+            raise SaelineageError(f"ablate of {run.path} is complete with other options ({prev.get('config')}).",
+                                  "pass --force to redo it with the new options.")
+        if progress:
+            console.print(f"ablate: {run.path} is complete; skipping (use --force to redo).")
         table = pq.read_table(run.file("ablations.parquet"))
-        if show:
-            print_correlations(run.load()["stages"]["ablate"].get("correlations", []))
-        return table
+        corr = prev.get("correlations", [])
+        if progress:
+            print_correlations(corr)
+        return AblateResult(run, table, corr, True)
     threshold = float(cfg.threshold if cfg.threshold is not None else (manifest.get("thresholds") or {}).get("active", 0.0))
     edges = pq.read_table(run.file("edges.parquet"))
     sample = sample_edges(edges, cfg.measures, cfg.bins, cfg.per_bin, cfg.seed, cfg.binning, cfg.layer_pairs)
@@ -77,7 +81,7 @@ def ablate_run(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, fo
         raise SaelineageError("edges.parquet has no edges to sample for the chosen measures and layer pairs.",
                               "lower stats thresholds, or choose other --measures / --layer-pairs.")
     pairs, inverse = unique_pairs(sample)
-    key = config_hash({"cfg": asdict(cfg), "threshold": threshold, "pairs": pairs.tolist(),
+    key = config_hash({"cfg": _identity(asdict(cfg)), "threshold": threshold, "pairs": pairs.tolist(),
                        "collect": manifest.get("config_hash"), "stats": manifest["stages"]["stats"].get("started")})
     if force:
         shutil.rmtree(run.file(PARTS), ignore_errors=True)
@@ -86,7 +90,7 @@ def ablate_run(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, fo
         if rm is None:
             from saelineage.session import load_run_model
 
-            rm = load_run_model(run, device=device)
+            rm = load_run_model(run, device=cfg.device)
         # windows per downstream feature (shared by every pair that ends in it)
         wanted: dict[int, list[int]] = {}
         for _, _, m, j in pairs.tolist():
@@ -97,7 +101,7 @@ def ablate_run(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, fo
         parts_dir = run.file(PARTS)
         parts_dir.mkdir(exist_ok=True)
         results, stats = [], {"forward_passes": 0, "rows": 0, "jobs_pruned": 0}
-        with progress() as bar:
+        with make_progress(transient=not progress) as bar:
             layers = sorted(set(pairs[:, 0].tolist()))
             blocks = [layers[i:i + LAYERS_PER_PART] for i in range(0, len(layers), LAYERS_PER_PART)]
             task = bar.add_task("ablate", total=len(blocks), rate="")
@@ -139,9 +143,14 @@ def ablate_run(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, fo
         if cfg.hidden:
             info["error_projection"] = _hidden(run, rm, cfg, threshold)
         shutil.rmtree(parts_dir, ignore_errors=True)
-    if show:
+    if progress:
         print_correlations(corr)
-    return table
+    return AblateResult(run, table, corr, False)
+
+
+def _identity(config: dict) -> dict:
+    """The options that decide the results (the device and the batch size do not), as JSON gives them back."""
+    return json.loads(json.dumps({k: v for k, v in config.items() if k not in ("device", "batch_rows")}))
 
 
 def _join(sample: pa.Table, pairs: np.ndarray, inverse: np.ndarray, effects: pa.Table) -> pa.Table:
@@ -214,7 +223,7 @@ def _cover(chosen: dict[tuple[int, int], np.ndarray], cap: int, seed: int) -> np
 
 
 def demo_ablation(run_dir: str | Path, layer_pairs: Sequence[tuple[int, int]] | None = None, max_layer_pairs: int = 3,
-                  model=None) -> list[dict]:
+                  model=None, force: bool = False) -> list[dict]:
     """The demo's small sample: 5 bins x 4 pairs per measure on up to `max_layer_pairs` layer pairs spread
     over the depth, 4 windows per pair; prints the correlations and returns them."""
     run = RunDir(run_dir)
@@ -227,7 +236,7 @@ def demo_ablation(run_dir: str | Path, layer_pairs: Sequence[tuple[int, int]] | 
         layer_pairs = [lp[i] for i in pick]
     cfg = AblateConfig(measures=None, bins=5, per_bin=4, windows_per_pair=4, layer_pairs=list(layer_pairs),
                        hidden_windows=64, hidden_windows_per_feature=1)
-    table = ablate_run(run, cfg, model=model, show=False)
+    table = run_ablate(run, cfg, model=model, progress=False, force=force).table
     rows = correlations(table)
     print_correlations(rows)
     return rows

@@ -17,9 +17,9 @@ def collect_command(
     cfg: CollectConfig = CollectConfig(),
 ) -> None:
     """Run the model over a corpus once and store every layer's sparse SAE codes."""
-    from saelineage.collect.stage import collect
+    from saelineage.collect.stage import run_collect
     from saelineage.progress import console
 
-    r = collect(run, cfg, force=force)
+    r = run_collect(run, cfg, force=force).run
     m = r.load()
     console.print(f"[green]collect complete[/]: {m['n_tokens']:,} tokens, layers {m['layers']}, run {r.path}")

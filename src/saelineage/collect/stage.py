@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,8 +22,18 @@ from saelineage.data.store import LayerCodes, list_shards, remove_stale_temporar
 from saelineage.data.windows import make_windows
 from saelineage.errors import SaelineageError
 from saelineage.collect.config import CollectConfig
-from saelineage.progress import console, progress
+from saelineage.progress import console
+from saelineage.progress import progress as make_progress
 from saelineage.run import SCHEMA_VERSION, RunDir, config_hash, writes_run
+
+
+class CollectResult(NamedTuple):
+    """What `run_collect` did."""
+
+    run: RunDir
+    n_tokens: int
+    n_shards: int
+    skipped: bool
 
 
 def _check_finite(x: torch.Tensor, layer: int, windows: np.ndarray) -> None:
@@ -75,8 +86,12 @@ def _prepare_run(run: RunDir, cfg: CollectConfig, force: bool) -> str:
 
 
 @writes_run("collect", create=True)
-def collect(run_dir: str | Path, cfg: CollectConfig, force: bool = False, adapter=None, saes=None) -> RunDir:
-    """Collect sparse codes into `run_dir` (resumes an interrupted run of the same config)."""
+def run_collect(run_dir: str | Path, cfg: CollectConfig | None = None, *, force: bool = False, progress: bool = True,
+                adapter=None, saes=None) -> CollectResult:
+    """Collect sparse codes into `run_dir` (resumes an interrupted run of the same config).
+
+    adapter / saes: an already loaded model adapter and {layer: SAE} instead of loading cfg's."""
+    cfg = cfg or CollectConfig()
     from saelineage.models.loading import load_model
     from saelineage.saes.resolve import resolve_saes
 
@@ -84,8 +99,9 @@ def collect(run_dir: str | Path, cfg: CollectConfig, force: bool = False, adapte
     ident = _prepare_run(run, cfg, force)
     if run.is_complete("collect"):
         if _outputs_present(run, run.load()):
-            console.print(f"collect: {run.path} is complete; skipping (use --force to redo).")
-            return run
+            if progress:
+                console.print(f"collect: {run.path} is complete; skipping (use --force to redo).")
+            return CollectResult(run, int(run.load()["n_tokens"]), len(list_shards(run)), True)
         console.print(f"collect: {run.path} lacks some of its files; recomputing them.")
     if cfg.shard_windows % cfg.batch_windows:
         raise SaelineageError(f"--shard-windows {cfg.shard_windows} is not a multiple of --batch-windows {cfg.batch_windows}.",
@@ -152,7 +168,7 @@ def collect(run_dir: str | Path, cfg: CollectConfig, force: bool = False, adapte
 
     done = {int(p.name[6:11]) for p in list_shards(run)}
     todo = [i for i in range(n_shards) if i not in done]
-    with run.stage("collect") as info, progress() as bar:
+    with run.stage("collect") as info, make_progress(transient=not progress) as bar:
         already = sum(min(cfg.shard_windows, n_windows - i * cfg.shard_windows) for i in done if i < n_shards)
         task = bar.add_task("collect", total=n_windows * cfg.window, rate="", completed=already * cfg.window)
         t0, n_new = time.perf_counter(), 0
@@ -179,7 +195,7 @@ def collect(run_dir: str | Path, cfg: CollectConfig, force: bool = False, adapte
         info.update(summarize_run(run, cfg.examples_k, progress=bar))
         elapsed = time.perf_counter() - t0
         info["tokens_per_second"] = round(n_new / elapsed, 1) if n_new else None
-    return run
+    return CollectResult(run, n_windows * cfg.window, n_shards, False)
 
 
 def concat_codes(parts: list[LayerCodes]) -> LayerCodes:

@@ -9,7 +9,9 @@ from typing import Optional
 
 import typer
 
+from saelineage.config import with_config
 from saelineage.errors import SaelineageError
+from saelineage.lineage.config import AnalyzeConfig
 
 
 def _help(fn):
@@ -21,40 +23,12 @@ def _help(fn):
 
 
 @_help
+@with_config(AnalyzeConfig)
 def analyze_command(
     run: Path = typer.Argument(..., help="Run directory (after `saelineage stats`)."),
-    measure: str = typer.Option("pearson", help="Lifecycle measure M: jaccard, sufficiency, necessity, mutual_info, "
-                                                "pearson, act_cosine (best match over all pairs, feature_links)."),
-    threshold: float = typer.Option(0.5, help="Lifecycle threshold τ: a feature is carried when its best predecessor "
-                                              "has M ≥ τ, and continues when its best successor does "
-                                              "(the reference: Pearson, 0.4-0.95)."),
-    gate_threshold: float = typer.Option(0.95, help="τ_g: AND parents need necessity ≥ τ_g, OR parents "
-                                                    "sufficiency ≥ τ_g."),
-    gate_valid: Optional[float] = typer.Option(None, help="τ_v: a gate is reported when P(condition | child) and "
-                                                          "P(child | condition), counted on the codes, both reach it "
-                                                          "(default: τ_g). Lower it for noisy data."),
-    min_support: int = typer.Option(5, help="Minimum tokens: the child, each parent–child pair, and the gate's "
-                                            "support (child ∧ condition). Gates below it are never reported."),
-    max_parents: int = typer.Option(8, help="Candidate parents paired per child (best first)."),
-    pair_measure: str = typer.Option("jaccard", help="Measure ranking each child's two strongest parents "
-                                                     "(best_pairs.parquet)."),
-    split_threshold: Optional[float] = typer.Option(None, help="τ_s: split children need necessity(parent→child) "
-                                                               "≥ τ_s (default: τ_g)."),
-    exclusivity: float = typer.Option(0.1, help="τ_x: children of a split have pairwise Jaccard ≤ τ_x."),
-    min_coverage: float = typer.Option(0.5, help="Minimum share of the parent's tokens its split children cover."),
-    community_measure: str = typer.Option("jaccard", help="Edge measure of the community graph."),
-    community_threshold: float = typer.Option(0.1, help="τ_c: community graph edges need measure ≥ τ_c."),
-    quality: str = typer.Option("modularity", help="Leiden quality function: modularity, rb (RB configuration, "
-                                                   "uses --resolution), cpm (uses --resolution)."),
-    resolution: float = typer.Option(1.0, help="Resolution γ of rb / cpm (modularity with γ ≠ 1 runs as rb)."),
-    seed: int = typer.Option(42, help="Leiden seed (same seed, same communities)."),
-    leiden_backend: str = typer.Option("igraph", help="Leiden implementation: igraph (C community_leiden, fast) "
-                                                      "or leidenalg (as the reference; slow with many small "
-                                                      "communities)."),
-    prompt_samples: int = typer.Option(32, help="Corpus windows whose last token gets a precomputed prompt graph."),
-    prompt_rel: float = typer.Option(0.1, help="Prompt graphs keep features with activation ≥ this × their max."),
     quiet: bool = typer.Option(False, "--quiet", help="Do not print the lifecycle table."),
     force: bool = typer.Option(False, "--force", help="Redo a completed analyze stage."),
+    cfg: AnalyzeConfig = AnalyzeConfig(),
 ) -> None:
     """Lifecycle, AND/OR gates, splits and communities of a run's features.
 
@@ -67,17 +41,12 @@ def analyze_command(
     splits are validated by re-reading the stored codes with the stats stage's threshold.
     """
     from saelineage.lineage.lifecycle import print_lifecycle
-    from saelineage.lineage.stage import analyze
+    from saelineage.lineage.stage import run_analyze
 
-    r = analyze(run, force=force, measure=measure, threshold=threshold, gate_threshold=gate_threshold,
-                gate_valid=gate_valid, min_support=min_support, max_parents=max_parents, pair_measure=pair_measure,
-                split_threshold=split_threshold, exclusivity=exclusivity, min_coverage=min_coverage,
-                community_measure=community_measure, community_threshold=community_threshold, quality=quality,
-                resolution=resolution, seed=seed, leiden_backend=leiden_backend, prompt_samples=prompt_samples,
-                prompt_rel=prompt_rel)
+    r = run_analyze(run, cfg, force=force, progress=not quiet)
     if not quiet:
-        print_lifecycle(r.path)
-        _print_counts(r.path)
+        print_lifecycle(r.run.path)
+        _print_counts(r.run.path)
 
 
 def _print_counts(run: Path) -> None:

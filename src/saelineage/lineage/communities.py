@@ -32,7 +32,7 @@ QUALITIES = ("modularity", "rb", "cpm")
 BACKENDS = ("igraph", "leidenalg")
 
 
-def _check(quality: str, backend: str) -> None:
+def check_options(quality: str, backend: str) -> None:
     if quality not in QUALITIES:
         raise SaelineageError(f"unknown community quality function {quality!r}.",
                               f"choose one of {', '.join(QUALITIES)}.")
@@ -75,7 +75,7 @@ def leiden(f_layer: np.ndarray, f_id: np.ndarray, live: np.ndarray, e: dict[str,
     Edges with a non-finite or ≤ 0 weight are left out (Leiden needs non-negative weights;
     a negative Pearson is not "similar"). n_iterations=-1 iterates until stable.
     """
-    _check(quality, backend)
+    check_options(quality, backend)
     if measure not in e:
         raise SaelineageError(f"edges.parquet has no column {measure!r}.", "choose a measure of the edges table.")
     rows = feature_rows(f_layer, f_id)

@@ -21,12 +21,13 @@ import pyarrow.parquet as pq
 from rich.table import Table
 
 from saelineage.errors import SaelineageError
+from saelineage.lineage.config import AnalyzeConfig
 from saelineage.lineage.index import feature_rows
 from saelineage.run import RunDir
 
 LIFECYCLE_MEASURES = ("jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine")
-DEFAULT_MEASURE = "pearson"
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_MEASURE = AnalyzeConfig.measure
+DEFAULT_THRESHOLD = AnalyzeConfig.threshold
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 LABELS = ("dead", "new", "carried", "ending", "new+ending")
 NA = -1  # "not applicable": no previous layer (first) or no next layer (last)

@@ -12,9 +12,9 @@ functions of the inputs and the options).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,7 @@ from saelineage.errors import SaelineageError
 from saelineage.feature_table import ANALYSIS_FILE, KEY
 from saelineage.lineage import communities as comm
 from saelineage.lineage import gates, lifecycle, splits
+from saelineage.lineage.config import AnalyzeConfig
 from saelineage.lineage.figures import write_lifecycle_html
 from saelineage.lineage.index import feature_rows
 from saelineage.lineage.prompt_graph import GraphContext, sample_graphs
@@ -37,63 +38,31 @@ EDGE_COLUMNS = ("src_layer", "src", "dst_layer", "dst", "n_co", "jaccard", "suff
                 "mutual_info", "pearson", "act_cosine")
 
 
-@dataclass
-class AnalyzeOptions:
-    """Options of the analyze stage (defaults documented in the README)."""
+class AnalyzeResult(NamedTuple):
+    """What `run_analyze` did: the run, the counts recorded in the manifest, and whether it was skipped."""
 
-    measure: str = lifecycle.DEFAULT_MEASURE
-    """lifecycle measure M (feature_links best_pred_M / best_succ_M)"""
-    threshold: float = lifecycle.DEFAULT_THRESHOLD
-    """lifecycle threshold τ: carried / continuing when the best M ≥ τ"""
-    gate_threshold: float = 0.95
-    """τ_g: candidate AND (necessity) / OR (sufficiency) parents"""
-    gate_valid: float | None = None
-    """τ_v: both validated scores must reach it (None: τ_g)"""
-    min_support: int = 5
-    """minimum tokens for c_j, each parent's n_co and the gate's support"""
-    max_parents: int = 8
-    """candidate parents paired per child and parent layer"""
-    pair_measure: str = "jaccard"
-    """measure ranking a child's two strongest parents (best_pairs.parquet)"""
-    split_threshold: float | None = None
-    """τ_s: necessity(parent→child) of split children (None: τ_g)"""
-    exclusivity: float = 0.1
-    """τ_x: maximum pairwise Jaccard between children of a split"""
-    min_coverage: float = 0.5
-    """minimum share of the parent's tokens covered by its split children"""
-    max_children: int = 16
-    community_measure: str = "jaccard"
-    community_threshold: float = 0.1
-    quality: str = "modularity"
-    """Leiden quality function: modularity, rb (RB configuration, uses resolution), cpm"""
-    resolution: float = 1.0
-    seed: int = 42
-    leiden_backend: str = "igraph"
-    """igraph (C community_leiden, default) or leidenalg"""
-    prompt_samples: int = 32
-    """corpus windows whose last token gets a precomputed prompt graph"""
-    prompt_rel: float = 0.1
-    prompt_measure: str = "jaccard"
-    prompt_max_nodes: int = 256
-    top_examples: int = 10
-    """top examples per member feature used for a community's top tokens"""
+    run: RunDir
+    counts: dict[str, Any]
+    skipped: bool
 
-    def check(self, edge_names: list[str]) -> None:
-        if self.measure not in lifecycle.LIFECYCLE_MEASURES:
-            raise SaelineageError(f"unknown lifecycle measure {self.measure!r}.",
-                                  f"choose one of {', '.join(lifecycle.LIFECYCLE_MEASURES)}.")
-        for name, m in (("--pair-measure", self.pair_measure), ("--community-measure", self.community_measure),
-                        ("--prompt-measure", self.prompt_measure)):
-            if m not in edge_names:
-                raise SaelineageError(f"{name} {m!r} is not a column of edges.parquet.",
-                                      f"choose one of {', '.join(c for c in edge_names if c not in EDGE_COLUMNS[:4])}.")
-        comm._check(self.quality, self.leiden_backend)
-        for name in ("gate_threshold", "exclusivity", "min_coverage"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise SaelineageError(f"{name} must lie in [0, 1] (got {getattr(self, name)}).",
+
+def check_config(cfg: AnalyzeConfig, edge_names: list[str]) -> None:
+    """Refuse options that cannot work on this run's edges, before anything is written."""
+    if cfg.measure not in lifecycle.LIFECYCLE_MEASURES:
+        raise SaelineageError(f"unknown lifecycle measure {cfg.measure!r}.",
+                              f"choose one of {', '.join(lifecycle.LIFECYCLE_MEASURES)}.")
+    for name, m in (("--pair-measure", cfg.pair_measure), ("--community-measure", cfg.community_measure),
+                    ("--prompt-measure", cfg.prompt_measure)):
+        if m not in edge_names:
+            raise SaelineageError(f"{name} {m!r} is not a column of edges.parquet.",
+                                  f"choose one of {', '.join(c for c in edge_names if c not in EDGE_COLUMNS[:4])}.")
+    comm.check_options(cfg.quality, cfg.leiden_backend)
+    for name in ("gate_threshold", "exclusivity", "min_coverage"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise SaelineageError(f"--{name.replace('_', '-')} must lie in [0, 1] (got {getattr(cfg, name)}).",
                                   "pick a share.")
-        if self.min_support < 1:
-            raise SaelineageError("min_support must be at least 1.", "use e.g. --min-support 5.")
+    if cfg.min_support < 1:
+        raise SaelineageError("--min-support must be at least 1.", "use e.g. --min-support 5.")
 
 
 def _edges(run: RunDir) -> dict[str, np.ndarray]:
@@ -116,12 +85,10 @@ def _merge_pairs(*dicts: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
 
 
 @writes_run("analyze")
-def analyze(run_dir: str | Path, *, force: bool = False, quiet: bool = False, **options: Any) -> RunDir:
-    """Run the analyze stage on `run_dir` (options: AnalyzeOptions fields). Returns the RunDir."""
-    unknown = set(options) - {f.name for f in fields(AnalyzeOptions)}
-    if unknown:
-        raise TypeError(f"unknown analyze options: {sorted(unknown)}")
-    opt = AnalyzeOptions(**options)
+def run_analyze(run_dir: str | Path, cfg: AnalyzeConfig | None = None, *, force: bool = False,
+                progress: bool = True) -> AnalyzeResult:
+    """Lifecycle, gates, splits, communities and sample prompt graphs of a run with complete stats."""
+    opt = cfg or AnalyzeConfig()
     run = RunDir(run_dir)
     manifest = run.require("stats")
     stats_entry = manifest["stages"]["stats"]
@@ -129,9 +96,9 @@ def analyze(run_dir: str | Path, *, force: bool = False, quiet: bool = False, **
     prev = (manifest.get("stages") or {}).get("analyze") or {}
     if (not force and prev.get("status") == "complete" and prev.get("options") == asdict(opt)
             and prev.get("stats_stamp") == stamp):
-        if not quiet:
+        if progress:
             console.print(f"analyze: {run.path} is complete with these options; skipping (use --force to redo).")
-        return run
+        return AnalyzeResult(run, _counts(prev), True)
     from saelineage.hints import recollect, stats_command
 
     for name, writer in (("features.parquet", "collect"), ("feature_links.parquet", "stats"), ("edges.parquet", "stats")):
@@ -140,10 +107,14 @@ def analyze(run_dir: str | Path, *, force: bool = False, quiet: bool = False, **
                    f"run `{stats_command(run.path, force=True, manifest=manifest)}`: stats writes {name}.")
             raise SaelineageError(f"{run.file(name)} is missing.", fix)
     e = _edges(run)
-    opt.check(list(e))
+    check_config(opt, list(e))
     with run.stage("analyze", options=asdict(opt), stats_stamp=stamp) as info:
-        info.update(_analyze(run, manifest, opt, e, quiet))
-    return run
+        info.update(_analyze(run, manifest, opt, e, progress))
+    return AnalyzeResult(run, _counts(run.load()["stages"]["analyze"]), False)
+
+
+def _counts(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: entry.get(k) for k in ("lifecycle", "gates", "splits", "communities", "prompt_graphs")}
 
 
 def _feature_analysis(feats: pa.Table, lc: lifecycle.Lifecycle, community: np.ndarray) -> pa.Table:
@@ -156,12 +127,12 @@ def _feature_analysis(feats: pa.Table, lc: lifecycle.Lifecycle, community: np.nd
     return pa.table(cols)
 
 
-def _analyze(run: RunDir, manifest: dict, opt: AnalyzeOptions, e: dict[str, np.ndarray], quiet: bool) -> dict:
+def _analyze(run: RunDir, manifest: dict, opt: AnalyzeConfig, e: dict[str, np.ndarray], progress: bool) -> dict:
     layers = [int(l) for l in manifest["layers"]]
     d_sae = {int(l): int(d) for l, d in manifest["d_sae"].items()}
     feats = pq.read_table(run.file("features.parquet"))
     links = pq.read_table(run.file("feature_links.parquet"))
-    say = (lambda *_: None) if quiet else console.print
+    say = console.print if progress else (lambda *_: None)
 
     # lifecycle (no pass over the codes: feature_links holds the best match over all pairs)
     lc = lifecycle.classify(feats, links, layers, opt.measure, opt.threshold)

@@ -72,7 +72,7 @@ def build_sample_run(path: str | Path, n_layers: int = 4, d_sae: int = 48, n_win
     """Write a complete synthetic run to `path`: the store API (standing in for collect), then the
     real stats and analyze stages."""
     from saelineage.data.importer import write_run
-    from saelineage.lineage.stage import analyze
+    from saelineage.lineage.stage import run_analyze
     from saelineage.stats.stage import run_stats
 
     codes, tokens, vocab = synthetic_codes(n_layers, d_sae, n_windows, window, seed=seed)
@@ -81,7 +81,7 @@ def build_sample_run(path: str | Path, n_layers: int = 4, d_sae: int = 48, n_win
     run = write_run(path, codes, tokens, window_len=window, bos=True, vocab=vocab, decoders=decoders,
                     model={"spec": "imported", "name": "synthetic"}, shard_windows=16, examples_k=10, force=True)
     run_stats(run.path, progress=False)
-    analyze(run.path, quiet=True)
+    run_analyze(run.path, progress=False)
     if hostile_label:
         _plant_hostile_label(run)
     return run

@@ -176,11 +176,12 @@ def is_loopback(host: str) -> bool:
     return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning",
-          announce: bool = True) -> None:
+def serve(run_dir: str | Path, cfg: ServeConfig | None = None, *, progress: bool = True) -> None:
     """Serve the browser for `run_dir` until interrupted (the demo and `saelineage serve` call this).
 
-    Builds (or reuses) the query cache first, then prints the URL when `announce`."""
+    Builds (or reuses) the query cache first, then prints the URL when `progress`."""
+    cfg = cfg or ServeConfig()
+    host, port, log_level, announce = cfg.host, cfg.port, cfg.log_level, progress
     import uvicorn
 
     from saelineage.progress import console

@@ -9,19 +9,20 @@ from pathlib import Path
 
 import typer
 
+from saelineage.config import with_config
 from saelineage.progress import console
+from saelineage.web.config import ServeConfig
 
 
+@with_config(ServeConfig)
 def serve_command(
     run: Path = typer.Argument(..., help="Run directory (any stage complete; the browser says what is missing)."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind. The default (loopback) keeps the browser "
-                             "on this machine; anything else exposes it without authentication."),
-    port: int = typer.Option(8000, min=1, max=65535, help="Port."),
+    cfg: ServeConfig = ServeConfig(),
 ) -> None:
     """Serve the web feature browser over a run directory (offline; API docs at /docs)."""
     from saelineage.web.app import serve
 
-    serve(run, host, port)
+    serve(run, cfg)
 
 
 labels_app = typer.Typer(help="Feature labels shown by the browser.", no_args_is_help=True, add_completion=False)

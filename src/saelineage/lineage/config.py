@@ -1,0 +1,60 @@
+"""`AnalyzeConfig`: what `saelineage analyze` computes (the command's options are generated from it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class AnalyzeConfig:
+    """Options of the analyze stage (docs/design.md §4 defines each rule)."""
+
+    measure: str = "pearson"
+    """Lifecycle measure M: jaccard, sufficiency, necessity, mutual_info, pearson, act_cosine (best match over
+    all pairs, feature_links)."""
+    threshold: float = 0.5
+    """Lifecycle threshold τ: a feature is carried when its best predecessor has M ≥ τ, and continues when its
+    best successor does (the paper, arXiv:2410.08869: Pearson, 0.4-0.95)."""
+    gate_threshold: float = 0.95
+    """τ_g: AND parents need necessity ≥ τ_g, OR parents sufficiency ≥ τ_g."""
+    gate_valid: float | None = None
+    """τ_v: a gate is reported when P(condition | child) and P(child | condition), counted on the codes, both
+    reach it (default: τ_g). Lower it for noisy data."""
+    min_support: int = 5
+    """Minimum tokens: the child, each parent–child pair, and the gate's support (child ∧ condition). Gates
+    below it are never reported."""
+    max_parents: int = 8
+    """Candidate parents paired per child (best first)."""
+    pair_measure: str = "jaccard"
+    """Measure ranking each child's two strongest parents (best_pairs.parquet)."""
+    split_threshold: float | None = None
+    """τ_s: split children need necessity(parent→child) ≥ τ_s (default: τ_g)."""
+    exclusivity: float = 0.1
+    """τ_x: children of a split have pairwise Jaccard ≤ τ_x."""
+    min_coverage: float = 0.5
+    """Minimum share of the parent's tokens its split children cover."""
+    max_children: int = 16
+    """Candidate children considered per split parent (best first)."""
+    community_measure: str = "jaccard"
+    """Edge measure of the community graph."""
+    community_threshold: float = 0.1
+    """τ_c: community graph edges need measure ≥ τ_c."""
+    quality: str = "modularity"
+    """Leiden quality function: modularity, rb (RB configuration, uses --resolution), cpm (uses --resolution)."""
+    resolution: float = 1.0
+    """Resolution γ of rb / cpm (modularity with γ ≠ 1 runs as rb)."""
+    seed: int = 42
+    """Leiden seed (same seed, same communities)."""
+    leiden_backend: str = "igraph"
+    """Leiden implementation: igraph (C community_leiden, fast) or leidenalg (as the reference code; slow with
+    many small communities)."""
+    prompt_samples: int = 32
+    """Corpus windows whose last token gets a precomputed prompt graph."""
+    prompt_rel: float = 0.1
+    """Prompt graphs keep features with activation ≥ this × their max."""
+    prompt_measure: str = "jaccard"
+    """Edge measure of the precomputed prompt graphs."""
+    prompt_max_nodes: int = 256
+    """Most features kept in a precomputed prompt graph (strongest relative activation first)."""
+    top_examples: int = 10
+    """Top examples per member feature used for a community's top tokens."""
