@@ -45,7 +45,7 @@ def random_topk(d: int, d_sae: int, k: int, layer: int, seed: int):
 def make_sample(adapter, saes, ids, layer_pairs, n_feats, partners, unrelated, windows_per_pair, seed):
     """Pairs [P, 4] and per-pair window indices, drawn from clean co-activations on `ids` (windows chosen
     as the stage does: coordinated random draws among the windows where the downstream feature is active)."""
-    from saelineage.causal.windows import choose, window_rank
+    from saelineage.causal.window_choice import choose, window_rank
 
     rng = np.random.default_rng(seed)
     rank = window_rank(len(ids), seed)
@@ -92,7 +92,7 @@ def main() -> None:
 
     from saelineage.causal.ablate import ablate_pairs
     from saelineage.data.corpus import load_corpus
-    from saelineage.data.windows import make_windows
+    from saelineage.data.windowing import make_windows
     from saelineage.models.loading import load_model
 
     layer_pairs = [tuple(int(x) for x in p.split(":")) for p in args.layer_pairs.split(",")]

@@ -45,7 +45,7 @@ def main() -> None:
     from saelineage.collect.config import CollectConfig
     from saelineage.collect.stage import run_collect
     from saelineage.data.corpus import load_corpus
-    from saelineage.data.windows import make_windows
+    from saelineage.data.windowing import make_windows
     from saelineage.models.loading import load_model
     from saelineage.saes.sae import SAE
 

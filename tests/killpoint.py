@@ -91,7 +91,7 @@ def serve() -> None:
     import saelineage.lineage.stage  # noqa: F401
     import saelineage.models.loading  # noqa: F401
     import saelineage.saes.loading  # noqa: F401
-    import saelineage.session  # noqa: F401
+    import saelineage.run_model  # noqa: F401
     import saelineage.stats.stage  # noqa: F401
 
     reply = sys.stdout

@@ -157,8 +157,8 @@ def test_hidden_in_error(run):
 
 def test_stored_codes_match_a_clean_pass(run):
     """The codes the stage reads from the shards = a fresh clean pass, window by window, in any order."""
-    from saelineage.causal.windows import load_windows_with_codes
-    from saelineage.session import load_run_model
+    from saelineage.causal.window_choice import load_windows_with_codes
+    from saelineage.run_model import load_run_model
 
     wins = np.array([17, 0, 5, 33])  # out of order, over several shards (16 windows per shard)
     ids, mask, stored = load_windows_with_codes(run, wins, {l: np.arange(D_SAE) for l in LAYERS})

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from saelineage.data.corpus import clean_wiki, load_corpus
-from saelineage.data.windows import make_windows
+from saelineage.data.windowing import make_windows
 from saelineage.errors import SaelineageError
 from saelineage.testing.tokenizers import gpt2_tokenizer
 

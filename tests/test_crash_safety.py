@@ -30,7 +30,7 @@ from saelineage.errors import SaelineageError
 from saelineage.lineage.stage import run_analyze
 from saelineage.testing.planted import build_planted_run
 from saelineage.run import LOCK, RunDir
-from saelineage.session import load_run_model
+from saelineage.run_model import load_run_model
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.stage import run_stats
 from runs import write_corpus, write_saes

@@ -17,7 +17,7 @@ from saelineage.lineage.prompt_graph import prompt
 from saelineage.lineage.config import AnalyzeConfig
 from saelineage.lineage.stage import run_analyze
 from saelineage.lineage.command import prompt_command
-from saelineage.session import load_run_model
+from saelineage.run_model import load_run_model
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.stage import run_stats
 from runs import write_corpus, write_saes

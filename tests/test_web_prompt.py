@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from runs import write_corpus, write_saes
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
-from saelineage.session import load_run_model
+from saelineage.run_model import load_run_model
 from saelineage.web.app import create_app
 from tinymodels import tiny_llama
 

@@ -24,7 +24,7 @@ from saelineage.causal.config import AblateConfig
 from saelineage.causal.error_projection import ending_features, project_errors
 from saelineage.causal.report import correlations, print_correlations, write_plot
 from saelineage.causal.sampling import sample_edges, unique_pairs
-from saelineage.causal.windows import (
+from saelineage.causal.window_choice import (
     active_windows,
     choose,
     load_windows,
@@ -88,7 +88,7 @@ def run_ablate(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, *,
     with run.stage("ablate", config=asdict(cfg)) as info:
         rm = model
         if rm is None:
-            from saelineage.session import load_run_model
+            from saelineage.run_model import load_run_model
 
             rm = load_run_model(run, device=cfg.device)
         # windows per downstream feature (shared by every pair that ends in it)

@@ -19,7 +19,7 @@ from saelineage import __version__
 from saelineage.data.corpus import load_corpus
 from saelineage.data.finalize import summarize_run, write_vocab
 from saelineage.data.store import LayerCodes, list_shards, remove_stale_temporaries, shard_path, write_shard
-from saelineage.data.windows import make_windows
+from saelineage.data.windowing import make_windows
 from saelineage.errors import SaelineageError
 from saelineage.collect.config import CollectConfig
 from saelineage.progress import console

@@ -86,7 +86,7 @@ def prompt_command(
 
     model = None
     if device is not None:
-        from saelineage.session import load_run_model
+        from saelineage.run_model import load_run_model
 
         model = load_run_model(run, device=device)
     g = prompt(run, text, position, rel=rel, measure=measure, min_value=min_value, max_nodes=max_nodes, model=model)

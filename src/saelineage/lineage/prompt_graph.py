@@ -144,10 +144,10 @@ def load_context(run: RunDir) -> GraphContext:
 
 def encode_text(run: RunDir, text: str, model=None) -> tuple[list[int], dict[int, Any]]:
     """Token ids of `text` (BOS first when the run's windows start with BOS) and per-layer codes
-    {layer: LayerCodes [S rows]} from the run's model and SAEs (`saelineage.session`)."""
+    {layer: LayerCodes [S rows]} from the run's model and SAEs (`saelineage.run_model`)."""
     import torch
 
-    from saelineage.session import load_run_model
+    from saelineage.run_model import load_run_model
 
     manifest = run.load()
     rm = model if model is not None else load_run_model(run)

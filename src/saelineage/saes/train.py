@@ -255,7 +255,7 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
         return final
 
     from saelineage.data.corpus import load_corpus
-    from saelineage.data.windows import make_windows
+    from saelineage.data.windowing import make_windows
     from saelineage.models.loading import load_model
     from saelineage.progress import progress as make_progress
     from saelineage.saes.evaluate import evaluate_saes, metrics_table

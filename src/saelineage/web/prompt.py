@@ -1,7 +1,7 @@
 """Live prompts: tokens of a typed text, and the graph of features active on one token.
 
 The model and SAEs the run was collected with are loaded on first use (through
-`saelineage.session.load_run_model`); a run imported without a model, or whose model/SAE
+`saelineage.run_model.load_run_model`); a run imported without a model, or whose model/SAE
 files are gone, gets a clear "not available" status instead. The per-token graph holds the
 features of every layer whose activation on the chosen token exceeds `rel` × their maximum
 over the corpus (the reference used 0.1), joined by the run's edges between consecutive
@@ -18,7 +18,7 @@ import numpy as np
 
 from saelineage.errors import SaelineageError
 from saelineage.web.graph import MAX_NODES, empty_layout, feature_indices, layout
-from saelineage.web.generation import Generation
+from saelineage.web.cache_view import Generation
 from saelineage.web.queries import MEASURES, RunData
 
 MAX_CHARS = 2000
@@ -58,7 +58,7 @@ class ModelBackend:
     def _load(self):
         with self._lock:
             if self._model is None:
-                from saelineage.session import load_run_model
+                from saelineage.run_model import load_run_model
 
                 self._model = load_run_model(self.run_path)
         return self._model

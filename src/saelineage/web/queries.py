@@ -19,7 +19,7 @@ import numpy as np
 
 from saelineage.run import RunDir
 from saelineage.web import cache
-from saelineage.web.generation import (ABLATION_SHOWN, ID_RE, MEASURES, SORTABLE, STAGE_HINTS, Generation,
+from saelineage.web.cache_view import (ABLATION_SHOWN, ID_RE, MEASURES, SORTABLE, STAGE_HINTS, Generation,
                                        json_safe, rows)
 from saelineage.web.labels import neuronpedia_url
 from saelineage.web.relations import RelationQueries

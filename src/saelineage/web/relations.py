@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from saelineage.web.generation import ID_RE, STAGE_HINTS, Generation
+from saelineage.web.cache_view import ID_RE, STAGE_HINTS, Generation
 
 
 class RelationQueries:
