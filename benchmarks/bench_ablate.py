@@ -37,9 +37,17 @@ def random_topk(d: int, d_sae: int, k: int, layer: int, seed: int):
     from saelineage.saes.sae import SAE
 
     g = torch.Generator().manual_seed(seed + layer)
-    w = torch.randn(d, d_sae, generator=g) / d ** 0.5
-    return SAE(W_enc=w, b_enc=torch.zeros(d_sae), W_dec=w.T.contiguous(), b_dec=torch.zeros(d), architecture="topk",
-               k=k, hook_name=f"blocks.{layer}.hook_resid_pre", meta={"path": "random"})
+    w = torch.randn(d, d_sae, generator=g) / d**0.5
+    return SAE(
+        W_enc=w,
+        b_enc=torch.zeros(d_sae),
+        W_dec=w.T.contiguous(),
+        b_dec=torch.zeros(d),
+        architecture="topk",
+        k=k,
+        hook_name=f"blocks.{layer}.hook_resid_pre",
+        meta={"path": "random"},
+    )
 
 
 def make_sample(adapter, saes, ids, layer_pairs, n_feats, partners, unrelated, windows_per_pair, seed):
@@ -52,7 +60,7 @@ def make_sample(adapter, saes, ids, layer_pairs, n_feats, partners, unrelated, w
     hooks = sorted({saes[l].hook for lp in layer_pairs for l in lp}, key=lambda h: h.order)
     values = {}
     for r0 in range(0, len(ids), 16):
-        res = adapter.residuals(ids[r0:r0 + 16], hooks)
+        res = adapter.residuals(ids[r0 : r0 + 16], hooks)
         for l in {l for lp in layer_pairs for l in lp}:
             c = saes[l].encode_dense(res[saes[l].hook].reshape(-1, adapter.d_model))
             values.setdefault(l, []).append(c.view(-1, ids.shape[1], c.shape[-1]))
@@ -63,7 +71,7 @@ def make_sample(adapter, saes, ids, layer_pairs, n_feats, partners, unrelated, w
         a, b = codes[l].reshape(-1, codes[l].shape[-1]), codes[m].reshape(-1, codes[m].shape[-1])
         live_a, live_b = np.flatnonzero(a.sum(0) >= 3), np.flatnonzero(b.sum(0) >= 3)
         for i in rng.choice(live_a, size=min(n_feats, len(live_a)), replace=False):
-            co = (a[:, i:i + 1] & b).sum(0)
+            co = (a[:, i : i + 1] & b).sum(0)
             top = [j for j in np.argsort(-co)[:partners] if co[j] > 0]
             for j in top + list(rng.choice(live_b, size=unrelated, replace=False)):
                 wins = np.flatnonzero(codes[m][:, :, j].any(1))
@@ -84,8 +92,9 @@ def main() -> None:
     ap.add_argument("--batch-rows", type=int, default=16)
     ap.add_argument("--d-sae", type=int, default=4608)
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1 avoids thread contention on a shared 2-core machine)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 avoids thread contention on a shared 2-core machine)"
+    )
     ap.add_argument("--all-modes", action="store_true", help="also time the intermediate modes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,8 +113,9 @@ def main() -> None:
     mask[:, 0] = False  # BOS
     from saelineage.causal.stored import StoredCodes
 
-    pairs, pw, values = make_sample(adapter, saes, ids, layer_pairs, args.features, args.partners, args.unrelated,
-                                    args.windows_per_pair, 0)
+    pairs, pw, values = make_sample(
+        adapter, saes, ids, layer_pairs, args.features, args.partners, args.unrelated, args.windows_per_pair, 0
+    )
     keep: dict[int, list] = {}
     for l, f, m, j in pairs.tolist():
         keep.setdefault(l, []).append(f)
@@ -113,9 +123,12 @@ def main() -> None:
     stored = StoredCodes.from_dense(values, mask, {l: np.array(v) for l, v in keep.items()})
     del values
     n_up = len(np.unique(pairs[:, :2], axis=0))
-    print(f"SmolLM2-135M, random TopK SAEs (d_sae={args.d_sae}, k={args.k}), layer pairs {layer_pairs}; "
-          f"{len(pairs)} pairs, {n_up} distinct upstream features, {args.windows_per_pair} windows/pair of "
-          f"{args.window} tokens; batch {args.batch_rows} rows; torch threads {torch.get_num_threads()}")
+    print(
+        f"SmolLM2-135M, random TopK SAEs (d_sae={args.d_sae}, k={args.k}), layer pairs {layer_pairs}; "
+        f"{len(pairs)} pairs, {n_up} distinct upstream features, {args.windows_per_pair} windows/pair of "
+        f"{args.window} tokens; batch {args.batch_rows} rows; torch threads {torch.get_num_threads()}"
+    )
+
     def reference(**kw):  # per upstream feature: its own clean pass + ablated passes
         from saelineage.causal.ablate import AblationResult
 
@@ -124,8 +137,18 @@ def main() -> None:
         keys = pairs[order, :2]
         cuts = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
         for sel in np.split(order, cuts):
-            r = ablate_pairs(adapter, saes, ids, pairs[sel], [pw[p] for p in sel], mask, batch_rows=args.batch_rows,
-                             one_feature_per_forward=True, skip_prefix=False, prune=False)
+            r = ablate_pairs(
+                adapter,
+                saes,
+                ids,
+                pairs[sel],
+                [pw[p] for p in sel],
+                mask,
+                batch_rows=args.batch_rows,
+                one_feature_per_forward=True,
+                skip_prefix=False,
+                prune=False,
+            )
             tables.append((sel, r.table))
             for k in info:
                 info[k] += r.info[k]
@@ -135,12 +158,14 @@ def main() -> None:
         back = np.argsort(np.concatenate([sel for sel, _ in tables]))
         return AblationResult(t.take(pa.array(back)), None, info)
 
-    modes = [("reference (clean+ablated per feature)", reference),
-             ("1 feature/pass, shared clean pass", dict(one_feature_per_forward=True, skip_prefix=False, prune=False)),
-             ("batched", dict(skip_prefix=False, prune=False)),
-             ("batched +prune", dict(skip_prefix=False, prune=True)),
-             ("batched +prune +restart", dict(skip_prefix=True, prune=True)),
-             ("... +stored codes (the stage's default)", dict(skip_prefix=True, prune=True, stored=stored))]
+    modes = [
+        ("reference (clean+ablated per feature)", reference),
+        ("1 feature/pass, shared clean pass", dict(one_feature_per_forward=True, skip_prefix=False, prune=False)),
+        ("batched", dict(skip_prefix=False, prune=False)),
+        ("batched +prune", dict(skip_prefix=False, prune=True)),
+        ("batched +prune +restart", dict(skip_prefix=True, prune=True)),
+        ("... +stored codes (the stage's default)", dict(skip_prefix=True, prune=True, stored=stored)),
+    ]
     if not args.all_modes:
         modes = [modes[0], modes[1], modes[4], modes[5]]
     results, times, cpu = {}, {}, {}
@@ -152,8 +177,11 @@ def main() -> None:
             res = ablate_pairs(adapter, saes, ids, pairs, pw, mask, batch_rows=args.batch_rows, **kw)
         times[name], cpu[name] = time.perf_counter() - t, time.process_time() - c
         results[name] = res
-        print(f"  {name:40s} wall {times[name]:7.1f} s  cpu {cpu[name]:7.1f} s   passes {res.info['forward_passes']:5d}"
-              f"   ablated rows {res.info['rows']:5d}   pruned jobs {res.info['jobs_pruned']}", flush=True)
+        print(
+            f"  {name:40s} wall {times[name]:7.1f} s  cpu {cpu[name]:7.1f} s   passes {res.info['forward_passes']:5d}"
+            f"   ablated rows {res.info['rows']:5d}   pruned jobs {res.info['jobs_pruned']}",
+            flush=True,
+        )
     base = modes[0][0]
     ref = results[base].table
     print(f"\nspeed-up over '{base}' (wall / cpu):")
@@ -162,8 +190,10 @@ def main() -> None:
         scale = max(1e-6, float(np.nanmax(np.abs(ref.column("mean_clean").to_numpy()))))
         err = float(np.nanmax(np.abs(t.column("mean_drop").to_numpy() - ref.column("mean_drop").to_numpy())))
         same = t.column("n_tokens").equals(ref.column("n_tokens"))
-        print(f"  {name:40s} {times[base] / times[name]:6.1f}x / {cpu[base] / cpu[name]:5.1f}x   "
-              f"max |Δ mean drop| {err:.1e} (activations up to {scale:.1f}); token counts identical: {same}")
+        print(
+            f"  {name:40s} {times[base] / times[name]:6.1f}x / {cpu[base] / cpu[name]:5.1f}x   "
+            f"max |Δ mean drop| {err:.1e} (activations up to {scale:.1f}); token counts identical: {same}"
+        )
     drop = ref.column("rel_drop").to_numpy(zero_copy_only=False)
     print(f"\nrelative drops: median {np.nanmedian(drop):.3f}, max {np.nanmax(drop):.3f}")
 

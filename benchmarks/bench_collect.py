@@ -54,9 +54,17 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     saes = {}
     for l in range(args.layers):
-        w = torch.randn(d, args.d_sae, generator=g) / d ** 0.5
-        saes[l] = SAE(W_enc=w, b_enc=torch.zeros(args.d_sae), W_dec=w.T.contiguous(), b_dec=torch.zeros(d),
-                      architecture="topk", k=args.k, hook_name=f"blocks.{l}.hook_resid_pre", meta={"path": "random"})
+        w = torch.randn(d, args.d_sae, generator=g) / d**0.5
+        saes[l] = SAE(
+            W_enc=w,
+            b_enc=torch.zeros(args.d_sae),
+            W_dec=w.T.contiguous(),
+            b_dec=torch.zeros(d),
+            architecture="topk",
+            k=args.k,
+            hook_name=f"blocks.{l}.hook_resid_pre",
+            meta={"path": "random"},
+        )
     window, batch = 128, 16
     n_windows = args.tokens // window
     ids = make_windows(adapter.tokenizer, load_corpus("default").docs, window, n_windows * window).ids
@@ -73,8 +81,7 @@ def main() -> None:
 
     # ours
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = CollectConfig(model="smollm2", corpus="default", max_tokens=n_tok, batch_windows=batch,
-                            shard_windows=64)
+        cfg = CollectConfig(model="smollm2", corpus="default", max_tokens=n_tok, batch_windows=batch, shard_windows=64)
         t = time.perf_counter()
         run_collect(os.path.join(tmp, "run"), cfg, adapter=adapter, saes=saes)
         ours = n_tok / (time.perf_counter() - t)
@@ -83,7 +90,7 @@ def main() -> None:
     t = time.perf_counter()
     with torch.no_grad():
         for b0 in range(0, len(ids), batch):
-            x = torch.from_numpy(ids[b0:b0 + batch])
+            x = torch.from_numpy(ids[b0 : b0 + batch])
             hs = adapter.model(input_ids=x, output_hidden_states=True).hidden_states
             for l, sae in saes.items():
                 dense = sae.encode_dense(hs[l].reshape(-1, d))
@@ -93,8 +100,10 @@ def main() -> None:
 
     print(f"tokens                      {n_tok:,} ({args.layers} layers x {args.d_sae} latents, k={args.k})")
     print(f"fp32 matmul rate            {rate:.1f} GFLOP/s")
-    print(f"FLOPs per token             {flops_tok / 1e6:.1f} M (blocks {per_tok_model / 1e6:.1f} + attention "
-          f"{per_tok_attn / 1e6:.1f} + encoders {per_tok_enc / 1e6:.1f})")
+    print(
+        f"FLOPs per token             {flops_tok / 1e6:.1f} M (blocks {per_tok_model / 1e6:.1f} + attention "
+        f"{per_tok_attn / 1e6:.1f} + encoders {per_tok_enc / 1e6:.1f})"
+    )
     print(f"FLOP bound                  {bound:,.0f} tokens/s")
     print(f"saelineage collect          {ours:,.0f} tokens/s")
     print(f"baseline (HF + dense)       {base:,.0f} tokens/s")

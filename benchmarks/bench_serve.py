@@ -41,51 +41,126 @@ def synthetic_scale_run(path: Path, layers: int, d_sae: int, n_tokens: int, wind
     n_win = n_tokens // window
     shard_windows = 64
     vocab = [f" w{i}" for i in range(5000)]
-    run.save({"schema_version": 1, "model": {"spec": "synthetic-scale"}, "layers": list(range(layers)),
-              "saes": {str(l): {"hook_name": f"blocks.{l}.hook_resid_post", "d_sae": d_sae} for l in range(layers)},
-              "d_sae": {str(l): d_sae for l in range(layers)}, "hooks": {}, "corpus": {"spec": "synthetic"},
-              "n_tokens": n_win * window, "window": window, "bos": True, "shard_windows": shard_windows,
-              "stages": {s: {"status": "complete"} for s in ("collect", "stats", "analyze")}})
+    run.save(
+        {
+            "schema_version": 1,
+            "model": {"spec": "synthetic-scale"},
+            "layers": list(range(layers)),
+            "saes": {str(l): {"hook_name": f"blocks.{l}.hook_resid_post", "d_sae": d_sae} for l in range(layers)},
+            "d_sae": {str(l): d_sae for l in range(layers)},
+            "hooks": {},
+            "corpus": {"spec": "synthetic"},
+            "n_tokens": n_win * window,
+            "window": window,
+            "bos": True,
+            "shard_windows": shard_windows,
+            "stages": {s: {"status": "complete"} for s in ("collect", "stats", "analyze")},
+        }
+    )
     (path / "vocab.json").write_text(json.dumps({"tokens": vocab, "decoded": vocab}))
     empty = LayerCodes(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
     for i, w0 in enumerate(range(0, n_win, shard_windows)):
         w = np.arange(w0, min(w0 + shard_windows, n_win), dtype=np.int32)
         t = len(w) * window
-        write_shard(run, i, rng.integers(0, len(vocab), t, dtype=np.int32), np.repeat(w, window),
-                    np.tile(np.arange(window, dtype=np.int32), len(w)),
-                    {0: empty._replace(indptr=np.zeros(t + 1, np.int64))})
+        write_shard(
+            run,
+            i,
+            rng.integers(0, len(vocab), t, dtype=np.int32),
+            np.repeat(w, window),
+            np.tile(np.arange(window, dtype=np.int32), len(w)),
+            {0: empty._replace(indptr=np.zeros(t + 1, np.int64))},
+        )
     n_f = layers * d_sae
     n_act = rng.integers(0, 2000, n_f)
     comm = rng.integers(0, n_f // 40, n_f)
     key = {"layer": np.repeat(np.arange(layers), d_sae).astype(np.int64), "feature": np.tile(np.arange(d_sae), layers)}
-    write_parquet(run.file("features.parquet"), pa.table({
-        **key, "n_active": n_act, "density": n_act / n_tokens, "act_sum": n_act * 2.0, "act_sumsq": n_act * 5.0,
-        "act_max": rng.random(n_f) * 10}))
-    write_parquet(run.file("feature_analysis.parquet"), pa.table({
-        **key, "lifecycle": rng.choice(["new", "carried", "ending", "dead"], n_f),
-        "has_pred": rng.random(n_f) < 0.5, "has_succ": rng.random(n_f) < 0.5, "community": comm}))
+    write_parquet(
+        run.file("features.parquet"),
+        pa.table(
+            {
+                **key,
+                "n_active": n_act,
+                "density": n_act / n_tokens,
+                "act_sum": n_act * 2.0,
+                "act_sumsq": n_act * 5.0,
+                "act_max": rng.random(n_f) * 10,
+            }
+        ),
+    )
+    write_parquet(
+        run.file("feature_analysis.parquet"),
+        pa.table(
+            {
+                **key,
+                "lifecycle": rng.choice(["new", "carried", "ending", "dead"], n_f),
+                "has_pred": rng.random(n_f) < 0.5,
+                "has_succ": rng.random(n_f) < 0.5,
+                "community": comm,
+            }
+        ),
+    )
     k = 20
-    write_parquet(run.file("examples.parquet"), pa.table({
-        "layer": np.repeat(np.arange(layers), d_sae * k), "feature": np.tile(np.repeat(np.arange(d_sae), k), layers),
-        "rank": np.tile(np.arange(k), n_f), "value": rng.random(n_f * k),
-        "window": rng.integers(0, n_win, n_f * k).astype(np.int32), "pos": rng.integers(1, window, n_f * k).astype(np.int32)}))
+    write_parquet(
+        run.file("examples.parquet"),
+        pa.table(
+            {
+                "layer": np.repeat(np.arange(layers), d_sae * k),
+                "feature": np.tile(np.repeat(np.arange(d_sae), k), layers),
+                "rank": np.tile(np.arange(k), n_f),
+                "value": rng.random(n_f * k),
+                "window": rng.integers(0, n_win, n_f * k).astype(np.int32),
+                "pos": rng.integers(1, window, n_f * k).astype(np.int32),
+            }
+        ),
+    )
     parts = []
     for l in range(layers - 1):
         m = d_sae * 16
         src = np.sort(rng.integers(0, d_sae, m))
         jac = rng.beta(0.5, 4, m)
-        parts.append(pa.table({
-            "src_layer": np.full(m, l, np.int64), "src": src, "dst_layer": np.full(m, l + 1, np.int64),
-            "dst": rng.integers(0, d_sae, m), "n_co": rng.integers(5, 500, m), "jaccard": jac,
-            **{c: np.clip(jac + rng.normal(0, 0.1, m), 0, 1) for c in
-               ("sufficiency", "necessity", "mutual_info", "pearson", "act_cosine", "dec_cosine", "sufficiency_lo",
-                "necessity_lo")}}))
+        parts.append(
+            pa.table(
+                {
+                    "src_layer": np.full(m, l, np.int64),
+                    "src": src,
+                    "dst_layer": np.full(m, l + 1, np.int64),
+                    "dst": rng.integers(0, d_sae, m),
+                    "n_co": rng.integers(5, 500, m),
+                    "jaccard": jac,
+                    **{
+                        c: np.clip(jac + rng.normal(0, 0.1, m), 0, 1)
+                        for c in (
+                            "sufficiency",
+                            "necessity",
+                            "mutual_info",
+                            "pearson",
+                            "act_cosine",
+                            "dec_cosine",
+                            "sufficiency_lo",
+                            "necessity_lo",
+                        )
+                    },
+                }
+            )
+        )
     write_parquet(run.file("edges.parquet"), pa.concat_tables(parts))
     g = 5000
-    write_parquet(run.file("gates.parquet"), pa.table({
-        "kind": rng.choice(["and", "or"], g), "layer": rng.integers(1, layers, g), "feature": rng.integers(0, d_sae, g),
-        "parent_layer": np.zeros(g, np.int64), "parent_a": rng.integers(0, d_sae, g), "parent_b": rng.integers(0, d_sae, g),
-        "support": rng.integers(5, 100, g), "score_forward": rng.random(g), "score_backward": rng.random(g)}))
+    write_parquet(
+        run.file("gates.parquet"),
+        pa.table(
+            {
+                "kind": rng.choice(["and", "or"], g),
+                "layer": rng.integers(1, layers, g),
+                "feature": rng.integers(0, d_sae, g),
+                "parent_layer": np.zeros(g, np.int64),
+                "parent_a": rng.integers(0, d_sae, g),
+                "parent_b": rng.integers(0, d_sae, g),
+                "support": rng.integers(5, 100, g),
+                "score_forward": rng.random(g),
+                "score_backward": rng.random(g),
+            }
+        ),
+    )
     return path
 
 
@@ -132,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
             tmp = tempfile.TemporaryDirectory(prefix="bench-serve-")
             t = time.perf_counter()
             run = synthetic_scale_run(Path(tmp.name) / "run", a.layers, a.d_sae, a.tokens)
-            print(f"synthetic run ({a.layers} layers x {a.d_sae} features, {a.tokens:,} tokens) written in "
-                  f"{time.perf_counter() - t:.1f} s")
+            print(
+                f"synthetic run ({a.layers} layers x {a.d_sae} features, {a.tokens:,} tokens) written in "
+                f"{time.perf_counter() - t:.1f} s"
+            )
     t = time.perf_counter()
     app = create_app(run, allowed_hosts=None)
     print(f"app ready (cache built or reused) in {time.perf_counter() - t:.1f} s: {run}")
@@ -152,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         m = measures[i % 4]
         graph_kinds["graph 400"].append(f"/api/graph?measure={m}&min_value=0.1&max_nodes=400")
         graph_kinds["graph 2000"].append(f"/api/graph?measure={m}&max_nodes=2000")
-        graph_kinds["graph range"].append(f"/api/graph?measure={m}&layer_min={layers[lo]}"
-                                          f"&layer_max={layers[min(lo + 3, len(layers) - 1)]}&max_nodes=1000")
+        graph_kinds["graph range"].append(
+            f"/api/graph?measure={m}&layer_min={layers[lo]}"
+            f"&layer_max={layers[min(lo + 3, len(layers) - 1)]}&max_nodes=1000"
+        )
         c = int(comms[i % len(comms)]) if len(comms) else 0
         graph_kinds["graph community"].append(f"/api/graph?community={c}&max_nodes=2000&min_value=0")
     q = max(1, a.n // 4)
@@ -168,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     port = _free_port()
     # The server runs in its own process, as `saelineage serve` does (no GIL shared with this client).
-    code = ("import sys; from saelineage.web.app import serve; from saelineage.web.config import ServeConfig; "
-            f"serve({str(run)!r}, ServeConfig(port={port}), progress=False)")
+    code = (
+        "import sys; from saelineage.web.app import serve; from saelineage.web.config import ServeConfig; "
+        f"serve({str(run)!r}, ServeConfig(port={port}), progress=False)"
+    )
     server = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 300
     while True:
@@ -178,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
         except OSError:
             if server.poll() is not None or time.time() > deadline:
-                raise SystemExit("the server did not start")
+                raise SystemExit("the server did not start") from None
             time.sleep(0.2)
     # one warm-up request per graph kind and measure: first touch of its memory-mapped pages
     measure(f"http://127.0.0.1:{port}", [p for k in graph_kinds.values() for p in k[:4]])
@@ -186,8 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'endpoint':<17}{'n':>6}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}")
     for name, paths in suites.items():
         ms = measure(f"http://127.0.0.1:{port}", paths)
-        results[name] = {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-                         "p95_ms": round(float(np.percentile(ms, 95)), 2), "max_ms": round(float(ms.max()), 2)}
+        results[name] = {
+            "n": len(ms),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p95_ms": round(float(np.percentile(ms, 95)), 2),
+            "max_ms": round(float(ms.max()), 2),
+        }
         r = results[name]
         print(f"{name:<17}{r['n']:>6}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['max_ms']:>10.1f}")
     server.terminate()

@@ -38,7 +38,7 @@ PAPER = {"layers": 12, "d": 24576, "tokens": 10_000_000, "pairs": 11}
 def densities(rng, d: int, l0: float, alpha: float = 0.9, cap: float = 0.3, dead: float = 0.02) -> np.ndarray:
     """Power-law densities summing to l0 (capped), 2% dead, in random feature order."""
     dens = np.arange(1, d + 1, dtype=np.float64) ** -alpha
-    dens[-int(dead * d):] = 0
+    dens[-int(dead * d) :] = 0
     for _ in range(50):
         dens = np.minimum(dens * l0 / dens.sum(), cap)
     return dens[rng.permutation(d)]
@@ -80,17 +80,29 @@ def make_run(path: Path, tokens: int, layers: int, d: int, l0: float, seed: int 
                 r_new, f_new = sample(rng, cdfs[l], rng.poisson(l0 * (1 - carry), t))
                 rows = np.concatenate([rows[keep], r_new])
                 feats = np.concatenate([perms[l][feats[keep]], f_new])
-                vals = np.concatenate([vals[keep] * rng.lognormal(0, 0.3, keep.sum()),
-                                       rng.exponential(1.0, len(r_new)) * scale[l][f_new]])
+                vals = np.concatenate(
+                    [vals[keep] * rng.lognormal(0, 0.3, keep.sum()), rng.exponential(1.0, len(r_new)) * scale[l][f_new]]
+                )
             codes[l] = to_codes(rows, feats, vals, t, d)
             rows = np.repeat(np.arange(t), np.diff(codes[l].indptr))
             feats, vals = codes[l].indices.astype(np.int64), codes[l].values.astype(np.float64)
         window = np.repeat(np.arange(t0 // WINDOW, (t0 + t) // WINDOW, dtype=np.int32), WINDOW)
         pos = np.tile(np.arange(WINDOW, dtype=np.int32), t // WINDOW)
         write_shard(run, s, np.zeros(t, np.int32), window, pos, codes)
-    run.save({"schema_version": 1, "layers": list(range(layers)), "d_sae": {str(l): d for l in range(layers)},
-              "bos": True, "include_bos": False, "n_tokens": n, "window": WINDOW, "shard_windows": 64,
-              "saes": {}, "stages": {}})
+    run.save(
+        {
+            "schema_version": 1,
+            "layers": list(range(layers)),
+            "d_sae": {str(l): d for l in range(layers)},
+            "bos": True,
+            "include_bos": False,
+            "n_tokens": n,
+            "window": WINDOW,
+            "shard_windows": 64,
+            "saes": {},
+            "stages": {},
+        }
+    )
     run.set_stage("collect", "complete", synthetic=True)
     return run
 
@@ -100,7 +112,8 @@ import json, resource, sys, time
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.stage import run_stats
 t = time.perf_counter()
-s = run_stats(sys.argv[1], StatsConfig(memory_limit=int(sys.argv[2]), workers=int(sys.argv[3])), progress=False, force=True)
+cfg = StatsConfig(memory_limit=int(sys.argv[2]), workers=int(sys.argv[3]))
+s = run_stats(sys.argv[1], cfg, progress=False, force=True)
 print(json.dumps({"seconds": time.perf_counter() - t, "cpu": time.process_time(),
                   "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
@@ -109,14 +122,19 @@ print(json.dumps({"seconds": time.perf_counter() - t, "cpu": time.process_time()
 def warm_up(path: Path) -> None:
     """Compile (and cache) the kernels on a tiny run so no compile time lands in the timings."""
     run = make_run(path, 8192, 3, 256, 20, seed=1)
-    subprocess.run([sys.executable, "-c", STATS_CHILD, str(run.path), str(1 << 30), "2"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", STATS_CHILD, str(run.path), str(1 << 30), "2"], check=True, capture_output=True
+    )
 
 
 def run_stats(run: RunDir, limit: int, workers: int) -> dict:
     """run_stats in a child process (its peak RSS is then the stage's alone)."""
-    out = subprocess.run([sys.executable, "-c", STATS_CHILD, str(run.path), str(limit), str(workers)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", STATS_CHILD, str(run.path), str(limit), str(workers)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["summary"] = json.loads(run.file("stats_summary.json").read_text())
     return res
@@ -177,7 +195,11 @@ def check_same(acc_c, acc_p, n_batches: int, run: RunDir, d: int, rows: int = 10
             c = sp.csr_matrix(m)
             csr[k] = (c.indptr.astype(np.int64), c.indices.astype(np.int32), c.data.astype(np.float32))
             kn.prepare_inplace(*csr[k], len(x), keep, np.zeros(d), d, False, zi, zi, z, z, z, z, False, none)
-        colptr, tok, val = np.zeros(d + 1, np.int64), np.empty(len(csr[0][1]), np.int32), np.empty(len(csr[0][1]), np.float32)
+        colptr, tok, val = (
+            np.zeros(d + 1, np.int64),
+            np.empty(len(csr[0][1]), np.int32),
+            np.empty(len(csr[0][1]), np.float32),
+        )
         kn.transpose_into(*csr[0], none, len(x), keep, d, False, colptr, tok, val, none)
         bounds = kn.chunk_bounds(kn.row_work(colptr, tok, csr[1][0], 0, rows), 0, 16)
         kn.accumulate(bounds, 0, colptr, tok, val, none, *csr[1], none, True, cnt, psum)
@@ -186,7 +208,9 @@ def check_same(acc_c, acc_p, n_batches: int, run: RunDir, d: int, rows: int = 10
     return {
         "counts_equal": bool(np.array_equal(cnt, acc_c[:rows].astype(np.int64))),
         "ours_vs_exact_max_rel": float(np.max(np.abs(psum[nz] - exact[nz]) / exact[nz])) if nz.any() else 0.0,
-        "dense_f32_vs_exact_max_rel": float(np.max(np.abs(acc_p[:rows][nz] - exact[nz]) / exact[nz])) if nz.any() else 0.0,
+        "dense_f32_vs_exact_max_rel": float(np.max(np.abs(acc_p[:rows][nz] - exact[nz]) / exact[nz]))
+        if nz.any()
+        else 0.0,
     }
 
 
@@ -196,8 +220,17 @@ def paper_plan(limit: int, workers: int):
     from saelineage.stats.engine import Layout, Pair, plan
 
     L, d = PAPER["layers"], PAPER["d"]
-    layout = Layout([], list(range(L)), {l: d for l in range(L)}, [Pair(l, l + 1, 1) for l in range(L - 1)],
-                    {}, True, False, True, PAPER["tokens"])
+    layout = Layout(
+        [],
+        list(range(L)),
+        {l: d for l in range(L)},
+        [Pair(l, l + 1, 1) for l in range(L - 1)],
+        {},
+        True,
+        False,
+        True,
+        PAPER["tokens"],
+    )
     return plan(layout, EdgeOptions(), limit).passes
 
 
@@ -216,9 +249,15 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(prefix="bench_stats_")
     path = a.dir or Path(tmp.name) / "run"
     t = time.perf_counter()
-    run = RunDir(path) if (a.dir and RunDir(path).is_complete("collect")) else make_run(path, a.tokens, a.layers, a.d, a.l0)
-    print(f"synthetic run: {a.tokens:,} tokens x {a.layers} layers x {a.d:,} latents, L0 ~ {a.l0:g} "
-          f"({time.perf_counter() - t:.0f}s to generate)")
+    run = (
+        RunDir(path)
+        if (a.dir and RunDir(path).is_complete("collect"))
+        else make_run(path, a.tokens, a.layers, a.d, a.l0)
+    )
+    print(
+        f"synthetic run: {a.tokens:,} tokens x {a.layers} layers x {a.d:,} latents, L0 ~ {a.l0:g} "
+        f"({time.perf_counter() - t:.0f}s to generate)"
+    )
 
     warm_up(Path(tmp.name) / "warm")
     res = run_stats(run, limit, a.workers)
@@ -226,28 +265,43 @@ def main() -> None:
     n, pairs, incr, tm = s["n_tokens"], s["pairs"], s["increments"], s["timings"]
     rate_acc = incr / tm["accumulate"]
     per_m = res["seconds"] / (n / 1e6) / pairs
-    print(f"\nstats: {res['seconds']:.1f}s wall ({res['cpu']:.1f}s CPU), {s['passes']} pass(es), peak RSS "
-          f"{res['rss'] / 2**30:.2f} GiB, limit {limit / 2**30:.1f} GiB, {s['edges']:,} edges")
-    print(f"  phases: read+prepare {tm['read_prepare']:.1f}s, accumulate {tm['accumulate']:.1f}s, "
-          f"finalize {tm['finalize']:.1f}s, write {tm['write']:.1f}s")
+    print(
+        f"\nstats: {res['seconds']:.1f}s wall ({res['cpu']:.1f}s CPU), {s['passes']} pass(es), peak RSS "
+        f"{res['rss'] / 2**30:.2f} GiB, limit {limit / 2**30:.1f} GiB, {s['edges']:,} edges"
+    )
+    print(
+        f"  phases: read+prepare {tm['read_prepare']:.1f}s, accumulate {tm['accumulate']:.1f}s, "
+        f"finalize {tm['finalize']:.1f}s, write {tm['write']:.1f}s"
+    )
     print(f"  co-active pair increments: {incr:,} ({incr / n / pairs:,.0f} per token per pair)")
-    print(f"  increments/s: {rate_acc / 1e6:,.0f}M (accumulate phase), {incr / res['seconds'] / 1e6:,.0f}M (whole stage)")
-    print(f"  seconds per 1M tokens per layer pair: {per_m:.2f} (whole stage), "
-          f"{tm['accumulate'] / (n / 1e6) / pairs:.2f} (accumulate)")
+    print(
+        f"  increments/s: {rate_acc / 1e6:,.0f}M (accumulate phase), {incr / res['seconds'] / 1e6:,.0f}M (whole stage)"
+    )
+    print(
+        f"  seconds per 1M tokens per layer pair: {per_m:.2f} (whole stage), "
+        f"{tm['accumulate'] / (n / 1e6) / pairs:.2f} (accumulate)"
+    )
 
     print(f"\nreference dense algorithm (float32 einsum, 4,096-token batches, up to {a.dense_seconds:.0f}s):")
     acc_c, acc_p, times = reference_dense(run, a.d, n, a.dense_seconds)
     nb = len(times)
     per_batch = float(np.mean(times))
     dense_per_m = per_batch * 1e6 / 4096
-    print(f"  {nb} batch(es), {per_batch:.1f}s per batch (counts + products) -> {dense_per_m:,.0f}s per 1M tokens per pair")
+    print(
+        f"  {nb} batch(es), {per_batch:.1f}s per batch (counts + products)"
+        f" -> {dense_per_m:,.0f}s per 1M tokens per pair"
+    )
     check = check_same(acc_c, acc_p, nb, run, a.d)
     del acc_c, acc_p
-    print(f"  same batches through our kernels (rows 0..1023): counts identical: {check['counts_equal']}; "
-          f"products max rel. error vs exact float64: ours {check['ours_vs_exact_max_rel']:.1e}, "
-          f"dense float32 {check['dense_f32_vs_exact_max_rel']:.1e}")
-    print(f"  ratio: {dense_per_m / per_m:,.0f}x faster (whole stage vs dense counts+products; the reference also "
-          f"ran one corpus pass per measure)")
+    print(
+        f"  same batches through our kernels (rows 0..1023): counts identical: {check['counts_equal']}; "
+        f"products max rel. error vs exact float64: ours {check['ours_vs_exact_max_rel']:.1e}, "
+        f"dense float32 {check['dense_f32_vs_exact_max_rel']:.1e}"
+    )
+    print(
+        f"  ratio: {dense_per_m / per_m:,.0f}x faster (whole stage vs dense counts+products; the reference also "
+        f"ran one corpus pass per measure)"
+    )
 
     passes = paper_plan(limit, a.workers)
     layer_reads = sum(len({u.pair for u in p}) + 1 for p in passes)  # ~ layers read per pass
@@ -259,8 +313,10 @@ def main() -> None:
     t_write = tm["write"] / pairs * PAPER["pairs"]
     total = t_acc + t_read + t_fin + t_write
     print(f"\npaper scale (12 layers x 24,576 latents, 10M tokens, 11 pairs), limit {limit / 2**30:.1f} GiB:")
-    print(f"  {len(passes)} passes; accumulate {t_acc / 60:.1f} min + read/prepare {t_read / 60:.1f} min + "
-          f"finalize {t_fin / 60:.1f} min + write {t_write / 60:.1f} min = {total / 60:.1f} min (target <= 15)")
+    print(
+        f"  {len(passes)} passes; accumulate {t_acc / 60:.1f} min + read/prepare {t_read / 60:.1f} min + "
+        f"finalize {t_fin / 60:.1f} min + write {t_write / 60:.1f} min = {total / 60:.1f} min (target <= 15)"
+    )
     print(f"  peak RSS ~ {res['rss'] / 2**30:.2f} GiB (measured at full width under the same limit; target <= 8)")
 
 

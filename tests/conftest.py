@@ -14,9 +14,22 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 NUMERIC_MODULES = {
-    "test_causal", "test_causal_stage", "test_collect", "test_crash_safety", "test_gpt2_preset", "test_lineage",
-    "test_lineage_prompt", "test_lineage_units", "test_models", "test_portability", "test_saes", "test_stats",
-    "test_stats_stage", "test_store", "test_train", "test_web_prompt",
+    "test_causal",
+    "test_causal_stage",
+    "test_collect",
+    "test_crash_safety",
+    "test_gpt2_preset",
+    "test_lineage",
+    "test_lineage_prompt",
+    "test_lineage_units",
+    "test_models",
+    "test_portability",
+    "test_saes",
+    "test_stats",
+    "test_stats_stage",
+    "test_store",
+    "test_train",
+    "test_web_prompt",
 }
 
 

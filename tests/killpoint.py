@@ -90,8 +90,8 @@ def serve() -> None:
     import saelineage.causal.stage  # noqa: F401
     import saelineage.lineage.stage  # noqa: F401
     import saelineage.models.loading  # noqa: F401
-    import saelineage.saes.loading  # noqa: F401
     import saelineage.run_model  # noqa: F401
+    import saelineage.saes.loading  # noqa: F401
     import saelineage.stats.stage  # noqa: F401
 
     reply = sys.stdout
@@ -120,8 +120,10 @@ def serve() -> None:
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
-        out = {"signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-               "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None}
+        out = {
+            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+        }
         print(json.dumps(out), file=reply, flush=True)
 
 

@@ -31,4 +31,7 @@ def assert_close(got: np.ndarray, want: np.ndarray, what: str = "", rtol: float 
     assert got.shape == want.shape, f"{what}: shape {got.shape} vs {want.shape}"
     ok = close_mask(got, want, rtol)
     bad = np.flatnonzero(~ok.ravel())
-    assert ok.all(), f"{what}: {len(bad)} values differ beyond rtol={rtol}: at {bad[:5]} got {got.ravel()[bad[:5]]} want {want.ravel()[bad[:5]]}"
+    assert ok.all(), (
+        f"{what}: {len(bad)} values differ beyond rtol={rtol}: at {bad[:5]} "
+        f"got {got.ravel()[bad[:5]]} want {want.ravel()[bad[:5]]}"
+    )

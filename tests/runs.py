@@ -10,8 +10,10 @@ import torch
 from saelineage.saes.loading import save_saelens
 from saelineage.saes.sae import SAE
 
-WORDS = ("the cat dog sat on a mat and ran to house river city people year new first "
-         "government music history war team game world school water light time day").split()
+WORDS = (
+    "the cat dog sat on a mat and ran to house river city people year new first "
+    "government music history war team game world school water light time day"
+).split()
 
 
 def write_corpus(path: Path, n_docs: int = 30, words: int = 120, seed: int = 0) -> Path:
@@ -23,16 +25,24 @@ def write_corpus(path: Path, n_docs: int = 30, words: int = 120, seed: int = 0) 
 
 def random_sae(d_in: int, d_sae: int, hook: str, arch: str = "topk", k: int = 8, seed: int = 0) -> SAE:
     g = torch.Generator().manual_seed(seed)
-    w = torch.randn(d_in, d_sae, generator=g) / d_in ** 0.5
+    w = torch.randn(d_in, d_sae, generator=g) / d_in**0.5
     kw = {"k": k} if arch == "topk" else {}
     if arch == "jumprelu":
         kw["threshold"] = torch.rand(d_sae, generator=g) * 0.2
-    return SAE(W_enc=w, b_enc=torch.randn(d_sae, generator=g) * 0.1 - 0.05, W_dec=w.T.contiguous(),
-               b_dec=torch.randn(d_in, generator=g) * 0.01, architecture=arch, hook_name=hook, **kw)
+    return SAE(
+        W_enc=w,
+        b_enc=torch.randn(d_sae, generator=g) * 0.1 - 0.05,
+        W_dec=w.T.contiguous(),
+        b_dec=torch.randn(d_in, generator=g) * 0.01,
+        architecture=arch,
+        hook_name=hook,
+        **kw,
+    )
 
 
-def write_saes(root: Path, d_in: int, layers, d_sae: int = 96, kind: str = "resid_pre",
-               archs=("topk", "standard", "jumprelu")) -> Path:
+def write_saes(
+    root: Path, d_in: int, layers, d_sae: int = 96, kind: str = "resid_pre", archs=("topk", "standard", "jumprelu")
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for i, layer in enumerate(layers):
         hook = f"blocks.{layer}.hook_{kind}"

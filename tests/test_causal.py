@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tinymodels import tiny_gpt2, tiny_llama
 
 from saelineage.causal.ablate import ablate_pairs, ablation_delta
 from saelineage.causal.sampling import assign_bins, bin_edges, sample_edges, unique_pairs
 from saelineage.models.loading import load_model
 from saelineage.saes.sae import SAE
-from tinymodels import tiny_gpt2, tiny_llama
 
 D, D_SAE, DEAD = 64, 16, 15
 
@@ -33,8 +33,13 @@ def _directions(seed: int, mean_zero: bool) -> torch.Tensor:
     return torch.linalg.qr(m)[0]  # [D, D_SAE], orthonormal columns
 
 
-def exact_saes(layers=(1, 2, 3), mean_zero: bool = False, seed: int = 0, archs=("standard", "topk", "jumprelu"),
-               dead: dict[int, list[int]] | None = None) -> dict[int, SAE]:
+def exact_saes(
+    layers=(1, 2, 3),
+    mean_zero: bool = False,
+    seed: int = 0,
+    archs=("standard", "topk", "jumprelu"),
+    dead: dict[int, list[int]] | None = None,
+) -> dict[int, SAE]:
     """SAEs whose latent k reads and writes q_k at every layer; latent DEAD (and `dead[layer]`) never fire."""
     q = _directions(seed, mean_zero)
     out = {}
@@ -42,8 +47,15 @@ def exact_saes(layers=(1, 2, 3), mean_zero: bool = False, seed: int = 0, archs=(
         b = torch.zeros(D_SAE)
         b[[DEAD, *(dead or {}).get(layer, [])]] = -1e4
         kw = {"k": 8} if arch == "topk" else {"threshold": torch.zeros(D_SAE)} if arch == "jumprelu" else {}
-        out[layer] = SAE(W_enc=q.clone(), b_enc=b, W_dec=q.T.contiguous(), b_dec=torch.zeros(D),
-                         architecture=arch, hook_name=f"blocks.{layer}.hook_resid_pre", **kw)
+        out[layer] = SAE(
+            W_enc=q.clone(),
+            b_enc=b,
+            W_dec=q.T.contiguous(),
+            b_dec=torch.zeros(D),
+            architecture=arch,
+            hook_name=f"blocks.{layer}.hook_resid_pre",
+            **kw,
+        )
     return out
 
 
@@ -84,16 +96,18 @@ def system(request, tmp_path_factory):
 
 
 # upstream 0 appears in several pairs (other dst, another dst layer, twice the same pair)
-PAIRS = np.array([
-    [1, 0, 2, 0],    # exact: removes downstream 0
-    [1, 1, 2, 0],    # orthogonal: nothing
-    [1, DEAD, 2, 0],  # never fires: nothing
-    [1, 0, 2, 3],    # same upstream, other downstream: nothing
-    [1, 3, 2, 3],    # exact
-    [1, 0, 2, 0],    # duplicate row of the first pair
-    [1, 0, 3, 0],    # across a real block: some effect
-    [2, 0, 3, 0],
-])
+PAIRS = np.array(
+    [
+        [1, 0, 2, 0],  # exact: removes downstream 0
+        [1, 1, 2, 0],  # orthogonal: nothing
+        [1, DEAD, 2, 0],  # never fires: nothing
+        [1, 0, 2, 3],  # same upstream, other downstream: nothing
+        [1, 3, 2, 3],  # exact
+        [1, 0, 2, 0],  # duplicate row of the first pair
+        [1, 0, 3, 0],  # across a real block: some effect
+        [2, 0, 3, 0],
+    ]
+)
 
 
 def test_known_latent_removes_downstream_and_others_change_nothing(system):
@@ -124,8 +138,17 @@ def test_known_latent_removes_downstream_and_others_change_nothing(system):
 def test_batched_equals_one_feature_per_forward(system):
     adapter, saes, ids, mask = system
     fast = ablate_pairs(adapter, saes, ids, PAIRS, token_mask=mask, batch_rows=4)
-    slow = ablate_pairs(adapter, saes, ids, PAIRS, token_mask=mask, batch_rows=4, skip_prefix=False, prune=False,
-                        one_feature_per_forward=True)
+    slow = ablate_pairs(
+        adapter,
+        saes,
+        ids,
+        PAIRS,
+        token_mask=mask,
+        batch_rows=4,
+        skip_prefix=False,
+        prune=False,
+        one_feature_per_forward=True,
+    )
     assert fast.info["skip_prefix"] and fast.info["jobs_pruned"] > 0 and not slow.info["skip_prefix"]
     assert fast.info["forward_passes"] < slow.info["forward_passes"]
     chunked = ablate_pairs(adapter, saes, ids, PAIRS, token_mask=mask, batch_rows=2, cache_bytes=1)
@@ -137,8 +160,9 @@ def test_batched_equals_one_feature_per_forward(system):
 def clean_codes(adapter, saes, ids) -> dict[int, np.ndarray]:
     """Clean codes {layer: [W, S, d_sae]} as the collect stage would store them."""
     res = adapter.residuals(ids, [s.hook for s in saes.values()])
-    return {l: s.encode_dense(res[s.hook].reshape(-1, D)).reshape(*ids.shape, -1).detach().numpy()
-            for l, s in saes.items()}
+    return {
+        l: s.encode_dense(res[s.hook].reshape(-1, D)).reshape(*ids.shape, -1).detach().numpy() for l, s in saes.items()
+    }
 
 
 def test_stored_codes_skip_silent_windows_and_change_nothing(system):
@@ -206,18 +230,33 @@ def test_mean_component_of_a_write_is_invisible_with_centring(tmp_path):
         np.testing.assert_allclose(x["ablated"], y["ablated"], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch,norm,rescale", [
-    ("standard", "none", False), ("jumprelu", "none", False), ("topk", "none", False), ("topk", "none", True),
-    ("standard", "layer_norm", False), ("standard", "constant_norm_rescale", False)])
+@pytest.mark.parametrize(
+    "arch,norm,rescale",
+    [
+        ("standard", "none", False),
+        ("jumprelu", "none", False),
+        ("topk", "none", False),
+        ("topk", "none", True),
+        ("standard", "layer_norm", False),
+        ("standard", "constant_norm_rescale", False),
+    ],
+)
 def test_delta_is_decode_difference(arch, norm, rescale):
     g = torch.Generator().manual_seed(0)
     d, n = 12, 40
     kw = {"k": 5, "rescale_acts_by_decoder_norm": rescale} if arch == "topk" else {}
     if arch == "jumprelu":
         kw["threshold"] = torch.rand(n, generator=g) * 0.1
-    sae = SAE(W_enc=torch.randn(d, n, generator=g), b_enc=torch.randn(n, generator=g) * 0.1,
-              W_dec=torch.randn(n, d, generator=g), b_dec=torch.randn(d, generator=g), architecture=arch,
-              hook_name="blocks.0.hook_resid_pre", normalize_activations=norm, **kw)
+    sae = SAE(
+        W_enc=torch.randn(d, n, generator=g),
+        b_enc=torch.randn(n, generator=g) * 0.1,
+        W_dec=torch.randn(n, d, generator=g),
+        b_dec=torch.randn(d, generator=g),
+        architecture=arch,
+        hook_name="blocks.0.hook_resid_pre",
+        normalize_activations=norm,
+        **kw,
+    )
     s = torch.randn(30, d, generator=g) * 3
     codes = sae.encode_dense(s)
     f = int(codes.abs().sum(0).argmax())
@@ -237,8 +276,16 @@ def _edges(n=400, seed=0):
     pearson = rng.uniform(-0.2, 1, n)
     pearson[:7] = np.nan
     pair = rng.choice(50 * 50, n, replace=False)  # edges are unique pairs per layer pair
-    return pa.table({"src_layer": src_layer, "src": pair // 50, "dst_layer": src_layer + 1,
-                     "dst": pair % 50, "jaccard": rng.uniform(0, 1, n) ** 2, "pearson": pearson})
+    return pa.table(
+        {
+            "src_layer": src_layer,
+            "src": pair // 50,
+            "dst_layer": src_layer + 1,
+            "dst": pair % 50,
+            "jaccard": rng.uniform(0, 1, n) ** 2,
+            "pearson": pearson,
+        }
+    )
 
 
 def test_sample_bins_seed_and_order():
@@ -246,7 +293,7 @@ def test_sample_bins_seed_and_order():
     s = sample_edges(e, bins=5, per_bin=3, seed=4)
     assert set(s.column("measure").to_pylist()) == {"jaccard", "pearson"}
     assert np.isfinite(s.column("similarity").to_numpy()).all()
-    for (m, sl, b), n in _counts(s).items():
+    for (_m, _sl, _b), n in _counts(s).items():
         assert n <= 3
     sim, lo, hi = (s.column(c).to_numpy() for c in ("similarity", "bin_lo", "bin_hi"))
     assert ((sim >= lo) & (sim <= hi)).all()

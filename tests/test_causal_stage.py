@@ -12,21 +12,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from runs import write_corpus
+from test_causal import D_SAE, D, exact_model, exact_saes
 from typer import Typer
 from typer.testing import CliRunner
 
 from saelineage.causal.command import ablate_command
-from saelineage.causal.error_projection import ERROR_COLUMNS
 from saelineage.causal.config import AblateConfig
+from saelineage.causal.error_projection import ERROR_COLUMNS
 from saelineage.causal.stage import demo_ablation, run_ablate
-from saelineage.errors import SaelineageError
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
 from saelineage.data.finalize import write_parquet
 from saelineage.data.store import iter_shards, token_mask
+from saelineage.errors import SaelineageError
 from saelineage.saes.loading import save_saelens
-from runs import write_corpus
-from test_causal import D, D_SAE, exact_model, exact_saes
 
 LAYERS = (1, 2, 3)
 HIDDEN = 5  # layer 2's SAE cannot represent q_5: upstream feature 5 ends, but lives on in the error
@@ -48,9 +48,19 @@ def brute_edges(run) -> pa.Table:
         with np.errstate(invalid="ignore", divide="ignore"):
             pear = np.corrcoef(a[l].T, a[n].T)[:D_SAE, D_SAE:]
         for i, j in zip(*np.nonzero(co >= 1)):
-            rows.append({"src_layer": l, "src": int(i), "dst_layer": n, "dst": int(j), "n_co": int(co[i, j]),
-                         "jaccard": co[i, j] / (ci[i] + cj[j] - co[i, j]), "sufficiency": co[i, j] / ci[i],
-                         "necessity": co[i, j] / cj[j], "pearson": float(pear[i, j])})
+            rows.append(
+                {
+                    "src_layer": l,
+                    "src": int(i),
+                    "dst_layer": n,
+                    "dst": int(j),
+                    "n_co": int(co[i, j]),
+                    "jaccard": co[i, j] / (ci[i] + cj[j] - co[i, j]),
+                    "sufficiency": co[i, j] / ci[i],
+                    "necessity": co[i, j] / cj[j],
+                    "pearson": float(pear[i, j]),
+                }
+            )
     return pa.Table.from_pylist(rows)
 
 
@@ -59,10 +69,18 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablate_stage")
     model = exact_model(root, "llama")
     saes = exact_saes(LAYERS, archs=("standard", "standard", "standard"), dead={2: [HIDDEN]})
-    for l, s in saes.items():
+    for _l, s in saes.items():
         save_saelens(s, root / "saes" / s.hook_name)
-    cfg = CollectConfig(model=str(model), saes=str(root / "saes"), corpus=str(write_corpus(root / "c.txt")),
-                        window=16, max_tokens=16 * 48, batch_windows=8, shard_windows=16, examples_k=3)
+    cfg = CollectConfig(
+        model=str(model),
+        saes=str(root / "saes"),
+        corpus=str(write_corpus(root / "c.txt")),
+        window=16,
+        max_tokens=16 * 48,
+        batch_windows=8,
+        shard_windows=16,
+        examples_k=3,
+    )
     r = run_collect(root / "run", cfg).run
     write_parquet(r.file("edges.parquet"), brute_edges(r))
     r.set_stage("stats", "complete", started="test")
@@ -70,8 +88,14 @@ def run(tmp_path_factory):
 
 
 def test_stage_writes_every_sampled_pair_and_correlates(run):
-    cfg = AblateConfig(measures=["jaccard", "pearson", "sufficiency"], bins=4, per_bin=6, windows_per_pair=3,
-                       batch_rows=8, hidden=False)
+    cfg = AblateConfig(
+        measures=["jaccard", "pearson", "sufficiency"],
+        bins=4,
+        per_bin=6,
+        windows_per_pair=3,
+        batch_rows=8,
+        hidden=False,
+    )
     table = run_ablate(run.path, cfg, force=True).table
     disk = pq.read_table(run.file("ablations.parquet"))
     assert disk.equals(table)
@@ -83,8 +107,12 @@ def test_stage_writes_every_sampled_pair_and_correlates(run):
     assert len({p[:2] for p in pairs}) < len(set(pairs))
     rows = table.to_pylist()
     for r in rows:  # same pair, same effect, whatever measure drew it
-        same = [x for x in rows if (x["src_layer"], x["src"], x["dst_layer"], x["dst"]) ==
-                (r["src_layer"], r["src"], r["dst_layer"], r["dst"])]
+        same = [
+            x
+            for x in rows
+            if (x["src_layer"], x["src"], x["dst_layer"], x["dst"])
+            == (r["src_layer"], r["src"], r["dst_layer"], r["dst"])
+        ]
         assert all(x["mean_drop"] == r["mean_drop"] or np.isnan(r["mean_drop"]) for x in same)
     # known answers of the exact system (1 -> 2): same latent: everything removed; other latent: nothing
     for r in rows:
@@ -140,7 +168,9 @@ def test_hidden_in_error(run):
     # 'new+ending') are measured; 'new' and 'carried' ones have a successor
     t = pq.read_table(run.file("features.parquet"), columns=["layer", "feature"])
     classes = {(1, HIDDEN): "ending", (1, 3): "new+ending", (1, 4): "new"}
-    life = [classes.get((l, f), "carried") for l, f in zip(t.column("layer").to_pylist(), t.column("feature").to_pylist())]
+    life = [
+        classes.get((l, f), "carried") for l, f in zip(t.column("layer").to_pylist(), t.column("feature").to_pylist())
+    ]
     write_parquet(run.file("feature_analysis.parquet"), t.append_column("lifecycle", pa.array(life)))
     try:
         run_ablate(run.path, AblateConfig(measures=["jaccard"], bins=2, per_bin=2, plot=False), force=True)
@@ -184,11 +214,36 @@ def test_command_and_demo(run):
     app.command("other")(lambda: None)  # a group, so 'ablate' is a sub-command as in cli.py
     runner = CliRunner()
     help_text = runner.invoke(app, ["ablate", "--help"], terminal_width=200).output
-    for opt in ("--measures", "--bins", "--per-bin", "--seed", "--layer-pairs", "--batch-rows", "--hidden",
-                "--force", "--windows-per-pair"):
+    for opt in (
+        "--measures",
+        "--bins",
+        "--per-bin",
+        "--seed",
+        "--layer-pairs",
+        "--batch-rows",
+        "--hidden",
+        "--force",
+        "--windows-per-pair",
+    ):
         assert opt in help_text
-    res = runner.invoke(app, ["ablate", str(run.path), "--measures", "jaccard", "--bins", "2", "--per-bin", "2",
-                              "--layer-pairs", "1:2", "--no-plot", "--no-hidden", "--force"])
+    res = runner.invoke(
+        app,
+        [
+            "ablate",
+            str(run.path),
+            "--measures",
+            "jaccard",
+            "--bins",
+            "2",
+            "--per-bin",
+            "2",
+            "--layer-pairs",
+            "1:2",
+            "--no-plot",
+            "--no-hidden",
+            "--force",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert set(pq.read_table(run.file("ablations.parquet")).column("src_layer").to_pylist()) == {1}
     with pytest.raises(SaelineageError, match="complete with other options"):

@@ -11,7 +11,10 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import simd
 import torch
+from runs import write_corpus, write_saes
+from tinymodels import tiny_llama
 
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
@@ -19,9 +22,6 @@ from saelineage.data.store import iter_shards, list_shards
 from saelineage.errors import SaelineageError
 from saelineage.models.loading import load_model
 from saelineage.saes.loading import load_saes
-import simd
-from runs import write_corpus, write_saes
-from tinymodels import tiny_llama
 
 LAYERS = [0, 1, 2, 3]
 
@@ -37,8 +37,9 @@ def env(tmp_path_factory):
 
 def cfg_for(env, **kw):
     root, model, saes, corpus = env
-    base = dict(model=str(model), saes=str(saes), corpus=str(corpus), window=16, batch_windows=4, shard_windows=8,
-                examples_k=5)
+    base = dict(
+        model=str(model), saes=str(saes), corpus=str(corpus), window=16, batch_windows=4, shard_windows=8, examples_k=5
+    )
     base.update(kw)
     return CollectConfig(**base)
 
@@ -50,7 +51,14 @@ def test_collect_writes_contract_and_exact_codes(env, tmp_path):
     assert m["saes"]["0"]["sha256"] and m["model"]["sha256"]
     feats = pq.read_table(run.file("features.parquet"))
     assert feats.column_names[:7] == ["layer", "feature", "n_active", "density", "act_sum", "act_sumsq", "act_max"]
-    assert pq.read_table(run.file("examples.parquet")).column_names == ["layer", "feature", "rank", "value", "window", "pos"]
+    assert pq.read_table(run.file("examples.parquet")).column_names == [
+        "layer",
+        "feature",
+        "rank",
+        "value",
+        "window",
+        "pos",
+    ]
     assert len(list_shards(run)) == 3
     # independent recomputation: HF hidden states -> dense SAE encode, for every token
     adapter = load_model(str(env[1]))
@@ -71,8 +79,26 @@ def test_collect_writes_contract_and_exact_codes(env, tmp_path):
 
 def _cli(env, out, *extra):
     root, model, saes, corpus = env
-    return [sys.executable, "-m", "saelineage.cli", "collect", str(out), "--model", str(model), "--saes", str(saes),
-            "--corpus", str(corpus), "--window", "16", "--batch-windows", "1", "--shard-windows", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "saelineage.cli",
+        "collect",
+        str(out),
+        "--model",
+        str(model),
+        "--saes",
+        str(saes),
+        "--corpus",
+        str(corpus),
+        "--window",
+        "16",
+        "--batch-windows",
+        "1",
+        "--shard-windows",
+        "1",
+        *extra,
+    ]
 
 
 def _files(run_dir):
@@ -98,8 +124,9 @@ def test_sigkill_then_resume_is_byte_identical(env, uninterrupted, tmp_path, res
     With "lowest-simd" the resumed process runs NumPy's baseline kernels and generic numba
     code (as another machine would), so the identity cannot rest on one SIMD dispatch."""
     environ = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(_cli(env, tmp_path / "killed"), env=environ, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(env, tmp_path / "killed"), env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     shards = tmp_path / "killed" / "activations"
     deadline = time.time() + 120
     while time.time() < deadline and not (shards.is_dir() and len(list(shards.glob("shard-*"))) >= 3):
@@ -159,7 +186,11 @@ def test_nan_activation_names_layer_and_token(env, tmp_path):
 
 
 def test_cli_reports_one_clear_error(env, tmp_path):
-    r = subprocess.run(_cli(env, tmp_path / "x", "--layers", "9"), capture_output=True, text=True,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    r = subprocess.run(
+        _cli(env, tmp_path / "x", "--layers", "9"),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert r.returncode == 2
     assert "no SAE for layers [9]" in r.stderr and "Traceback" not in r.stderr

@@ -8,35 +8,97 @@ import dataclasses
 import pytest
 import typer
 
+from saelineage.causal.config import AblateConfig
 from saelineage.cli import app
 from saelineage.collect.config import CollectConfig
 from saelineage.config import cli_fields, default_of, field_docs, flag_of, from_options, to_argv
-from saelineage.causal.config import AblateConfig
 from saelineage.lineage.config import AnalyzeConfig
 from saelineage.stats.config import StatsConfig
 from saelineage.web.config import ServeConfig
 
 # one value unlike the default for every command-line field
 ODD = {
-    CollectConfig: dict(model="m", saes="s", layers=[0, 2, 3], corpus="c.txt", text_column="body", window=64,
-                        max_tokens=4096, first_window=3, batch_windows=4, shard_windows=8, examples_k=7,
-                        include_bos=True, dtype="bfloat16", device="cuda", center_residual=False),
-    StatsConfig: dict(span=2, threshold=0.25, relative_threshold=0.2, include_bos=True, min_support=3, top_k=4,
-                      keep={"pearson": 0.5, "jaccard": 0.25}, no_keep=True, primary=("jaccard", "pearson"),
-                      memory_limit=3 << 30, workers=1),
-    AnalyzeConfig: dict(measure="jaccard", threshold=0.3, gate_threshold=0.9, gate_valid=0.8, min_support=3,
-                        max_parents=4, pair_measure="pearson", split_threshold=0.85, exclusivity=0.2,
-                        min_coverage=0.4, max_children=8, community_measure="pearson", community_threshold=0.2,
-                        quality="cpm", resolution=0.5, seed=7, leiden_backend="leidenalg", prompt_samples=4,
-                        prompt_rel=0.2, prompt_measure="necessity", prompt_max_nodes=64, top_examples=5),
-    AblateConfig: dict(measures=["jaccard", "pearson"], bins=5, per_bin=3, seed=1, binning="quantile",
-                       windows_per_pair=2, layer_pairs=[(0, 1), (5, 6)], threshold=0.1, batch_rows=4, hidden=False,
-                       hidden_windows=16, hidden_windows_per_feature=2, ending_measure="jaccard",
-                       ending_threshold=0.3, plot=False, device="cuda"),
+    CollectConfig: dict(
+        model="m",
+        saes="s",
+        layers=[0, 2, 3],
+        corpus="c.txt",
+        text_column="body",
+        window=64,
+        max_tokens=4096,
+        first_window=3,
+        batch_windows=4,
+        shard_windows=8,
+        examples_k=7,
+        include_bos=True,
+        dtype="bfloat16",
+        device="cuda",
+        center_residual=False,
+    ),
+    StatsConfig: dict(
+        span=2,
+        threshold=0.25,
+        relative_threshold=0.2,
+        include_bos=True,
+        min_support=3,
+        top_k=4,
+        keep={"pearson": 0.5, "jaccard": 0.25},
+        no_keep=True,
+        primary=("jaccard", "pearson"),
+        memory_limit=3 << 30,
+        workers=1,
+    ),
+    AnalyzeConfig: dict(
+        measure="jaccard",
+        threshold=0.3,
+        gate_threshold=0.9,
+        gate_valid=0.8,
+        min_support=3,
+        max_parents=4,
+        pair_measure="pearson",
+        split_threshold=0.85,
+        exclusivity=0.2,
+        min_coverage=0.4,
+        max_children=8,
+        community_measure="pearson",
+        community_threshold=0.2,
+        quality="cpm",
+        resolution=0.5,
+        seed=7,
+        leiden_backend="leidenalg",
+        prompt_samples=4,
+        prompt_rel=0.2,
+        prompt_measure="necessity",
+        prompt_max_nodes=64,
+        top_examples=5,
+    ),
+    AblateConfig: dict(
+        measures=["jaccard", "pearson"],
+        bins=5,
+        per_bin=3,
+        seed=1,
+        binning="quantile",
+        windows_per_pair=2,
+        layer_pairs=[(0, 1), (5, 6)],
+        threshold=0.1,
+        batch_rows=4,
+        hidden=False,
+        hidden_windows=16,
+        hidden_windows_per_feature=2,
+        ending_measure="jaccard",
+        ending_threshold=0.3,
+        plot=False,
+        device="cuda",
+    ),
     ServeConfig: dict(host="::1", port=8123, log_level="info"),
 }
-COMMANDS = {CollectConfig: "collect", StatsConfig: "stats", AnalyzeConfig: "analyze", AblateConfig: "ablate",
-            ServeConfig: "serve"}
+COMMANDS = {
+    CollectConfig: "collect",
+    StatsConfig: "stats",
+    AnalyzeConfig: "analyze",
+    AblateConfig: "ablate",
+    ServeConfig: "serve",
+}
 
 
 def parse(command: str, argv: list[str]) -> dict:

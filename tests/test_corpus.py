@@ -48,8 +48,11 @@ def test_windows_are_bos_plus_stream(tok):
     docs = ["alpha beta gamma delta " * 20, "one two three four five " * 20]
     w = make_windows(tok, docs, window=16)
     assert w.bos and (w.ids[:, 0] == tok.bos_token_id).all()
-    stream = tok(docs[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id] + \
-        tok(docs[1], add_special_tokens=False)["input_ids"]
+    stream = (
+        tok(docs[0], add_special_tokens=False)["input_ids"]
+        + [tok.eos_token_id]
+        + tok(docs[1], add_special_tokens=False)["input_ids"]
+    )
     body = w.ids[:, 1:].reshape(-1)
     assert list(body) == stream[: len(body)]
     assert len(body) == (len(stream) // 15) * 15

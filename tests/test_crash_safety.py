@@ -20,21 +20,21 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from runs import write_corpus, write_saes
+from tinymodels import tiny_llama
 
+from saelineage import hints
 from saelineage.causal.config import AblateConfig
 from saelineage.causal.stage import PARTS, run_ablate
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
-from saelineage import hints
 from saelineage.errors import SaelineageError
 from saelineage.lineage.stage import run_analyze
-from saelineage.testing.planted import build_planted_run
 from saelineage.run import LOCK, RunDir
 from saelineage.run_model import load_run_model
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.stage import run_stats
-from runs import write_corpus, write_saes
-from tinymodels import tiny_llama
+from saelineage.testing.planted import build_planted_run
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 KILLPOINT = Path(__file__).with_name("killpoint.py")
@@ -42,8 +42,15 @@ KILLPOINT = Path(__file__).with_name("killpoint.py")
 # process's resident memory off the limit; with 4 GiB these small runs get one pass (the same
 # recorded plan) however much the test process holds
 STATS_KW = {"memory_limit": 4 << 30}
-ABLATE_KW = {"measures": ["jaccard", "pearson"], "bins": 2, "per_bin": 3, "windows_per_pair": 2, "batch_rows": 8,
-             "hidden_windows": 8, "hidden_windows_per_feature": 1}
+ABLATE_KW = {
+    "measures": ["jaccard", "pearson"],
+    "bins": 2,
+    "per_bin": 3,
+    "windows_per_pair": 2,
+    "batch_rows": 8,
+    "hidden_windows": 8,
+    "hidden_windows_per_feature": 1,
+}
 #: The only content of manifest.json / stats_summary.json that may differ between an
 #: interrupted-then-resumed run and an uninterrupted one, so those files are compared without
 #: it: wall-clock times, and stats' batch size, which the memory plan derives from the
@@ -113,8 +120,14 @@ def point(names: list[str], which: str, last: bool = False) -> int:
 def start(stage: str, run_dir: Path, kwargs: dict, mode: str, k: int, **extra) -> subprocess.Popen:
     """The stage in its own process (for the lock tests: "pause" mode talks over stdin/stdout)."""
     spec = {"stage": stage, "run": str(run_dir), "kwargs": kwargs, "mode": mode, "k": k, **extra}
-    return subprocess.Popen([sys.executable, str(KILLPOINT), json.dumps(spec)], env=ENV, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(KILLPOINT), json.dumps(spec)],
+        env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 class ForkServer:
@@ -122,8 +135,13 @@ class ForkServer:
 
     def __init__(self) -> None:
         # started now, awaited at the first run: its imports overlap with building the fixtures
-        self.proc = subprocess.Popen([sys.executable, str(KILLPOINT), "--serve"], env=ENV, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(KILLPOINT), "--serve"],
+            env=ENV,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.ready = False
 
     def _line(self, timeout: float) -> str:
@@ -153,8 +171,9 @@ def server():
 
 def kill_at(server: ForkServer, stage: str, run_dir: Path, kwargs: dict, mode: str, k: int, **extra) -> None:
     log = run_dir.parent / "stage.log"
-    got = server.run({"stage": stage, "run": str(run_dir), "kwargs": kwargs, "mode": mode, "k": k, "log": str(log),
-                      **extra})
+    got = server.run(
+        {"stage": stage, "run": str(run_dir), "kwargs": kwargs, "mode": mode, "k": k, "log": str(log), **extra}
+    )
     assert got["signal"] == signal.SIGKILL, f"the stage was not killed at write {k} ({got}):\n{log.read_text()[-3000:]}"
 
 
@@ -179,8 +198,18 @@ def copy_run(src: Path, parent: Path) -> Path:
     return Path(shutil.copytree(src, parent / "run"))
 
 
-def kill_and_resume(server: ForkServer, base: Path, ref: Path, tmp_path: Path, stage: str, kwargs: dict, mode: str,
-                    k: int, resume, **extra) -> None:
+def kill_and_resume(
+    server: ForkServer,
+    base: Path,
+    ref: Path,
+    tmp_path: Path,
+    stage: str,
+    kwargs: dict,
+    mode: str,
+    k: int,
+    resume,
+    **extra,
+) -> None:
     run = copy_run(base, tmp_path)
     kill_at(server, stage, run, kwargs, mode, k, **extra)
     assert_killed_state(run, stage, mode)
@@ -200,8 +229,13 @@ def planted(tmp_path_factory):
     stats_names = renames(lambda: run_stats(stats_ref, StatsConfig(**STATS_KW), progress=False), stats_ref)
     analyzed = copy_run(stats_ref, root / "analyzed")
     analyze_names = renames(lambda: run_analyze(analyzed, progress=False), analyzed)
-    return {"collected": run.path, "stats": stats_ref, "analyzed": analyzed,
-            "stats_names": stats_names, "analyze_names": analyze_names}
+    return {
+        "collected": run.path,
+        "stats": stats_ref,
+        "analyzed": analyzed,
+        "stats_names": stats_names,
+        "analyze_names": analyze_names,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +244,16 @@ def modelled(tmp_path_factory):
     root = tmp_path_factory.mktemp("crash_model")
     model = tiny_llama(root / "model", n_layers=3, d=32)
     saes = write_saes(root / "saes", 32, [0, 1, 2], d_sae=48)
-    cfg = CollectConfig(model=str(model), saes=str(saes), corpus=str(write_corpus(root / "c.txt", n_docs=8)),
-                        window=16, max_tokens=16 * 16, batch_windows=4, shard_windows=8, examples_k=3)
+    cfg = CollectConfig(
+        model=str(model),
+        saes=str(saes),
+        corpus=str(write_corpus(root / "c.txt", n_docs=8)),
+        window=16,
+        max_tokens=16 * 16,
+        batch_windows=4,
+        shard_windows=8,
+        examples_k=3,
+    )
     base = run_collect(root / "base" / "run", cfg).run.path
     run_stats(base, StatsConfig(**STATS_KW), progress=False)
     run_analyze(base, progress=False)
@@ -227,11 +269,14 @@ def modelled(tmp_path_factory):
 
 
 # ---- 1. SIGKILL, then rerun ------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode,which,last", [
-    ("after", PARTS, False),                     # one block of upstream layers saved: the rerun resumes from it
-    ("during", "ablations.html", False),         # middle, half written
-    ("after", "error_projection.parquet", False),  # last output in place, 'complete' not yet recorded
-])
+@pytest.mark.parametrize(
+    "mode,which,last",
+    [
+        ("after", PARTS, False),  # one block of upstream layers saved: the rerun resumes from it
+        ("during", "ablations.html", False),  # middle, half written
+        ("after", "error_projection.parquet", False),  # last output in place, 'complete' not yet recorded
+    ],
+)
 def test_ablate_killed_then_rerun_equals_uninterrupted(server, modelled, tmp_path, monkeypatch, mode, which, last):
     import saelineage.causal.stage as st
 
@@ -239,33 +284,66 @@ def test_ablate_killed_then_rerun_equals_uninterrupted(server, modelled, tmp_pat
     assert sum(n.startswith(PARTS + "/") for n in names) >= 2, names
     k = point(names, which, last)
     monkeypatch.setattr(st, "LAYERS_PER_PART", 1)
-    kill_and_resume(server, modelled["base"], modelled["ref"], tmp_path, "ablate", ABLATE_KW, mode, k,
-                    lambda run: run_ablate(run, AblateConfig(**ABLATE_KW), progress=False, model=modelled["model"]),
-                    layers_per_part=1)
+    kill_and_resume(
+        server,
+        modelled["base"],
+        modelled["ref"],
+        tmp_path,
+        "ablate",
+        ABLATE_KW,
+        mode,
+        k,
+        lambda run: run_ablate(run, AblateConfig(**ABLATE_KW), progress=False, model=modelled["model"]),
+        layers_per_part=1,
+    )
 
 
-@pytest.mark.parametrize("mode,which,last", [
-    ("during", "edges.parquet", False),          # first output, half written
-    ("after", "feature_links.parquet", False),   # two outputs in place, summary missing
-    ("during", "stats_summary.json", False),     # last output
-    ("during", "manifest.json", True),           # every output in place, 'complete' half written
-])
+@pytest.mark.parametrize(
+    "mode,which,last",
+    [
+        ("during", "edges.parquet", False),  # first output, half written
+        ("after", "feature_links.parquet", False),  # two outputs in place, summary missing
+        ("during", "stats_summary.json", False),  # last output
+        ("during", "manifest.json", True),  # every output in place, 'complete' half written
+    ],
+)
 def test_stats_killed_then_rerun_equals_uninterrupted(server, planted, tmp_path, mode, which, last):
     k = point(planted["stats_names"], which, last)
-    kill_and_resume(server, planted["collected"], planted["stats"], tmp_path, "stats", STATS_KW, mode, k,
-                    lambda run: run_stats(run, StatsConfig(**STATS_KW), progress=False))
+    kill_and_resume(
+        server,
+        planted["collected"],
+        planted["stats"],
+        tmp_path,
+        "stats",
+        STATS_KW,
+        mode,
+        k,
+        lambda run: run_stats(run, StatsConfig(**STATS_KW), progress=False),
+    )
 
 
-@pytest.mark.parametrize("mode,which,last", [
-    ("during", "lifecycle.parquet", False),      # first output
-    ("after", "communities.parquet", False),     # middle
-    ("after", "feature_analysis.parquet", False),  # last output in place, 'complete' not yet recorded
-    ("during", "manifest.json", True),           # every output in place, 'complete' half written
-])
+@pytest.mark.parametrize(
+    "mode,which,last",
+    [
+        ("during", "lifecycle.parquet", False),  # first output
+        ("after", "communities.parquet", False),  # middle
+        ("after", "feature_analysis.parquet", False),  # last output in place, 'complete' not yet recorded
+        ("during", "manifest.json", True),  # every output in place, 'complete' half written
+    ],
+)
 def test_analyze_killed_then_rerun_equals_uninterrupted(server, planted, tmp_path, mode, which, last):
     k = point(planted["analyze_names"], which, last)
-    kill_and_resume(server, planted["stats"], planted["analyzed"], tmp_path, "analyze", {}, mode, k,
-                    lambda run: run_analyze(run, progress=False))
+    kill_and_resume(
+        server,
+        planted["stats"],
+        planted["analyzed"],
+        tmp_path,
+        "analyze",
+        {},
+        mode,
+        k,
+        lambda run: run_analyze(run, progress=False),
+    )
 
 
 # ---- 2. a full disk ----------------------------------------------------------------------------------------
@@ -334,6 +412,7 @@ def test_stats_disk_full_is_one_clear_cli_error_then_resumes(planted, tmp_path, 
 
     run = copy_run(planted["collected"], tmp_path)
     if where == "edges":  # Arrow's own writer: its OSError carries errno 28 and no file name
+
         def full(*a, **kw):
             raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
 
@@ -363,8 +442,10 @@ def _pages(n: int) -> int:
     return -(-n // 4096) * 4096
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None,
-                    reason="a real full disk needs a small tmpfs: root and mount(8)")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None,
+    reason="a real full disk needs a small tmpfs: root and mount(8)",
+)
 def test_collect_cli_on_a_really_full_disk(server, collected, tmp_path):
     cfg, ref = collected
     disk = tmp_path / "disk"
@@ -375,15 +456,36 @@ def test_collect_cli_on_a_really_full_disk(server, collected, tmp_path):
         shards = sorted((ref / "activations").glob("shard-*"))
         # room for what collect writes before the shards, two shards and half of the third;
         # a ballast file takes the rest of the tmpfs
-        room = (_pages((ref / "vocab.json").stat().st_size) + 3 * _pages((ref / "manifest.json").stat().st_size)
-                + sum(_pages(p.stat().st_size) for p in shards[:2]) + _pages(shards[2].stat().st_size) // 2)
+        room = (
+            _pages((ref / "vocab.json").stat().st_size)
+            + 3 * _pages((ref / "manifest.json").stat().st_size)
+            + sum(_pages(p.stat().st_size) for p in shards[:2])
+            + _pages(shards[2].stat().st_size) // 2
+        )
         st = os.statvfs(disk)
         with open(disk / "ballast", "wb") as fh:
             os.posix_fallocate(fh.fileno(), 0, st.f_bavail * st.f_frsize - room)
         run = disk / "run"
-        argv = ["collect", str(run), "--model", cfg.model, "--saes", cfg.saes, "--corpus", cfg.corpus,
-                "--window", str(cfg.window), "--max-tokens", str(cfg.max_tokens), "--batch-windows",
-                str(cfg.batch_windows), "--shard-windows", str(cfg.shard_windows), "--examples", str(cfg.examples_k)]
+        argv = [
+            "collect",
+            str(run),
+            "--model",
+            cfg.model,
+            "--saes",
+            cfg.saes,
+            "--corpus",
+            cfg.corpus,
+            "--window",
+            str(cfg.window),
+            "--max-tokens",
+            str(cfg.max_tokens),
+            "--batch-windows",
+            str(cfg.batch_windows),
+            "--shard-windows",
+            str(cfg.shard_windows),
+            "--examples",
+            str(cfg.examples_k),
+        ]
         log = tmp_path / "cli.log"
         got = server.run({"stage": "cli", "run": str(run), "argv": argv, "log": str(log)})
         out = log.read_text()
@@ -419,11 +521,18 @@ def test_second_writer_is_refused_while_a_stage_writes(planted, tmp_path, monkey
     try:
         _paused(proc)
         before = snapshot(run)
-        for second in (lambda: run_stats(run, StatsConfig(**STATS_KW), progress=False), lambda: run_analyze(run, progress=False),
-                       lambda: import_labels(run, labels), lambda: run_collect(run, CollectConfig())):
+        for second in (
+            lambda: run_stats(run, StatsConfig(**STATS_KW), progress=False),
+            lambda: run_analyze(run, progress=False),
+            lambda: import_labels(run, labels),
+            lambda: run_collect(run, CollectConfig()),
+        ):
             with pytest.raises(SaelineageError) as err:
                 second()
-            assert f"`saelineage stats` (pid {proc.pid} on" in err.value.problem and "is writing to it" in err.value.problem
+            assert (
+                f"`saelineage stats` (pid {proc.pid} on" in err.value.problem
+                and "is writing to it" in err.value.problem
+            )
             assert "wait for that process to finish" in err.value.fix and f"kill {proc.pid}" in err.value.fix
             assert "killed stage releases the lock" in err.value.fix
         monkeypatch.setattr(sys, "argv", ["saelineage", "analyze", str(run)])

@@ -11,29 +11,46 @@ import json
 import numpy as np
 import pytest
 import torch
+from runs import write_corpus
 from safetensors.torch import save_file
+from tinymodels import tiny_gpt2
 
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
 from saelineage.data.store import iter_shards
 from saelineage.errors import SaelineageError
 from saelineage.models.loading import load_model
-from saelineage.testing.tokenizers import gpt2_tokenizer
 from saelineage.saes.resolve import resolve_saes
-from runs import write_corpus
-from tinymodels import tiny_gpt2
+from saelineage.testing.tokenizers import gpt2_tokenizer
 
 
 def write_legacy_sae(folder, layer, d_in=64, d_sae=80, seed=0):
     g = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True)
-    w = torch.randn(d_in, d_sae, generator=g) / d_in ** 0.5
-    save_file({"W_enc": w, "b_enc": torch.randn(d_sae, generator=g) * 0.1, "W_dec": w.T.contiguous(),
-               "b_dec": torch.randn(d_in, generator=g) * 0.1}, str(folder / "sae_weights.safetensors"))
-    cfg = {"model_name": "gpt2-small", "hook_point": f"blocks.{layer}.hook_resid_pre", "hook_point_layer": layer,
-           "d_in": d_in, "d_sae": d_sae, "dtype": "torch.float32", "device": "cpu", "activation_fn_str": "relu",
-           "apply_b_dec_to_input": True, "normalize_activations": "none", "context_size": 128,
-           "model_from_pretrained_kwargs": {"center_writing_weights": True}}
+    w = torch.randn(d_in, d_sae, generator=g) / d_in**0.5
+    save_file(
+        {
+            "W_enc": w,
+            "b_enc": torch.randn(d_sae, generator=g) * 0.1,
+            "W_dec": w.T.contiguous(),
+            "b_dec": torch.randn(d_in, generator=g) * 0.1,
+        },
+        str(folder / "sae_weights.safetensors"),
+    )
+    cfg = {
+        "model_name": "gpt2-small",
+        "hook_point": f"blocks.{layer}.hook_resid_pre",
+        "hook_point_layer": layer,
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "dtype": "torch.float32",
+        "device": "cpu",
+        "activation_fn_str": "relu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "context_size": 128,
+        "model_from_pretrained_kwargs": {"center_writing_weights": True},
+    }
     (folder / "cfg.json").write_text(json.dumps(cfg))
 
 
@@ -48,8 +65,18 @@ def test_tiny_gpt2_with_legacy_saes_is_centred(tmp_path):
     for layer in (1, 2):
         write_legacy_sae(tmp_path / "saes" / f"blocks.{layer}.hook_resid_pre", layer, seed=layer)
     corpus = write_corpus(tmp_path / "c.txt", n_docs=5)
-    run = run_collect(tmp_path / "run", CollectConfig(model=str(model), saes=str(tmp_path / "saes"), corpus=str(corpus),
-                                                  window=16, max_tokens=16 * 6, batch_windows=2, shard_windows=4)).run
+    run = run_collect(
+        tmp_path / "run",
+        CollectConfig(
+            model=str(model),
+            saes=str(tmp_path / "saes"),
+            corpus=str(corpus),
+            window=16,
+            max_tokens=16 * 6,
+            batch_windows=2,
+            shard_windows=4,
+        ),
+    ).run
     m = run.load()
     assert m["center_residual"] is True and m["bos"] is True
     adapter = load_model(str(model))

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from runs import write_corpus, write_saes
+from tinymodels import tiny_llama
 from typer.testing import CliRunner
 
 from saelineage.cli import app
 from saelineage.errors import SaelineageError
 from saelineage.run import RunDir
-from runs import write_corpus, write_saes
-from tinymodels import tiny_llama
 
 LAYERS = [0, 1, 2]
 runner = CliRunner()
@@ -31,8 +31,11 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("hints")
-    return {"model": tiny_llama(root / "model", n_layers=3, d=64), "saes": write_saes(root / "saes", 64, LAYERS),
-            "corpus": write_corpus(root / "corpus.txt", n_docs=12)}
+    return {
+        "model": tiny_llama(root / "model", n_layers=3, d=64),
+        "saes": write_saes(root / "saes", 64, LAYERS),
+        "corpus": write_corpus(root / "corpus.txt", n_docs=12),
+    }
 
 
 def cli(*args: str) -> None:
@@ -45,9 +48,26 @@ def cli(*args: str) -> None:
 
 def collect_args(env, run: Path, saes: Path | None = None) -> list[str]:
     """A collect command with several non-default options, so a hint must repeat them to work."""
-    return ["collect", str(run), "--model", str(env["model"]), "--saes", str(saes or env["saes"]), "--corpus",
-            str(env["corpus"]), "--window", "16", "--batch-windows", "2", "--shard-windows", "4", "--examples", "3",
-            "--max-tokens", str(16 * 24)]
+    return [
+        "collect",
+        str(run),
+        "--model",
+        str(env["model"]),
+        "--saes",
+        str(saes or env["saes"]),
+        "--corpus",
+        str(env["corpus"]),
+        "--window",
+        "16",
+        "--batch-windows",
+        "2",
+        "--shard-windows",
+        "4",
+        "--examples",
+        "3",
+        "--max-tokens",
+        str(16 * 24),
+    ]
 
 
 def make_run(env, run: Path) -> RunDir:

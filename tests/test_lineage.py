@@ -11,12 +11,12 @@ import typer
 from typer.testing import CliRunner
 
 from saelineage.errors import SaelineageError
+from saelineage.lineage.command import analyze_command, export_command
 from saelineage.lineage.config import AnalyzeConfig
 from saelineage.lineage.stage import run_analyze
-from saelineage.lineage.command import analyze_command, export_command
-from saelineage.testing.planted import build_planted_run
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.stage import run_stats
+from saelineage.testing.planted import build_planted_run
 
 
 def _stats(run, **kw):
@@ -24,13 +24,17 @@ def _stats(run, **kw):
 
 
 def _gates(run, min_support=None):
-    return {(r["kind"], r["layer"], r["feature"], r["parent_layer"], r["parent_a"], r["parent_b"])
-            for r in pq.read_table(run.file("gates.parquet")).to_pylist()}
+    return {
+        (r["kind"], r["layer"], r["feature"], r["parent_layer"], r["parent_a"], r["parent_b"])
+        for r in pq.read_table(run.file("gates.parquet")).to_pylist()
+    }
 
 
 def _splits(run):
-    return {(r["layer"], r["feature"]): (r["child_layer"], frozenset(r["children"]))
-            for r in pq.read_table(run.file("splits.parquet")).to_pylist()}
+    return {
+        (r["layer"], r["feature"]): (r["child_layer"], frozenset(r["children"]))
+        for r in pq.read_table(run.file("splits.parquet")).to_pylist()
+    }
 
 
 def _labels(run):
@@ -79,8 +83,7 @@ def test_gates_and_splits_recovered_exactly(clean):
     run, truth = clean
     assert _gates(run) == truth.gates
     rows = pq.read_table(run.file("gates.parquet")).to_pylist()
-    assert all(r["score_forward"] == 1.0 and r["score_backward"] == 1.0 and r["support"] == r["n_child"]
-               for r in rows)
+    assert all(r["score_forward"] == 1.0 and r["score_backward"] == 1.0 and r["support"] == r["n_child"] for r in rows)
     assert _splits(run) == truth.splits
     for r in pq.read_table(run.file("splits.parquet")).to_pylist():
         assert r["exclusivity"] == 1.0 and r["max_pair_jaccard"] == 0.0 and 0.75 < r["coverage"] < 0.95
@@ -90,7 +93,7 @@ def test_gates_and_splits_recovered_exactly(clean):
 def test_best_pairs_explain_children(clean):
     run, truth = clean
     best = {(r["layer"], r["feature"]): r for r in pq.read_table(run.file("best_pairs.parquet")).to_pylist()}
-    for kind, m, j, l, a, b in truth.gates:
+    for kind, m, j, _l, a, b in truth.gates:
         r = best[(m, j)]
         assert r["best"] == kind and {r["parent_a"], r["parent_b"]} == {a, b} and r[f"{kind}_jaccard"] == 1.0
     for _, child in truth.copies:
@@ -129,8 +132,16 @@ def test_precision_recall_under_5_percent_noise(tmp_path, seed):
 
 def test_leiden_identical_across_runs_and_outputs(clean):
     run, truth = clean
-    outputs = ("communities.parquet", "gates.parquet", "splits.parquet", "best_pairs.parquet", "lifecycle.parquet",
-               "feature_analysis.parquet", "prompt_graphs.json", "lifecycle.html")
+    outputs = (
+        "communities.parquet",
+        "gates.parquet",
+        "splits.parquet",
+        "best_pairs.parquet",
+        "lifecycle.parquet",
+        "feature_analysis.parquet",
+        "prompt_graphs.json",
+        "lifecycle.html",
+    )
     before = {f: run.file(f).read_bytes() for f in outputs}
     comm = pq.read_table(run.file("feature_analysis.parquet"), columns=["layer", "feature", "community"]).to_pylist()
     run_analyze(run.path, progress=False, force=True)
@@ -169,8 +180,9 @@ def test_outputs_figure_and_rerun(clean, capsys):
     stamp = run.file("gates.parquet").stat().st_mtime_ns
     run_analyze(run.path, progress=False)  # same options: skipped
     assert run.file("gates.parquet").stat().st_mtime_ns == stamp
-    from saelineage.lineage.lifecycle import print_lifecycle
     from rich.console import Console
+
+    from saelineage.lineage.lifecycle import print_lifecycle
 
     con = Console(record=True, width=120)
     print_lifecycle(run.path, console=con)
@@ -187,16 +199,18 @@ def test_cli_analyze_and_export(clean, tmp_path):
     res = CliRunner().invoke(app, ["analyze", str(run.path), "--quiet"])
     assert res.exit_code == 0, res.output
     out = tmp_path / "g.json"
-    res = CliRunner().invoke(app, ["export", str(run.path), "--format", "nodelink", "--out", str(out),
-                                   "--min-value", "0.5"])
+    res = CliRunner().invoke(
+        app, ["export", str(run.path), "--format", "nodelink", "--out", str(out), "--min-value", "0.5"]
+    )
     assert res.exit_code == 0, res.output
     g = nx.node_link_graph(json.loads(out.read_text()), edges="links")
     for parent, child in truth.copies:
         a, b = f"{parent[0]}_{parent[1]}", f"{child[0]}_{child[1]}"
         assert g.has_edge(a, b) and g[a][b]["similarity"] > 0.5
     assert set(g.nodes["0_0"]) >= {"layer", "feature", "explanation", "community"}
-    res = CliRunner().invoke(app, ["export", str(run.path), "--format", "graphml", "--out",
-                                   str(tmp_path / "g.graphml")])
+    res = CliRunner().invoke(
+        app, ["export", str(run.path), "--format", "graphml", "--out", str(tmp_path / "g.graphml")]
+    )
     assert res.exit_code == 0, res.output
     assert nx.read_graphml(tmp_path / "g.graphml").number_of_nodes() == g.number_of_nodes()
     res = CliRunner().invoke(app, ["export", str(run.path), "--format", "parquet", "--out", str(tmp_path / "pq")])
@@ -220,6 +234,9 @@ def test_span_two_edges_give_gates_through_copies(tmp_path):
     assert truth.gates <= got
     source = {child: parent for parent, child in truth.copies}
     # a gate of layer-1 copies is also a gate of their layer-0 sources, two layers up
-    want_extra = {(k, m, j, l - 1, *sorted((source[(l, a)][1], source[(l, b)][1])))
-                  for k, m, j, l, a, b in truth.gates if (l, a) in source and (l, b) in source}
+    want_extra = {
+        (k, m, j, l - 1, *sorted((source[(l, a)][1], source[(l, b)][1])))
+        for k, m, j, l, a, b in truth.gates
+        if (l, a) in source and (l, b) in source
+    }
     assert got - truth.gates == want_extra and want_extra

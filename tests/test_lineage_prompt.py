@@ -9,19 +9,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import typer
+from runs import write_corpus, write_saes
+from tinymodels import tiny_llama
 from typer.testing import CliRunner
 
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
-from saelineage.lineage.prompt_graph import prompt
-from saelineage.lineage.config import AnalyzeConfig
-from saelineage.lineage.stage import run_analyze
 from saelineage.lineage.command import prompt_command
+from saelineage.lineage.config import AnalyzeConfig
+from saelineage.lineage.prompt_graph import prompt
+from saelineage.lineage.stage import run_analyze
 from saelineage.run_model import load_run_model
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.stage import run_stats
-from runs import write_corpus, write_saes
-from tinymodels import tiny_llama
 
 LAYERS = [0, 1, 2]
 TEXT = "the cat sat on the mat and ran to the river"
@@ -33,8 +33,19 @@ def run(tmp_path_factory):
     model = tiny_llama(root / "model", n_layers=3, d=64)
     saes = write_saes(root / "saes", 64, LAYERS)
     corpus = write_corpus(root / "corpus.txt")
-    r = run_collect(root / "run", CollectConfig(model=str(model), saes=str(saes), corpus=str(corpus), window=16,
-                                           max_tokens=16 * 32, batch_windows=8, shard_windows=16, examples_k=5)).run
+    r = run_collect(
+        root / "run",
+        CollectConfig(
+            model=str(model),
+            saes=str(saes),
+            corpus=str(corpus),
+            window=16,
+            max_tokens=16 * 32,
+            batch_windows=8,
+            shard_windows=16,
+            examples_k=5,
+        ),
+    ).run
     run_stats(r.path, StatsConfig(min_support=2))
     run_analyze(r.path, AnalyzeConfig(prompt_samples=4), progress=False)
     return r
@@ -65,13 +76,18 @@ def test_prompt_graph_matches_direct_encoding(run, model):
     g = prompt(run.path, TEXT, -1, model=model)
     assert {x["id"] for x in g["nodes"]} == want and g["graph"]["position"] == n - 1
     edges = pq.read_table(run.file("edges.parquet"), columns=["src_layer", "src", "dst_layer", "dst", "jaccard"])
-    expect = {(f"{a}_{b}", f"{c}_{d}") for a, b, c, d in zip(*(edges.column(k).to_pylist() for k in
-                                                             ("src_layer", "src", "dst_layer", "dst")))
-              if f"{a}_{b}" in want and f"{c}_{d}" in want}
+    expect = {
+        (f"{a}_{b}", f"{c}_{d}")
+        for a, b, c, d in zip(*(edges.column(k).to_pylist() for k in ("src_layer", "src", "dst_layer", "dst")))
+        if f"{a}_{b}" in want and f"{c}_{d}" in want
+    }
     assert {(x["source"], x["target"]) for x in g["links"]} == expect
-    comm = {(r["layer"], r["feature"]): r["community"]
-            for r in pq.read_table(run.file("feature_analysis.parquet"), columns=["layer", "feature", "community"]
-                                   ).to_pylist()}
+    comm = {
+        (r["layer"], r["feature"]): r["community"]
+        for r in pq.read_table(
+            run.file("feature_analysis.parquet"), columns=["layer", "feature", "community"]
+        ).to_pylist()
+    }
     assert all(x["community"] == comm[(x["layer"], x["feature"])] for x in g["nodes"])
     want3, _ = _expected_nodes(run, model, 3)
     assert {x["id"] for x in prompt(run.path, TEXT, 3, model=model)["nodes"]} == want3

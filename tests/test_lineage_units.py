@@ -33,8 +33,9 @@ def _random_run(tmp_path, rel=None, threshold=0.0):
         codes[l] = m.astype(np.float32)
     tokens = rng.integers(1, 50, t)
     run = write_run(tmp_path / "run", codes, tokens, window_len=w, bos=True, shard_windows=5)
-    run.set_stage("stats", "complete", options={"threshold": threshold, "relative_threshold": rel,
-                                                  "include_bos": False})
+    run.set_stage(
+        "stats", "complete", options={"threshold": threshold, "relative_threshold": rel, "include_bos": False}
+    )
     return run, codes, tokens, w
 
 
@@ -51,20 +52,23 @@ def test_validation_counts_match_brute_force(tmp_path, rel, threshold):
     triples = {(0, 2): np.array([[0, 1, 2], [3, 4, 5], [8, 0, 11], [8, 7, 7]])}
     groups = {(0, 2): (np.array([1, 4]), np.array([0, 3, 5]), np.array([0, 2, 3, 5, 8]))}
     ex_w, ex_p = np.array([0, 3, 23, 7]), np.array([5, 0, 15, 9])
-    c = count(run, Requests(pairs=pairs, triples=triples, groups=groups, samples=np.array([2, 20]),
-                            example_keys=(ex_w, ex_p)))
+    c = count(
+        run, Requests(pairs=pairs, triples=triples, groups=groups, samples=np.array([2, 20]), example_keys=(ex_w, ex_p))
+    )
     assert c.n_tokens == int(mask.sum())
     for l in act:
         assert np.array_equal(c.n_active[l], act[l].sum(0))
     for l, p in pairs.items():
         assert np.array_equal(c.pairs[l], [(act[l][:, a] & act[l][:, b]).sum() for a, b in p])
     a0, a2 = act[0], act[2]
-    want = [((a2[:, j] & a0[:, a] & a0[:, b]).sum(), (a2[:, j] & (a0[:, a] | a0[:, b])).sum())
-            for j, a, b in triples[(0, 2)]]
+    want = [
+        ((a2[:, j] & a0[:, a] & a0[:, b]).sum(), (a2[:, j] & (a0[:, a] | a0[:, b])).sum())
+        for j, a, b in triples[(0, 2)]
+    ]
     assert np.array_equal(c.triples[(0, 2)], want)
     anchor, ptr, members = groups[(0, 2)]
     for g in range(2):
-        k = a2[:, members[ptr[g]:ptr[g + 1]]].sum(1)
+        k = a2[:, members[ptr[g] : ptr[g + 1]]].sum(1)
         assert list(c.groups[(0, 2)][g]) == [(k >= 1).sum(), (k >= 2).sum(), ((k >= 1) & a0[:, anchor[g]]).sum()]
     assert np.array_equal(c.example_tokens, tokens[ex_w * w + ex_p])
     assert [s["window"] for s in c.samples] == [2, 20]
@@ -90,12 +94,17 @@ def _edges(rows):
 
 def test_gate_validation_rejects_redundant_and_low_support():
     # child 0 has three AND parents; (0, 1) is a real gate, parent 2 ⊇ parent 0 (so 0∧2 = 0 alone)
-    e = _edges([(0, 0, 1, 0, 50, 1.0, 0.30, 0.3), (0, 1, 1, 0, 50, 1.0, 0.25, 0.25),
-                (0, 2, 1, 0, 50, 1.0, 0.10, 0.1)])
+    e = _edges([(0, 0, 1, 0, 50, 1.0, 0.30, 0.3), (0, 1, 1, 0, 50, 1.0, 0.25, 0.25), (0, 2, 1, 0, 50, 1.0, 0.10, 0.1)])
     c = gates.candidates(e, "and", 0.95, 5)
     assert sorted(zip(c["a"].tolist(), c["b"].tolist())) == [(0, 1), (0, 2), (1, 2)]
-    k = {"n_j": np.full(3, 50), "n_a": np.array([166, 166, 200]), "n_b": np.array([200, 500, 500]),
-         "n_ab": np.array([50, 166, 200]), "t_and": np.array([50, 50, 50]), "t_or": np.array([50, 50, 50])}
+    k = {
+        "n_j": np.full(3, 50),
+        "n_a": np.array([166, 166, 200]),
+        "n_b": np.array([200, 500, 500]),
+        "n_ab": np.array([50, 166, 200]),
+        "t_and": np.array([50, 50, 50]),
+        "t_or": np.array([50, 50, 50]),
+    }
     # order of candidates follows the ranking; rebuild counts per (a, b)
     by = {(0, 1): 0, (0, 2): 1, (1, 2): 2}
     idx = np.array([by[(a, b)] for a, b in zip(c["a"].tolist(), c["b"].tolist())])
@@ -109,12 +118,18 @@ def test_gate_validation_rejects_redundant_and_low_support():
 
 
 def test_lifecycle_labels_first_last_dead_nan():
-    feats = pa.table({"layer": [0, 0, 1, 1, 1, 2, 2], "feature": [0, 1, 0, 1, 2, 0, 1],
-                      "n_active": [5, 0, 5, 5, 5, 5, 5]})
+    feats = pa.table(
+        {"layer": [0, 0, 1, 1, 1, 2, 2], "feature": [0, 1, 0, 1, 2, 0, 1], "n_active": [5, 0, 5, 5, 5, 5, 5]}
+    )
     nan = float("nan")
-    links = pa.table({"layer": [2, 2, 1, 1, 1, 0, 0], "feature": [0, 1, 0, 1, 2, 0, 1],  # shuffled order
-                      "best_pred_pearson": [0.9, 0.1, 0.8, 0.2, nan, nan, nan],
-                      "best_succ_pearson": [nan, nan, 0.1, 0.7, 0.9, 0.6, nan]})
+    links = pa.table(
+        {
+            "layer": [2, 2, 1, 1, 1, 0, 0],
+            "feature": [0, 1, 0, 1, 2, 0, 1],  # shuffled order
+            "best_pred_pearson": [0.9, 0.1, 0.8, 0.2, nan, nan, nan],
+            "best_succ_pearson": [nan, nan, 0.1, 0.7, 0.9, 0.6, nan],
+        }
+    )
     lc = classify(feats, links, [0, 1, 2], "pearson", 0.5)
     assert list(lc.label) == ["carried", "dead", "ending", "new", "new", "carried", "new"]
     lc = classify(feats, links, [0, 1, 2], "pearson", 0.95)
@@ -128,9 +143,14 @@ def test_feature_rows_lookup():
 
 def _graph_edges():
     # two chains (0_0 → 1_0 → 2_0) and (0_1 → 1_1 → 2_1) plus a weak cross link
-    return {"src_layer": np.array([0, 1, 0, 1, 0]), "src": np.array([0, 0, 1, 1, 0]),
-            "dst_layer": np.array([1, 2, 1, 2, 1]), "dst": np.array([0, 0, 1, 1, 1]),
-            "jaccard": np.array([0.9, 0.8, 0.7, 0.9, 0.15]), "pearson": np.array([0.9, 0.8, 0.7, 0.9, -0.2])}
+    return {
+        "src_layer": np.array([0, 1, 0, 1, 0]),
+        "src": np.array([0, 0, 1, 1, 0]),
+        "dst_layer": np.array([1, 2, 1, 2, 1]),
+        "dst": np.array([0, 0, 1, 1, 1]),
+        "jaccard": np.array([0.9, 0.8, 0.7, 0.9, 0.15]),
+        "pearson": np.array([0.9, 0.8, 0.7, 0.9, -0.2]),
+    }
 
 
 @pytest.mark.parametrize("backend", ["igraph", "leidenalg"])
@@ -147,7 +167,7 @@ def test_leiden_is_deterministic_and_resolution_is_used(backend):
     hi, _ = comm.leiden(f_layer, f_id, live, e, "jaccard", 0.1, quality="cpm", resolution=5.0, backend=backend)
     lo, _ = comm.leiden(f_layer, f_id, live, e, "jaccard", 0.1, quality="cpm", resolution=0.001, backend=backend)
     assert len(set(hi[live])) == 6 and len(set(lo[live])) == 1
-    t = comm.community_table(f_layer, a, np.array([0, 3, 6, 1]), np.array([7, 7, 8, 9]), ["t%d" % i for i in range(10)])
+    t = comm.community_table(f_layer, a, np.array([0, 3, 6, 1]), np.array([7, 7, 8, 9]), [f"t{i}" for i in range(10)])
     r = t.to_pylist()[a[0]]
     assert r["size"] == 3 and r["layers"] == [0, 1, 2] and r["top_tokens"][:2] == ["t7", "t8"]
     assert r["top_token_counts"][0] == 2
@@ -156,16 +176,23 @@ def test_leiden_is_deterministic_and_resolution_is_used(backend):
 def test_leiden_same_partition_in_a_fresh_process():
     rng = np.random.default_rng(5)
     n, m = 300, 900
-    e = {"src_layer": np.zeros(m, np.int64), "src": rng.integers(0, n, m), "dst_layer": np.ones(m, np.int64),
-         "dst": rng.integers(0, n, m), "jaccard": rng.uniform(0.05, 1, m)}
+    e = {
+        "src_layer": np.zeros(m, np.int64),
+        "src": rng.integers(0, n, m),
+        "dst_layer": np.ones(m, np.int64),
+        "dst": rng.integers(0, n, m),
+        "jaccard": rng.uniform(0.05, 1, m),
+    }
     f_layer, f_id = np.repeat([0, 1], n), np.tile(np.arange(n), 2)
     live = np.ones(2 * n, bool)
     here, info = comm.leiden(f_layer, f_id, live, e)
     assert 1 < info["communities"] < 2 * n
-    code = ("import sys, json, numpy as np; from saelineage.lineage import communities as c; "
-            "d = json.load(sys.stdin); e = {k: np.asarray(v) for k, v in d['e'].items()}; "
-            "print(json.dumps(c.leiden(np.asarray(d['l']), np.asarray(d['f']), np.ones(len(d['l']), bool), e)[0]"
-            ".tolist()))")
+    code = (
+        "import sys, json, numpy as np; from saelineage.lineage import communities as c; "
+        "d = json.load(sys.stdin); e = {k: np.asarray(v) for k, v in d['e'].items()}; "
+        "print(json.dumps(c.leiden(np.asarray(d['l']), np.asarray(d['f']), np.ones(len(d['l']), bool), e)[0]"
+        ".tolist()))"
+    )
     payload = json.dumps({"e": {k: v.tolist() for k, v in e.items()}, "l": f_layer.tolist(), "f": f_id.tolist()})
     out = subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == here.tolist()
@@ -175,8 +202,11 @@ def test_prompt_graph_pure_function():
     f_layer = np.repeat([0, 1, 2], 3)
     f_id = np.tile([0, 1, 2], 3)
     ctx = GraphContext(f_layer, f_id, np.full(9, 10.0), np.array([0, 1, -1] * 3), None, _graph_edges())
-    codes = {0: (np.array([0, 1]), np.array([5.0, 0.5])), 1: (np.array([0, 1]), np.array([2.0, 3.0])),
-             2: (np.array([0]), np.array([1.0]))}
+    codes = {
+        0: (np.array([0, 1]), np.array([5.0, 0.5])),
+        1: (np.array([0, 1]), np.array([2.0, 3.0])),
+        2: (np.array([0]), np.array([1.0])),
+    }
     g = prompt_graph(codes, ctx, rel=0.1)
     assert [n["id"] for n in g["nodes"]] == ["0_0", "1_0", "1_1", "2_0"]  # 0_1 is below 0.1 × max
     assert {(x["source"], x["target"]) for x in g["links"]} == {("0_0", "1_0"), ("1_0", "2_0"), ("0_0", "1_1")}
@@ -189,9 +219,17 @@ def test_prompt_graph_pure_function():
 
 def test_exports_are_readable():
     nx = pytest.importorskip("networkx")
-    nodes = pa.table({"id": ["0_0", "1_0"], "layer": [0, 1], "feature": [0, 0],
-                      "explanation": ['<b>"x" & y</b>', None], "community": [0, None],
-                      "lifecycle": ["carried", "new"], "density": [0.1, float("nan")]})
+    nodes = pa.table(
+        {
+            "id": ["0_0", "1_0"],
+            "layer": [0, 1],
+            "feature": [0, 0],
+            "explanation": ['<b>"x" & y</b>', None],
+            "community": [0, None],
+            "lifecycle": ["carried", "new"],
+            "density": [0.1, float("nan")],
+        }
+    )
     links = pa.table({"source": ["0_0"], "target": ["1_0"], "similarity": [0.5]})
     data = json.loads(json.dumps(nodelink(nodes, links, {"measure": "jaccard"}), allow_nan=False))
     g = nx.node_link_graph(data, edges="links")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tinymodels import tiny_gpt2, tiny_llama, tiny_neox
 
 from saelineage.errors import SaelineageError
 from saelineage.models.hooks import HookPoint, parse_hook
 from saelineage.models.loading import load_model
-from tinymodels import tiny_gpt2, tiny_llama, tiny_neox
 
 BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "neox": tiny_neox}
 

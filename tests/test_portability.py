@@ -13,11 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numerics
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-import numerics
 import simd
 from test_stats import make_run
 from test_stats_oracle import synthetic_codes
@@ -39,8 +38,9 @@ run_stats(sys.argv[1], StatsConfig(span=2, relative_threshold=0.2 if sys.argv[2]
 def _run_stats(path: Path, mode: str, extra_env: dict[str, str]) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("NPY_DISABLE_CPU_FEATURES", "NUMBA_CPU_NAME")}
     env.update(extra_env, HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-c", STATS_SCRIPT, str(path), mode], env=env, capture_output=True,
-                       text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-c", STATS_SCRIPT, str(path), mode], env=env, capture_output=True, text=True, timeout=900
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import typer
+from runs import write_corpus, write_saes
+from tinymodels import tiny_llama
 from typer.testing import CliRunner
 
 from saelineage.causal.config import AblateConfig
@@ -18,20 +20,26 @@ from saelineage.causal.stage import run_ablate
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
 from saelineage.feature_table import read_features
-from saelineage.lineage.stage import run_analyze
 from saelineage.lineage.command import analyze_command, export_command
 from saelineage.lineage.export import export
+from saelineage.lineage.stage import run_analyze
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.stage import run_stats
 from saelineage.web.labels import import_labels
-from runs import write_corpus, write_saes
-from tinymodels import tiny_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SHARED = {"manifest.json", ".lock"}
 """The manifest records every stage's status (README: written by every stage); .lock is the run lock."""
-ABLATE_KW = {"measures": ["jaccard", "pearson"], "bins": 2, "per_bin": 3, "windows_per_pair": 2, "batch_rows": 8,
-             "hidden_windows": 8, "hidden_windows_per_feature": 1, "plot": False}
+ABLATE_KW = {
+    "measures": ["jaccard", "pearson"],
+    "bins": 2,
+    "per_bin": 3,
+    "windows_per_pair": 2,
+    "batch_rows": 8,
+    "hidden_windows": 8,
+    "hidden_windows_per_feature": 1,
+    "plot": False,
+}
 COLLECT_COLUMNS = ["layer", "feature", "n_active", "density", "act_sum", "act_sumsq", "act_max"]
 LABEL = "a planted label"
 
@@ -52,8 +60,16 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("writers")
     model = tiny_llama(root / "model", n_layers=3, d=32)
     saes = write_saes(root / "saes", 32, [0, 1, 2], d_sae=48)
-    cfg = CollectConfig(model=str(model), saes=str(saes), corpus=str(write_corpus(root / "c.txt", n_docs=8)),
-                        window=16, max_tokens=16 * 16, batch_windows=4, shard_windows=8, examples_k=3)
+    cfg = CollectConfig(
+        model=str(model),
+        saes=str(saes),
+        corpus=str(write_corpus(root / "c.txt", n_docs=8)),
+        window=16,
+        max_tokens=16 * 16,
+        batch_windows=4,
+        shard_windows=8,
+        examples_k=3,
+    )
     run = root / "run"
     labelled = []
 

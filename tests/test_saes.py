@@ -43,8 +43,11 @@ def saelens_dir(sl, folder: Path, arch: str, hook: str = "blocks.2.hook_resid_pr
     """An SAELens folder written by sae_lens's own class and save_model."""
     from sae_lens.saes.sae import SAEMetadata
 
-    classes = {"standard": (sl.StandardSAE, sl.StandardSAEConfig), "jumprelu": (sl.JumpReLUSAE, sl.JumpReLUSAEConfig),
-               "topk": (sl.TopKSAE, sl.TopKSAEConfig)}
+    classes = {
+        "standard": (sl.StandardSAE, sl.StandardSAEConfig),
+        "jumprelu": (sl.JumpReLUSAE, sl.JumpReLUSAEConfig),
+        "topk": (sl.TopKSAE, sl.TopKSAEConfig),
+    }
     cls, cfg_cls = classes[arch]
     if arch == "topk":
         cfg.setdefault("k", K)
@@ -63,7 +66,7 @@ def assert_codes_equal(sae: SAE, x: torch.Tensor, ref: torch.Tensor) -> None:
     codes = sae.encode_sparse(x)
     assert codes.indptr.dtype == np.int64 and codes.indices.dtype == np.int32 and codes.values.dtype == np.float32
     for r in range(len(codes.indptr) - 1):
-        row = codes.indices[codes.indptr[r]:codes.indptr[r + 1]]
+        row = codes.indices[codes.indptr[r] : codes.indptr[r + 1]]
         assert np.all(np.diff(row) > 0), "entries of a row must be sorted by feature id"
     dense = codes_to_dense(codes, sae.d_sae)
     assert torch.equal(dense != 0, ref != 0)
@@ -72,12 +75,16 @@ def assert_codes_equal(sae: SAE, x: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 ARCH_CASES = [
-    ("standard", {}), ("standard", {"apply_b_dec_to_input": False}),
+    ("standard", {}),
+    ("standard", {"apply_b_dec_to_input": False}),
     ("standard", {"normalize_activations": "constant_norm_rescale"}),
     ("standard", {"normalize_activations": "layer_norm"}),
     ("standard", {"normalize_activations": "expected_average_only_in"}),
-    ("jumprelu", {}), ("jumprelu", {"apply_b_dec_to_input": False}),
-    ("topk", {}), ("topk", {"apply_b_dec_to_input": False}), ("topk", {"rescale_acts_by_decoder_norm": True}),
+    ("jumprelu", {}),
+    ("jumprelu", {"apply_b_dec_to_input": False}),
+    ("topk", {}),
+    ("topk", {"apply_b_dec_to_input": False}),
+    ("topk", {"rescale_acts_by_decoder_norm": True}),
     ("topk", {"normalize_activations": "constant_norm_rescale"}),
 ]
 
@@ -134,16 +141,31 @@ def _write_legacy(folder: Path, cfg: dict, weights: dict) -> Path:
 
 def _legacy_weights(seed: int = 3) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"W_enc": torch.randn(D_IN, D_SAE, generator=g), "b_enc": torch.randn(D_SAE, generator=g) * 0.5,
-            "W_dec": torch.randn(D_SAE, D_IN, generator=g), "b_dec": torch.randn(D_IN, generator=g) * 0.2}
+    return {
+        "W_enc": torch.randn(D_IN, D_SAE, generator=g),
+        "b_enc": torch.randn(D_SAE, generator=g) * 0.5,
+        "W_dec": torch.randn(D_SAE, D_IN, generator=g),
+        "b_dec": torch.randn(D_IN, generator=g) * 0.2,
+    }
 
 
 @pytest.mark.parametrize("topk", [False, True])
 def test_legacy_saelens_dir(sl, tmp_path, topk):
-    cfg = {"model_name": "gpt2-small", "hook_point": "blocks.1.hook_resid_pre", "hook_point_layer": 1,
-           "hook_point_head_index": None, "d_in": D_IN, "d_sae": D_SAE, "dtype": "torch.float32", "device": "cpu",
-           "activation_fn_str": "topk" if topk else "relu", "apply_b_dec_to_input": True,
-           "normalize_activations": False, "context_size": 128, "expansion_factor": 3}
+    cfg = {
+        "model_name": "gpt2-small",
+        "hook_point": "blocks.1.hook_resid_pre",
+        "hook_point_layer": 1,
+        "hook_point_head_index": None,
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "dtype": "torch.float32",
+        "device": "cpu",
+        "activation_fn_str": "topk" if topk else "relu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": False,
+        "context_size": 128,
+        "expansion_factor": 3,
+    }
     if topk:
         cfg["activation_fn_kwargs"] = {"k": 4}
     w = _legacy_weights() | {"scaling_factor": torch.ones(D_SAE)}  # old files carry an all-ones scale
@@ -210,9 +232,16 @@ def test_save_saelens_round_trip(sl, tmp_path, arch):
 def test_save_saelens_topk_for_training(sl, tmp_path):
     """The shape the training engineer writes: a TopK SAE built from tensors."""
     g = torch.Generator().manual_seed(5)
-    sae = SAE(W_enc=torch.randn(D_IN, D_SAE, generator=g), b_enc=torch.randn(D_SAE, generator=g),
-              W_dec=torch.randn(D_SAE, D_IN, generator=g), b_dec=torch.randn(D_IN, generator=g),
-              architecture="topk", k=K, hook_name="blocks.4.hook_resid_post", apply_b_dec_to_input=False)
+    sae = SAE(
+        W_enc=torch.randn(D_IN, D_SAE, generator=g),
+        b_enc=torch.randn(D_SAE, generator=g),
+        W_dec=torch.randn(D_SAE, D_IN, generator=g),
+        b_dec=torch.randn(D_IN, generator=g),
+        architecture="topk",
+        k=K,
+        hook_name="blocks.4.hook_resid_post",
+        apply_b_dec_to_input=False,
+    )
     out = save_saelens(sae, tmp_path / "l4")
     cfg = json.loads((out / "cfg.json").read_text())
     assert cfg["architecture"] == "topk" and cfg["k"] == K and (cfg["d_in"], cfg["d_sae"]) == (D_IN, D_SAE)
@@ -272,8 +301,15 @@ def test_load_release_from_hub_cache(sl, tmp_path, monkeypatch):
     repo = tmp_path / "hub" / "models--jbloom--GPT2-Small-SAEs-Reformatted"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
-    cfg = {"model_name": "gpt2-small", "hook_point": "blocks.3.hook_resid_pre", "hook_point_layer": 3, "d_in": D_IN,
-           "d_sae": D_SAE, "dtype": "torch.float32", "device": "cpu"}  # the release's real files are pre-6.0
+    cfg = {
+        "model_name": "gpt2-small",
+        "hook_point": "blocks.3.hook_resid_pre",
+        "hook_point_layer": 3,
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "dtype": "torch.float32",
+        "device": "cpu",
+    }  # the release's real files are pre-6.0
     folder = _write_legacy(repo / "snapshots" / commit / "blocks.3.hook_resid_pre", cfg, _legacy_weights())
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -292,7 +328,13 @@ def test_load_release_from_hub_cache(sl, tmp_path, monkeypatch):
     from saelineage.run import RunDir
 
     run = RunDir(tmp_path / "run")
-    run.save({"schema_version": 1, "layers": [3, 4], "saes": {"3": sae.meta, "4": {**sae.meta, "sae_id": "blocks.4.hook_resid_pre"}}})
+    run.save(
+        {
+            "schema_version": 1,
+            "layers": [3, 4],
+            "saes": {"3": sae.meta, "4": {**sae.meta, "sae_id": "blocks.4.hook_resid_pre"}},
+        }
+    )
     assert sae.meta["path"] is None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -301,6 +343,7 @@ def test_load_release_from_hub_cache(sl, tmp_path, monkeypatch):
 
 
 # -- bad inputs ---------------------------------------------------------------------------------
+
 
 def _good(sl, tmp_path, arch: str = "standard") -> Path:
     return saelens_dir(sl, tmp_path / "sae", arch)

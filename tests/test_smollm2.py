@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from runs import write_saes
 
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
@@ -16,7 +17,6 @@ from saelineage.errors import SaelineageError
 from saelineage.models import presets
 from saelineage.models.hooks import HookPoint
 from saelineage.models.loading import load_model
-from runs import write_saes
 
 
 def test_missing_wheel_says_how_to_install(monkeypatch):
@@ -46,8 +46,9 @@ def test_smollm2_loads_and_captures(smollm2):
 
 def test_collect_on_smollm2_with_saelens_saes(smollm2, tmp_path):
     saes = write_saes(tmp_path / "saes", 576, [0, 2], d_sae=256, archs=("topk", "standard"))
-    cfg = CollectConfig(model="smollm2", saes=str(saes), corpus="default", max_tokens=128 * 4, batch_windows=2,
-                        shard_windows=2)
+    cfg = CollectConfig(
+        model="smollm2", saes=str(saes), corpus="default", max_tokens=128 * 4, batch_windows=2, shard_windows=2
+    )
     run = run_collect(tmp_path / "run", cfg, adapter=smollm2).run
     m = run.require("collect")
     assert m["layers"] == [0, 2] and m["n_tokens"] == 512 and m["model"]["spec"] == "smollm2"

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import numerics
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from test_stats_oracle import MEASURES, best, dec_cos, kept_mask, pair_oracle, synthetic_codes, to_csr
 
 from saelineage.data.importer import write_run
-from saelineage.stats.config import StatsConfig
-from saelineage.stats.stage import run_stats
-from saelineage.stats.stage import plan_stats
 from saelineage.stats import kernels_scan as ks
 from saelineage.stats import measures as ms
-import numerics
-from test_stats_oracle import MEASURES, best, dec_cos, kept_mask, pair_oracle, synthetic_codes, to_csr
+from saelineage.stats.config import StatsConfig
+from saelineage.stats.stage import plan_stats, run_stats
 
 W = 16  # tokens per window; windows start with BOS
 RTOL = 1e-9
@@ -62,7 +61,12 @@ def test_every_measure_matches_the_oracle(tmp_path, codes, decoders, span, rel, 
     run = make_run(tmp_path / "run", codes)
     k, ms_, keep = 3, 3, {"pearson": 0.6, "necessity": 0.95, "mutual_info": 0.05}
     kw = {} if primary is None else {"primary": primary}
-    s = run_stats(run.path, StatsConfig(span=span, threshold=thr, relative_threshold=rel, min_support=ms_, top_k=k, keep=keep, **kw), decoders=decoders, progress=False)
+    s = run_stats(
+        run.path,
+        StatsConfig(span=span, threshold=thr, relative_threshold=rel, min_support=ms_, top_k=k, keep=keep, **kw),
+        decoders=decoders,
+        progress=False,
+    )
     layers = [0, 2, 5]
     mask = kept_tokens(len(codes[0]))
     x = {l: codes[l][mask] for l in layers}
@@ -74,7 +78,7 @@ def test_every_measure_matches_the_oracle(tmp_path, codes, decoders, span, rel, 
     links = pq.read_table(run.file("feature_links.parquet")).to_pandas()
     n_pairs = 0
     for a, l in enumerate(layers):
-        for m in layers[a + 1: a + 1 + span]:
+        for m in layers[a + 1 : a + 1 + span]:
             n_pairs += 1
             want = pair_oracle(x[l], x[m], theta[l], theta[m])
             want["dec_cosine"] = dec_cos(decoders[l], decoders[m])
@@ -120,8 +124,11 @@ def _tables(path):
 def same_table(a, b) -> bool:
     """Bit-for-bit equal columns (NaN equal to NaN)."""
     return a.column_names == b.column_names and all(
-        np.array_equal(a.column(c).to_numpy(), b.column(c).to_numpy(),
-                       equal_nan=a.schema.field(c).type in ("double", "float")) for c in a.column_names)
+        np.array_equal(
+            a.column(c).to_numpy(), b.column(c).to_numpy(), equal_nan=a.schema.field(c).type in ("double", "float")
+        )
+        for c in a.column_names
+    )
 
 
 def limit_for_passes(run, lo, hi, span=2):
@@ -143,7 +150,9 @@ def test_identical_whatever_shards_workers_and_memory(tmp_path, codes, decoders,
     mid = limit_for_passes(make_run(tmp_path / "probe", codes), 4, 6)
     for k, (sw, workers, mem) in enumerate([(7, 2, None), (1, 2, None), (64, 1, None), (64, 2, 1), (5, 2, mid)]):
         run = make_run(tmp_path / f"run{k}", codes, shard_windows=sw)
-        s = run_stats(run.path, StatsConfig(span=2, workers=workers, memory_limit=mem), decoders=decoders, progress=False)
+        s = run_stats(
+            run.path, StatsConfig(span=2, workers=workers, memory_limit=mem), decoders=decoders, progress=False
+        )
         if mem == 1:
             assert s.passes == 40 + 40 + 30  # one source row per block: every row its own pass
         if mem == mid:
@@ -163,7 +172,10 @@ def test_window_order_changes_only_rounding(tmp_path, codes):
     for r in (a, b):
         run_stats(r.path, StatsConfig(span=2), progress=False)
     ea, eb = (pq.read_table(r.file("edges.parquet")).to_pandas() for r in (a, b))
-    assert (ea[["src_layer", "src", "dst_layer", "dst", "n_co"]].values == eb[["src_layer", "src", "dst_layer", "dst", "n_co"]].values).all()
+    assert (
+        ea[["src_layer", "src", "dst_layer", "dst", "n_co"]].values
+        == eb[["src_layer", "src", "dst_layer", "dst", "n_co"]].values
+    ).all()
     for col in VALUE_COLUMNS:
         np.testing.assert_allclose(eb[col], ea[col], rtol=1e-12)
 
@@ -186,8 +198,21 @@ def test_scalar_kernels_agree_with_numpy_formulas():
     idx = np.arange(1000)
     ref = ms.pair_measures(n, c, p, side_i, side_j, idx, idx)
     for r in range(0, 1000, 3):
-        ks.cell_values(v, np.int64(n), np.int64(c[r]), p[r], np.int64(ci[r]), si[r], isd_i[r], irq_i[r],
-                       np.int64(cj[r]), sj[r], isd_j[r], irq_j[r], True)
+        ks.cell_values(
+            v,
+            np.int64(n),
+            np.int64(c[r]),
+            p[r],
+            np.int64(ci[r]),
+            si[r],
+            isd_i[r],
+            irq_i[r],
+            np.int64(cj[r]),
+            sj[r],
+            isd_j[r],
+            irq_j[r],
+            True,
+        )
         got = np.array([ref[m][r] for m in MEASURES])
         numerics.assert_close(v, got, f"row {r}")
 
@@ -198,8 +223,10 @@ def test_mutual_info_is_exact_near_independence():
     c = ci * cj // n + 1  # one co-activation above independence
     got = ms.mutual_info(n, c, ci, cj)
     N, C, I, J = (np.longdouble(v) for v in (n, c, ci, cj))
-    want = sum(nxy / N * np.log(nxy * N / (nx * ny)) for nxy, nx, ny in
-               ((C, I, J), (I - C, I, N - J), (J - C, N - I, J), (N - I - J + C, N - I, N - J)))
+    want = sum(
+        nxy / N * np.log(nxy * N / (nx * ny))
+        for nxy, nx, ny in ((C, I, J), (I - C, I, N - J), (J - C, N - I, J), (N - I - J + C, N - I, N - J))
+    )
     assert abs(got - float(want)) <= 1e-6 * float(want)
 
 

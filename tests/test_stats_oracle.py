@@ -24,7 +24,9 @@ def synthetic_codes(seed: int = 0, t: int = 960, dims=(40, 30, 35), layers=(0, 2
         if prev is not None:  # a third of the features continue an earlier one (noisy copy)
             for j in range(0, d, 3):
                 src = prev[:, (7 * j) % prev.shape[1]]
-                x[:, j] = np.where(rng.random(t) < 0.85, src * rng.uniform(0.5, 2.0), 0) + x[:, j] * (rng.random(t) < 0.05)
+                x[:, j] = np.where(rng.random(t) < 0.85, src * rng.uniform(0.5, 2.0), 0) + x[:, j] * (
+                    rng.random(t) < 0.05
+                )
         x[:, 1] = 0.0  # dead
         x[:, 2] = 1.5  # constant on every token
         x[:, 4] = np.where(rng.random(t) < 0.995, 0.25, 0.0)  # almost always the same value
@@ -57,8 +59,9 @@ def pair_oracle(x: np.ndarray, y: np.ndarray, thx: np.ndarray, thy: np.ndarray) 
             "jaccard": c / (ci + cj - c),
             "sufficiency": c / ci,
             "necessity": c / cj,
-            "pearson": np.where(const_i | const_j, np.nan,
-                                (n * p - si * sj) / np.sqrt((n * qi - si * si) * (n * qj - sj * sj))),
+            "pearson": np.where(
+                const_i | const_j, np.nan, (n * p - si * sj) / np.sqrt((n * qi - si * si) * (n * qj - sj * sj))
+            ),
             "act_cosine": np.where((qi == 0) | (qj == 0), np.nan, p / np.sqrt(qi * qj)),
             "p_sum": p,
         }
@@ -88,8 +91,13 @@ def top_k_mask(values: np.ndarray, support: np.ndarray, k: int) -> np.ndarray:
     return keep
 
 
-def kept_mask(meas: dict[str, np.ndarray], min_support: int, k: int, keep: dict[str, float],
-              primary=("jaccard", "sufficiency", "necessity", "pearson")) -> np.ndarray:
+def kept_mask(
+    meas: dict[str, np.ndarray],
+    min_support: int,
+    k: int,
+    keep: dict[str, float],
+    primary=("jaccard", "sufficiency", "necessity", "pearson"),
+) -> np.ndarray:
     sup = meas["n_co"] >= min_support
     mask = np.zeros(sup.shape, bool)
     for m in primary:

@@ -7,18 +7,17 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from test_stats import make_run, same_table
+from test_stats_oracle import synthetic_codes
 from typer.testing import CliRunner
 
 from saelineage.cli import app
 from saelineage.errors import SaelineageError
 from saelineage.run import RunDir
-from saelineage.stats.config import StatsConfig
-from saelineage.stats.stage import run_stats
-from saelineage.stats.measures import MEASURES
 from saelineage.stats import outputs as stats_outputs
-from saelineage.stats.config import parse_size
-from test_stats import make_run, same_table
-from test_stats_oracle import synthetic_codes
+from saelineage.stats.config import StatsConfig, parse_size
+from saelineage.stats.measures import MEASURES
+from saelineage.stats.stage import run_stats
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +141,23 @@ def test_cli(run):
     runner = CliRunner()
     res = runner.invoke(app, ["stats", "--help"])
     assert res.exit_code == 0 and "--relative-threshold" in res.output and "--memory-limit" in res.output
-    res = runner.invoke(app, ["stats", str(run.path), "--span", "2", "--memory-limit", "64M", "--keep", "pearson=0.5",
-                              "--relative-threshold", "0.2", "--primary", "all"])
+    res = runner.invoke(
+        app,
+        [
+            "stats",
+            str(run.path),
+            "--span",
+            "2",
+            "--memory-limit",
+            "64M",
+            "--keep",
+            "pearson=0.5",
+            "--relative-threshold",
+            "0.2",
+            "--primary",
+            "all",
+        ],
+    )
     assert res.exit_code == 0, res.output
     m = RunDir(run.path).load()["stages"]["stats"]
     assert m["options"]["keep_thresholds"] == {"pearson": 0.5} and m["options"]["relative_threshold"] == 0.2
@@ -174,8 +188,13 @@ def test_stored_zeros_and_negatives_count_as_absent(tmp_path, codes):
         rows, cols = rng.integers(0, t, 200), rng.integers(0, d, 200)
         free = np.asarray(m.tocsr()[rows, cols]).ravel() == 0
         vals = np.where(rng.random(free.sum()) < 0.5, 0.0, -1.0)
-        z = sp.coo_matrix((np.concatenate([m.data, vals]), (np.concatenate([m.row, rows[free]]),
-                                                             np.concatenate([m.col, cols[free]]))), shape=m.shape).tocsr()
+        z = sp.coo_matrix(
+            (
+                np.concatenate([m.data, vals]),
+                (np.concatenate([m.row, rows[free]]), np.concatenate([m.col, cols[free]])),
+            ),
+            shape=m.shape,
+        ).tocsr()
         z.sort_indices()
         assert (z.data <= 0).sum() > 0
         new[l] = LayerCodes(z.indptr.astype(np.int64), z.indices.astype(np.int32), z.data.astype(np.float32))

@@ -37,7 +37,7 @@ def data():
 
 def brute_features(m, mask):
     x = m.toarray().astype(np.float64)[mask]
-    return (x > 0).sum(0), x.sum(0), (x ** 2).sum(0), x.max(0)
+    return (x > 0).sum(0), x.sum(0), (x**2).sum(0), x.max(0)
 
 
 def brute_examples(m, window, pos, mask, k):
@@ -108,7 +108,8 @@ def test_bad_codes(tmp_path, data):
     codes, tokens, w = data
     with pytest.raises(SaelineageError, match="rows for"):
         write_run(tmp_path / "x", {0: codes[0][:-1]}, tokens, window_len=w)
-    neg = codes[0].copy(); neg.data[0] = -1
+    neg = codes[0].copy()
+    neg.data[0] = -1
     with pytest.raises(SaelineageError, match="negative or non-finite"):
         write_run(tmp_path / "y", {0: neg}, tokens, window_len=w)
     with pytest.raises(SaelineageError, match="whole number of windows"):

@@ -104,9 +104,12 @@ def test_no_import_cycles():
 
 def test_no_private_names_across_modules():
     known = modules()
-    bad = [f"{m}:{line} imports {name} from {target}" for m, p in known.items()
-           for target, name, line in imports(p, m, known)
-           if name.startswith("_") and not name.startswith("__") and target != m]
+    bad = [
+        f"{m}:{line} imports {name} from {target}"
+        for m, p in known.items()
+        for target, name, line in imports(p, m, known)
+        if name.startswith("_") and not name.startswith("__") and target != m
+    ]
     assert bad == []
 
 
@@ -116,6 +119,10 @@ def test_package_inits_import_nothing():
         if p.parent == ROOT:
             continue  # the top-level package exposes __version__
         body = ast.parse(p.read_text()).body
-        code = [n for n in body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
-                and not (isinstance(n, ast.ImportFrom) and n.module == "__future__")]
+        code = [
+            n
+            for n in body
+            if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
+            and not (isinstance(n, ast.ImportFrom) and n.module == "__future__")
+        ]
         assert code == [], f"{p.relative_to(ROOT)} holds code besides its docstring"

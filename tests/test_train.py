@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from runs import write_corpus
+from tinymodels import tiny_llama
+
 from saelineage.errors import SaelineageError
 from saelineage.saes.loading import load_sae, load_saes
 from saelineage.saes.train import METRICS_JSON, TRAINING_JSON, TrainConfig, train_saes
-from tinymodels import tiny_llama
 
 HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre"]
 
@@ -27,8 +27,20 @@ def env(tmp_path_factory):
 
 
 def tiny_cfg(model: Path, corpus: Path, **kw) -> TrainConfig:
-    base = dict(model=str(model), hooks=HOOKS, corpus=str(corpus), window=32, num_latents=256, k=8, tokens=3000,
-                epochs=4, batch_size=256, heldout_tokens=620, ce_tokens=124, seed=0)
+    base = dict(
+        model=str(model),
+        hooks=HOOKS,
+        corpus=str(corpus),
+        window=32,
+        num_latents=256,
+        k=8,
+        tokens=3000,
+        epochs=4,
+        batch_size=256,
+        heldout_tokens=620,
+        ce_tokens=124,
+        seed=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -100,8 +112,9 @@ def test_bad_input(env, tmp_path):
     with pytest.raises(SaelineageError, match="exceeds the number of latents"):
         train_saes(tiny_cfg(model, corpus, num_latents=16, k=32), out=tmp_path / "a", progress=False)
     with pytest.raises(SaelineageError, match="exceeds the number of latents"):
-        train_saes(tiny_cfg(model, corpus, num_latents=None, expansion_factor=1, k=65), out=tmp_path / "b",
-                   progress=False)
+        train_saes(
+            tiny_cfg(model, corpus, num_latents=None, expansion_factor=1, k=65), out=tmp_path / "b", progress=False
+        )
     with pytest.raises(SaelineageError, match="beyond the model's depth"):
         train_saes(tiny_cfg(model, corpus, hooks=["blocks.3.hook_resid_pre"]), out=tmp_path / "c", progress=False)
     with pytest.raises(SaelineageError, match="fewer than"):
@@ -135,7 +148,9 @@ def test_hook_option_parsing():
     from saelineage.saes.train_command import parse_hooks
 
     assert parse_hooks("0-2") == HOOKS
-    assert parse_hooks("1, blocks.3.hook_resid_post", "resid_pre") == ["blocks.1.hook_resid_pre",
-                                                                       "blocks.3.hook_resid_post"]
+    assert parse_hooks("1, blocks.3.hook_resid_post", "resid_pre") == [
+        "blocks.1.hook_resid_pre",
+        "blocks.3.hook_resid_post",
+    ]
     with pytest.raises(SaelineageError):
         parse_hooks("attn.3")

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
+from saelineage.testing.sample_run import HOSTILE_LABEL, build_sample_run
 from saelineage.web.app import create_app
 from saelineage.web.graph import crossings, order_rows
 from saelineage.web.labels import import_labels, neuronpedia_ids, neuronpedia_url, read_label_file
-from saelineage.testing.sample_run import HOSTILE_LABEL, build_sample_run
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -41,8 +41,21 @@ def client(run):
 
 
 def test_every_page_renders(client):
-    for path in ["/", "/graph", "/feature/1/3", "/communities", "/community/0", "/gates", "/splits", "/search?q=the",
-                 "/prompt", "/docs", "/openapi.json", "/vendor/plotly.min.js", "/static/app.css"]:
+    for path in [
+        "/",
+        "/graph",
+        "/feature/1/3",
+        "/communities",
+        "/community/0",
+        "/gates",
+        "/splits",
+        "/search?q=the",
+        "/prompt",
+        "/docs",
+        "/openapi.json",
+        "/vendor/plotly.min.js",
+        "/static/app.css",
+    ]:
         r = client.get(path)
         assert r.status_code == 200, path
         assert "content-security-policy" in r.headers
@@ -92,13 +105,17 @@ def test_graph_api(client):
     assert client.get("/api/graph?measure=__import__").status_code == 422
 
 
-@pytest.mark.parametrize("query", [dict(min_value=0.0), dict(min_value=0.2, layer_min=1, layer_max=3),
-                                   dict(min_value=0.05, max_nodes=7)])
+@pytest.mark.parametrize(
+    "query", [dict(min_value=0.0), dict(min_value=0.2, layer_min=1, layer_max=3), dict(min_value=0.05, max_nodes=7)]
+)
 def test_community_graph_edges_match_brute_force(run, client, query):
     """Edges of a community's graph = every edge of edges.parquet between two shown members of
     consecutive shown layers with value >= min_value (recomputed from the run's files)."""
-    feats = pq.read_table(run.file("features.parquet")).to_pandas().merge(
-        pq.read_table(run.file("feature_analysis.parquet")).to_pandas(), on=["layer", "feature"])
+    feats = (
+        pq.read_table(run.file("features.parquet"))
+        .to_pandas()
+        .merge(pq.read_table(run.file("feature_analysis.parquet")).to_pandas(), on=["layer", "feature"])
+    )
     edges = pq.read_table(run.file("edges.parquet")).to_pandas()
     comm = int(feats["community"].dropna().astype(int).value_counts().index[0])  # the largest community
     g = client.get("/api/graph", params={"community": comm, "measure": "jaccard", **query}).json()
@@ -109,13 +126,22 @@ def test_community_graph_edges_match_brute_force(run, client, query):
     if "max_nodes" not in query:
         assert set(shown) == set(zip(members["layer"], members["feature"]))
     else:  # the most active members are kept
-        assert len(shown) == min(query["max_nodes"], len(members)) and g["truncated"] == (len(members) > query["max_nodes"])
-        assert min(feats.set_index(["layer", "feature"]).loc[list(shown), "n_active"]) >= \
-            sorted(members["n_active"], reverse=True)[len(shown) - 1]
+        assert len(shown) == min(query["max_nodes"], len(members)) and g["truncated"] == (
+            len(members) > query["max_nodes"]
+        )
+        assert (
+            min(feats.set_index(["layer", "feature"]).loc[list(shown), "n_active"])
+            >= sorted(members["n_active"], reverse=True)[len(shown) - 1]
+        )
     nxt = dict(zip(layers[:-1], layers[1:]))
-    want = {(shown[(r.src_layer, r.src)], shown[(r.dst_layer, r.dst)], round(r.jaccard, 12))
-            for r in edges.itertuples() if (r.src_layer, r.src) in shown and (r.dst_layer, r.dst) in shown
-            and nxt.get(r.src_layer) == r.dst_layer and r.jaccard >= query["min_value"]}
+    want = {
+        (shown[(r.src_layer, r.src)], shown[(r.dst_layer, r.dst)], round(r.jaccard, 12))
+        for r in edges.itertuples()
+        if (r.src_layer, r.src) in shown
+        and (r.dst_layer, r.dst) in shown
+        and nxt.get(r.src_layer) == r.dst_layer
+        and r.jaccard >= query["min_value"]
+    }
     got = {(a, b, round(v, 12)) for a, b, v in edge_rows(g)}
     assert got == want and len(got) == len(edge_rows(g))
     assert want  # the sample run's largest community has internal edges
@@ -127,14 +153,22 @@ def test_order_rows_and_crossings_match_brute_force():
         sizes = rng.integers(2, 9, 3)
         row = np.repeat(np.arange(3), sizes)
         starts = np.concatenate([[0], np.cumsum(sizes)])
-        e = [(a, b) for r in range(2) for a in range(starts[r], starts[r + 1]) for b in range(starts[r + 1], starts[r + 2])
-             if rng.random() < 0.35]
+        e = [
+            (a, b)
+            for r in range(2)
+            for a in range(starts[r], starts[r + 1])
+            for b in range(starts[r + 1], starts[r + 2])
+            if rng.random() < 0.35
+        ]
         eu, ev = np.array([x[0] for x in e], np.int64), np.array([x[1] for x in e], np.int64)
         key = rng.random(len(row))
         for mode in ("feature", "barycenter"):
             pos = order_rows(row, key, eu, ev, mode)
-            brute = sum(1 for (a, b), (c, d) in itertools.combinations(e, 2)
-                        if row[a] == row[c] and (pos[a] - pos[c]) * (pos[b] - pos[d]) < 0)
+            brute = sum(
+                1
+                for (a, b), (c, d) in itertools.combinations(e, 2)
+                if row[a] == row[c] and (pos[a] - pos[c]) * (pos[b] - pos[d]) < 0
+            )
             assert crossings(row, pos, eu, ev) == brute
         start = order_rows(row, key, eu, ev, "feature")
         assert crossings(row, order_rows(row, key, eu, ev), eu, ev) <= crossings(row, start, eu, ev)
@@ -174,8 +208,11 @@ def test_inputs_are_bounded_and_never_paths(client):
     assert client.get("/static/%2e%2e/%2e%2e/manifest.json").status_code == 404
     assert client.get("/feature/..%2F..%2Fetc/passwd").status_code in (404, 422)
     assert client.get("/api/features/-1/0").status_code in (404, 422)
-    r = client.post("/api/prompt/tokens", content=b'{"text": "' + b"a" * 70_000 + b'"}',
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/api/prompt/tokens",
+        content=b'{"text": "' + b"a" * 70_000 + b'"}',
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413
     assert client.post("/api/prompt/tokens", json={"text": "a" * 2001}).status_code == 422
     assert client.get("/api/overview", headers={"host": "evil.example"}).status_code == 400
@@ -212,9 +249,11 @@ def test_run_with_only_collect(tmp_path):
 
 
 def test_labels_import_json_and_csv(tmp_path, run):
-    np_export = [{"modelId": "m", "layer": "1-res-x", "index": "3", "description": "cats and dogs"},
-                 {"modelId": "m", "layer": "1-res-x", "index": "999999", "description": "out of range"},
-                 {"modelId": "m", "layer": "2-res-x", "index": 4, "description": "Paris"}]
+    np_export = [
+        {"modelId": "m", "layer": "1-res-x", "index": "3", "description": "cats and dogs"},
+        {"modelId": "m", "layer": "1-res-x", "index": "999999", "description": "out of range"},
+        {"modelId": "m", "layer": "2-res-x", "index": 4, "description": "Paris"},
+    ]
     (tmp_path / "np.json").write_text(json.dumps(np_export))
     (tmp_path / "l.csv").write_text('layer,feature,explanation\n3,7,"commas, and ""quotes"""\n')
     assert read_label_file(tmp_path / "np.json")[0] == (1, 3, "cats and dogs")
@@ -260,16 +299,30 @@ def test_cache_follows_rewritten_files(tmp_path, run):
     c = TestClient(app)
     assert c.get("/api/features/2/2").json()["label_source"] != "imported"
     time.sleep(0.01)
-    pq.write_table(pa.table({"layer": pa.array([2], pa.int64()), "feature": pa.array([2], pa.int64()),
-                             "explanation": ["new label"], "source": ["x"]}), copy / "labels.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "layer": pa.array([2], pa.int64()),
+                "feature": pa.array([2], pa.int64()),
+                "explanation": ["new label"],
+                "source": ["x"],
+            }
+        ),
+        copy / "labels.parquet",
+    )
     c.get("/api/status")  # notices the change and starts rebuilding in the background
     app.state.data.wait_for_refresh()
     assert c.get("/api/features/2/2").json()["label"] == "new label"
 
 
 def test_neuronpedia_links():
-    m = {"saes": {"3": {"release": "gpt2-small-res-jb", "sae_id": "blocks.3.hook_resid_pre"}, "4": {"path": "/x"},
-                  "5": {"neuronpedia": "gemma-2-2b/5-gemmascope-res-16k"}}}
+    m = {
+        "saes": {
+            "3": {"release": "gpt2-small-res-jb", "sae_id": "blocks.3.hook_resid_pre"},
+            "4": {"path": "/x"},
+            "5": {"neuronpedia": "gemma-2-2b/5-gemmascope-res-16k"},
+        }
+    }
     ids = neuronpedia_ids(m)
     assert neuronpedia_url(ids, 3, 17) == "https://www.neuronpedia.org/gpt2-small/3-res-jb/17"
     assert neuronpedia_url(ids, 4, 17) is None
@@ -285,10 +338,21 @@ def test_feature_page_shows_hidden_in_error_when_present(tmp_path):
     ending = feats[feats["lifecycle"].isin(["ending", "new+ending"])].iloc[0]
     carried = feats[feats["lifecycle"] == "carried"].iloc[0]
     l, f = int(ending["layer"]), int(ending["feature"])
-    write_parquet(run.file("error_projection.parquet"), pa.table({
-        "layer": pa.array([l], pa.int32()), "feature": pa.array([f], pa.int32()),
-        "error_next_layer": pa.array([l + 1], pa.int32()), "error_proj_tokens": pa.array([321], pa.int64()),
-        "error_proj": [0.75], "error_proj_rel": [0.4321], "error_proj_base": [0.01], "resid_proj_rel": [0.9]}))
+    write_parquet(
+        run.file("error_projection.parquet"),
+        pa.table(
+            {
+                "layer": pa.array([l], pa.int32()),
+                "feature": pa.array([f], pa.int32()),
+                "error_next_layer": pa.array([l + 1], pa.int32()),
+                "error_proj_tokens": pa.array([321], pa.int64()),
+                "error_proj": [0.75],
+                "error_proj_rel": [0.4321],
+                "error_proj_base": [0.01],
+                "resid_proj_rel": [0.9],
+            }
+        ),
+    )
     c = TestClient(create_app(run.path, allowed_hosts=["testserver"]))
     page = c.get(f"/feature/{l}/{f}").text
     assert 'id="hidden-in-error"' in page and "0.432" in page and "321" in page
@@ -305,11 +369,22 @@ def test_neighbours_carry_ablation_results(tmp_path):
     edges = pq.read_table(run.file("edges.parquet")).to_pandas()
     e1, e2 = edges.iloc[0], edges.iloc[len(edges) // 2]
     rows = [(e1, "jaccard", 0.5), (e1, "pearson", 0.5), (e2, "jaccard", 1.25)]  # e1 drawn for two measures
-    write_parquet(run.file("ablations.parquet"), pa.table({
-        "measure": [m for _, m, _ in rows], **{c: pa.array([int(e[c]) for e, _, _ in rows], pa.int32())
-                                              for c in ("src_layer", "src", "dst_layer", "dst")},
-        "mean_drop": [d for _, _, d in rows], "rel_drop": [d / 4 for _, _, d in rows],
-        "frac_off": [0.0] * 3, "n_tokens": pa.array([7] * 3, pa.int64())}))
+    write_parquet(
+        run.file("ablations.parquet"),
+        pa.table(
+            {
+                "measure": [m for _, m, _ in rows],
+                **{
+                    c: pa.array([int(e[c]) for e, _, _ in rows], pa.int32())
+                    for c in ("src_layer", "src", "dst_layer", "dst")
+                },
+                "mean_drop": [d for _, _, d in rows],
+                "rel_drop": [d / 4 for _, _, d in rows],
+                "frac_off": [0.0] * 3,
+                "n_tokens": pa.array([7] * 3, pa.int64()),
+            }
+        ),
+    )
     c = TestClient(create_app(run.path, allowed_hosts=["testserver"]))
     for e, drop in ((e1, 0.5), (e2, 1.25)):
         key = tuple(int(e[k]) for k in ("src_layer", "src", "dst_layer", "dst"))
@@ -317,12 +392,16 @@ def test_neighbours_carry_ablation_results(tmp_path):
         up = c.get(f"/api/features/{key[2]}/{key[3]}/neighbours", params={"limit": 500}).json()["up"]
         for lst in (down, up):
             hit = [x for x in lst if (x["src_layer"], x["src"], x["dst_layer"], x["dst"]) == key]
-            assert len(hit) == 1 and hit[0]["ablation"] == {"mean_drop": drop, "rel_drop": drop / 4, "frac_off": 0.0,
-                                                            "n_tokens": 7}
+            assert len(hit) == 1 and hit[0]["ablation"] == {
+                "mean_drop": drop,
+                "rel_drop": drop / 4,
+                "frac_off": 0.0,
+                "n_tokens": 7,
+            }
         if drop == 1.25:  # the feature page shows the drop and the relative drop (31%)
             page = c.get(f"/feature/{key[0]}/{key[1]}").text
-            cell = page[page.index("ablating the upstream feature: mean drop"):]
-            assert "on 7 tokens" in cell[:200] and ">1.25 <span class=\"lo\">31%</span>" in cell[:400]
+            cell = page[page.index("ablating the upstream feature: mean drop") :]
+            assert "on 7 tokens" in cell[:200] and '>1.25 <span class="lo">31%</span>' in cell[:400]
         sampled = {tuple(int(x[k]) for k in ("src_layer", "src", "dst_layer", "dst")) for x in (e1, e2)}
         assert sum(x["ablation"] is not None for x in down) == sum(p[:2] == key[:2] for p in sampled)
         assert sum(x["ablation"] is not None for x in up) == sum(p[2:] == key[2:] for p in sampled)
@@ -376,8 +455,13 @@ def test_serve_keeps_a_consistent_state_while_a_stage_rewrites_the_run(tmp_path,
     assert shown_counts() == before
     overview = c.get("/api/overview").json()
     spec = {"stage": "analyze", "run": str(copy), "mode": "pause", "k": 3, "kwargs": {"threshold": 0.95}}
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("killpoint.py")), json.dumps(spec)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ})
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("killpoint.py")), json.dumps(spec)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
     try:
         assert proc.stdout.readline().strip() == "paused"  # analyze holds the lock, some outputs rewritten
         assert data.run.writer()["stage"] == "analyze"
@@ -399,3 +483,37 @@ def test_serve_keeps_a_consistent_state_while_a_stage_rewrites_the_run(tmp_path,
     data.wait_for_refresh()
     assert shown_counts() == after
     assert c.get("/api/overview").json() != overview
+
+
+def test_serve_command_serves_on_loopback(run):
+    """`saelineage serve RUN --port P` (the path the demo takes) answers on 127.0.0.1 and stops on SIGINT."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saelineage.cli", "serve", str(run.path), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline, status = time.time() + 60, None
+        while time.time() < deadline and status is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2) as r:
+                    status = (r.status, json.loads(r.read()))
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(0.2)
+        assert status is not None and status[0] == 200 and status[1]["stages"]["analyze"] == "complete"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/" in out

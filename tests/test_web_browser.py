@@ -22,8 +22,8 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium); browser tests skipped", allow_module_level=True)
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 
-from saelineage.web.app import create_app  # noqa: E402
 from saelineage.testing.sample_run import HOSTILE_LABEL, build_sample_run  # noqa: E402
+from saelineage.web.app import create_app  # noqa: E402
 
 
 class FakeBackend:
@@ -78,9 +78,16 @@ def base_url(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
         yield b
         b.close()
 
@@ -95,7 +102,9 @@ def page(browser):
     pg.on("console", lambda m: m.type == "error" and pg.problems.append(f"console: {m.text}"))
     pg.on("pageerror", lambda e: pg.problems.append(f"pageerror: {e}"))
     pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
-    pg.on("request", lambda r: r.url.startswith(("http://127.0.0.1", "data:")) or pg.problems.append(f"external: {r.url}"))
+    pg.on(
+        "request", lambda r: r.url.startswith(("http://127.0.0.1", "data:")) or pg.problems.append(f"external: {r.url}")
+    )
     yield pg
     problems = list(pg.problems)
     ctx.close()
@@ -134,8 +143,10 @@ def test_graph_hover_click_opens_feature(page, base_url):
     page.goto(base_url + "/graph")
     _wait_graph(page)
     shot(page, "graph")
-    node = page.evaluate("(() => { const n = window.saelineageGraph.data.nodes.find(x => x.row === 1);"
-                         " return {x: n.x, y: n.y, layer: n.layer, feature: n.feature}; })()")
+    node = page.evaluate(
+        "(() => { const n = window.saelineageGraph.data.nodes.find(x => x.row === 1);"
+        " return {x: n.x, y: n.y, layer: n.layer, feature: n.feature}; })()"
+    )
     box = page.locator("#graph-canvas").bounding_box()
     page.mouse.move(box["x"] + node["x"], box["y"] + node["y"])
     page.wait_for_selector("#tooltip:not([hidden])")
@@ -160,8 +171,9 @@ def test_graph_filters_and_crossing_order(page, base_url):
     assert by_id["shown"] == by_id["by_feature"]
     page.select_option("#order", "barycenter")
     wait_js(page, "window.saelineageGraph.data.order === 'barycenter'")
-    data = page.evaluate("(() => { const d = window.saelineageGraph.data;"
-                         " return {n: d.nodes.length, c: d.crossings}; })()")
+    data = page.evaluate(
+        "(() => { const d = window.saelineageGraph.data; return {n: d.nodes.length, c: d.crossings}; })()"
+    )
     assert data["n"] == 2000
     assert data["c"]["shown"] < 0.5 * data["c"]["by_feature"]
     # responsiveness with 2,000 nodes: a redraw per hover stays well under a frame budget
@@ -208,10 +220,12 @@ def test_hostile_label_renders_as_text(page, base_url):
 
 
 def test_other_views(page, base_url):
-    for path, sel, name in [("/communities", "#communities-table tbody tr", "communities"),
-                            ("/community/0", "#members-table tbody tr", "community"),
-                            ("/gates", "#gates-table tbody tr", "gates"),
-                            ("/splits", "#splits-table tbody tr", "splits")]:
+    for path, sel, name in [
+        ("/communities", "#communities-table tbody tr", "communities"),
+        ("/community/0", "#members-table tbody tr", "community"),
+        ("/gates", "#gates-table tbody tr", "gates"),
+        ("/splits", "#splits-table tbody tr", "splits"),
+    ]:
         page.goto(base_url + path)
         assert page.locator(sel).count() > 0, path
         if path.startswith("/community/"):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-
 from runs import write_corpus, write_saes
+from tinymodels import tiny_llama
+
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
 from saelineage.run_model import load_run_model
 from saelineage.web.app import create_app
-from tinymodels import tiny_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 LAYERS = [0, 1, 2]
@@ -26,8 +26,19 @@ def run(tmp_path_factory):
     model = tiny_llama(root / "model", n_layers=3, d=64)
     saes = write_saes(root / "saes", 64, LAYERS, d_sae=64)
     corpus = write_corpus(root / "corpus.txt", n_docs=10)
-    return run_collect(root / "run", CollectConfig(model=str(model), saes=str(saes), corpus=str(corpus), window=16,
-                                               batch_windows=4, shard_windows=8, examples_k=5, max_tokens=16 * 12)).run
+    return run_collect(
+        root / "run",
+        CollectConfig(
+            model=str(model),
+            saes=str(saes),
+            corpus=str(corpus),
+            window=16,
+            batch_windows=4,
+            shard_windows=8,
+            examples_k=5,
+            max_tokens=16 * 12,
+        ),
+    ).run
 
 
 def test_prompt_graph_matches_direct_encoding(run):
@@ -38,7 +49,7 @@ def test_prompt_graph_matches_direct_encoding(run):
     toks = c.post("/api/prompt/tokens", json={"text": text}).json()["tokens"]
     rm = load_run_model(run)
     ids = rm.adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert [t["id"] for t in toks][-len(ids):] == ids
+    assert [t["id"] for t in toks][-len(ids) :] == ids
     pos = len(toks) - 2
     g = c.post("/api/prompt/graph", json={"text": text, "position": pos, "rel": 0.0}).json()
     assert g["token"] == toks[pos]["text"]

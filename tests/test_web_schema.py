@@ -19,9 +19,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +35,8 @@ from fastapi.testclient import TestClient
 from saelineage.data.finalize import write_parquet
 from saelineage.data.importer import write_run
 from saelineage.run import RunDir
-from saelineage.web.app import create_app
 from saelineage.testing.sample_run import build_sample_run, synthetic_codes
+from saelineage.web.app import create_app
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -53,7 +53,9 @@ database = "none"
 
 # A schema-valid request may only be refused with a documented answer that depends on the data:
 # 404 for a feature or community the run lacks; without a model, 503 from the prompt operations.
-NO_MODEL_CONFIG = GENERATION + """
+NO_MODEL_CONFIG = (
+    GENERATION
+    + """
 [checks]
 positive_data_acceptance.expected-statuses = ["2xx"]
 
@@ -66,9 +68,12 @@ include-path-regex = "^/api/prompt/(tokens|graph)$"
 checks.not_a_server_error.expected-statuses = ["2xx", "4xx", "503"]
 checks.positive_data_acceptance.expected-statuses = ["503"]
 """
+)
 
 # With a model, a position past the prompt's last token is the one documented refusal (400).
-WITH_MODEL_CONFIG = GENERATION + """
+WITH_MODEL_CONFIG = (
+    GENERATION
+    + """
 [checks]
 positive_data_acceptance.expected-statuses = ["2xx"]
 
@@ -76,6 +81,7 @@ positive_data_acceptance.expected-statuses = ["2xx"]
 include-path = "/api/prompt/graph"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400"]
 """
+)
 
 
 class ReplayBackend:
@@ -125,9 +131,27 @@ def schemathesis_run(url: str, config: str, folder: Path, *args: str) -> Counter
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "schemathesis.toml").write_text(config)
     events = folder / "events.ndjson"
-    cmd = [sys.executable, "-m", "schemathesis.cli", "--no-color", "--config-file", str(folder / "schemathesis.toml"),
-           "run", f"{url}/openapi.json", "--checks", "all", "--phases", "examples,coverage,fuzzing",
-           "--workers", "1", "--report", "ndjson", "--report-ndjson-path", str(events), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--no-color",
+        "--config-file",
+        str(folder / "schemathesis.toml"),
+        "run",
+        f"{url}/openapi.json",
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--workers",
+        "1",
+        "--report",
+        "ndjson",
+        "--report-ndjson-path",
+        str(events),
+        *args,
+    ]
     res = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-20_000:] + res.stderr[-5_000:]
     cases: Counter = Counter()
@@ -156,11 +180,19 @@ def takes_input(op: dict) -> bool:
 def add_ablations(run: RunDir, n: int = 12) -> None:
     """Ablation results for `n` edges (what `ablate` writes), so neighbours carry `ablation` objects."""
     edges = pq.read_table(run.file("edges.parquet")).slice(0, n).to_pydict()
-    write_parquet(run.file("ablations.parquet"), pa.table({
-        "measure": ["jaccard"] * n,
-        **{c: pa.array(edges[c], pa.int32()) for c in ("src_layer", "src", "dst_layer", "dst")},
-        "mean_drop": np.linspace(-0.5, 2.0, n), "rel_drop": [float("nan")] + [0.25] * (n - 1),
-        "frac_off": [0.0] * n, "n_tokens": pa.array(range(n), pa.int64())}))
+    write_parquet(
+        run.file("ablations.parquet"),
+        pa.table(
+            {
+                "measure": ["jaccard"] * n,
+                **{c: pa.array(edges[c], pa.int32()) for c in ("src_layer", "src", "dst_layer", "dst")},
+                "mean_drop": np.linspace(-0.5, 2.0, n),
+                "rel_drop": [float("nan")] + [0.25] * (n - 1),
+                "frac_off": [0.0] * n,
+                "n_tokens": pa.array(range(n), pa.int64()),
+            }
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -308,5 +340,12 @@ def test_features_outside_the_index_are_briefed_like_the_rest(app):
     g = app.state.data.g
     known, unknown = g.brief_at(1, 2), g.brief_at(1, 10**6)
     assert known == g.brief(g.idx(1, 2)) and set(unknown) == set(known)
-    assert unknown == {"layer": 1, "feature": 10**6, "label": "", "density": None, "act_max": None,
-                       "lifecycle": None, "community": None}
+    assert unknown == {
+        "layer": 1,
+        "feature": 10**6,
+        "label": "",
+        "density": None,
+        "act_max": None,
+        "lifecycle": None,
+        "community": None,
+    }

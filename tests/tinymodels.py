@@ -21,9 +21,18 @@ def tiny_llama(folder: Path, n_layers: int = 4, d: int = 64, seed: int = 0) -> P
 
     torch.manual_seed(seed)
     tok = gpt2_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d, intermediate_size=2 * d, num_hidden_layers=n_layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=d,
+        intermediate_size=2 * d,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
     return _save(LlamaForCausalLM(cfg), tok, folder)
 
 
@@ -41,7 +50,14 @@ def tiny_neox(folder: Path, n_layers: int = 3, d: int = 64, seed: int = 0) -> Pa
 
     torch.manual_seed(seed)
     tok = gpt2_tokenizer()
-    cfg = GPTNeoXConfig(vocab_size=len(tok), hidden_size=d, intermediate_size=2 * d, num_hidden_layers=n_layers,
-                        num_attention_heads=4, max_position_embeddings=256,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = GPTNeoXConfig(
+        vocab_size=len(tok),
+        hidden_size=d,
+        intermediate_size=2 * d,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     return _save(GPTNeoXForCausalLM(cfg), tok, folder)

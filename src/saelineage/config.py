@@ -17,8 +17,9 @@ import functools
 import inspect
 import textwrap
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 import typer
 
@@ -65,8 +66,13 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         body = tree.body[0].body  # type: ignore[attr-defined]
         for a, b in zip(body, body[1:]):
-            if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
-                    and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
+            if (
+                isinstance(a, ast.AnnAssign)
+                and isinstance(a.target, ast.Name)
+                and isinstance(b, ast.Expr)
+                and isinstance(b.value, ast.Constant)
+                and isinstance(b.value.value, str)
+            ):
                 docs[a.target.id] = " ".join(b.value.value.split())
     return docs
 
@@ -111,8 +117,9 @@ def config_options(cls: type, *, skip: tuple[str, ...] = ()) -> list[inspect.Par
             opt = typer.Option(shown, flag_of(f), help=docs.get(f.name, ""))
         else:
             opt = typer.Option(default, flag_of(f), help=docs.get(f.name, ""))
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt,
-                                        annotation=_option_type(cls, f)))
+        params.append(
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=_option_type(cls, f))
+        )
     return params
 
 
@@ -171,7 +178,7 @@ def to_argv(cfg: Any) -> list[str]:
             if v is not None:
                 out.append(on if v else off)
         elif form.repeat:
-            for item in (v.items() if isinstance(v, dict) else v):
+            for item in v.items() if isinstance(v, dict) else v:
                 out += [flag, form.show(item) if form.show else str(item)]
         elif isinstance(v, bool):
             out.append(flag)  # a plain switch: only its True form exists

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import typer
 from rich.table import Table
@@ -26,8 +26,9 @@ def _heldout_first_window(sae_folder: Path) -> int:
     return int(info["train_windows"][1])
 
 
-def run_demo(run_dir: Path = DEFAULT_RUN, tokens: int = 200_000, serve: bool = True, port: int = 8000,
-             ablate: bool = True) -> dict[str, float]:
+def run_demo(
+    run_dir: Path = DEFAULT_RUN, tokens: int = 200_000, serve: bool = True, port: int = 8000, ablate: bool = True
+) -> dict[str, float]:
     """Train (once), collect, stats, analyze, ablate (small sample), then serve. Returns stage timings."""
     from saelineage.causal.stage import demo_ablation
     from saelineage.collect.config import CollectConfig
@@ -49,8 +50,7 @@ def run_demo(run_dir: Path = DEFAULT_RUN, tokens: int = 200_000, serve: bool = T
 
     sae_folder = Path(timed("SAEs (trained once, then cached)", default_saes))
     first = _heldout_first_window(sae_folder)
-    cfg = CollectConfig(model="smollm2", saes=str(sae_folder), corpus="default", max_tokens=tokens,
-                        first_window=first)
+    cfg = CollectConfig(model="smollm2", saes=str(sae_folder), corpus="default", max_tokens=tokens, first_window=first)
     run = timed("collect", run_collect, run_dir, cfg).run
 
     timed("stats", run_stats, run.path)

@@ -16,8 +16,8 @@ cover is null in its columns.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -48,8 +48,9 @@ def read_features(run: RunDir | str | Path, columns: Sequence[str] | None = None
     want = None if columns is None else set(columns) | set(KEY)
     parts = [(name, pq.read_schema(run.file(name)).names) for name in JOINED_FILES if run.file(name).is_file()]
     owned = {c for _, names in parts for c in names if c not in KEY}
-    base_names = [c for c in pq.read_schema(run.file(FEATURES_FILE)).names
-                  if c not in owned and (want is None or c in want)]
+    base_names = [
+        c for c in pq.read_schema(run.file(FEATURES_FILE)).names if c not in owned and (want is None or c in want)
+    ]
     table = pq.read_table(run.file(FEATURES_FILE), columns=base_names)
     for name, names in parts:
         take = [c for c in names if c not in KEY and (want is None or c in want)]
@@ -67,8 +68,9 @@ def _left_join(left: pa.Table, right: pa.Table, columns: list[str]) -> pa.Table:
     else:
         at = feature_rows(rl, rf)(ll, lf) if len(rl) else np.full(len(ll), -1, np.int64)
         index = pa.array(np.maximum(at, 0), pa.int64(), mask=at < 0)
-        picked = [right.column(c).take(index) if len(rl) else pa.nulls(len(ll), right.schema.field(c).type)
-                  for c in columns]
+        picked = [
+            right.column(c).take(index) if len(rl) else pa.nulls(len(ll), right.schema.field(c).type) for c in columns
+        ]
     for c, col in zip(columns, picked):
         left = left.append_column(right.schema.field(c), col)
     return left

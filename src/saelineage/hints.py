@@ -24,8 +24,9 @@ def _read_manifest(run_path: Path) -> dict[str, Any]:
         return {}
 
 
-def collect_command(run_path: str | Path, *, force: bool = False, manifest: dict[str, Any] | None = None,
-                    **override: Any) -> str | None:
+def collect_command(
+    run_path: str | Path, *, force: bool = False, manifest: dict[str, Any] | None = None, **override: Any
+) -> str | None:
     """The `saelineage collect` command that made (and resumes) the run; None for an imported run.
 
     Options equal to their defaults are left out; `force` appends --force; `override` replaces
@@ -47,8 +48,10 @@ def recollect(run_path: str | Path, *, force: bool = False, manifest: dict[str, 
     written through the store API, how to write it again."""
     cmd = collect_command(run_path, force=force, manifest=manifest)
     if cmd is None:
-        return ("this run was written by the store API (saelineage.data.importer.write_run): write it again "
-                "with write_run(..., force=True).")
+        return (
+            "this run was written by the store API (saelineage.data.importer.write_run): write it again "
+            "with write_run(..., force=True)."
+        )
     return f"run `{cmd}` (it recomputes what is missing and keeps the rest)" if not force else f"run `{cmd}`"
 
 
@@ -62,8 +65,9 @@ def damaged_shard(shard: str | Path, why: object) -> SaelineageError:
     """The error for an unreadable activation shard: delete it, and collect recomputes it."""
     shard = Path(shard)
     run_path = shard.parent.parent  # RUN/activations/shard-NNNNN.safetensors
-    return SaelineageError(f"activation shard {shard} is unreadable or truncated ({why}).",
-                           f"delete {shard}, then {recollect(run_path)}.")
+    return SaelineageError(
+        f"activation shard {shard} is unreadable or truncated ({why}).", f"delete {shard}, then {recollect(run_path)}."
+    )
 
 
 def stats_command(run_path: str | Path, *, force: bool = False, manifest: dict[str, Any] | None = None) -> str:

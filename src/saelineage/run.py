@@ -16,9 +16,10 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from saelineage.errors import SaelineageError
 
@@ -55,7 +56,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         try:
             view = memoryview(data).cast("B")
             while view:  # os.write may write less than asked (signals, >2 GiB)
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -93,16 +94,21 @@ def _size(n: float) -> str:
     return f"{n / 1024:.1f} TiB"
 
 
-def resume_command(run: "RunDir", stage: str) -> str:
+def resume_command(run: RunDir, stage: str) -> str:
     """The command that resumes `stage` of `run`, as exact as the manifest allows (saelineage.hints)."""
     from saelineage import hints
 
-    cmd = (hints.collect_command(run.path) if stage == "collect" else
-           hints.stats_command(run.path) if stage == "stats" else None)
+    cmd = (
+        hints.collect_command(run.path)
+        if stage == "collect"
+        else hints.stats_command(run.path)
+        if stage == "stats"
+        else None
+    )
     return f"`{cmd}`" if cmd else f"`{hints.stage_command(run.path, stage)}` with the same options"
 
 
-def disk_full_error(exc: OSError, run: "RunDir", again: str) -> SaelineageError:
+def disk_full_error(exc: OSError, run: RunDir, again: str) -> SaelineageError:
     """The one message for ENOSPC / EDQUOT while writing into `run` (`again`: the command that resumes)."""
     where = Path(exc.filename) if exc.filename else run.path
     probe = where
@@ -148,7 +154,7 @@ def _holder(fd: int) -> dict[str, Any]:
 
 
 @contextmanager
-def _lock(run: "RunDir", stage: str) -> Iterator[bool]:
+def _lock(run: RunDir, stage: str) -> Iterator[bool]:
     """Hold RUN/.lock (flock, non-blocking); yields True when this call took it (not re-entered).
 
     flock belongs to the open file, so the kernel releases it when the process dies, even by
@@ -168,8 +174,10 @@ def _lock(run: "RunDir", stage: str) -> Iterator[bool]:
     try:
         fd = os.open(run.path / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
     except PermissionError as exc:
-        raise SaelineageError(f"cannot open the run's lock file {run.path / LOCK} ({exc.strerror}).",
-                              "run as a user who may write to the run directory, or fix its permissions.") from exc
+        raise SaelineageError(
+            f"cannot open the run's lock file {run.path / LOCK} ({exc.strerror}).",
+            "run as a user who may write to the run directory, or fix its permissions.",
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -187,8 +195,12 @@ def _lock(run: "RunDir", stage: str) -> Iterator[bool]:
         raise
     _HELD[key] = [fd, 1]
     try:
-        info = {"pid": os.getpid(), "stage": stage, "host": socket.gethostname(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        info = {
+            "pid": os.getpid(),
+            "stage": stage,
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         yield True
@@ -306,8 +318,11 @@ class RunDir:
         if status != "complete":
             from saelineage import hints
 
-            fix = (hints.recollect(self.path, manifest=manifest) if stage == "collect" else
-                   f"run `{hints.stage_command(self.path, stage)}` (it resumes where it stopped).")
+            fix = (
+                hints.recollect(self.path, manifest=manifest)
+                if stage == "collect"
+                else f"run `{hints.stage_command(self.path, stage)}` (it resumes where it stopped)."
+            )
             raise SaelineageError(f"stage '{stage}' of run {self.path} is {status or 'missing'}, not complete.", fix)
         return manifest
 
@@ -329,7 +344,7 @@ class RunDir:
 
     # ---- write access ----------------------------------------------------------------
     @contextmanager
-    def writing(self, stage: str, create: bool = False, again: str | None = None) -> Iterator["RunDir"]:
+    def writing(self, stage: str, create: bool = False, again: str | None = None) -> Iterator[RunDir]:
         """Exclusive write access for `stage`; every stage that writes into the run takes it.
 
         Refuses (SaelineageError naming the other process) while another process writes; then

@@ -32,9 +32,11 @@ def load_run_model(run: RunDir | str | Path, device: str | None = None) -> RunMo
     cfg = m.get("config") or {}
     spec = cfg.get("model") or (m.get("model") or {}).get("spec")
     if not spec or spec == "imported":
-        raise SaelineageError(f"run {run.path} was imported without a model.",
-                              "prompts and ablations need the model: collect the corpus with "
-                              "`saelineage collect RUN --model MODEL --saes SAES` into a new run directory.")
+        raise SaelineageError(
+            f"run {run.path} was imported without a model.",
+            "prompts and ablations need the model: collect the corpus with "
+            "`saelineage collect RUN --model MODEL --saes SAES` into a new run directory.",
+        )
     saes = {}
     for layer in m["layers"]:
         meta = m["saes"].get(str(layer)) or {}
@@ -43,10 +45,15 @@ def load_run_model(run: RunDir | str | Path, device: str | None = None) -> RunMo
             from saelineage.hints import collect_command
 
             again = collect_command(run.path, force=True, manifest=m, saes="NEW_FOLDER")
-            raise SaelineageError(f"the SAE of layer {layer} is not at {path!r} any more.",
-                                  f"restore that folder, or collect the run again from the SAEs' new folder: "
-                                  f"`{again}`.")
+            raise SaelineageError(
+                f"the SAE of layer {layer} is not at {path!r} any more.",
+                f"restore that folder, or collect the run again from the SAEs' new folder: `{again}`.",
+            )
         saes[int(layer)] = load_sae(path, device=device or cfg.get("device", "cpu"), dtype=cfg.get("dtype", "float32"))
-    adapter = load_model(spec, dtype=cfg.get("dtype", "float32"), device=device or cfg.get("device", "cpu"),
-                         center_residual=m.get("center_residual"))
+    adapter = load_model(
+        spec,
+        dtype=cfg.get("dtype", "float32"),
+        device=device or cfg.get("device", "cpu"),
+        center_residual=m.get("center_residual"),
+    )
     return RunModel(adapter, saes)

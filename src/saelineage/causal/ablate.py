@@ -33,7 +33,8 @@ pass restarts at hook l (see forward.py), stopping at the deepest downstream hoo
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -41,8 +42,16 @@ import torch
 
 from saelineage.causal.engine import Engine, Plan
 
-EFFECT_COLUMNS = ("n_tokens", "n_windows", "n_windows_ablated", "mean_clean", "mean_drop", "median_drop",
-                  "rel_drop", "frac_off")
+EFFECT_COLUMNS = (
+    "n_tokens",
+    "n_windows",
+    "n_windows_ablated",
+    "mean_clean",
+    "mean_drop",
+    "median_drop",
+    "rel_drop",
+    "frac_off",
+)
 
 
 # ---- one latent's write (closed form) ------------------------------------------------------------------
@@ -69,13 +78,23 @@ class AblationResult(NamedTuple):
 
 def _effects(clean: np.ndarray, abl: np.ndarray, threshold: float) -> dict[str, float]:
     if len(clean) == 0:
-        return {"mean_clean": np.nan, "mean_drop": np.nan, "median_drop": np.nan, "rel_drop": np.nan,
-                "frac_off": np.nan}
+        return {
+            "mean_clean": np.nan,
+            "mean_drop": np.nan,
+            "median_drop": np.nan,
+            "rel_drop": np.nan,
+            "frac_off": np.nan,
+        }
     drop = clean.astype(np.float64) - abl.astype(np.float64)
     mc = float(clean.astype(np.float64).mean())
     md = float(drop.mean())
-    return {"mean_clean": mc, "mean_drop": md, "median_drop": float(np.median(drop)),
-            "rel_drop": md / mc if mc > 0 else np.nan, "frac_off": float((abl <= threshold).mean())}
+    return {
+        "mean_clean": mc,
+        "mean_drop": md,
+        "median_drop": float(np.median(drop)),
+        "rel_drop": md / mc if mc > 0 else np.nan,
+        "frac_off": float((abl <= threshold).mean()),
+    }
 
 
 def ablate_pairs(
@@ -125,8 +144,20 @@ def ablate_pairs(
         plan = Plan(saes, pairs, run_windows)
         per_window = seq * adapter.d_model * torch.finfo(adapter.dtype).bits // 8 * max(1, len(plan.src_layers))
         chunk = max(batch_rows, cache_bytes // per_window // batch_rows * batch_rows)
-        Engine(adapter, saes, ids, mask, plan, acc, threshold, batch_rows, skip_prefix, prune,
-               one_feature_per_forward, info).run(chunk, progress)
+        Engine(
+            adapter,
+            saes,
+            ids,
+            mask,
+            plan,
+            acc,
+            threshold,
+            batch_rows,
+            skip_prefix,
+            prune,
+            one_feature_per_forward,
+            info,
+        ).run(chunk, progress)
         info["jobs_pruned"] = int(possible - info.get("jobs", 0))
     return _assemble(pairs, pair_windows, acc, threshold, keep_tokens, info)
 
@@ -139,8 +170,9 @@ def _n_feature_windows(pairs: np.ndarray, pair_windows: Sequence[np.ndarray]) ->
     return sum(len(v) for v in seen.values())
 
 
-def _measure_silent(pairs: np.ndarray, pair_windows: list[np.ndarray], stored, threshold: float, acc: "_Acc"
-                    ) -> list[np.ndarray]:
+def _measure_silent(
+    pairs: np.ndarray, pair_windows: list[np.ndarray], stored, threshold: float, acc: _Acc
+) -> list[np.ndarray]:
     """Record, from the store, every (pair, window) where the upstream feature does not fire (drop 0);
     return per pair the windows left to run."""
     fires: dict[tuple[int, int], np.ndarray] = {}
@@ -186,11 +218,16 @@ def _assemble(pairs, pair_windows, acc: _Acc, threshold, keep_tokens, info) -> A
             wh = np.concatenate(acc.where[p]) if acc.where[p] else np.zeros((0, 2), np.int64)
             order = np.lexsort((wh[:, 1], wh[:, 0]))
             tokens.append({"window": wh[order, 0], "pos": wh[order, 1], "clean": c[order], "ablated": a[order]})
-    table = pa.table({
-        "src_layer": pa.array(pairs[:, 0], pa.int32()), "src": pa.array(pairs[:, 1], pa.int32()),
-        "dst_layer": pa.array(pairs[:, 2], pa.int32()), "dst": pa.array(pairs[:, 3], pa.int32()),
-        "n_tokens": pa.array(cols["n_tokens"], pa.int64()), "n_windows": pa.array(cols["n_windows"], pa.int64()),
-        "n_windows_ablated": pa.array(cols["n_windows_ablated"], pa.int64()),
-        **{k: pa.array(cols[k], pa.float64()) for k in EFFECT_COLUMNS[3:]},
-    })
+    table = pa.table(
+        {
+            "src_layer": pa.array(pairs[:, 0], pa.int32()),
+            "src": pa.array(pairs[:, 1], pa.int32()),
+            "dst_layer": pa.array(pairs[:, 2], pa.int32()),
+            "dst": pa.array(pairs[:, 3], pa.int32()),
+            "n_tokens": pa.array(cols["n_tokens"], pa.int64()),
+            "n_windows": pa.array(cols["n_windows"], pa.int64()),
+            "n_windows_ablated": pa.array(cols["n_windows_ablated"], pa.int64()),
+            **{k: pa.array(cols[k], pa.float64()) for k in EFFECT_COLUMNS[3:]},
+        }
+    )
     return AblationResult(table, tokens, info)

@@ -49,8 +49,9 @@ class AblateConfig:
     windows_per_pair: int = 8
     """Windows per downstream feature on which its drop is measured (drawn among the windows where it is
     active)."""
-    layer_pairs: list[tuple[int, int]] | None = field(default=None, metadata=cli(
-        parse=parse_layer_pairs, show=format_layer_pairs))
+    layer_pairs: list[tuple[int, int]] | None = field(
+        default=None, metadata=cli(parse=parse_layer_pairs, show=format_layer_pairs)
+    )
     """Only these layer pairs, e.g. '0:1,5:6' (default: all in edges)."""
     threshold: float | None = None
     """Activation above which a downstream feature counts as active (default: the run's active threshold, 0)."""

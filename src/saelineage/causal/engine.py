@@ -43,16 +43,30 @@ class Plan:
             for w in pair_windows[p].tolist():
                 self.pairs_of_window.setdefault(w, []).append(p)
                 deepest[w] = max(deepest.get(w, -1), self.hook[m].order)
-        self.feature_deepest = {key: max(self.hook[int(pairs[p, 2])].order for p in ps)
-                                for key, ps in self.pairs_of_feature.items()}
+        self.feature_deepest = {
+            key: max(self.hook[int(pairs[p, 2])].order for p in ps) for key, ps in self.pairs_of_feature.items()
+        }
         self.windows = np.array(sorted(deepest, key=lambda w: (deepest[w], w)), dtype=np.int64)
 
 
 class Engine:
     """Runs the jobs of one Plan chunk by chunk, feeding an accumulator `acc` (see ablate._Acc)."""
 
-    def __init__(self, adapter, saes: dict, ids: torch.Tensor, mask: np.ndarray, plan: Plan, acc, threshold: float,
-                 batch_rows: int, skip_prefix: bool, prune: bool, one_feature_per_forward: bool, info: dict) -> None:
+    def __init__(
+        self,
+        adapter,
+        saes: dict,
+        ids: torch.Tensor,
+        mask: np.ndarray,
+        plan: Plan,
+        acc,
+        threshold: float,
+        batch_rows: int,
+        skip_prefix: bool,
+        prune: bool,
+        one_feature_per_forward: bool,
+        info: dict,
+    ) -> None:
         self.adapter, self.saes, self.ids, self.mask, self.plan, self.acc = adapter, saes, ids, mask, plan, acc
         self.threshold, self.batch_rows, self.prune, self.one = threshold, batch_rows, prune, one_feature_per_forward
         self.skip_prefix, self.info = skip_prefix, info
@@ -67,13 +81,23 @@ class Engine:
 
         plan, seq, C = self.plan, self.ids.shape[1], len(W)
         mask = torch.from_numpy(self.mask[W])
-        st = {"x": {}, "codes_l": {l: torch.zeros(C, seq, len(plan.feats[l])) for l in src},
-              "codes_m": {m: torch.zeros(C, seq, len(plan.targets[m])) for m in dst}, "scale": {}, "ref": None}
+        st = {
+            "x": {},
+            "codes_l": {l: torch.zeros(C, seq, len(plan.feats[l])) for l in src},
+            "codes_m": {m: torch.zeros(C, seq, len(plan.targets[m])) for m in dst},
+            "scale": {},
+            "ref": None,
+        }
         layers = sorted(set(src) | set(dst), key=lambda L: plan.hook[L].order)
         for r0 in range(0, C, self.batch_rows):
             rows = slice(r0, min(r0 + self.batch_rows, C))
-            raw, res = capture(self.adapter, self.ids[torch.as_tensor(W[rows])], [plan.hook[l] for l in src],
-                               [plan.hook[m] for m in dst], self.fmt)
+            raw, res = capture(
+                self.adapter,
+                self.ids[torch.as_tensor(W[rows])],
+                [plan.hook[l] for l in src],
+                [plan.hook[m] for m in dst],
+                self.fmt,
+            )
             self.info["forward_passes"] += 1
             if st["ref"] is None:
                 st["ref"] = {m: res[plan.hook[m]][0].clone() for m in dst}
@@ -91,7 +115,9 @@ class Engine:
                     st["codes_l"][L][rows] = c.view(n, seq, -1) * mask[rows][..., None]
                     sc = sae.write_scale(s)
                     if sc is not None:
-                        st["scale"].setdefault(L, torch.empty(C, seq, dtype=sc.dtype, device=sc.device))[rows] = sc.view(n, seq)
+                        st["scale"].setdefault(L, torch.empty(C, seq, dtype=sc.dtype, device=sc.device))[rows] = (
+                            sc.view(n, seq)
+                        )
                 if L in dst:
                     c = codes[:, torch.as_tensor(plan.targets[L], device=codes.device)].float().cpu()
                     st["codes_m"][L][rows] = c.view(n, seq, -1)
@@ -141,7 +167,12 @@ class Engine:
         out: list[list[tuple[int, int, int]]] = []
         for job in jobs:
             last = out[-1] if out else None
-            if last and len(last) < self.batch_rows and last[-1][0] == job[0] and (not self.one or last[-1][1] == job[1]):
+            if (
+                last
+                and len(last) < self.batch_rows
+                and last[-1][0] == job[0]
+                and (not self.one or last[-1][1] == job[1])
+            ):
                 last.append(job)
             else:
                 out.append([job])
@@ -161,8 +192,11 @@ class Engine:
                 got, want = out[plan.hook[m]][0], st["ref"][m]
                 ok &= bool(torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()) + 1e-6))
             if not ok:
-                warnings.warn(f"restarting the forward pass at {plan.hook[l].name} does not reproduce a full pass "
-                              "for this model; using full passes (slower).")
+                warnings.warn(
+                    f"restarting the forward pass at {plan.hook[l].name} does not reproduce a full pass "
+                    "for this model; using full passes (slower).",
+                    stacklevel=2,
+                )
                 self.info["skip_prefix"] = False
             self.checked[l] = ok
         return self.fmt if self.checked[l] else None
@@ -206,7 +240,7 @@ class Engine:
             o = 0
             for b, p, t in todo:
                 j, r = int(plan.pairs[p, 3]), batch[b][2]
-                acc.add(p, int(W[r]), t, st["codes_m"][m][r, t, plan.tpos[m][j]].numpy(), ab[o:o + len(t), j].numpy())
+                acc.add(p, int(W[r]), t, st["codes_m"][m][r, t, plan.tpos[m][j]].numpy(), ab[o : o + len(t), j].numpy())
                 o += len(t)
 
     def _pairs_of_batch(self, l: int, batch) -> set[int]:
@@ -214,7 +248,7 @@ class Engine:
 
     def run(self, chunk_windows: int, progress=None) -> None:
         W_all = self.plan.windows
-        chunks = [W_all[i:i + chunk_windows] for i in range(0, len(W_all), chunk_windows)]
+        chunks = [W_all[i : i + chunk_windows] for i in range(0, len(W_all), chunk_windows)]
         task = progress.add_task("ablate", total=len(chunks), rate="") if progress else None
         for W in chunks:
             self._first_window = W[:1]
@@ -222,4 +256,3 @@ class Engine:
             self.info["chunks"] = self.info.get("chunks", 0) + 1
             if progress:
                 progress.advance(task)
-

@@ -26,8 +26,14 @@ from saelineage.errors import SaelineageError
 from saelineage.feature_table import ANALYSIS_FILE, read_features
 from saelineage.run import RunDir
 
-ERROR_COLUMNS = ("error_next_layer", "error_proj_tokens", "error_proj", "error_proj_rel", "error_proj_base",
-                 "resid_proj_rel")
+ERROR_COLUMNS = (
+    "error_next_layer",
+    "error_proj_tokens",
+    "error_proj",
+    "error_proj_rel",
+    "error_proj_base",
+    "resid_proj_rel",
+)
 
 
 def ending_features(run: RunDir, measure: str = "pearson", threshold: float = 0.5) -> tuple[dict[int, np.ndarray], str]:
@@ -50,23 +56,39 @@ def ending_features(run: RunDir, measure: str = "pearson", threshold: float = 0.
             out[l] = np.sort(fid[(layer_col == l) & ends].astype(np.int64))
         return out, "features without a successor by analyze (lifecycle 'ending' or 'new+ending')"
     if not run.file("edges.parquet").is_file():
-        raise SaelineageError(f"no lifecycle ({ANALYSIS_FILE}) and no edges.parquet.",
-                              "run `saelineage stats RUN` (and `saelineage analyze RUN`) first.")
+        raise SaelineageError(
+            f"no lifecycle ({ANALYSIS_FILE}) and no edges.parquet.",
+            "run `saelineage stats RUN` (and `saelineage analyze RUN`) first.",
+        )
     edges = pq.read_table(run.file("edges.parquet"), columns=["src_layer", "src", "dst_layer", measure])
     live = feats.column("n_active").to_numpy() > 0
     for l, nl in nxt.items():
-        e = edges.filter(pc.and_(pc.and_(pc.equal(edges["src_layer"], l), pc.equal(edges["dst_layer"], nl)),
-                                 pc.greater_equal(edges[measure], threshold)))
+        e = edges.filter(
+            pc.and_(
+                pc.and_(pc.equal(edges["src_layer"], l), pc.equal(edges["dst_layer"], nl)),
+                pc.greater_equal(edges[measure], threshold),
+            )
+        )
         has = np.unique(e.column("src").to_numpy())
         cand = fid[(layer_col == l) & live].astype(np.int64)
         out[l] = np.sort(cand[~np.isin(cand, has)])
-    return out, (f"analyze has not run (no lifecycle): 'ending' = live features with no edge to the next "
-                 f"layer with {measure} ≥ {threshold}")
+    return out, (
+        f"analyze has not run (no lifecycle): 'ending' = live features with no edge to the next "
+        f"layer with {measure} ≥ {threshold}"
+    )
 
 
 @torch.no_grad()
-def project_errors(adapter, saes: dict, ids: torch.Tensor, token_mask: np.ndarray, features: dict[int, np.ndarray],
-                   next_layer: dict[int, int], threshold: float = 0.0, batch_rows: int = 32) -> pa.Table:
+def project_errors(
+    adapter,
+    saes: dict,
+    ids: torch.Tensor,
+    token_mask: np.ndarray,
+    features: dict[int, np.ndarray],
+    next_layer: dict[int, int],
+    threshold: float = 0.0,
+    batch_rows: int = 32,
+) -> pa.Table:
     """Error projections (ERROR_COLUMNS) for `features` {layer: ids}, over windows ids int64 [W, S].
 
     token_mask bool [W, S] is the token set. One clean pass per batch of windows captures every
@@ -80,8 +102,8 @@ def project_errors(adapter, saes: dict, ids: torch.Tensor, token_mask: np.ndarra
     acc = {l: np.zeros((6, len(features[l])), np.float64) for l in layers}
     dirs = {l: saes[l].write_directions(features[l]) for l in layers}
     for r0 in range(0, len(ids), batch_rows):
-        res = adapter.residuals(ids[r0:r0 + batch_rows], hooks)
-        mask = torch.from_numpy(np.asarray(token_mask[r0:r0 + batch_rows]).reshape(-1))
+        res = adapter.residuals(ids[r0 : r0 + batch_rows], hooks)
+        mask = torch.from_numpy(np.asarray(token_mask[r0 : r0 + batch_rows]).reshape(-1))
         written: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for L in order:  # each layer encoded once per batch; its dense codes dropped right after
             sae = saes[L]
@@ -102,8 +124,9 @@ def project_errors(adapter, saes: dict, ids: torch.Tensor, token_mask: np.ndarra
                 on = (a > threshold) & m_
                 off = (~on) & m_
                 f64 = lambda t: t.double().sum(0).cpu().numpy()  # noqa: E731
-                acc[l] += np.stack([f64(on), f64(proj * on), f64(w * on), f64(proj_res * on), f64(proj * off),
-                                    f64(off)])
+                acc[l] += np.stack(
+                    [f64(on), f64(proj * on), f64(w * on), f64(proj_res * on), f64(proj * off), f64(off)]
+                )
             del codes
     return _table(acc, features, next_layer)
 
@@ -113,17 +136,24 @@ def _table(acc: dict, features: dict[int, np.ndarray], next_layer: dict[int, int
     for l in sorted(acc):
         n, sp, sw, sr, sb, nb = acc[l]
         with np.errstate(invalid="ignore", divide="ignore"):
-            cols = {"error_proj": sp / n, "error_proj_rel": sp / sw, "error_proj_base": sb / nb,
-                    "resid_proj_rel": sr / sw}
+            cols = {
+                "error_proj": sp / n,
+                "error_proj_rel": sp / sw,
+                "error_proj_base": sb / nb,
+                "resid_proj_rel": sr / sw,
+            }
         rows["layer"] += [l] * len(n)
         rows["feature"] += np.asarray(features[l]).tolist()
         rows["error_next_layer"] += [next_layer[l]] * len(n)
         rows["error_proj_tokens"] += n.astype(np.int64).tolist()
         for k, v in cols.items():
             rows[k] += [float(x) if np.isfinite(x) else None for x in v]
-    return pa.table({
-        "layer": pa.array(rows["layer"], pa.int32()), "feature": pa.array(rows["feature"], pa.int32()),
-        "error_next_layer": pa.array(rows["error_next_layer"], pa.int32()),
-        "error_proj_tokens": pa.array(rows["error_proj_tokens"], pa.int64()),
-        **{k: pa.array(rows[k], pa.float64()) for k in ERROR_COLUMNS[2:]},
-    })
+    return pa.table(
+        {
+            "layer": pa.array(rows["layer"], pa.int32()),
+            "feature": pa.array(rows["feature"], pa.int32()),
+            "error_next_layer": pa.array(rows["error_next_layer"], pa.int32()),
+            "error_proj_tokens": pa.array(rows["error_proj_tokens"], pa.int64()),
+            **{k: pa.array(rows[k], pa.float64()) for k in ERROR_COLUMNS[2:]},
+        }
+    )

@@ -10,8 +10,8 @@ against a full pass and falls back to full passes if a model does not allow it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -60,8 +60,13 @@ def _skipping(blocks, n: int, fmt: BlockFormat) -> Iterator[None]:
 
 
 @torch.no_grad()
-def capture(adapter, ids: torch.Tensor, raw_hooks: Sequence[HookPoint], outs: Sequence[HookPoint],
-            fmt: BlockFormat | None = None) -> tuple[dict[HookPoint, torch.Tensor], dict[HookPoint, torch.Tensor]]:
+def capture(
+    adapter,
+    ids: torch.Tensor,
+    raw_hooks: Sequence[HookPoint],
+    outs: Sequence[HookPoint],
+    fmt: BlockFormat | None = None,
+) -> tuple[dict[HookPoint, torch.Tensor], dict[HookPoint, torch.Tensor]]:
     """Clean pass: ({hook: uncentred residual [B,S,d]} for raw_hooks, {hook: SAE-space residual [B,S,d]}).
 
     SAE-space = centred when `adapter.center_residual`; returned for raw_hooks and outs.
@@ -86,14 +91,20 @@ def capture(adapter, ids: torch.Tensor, raw_hooks: Sequence[HookPoint], outs: Se
 
 
 @torch.no_grad()
-def resume_from(adapter, ids: torch.Tensor, hook_l: HookPoint, outs: Sequence[HookPoint],
-                replace: Callable[[torch.Tensor], torch.Tensor], skip: BlockFormat | None
-                ) -> dict[HookPoint, torch.Tensor]:
+def resume_from(
+    adapter,
+    ids: torch.Tensor,
+    hook_l: HookPoint,
+    outs: Sequence[HookPoint],
+    replace: Callable[[torch.Tensor], torch.Tensor],
+    skip: BlockFormat | None,
+) -> dict[HookPoint, torch.Tensor]:
     """Pass with the residual at hook_l replaced by `replace(x)` (uncentred, [B,S,d]).
 
     With `skip` (a known BlockFormat) the blocks before hook_l are pass-throughs, so `replace`
     receives a meaningless tensor and must build the residual from a cache. Returns the
     SAE-space residuals at `outs` (and hook_l)."""
+
     def edit(h: HookPoint, x: torch.Tensor) -> torch.Tensor | None:
         return replace(x) if h == hook_l else None
 

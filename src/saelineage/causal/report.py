@@ -43,9 +43,17 @@ def correlations(ablations: pa.Table) -> list[dict]:
                 sel &= (sl == g[0]) & (dl == g[1])
             rho, p = _spearman(sim[sel], drop[sel])
             rho_rel, _ = _spearman(sim[sel], rel[sel])
-            out.append({"measure": m, "src_layer": None if g is None else int(g[0]),
-                        "dst_layer": None if g is None else int(g[1]), "n_pairs": int(sel.sum()),
-                        "spearman_drop": rho, "p_value": p, "spearman_rel_drop": rho_rel})
+            out.append(
+                {
+                    "measure": m,
+                    "src_layer": None if g is None else int(g[0]),
+                    "dst_layer": None if g is None else int(g[1]),
+                    "n_pairs": int(sel.sum()),
+                    "spearman_drop": rho,
+                    "p_value": p,
+                    "spearman_rel_drop": rho_rel,
+                }
+            )
     return out
 
 
@@ -68,8 +76,14 @@ def print_correlations(rows: list[dict], console=None, pooled_only: bool = False
             continue
         layers = "all" if pooled else f"{r['src_layer']}→{r['dst_layer']}"
         p = r["p_value"]
-        cells = [r["measure"], layers, str(r["n_pairs"]), _fmt(r["spearman_drop"]),
-                 "—" if not np.isfinite(p) else f"{p:.1e}", _fmt(r["spearman_rel_drop"])]
+        cells = [
+            r["measure"],
+            layers,
+            str(r["n_pairs"]),
+            _fmt(r["spearman_drop"]),
+            "—" if not np.isfinite(p) else f"{p:.1e}",
+            _fmt(r["spearman_rel_drop"]),
+        ]
         t.add_row(*[f"[bold]{c}[/]" if pooled else c for c in cells])
     console.print(t)
 
@@ -86,27 +100,57 @@ def write_plot(ablations: pa.Table, path: Path, title: str = "") -> Path:
     n = max(1, len(meas))
     ncol = min(3, n)
     nrow = -(-n // ncol)
-    fig = make_subplots(rows=nrow, cols=ncol, subplot_titles=meas or ["(no pairs)"],
-                        horizontal_spacing=0.07, vertical_spacing=0.12)
+    fig = make_subplots(
+        rows=nrow, cols=ncol, subplot_titles=meas or ["(no pairs)"], horizontal_spacing=0.07, vertical_spacing=0.12
+    )
     d = {c: np.asarray(ablations.column(c).to_pylist(), dtype=object) for c in ablations.column_names}
     layer_pairs = sorted(set(zip(d["src_layer"].tolist(), d["dst_layer"].tolist()))) if ablations.num_rows else []
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-               "#bcbd22", "#17becf"]
+    palette = [
+        "#1f77b4",
+        "#ff7f0e",
+        "#2ca02c",
+        "#d62728",
+        "#9467bd",
+        "#8c564b",
+        "#e377c2",
+        "#7f7f7f",
+        "#bcbd22",
+        "#17becf",
+    ]
     for k, m in enumerate(meas):
         row, col = k // ncol + 1, k % ncol + 1
         for c, lp in enumerate(layer_pairs):
             sel = (d["measure"] == m) & (d["src_layer"] == lp[0]) & (d["dst_layer"] == lp[1]) & (d["n_tokens"] > 0)
             if not sel.any():
                 continue
-            hover = [f"{sl}/{s} → {dl}/{t}<br>sim {x:.3f}<br>mean drop {y:.4g} (rel {r:.3g})<br>{n} tokens"
-                     for sl, s, dl, t, x, y, r, n in zip(d["src_layer"][sel], d["src"][sel], d["dst_layer"][sel],
-                                                         d["dst"][sel], d["similarity"][sel], d["mean_drop"][sel],
-                                                         d["rel_drop"][sel], d["n_tokens"][sel])]
-            fig.add_trace(go.Scatter(
-                x=d["similarity"][sel].astype(float), y=d["mean_drop"][sel].astype(float), mode="markers",
-                marker={"size": 6, "opacity": 0.7, "color": palette[c % len(palette)]},
-                name=f"layers {lp[0]}→{lp[1]}", legendgroup=f"{lp}", showlegend=k == 0,
-                hovertext=hover, hoverinfo="text"), row=row, col=col)
+            hover = [
+                f"{sl}/{s} → {dl}/{t}<br>sim {x:.3f}<br>mean drop {y:.4g} (rel {r:.3g})<br>{n} tokens"
+                for sl, s, dl, t, x, y, r, n in zip(
+                    d["src_layer"][sel],
+                    d["src"][sel],
+                    d["dst_layer"][sel],
+                    d["dst"][sel],
+                    d["similarity"][sel],
+                    d["mean_drop"][sel],
+                    d["rel_drop"][sel],
+                    d["n_tokens"][sel],
+                )
+            ]
+            fig.add_trace(
+                go.Scatter(
+                    x=d["similarity"][sel].astype(float),
+                    y=d["mean_drop"][sel].astype(float),
+                    mode="markers",
+                    marker={"size": 6, "opacity": 0.7, "color": palette[c % len(palette)]},
+                    name=f"layers {lp[0]}→{lp[1]}",
+                    legendgroup=f"{lp}",
+                    showlegend=k == 0,
+                    hovertext=hover,
+                    hoverinfo="text",
+                ),
+                row=row,
+                col=col,
+            )
         sel = (d["measure"] == m) & (d["n_tokens"] > 0)
         if sel.any():
             bins = d["bin"][sel].astype(int)
@@ -114,9 +158,19 @@ def write_plot(ablations: pa.Table, path: Path, title: str = "") -> Path:
             for b in sorted(set(bins.tolist())):
                 xs.append(float(np.mean(d["similarity"][sel][bins == b].astype(float))))
                 ys.append(float(np.mean(d["mean_drop"][sel][bins == b].astype(float))))
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line={"color": "black", "width": 2},
-                                     name="bin mean (all layers)", legendgroup="binmean", showlegend=k == 0),
-                          row=row, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines+markers",
+                    line={"color": "black", "width": 2},
+                    name="bin mean (all layers)",
+                    legendgroup="binmean",
+                    showlegend=k == 0,
+                ),
+                row=row,
+                col=col,
+            )
         fig.update_xaxes(title_text=m, row=row, col=col)
         fig.update_yaxes(title_text="mean drop of downstream activation", row=row, col=col)
     fig.update_layout(title=title or "Ablation effect vs similarity", height=360 * nrow + 80, template="plotly_white")

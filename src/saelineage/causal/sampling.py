@@ -15,7 +15,7 @@ every row that holds it, so no row is lost or overwritten.
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -75,21 +75,21 @@ def sample_edges(
         measures = [m for m in MEASURES if m in cols]
     missing = [m for m in measures if m not in cols]
     if missing:
-        raise SaelineageError(f"edges.parquet has no column(s) {missing}.",
-                              f"choose --measures among {[m for m in MEASURES if m in cols]}.")
+        raise SaelineageError(
+            f"edges.parquet has no column(s) {missing}.",
+            f"choose --measures among {[m for m in MEASURES if m in cols]}.",
+        )
     src_layer = edges.column("src_layer").to_numpy().astype(np.int64)
     dst_layer = edges.column("dst_layer").to_numpy().astype(np.int64)
     src = edges.column("src").to_numpy().astype(np.int64)
     dst = edges.column("dst").to_numpy().astype(np.int64)
-    n_co = (edges.column("n_co").to_numpy().astype(np.int64) if "n_co" in cols
-            else np.full(edges.num_rows, -1, np.int64))
+    n_co = edges.column("n_co").to_numpy().astype(np.int64) if "n_co" in cols else np.full(edges.num_rows, -1, np.int64)
     pairs = sorted(set(zip(src_layer.tolist(), dst_layer.tolist())))
     if layer_pairs is not None:
         want = {(int(a), int(b)) for a, b in layer_pairs}
         unknown = sorted(want - set(pairs))
         if unknown:
-            raise SaelineageError(f"edges.parquet has no edges for layer pairs {unknown}.",
-                                  f"choose among {pairs}.")
+            raise SaelineageError(f"edges.parquet has no edges for layer pairs {unknown}.", f"choose among {pairs}.")
         pairs = [p for p in pairs if p in want]
     out: dict[str, list] = {c: [] for c in SAMPLE_COLUMNS}
     for measure in measures:
@@ -120,9 +120,18 @@ def sample_edges(
                 out["src"] += src[r].tolist()
                 out["dst"] += dst[r].tolist()
                 out["n_co"] += n_co[r].tolist()
-    types = {"measure": pa.string(), "src_layer": pa.int32(), "dst_layer": pa.int32(), "bin": pa.int32(),
-             "bin_lo": pa.float64(), "bin_hi": pa.float64(), "similarity": pa.float64(), "src": pa.int32(),
-             "dst": pa.int32(), "n_co": pa.int64()}
+    types = {
+        "measure": pa.string(),
+        "src_layer": pa.int32(),
+        "dst_layer": pa.int32(),
+        "bin": pa.int32(),
+        "bin_lo": pa.float64(),
+        "bin_hi": pa.float64(),
+        "similarity": pa.float64(),
+        "src": pa.int32(),
+        "dst": pa.int32(),
+        "n_co": pa.int64(),
+    }
     return pa.table({c: pa.array(out[c], types[c]) for c in SAMPLE_COLUMNS})
 
 
@@ -131,8 +140,13 @@ def unique_pairs(sample: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
     Returns (pairs int64 [P, 4] with columns src_layer, src, dst_layer, dst, sorted;
     inverse int64 [rows] such that row r's pair is pairs[inverse[r]])."""
-    keys = np.stack([sample.column(c).to_numpy().astype(np.int64) for c in ("src_layer", "src", "dst_layer", "dst")],
-                    axis=1) if sample.num_rows else np.zeros((0, 4), np.int64)
+    keys = (
+        np.stack(
+            [sample.column(c).to_numpy().astype(np.int64) for c in ("src_layer", "src", "dst_layer", "dst")], axis=1
+        )
+        if sample.num_rows
+        else np.zeros((0, 4), np.int64)
+    )
     if len(keys) == 0:
         return keys, np.zeros(0, np.int64)
     pairs, inverse = np.unique(keys, axis=0, return_inverse=True)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -54,8 +55,14 @@ class AblateResult(NamedTuple):
 
 
 @writes_run("ablate")
-def run_ablate(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, *, force: bool = False,
-               progress: bool = True, model=None) -> AblateResult:
+def run_ablate(
+    run_dir: str | Path | RunDir,
+    cfg: AblateConfig | None = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    model=None,
+) -> AblateResult:
     """Sample edges, ablate their upstream features, measure the downstream drop; `model` = a preloaded RunModel."""
     cfg = cfg or AblateConfig()
     if cfg.batch_rows < 1 or cfg.windows_per_pair < 1:
@@ -65,8 +72,10 @@ def run_ablate(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, *,
     prev = (manifest.get("stages") or {}).get("ablate") or {}
     if prev.get("status") == "complete" and not force and run.file("ablations.parquet").is_file():
         if _identity(prev.get("config") or {}) != _identity(asdict(cfg)):
-            raise SaelineageError(f"ablate of {run.path} is complete with other options ({prev.get('config')}).",
-                                  "pass --force to redo it with the new options.")
+            raise SaelineageError(
+                f"ablate of {run.path} is complete with other options ({prev.get('config')}).",
+                "pass --force to redo it with the new options.",
+            )
         if progress:
             console.print(f"ablate: {run.path} is complete; skipping (use --force to redo).")
         table = pq.read_table(run.file("ablations.parquet"))
@@ -74,15 +83,26 @@ def run_ablate(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, *,
         if progress:
             print_correlations(corr)
         return AblateResult(run, table, corr, True)
-    threshold = float(cfg.threshold if cfg.threshold is not None else (manifest.get("thresholds") or {}).get("active", 0.0))
+    threshold = float(
+        cfg.threshold if cfg.threshold is not None else (manifest.get("thresholds") or {}).get("active", 0.0)
+    )
     edges = pq.read_table(run.file("edges.parquet"))
     sample = sample_edges(edges, cfg.measures, cfg.bins, cfg.per_bin, cfg.seed, cfg.binning, cfg.layer_pairs)
     if sample.num_rows == 0:
-        raise SaelineageError("edges.parquet has no edges to sample for the chosen measures and layer pairs.",
-                              "lower stats thresholds, or choose other --measures / --layer-pairs.")
+        raise SaelineageError(
+            "edges.parquet has no edges to sample for the chosen measures and layer pairs.",
+            "lower stats thresholds, or choose other --measures / --layer-pairs.",
+        )
     pairs, inverse = unique_pairs(sample)
-    key = config_hash({"cfg": _identity(asdict(cfg)), "threshold": threshold, "pairs": pairs.tolist(),
-                       "collect": manifest.get("config_hash"), "stats": manifest["stages"]["stats"].get("started")})
+    key = config_hash(
+        {
+            "cfg": _identity(asdict(cfg)),
+            "threshold": threshold,
+            "pairs": pairs.tolist(),
+            "collect": manifest.get("config_hash"),
+            "stats": manifest["stages"]["stats"].get("started"),
+        }
+    )
     if force:
         shutil.rmtree(run.file(PARTS), ignore_errors=True)
     with run.stage("ablate", config=asdict(cfg)) as info:
@@ -103,7 +123,7 @@ def run_ablate(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, *,
         results, stats = [], {"forward_passes": 0, "rows": 0, "jobs_pruned": 0}
         with make_progress(transient=not progress) as bar:
             layers = sorted(set(pairs[:, 0].tolist()))
-            blocks = [layers[i:i + LAYERS_PER_PART] for i in range(0, len(layers), LAYERS_PER_PART)]
+            blocks = [layers[i : i + LAYERS_PER_PART] for i in range(0, len(layers), LAYERS_PER_PART)]
             task = bar.add_task("ablate", total=len(blocks), rate="")
             for block in blocks:
                 part = parts_dir / f"l{block[0]}-{block[-1]}-{key}.parquet"
@@ -124,8 +144,9 @@ def run_ablate(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, *,
                     keep.setdefault(m, []).append(j)
                 ids, mask, stored = load_windows_with_codes(run, wins, {l: np.asarray(v) for l, v in keep.items()})
                 local = [np.searchsorted(wins, pw[p]) for p in sel]
-                res = ablate_pairs(rm.adapter, rm.saes, ids, pairs[sel], local, mask, threshold, cfg.batch_rows,
-                                   stored=stored)
+                res = ablate_pairs(
+                    rm.adapter, rm.saes, ids, pairs[sel], local, mask, threshold, cfg.batch_rows, stored=stored
+                )
                 counted = {k: int(res.info.get(k, 0)) for k in stats}
                 for k in stats:
                     stats[k] += counted[k]
@@ -136,8 +157,13 @@ def run_ablate(run_dir: str | Path | RunDir, cfg: AblateConfig | None = None, *,
         table = _join(sample, pairs, inverse, effects)
         write_parquet(run.file("ablations.parquet"), table)
         corr = correlations(table)
-        info.update(n_rows=table.num_rows, n_pairs=int(len(pairs)), threshold=threshold, correlations=corr,
-                    **{f"{k}": v for k, v in stats.items()})
+        info.update(
+            n_rows=table.num_rows,
+            n_pairs=int(len(pairs)),
+            threshold=threshold,
+            correlations=corr,
+            **{f"{k}": v for k, v in stats.items()},
+        )
         if cfg.plot:
             write_plot(table, run.file("ablations.html"), f"Ablation effect vs similarity — {run.path.name}")
         if cfg.hidden:
@@ -155,7 +181,9 @@ def _identity(config: dict) -> dict:
 
 def _join(sample: pa.Table, pairs: np.ndarray, inverse: np.ndarray, effects: pa.Table) -> pa.Table:
     """Sample rows + the effect of their pair, matched on the full (src_layer, src, dst_layer, dst) key."""
-    ekey = np.stack([effects.column(c).to_numpy().astype(np.int64) for c in ("src_layer", "src", "dst_layer", "dst")], 1)
+    ekey = np.stack(
+        [effects.column(c).to_numpy().astype(np.int64) for c in ("src_layer", "src", "dst_layer", "dst")], 1
+    )
     index = {tuple(r): k for k, r in enumerate(ekey.tolist())}
     if len(index) != effects.num_rows:
         raise RuntimeError("ablation results hold a pair twice")
@@ -193,13 +221,20 @@ def _hidden(run: RunDir, rm, cfg: AblateConfig, threshold: float) -> dict:
     rel = np.asarray(proj.column("error_proj_rel").to_pylist(), dtype=float)
     base = np.asarray(proj.column("error_proj_base").to_pylist(), dtype=float)
     ok = np.isfinite(rel)
-    summary = {"note": note, "n_features": proj.num_rows, "n_windows": int(len(wins)), "n_measured": int(ok.sum()),
-               "median_error_proj_rel": float(np.median(rel[ok])) if ok.any() else None,
-               "median_error_proj_base": float(np.nanmedian(base)) if np.isfinite(base).any() else None}
+    summary = {
+        "note": note,
+        "n_features": proj.num_rows,
+        "n_windows": int(len(wins)),
+        "n_measured": int(ok.sum()),
+        "median_error_proj_rel": float(np.median(rel[ok])) if ok.any() else None,
+        "median_error_proj_base": float(np.nanmedian(base)) if np.isfinite(base).any() else None,
+    }
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    console.print(f"hidden in the error: {summary['n_measured']:,} features without a successor measured; median share "
-                  f"of their write found in the next SAE's error: {fmt(summary['median_error_proj_rel'])} (median "
-                  f"projection on tokens where they are off: {fmt(summary['median_error_proj_base'])})")
+    console.print(
+        f"hidden in the error: {summary['n_measured']:,} features without a successor measured; median share "
+        f"of their write found in the next SAE's error: {fmt(summary['median_error_proj_rel'])} (median "
+        f"projection on tokens where they are off: {fmt(summary['median_error_proj_base'])})"
+    )
     return summary
 
 
@@ -222,8 +257,13 @@ def _cover(chosen: dict[tuple[int, int], np.ndarray], cap: int, seed: int) -> np
     return np.sort(np.asarray(out, np.int64))
 
 
-def demo_ablation(run_dir: str | Path, layer_pairs: Sequence[tuple[int, int]] | None = None, max_layer_pairs: int = 3,
-                  model=None, force: bool = False) -> list[dict]:
+def demo_ablation(
+    run_dir: str | Path,
+    layer_pairs: Sequence[tuple[int, int]] | None = None,
+    max_layer_pairs: int = 3,
+    model=None,
+    force: bool = False,
+) -> list[dict]:
     """The demo's small sample: 5 bins x 4 pairs per measure on up to `max_layer_pairs` layer pairs spread
     over the depth, 4 windows per pair; prints the correlations and returns them."""
     run = RunDir(run_dir)
@@ -234,8 +274,15 @@ def demo_ablation(run_dir: str | Path, layer_pairs: Sequence[tuple[int, int]] | 
         lp = [p for p in lp if p[1] - p[0] == min(b - a for a, b in lp)] if lp else lp
         pick = np.unique(np.linspace(0, len(lp) - 1, min(max_layer_pairs, len(lp))).round().astype(int)) if lp else []
         layer_pairs = [lp[i] for i in pick]
-    cfg = AblateConfig(measures=None, bins=5, per_bin=4, windows_per_pair=4, layer_pairs=list(layer_pairs),
-                       hidden_windows=64, hidden_windows_per_feature=1)
+    cfg = AblateConfig(
+        measures=None,
+        bins=5,
+        per_bin=4,
+        windows_per_pair=4,
+        layer_pairs=list(layer_pairs),
+        hidden_windows=64,
+        hidden_windows_per_feature=1,
+    )
     table = run_ablate(run, cfg, model=model, progress=False, force=force).table
     rows = correlations(table)
     print_correlations(rows)

@@ -9,7 +9,7 @@ the downstream feature's drop is exactly 0 and its clean activations are the sto
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,8 +31,10 @@ class StoredCodes:
             feats = np.unique(np.asarray(feats, np.int64))
             m = sp.csr_matrix(codes[layer])
             if m.shape[0] != self.n_windows * self.seq:
-                raise ValueError(f"stored codes of layer {layer} have {m.shape[0]} rows, expected "
-                                 f"{self.n_windows} windows x {self.seq} tokens")
+                raise ValueError(
+                    f"stored codes of layer {layer} have {m.shape[0]} rows, expected "
+                    f"{self.n_windows} windows x {self.seq} tokens"
+                )
             on = self.mask.reshape(-1)
             c = sp.csc_matrix(m[:, feats].multiply(on[:, None]))
             c.eliminate_zeros()
@@ -41,11 +43,13 @@ class StoredCodes:
             self.pos[int(layer)] = {int(f): k for k, f in enumerate(feats)}
 
     @classmethod
-    def from_dense(cls, codes: Mapping[int, np.ndarray], mask: np.ndarray, keep: Mapping[int, np.ndarray]
-                   ) -> "StoredCodes":
+    def from_dense(
+        cls, codes: Mapping[int, np.ndarray], mask: np.ndarray, keep: Mapping[int, np.ndarray]
+    ) -> StoredCodes:
         """From dense clean codes {layer: [W, S, d_sae]} (tests and benchmarks; the stage reads shards)."""
-        return cls({l: sp.csr_matrix(np.asarray(c).reshape(-1, np.asarray(c).shape[-1])) for l, c in codes.items()},
-                   mask, keep)
+        return cls(
+            {l: sp.csr_matrix(np.asarray(c).reshape(-1, np.asarray(c).shape[-1])) for l, c in codes.items()}, mask, keep
+        )
 
     def _column(self, layer: int, feature: int) -> tuple[np.ndarray, np.ndarray]:
         """Token rows (w*S + s, ascending) and values of one feature's non-zero codes on the token set."""

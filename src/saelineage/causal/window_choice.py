@@ -11,7 +11,9 @@ from saelineage.data.store import iter_shards, read_shard, shard_path, token_mas
 from saelineage.run import RunDir
 
 
-def active_windows(run: RunDir, wanted: dict[int, np.ndarray], threshold: float = 0.0) -> dict[tuple[int, int], np.ndarray]:
+def active_windows(
+    run: RunDir, wanted: dict[int, np.ndarray], threshold: float = 0.0
+) -> dict[tuple[int, int], np.ndarray]:
     """Windows (sorted, unique int64) where each wanted feature is active on the token set.
 
     wanted: {layer: feature ids}. One streaming pass over the shards; independent of sharding."""
@@ -32,7 +34,7 @@ def active_windows(run: RunDir, wanted: dict[int, np.ndarray], threshold: float 
         allh = np.unique(np.concatenate(hits[l]), axis=0) if hits[l] else np.zeros((0, 2), np.int64)
         split = np.searchsorted(allh[:, 0], np.arange(len(feats[l]) + 1))
         for k, f in enumerate(feats[l]):
-            out[(l, int(f))] = allh[split[k]:split[k + 1], 1]
+            out[(l, int(f))] = allh[split[k] : split[k + 1], 1]
     return out
 
 
@@ -59,8 +61,9 @@ def load_windows(run: RunDir, windows: np.ndarray) -> tuple[torch.Tensor, np.nda
     return ids, mask
 
 
-def load_windows_with_codes(run: RunDir, windows: np.ndarray, keep: dict[int, np.ndarray]
-                            ) -> tuple[torch.Tensor, np.ndarray, StoredCodes]:
+def load_windows_with_codes(
+    run: RunDir, windows: np.ndarray, keep: dict[int, np.ndarray]
+) -> tuple[torch.Tensor, np.ndarray, StoredCodes]:
     """As `load_windows`, plus the stored clean codes of the `keep` {layer: features} on those windows."""
     return _read_windows(run, windows, keep)
 
@@ -91,7 +94,11 @@ def _read_windows(run: RunDir, windows: np.ndarray, keep: dict[int, np.ndarray])
     stored = None
     if layers:
         order = np.argsort(np.concatenate(at)) if at else np.zeros(0, np.int64)
-        codes = {l: sp.vstack(parts[l]).tocsr()[order] if parts[l] else
-                 sp.csr_matrix((len(windows) * seq, int(m["d_sae"][str(l)]))) for l in layers}
+        codes = {
+            l: sp.vstack(parts[l]).tocsr()[order]
+            if parts[l]
+            else sp.csr_matrix((len(windows) * seq, int(m["d_sae"][str(l)])))
+            for l in layers
+        }
         stored = StoredCodes(codes, mask, keep)
     return torch.from_numpy(ids), mask, stored

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from saelineage import __version__
+from saelineage.collect.config import CollectConfig
 from saelineage.data.corpus import load_corpus
 from saelineage.data.finalize import summarize_run, write_vocab
 from saelineage.data.store import LayerCodes, list_shards, remove_stale_temporaries, shard_path, write_shard
 from saelineage.data.windowing import make_windows
 from saelineage.errors import SaelineageError
-from saelineage.collect.config import CollectConfig
 from saelineage.progress import console
 from saelineage.progress import progress as make_progress
 from saelineage.run import SCHEMA_VERSION, RunDir, config_hash, writes_run
@@ -86,8 +86,15 @@ def _prepare_run(run: RunDir, cfg: CollectConfig, force: bool) -> str:
 
 
 @writes_run("collect", create=True)
-def run_collect(run_dir: str | Path, cfg: CollectConfig | None = None, *, force: bool = False, progress: bool = True,
-                adapter=None, saes=None) -> CollectResult:
+def run_collect(
+    run_dir: str | Path,
+    cfg: CollectConfig | None = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    adapter=None,
+    saes=None,
+) -> CollectResult:
     """Collect sparse codes into `run_dir` (resumes an interrupted run of the same config).
 
     adapter / saes: an already loaded model adapter and {layer: SAE} instead of loading cfg's."""
@@ -104,15 +111,19 @@ def run_collect(run_dir: str | Path, cfg: CollectConfig | None = None, *, force:
             return CollectResult(run, int(run.load()["n_tokens"]), len(list_shards(run)), True)
         console.print(f"collect: {run.path} lacks some of its files; recomputing them.")
     if cfg.shard_windows % cfg.batch_windows:
-        raise SaelineageError(f"--shard-windows {cfg.shard_windows} is not a multiple of --batch-windows {cfg.batch_windows}.",
-                              "choose shard windows as a multiple of batch windows.")
+        raise SaelineageError(
+            f"--shard-windows {cfg.shard_windows} is not a multiple of --batch-windows {cfg.batch_windows}.",
+            "choose shard windows as a multiple of batch windows.",
+        )
     adapter = adapter or load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, center_residual=cfg.center_residual)
     saes = saes if saes is not None else resolve_saes(cfg.saes, cfg.model, device=cfg.device, dtype=cfg.dtype)
     layers = sorted(saes) if cfg.layers is None else sorted(cfg.layers)
     unknown = [l for l in layers if l not in saes]
     if unknown:
-        raise SaelineageError(f"no SAE for layers {unknown} (SAEs exist for {sorted(saes)}).",
-                              "choose --layers among those, or add SAEs for them.")
+        raise SaelineageError(
+            f"no SAE for layers {unknown} (SAEs exist for {sorted(saes)}).",
+            "choose --layers among those, or add SAEs for them.",
+        )
     for l in layers:
         saes[l].validate_for(adapter)
     if cfg.center_residual is None and any(
@@ -126,7 +137,7 @@ def run_collect(run_dir: str | Path, cfg: CollectConfig | None = None, *, force:
     corpus = load_corpus(cfg.corpus, cfg.text_column)
     need = None if cfg.max_tokens is None else cfg.max_tokens + cfg.first_window * cfg.window
     wins = make_windows(adapter.tokenizer, corpus.docs, cfg.window, need)
-    ids = wins.ids[cfg.first_window:]
+    ids = wins.ids[cfg.first_window :]
     if cfg.max_tokens is not None:
         ids = ids[: cfg.max_tokens // cfg.window]
     if len(ids) == 0:
@@ -143,8 +154,16 @@ def run_collect(run_dir: str | Path, cfg: CollectConfig | None = None, *, force:
         config_hash=ident,
         config=cfg.identity() | {"device": cfg.device, "batch_windows": cfg.batch_windows},
         model=adapter.identity,
-        saes={str(l): saes[l].meta | {"hook_name": saes[l].hook_name, "architecture": saes[l].architecture,
-                                       "d_in": saes[l].d_in, "d_sae": saes[l].d_sae} for l in layers},
+        saes={
+            str(l): saes[l].meta
+            | {
+                "hook_name": saes[l].hook_name,
+                "architecture": saes[l].architecture,
+                "d_in": saes[l].d_in,
+                "d_sae": saes[l].d_sae,
+            }
+            for l in layers
+        },
         layers=layers,
         hooks={str(l): hooks[l].name for l in layers},
         d_sae={str(l): saes[l].d_sae for l in layers},
@@ -184,13 +203,20 @@ def run_collect(run_dir: str | Path, cfg: CollectConfig | None = None, *, force:
                     _check_finite(x.view(b1 - b0, cfg.window, -1), l, np.arange(b0, b1))
                     parts[l].append(saes[l].encode_sparse(x.to(saes[l].W_enc.dtype)))
                 n_new += (b1 - b0) * cfg.window
-                bar.update(task, advance=(b1 - b0) * cfg.window,
-                           rate=f"{n_new / (time.perf_counter() - t0):,.0f} tok/s")
+                bar.update(
+                    task, advance=(b1 - b0) * cfg.window, rate=f"{n_new / (time.perf_counter() - t0):,.0f} tok/s"
+                )
             t = (w1 - w0) * cfg.window
             window = np.repeat(np.arange(w0, w1, dtype=np.int32), cfg.window)
             pos = np.tile(np.arange(cfg.window, dtype=np.int32), w1 - w0)
-            write_shard(run, i, ids[w0:w1].reshape(-1).astype(np.int32), window, pos,
-                        {l: concat_codes(parts[l]) for l in layers})
+            write_shard(
+                run,
+                i,
+                ids[w0:w1].reshape(-1).astype(np.int32),
+                window,
+                pos,
+                {l: concat_codes(parts[l]) for l in layers},
+            )
             assert shard_path(run, i).is_file() and t == len(window)
         info.update(summarize_run(run, cfg.examples_k, progress=bar))
         elapsed = time.perf_counter() - t0
@@ -204,5 +230,6 @@ def concat_codes(parts: list[LayerCodes]) -> LayerCodes:
         return parts[0]
     offsets = np.cumsum([0] + [len(p.indices) for p in parts[:-1]])
     indptr = np.concatenate([parts[0].indptr[:1]] + [p.indptr[1:] + o for p, o in zip(parts, offsets)])
-    return LayerCodes(indptr.astype(np.int64), np.concatenate([p.indices for p in parts]),
-                      np.concatenate([p.values for p in parts]))
+    return LayerCodes(
+        indptr.astype(np.int64), np.concatenate([p.indices for p in parts]), np.concatenate([p.values for p in parts])
+    )

@@ -105,8 +105,10 @@ def _read_jsonl(path: Path, column: str) -> list[str]:
             except json.JSONDecodeError as exc:
                 raise SaelineageError(f"{path}:{n} is not valid JSON ({exc.msg}).", "fix or remove that line.") from exc
             if column not in row:
-                raise SaelineageError(f"{path}:{n} has no '{column}' field (fields: {sorted(row)[:8]}).",
-                                      "name the text field with --text-column.")
+                raise SaelineageError(
+                    f"{path}:{n} has no '{column}' field (fields: {sorted(row)[:8]}).",
+                    "name the text field with --text-column.",
+                )
             docs.append(str(row[column]))
     return docs
 
@@ -116,8 +118,10 @@ def _read_parquet(path: Path, column: str) -> list[str]:
 
     schema = pq.read_schema(path)
     if column not in schema.names:
-        raise SaelineageError(f"{path} has no '{column}' column (columns: {schema.names[:8]}).",
-                              "name the text column with --text-column.")
+        raise SaelineageError(
+            f"{path} has no '{column}' column (columns: {schema.names[:8]}).",
+            "name the text column with --text-column.",
+        )
     return [str(x) for x in pq.read_table(path, columns=[column]).column(column).to_pylist() if x is not None]
 
 
@@ -143,8 +147,10 @@ def load_corpus(spec: str | Path | None = None, text_column: str = "text") -> Co
     else:
         path = Path(spec)
         if not path.exists():
-            raise SaelineageError(f"corpus {path} does not exist.",
-                                  "pass a text file, a folder of .txt files, a .jsonl or .parquet file, or 'default'.")
+            raise SaelineageError(
+                f"corpus {path} does not exist.",
+                "pass a text file, a folder of .txt files, a .jsonl or .parquet file, or 'default'.",
+            )
         docs = _read_path(path, text_column)
         ident = {"spec": str(path.resolve())}
     docs = [d for d in docs if d.strip()]

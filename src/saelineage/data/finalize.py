@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -70,17 +69,3 @@ def read_vocab(run: RunDir) -> list[str] | None:
         return None
     out = data.get("decoded") or data.get("tokens")
     return [str(s) for s in out] if isinstance(out, list) else None
-
-
-def shard_of_window(manifest: dict, window: int) -> int:
-    """Index of the shard holding `window` (shards hold whole windows)."""
-    return int(window) // int(manifest["shard_windows"])
-
-
-def window_tokens(run: RunDir, window: int) -> np.ndarray:
-    """Token ids of one window, read from its shard."""
-    from saelineage.data.store import read_shard, shard_path
-
-    manifest = run.load()
-    shard = read_shard(shard_path(run, shard_of_window(manifest, window)), layers=[])
-    return shard.tokens[shard.window == window]

@@ -14,8 +14,8 @@ Example::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,10 +42,15 @@ def _windows(n: int, window_len: int | None, window, pos) -> tuple[np.ndarray, n
     if window_len is None:
         raise SaelineageError("give either window_len or both window and pos.", "e.g. window_len=128.")
     if n % window_len:
-        raise SaelineageError(f"{n} tokens are not a whole number of windows of {window_len}.",
-                              "pass window and pos arrays for ragged windows.")
-    return (np.repeat(np.arange(n // window_len, dtype=np.int32), window_len),
-            np.tile(np.arange(window_len, dtype=np.int32), n // window_len), window_len)
+        raise SaelineageError(
+            f"{n} tokens are not a whole number of windows of {window_len}.",
+            "pass window and pos arrays for ragged windows.",
+        )
+    return (
+        np.repeat(np.arange(n // window_len, dtype=np.int32), window_len),
+        np.tile(np.arange(window_len, dtype=np.int32), n // window_len),
+        window_len,
+    )
 
 
 @writes_run("collect", create=True, again="`write_run(...)` with force=True")
@@ -90,8 +95,9 @@ def write_run(
         if m.shape[0] != n:
             raise SaelineageError(f"layer {l} codes have {m.shape[0]} rows for {n} tokens.", "one row per token.")
         if m.nnz and (not np.all(np.isfinite(m.data)) or m.data.min() < 0):
-            raise SaelineageError(f"layer {l} codes hold negative or non-finite values.",
-                                  "SAE activations must be finite and >= 0.")
+            raise SaelineageError(
+                f"layer {l} codes hold negative or non-finite values.", "SAE activations must be finite and >= 0."
+            )
         m.eliminate_zeros()
         mats[l] = m
     win, ps, wlen = _windows(n, window_len, window, pos)
@@ -101,8 +107,9 @@ def write_run(
         "saelineage_version": __version__,
         "config_hash": config_hash({"imported": True, "n": n, "layers": layers}),
         "model": model or {"spec": "imported"},
-        "saes": {str(l): {"hook_name": (hooks or {}).get(l, f"layer{l}"),
-                          "d_sae": int(mats[l].shape[1])} for l in layers},
+        "saes": {
+            str(l): {"hook_name": (hooks or {}).get(l, f"layer{l}"), "d_sae": int(mats[l].shape[1])} for l in layers
+        },
         "layers": layers,
         "hooks": {str(l): (hooks or {}).get(l, f"layer{l}") for l in layers},
         "d_sae": {str(l): int(mats[l].shape[1]) for l in layers},
@@ -122,8 +129,10 @@ def write_run(
         for l, w in decoders.items():
             w = np.ascontiguousarray(w, np.float32)
             if w.shape[0] != mats[int(l)].shape[1]:
-                raise SaelineageError(f"decoder of layer {l} has {w.shape[0]} rows, codes have {mats[int(l)].shape[1]} features.",
-                                      "decoders are [d_sae, d_in].")
+                raise SaelineageError(
+                    f"decoder of layer {l} has {w.shape[0]} rows, codes have {mats[int(l)].shape[1]} features.",
+                    "decoders are [d_sae, d_in].",
+                )
             arrays[f"l{int(l)}.W_dec"] = w
             manifest["saes"][str(int(l))]["decoder_file"] = DECODERS
         atomic_write_bytes(run.file(DECODERS), save(arrays))
@@ -134,8 +143,9 @@ def write_run(
         for i, w0 in enumerate(range(0, n_windows, shard_windows)):
             rows = np.nonzero((win >= w0) & (win < w0 + shard_windows))[0]
             lo, hi = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
-            write_shard(run, i, tokens[lo:hi], win[lo:hi], ps[lo:hi],
-                        {l: LayerCodes.from_csr(mats[l][lo:hi]) for l in layers})
+            write_shard(
+                run, i, tokens[lo:hi], win[lo:hi], ps[lo:hi], {l: LayerCodes.from_csr(mats[l][lo:hi]) for l in layers}
+            )
         info.update(summarize_run(run, examples_k))
     return run
 

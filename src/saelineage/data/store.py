@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,7 +41,7 @@ class LayerCodes(NamedTuple):
         return sp.csr_matrix((self.values, self.indices, self.indptr), shape=(t, d_sae))
 
     @classmethod
-    def from_csr(cls, m: sp.spmatrix, value_dtype: np.dtype = np.float32) -> "LayerCodes":
+    def from_csr(cls, m: sp.spmatrix, value_dtype: np.dtype = np.float32) -> LayerCodes:
         m = sp.csr_matrix(m)
         m.sum_duplicates()
         m.sort_indices()

@@ -7,8 +7,6 @@ the total order (value desc, window asc, pos asc), so ties resolve the same way 
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numba
 import numpy as np
 import pyarrow as pa
@@ -56,15 +54,6 @@ def _accumulate(indptr, indices, values, mask, window, pos, count, s, q, mx, top
                 topp[f, worst] = p
 
 
-class FeatureTable(NamedTuple):
-    """Per-feature columns of features.parquet for one layer (length d_sae each)."""
-
-    n_active: np.ndarray
-    act_sum: np.ndarray
-    act_sumsq: np.ndarray
-    act_max: np.ndarray
-
-
 class LayerSummary:
     """Streaming accumulator for one layer: feature statistics and top-K examples."""
 
@@ -86,8 +75,20 @@ class LayerSummary:
             raise ValueError(f"layer {self.layer}: feature id {int(codes.indices.max())} >= d_sae {self.d_sae}")
         self.n_tokens += int(mask.sum())
         _accumulate(
-            codes.indptr, codes.indices, codes.values, mask, window, pos,
-            self.count, self.sum, self.sumsq, self.max, self.topv, self.topw, self.topp, self.topn,
+            codes.indptr,
+            codes.indices,
+            codes.values,
+            mask,
+            window,
+            pos,
+            self.count,
+            self.sum,
+            self.sumsq,
+            self.max,
+            self.topv,
+            self.topw,
+            self.topp,
+            self.topn,
         )
 
     def features(self) -> pa.Table:

@@ -8,7 +8,8 @@ reproduced from its manifest.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def _token_stream(tokenizer, docs: Sequence[str], need: int | None) -> np.ndarra
     total = 0
     batch = 64
     for start in range(0, len(docs), batch):
-        enc = tokenizer(list(docs[start:start + batch]), add_special_tokens=False)["input_ids"]
+        enc = tokenizer(list(docs[start : start + batch]), add_special_tokens=False)["input_ids"]
         for ids in enc:
             if eos is not None and parts:
                 parts.append(np.array([eos], np.int64))
@@ -54,15 +55,19 @@ def make_windows(
     body = window - 1 if bos_id is not None else window
     max_windows = None if max_tokens is None else max_tokens // window
     if max_windows == 0:
-        raise SaelineageError(f"--max-tokens {max_tokens} is less than one window of {window} tokens.",
-                              "raise --max-tokens or lower --window.")
+        raise SaelineageError(
+            f"--max-tokens {max_tokens} is less than one window of {window} tokens.",
+            "raise --max-tokens or lower --window.",
+        )
     stream = _token_stream(tokenizer, docs, None if max_windows is None else max_windows * body)
     n = len(stream) // body
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
-        raise SaelineageError(f"the corpus yields {len(stream)} tokens, fewer than one window of {window}.",
-                              "use a larger corpus or a shorter --window.")
+        raise SaelineageError(
+            f"the corpus yields {len(stream)} tokens, fewer than one window of {window}.",
+            "use a larger corpus or a shorter --window.",
+        )
     ids = stream[: n * body].reshape(n, body)
     if bos_id is not None:
         ids = np.concatenate([np.full((n, 1), bos_id, np.int64), ids], axis=1)

@@ -55,9 +55,11 @@ def _print_counts(run: Path) -> None:
 
     info = RunDir(run).load()["stages"]["analyze"]
     g, c = info.get("gates", {}), info.get("communities", {})
-    console.print(f"gates: {g.get('and', 0):,} AND, {g.get('or', 0):,} OR; splits: {info.get('splits', 0):,}; "
-                  f"communities: {c.get('communities', 0):,} over {c.get('nodes', 0):,} live features "
-                  f"({c.get('edges', 0):,} edges); figure: {Path(run) / 'lifecycle.html'}")
+    console.print(
+        f"gates: {g.get('and', 0):,} AND, {g.get('or', 0):,} OR; splits: {info.get('splits', 0):,}; "
+        f"communities: {c.get('communities', 0):,} over {c.get('nodes', 0):,} live features "
+        f"({c.get('edges', 0):,} edges); figure: {Path(run) / 'lifecycle.html'}"
+    )
 
 
 @_help
@@ -69,8 +71,9 @@ def prompt_command(
     measure: str = typer.Option("jaccard", help="Edge measure shown as link similarity."),
     min_value: Optional[float] = typer.Option(None, help="Only links whose measure is ≥ this."),
     max_nodes: Optional[int] = typer.Option(None, help="Keep only the strongest N features (by relative activation)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the graph (node-link JSON) to this file; "
-                                                                  "'-' prints it to stdout."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Write the graph (node-link JSON) to this file; '-' prints it to stdout."
+    ),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: the device the run was collected on)."),
 ) -> None:
     """Features active on one token of a prompt, and the run's edges among them.
@@ -103,15 +106,23 @@ def prompt_command(
 @_help
 def export_command(
     run: Path = typer.Argument(..., help="Run directory (after `saelineage stats`; communities after analyze)."),
-    format: str = typer.Option("nodelink", "--format", help="nodelink (JSON for networkx/D3), graphml (Gephi), "
-                                                            "parquet (nodes.parquet + links.parquet), features "
-                                                            "(every per-feature column of the run, joined)."),
-    out: Optional[Path] = typer.Option(None, help="Output file (folder for parquet). Default: RUN/export/graph.json, "
-                                                  "RUN/export/graph.graphml, RUN/export/ or "
-                                                  "RUN/export/features.parquet."),
+    format: str = typer.Option(
+        "nodelink",
+        "--format",
+        help="nodelink (JSON for networkx/D3), graphml (Gephi), "
+        "parquet (nodes.parquet + links.parquet), features "
+        "(every per-feature column of the run, joined).",
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        help="Output file (folder for parquet). Default: RUN/export/graph.json, "
+        "RUN/export/graph.graphml, RUN/export/ or "
+        "RUN/export/features.parquet.",
+    ),
     measure: str = typer.Option("jaccard", help="Edge measure exported as link `similarity`."),
-    min_value: Optional[float] = typer.Option(None, help="Only edges whose measure is ≥ this "
-                                                         "(default: all kept edges)."),
+    min_value: Optional[float] = typer.Option(
+        None, help="Only edges whose measure is ≥ this (default: all kept edges)."
+    ),
 ) -> None:
     """Export the feature graph: live features as nodes, kept edges as links.
 

@@ -34,14 +34,16 @@ BACKENDS = ("igraph", "leidenalg")
 
 def check_options(quality: str, backend: str) -> None:
     if quality not in QUALITIES:
-        raise SaelineageError(f"unknown community quality function {quality!r}.",
-                              f"choose one of {', '.join(QUALITIES)}.")
+        raise SaelineageError(
+            f"unknown community quality function {quality!r}.", f"choose one of {', '.join(QUALITIES)}."
+        )
     if backend not in BACKENDS:
         raise SaelineageError(f"unknown Leiden backend {backend!r}.", f"choose one of {', '.join(BACKENDS)}.")
 
 
-def _leidenalg(g: ig.Graph, w: list[float] | None, quality: str, resolution: float, seed: int, n_iterations: int
-               ) -> tuple[list[int], float]:
+def _leidenalg(
+    g: ig.Graph, w: list[float] | None, quality: str, resolution: float, seed: int, n_iterations: int
+) -> tuple[list[int], float]:
     import leidenalg as la
 
     if quality == "cpm":
@@ -54,21 +56,36 @@ def _leidenalg(g: ig.Graph, w: list[float] | None, quality: str, resolution: flo
     return list(part.membership), float(part.quality())
 
 
-def _igraph(g: ig.Graph, w: list[float] | None, quality: str, resolution: float, seed: int, n_iterations: int
-            ) -> tuple[list[int], float]:
+def _igraph(
+    g: ig.Graph, w: list[float] | None, quality: str, resolution: float, seed: int, n_iterations: int
+) -> tuple[list[int], float]:
     # igraph draws from a process-wide generator: give it a private seeded one, then restore
     ig.set_random_number_generator(random.Random(seed))
     try:
-        c = g.community_leiden(objective_function="CPM" if quality == "cpm" else "modularity", weights=w,
-                               resolution=resolution, n_iterations=n_iterations)
+        c = g.community_leiden(
+            objective_function="CPM" if quality == "cpm" else "modularity",
+            weights=w,
+            resolution=resolution,
+            n_iterations=n_iterations,
+        )
     finally:
         ig.set_random_number_generator(random)
     return list(c.membership), float(c.quality) if c.quality is not None else float("nan")
 
 
-def leiden(f_layer: np.ndarray, f_id: np.ndarray, live: np.ndarray, e: dict[str, np.ndarray],
-           measure: str = "jaccard", threshold: float = 0.1, quality: str = "modularity", resolution: float = 1.0,
-           seed: int = 42, n_iterations: int = -1, backend: str = "igraph") -> tuple[np.ndarray, dict]:
+def leiden(
+    f_layer: np.ndarray,
+    f_id: np.ndarray,
+    live: np.ndarray,
+    e: dict[str, np.ndarray],
+    measure: str = "jaccard",
+    threshold: float = 0.1,
+    quality: str = "modularity",
+    resolution: float = 1.0,
+    seed: int = 42,
+    n_iterations: int = -1,
+    backend: str = "igraph",
+) -> tuple[np.ndarray, dict]:
     """Community id per features row (int64 [N], −1 for dead features) and graph facts.
 
     f_layer, f_id: int [N] features rows; live: bool [N]; e: edges.parquet columns as arrays.
@@ -90,8 +107,9 @@ def leiden(f_layer: np.ndarray, f_id: np.ndarray, live: np.ndarray, e: dict[str,
     g = ig.Graph(n=len(nodes), edges=inv.reshape(2, -1).T if len(u) else [], directed=False)
     wl = w.tolist() if len(w) else None
     fn = _igraph if backend == "igraph" else _leidenalg
-    member, quality_value = fn(g, wl, quality, float(resolution), int(seed), int(n_iterations)) if len(nodes) \
-        else ([], float("nan"))
+    member, quality_value = (
+        fn(g, wl, quality, float(resolution), int(seed), int(n_iterations)) if len(nodes) else ([], float("nan"))
+    )
     n_live = int(live.sum())
     full = np.full(len(f_layer), -1, np.int64)
     full[nodes] = np.asarray(member, np.int64)
@@ -107,14 +125,25 @@ def leiden(f_layer: np.ndarray, f_id: np.ndarray, live: np.ndarray, e: dict[str,
     new_id[order] = np.arange(len(order))
     out = np.full(len(f_layer), -1, np.int64)
     out[live] = new_id[member_live]
-    info = {"nodes": n_live, "edges": int(len(u)), "communities": int(len(sizes)), "backend": backend,
-            "quality": quality_value,
-            "modularity": float(g.modularity(member, weights=wl)) if len(u) else 0.0}
+    info = {
+        "nodes": n_live,
+        "edges": int(len(u)),
+        "communities": int(len(sizes)),
+        "backend": backend,
+        "quality": quality_value,
+        "modularity": float(g.modularity(member, weights=wl)) if len(u) else 0.0,
+    }
     return out, info
 
 
-def community_table(f_layer: np.ndarray, community: np.ndarray, ex_rows: np.ndarray, ex_tokens: np.ndarray,
-                    vocab: list[str] | None, top: int = 5) -> pa.Table:
+def community_table(
+    f_layer: np.ndarray,
+    community: np.ndarray,
+    ex_rows: np.ndarray,
+    ex_tokens: np.ndarray,
+    vocab: list[str] | None,
+    top: int = 5,
+) -> pa.Table:
     """communities.parquet: community, size, n_layers, layer_min, layer_max, layers, layer_sizes,
     top_tokens, top_token_ids, top_token_counts.
 
@@ -126,15 +155,19 @@ def community_table(f_layer: np.ndarray, community: np.ndarray, ex_rows: np.ndar
     sizes = np.bincount(community[live], minlength=n_c)
     lay = f_layer[live]
     com = community[live]
-    pairs, cnt = np.unique(np.stack([com, lay], axis=1), axis=0, return_counts=True) if live.any() else (
-        np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
+    pairs, cnt = (
+        np.unique(np.stack([com, lay], axis=1), axis=0, return_counts=True)
+        if live.any()
+        else (np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
+    )
     starts = np.searchsorted(pairs[:, 0], np.arange(n_c + 1))
     # top tokens: (community, token) counts, most frequent first, ties by token id
     ok = (ex_rows >= 0) & (ex_tokens >= 0)
     ok[ok] &= community[ex_rows[ok]] >= 0
     tk = np.stack([community[ex_rows[ok]], ex_tokens[ok]], axis=1)
-    tpairs, tcnt = np.unique(tk, axis=0, return_counts=True) if len(tk) else (np.zeros((0, 2), np.int64),
-                                                                            np.zeros(0, np.int64))
+    tpairs, tcnt = (
+        np.unique(tk, axis=0, return_counts=True) if len(tk) else (np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
+    )
     order = np.lexsort((tpairs[:, 1], -tcnt, tpairs[:, 0])) if len(tpairs) else np.zeros(0, np.int64)
     tpairs, tcnt = tpairs[order], tcnt[order]
     tstart = np.searchsorted(tpairs[:, 0], np.arange(n_c + 1))
@@ -146,8 +179,11 @@ def community_table(f_layer: np.ndarray, community: np.ndarray, ex_rows: np.ndar
     tids = tpairs[:, 1]
     if strings is not None:
         inside = (tids >= 0) & (tids < len(strings))
-        texts = np.where(inside, strings[np.clip(tids, 0, max(len(strings) - 1, 0))] if len(strings) else "",
-                         tids.astype(str).astype(object))
+        texts = np.where(
+            inside,
+            strings[np.clip(tids, 0, max(len(strings) - 1, 0))] if len(strings) else "",
+            tids.astype(str).astype(object),
+        )
     else:
         texts = tids.astype(str).astype(object)
     loff = starts.astype(np.int32)
@@ -157,9 +193,18 @@ def community_table(f_layer: np.ndarray, community: np.ndarray, ex_rows: np.ndar
 
     def lst(off, values, typ):
         return pa.ListArray.from_arrays(pa.array(off, pa.int32()), pa.array(values, typ))
-    return pa.table({
-        "community": pa.array(np.arange(n_c), pa.int64()), "size": pa.array(sizes, pa.int64()),
-        "n_layers": pa.array(np.diff(starts), pa.int64()), "layer_min": pa.array(ls_min, pa.int64()),
-        "layer_max": pa.array(ls_max, pa.int64()), "layers": lst(loff, pairs[:, 1], pa.int64()),
-        "layer_sizes": lst(loff, cnt, pa.int64()), "top_tokens": lst(toff, list(texts), pa.string()),
-        "top_token_ids": lst(toff, tids, pa.int64()), "top_token_counts": lst(toff, tcnt, pa.int64())})
+
+    return pa.table(
+        {
+            "community": pa.array(np.arange(n_c), pa.int64()),
+            "size": pa.array(sizes, pa.int64()),
+            "n_layers": pa.array(np.diff(starts), pa.int64()),
+            "layer_min": pa.array(ls_min, pa.int64()),
+            "layer_max": pa.array(ls_max, pa.int64()),
+            "layers": lst(loff, pairs[:, 1], pa.int64()),
+            "layer_sizes": lst(loff, cnt, pa.int64()),
+            "top_tokens": lst(toff, list(texts), pa.string()),
+            "top_token_ids": lst(toff, tids, pa.int64()),
+            "top_token_counts": lst(toff, tcnt, pa.int64()),
+        }
+    )

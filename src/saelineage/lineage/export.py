@@ -54,8 +54,9 @@ def explanations(run: RunDir, feats: pa.Table) -> np.ndarray | None:
     return out if have else None
 
 
-def graph_tables(run_dir: str | Path, measure: str = "jaccard", min_value: float | None = None
-                 ) -> tuple[pa.Table, pa.Table]:
+def graph_tables(
+    run_dir: str | Path, measure: str = "jaccard", min_value: float | None = None
+) -> tuple[pa.Table, pa.Table]:
     """(nodes, links) tables of the run's feature graph (see module doc)."""
     run = RunDir(run_dir)
     run.require("stats")
@@ -68,14 +69,19 @@ def graph_tables(run_dir: str | Path, measure: str = "jaccard", min_value: float
     comm = feats.column("community").to_pylist() if "community" in names else [None] * feats.num_rows
     life = feats.column("lifecycle").to_pylist() if "lifecycle" in names else [None] * feats.num_rows
     sel = np.nonzero(live)[0]
-    nodes = pa.table({
-        "id": pa.array([f"{a}_{b}" for a, b in zip(layer[sel].tolist(), fid[sel].tolist())], pa.string()),
-        "layer": pa.array(layer[sel], pa.int64()), "feature": pa.array(fid[sel], pa.int64()),
-        "explanation": pa.array([None if expl is None else expl[i] for i in sel.tolist()], pa.string()),
-        "community": pa.array([comm[i] for i in sel.tolist()], pa.int64()),
-        "lifecycle": pa.array([life[i] for i in sel.tolist()], pa.string()),
-        "density": feats.column("density").take(pa.array(sel)) if "density" in names
-        else pa.array([None] * len(sel), pa.float64())})
+    nodes = pa.table(
+        {
+            "id": pa.array([f"{a}_{b}" for a, b in zip(layer[sel].tolist(), fid[sel].tolist())], pa.string()),
+            "layer": pa.array(layer[sel], pa.int64()),
+            "feature": pa.array(fid[sel], pa.int64()),
+            "explanation": pa.array([None if expl is None else expl[i] for i in sel.tolist()], pa.string()),
+            "community": pa.array([comm[i] for i in sel.tolist()], pa.int64()),
+            "lifecycle": pa.array([life[i] for i in sel.tolist()], pa.string()),
+            "density": feats.column("density").take(pa.array(sel))
+            if "density" in names
+            else pa.array([None] * len(sel), pa.float64()),
+        }
+    )
     schema = pq.read_schema(run.file("edges.parquet"))
     if measure not in schema.names:
         names = [n for n in schema.names if n not in ("src_layer", "src", "dst_layer", "dst")]
@@ -86,10 +92,13 @@ def graph_tables(run_dir: str | Path, measure: str = "jaccard", min_value: float
     idx = np.nonzero(keep)[0]
     s_l, s_f = e.column("src_layer").to_numpy()[idx], e.column("src").to_numpy()[idx]
     d_l, d_f = e.column("dst_layer").to_numpy()[idx], e.column("dst").to_numpy()[idx]
-    links = pa.table({
-        "source": pa.array([f"{a}_{b}" for a, b in zip(s_l.tolist(), s_f.tolist())], pa.string()),
-        "target": pa.array([f"{a}_{b}" for a, b in zip(d_l.tolist(), d_f.tolist())], pa.string()),
-        "similarity": pa.array(v[idx], pa.float64())})
+    links = pa.table(
+        {
+            "source": pa.array([f"{a}_{b}" for a, b in zip(s_l.tolist(), s_f.tolist())], pa.string()),
+            "target": pa.array([f"{a}_{b}" for a, b in zip(d_l.tolist(), d_f.tolist())], pa.string()),
+            "similarity": pa.array(v[idx], pa.float64()),
+        }
+    )
     return nodes, links
 
 
@@ -99,20 +108,32 @@ def _clean(x: Any) -> Any:
 
 def nodelink(nodes: pa.Table, links: pa.Table, meta: dict[str, Any]) -> dict[str, Any]:
     """The networkx node-link structure (directed; links use the key "links")."""
-    return {"directed": True, "multigraph": False, "graph": meta,
-            "nodes": [{k: _clean(v) for k, v in r.items()} for r in nodes.to_pylist()],
-            "links": [{k: _clean(v) for k, v in r.items()} for r in links.to_pylist()]}
+    return {
+        "directed": True,
+        "multigraph": False,
+        "graph": meta,
+        "nodes": [{k: _clean(v) for k, v in r.items()} for r in nodes.to_pylist()],
+        "links": [{k: _clean(v) for k, v in r.items()} for r in links.to_pylist()],
+    }
 
 
 def graphml_bytes(nodes: pa.Table, links: pa.Table, meta: dict[str, Any]) -> bytes:
     """GraphML for Gephi: node attributes as <data>, edge `similarity` (also as `weight`)."""
-    n_attrs = [("layer", "int"), ("feature", "int"), ("explanation", "string"), ("community", "int"),
-               ("lifecycle", "string"), ("density", "double")]
-    parts = ['<?xml version="1.0" encoding="UTF-8"?>\n',
-             '<graphml xmlns="http://graphml.graphdrawing.org/xmlns" '
-             'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-             'xsi:schemaLocation="http://graphml.graphdrawing.org/xmlns '
-             'http://graphml.graphdrawing.org/xmlns/1.0/graphml.xsd">\n']
+    n_attrs = [
+        ("layer", "int"),
+        ("feature", "int"),
+        ("explanation", "string"),
+        ("community", "int"),
+        ("lifecycle", "string"),
+        ("density", "double"),
+    ]
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8"?>\n',
+        '<graphml xmlns="http://graphml.graphdrawing.org/xmlns" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+        'xsi:schemaLocation="http://graphml.graphdrawing.org/xmlns '
+        'http://graphml.graphdrawing.org/xmlns/1.0/graphml.xsd">\n',
+    ]
     for name, typ in n_attrs:
         parts.append(f'  <key id="{name}" for="node" attr.name="{name}" attr.type="{typ}"/>\n')
     parts.append('  <key id="similarity" for="edge" attr.name="similarity" attr.type="double"/>\n')
@@ -120,19 +141,32 @@ def graphml_bytes(nodes: pa.Table, links: pa.Table, meta: dict[str, Any]) -> byt
     parts.append(f'  <graph id={quoteattr(str(meta.get("run", "saelineage")))} edgedefault="directed">\n')
     cols = {name: nodes.column(name).to_pylist() for name, _ in n_attrs}
     for i, nid in enumerate(nodes.column("id").to_pylist()):
-        data = "".join(f'<data key="{name}">{escape(str(cols[name][i]))}</data>'
-                       for name, _ in n_attrs if _clean(cols[name][i]) is not None)
+        data = "".join(
+            f'<data key="{name}">{escape(str(cols[name][i]))}</data>'
+            for name, _ in n_attrs
+            if _clean(cols[name][i]) is not None
+        )
         parts.append(f'    <node id="{nid}">{data}</node>\n')
-    for k, (s, t, v) in enumerate(zip(links.column("source").to_pylist(), links.column("target").to_pylist(),
-                                      links.column("similarity").to_pylist())):
+    for k, (s, t, v) in enumerate(
+        zip(
+            links.column("source").to_pylist(),
+            links.column("target").to_pylist(),
+            links.column("similarity").to_pylist(),
+        )
+    ):
         data = "" if _clean(v) is None else f'<data key="similarity">{v!r}</data><data key="weight">{v!r}</data>'
         parts.append(f'    <edge id="e{k}" source="{s}" target="{t}">{data}</edge>\n')
     parts.append("  </graph>\n</graphml>\n")
     return "".join(parts).encode()
 
 
-def export(run_dir: str | Path, fmt: str = "nodelink", out: str | Path | None = None, measure: str = "jaccard",
-           min_value: float | None = None) -> Path:
+def export(
+    run_dir: str | Path,
+    fmt: str = "nodelink",
+    out: str | Path | None = None,
+    measure: str = "jaccard",
+    min_value: float | None = None,
+) -> Path:
     """Write the feature graph of a run in `fmt`, or (fmt "features") its joined per-feature table;
     returns the file (or folder, for parquet) written.
 

@@ -23,12 +23,27 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-GATE_COLUMNS = ("kind", "layer", "feature", "parent_layer", "parent_a", "parent_b", "support", "score_forward",
-                "score_backward", "n_child", "n_condition", "jaccard", "parent_a_score", "parent_b_score")
+GATE_COLUMNS = (
+    "kind",
+    "layer",
+    "feature",
+    "parent_layer",
+    "parent_a",
+    "parent_b",
+    "support",
+    "score_forward",
+    "score_backward",
+    "n_child",
+    "n_condition",
+    "jaccard",
+    "parent_a_score",
+    "parent_b_score",
+)
 
 
-def ranked_groups(keys: list[np.ndarray], scores: list[np.ndarray], max_per_group: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def ranked_groups(
+    keys: list[np.ndarray], scores: list[np.ndarray], max_per_group: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Sort rows by group `keys` then by `scores` (descending, in priority order); keep the first
     `max_per_group` rows per group. Returns (row order int64 [R], group id int64 [R])."""
     order = np.lexsort(tuple([-s for s in reversed(scores)]) + tuple(reversed(keys)))
@@ -70,8 +85,9 @@ def child_counts(e: dict[str, np.ndarray]) -> np.ndarray:
         return np.where(e["necessity"] > 0, np.rint(e["n_co"] / e["necessity"]), 0).astype(np.int64)
 
 
-def candidates(e: dict[str, np.ndarray], kind: str, tau: float, min_support: int, max_parents: int = 8
-               ) -> dict[str, np.ndarray]:
+def candidates(
+    e: dict[str, np.ndarray], kind: str, tau: float, min_support: int, max_parents: int = 8
+) -> dict[str, np.ndarray]:
     """Candidate gates of `kind` from edges `e` (columns of edges.parquet as arrays).
 
     Returns {l, m, j, a, b, ea, eb} int64 [G] (ea/eb: edge rows of (a→j), (b→j)); a < b.
@@ -80,32 +96,49 @@ def candidates(e: dict[str, np.ndarray], kind: str, tau: float, min_support: int
     col = "necessity" if kind == "and" else "sufficiency"
     ok = (e["n_co"] >= min_support) & (child_counts(e) >= min_support) & (e[col] >= tau)
     rows = np.nonzero(ok)[0]
-    order, gid = ranked_groups([e["dst_layer"][rows], e["dst"][rows], e["src_layer"][rows]],
-                               [e[col][rows], e["n_co"][rows].astype(np.float64), -e["src"][rows].astype(np.float64)],
-                               max_parents)
+    order, gid = ranked_groups(
+        [e["dst_layer"][rows], e["dst"][rows], e["src_layer"][rows]],
+        [e[col][rows], e["n_co"][rows].astype(np.float64), -e["src"][rows].astype(np.float64)],
+        max_parents,
+    )
     rows = rows[order]
     p1, p2 = pairs_in_groups(gid)
     ea, eb = rows[p1], rows[p2]
     swap = e["src"][ea] > e["src"][eb]
     ea, eb = np.where(swap, eb, ea), np.where(swap, ea, eb)
-    return {"l": e["src_layer"][ea], "m": e["dst_layer"][ea], "j": e["dst"][ea], "a": e["src"][ea],
-            "b": e["src"][eb], "ea": ea, "eb": eb}
+    return {
+        "l": e["src_layer"][ea],
+        "m": e["dst_layer"][ea],
+        "j": e["dst"][ea],
+        "a": e["src"][ea],
+        "b": e["src"][eb],
+        "ea": ea,
+        "eb": eb,
+    }
 
 
-def best_pair_candidates(e: dict[str, np.ndarray], min_support: int, measure: str = "jaccard"
-                         ) -> dict[str, np.ndarray]:
+def best_pair_candidates(e: dict[str, np.ndarray], min_support: int, measure: str = "jaccard") -> dict[str, np.ndarray]:
     """The two strongest parents (by `measure`, then n_co) of every child per parent layer, among
     edges with n_co ≥ min_support. Same keys as `candidates`; a is the strongest (not a < b)."""
     ok = (e["n_co"] >= min_support) & (child_counts(e) >= min_support) & np.isfinite(e[measure])
     rows = np.nonzero(ok)[0]
-    order, gid = ranked_groups([e["dst_layer"][rows], e["dst"][rows], e["src_layer"][rows]],
-                               [e[measure][rows], e["n_co"][rows].astype(np.float64),
-                                -e["src"][rows].astype(np.float64)], 2)
+    order, gid = ranked_groups(
+        [e["dst_layer"][rows], e["dst"][rows], e["src_layer"][rows]],
+        [e[measure][rows], e["n_co"][rows].astype(np.float64), -e["src"][rows].astype(np.float64)],
+        2,
+    )
     rows = rows[order]
     p1, p2 = pairs_in_groups(gid)
     ea, eb = rows[p1], rows[p2]
-    return {"l": e["src_layer"][ea], "m": e["dst_layer"][ea], "j": e["dst"][ea], "a": e["src"][ea],
-            "b": e["src"][eb], "ea": ea, "eb": eb}
+    return {
+        "l": e["src_layer"][ea],
+        "m": e["dst_layer"][ea],
+        "j": e["dst"][ea],
+        "a": e["src"][ea],
+        "b": e["src"][eb],
+        "ea": ea,
+        "eb": eb,
+    }
 
 
 def _keys(c: dict[str, np.ndarray], d_l: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,8 +147,9 @@ def _keys(c: dict[str, np.ndarray], d_l: int) -> tuple[np.ndarray, np.ndarray]:
     return lo * d_l + hi, (c["j"] * d_l + lo) * d_l + hi
 
 
-def build_requests(cands: list[dict[str, np.ndarray]], d_sae: dict[int, int]
-                   ) -> tuple[dict[int, np.ndarray], dict[tuple[int, int], np.ndarray]]:
+def build_requests(
+    cands: list[dict[str, np.ndarray]], d_sae: dict[int, int]
+) -> tuple[dict[int, np.ndarray], dict[tuple[int, int], np.ndarray]]:
     """Unique within-layer pairs {l: [P, 2] (a, b)} and triples {(l, m): [Q, 3] (j, a, b)}, a < b,
     sorted by their encoded keys (so `lookup` can binary-search them)."""
     pk: dict[int, list] = {}
@@ -138,8 +172,13 @@ def build_requests(cands: list[dict[str, np.ndarray]], d_sae: dict[int, int]
     return pairs, triples
 
 
-def lookup(c: dict[str, np.ndarray], pairs: dict[int, np.ndarray], triples: dict[tuple[int, int], np.ndarray],
-           counts, d_sae: dict[int, int]) -> dict[str, np.ndarray]:
+def lookup(
+    c: dict[str, np.ndarray],
+    pairs: dict[int, np.ndarray],
+    triples: dict[tuple[int, int], np.ndarray],
+    counts,
+    d_sae: dict[int, int],
+) -> dict[str, np.ndarray]:
     """Validation counts for candidate rows: n_j, n_a, n_b, n_ab, t_and (j∧a∧b), t_or (j∧(a∨b))."""
     n = len(c["j"])
     out = {k: np.zeros(n, np.int64) for k in ("n_j", "n_a", "n_b", "n_ab", "t_and", "t_or")}
@@ -168,42 +207,82 @@ def condition_scores(k: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarra
     """support, n_condition, score_forward, score_backward, jaccard for condition a∧b / a∨b."""
     support = k["t_and"] if kind == "and" else k["t_or"]
     n_cond = k["n_ab"] if kind == "and" else k["n_a"] + k["n_b"] - k["n_ab"]
-    return {"support": support, "n_condition": n_cond, "score_forward": _ratio(support, n_cond),
-            "score_backward": _ratio(support, k["n_j"]),
-            "jaccard": _ratio(support, k["n_j"] + n_cond - support)}
+    return {
+        "support": support,
+        "n_condition": n_cond,
+        "score_forward": _ratio(support, n_cond),
+        "score_backward": _ratio(support, k["n_j"]),
+        "jaccard": _ratio(support, k["n_j"] + n_cond - support),
+    }
 
 
-def validated_gates(e: dict[str, np.ndarray], c: dict[str, np.ndarray], k: dict[str, np.ndarray], kind: str,
-                    tau_valid: float, min_support: int) -> pa.Table:
+def validated_gates(
+    e: dict[str, np.ndarray],
+    c: dict[str, np.ndarray],
+    k: dict[str, np.ndarray],
+    kind: str,
+    tau_valid: float,
+    min_support: int,
+) -> pa.Table:
     """Rows of gates.parquet for candidates `c` of `kind` that pass validation (see module doc)."""
     s = condition_scores(k, kind)
     single = "sufficiency" if kind == "and" else "necessity"
     sa, sb = e[single][c["ea"]], e[single][c["eb"]]
-    keep = ((s["support"] >= min_support) & (k["n_j"] >= min_support)
-            & (s["score_backward"] >= tau_valid) & (s["score_forward"] >= tau_valid)
-            & (np.maximum(sa, sb) < tau_valid))
+    keep = (
+        (s["support"] >= min_support)
+        & (k["n_j"] >= min_support)
+        & (s["score_backward"] >= tau_valid)
+        & (s["score_forward"] >= tau_valid)
+        & (np.maximum(sa, sb) < tau_valid)
+    )
     n = int(keep.sum())
-    cols = {"kind": pa.array([kind] * n, pa.string()), "layer": c["m"][keep], "feature": c["j"][keep],
-            "parent_layer": c["l"][keep], "parent_a": c["a"][keep], "parent_b": c["b"][keep],
-            "support": s["support"][keep], "score_forward": s["score_forward"][keep],
-            "score_backward": s["score_backward"][keep], "n_child": k["n_j"][keep],
-            "n_condition": s["n_condition"][keep], "jaccard": s["jaccard"][keep],
-            "parent_a_score": e["necessity" if kind == "and" else "sufficiency"][c["ea"]][keep],
-            "parent_b_score": e["necessity" if kind == "and" else "sufficiency"][c["eb"]][keep]}
-    return pa.table({name: (v if isinstance(v, pa.Array) else pa.array(np.asarray(v),
-                                                                         pa.float64() if v.dtype.kind == "f"
-                                                                         else pa.int64()))
-                     for name, v in cols.items()})
+    cols = {
+        "kind": pa.array([kind] * n, pa.string()),
+        "layer": c["m"][keep],
+        "feature": c["j"][keep],
+        "parent_layer": c["l"][keep],
+        "parent_a": c["a"][keep],
+        "parent_b": c["b"][keep],
+        "support": s["support"][keep],
+        "score_forward": s["score_forward"][keep],
+        "score_backward": s["score_backward"][keep],
+        "n_child": k["n_j"][keep],
+        "n_condition": s["n_condition"][keep],
+        "jaccard": s["jaccard"][keep],
+        "parent_a_score": e["necessity" if kind == "and" else "sufficiency"][c["ea"]][keep],
+        "parent_b_score": e["necessity" if kind == "and" else "sufficiency"][c["eb"]][keep],
+    }
+    return pa.table(
+        {
+            name: (
+                v
+                if isinstance(v, pa.Array)
+                else pa.array(np.asarray(v), pa.float64() if v.dtype.kind == "f" else pa.int64())
+            )
+            for name, v in cols.items()
+        }
+    )
 
 
 def empty_gates() -> pa.Table:
-    return pa.table({c: pa.array([], pa.string() if c == "kind" else pa.float64()
-                                 if c.startswith("score") or c in ("jaccard", "parent_a_score", "parent_b_score")
-                                 else pa.int64()) for c in GATE_COLUMNS})
+    return pa.table(
+        {
+            c: pa.array(
+                [],
+                pa.string()
+                if c == "kind"
+                else pa.float64()
+                if c.startswith("score") or c in ("jaccard", "parent_a_score", "parent_b_score")
+                else pa.int64(),
+            )
+            for c in GATE_COLUMNS
+        }
+    )
 
 
-def best_pairs_table(e: dict[str, np.ndarray], c: dict[str, np.ndarray], k: dict[str, np.ndarray],
-                     measure: str) -> pa.Table:
+def best_pairs_table(
+    e: dict[str, np.ndarray], c: dict[str, np.ndarray], k: dict[str, np.ndarray], measure: str
+) -> pa.Table:
     """best_pairs.parquet: each child's two strongest parents scored as a∧b and as a∨b.
 
     `best` names the explanation with the highest Jaccard with the child: 'and', 'or', or
@@ -211,15 +290,33 @@ def best_pairs_table(e: dict[str, np.ndarray], c: dict[str, np.ndarray], k: dict
     """
     s_and, s_or = condition_scores(k, "and"), condition_scores(k, "or")
     j_single = e["jaccard"][c["ea"]]
-    stack = np.stack([np.nan_to_num(s_and["jaccard"], nan=-1), np.nan_to_num(s_or["jaccard"], nan=-1),
-                      np.nan_to_num(j_single, nan=-1)], axis=1)
+    stack = np.stack(
+        [
+            np.nan_to_num(s_and["jaccard"], nan=-1),
+            np.nan_to_num(s_or["jaccard"], nan=-1),
+            np.nan_to_num(j_single, nan=-1),
+        ],
+        axis=1,
+    )
     best = np.array(["and", "or", "single"], dtype=object)[np.argmax(stack, axis=1)] if len(stack) else []
-    t = {"layer": c["m"], "feature": c["j"], "parent_layer": c["l"], "parent_a": c["a"], "parent_b": c["b"],
-         "n_child": k["n_j"], f"parent_a_{measure}": e[measure][c["ea"]], f"parent_b_{measure}": e[measure][c["eb"]],
-         "single_jaccard": j_single}
+    t = {
+        "layer": c["m"],
+        "feature": c["j"],
+        "parent_layer": c["l"],
+        "parent_a": c["a"],
+        "parent_b": c["b"],
+        "n_child": k["n_j"],
+        f"parent_a_{measure}": e[measure][c["ea"]],
+        f"parent_b_{measure}": e[measure][c["eb"]],
+        "single_jaccard": j_single,
+    }
     for name, s in (("and", s_and), ("or", s_or)):
         for key in ("support", "score_forward", "score_backward", "jaccard"):
             t[f"{name}_{key}"] = s[key]
-    out = pa.table({n: pa.array(np.asarray(v), pa.float64() if np.asarray(v).dtype.kind == "f" else pa.int64())
-                    for n, v in t.items()})
+    out = pa.table(
+        {
+            n: pa.array(np.asarray(v), pa.float64() if np.asarray(v).dtype.kind == "f" else pa.int64())
+            for n, v in t.items()
+        }
+    )
     return out.append_column("best", pa.array(list(best), pa.string()))

@@ -51,20 +51,28 @@ class Lifecycle:
         self.label = label
 
 
-def classify(features: pa.Table, links: pa.Table, layers: list[int], measure: str = DEFAULT_MEASURE,
-             threshold: float = DEFAULT_THRESHOLD) -> Lifecycle:
+def classify(
+    features: pa.Table,
+    links: pa.Table,
+    layers: list[int],
+    measure: str = DEFAULT_MEASURE,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Lifecycle:
     """Lifecycle of every feature of `features` (rows: layer, feature, n_active, ...).
 
     links: feature_links.parquet (best_pred_{M}, best_succ_{M} per (layer, feature)).
     NaN best values (dead or constant features, undefined Pearson) never reach τ.
     """
     if measure not in LIFECYCLE_MEASURES:
-        raise SaelineageError(f"unknown lifecycle measure {measure!r}.",
-                              f"choose one of {', '.join(LIFECYCLE_MEASURES)}.")
+        raise SaelineageError(
+            f"unknown lifecycle measure {measure!r}.", f"choose one of {', '.join(LIFECYCLE_MEASURES)}."
+        )
     for col in (f"best_pred_{measure}", f"best_succ_{measure}"):
         if col not in links.column_names:
-            raise SaelineageError(f"feature_links.parquet has no column {col}.",
-                                  "re-run `saelineage stats RUN --force` with this version.")
+            raise SaelineageError(
+                f"feature_links.parquet has no column {col}.",
+                "re-run `saelineage stats RUN --force` with this version.",
+            )
     f_layer = features.column("layer").to_numpy().astype(np.int64)
     f_id = features.column("feature").to_numpy().astype(np.int64)
     live = features.column("n_active").to_numpy() > 0
@@ -84,8 +92,14 @@ def classify(features: pa.Table, links: pa.Table, layers: list[int], measure: st
     return Lifecycle(f_layer, live, has_pred, has_succ)
 
 
-def layer_table(features: pa.Table, links: pa.Table, layers: list[int], measure: str = DEFAULT_MEASURE,
-                threshold: float = DEFAULT_THRESHOLD, sweep: tuple[float, ...] = SWEEP) -> pa.Table:
+def layer_table(
+    features: pa.Table,
+    links: pa.Table,
+    layers: list[int],
+    measure: str = DEFAULT_MEASURE,
+    threshold: float = DEFAULT_THRESHOLD,
+    sweep: tuple[float, ...] = SWEEP,
+) -> pa.Table:
     """lifecycle.parquet: one row per (threshold, layer); `chosen` marks the analysis threshold.
 
     n_new / n_carried count live features without / with a predecessor, n_ending /
@@ -94,10 +108,29 @@ def layer_table(features: pa.Table, links: pa.Table, layers: list[int], measure:
     new/carried at the first layer, ending/continuing at the last); ref_share_* count dead
     features as new and ending, out of all features, as the reference did.
     """
-    rows: dict[str, list] = {k: [] for k in (
-        "measure", "threshold", "chosen", "layer", "n_features", "n_dead", "n_live", "n_new", "n_carried",
-        "n_ending", "n_continuing", "n_new_and_ending", "share_new", "share_carried", "share_ending",
-        "share_continuing", "ref_share_new", "ref_share_ending")}
+    rows: dict[str, list] = {
+        k: []
+        for k in (
+            "measure",
+            "threshold",
+            "chosen",
+            "layer",
+            "n_features",
+            "n_dead",
+            "n_live",
+            "n_new",
+            "n_carried",
+            "n_ending",
+            "n_continuing",
+            "n_new_and_ending",
+            "share_new",
+            "share_carried",
+            "share_ending",
+            "share_continuing",
+            "ref_share_new",
+            "ref_share_ending",
+        )
+    }
     for t in sorted(set(sweep) | {threshold}):
         lc = classify(features, links, layers, measure, t)
         for l in layers:
@@ -114,18 +147,54 @@ def layer_table(features: pa.Table, links: pa.Table, layers: list[int], measure:
 
             def share(x, d=nl):
                 return None if x is None or d == 0 else x / d
-            for k, v in (("measure", measure), ("threshold", float(t)), ("chosen", bool(t == threshold)),
-                         ("layer", l), ("n_features", n), ("n_dead", nd), ("n_live", nl), ("n_new", n_new),
-                         ("n_carried", n_car), ("n_ending", n_end), ("n_continuing", n_con),
-                         ("n_new_and_ending", n_ne), ("share_new", share(n_new)), ("share_carried", share(n_car)),
-                         ("share_ending", share(n_end)), ("share_continuing", share(n_con)),
-                         ("ref_share_new", None if n_new is None or n == 0 else (n_new + nd) / n),
-                         ("ref_share_ending", None if n_end is None or n == 0 else (n_end + nd) / n)):
+
+            for k, v in (
+                ("measure", measure),
+                ("threshold", float(t)),
+                ("chosen", bool(t == threshold)),
+                ("layer", l),
+                ("n_features", n),
+                ("n_dead", nd),
+                ("n_live", nl),
+                ("n_new", n_new),
+                ("n_carried", n_car),
+                ("n_ending", n_end),
+                ("n_continuing", n_con),
+                ("n_new_and_ending", n_ne),
+                ("share_new", share(n_new)),
+                ("share_carried", share(n_car)),
+                ("share_ending", share(n_end)),
+                ("share_continuing", share(n_con)),
+                ("ref_share_new", None if n_new is None or n == 0 else (n_new + nd) / n),
+                ("ref_share_ending", None if n_end is None or n == 0 else (n_end + nd) / n),
+            ):
                 rows[k].append(v)
-    ints = {"layer", "n_features", "n_dead", "n_live", "n_new", "n_carried", "n_ending", "n_continuing",
-            "n_new_and_ending"}
-    schema = pa.schema([(k, pa.string() if k == "measure" else pa.bool_() if k == "chosen"
-                         else pa.int64() if k in ints else pa.float64()) for k in rows])
+    ints = {
+        "layer",
+        "n_features",
+        "n_dead",
+        "n_live",
+        "n_new",
+        "n_carried",
+        "n_ending",
+        "n_continuing",
+        "n_new_and_ending",
+    }
+    schema = pa.schema(
+        [
+            (
+                k,
+                pa.string()
+                if k == "measure"
+                else pa.bool_()
+                if k == "chosen"
+                else pa.int64()
+                if k in ints
+                else pa.float64(),
+            )
+            for k in rows
+        ]
+    )
     return pa.table(rows, schema=schema)
 
 
@@ -147,15 +216,26 @@ def lifecycle_rich_table(table: pa.Table) -> Table:
 
     rows = [r for r in table.to_pylist() if r["chosen"]]
     m, t = (rows[0]["measure"], rows[0]["threshold"]) if rows else ("?", float("nan"))
-    out = Table(title=f"Feature lifecycle per layer ({m} ≥ {t:g})", box=box.SIMPLE_HEAD, pad_edge=False,
-                caption="% of live features (carried = live − new); †: % of all features, dead ones "
-                        "counted as new and ending (the reference's way)")
+    out = Table(
+        title=f"Feature lifecycle per layer ({m} ≥ {t:g})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        caption="% of live features (carried = live − new); †: % of all features, dead ones "
+        "counted as new and ending (the reference's way)",
+    )
     for name in ("layer", "features", "dead", "live", "new", "ending", "new †", "end †"):
         out.add_column(name, justify="right", no_wrap=True)
     for r in rows:
-        out.add_row(str(r["layer"]), f"{r['n_features']:,}", f"{r['n_dead']:,}", f"{r['n_live']:,}",
-                    _n_pct(r["n_new"], r["share_new"]), _n_pct(r["n_ending"], r["share_ending"]),
-                    _pct(r["ref_share_new"]), _pct(r["ref_share_ending"]))
+        out.add_row(
+            str(r["layer"]),
+            f"{r['n_features']:,}",
+            f"{r['n_dead']:,}",
+            f"{r['n_live']:,}",
+            _n_pct(r["n_new"], r["share_new"]),
+            _n_pct(r["n_ending"], r["share_ending"]),
+            _pct(r["ref_share_new"]),
+            _pct(r["ref_share_ending"]),
+        )
     return out
 
 

@@ -70,9 +70,16 @@ class GraphContext:
         return out
 
 
-def prompt_graph(codes: dict[int, tuple[np.ndarray, np.ndarray]], ctx: GraphContext, *, rel: float = 0.1,
-                 measure: str = "jaccard", min_value: float | None = None, max_nodes: int | None = None,
-                 meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def prompt_graph(
+    codes: dict[int, tuple[np.ndarray, np.ndarray]],
+    ctx: GraphContext,
+    *,
+    rel: float = 0.1,
+    measure: str = "jaccard",
+    min_value: float | None = None,
+    max_nodes: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Node-link graph of the features active at one token.
 
     codes: {layer: (feature ids int [k], activations float [k])} at that token.
@@ -111,15 +118,25 @@ def prompt_graph(codes: dict[int, tuple[np.ndarray, np.ndarray]], ctx: GraphCont
 
     def nid(k: np.ndarray) -> list[str]:
         return [f"{a}_{b}" for a, b in zip((k // KEY).tolist(), (k % KEY).tolist())]
+
     ids = nid(keys)
     expl = ctx.explanation
-    nodes = [{"id": i, "layer": int(k // KEY), "feature": int(k % KEY), "activation": float(a),
-              "rel_activation": None if not np.isfinite(r) else float(r),
-              "community": None if ctx.community[row] < 0 else int(ctx.community[row]),
-              "explanation": None if expl is None or expl[row] is None else str(expl[row])}
-             for i, k, a, r, row in zip(ids, keys.tolist(), acts.tolist(), relv.tolist(), rows.tolist())]
-    links = [{"source": s, "target": t, "similarity": None if not np.isfinite(v) else float(v)}
-             for s, t, v in zip(nid(ctx.src_key[e_idx]), nid(ctx.dst_key[e_idx]), sim[e_idx].tolist())]
+    nodes = [
+        {
+            "id": i,
+            "layer": int(k // KEY),
+            "feature": int(k % KEY),
+            "activation": float(a),
+            "rel_activation": None if not np.isfinite(r) else float(r),
+            "community": None if ctx.community[row] < 0 else int(ctx.community[row]),
+            "explanation": None if expl is None or expl[row] is None else str(expl[row]),
+        }
+        for i, k, a, r, row in zip(ids, keys.tolist(), acts.tolist(), relv.tolist(), rows.tolist())
+    ]
+    links = [
+        {"source": s, "target": t, "similarity": None if not np.isfinite(v) else float(v)}
+        for s, t, v in zip(nid(ctx.src_key[e_idx]), nid(ctx.dst_key[e_idx]), sim[e_idx].tolist())
+    ]
     graph = {"measure": measure, "rel": rel, "min_value": min_value, "truncated": truncated} | (meta or {})
     return {"directed": True, "multigraph": False, "graph": graph, "nodes": nodes, "links": links}
 
@@ -131,15 +148,22 @@ def load_context(run: RunDir) -> GraphContext:
     run.require("stats")
     feats = read_features(run, columns=["act_max", "community"])
     names = feats.column_names
-    comm = (np.asarray(feats.column("community").fill_null(-1).to_numpy(), np.int64) if "community" in names
-            else np.full(feats.num_rows, -1, np.int64))
+    comm = (
+        np.asarray(feats.column("community").fill_null(-1).to_numpy(), np.int64)
+        if "community" in names
+        else np.full(feats.num_rows, -1, np.int64)
+    )
     from saelineage.lineage.export import explanations
 
     edges = pq.read_table(run.file("edges.parquet"))
-    return GraphContext(feats.column("layer").to_numpy().astype(np.int64),
-                        feats.column("feature").to_numpy().astype(np.int64),
-                        feats.column("act_max").to_numpy().astype(np.float64), comm, explanations(run, feats),
-                        {c: edges.column(c).to_numpy(zero_copy_only=False) for c in edges.column_names})
+    return GraphContext(
+        feats.column("layer").to_numpy().astype(np.int64),
+        feats.column("feature").to_numpy().astype(np.int64),
+        feats.column("act_max").to_numpy().astype(np.float64),
+        comm,
+        explanations(run, feats),
+        {c: edges.column(c).to_numpy(zero_copy_only=False) for c in edges.column_names},
+    )
 
 
 def encode_text(run: RunDir, text: str, model=None) -> tuple[list[int], dict[int, Any]]:
@@ -160,8 +184,10 @@ def encode_text(run: RunDir, text: str, model=None) -> tuple[list[int], dict[int
     layers = sorted(int(l) for l in rm.saes)
     with torch.no_grad():
         res = rm.adapter.residuals(torch.tensor([ids], dtype=torch.long), [rm.saes[l].hook for l in layers])
-        codes = {l: rm.saes[l].encode_sparse(res[rm.saes[l].hook].reshape(len(ids), -1).to(rm.saes[l].W_enc.dtype))
-                 for l in layers}
+        codes = {
+            l: rm.saes[l].encode_sparse(res[rm.saes[l].hook].reshape(len(ids), -1).to(rm.saes[l].W_enc.dtype))
+            for l in layers
+        }
     return ids, codes
 
 
@@ -174,31 +200,64 @@ def codes_at(codes: dict[int, Any], position: int) -> dict[int, tuple[np.ndarray
     return out
 
 
-def prompt(run_dir: str | Path, text: str, position: int = -1, *, rel: float = 0.1, measure: str = "jaccard",
-           min_value: float | None = None, max_nodes: int | None = None, model=None) -> dict[str, Any]:
+def prompt(
+    run_dir: str | Path,
+    text: str,
+    position: int = -1,
+    *,
+    rel: float = 0.1,
+    measure: str = "jaccard",
+    min_value: float | None = None,
+    max_nodes: int | None = None,
+    model=None,
+) -> dict[str, Any]:
     """Run the run's model + SAEs on `text` and return the graph at token `position` (−1: last)."""
     run = RunDir(run_dir)
     ctx = load_context(run)
     ids, codes = encode_text(run, text, model)
     p = position if position >= 0 else len(ids) + position
     if not 0 <= p < len(ids):
-        raise SaelineageError(f"token position {position} is outside the prompt ({len(ids)} tokens).",
-                              f"choose a position between {-len(ids)} and {len(ids) - 1}.")
+        raise SaelineageError(
+            f"token position {position} is outside the prompt ({len(ids)} tokens).",
+            f"choose a position between {-len(ids)} and {len(ids) - 1}.",
+        )
     vocab = read_vocab(run)
     tokens = [vocab[i] if vocab and 0 <= i < len(vocab) else str(i) for i in ids]
-    return prompt_graph(codes_at(codes, p), ctx, rel=rel, measure=measure, min_value=min_value, max_nodes=max_nodes,
-                        meta={"text": text, "position": p, "token": tokens[p], "tokens": tokens})
+    return prompt_graph(
+        codes_at(codes, p),
+        ctx,
+        rel=rel,
+        measure=measure,
+        min_value=min_value,
+        max_nodes=max_nodes,
+        meta={"text": text, "position": p, "token": tokens[p], "tokens": tokens},
+    )
 
 
-def sample_graphs(samples: list[dict], ctx: GraphContext, vocab: list[str] | None, *, rel: float = 0.1,
-                  measure: str = "jaccard", max_nodes: int | None = 256) -> list[dict[str, Any]]:
+def sample_graphs(
+    samples: list[dict],
+    ctx: GraphContext,
+    vocab: list[str] | None,
+    *,
+    rel: float = 0.1,
+    measure: str = "jaccard",
+    max_nodes: int | None = 256,
+) -> list[dict[str, Any]]:
     """Graphs of sampled corpus tokens (validate.Counts.samples: window, pos, token, raw codes)."""
     out = []
     for s in samples:
         t = s["token"]
         token = vocab[t] if vocab and 0 <= t < len(vocab) else str(t)
-        out.append(prompt_graph(s["codes"], ctx, rel=rel, measure=measure, max_nodes=max_nodes,
-                                meta={"window": s["window"], "position": s["pos"], "token": token}))
+        out.append(
+            prompt_graph(
+                s["codes"],
+                ctx,
+                rel=rel,
+                measure=measure,
+                max_nodes=max_nodes,
+                meta={"window": s["window"], "position": s["pos"], "token": token},
+            )
+        )
     return out
 
 

@@ -21,22 +21,35 @@ import pyarrow as pa
 from saelineage.lineage.gates import child_counts, pairs_in_groups, ranked_groups
 
 
-def split_candidates(e: dict[str, np.ndarray], tau: float, min_support: int, max_children: int = 16
-                     ) -> dict[str, np.ndarray]:
+def split_candidates(
+    e: dict[str, np.ndarray], tau: float, min_support: int, max_children: int = 16
+) -> dict[str, np.ndarray]:
     """Candidate children grouped by parent: {l, i, m, c, er, gid} int64 [R] (groups of ≥ 2, sorted)."""
-    ok = ((e["n_co"] >= min_support) & (child_counts(e) >= min_support) & (e["necessity"] >= tau)
-          & (e["sufficiency"] < tau))
+    ok = (
+        (e["n_co"] >= min_support)
+        & (child_counts(e) >= min_support)
+        & (e["necessity"] >= tau)
+        & (e["sufficiency"] < tau)
+    )
     rows = np.nonzero(ok)[0]
-    order, gid = ranked_groups([e["src_layer"][rows], e["src"][rows], e["dst_layer"][rows]],
-                               [e["n_co"][rows].astype(np.float64), -e["dst"][rows].astype(np.float64)],
-                               max_children)
+    order, gid = ranked_groups(
+        [e["src_layer"][rows], e["src"][rows], e["dst_layer"][rows]],
+        [e["n_co"][rows].astype(np.float64), -e["dst"][rows].astype(np.float64)],
+        max_children,
+    )
     rows = rows[order]
     sizes = np.bincount(gid) if len(gid) else np.zeros(0, np.int64)
     keep = sizes[gid] >= 2 if len(gid) else np.zeros(0, bool)
     rows, gid = rows[keep], gid[keep]
     gid = np.unique(gid, return_inverse=True)[1].astype(np.int64) if len(gid) else gid
-    return {"l": e["src_layer"][rows], "i": e["src"][rows], "m": e["dst_layer"][rows], "c": e["dst"][rows],
-            "er": rows, "gid": gid}
+    return {
+        "l": e["src_layer"][rows],
+        "i": e["src"][rows],
+        "m": e["dst_layer"][rows],
+        "c": e["dst"][rows],
+        "er": rows,
+        "gid": gid,
+    }
 
 
 def child_pair_requests(cand: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
@@ -65,8 +78,9 @@ def _greedy(starts, sizes, conf_off, conflict, chosen):
             chosen[s + r] = ok
 
 
-def choose_children(cand: dict[str, np.ndarray], p1: np.ndarray, p2: np.ndarray, pair_jaccard: np.ndarray,
-                    tau_x: float) -> tuple[np.ndarray, np.ndarray]:
+def choose_children(
+    cand: dict[str, np.ndarray], p1: np.ndarray, p2: np.ndarray, pair_jaccard: np.ndarray, tau_x: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Greedy choice of mutually exclusive children per parent (module doc, step 2).
 
     pair_jaccard: float [len(p1)] Jaccard of candidate children p1[k], p2[k].
@@ -78,8 +92,8 @@ def choose_children(cand: dict[str, np.ndarray], p1: np.ndarray, p2: np.ndarray,
     sizes = np.bincount(gid, minlength=n_g)
     conf_off = np.zeros(n_g, np.int64)
     if n_g > 1:
-        conf_off[1:] = np.cumsum(sizes ** 2)[:-1]
-    conflict = np.zeros(int((sizes ** 2).sum()), np.bool_)
+        conf_off[1:] = np.cumsum(sizes**2)[:-1]
+    conflict = np.zeros(int((sizes**2).sum()), np.bool_)
     g = gid[p1]
     local1, local2 = p1 - starts[g], p2 - starts[g]
     conflict[conf_off[g] + local1 * sizes[g] + local2] = ~(pair_jaccard <= tau_x)  # NaN counts as a conflict
@@ -108,12 +122,33 @@ def split_groups(cand: dict[str, np.ndarray], chosen: np.ndarray) -> dict[tuple[
     return out
 
 
-def splits_table(e: dict[str, np.ndarray], cand: dict[str, np.ndarray], groups: dict, group_counts: dict,
-                 n_active: dict[int, np.ndarray], max_pair: np.ndarray, min_coverage: float) -> pa.Table:
+def splits_table(
+    e: dict[str, np.ndarray],
+    cand: dict[str, np.ndarray],
+    groups: dict,
+    group_counts: dict,
+    n_active: dict[int, np.ndarray],
+    max_pair: np.ndarray,
+    min_coverage: float,
+) -> pa.Table:
     """splits.parquet rows: parent (layer, feature), child_layer, children and their scores."""
-    cols: dict[str, list] = {k: [] for k in (
-        "layer", "feature", "child_layer", "children", "n_children", "children_n_co", "children_necessity",
-        "n_parent", "n_any_child", "coverage", "exclusivity", "max_pair_jaccard")}
+    cols: dict[str, list] = {
+        k: []
+        for k in (
+            "layer",
+            "feature",
+            "child_layer",
+            "children",
+            "n_children",
+            "children_n_co",
+            "children_necessity",
+            "n_parent",
+            "n_any_child",
+            "coverage",
+            "exclusivity",
+            "max_pair_jaccard",
+        )
+    }
     for (l, m), (anchor, ptr, members, gids, rows) in groups.items():
         cnt = group_counts[(l, m)]
         for g in range(len(anchor)):
@@ -123,11 +158,11 @@ def splits_table(e: dict[str, np.ndarray], cand: dict[str, np.ndarray], groups: 
             coverage = n_cov / n_i if n_i else float("nan")
             if not coverage >= min_coverage:
                 continue
-            r = rows[ptr[g]:ptr[g + 1]]
+            r = rows[ptr[g] : ptr[g + 1]]
             cols["layer"].append(l)
             cols["feature"].append(i)
             cols["child_layer"].append(m)
-            cols["children"].append(members[ptr[g]:ptr[g + 1]].tolist())
+            cols["children"].append(members[ptr[g] : ptr[g + 1]].tolist())
             cols["n_children"].append(int(ptr[g + 1] - ptr[g]))
             cols["children_n_co"].append(e["n_co"][cand["er"][r]].tolist())
             cols["children_necessity"].append(e["necessity"][cand["er"][r]].tolist())
@@ -136,10 +171,21 @@ def splits_table(e: dict[str, np.ndarray], cand: dict[str, np.ndarray], groups: 
             cols["coverage"].append(coverage)
             cols["exclusivity"].append(1.0 - n_multi / n_any if n_any else float("nan"))
             cols["max_pair_jaccard"].append(float(max_pair[gids[g]]))
-    schema = pa.schema([("layer", pa.int64()), ("feature", pa.int64()), ("child_layer", pa.int64()),
-                        ("children", pa.list_(pa.int64())), ("n_children", pa.int64()),
-                        ("children_n_co", pa.list_(pa.int64())), ("children_necessity", pa.list_(pa.float64())),
-                        ("n_parent", pa.int64()), ("n_any_child", pa.int64()), ("coverage", pa.float64()),
-                        ("exclusivity", pa.float64()), ("max_pair_jaccard", pa.float64())])
+    schema = pa.schema(
+        [
+            ("layer", pa.int64()),
+            ("feature", pa.int64()),
+            ("child_layer", pa.int64()),
+            ("children", pa.list_(pa.int64())),
+            ("n_children", pa.int64()),
+            ("children_n_co", pa.list_(pa.int64())),
+            ("children_necessity", pa.list_(pa.float64())),
+            ("n_parent", pa.int64()),
+            ("n_any_child", pa.int64()),
+            ("coverage", pa.float64()),
+            ("exclusivity", pa.float64()),
+            ("max_pair_jaccard", pa.float64()),
+        ]
+    )
     t = pa.table(cols, schema=schema)
     return t.sort_by([("layer", "ascending"), ("feature", "ascending"), ("child_layer", "ascending")])

@@ -34,8 +34,19 @@ from saelineage.lineage.validate import Requests, count
 from saelineage.progress import console
 from saelineage.run import RunDir, atomic_write_bytes, writes_run
 
-EDGE_COLUMNS = ("src_layer", "src", "dst_layer", "dst", "n_co", "jaccard", "sufficiency", "necessity",
-                "mutual_info", "pearson", "act_cosine")
+EDGE_COLUMNS = (
+    "src_layer",
+    "src",
+    "dst_layer",
+    "dst",
+    "n_co",
+    "jaccard",
+    "sufficiency",
+    "necessity",
+    "mutual_info",
+    "pearson",
+    "act_cosine",
+)
 
 
 class AnalyzeResult(NamedTuple):
@@ -49,18 +60,25 @@ class AnalyzeResult(NamedTuple):
 def check_config(cfg: AnalyzeConfig, edge_names: list[str]) -> None:
     """Refuse options that cannot work on this run's edges, before anything is written."""
     if cfg.measure not in lifecycle.LIFECYCLE_MEASURES:
-        raise SaelineageError(f"unknown lifecycle measure {cfg.measure!r}.",
-                              f"choose one of {', '.join(lifecycle.LIFECYCLE_MEASURES)}.")
-    for name, m in (("--pair-measure", cfg.pair_measure), ("--community-measure", cfg.community_measure),
-                    ("--prompt-measure", cfg.prompt_measure)):
+        raise SaelineageError(
+            f"unknown lifecycle measure {cfg.measure!r}.", f"choose one of {', '.join(lifecycle.LIFECYCLE_MEASURES)}."
+        )
+    for name, m in (
+        ("--pair-measure", cfg.pair_measure),
+        ("--community-measure", cfg.community_measure),
+        ("--prompt-measure", cfg.prompt_measure),
+    ):
         if m not in edge_names:
-            raise SaelineageError(f"{name} {m!r} is not a column of edges.parquet.",
-                                  f"choose one of {', '.join(c for c in edge_names if c not in EDGE_COLUMNS[:4])}.")
+            raise SaelineageError(
+                f"{name} {m!r} is not a column of edges.parquet.",
+                f"choose one of {', '.join(c for c in edge_names if c not in EDGE_COLUMNS[:4])}.",
+            )
     comm.check_options(cfg.quality, cfg.leiden_backend)
     for name in ("gate_threshold", "exclusivity", "min_coverage"):
         if not 0 <= getattr(cfg, name) <= 1:
-            raise SaelineageError(f"--{name.replace('_', '-')} must lie in [0, 1] (got {getattr(cfg, name)}).",
-                                  "pick a share.")
+            raise SaelineageError(
+                f"--{name.replace('_', '-')} must lie in [0, 1] (got {getattr(cfg, name)}).", "pick a share."
+            )
     if cfg.min_support < 1:
         raise SaelineageError("--min-support must be at least 1.", "use e.g. --min-support 5.")
 
@@ -85,8 +103,9 @@ def _merge_pairs(*dicts: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
 
 
 @writes_run("analyze")
-def run_analyze(run_dir: str | Path, cfg: AnalyzeConfig | None = None, *, force: bool = False,
-                progress: bool = True) -> AnalyzeResult:
+def run_analyze(
+    run_dir: str | Path, cfg: AnalyzeConfig | None = None, *, force: bool = False, progress: bool = True
+) -> AnalyzeResult:
     """Lifecycle, gates, splits, communities and sample prompt graphs of a run with complete stats."""
     opt = cfg or AnalyzeConfig()
     run = RunDir(run_dir)
@@ -94,17 +113,28 @@ def run_analyze(run_dir: str | Path, cfg: AnalyzeConfig | None = None, *, force:
     stats_entry = manifest["stages"]["stats"]
     stamp = {k: stats_entry.get(k) for k in ("started", "seconds")}
     prev = (manifest.get("stages") or {}).get("analyze") or {}
-    if (not force and prev.get("status") == "complete" and prev.get("options") == asdict(opt)
-            and prev.get("stats_stamp") == stamp):
+    if (
+        not force
+        and prev.get("status") == "complete"
+        and prev.get("options") == asdict(opt)
+        and prev.get("stats_stamp") == stamp
+    ):
         if progress:
             console.print(f"analyze: {run.path} is complete with these options; skipping (use --force to redo).")
         return AnalyzeResult(run, _counts(prev), True)
     from saelineage.hints import recollect, stats_command
 
-    for name, writer in (("features.parquet", "collect"), ("feature_links.parquet", "stats"), ("edges.parquet", "stats")):
+    for name, writer in (
+        ("features.parquet", "collect"),
+        ("feature_links.parquet", "stats"),
+        ("edges.parquet", "stats"),
+    ):
         if not run.file(name).is_file():
-            fix = (f"{recollect(run.path, manifest=manifest)}: collect writes {name}." if writer == "collect" else
-                   f"run `{stats_command(run.path, force=True, manifest=manifest)}`: stats writes {name}.")
+            fix = (
+                f"{recollect(run.path, manifest=manifest)}: collect writes {name}."
+                if writer == "collect"
+                else f"run `{stats_command(run.path, force=True, manifest=manifest)}`: stats writes {name}."
+            )
             raise SaelineageError(f"{run.file(name)} is missing.", fix)
     e = _edges(run)
     check_config(opt, list(e))
@@ -152,16 +182,29 @@ def _analyze(run: RunDir, manifest: dict, opt: AnalyzeConfig, e: dict[str, np.nd
     f_layer = feats.column("layer").to_numpy().astype(np.int64)
     f_id = feats.column("feature").to_numpy().astype(np.int64)
     n_windows = int(manifest.get("n_windows") or 0)
-    samples = (np.unique(np.linspace(0, n_windows - 1, min(opt.prompt_samples, n_windows)).round().astype(np.int64))
-               if opt.prompt_samples > 0 and n_windows > 0 else None)
-    ex = pq.read_table(run.file("examples.parquet"), columns=["layer", "feature", "rank", "window", "pos"]) \
-        if run.file("examples.parquet").is_file() else None
+    samples = (
+        np.unique(np.linspace(0, n_windows - 1, min(opt.prompt_samples, n_windows)).round().astype(np.int64))
+        if opt.prompt_samples > 0 and n_windows > 0
+        else None
+    )
+    ex = (
+        pq.read_table(run.file("examples.parquet"), columns=["layer", "feature", "rank", "window", "pos"])
+        if run.file("examples.parquet").is_file()
+        else None
+    )
     if ex is not None:
         ex = ex.filter(pc.less(ex.column("rank"), opt.top_examples))
-    req = Requests(pairs=pairs, triples=g_triples, samples=samples, sample_pos=-1,
-                   example_keys=None if ex is None else (ex.column("window").to_numpy(), ex.column("pos").to_numpy()))
-    say(f"analyze: validating {len(c_and['j']):,} AND / {len(c_or['j']):,} OR gate candidates, "
-        f"{len(c_best['j']):,} parent pairs, {len(s_cand['c']):,} split children")
+    req = Requests(
+        pairs=pairs,
+        triples=g_triples,
+        samples=samples,
+        sample_pos=-1,
+        example_keys=None if ex is None else (ex.column("window").to_numpy(), ex.column("pos").to_numpy()),
+    )
+    say(
+        f"analyze: validating {len(c_and['j']):,} AND / {len(c_or['j']):,} OR gate candidates, "
+        f"{len(c_best['j']):,} parent pairs, {len(s_cand['c']):,} split children"
+    )
     counts = count(run, req)
 
     # gates
@@ -170,11 +213,19 @@ def _analyze(run: RunDir, manifest: dict, opt: AnalyzeConfig, e: dict[str, np.nd
         k = gates.lookup(c, pairs, g_triples, counts, d_sae)
         tables.append(gates.validated_gates(e, c, k, kind, tau_v, opt.min_support))
     gate_table = pa.concat_tables(tables) if tables else gates.empty_gates()
-    gate_table = gate_table.sort_by([("layer", "ascending"), ("feature", "ascending"), ("kind", "ascending"),
-                                     ("parent_layer", "ascending"), ("parent_a", "ascending"),
-                                     ("parent_b", "ascending")])
-    best_table = gates.best_pairs_table(e, c_best, gates.lookup(c_best, pairs, g_triples, counts, d_sae),
-                                        opt.pair_measure)
+    gate_table = gate_table.sort_by(
+        [
+            ("layer", "ascending"),
+            ("feature", "ascending"),
+            ("kind", "ascending"),
+            ("parent_layer", "ascending"),
+            ("parent_a", "ascending"),
+            ("parent_b", "ascending"),
+        ]
+    )
+    best_table = gates.best_pairs_table(
+        e, c_best, gates.lookup(c_best, pairs, g_triples, counts, d_sae), opt.pair_measure
+    )
 
     # splits: choose exclusive children, then a second pass for coverage / exclusivity
     if len(p1):
@@ -205,8 +256,18 @@ def _analyze(run: RunDir, manifest: dict, opt: AnalyzeConfig, e: dict[str, np.nd
 
     # communities
     live = lc.live
-    community, ginfo = comm.leiden(f_layer, f_id, live, e, opt.community_measure, opt.community_threshold,
-                                   opt.quality, opt.resolution, opt.seed, backend=opt.leiden_backend)
+    community, ginfo = comm.leiden(
+        f_layer,
+        f_id,
+        live,
+        e,
+        opt.community_measure,
+        opt.community_threshold,
+        opt.quality,
+        opt.resolution,
+        opt.seed,
+        backend=opt.leiden_backend,
+    )
     vocab = read_vocab(run)
     if ex is not None:
         ex_rows = feature_rows(f_layer, f_id)(ex.column("layer").to_numpy(), ex.column("feature").to_numpy())
@@ -218,22 +279,30 @@ def _analyze(run: RunDir, manifest: dict, opt: AnalyzeConfig, e: dict[str, np.nd
     # sample prompt graphs from the stored codes (no model needed)
     from saelineage.lineage.export import explanations
 
-    ctx = GraphContext(f_layer, f_id, feats.column("act_max").to_numpy().astype(np.float64), community,
-                       explanations(run, feats), e)
-    graphs = sample_graphs(counts.samples, ctx, vocab, rel=opt.prompt_rel, measure=opt.prompt_measure,
-                           max_nodes=opt.prompt_max_nodes)
+    ctx = GraphContext(
+        f_layer, f_id, feats.column("act_max").to_numpy().astype(np.float64), community, explanations(run, feats), e
+    )
+    graphs = sample_graphs(
+        counts.samples, ctx, vocab, rel=opt.prompt_rel, measure=opt.prompt_measure, max_nodes=opt.prompt_max_nodes
+    )
 
     write_parquet(run.file("lifecycle.parquet"), life_table)
     write_parquet(run.file("gates.parquet"), gate_table)
     write_parquet(run.file("best_pairs.parquet"), best_table)
     write_parquet(run.file("splits.parquet"), split_table)
     write_parquet(run.file("communities.parquet"), comm_table)
-    atomic_write_bytes(run.file("prompt_graphs.json"),
-                       json.dumps({"rel": opt.prompt_rel, "measure": opt.prompt_measure, "graphs": graphs},
-                                  allow_nan=False).encode())
+    atomic_write_bytes(
+        run.file("prompt_graphs.json"),
+        json.dumps({"rel": opt.prompt_rel, "measure": opt.prompt_measure, "graphs": graphs}, allow_nan=False).encode(),
+    )
     write_lifecycle_html(life_table, run.file("lifecycle.html"), f"Feature lifecycle of {run.path.name}")
     write_parquet(run.file(ANALYSIS_FILE), _feature_analysis(feats, lc, community))
     kinds = gate_table.column("kind").to_pylist()
-    return {"lifecycle": {lab: int((lc.label == lab).sum()) for lab in lifecycle.LABELS},
-            "gates": {"and": kinds.count("and"), "or": kinds.count("or")}, "splits": split_table.num_rows,
-            "communities": ginfo, "prompt_graphs": len(graphs), "tokens_validated": counts.n_tokens}
+    return {
+        "lifecycle": {lab: int((lc.label == lab).sum()) for lab in lifecycle.LABELS},
+        "gates": {"and": kinds.count("and"), "or": kinds.count("or")},
+        "splits": split_table.num_rows,
+        "communities": ginfo,
+        "prompt_graphs": len(graphs),
+        "tokens_validated": counts.n_tokens,
+    }

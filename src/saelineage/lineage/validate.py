@@ -202,15 +202,27 @@ def count(run: RunDir, req: Requests) -> Counts:
     for (l, m), q in req.triples.items():
         q = np.asarray(q, np.int64).reshape(-1, 3)
         ptr, order = group_csr(q[:, 0], d_sae[m])
-        tri_plan[(l, m)] = (ptr, order, np.ascontiguousarray(q[order, 1]), np.ascontiguousarray(q[order, 2]),
-                            np.zeros(len(q), np.int64), np.zeros(len(q), np.int64))
+        tri_plan[(l, m)] = (
+            ptr,
+            order,
+            np.ascontiguousarray(q[order, 1]),
+            np.ascontiguousarray(q[order, 2]),
+            np.zeros(len(q), np.int64),
+            np.zeros(len(q), np.int64),
+        )
     grp_plan = {}
     for (l, m), (anchor, mptr, members) in req.groups.items():
         anchor = np.asarray(anchor, np.int64)
         gid = np.repeat(np.arange(len(anchor)), np.diff(mptr))
         ptr, order = group_csr(np.asarray(members, np.int64), d_sae[m])
-        grp_plan[(l, m)] = (ptr, np.ascontiguousarray(gid[order]), anchor, np.zeros(len(anchor), np.int64),
-                            np.zeros(len(anchor), np.int64), np.zeros((len(anchor), 3), np.int64))
+        grp_plan[(l, m)] = (
+            ptr,
+            np.ascontiguousarray(gid[order]),
+            anchor,
+            np.zeros(len(anchor), np.int64),
+            np.zeros(len(anchor), np.int64),
+            np.zeros((len(anchor), 3), np.int64),
+        )
 
     need_layers = sorted(set(layers))
     samples_wanted = set() if req.samples is None else {int(w) for w in req.samples}
@@ -255,8 +267,9 @@ def count(run: RunDir, req: Requests) -> Counts:
         n_tokens=n_tokens,
         n_active=n_active,
         pairs={l: unsort(order, out) for l, (_, order, _, out) in pair_plan.items()},
-        triples={k: unsort(order, np.stack([o_and, o_or], axis=1))
-                 for k, (_, order, _, _, o_and, o_or) in tri_plan.items()},
+        triples={
+            k: unsort(order, np.stack([o_and, o_or], axis=1)) for k, (_, order, _, _, o_and, o_or) in tri_plan.items()
+        },
         groups={k: v[5] for k, v in grp_plan.items()},
         samples=sorted(samples, key=lambda s: s["window"]),
         example_tokens=ex_tokens,

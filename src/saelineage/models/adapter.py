@@ -6,8 +6,8 @@ one (no later blocks, no LM head). Hooks live only for the duration of a call.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -65,7 +65,7 @@ class ModelAdapter:
     @property
     def d_model(self) -> int:
         cfg = self.model.config
-        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+        return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
 
     @property
     def device(self) -> torch.device:
@@ -168,6 +168,7 @@ class ModelAdapter:
         handle = None
         if replace is not None:
             if hook.kind == "resid_pre":
+
                 def fn(module, args, kwargs):
                     if args:
                         return (replace(args[0]), *args[1:]), kwargs
@@ -175,6 +176,7 @@ class ModelAdapter:
 
                 handle = block.register_forward_pre_hook(fn, with_kwargs=True)
             else:
+
                 def fn_post(module, args, output):
                     if isinstance(output, tuple):
                         return (replace(output[0]), *output[1:])

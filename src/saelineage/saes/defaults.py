@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from saelineage.saes.train import TrainConfig, config_hash, is_complete, model_key, train_saes
+from saelineage.saes.train import TrainConfig, config_hash, model_key, train_saes
 
 DEFAULT_LAYERS = tuple(range(12))
 
@@ -33,12 +33,6 @@ def default_saes_folder() -> Path:
 
     cfg = default_config()
     return cache_dir() / "saes" / config_hash(cfg.identity(model_key(cfg.model)))
-
-
-def default_saes_ready() -> bool:
-    """True when the default set is trained and cached (no training needed)."""
-    cfg = default_config()
-    return is_complete(default_saes_folder(), config_hash(cfg.identity(model_key(cfg.model))))
 
 
 def default_saes(progress: bool = True) -> Path:

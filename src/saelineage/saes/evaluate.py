@@ -9,8 +9,8 @@ trained nor read there) and runs the model to the logits.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -85,8 +85,9 @@ def _replacer(adapter: ModelAdapter, sae: SAE, skip_first: bool) -> Callable[[to
 
 def _ce(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
     """(sum of next-token CE in nats, count) for logits [B, S, V] and ids [B, S]."""
-    lp = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1).to(logits.device),
-                         reduction="sum")
+    lp = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1).to(logits.device), reduction="sum"
+    )
     return float(lp), int(ids[:, 1:].numel())
 
 
@@ -117,7 +118,7 @@ def evaluate_saes(
     fired = {h: torch.zeros(saes[h].d_sae, dtype=torch.bool) for h in hooks}
     n_tok = 0
     for start in range(0, len(windows), batch_windows):
-        ids = torch.from_numpy(windows[start:start + batch_windows])
+        ids = torch.from_numpy(windows[start : start + batch_windows])
         res = adapter.residuals(ids, hooks)
         for h in hooks:
             x = res[h][:, skip:].reshape(-1, d).float()
@@ -135,16 +136,22 @@ def evaluate_saes(
     out: dict[HookPoint, LayerMetrics] = {}
     for h in hooks:
         total_var = s2[h] - float((s1[h] ** 2).sum()) / max(n_tok, 1)
-        out[h] = LayerMetrics(hook=h.name, layer=h.layer, d_sae=saes[h].d_sae, k=saes[h].k,
-                              fvu=sse[h] / total_var if total_var > 0 else math.nan,
-                              l0=nnz[h] / max(n_tok, 1), dead_fraction=float((~fired[h]).float().mean()),
-                              n_tokens=n_tok)
+        out[h] = LayerMetrics(
+            hook=h.name,
+            layer=h.layer,
+            d_sae=saes[h].d_sae,
+            k=saes[h].k,
+            fvu=sse[h] / total_var if total_var > 0 else math.nan,
+            l0=nnz[h] / max(n_tok, 1),
+            dead_fraction=float((~fired[h]).float().mean()),
+            n_tokens=n_tok,
+        )
     ce_ids = windows[:ce_windows]
     if len(ce_ids):
         clean = [0.0, 0]
         with_sae = {h: [0.0, 0] for h in hooks}
         for start in range(0, len(ce_ids), ce_batch_windows):  # logits: [B, S, vocab] float32
-            ids = torch.from_numpy(ce_ids[start:start + ce_batch_windows])
+            ids = torch.from_numpy(ce_ids[start : start + ce_batch_windows])
             s, n = _ce(adapter.logits_with(ids, hooks[0], None), ids)
             clean[0] += s
             clean[1] += n
@@ -176,7 +183,16 @@ def metrics_table(metrics: list[dict], title: str = "SAE evaluation on held-out 
     for col in ("d_sae", "k", "FVU", "train FVU", "L0", "dead %", "CE", "CE w/ SAE", "ΔCE"):
         table.add_column(col, justify="right")
     for m in metrics:
-        table.add_row(m["hook"], str(m["d_sae"]), str(m.get("k") or "–"), f(m["fvu"], ".3f"),
-                      f(m.get("train_fvu"), ".3f"), f(m["l0"], ".1f"), f(100 * m["dead_fraction"], ".1f"),
-                      f(m.get("ce_clean"), ".3f"), f(m.get("ce_with_sae"), ".3f"), f(m.get("ce_increase"), "+.3f"))
+        table.add_row(
+            m["hook"],
+            str(m["d_sae"]),
+            str(m.get("k") or "–"),
+            f(m["fvu"], ".3f"),
+            f(m.get("train_fvu"), ".3f"),
+            f(m["l0"], ".1f"),
+            f(100 * m["dead_fraction"], ".1f"),
+            f(m.get("ce_clean"), ".3f"),
+            f(m.get("ce_with_sae"), ".3f"),
+            f(m.get("ce_increase"), "+.3f"),
+        )
     return table

@@ -13,8 +13,9 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -63,16 +64,21 @@ def _sae_folder(path: PathLike) -> Path:
     if p.is_file() and p.name in (CFG, SAELENS_WEIGHTS, SPARSIFY_WEIGHTS):
         p = p.parent  # a file of the SAE was named: use its folder
     if not p.exists():
-        raise SaelineageError(f"SAE folder {p} does not exist.",
-                              "pass the folder that holds the SAE's cfg.json and weights (check the path).")
+        raise SaelineageError(
+            f"SAE folder {p} does not exist.",
+            "pass the folder that holds the SAE's cfg.json and weights (check the path).",
+        )
     if not p.is_dir():
-        raise SaelineageError(f"{p} is a file, not an SAE folder.",
-                              f"pass the folder that holds the SAE's {CFG} and weights.")
+        raise SaelineageError(
+            f"{p} is a file, not an SAE folder.", f"pass the folder that holds the SAE's {CFG} and weights."
+        )
     if not (p / CFG).is_file():
         subs = [d.name for d in sorted(p.iterdir()) if d.is_dir() and (d / CFG).is_file()]
-        fix = (f"{p} holds one SAE per sub-folder ({', '.join(subs[:4])}, ...): load it with load_saes / --saes."
-               if subs else f"pass a SAELens folder ({CFG} + {SAELENS_WEIGHTS}) "
-               f"or a sparsify folder ({CFG} + {SPARSIFY_WEIGHTS}).")
+        fix = (
+            f"{p} holds one SAE per sub-folder ({', '.join(subs[:4])}, ...): load it with load_saes / --saes."
+            if subs
+            else f"pass a SAELens folder ({CFG} + {SAELENS_WEIGHTS}) or a sparsify folder ({CFG} + {SPARSIFY_WEIGHTS})."
+        )
         raise SaelineageError(f"SAE folder {p} has no {CFG}.", fix)
     return p
 
@@ -81,8 +87,9 @@ def _read_cfg(folder: Path) -> dict[str, Any]:
     try:
         cfg = json.loads((folder / CFG).read_text())
     except (OSError, ValueError) as exc:
-        raise SaelineageError(f"{folder / CFG} is unreadable or not valid JSON ({exc}).",
-                              "restore the SAE's cfg.json from its source.") from exc
+        raise SaelineageError(
+            f"{folder / CFG} is unreadable or not valid JSON ({exc}).", "restore the SAE's cfg.json from its source."
+        ) from exc
     if not isinstance(cfg, dict):
         raise SaelineageError(f"{folder / CFG} is not a JSON object.", "restore the SAE's cfg.json from its source.")
     return cfg
@@ -129,8 +136,10 @@ def _normalized_saelens_cfg(cfg: dict[str, Any], where: Path) -> tuple[dict[str,
         arch, k = "topk", kwargs["k"]
     elif act != "relu" and arch != "topk":
         # sae_lens 6 silently replaces other activations by ReLU; we refuse instead of encoding wrongly.
-        raise SaelineageError(f"SAE {where}: unsupported activation function '{act}' in {CFG}.",
-                              "saelineage encodes ReLU, JumpReLU and TopK SAEs.")
+        raise SaelineageError(
+            f"SAE {where}: unsupported activation function '{act}' in {CFG}.",
+            "saelineage encodes ReLU, JumpReLU and TopK SAEs.",
+        )
     norm = cfg.get("normalize_activations")
     if isinstance(norm, bool):
         norm = "expected_average_only_in" if norm else "none"
@@ -150,34 +159,43 @@ def _normalized_saelens_cfg(cfg: dict[str, Any], where: Path) -> tuple[dict[str,
 def _from_saelens(folder: Path, cfg: dict[str, Any], device, dtype) -> SAE:
     norm, fmt = _normalized_saelens_cfg(cfg, folder)
     if not norm["architecture"]:
-        raise SaelineageError(f"SAE {folder}: {CFG} names no 'architecture'.",
-                              "add \"architecture\": \"standard\" | \"jumprelu\" | \"topk\" to cfg.json.")
+        raise SaelineageError(
+            f"SAE {folder}: {CFG} names no 'architecture'.",
+            'add "architecture": "standard" | "jumprelu" | "topk" to cfg.json.',
+        )
     if norm["architecture"] not in ("standard", "jumprelu", "topk"):
         raise SaelineageError(
             f"SAE {folder}: unknown or unsupported architecture '{norm['architecture']}'.",
             "saelineage encodes standard (ReLU), jumprelu and topk SAEs; convert the SAE to one of these.",
         )
     if not norm["hook_name"]:
-        raise SaelineageError(f"SAE {folder}: {CFG} names no hook point.",
-                              "add metadata.hook_name (e.g. \"blocks.3.hook_resid_pre\") to cfg.json.")
+        raise SaelineageError(
+            f"SAE {folder}: {CFG} names no hook point.",
+            'add metadata.hook_name (e.g. "blocks.3.hook_resid_pre") to cfg.json.',
+        )
     if norm["reshape_activations"] != "none":
         raise SaelineageError(
             f"SAE {folder}: reshape_activations='{norm['reshape_activations']}' (attention-head SAE).",
-            "saelineage needs residual-stream SAEs.")
+            "saelineage needs residual-stream SAEs.",
+        )
     weights_path = folder / SAELENS_WEIGHTS
     w = _read_weights(weights_path)
     if "scaling_factor" in w:  # pre-6 fine-tuning scale: all ones means "unused" (as in sae_lens)
         if not torch.allclose(w["scaling_factor"].float(), torch.ones_like(w["scaling_factor"].float())):
-            raise SaelineageError(f"SAE {folder}: a fine-tuning scaling_factor is stored in the weights.",
-                                  "fold it into W_dec (multiply the rows) and drop it, then reload.")
+            raise SaelineageError(
+                f"SAE {folder}: a fine-tuning scaling_factor is stored in the weights.",
+                "fold it into W_dec (multiply the rows) and drop it, then reload.",
+            )
         del w["scaling_factor"]
     if norm["architecture"] == "jumprelu" and "threshold" not in w and "log_threshold" in w:
         w["threshold"] = w.pop("log_threshold").exp()  # training checkpoints store log(threshold)
     names = ("W_enc", "b_enc", "W_dec", "b_dec") + (("threshold",) if norm["architecture"] == "jumprelu" else ())
     missing = [n for n in names if n not in w]
     if missing:
-        raise SaelineageError(f"SAE {folder}: {SAELENS_WEIGHTS} lacks {missing} (it has {sorted(w)}).",
-                              "the weights do not match the architecture in cfg.json; re-export the SAE.")
+        raise SaelineageError(
+            f"SAE {folder}: {SAELENS_WEIGHTS} lacks {missing} (it has {sorted(w)}).",
+            "the weights do not match the architecture in cfg.json; re-export the SAE.",
+        )
     _check_dims(folder, cfg.get("d_in"), cfg.get("d_sae"), w["W_enc"])
     target = to_dtype(dtype) if dtype is not None else to_dtype(cfg.get("dtype", "float32"))
     meta = {"path": str(folder.resolve()), "format": fmt, "sha256": sha256_file(weights_path)}
@@ -190,8 +208,10 @@ def _from_saelens(folder: Path, cfg: dict[str, Any], device, dtype) -> SAE:
 
 def _check_dims(folder: Path, d_in: Any, d_sae: Any, W_enc: torch.Tensor) -> None:
     if W_enc.ndim != 2:
-        raise SaelineageError(f"SAE {folder}: W_enc has {W_enc.ndim} dimensions, expected 2.",
-                              "re-export the SAE; its weights file is not an SAE.")
+        raise SaelineageError(
+            f"SAE {folder}: W_enc has {W_enc.ndim} dimensions, expected 2.",
+            "re-export the SAE; its weights file is not an SAE.",
+        )
     got = tuple(W_enc.shape)
     for name, want, have in (("d_in", d_in, got[0]), ("d_sae", d_sae, got[1])):
         if want is not None and int(want) != have:
@@ -201,18 +221,24 @@ def _check_dims(folder: Path, d_in: Any, d_sae: Any, W_enc: torch.Tensor) -> Non
             )
 
 
-def sae_from_tensors(w: dict[str, torch.Tensor], norm: dict[str, Any], meta: dict[str, Any], device,
-                     dtype: torch.dtype) -> SAE:
+def sae_from_tensors(
+    w: dict[str, torch.Tensor], norm: dict[str, Any], meta: dict[str, Any], device, dtype: torch.dtype
+) -> SAE:
     """SAE from sae_lens-layout tensors `w` and settings `norm` (keys as `_normalized_saelens_cfg` returns)."""
+
     def t(name: str) -> torch.Tensor | None:
         x = w.get(name)
         return None if x is None else x.to(device=device, dtype=dtype).contiguous()
 
     arch = norm["architecture"]
     return SAE(
-        W_enc=t("W_enc"), b_enc=t("b_enc"), W_dec=t("W_dec"), b_dec=t("b_dec"),
+        W_enc=t("W_enc"),
+        b_enc=t("b_enc"),
+        W_dec=t("W_dec"),
+        b_dec=t("b_dec"),
         threshold=t("threshold") if arch == "jumprelu" else None,
-        architecture=arch, hook_name=str(norm["hook_name"]),
+        architecture=arch,
+        hook_name=str(norm["hook_name"]),
         k=int(norm["k"]) if arch == "topk" else None,
         apply_b_dec_to_input=bool(norm["apply_b_dec_to_input"]),
         normalize_activations=str(norm["normalize_activations"]),
@@ -223,19 +249,25 @@ def sae_from_tensors(w: dict[str, torch.Tensor], norm: dict[str, Any], meta: dic
 
 def _from_sparsify(folder: Path, cfg: dict[str, Any], device, dtype) -> SAE:
     if cfg.get("activation", "topk") != "topk" or cfg.get("signed"):
-        raise SaelineageError(f"SAE {folder}: unknown or unsupported sparsify activation "
-                              f"'{cfg.get('activation')}'{' (signed)' if cfg.get('signed') else ''}.",
-                              "saelineage encodes sparsify TopK SAEs (activation 'topk').")
+        raise SaelineageError(
+            f"SAE {folder}: unknown or unsupported sparsify activation "
+            f"'{cfg.get('activation')}'{' (signed)' if cfg.get('signed') else ''}.",
+            "saelineage encodes sparsify TopK SAEs (activation 'topk').",
+        )
     if cfg.get("transcode") or cfg.get("skip_connection"):
-        raise SaelineageError(f"SAE {folder}: sparsify transcoders / skip connections are not supported.",
-                              "use a plain sparsify SAE (transcode=false, skip_connection=false).")
+        raise SaelineageError(
+            f"SAE {folder}: sparsify transcoders / skip connections are not supported.",
+            "use a plain sparsify SAE (transcode=false, skip_connection=false).",
+        )
     if "d_in" not in cfg or "k" not in cfg:
         raise SaelineageError(f"SAE {folder}: sparsify {CFG} lacks 'd_in' or 'k'.", "restore cfg.json from its source.")
     weights_path = folder / SPARSIFY_WEIGHTS
     raw = _read_weights(weights_path)
     if "encoder.weight" not in raw or "W_dec" not in raw:
-        raise SaelineageError(f"SAE {folder}: {SPARSIFY_WEIGHTS} lacks encoder.weight or W_dec (it has {sorted(raw)}).",
-                              "save the sparse coder with its decoder (SparseCoder.save_to_disk).")
+        raise SaelineageError(
+            f"SAE {folder}: {SPARSIFY_WEIGHTS} lacks encoder.weight or W_dec (it has {sorted(raw)}).",
+            "save the sparse coder with its decoder (SparseCoder.save_to_disk).",
+        )
     enc = raw["encoder.weight"]  # [d_sae, d_in], used as x @ enc.T like nn.Linear
     d_sae = cfg.get("num_latents") or cfg["d_in"] * cfg.get("expansion_factor", 32)
     _check_dims(folder, cfg["d_in"], d_sae, enc.T)
@@ -247,16 +279,28 @@ def _from_sparsify(folder: Path, cfg: dict[str, Any], device, dtype) -> SAE:
     }
     # sparsify's encode: relu(linear(x - b_dec)) then top-k; zeros among the winners are dropped here,
     # which is the same nonzero set as top-k of the raw pre-activations followed by ReLU.
-    norm = {"architecture": "topk", "hook_name": folder.name, "k": cfg["k"], "apply_b_dec_to_input": True,
-            "normalize_activations": "none"}
-    meta = {"path": str(folder.resolve()), "format": "sparsify", "sha256": sha256_file(weights_path),
-            "hookpoint": folder.name}
+    norm = {
+        "architecture": "topk",
+        "hook_name": folder.name,
+        "k": cfg["k"],
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+    }
+    meta = {
+        "path": str(folder.resolve()),
+        "format": "sparsify",
+        "sha256": sha256_file(weights_path),
+        "hookpoint": folder.name,
+    }
     target = to_dtype(dtype) if dtype is not None else enc.dtype
     return sae_from_tensors(w, norm, meta, device, target)
 
 
-def load_saes(paths_or_root: PathLike | Iterable[PathLike], device: str | torch.device = "cpu",
-              dtype: str | torch.dtype | None = "float32") -> dict[int, SAE]:
+def load_saes(
+    paths_or_root: PathLike | Iterable[PathLike],
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = "float32",
+) -> dict[int, SAE]:
     """SAEs keyed by layer, from a root with one SAE folder per layer (SAELens or sparsify), one SAE
     folder, or a list of SAE folders. All must sit on the same hook kind, one per layer."""
     if isinstance(paths_or_root, (str, os.PathLike)):
@@ -267,8 +311,10 @@ def load_saes(paths_or_root: PathLike | Iterable[PathLike], device: str | torch.
         if (root / CFG).is_file():
             folders = [root]
         else:
-            folders = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-                              and (d / CFG).is_file()), key=_natural)
+            folders = sorted(
+                (d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / CFG).is_file()),
+                key=_natural,
+            )
             if not folders:
                 seen = ", ".join(sorted(p.name for p in root.iterdir())[:8]) or "nothing"
                 raise SaelineageError(
@@ -310,9 +356,11 @@ def save_saelens(sae: SAE, folder: PathLike, metadata: dict[str, Any] | None = N
     An existing SAE folder (or empty folder) is replaced when `overwrite`; other folders never are."""
     folder = Path(folder).expanduser()
     if folder.exists() and not (overwrite and folder.is_dir() and (is_sae_dir(folder) or not any(folder.iterdir()))):
-        raise SaelineageError(f"cannot write the SAE to {folder}: it exists"
-                              f"{'' if overwrite else ' (overwrite=False)'} and is not an SAE folder.",
-                              "choose a new folder, or remove the existing one.")
+        raise SaelineageError(
+            f"cannot write the SAE to {folder}: it exists"
+            f"{'' if overwrite else ' (overwrite=False)'} and is not an SAE folder.",
+            "choose a new folder, or remove the existing one.",
+        )
     tensors = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
     if sae.architecture == "jumprelu":
         tensors["threshold"] = sae.threshold
@@ -326,8 +374,12 @@ def save_saelens(sae: SAE, folder: PathLike, metadata: dict[str, Any] | None = N
         "apply_b_dec_to_input": bool(sae.apply_b_dec_to_input),
         "normalize_activations": sae.normalize_activations,
         "reshape_activations": "none",
-        "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": SAELENS_FORMAT_VERSION,
-                     **(metadata or {}), "hook_name": sae.hook_name},
+        "metadata": {
+            "sae_lens_version": SAELENS_FORMAT_VERSION,
+            "sae_lens_training_version": SAELENS_FORMAT_VERSION,
+            **(metadata or {}),
+            "hook_name": sae.hook_name,
+        },
     }
     if sae.architecture == "topk":
         cfg["k"] = int(sae.k)

@@ -28,8 +28,12 @@ def _read_training(out: Path) -> dict | None:
 def is_complete(out: Path, digest: str) -> bool:
     """True when `out` holds a finished training run of the configuration hashed `digest`."""
     info = _read_training(out)
-    return bool(info and info.get("config_hash") == digest and info.get("status") == "complete"
-                and (out / METRICS_JSON).is_file())
+    return bool(
+        info
+        and info.get("config_hash") == digest
+        and info.get("status") == "complete"
+        and (out / METRICS_JSON).is_file()
+    )
 
 
 def prepare_out(out: Path, digest: str, force: bool) -> None:
@@ -45,11 +49,14 @@ def prepare_out(out: Path, digest: str, force: bool) -> None:
         if ours and info["config_hash"] != digest:
             raise SaelineageError(
                 f"{out} holds SAEs of another configuration (hash {info['config_hash']}, this one {digest}).",
-                "choose another --out folder, or pass --force to replace them.")
+                "choose another --out folder, or pass --force to replace them.",
+            )
         if not ours and sae_dirs:
-            raise SaelineageError(f"{out} already holds SAE folders not written by `saelineage train` "
-                                  f"({', '.join(sorted(d.name for d in sae_dirs)[:4])}).",
-                                  "choose another --out folder, or pass --force to replace them.")
+            raise SaelineageError(
+                f"{out} already holds SAE folders not written by `saelineage train` "
+                f"({', '.join(sorted(d.name for d in sae_dirs)[:4])}).",
+                "choose another --out folder, or pass --force to replace them.",
+            )
     for d in sae_dirs:
         shutil.rmtree(d)
     for name in (TRAINING_JSON, METRICS_JSON):

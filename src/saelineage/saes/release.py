@@ -20,35 +20,47 @@ from saelineage.saes.sae import SAE, dtype_name, to_dtype, weights_sha256_of_ten
 
 
 def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
-def load_release(release: str, sae_id: str, device: str | torch.device = "cpu",
-                 dtype: str | torch.dtype = "float32") -> SAE:
+def load_release(
+    release: str, sae_id: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"
+) -> SAE:
     """Load SAE `sae_id` of a SAELens release (e.g. 'gpt2-small-res-jb', 'blocks.3.hook_resid_pre')
     through sae_lens. Needs the Hugging Face hub once (then the hub cache); offline without a
     cached copy it raises SaelineageError saying how to pass a local folder instead."""
-    local_fix = ("or pass a local folder instead: --saes FOLDER with one SAELens folder per layer "
-                 "(cfg.json + sae_weights.safetensors, e.g. FOLDER/blocks.3.hook_resid_pre/).")
+    local_fix = (
+        "or pass a local folder instead: --saes FOLDER with one SAELens folder per layer "
+        "(cfg.json + sae_weights.safetensors, e.g. FOLDER/blocks.3.hook_resid_pre/)."
+    )
     try:
         from sae_lens import SAE as SaeLensSAE
         from sae_lens.loading.pretrained_saes_directory import (
-            get_config_overrides, get_pretrained_saes_directory, get_repo_id_and_folder_name)
+            get_config_overrides,
+            get_pretrained_saes_directory,
+            get_repo_id_and_folder_name,
+        )
     except ImportError as exc:
-        raise SaelineageError(f"loading the SAELens release '{release}' needs the sae_lens package.",
-                              "pip install sae-lens (the release also needs the Hugging Face hub once), "
-                              + local_fix) from exc
+        raise SaelineageError(
+            f"loading the SAELens release '{release}' needs the sae_lens package.",
+            "pip install sae-lens (the release also needs the Hugging Face hub once), " + local_fix,
+        ) from exc
     directory = get_pretrained_saes_directory()
     if release not in directory and "/" not in release:
         close = sorted(r for r in directory if release.split("-")[0] in r)[:6]
-        raise SaelineageError(f"'{release}' is not a SAELens release.",
-                              "use a release name from sae_lens's pretrained_saes.yaml"
-                              f"{f' (e.g. {close})' if close else ''}, {local_fix}")
+        raise SaelineageError(
+            f"'{release}' is not a SAELens release.",
+            "use a release name from sae_lens's pretrained_saes.yaml"
+            f"{f' (e.g. {close})' if close else ''}, {local_fix}",
+        )
     if release in directory and sae_id not in directory[release].saes_map:
         ids = list(directory[release].saes_map)
-        raise SaelineageError(f"release '{release}' has no SAE '{sae_id}'.",
-                              f"choose one of {ids[:6]}{' ...' if len(ids) > 6 else ''}.")
+        raise SaelineageError(
+            f"release '{release}' has no SAE '{sae_id}'.", f"choose one of {ids[:6]}{' ...' if len(ids) > 6 else ''}."
+        )
     repo_id, folder = get_repo_id_and_folder_name(release, sae_id)
     if _hub_offline() and not _in_hub_cache(repo_id, folder):
         raise SaelineageError(
@@ -59,8 +71,9 @@ def load_release(release: str, sae_id: str, device: str | torch.device = "cpu",
     try:
         sl = SaeLensSAE.from_pretrained(release, sae_id, device=str(device), dtype=dtype_name(to_dtype(dtype)))
     except ValueError as exc:
-        raise SaelineageError(f"cannot load release '{release}' / '{sae_id}': {exc}",
-                              f"check the release name and sae_id, {local_fix}") from exc
+        raise SaelineageError(
+            f"cannot load release '{release}' / '{sae_id}': {exc}", f"check the release name and sae_id, {local_fix}"
+        ) from exc
     except (OSError, ConnectionError) as exc:  # hub errors: offline, not cached, network down
         raise SaelineageError(
             f"could not fetch the SAELens release '{release}' ({sae_id}) from the Hugging Face hub "
@@ -81,17 +94,25 @@ def _in_hub_cache(repo_id: str, folder: str) -> bool:
     return snaps.is_dir() and any((s / folder).exists() for s in snaps.iterdir())
 
 
-def _from_saelens_object(sl: Any, release: str, sae_id: str, repo_id: str, folder: str, overrides: dict,
-                         device, dtype) -> SAE:
+def _from_saelens_object(
+    sl: Any, release: str, sae_id: str, repo_id: str, folder: str, overrides: dict, device, dtype
+) -> SAE:
     """Our SAE from a loaded sae_lens SAE (weights already folded by sae_lens)."""
     arch = sl.cfg.architecture()
     w = {n: getattr(sl, n).detach() for n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold") if hasattr(sl, n)}
-    norm = {"architecture": arch, "hook_name": sl.cfg.metadata.hook_name, "k": getattr(sl.cfg, "k", None),
-            "apply_b_dec_to_input": sl.cfg.apply_b_dec_to_input, "normalize_activations": sl.cfg.normalize_activations,
-            "rescale_acts_by_decoder_norm": getattr(sl.cfg, "rescale_acts_by_decoder_norm", False)}
+    norm = {
+        "architecture": arch,
+        "hook_name": sl.cfg.metadata.hook_name,
+        "k": getattr(sl.cfg, "k", None),
+        "apply_b_dec_to_input": sl.cfg.apply_b_dec_to_input,
+        "normalize_activations": sl.cfg.normalize_activations,
+        "rescale_acts_by_decoder_norm": getattr(sl.cfg, "rescale_acts_by_decoder_norm", False),
+    }
     if arch not in ("standard", "jumprelu", "topk"):
-        raise SaelineageError(f"release '{release}' / '{sae_id}' has unsupported architecture '{arch}'.",
-                              "saelineage encodes standard, jumprelu and topk SAEs.")
+        raise SaelineageError(
+            f"release '{release}' / '{sae_id}' has unsupported architecture '{arch}'.",
+            "saelineage encodes standard, jumprelu and topk SAEs.",
+        )
     meta: dict[str, Any] = {"path": None, "format": "saelens", "release": release, "sae_id": sae_id, "repo_id": repo_id}
     kwargs = sl.cfg.metadata.model_from_pretrained_kwargs or overrides.get("model_from_pretrained_kwargs")
     if kwargs:  # e.g. center_writing_weights=True: the residual stream must be mean-centred to match

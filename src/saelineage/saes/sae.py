@@ -32,8 +32,13 @@ _EMBED_HOOKS = ("embed_tokens", "embed_in", "wte", "hook_embed")
 _CHUNK_ELEMENTS = 1 << 26
 
 DTYPES = {
-    "float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16,
-    "float": torch.float32, "double": torch.float64, "half": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float": torch.float32,
+    "double": torch.float64,
+    "half": torch.float16,
 }
 
 
@@ -103,8 +108,10 @@ class SAE:
                 )
         if self.architecture == "topk":
             if self.k is None or not 0 < int(self.k) <= d_sae:
-                raise SaelineageError(f"SAE {where}: TopK k={self.k} must be between 1 and d_sae={d_sae}.",
-                                      "fix 'k' in the SAE's cfg.json.")
+                raise SaelineageError(
+                    f"SAE {where}: TopK k={self.k} must be between 1 and d_sae={d_sae}.",
+                    "fix 'k' in the SAE's cfg.json.",
+                )
             self.k = int(self.k)
         self.hook = sae_hook(self.hook_name, where)
         if self.hook.name != self.hook_name:  # keep TransformerLens names throughout; remember the source's
@@ -132,17 +139,24 @@ class SAE:
     def device(self) -> torch.device:
         return self.W_enc.device
 
-    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> "SAE":
+    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> SAE:
         """A copy on `device` with float tensors in `dtype` (None keeps the current one)."""
         dt = None if dtype is None else to_dtype(dtype)
 
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device=device, dtype=dt or t.dtype)
 
-        return replace(self, W_enc=move(self.W_enc), b_enc=move(self.b_enc), W_dec=move(self.W_dec),
-                       b_dec=move(self.b_dec), threshold=move(self.threshold), meta=dict(self.meta))
+        return replace(
+            self,
+            W_enc=move(self.W_enc),
+            b_enc=move(self.b_enc),
+            W_dec=move(self.W_dec),
+            b_dec=move(self.b_dec),
+            threshold=move(self.threshold),
+            meta=dict(self.meta),
+        )
 
-    def validate_for(self, adapter: "ModelAdapter") -> None:
+    def validate_for(self, adapter: ModelAdapter) -> None:
         """Raise SaelineageError when this SAE cannot read `adapter`'s residual stream."""
         if self.d_in != adapter.d_model:
             raise SaelineageError(
@@ -161,7 +175,7 @@ class SAE:
     def _normalize_in(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
         """Apply sae_lens's run-time input normalisation; returns the state decode needs to undo it."""
         if self.normalize_activations == "constant_norm_rescale":
-            coeff = (self.d_in ** 0.5) / x.norm(dim=-1, keepdim=True)
+            coeff = (self.d_in**0.5) / x.norm(dim=-1, keepdim=True)
             return x * coeff, (coeff,)
         if self.normalize_activations == "layer_norm":
             mu = x.mean(dim=-1, keepdim=True)
@@ -203,8 +217,10 @@ class SAE:
         """
         x = x.reshape(-1, x.shape[-1])
         if x.shape[-1] != self.d_in:
-            raise SaelineageError(f"input width {x.shape[-1]} does not match SAE d_in={self.d_in} ({self.hook_name}).",
-                                  "encode residuals of the model this SAE was trained on.")
+            raise SaelineageError(
+                f"input width {x.shape[-1]} does not match SAE d_in={self.d_in} ({self.hook_name}).",
+                "encode residuals of the model this SAE was trained on.",
+            )
         n = x.shape[0]
         # Equal-sized chunks: BLAS picks kernels by row count, and a tiny remainder chunk would round
         # differently (last-bit) from the same rows in a big block. One chunk = same numbers as encode_dense.
@@ -213,7 +229,7 @@ class SAE:
         step = max(1, -(-n // n_chunks))
         counts, indices, values = [], [], []
         for r0 in range(0, n, step):
-            c, i, v = self._extract(self._pre(x[r0:r0 + step]))
+            c, i, v = self._extract(self._pre(x[r0 : r0 + step]))
             counts.append(c), indices.append(i), values.append(v)
         indptr = np.zeros(n + 1, dtype=np.int64)
         if n:
@@ -278,17 +294,15 @@ class SAE:
         if self.normalize_activations == "layer_norm":
             return (s - s.mean(dim=-1, keepdim=True)).std(dim=-1)
         if self.normalize_activations == "constant_norm_rescale":
-            return s.norm(dim=-1) / (self.d_in ** 0.5)
+            return s.norm(dim=-1) / (self.d_in**0.5)
         return None
-
-    def decoder_directions(self) -> np.ndarray:
-        """float32 [d_sae, d_in] decoder rows (for dec_cosine)."""
-        return self.W_dec.detach().float().cpu().numpy()
 
     def __repr__(self) -> str:
         extra = f", k={self.k}" if self.k is not None else ""
-        return (f"SAE({self.architecture}{extra}, hook={self.hook_name}, d_in={self.d_in}, d_sae={self.d_sae}, "
-                f"dtype={self.dtype_name}, source={self.meta.get('path') or self.meta.get('release')})")
+        return (
+            f"SAE({self.architecture}{extra}, hook={self.hook_name}, d_in={self.d_in}, d_sae={self.d_sae}, "
+            f"dtype={self.dtype_name}, source={self.meta.get('path') or self.meta.get('release')})"
+        )
 
 
 def sae_hook(name: str, where: Any = "?") -> HookPoint:
@@ -320,7 +334,8 @@ def codes_to_dense(codes: LayerCodes, d_sae: int) -> torch.Tensor:
     rows = np.repeat(np.arange(t), np.diff(codes.indptr))
     out = torch.zeros(t, d_sae, dtype=torch.float32)
     out[torch.from_numpy(rows), torch.from_numpy(codes.indices.astype(np.int64))] = torch.from_numpy(
-        np.asarray(codes.values, dtype=np.float32))
+        np.asarray(codes.values, dtype=np.float32)
+    )
     return out
 
 
@@ -336,5 +351,13 @@ def weights_sha256_of_tensors(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-__all__ = ["SAE", "ARCHITECTURES", "NORMALIZATIONS", "codes_to_dense", "to_dtype", "dtype_name", "sae_hook",
-           "weights_sha256_of_tensors"]
+__all__ = [
+    "SAE",
+    "ARCHITECTURES",
+    "NORMALIZATIONS",
+    "codes_to_dense",
+    "to_dtype",
+    "dtype_name",
+    "sae_hook",
+    "weights_sha256_of_tensors",
+]

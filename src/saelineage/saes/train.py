@@ -76,8 +76,9 @@ class TrainConfig:
     def parsed_hooks(self) -> list[HookPoint]:
         hooks = sorted({parse_hook(h) for h in self.hooks}, key=lambda h: (h.order, h.kind))
         if not hooks:
-            raise SaelineageError("no hook points to train on.",
-                                  "pass --hooks, e.g. '0-11' or 'blocks.3.hook_resid_pre'.")
+            raise SaelineageError(
+                "no hook points to train on.", "pass --hooks, e.g. '0-11' or 'blocks.3.hook_resid_pre'."
+            )
         return hooks
 
     def d_sae(self, d_model: int) -> int:
@@ -89,14 +90,26 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.k >= 1, f"k={self.k} must be at least 1.", "use -k 32 (the default)."),
-            (self.num_latents is None or self.num_latents >= 1, f"--latents {self.num_latents} must be positive.",
-             "use --latents 4608 or --expansion-factor 8."),
-            (self.num_latents is not None or self.expansion_factor >= 1,
-             f"--expansion-factor {self.expansion_factor} must be at least 1.", "use --expansion-factor 8."),
-            (self.num_latents is None or self.k <= self.num_latents,
-             f"k={self.k} exceeds the number of latents ({self.num_latents}).", "lower -k or raise --latents."),
-            (self.tokens >= 1 and self.heldout_tokens >= 1, "--tokens and --heldout-tokens must be positive.",
-             "use e.g. --tokens 100000 --heldout-tokens 16384."),
+            (
+                self.num_latents is None or self.num_latents >= 1,
+                f"--latents {self.num_latents} must be positive.",
+                "use --latents 4608 or --expansion-factor 8.",
+            ),
+            (
+                self.num_latents is not None or self.expansion_factor >= 1,
+                f"--expansion-factor {self.expansion_factor} must be at least 1.",
+                "use --expansion-factor 8.",
+            ),
+            (
+                self.num_latents is None or self.k <= self.num_latents,
+                f"k={self.k} exceeds the number of latents ({self.num_latents}).",
+                "lower -k or raise --latents.",
+            ),
+            (
+                self.tokens >= 1 and self.heldout_tokens >= 1,
+                "--tokens and --heldout-tokens must be positive.",
+                "use e.g. --tokens 100000 --heldout-tokens 16384.",
+            ),
             (self.epochs > 0, f"--epochs {self.epochs} must be positive.", "use e.g. --epochs 2."),
             (self.batch_size >= 1, f"--batch-size {self.batch_size} must be positive.", "use --batch-size 1024."),
             (self.lr is None or self.lr > 0, f"--lr {self.lr} must be positive.", "leave --lr out for the default."),
@@ -128,8 +141,9 @@ def model_key(spec: str) -> str:
 
 # ---- activations --------------------------------------------------------------------------------
 @torch.no_grad()
-def cache_activations(adapter, hooks: list[HookPoint], windows: np.ndarray, bos: bool, batch_windows: int = 32,
-                      on_batch=None) -> dict[HookPoint, torch.Tensor]:
+def cache_activations(
+    adapter, hooks: list[HookPoint], windows: np.ndarray, bos: bool, batch_windows: int = 32, on_batch=None
+) -> dict[HookPoint, torch.Tensor]:
     """Residuals of every hook for all tokens of `windows` (int64 [n, S]), one forward per batch.
 
     Returns {hook: bfloat16 [n · (S − bos), d_model]} (position 0 dropped when windows start with BOS).
@@ -139,7 +153,7 @@ def cache_activations(adapter, hooks: list[HookPoint], windows: np.ndarray, bos:
     per = s - skip
     acts = {h: torch.empty(n * per, adapter.d_model, dtype=torch.bfloat16) for h in hooks}
     for start in range(0, n, batch_windows):
-        ids = torch.from_numpy(windows[start:start + batch_windows])
+        ids = torch.from_numpy(windows[start : start + batch_windows])
         res = adapter.residuals(ids, hooks)
         rows = slice(start * per, (start + ids.shape[0]) * per)
         for h in hooks:
@@ -154,7 +168,7 @@ def _mean_scale(x: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, floa
     s1 = torch.zeros(x.shape[1], dtype=torch.float64)
     s2 = 0.0
     for i in range(0, len(x), chunk):
-        c = x[i:i + chunk].double()
+        c = x[i : i + chunk].double()
         s1 += c.sum(0)
         s2 += float(c.pow(2).sum())
     mean = s1 / len(x)
@@ -169,8 +183,9 @@ def _hook_seed(seed: int, hook: HookPoint) -> int:
 
 
 # ---- training -----------------------------------------------------------------------------------
-def fit_saes(acts: dict[HookPoint, torch.Tensor], cfg: TrainConfig, d_sae: int, device: str = "cpu",
-             on_step=None) -> tuple[dict, dict[HookPoint, float], dict[HookPoint, float]]:
+def fit_saes(
+    acts: dict[HookPoint, torch.Tensor], cfg: TrainConfig, d_sae: int, device: str = "cpu", on_step=None
+) -> tuple[dict, dict[HookPoint, float], dict[HookPoint, float]]:
     """Train one TopK SparseCoder per hook on cached activations acts[hook]: [N, d].
 
     All hooks see the same shuffled batches (one permutation per epoch, from `cfg.seed`).
@@ -188,8 +203,9 @@ def fit_saes(acts: dict[HookPoint, torch.Tensor], cfg: TrainConfig, d_sae: int, 
         mean, scale = _mean_scale(acts[h])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_hook_seed(cfg.seed, h))
-            coder = FastSparseCoder(d, SparseCoderConfig(num_latents=d_sae, k=cfg.k), device=device,
-                                    dtype=torch.float32)
+            coder = FastSparseCoder(
+                d, SparseCoderConfig(num_latents=d_sae, k=cfg.k), device=device, dtype=torch.float32
+            )
         coder.b_dec.data = (mean / scale).to(device)
         coders[h], scales[h] = coder, scale
     lr = cfg.learning_rate(d_sae)
@@ -197,8 +213,7 @@ def fit_saes(acts: dict[HookPoint, torch.Tensor], cfg: TrainConfig, d_sae: int, 
     opt = torch.optim.Adam(params, lr=lr, fused=True) if device == "cpu" else torch.optim.Adam(params, lr=lr)
     warmup = max(1, min(100, steps // 20))
     decay = max(1, steps // 5)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warmup) * min(1.0, (steps - i) / decay))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * min(1.0, (steps - i) / decay))
     since = {h: torch.zeros(d_sae, dtype=torch.long, device=device) for h in hooks}
     fvu_ema = {h: math.nan for h in hooks}
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -207,7 +222,7 @@ def fit_saes(acts: dict[HookPoint, torch.Tensor], cfg: TrainConfig, d_sae: int, 
     for step in range(steps):
         if pos + bs > n_tok:  # next epoch: a fresh permutation
             order, pos = torch.randperm(n_tok, generator=gen), 0
-        idx = order[pos:pos + bs]
+        idx = order[pos : pos + bs]
         pos += bs
         for h in hooks:
             coder = coders[h]
@@ -261,6 +276,7 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
     from saelineage.saes.evaluate import evaluate_saes, metrics_table
     from saelineage.saes.loading import save_saelens
     from saelineage.saes.topk_train import coder_to_sae, set_threads
+
     if cached:
         work = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(work, ignore_errors=True)
@@ -276,10 +292,12 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
     adapter.check_hooks(hooks)
     d_sae = cfg.d_sae(adapter.d_model)
     if cfg.k > d_sae:
-        raise SaelineageError(f"k={cfg.k} exceeds the number of latents ({d_sae} = {cfg.expansion_factor} × "
-                              f"d_model {adapter.d_model})." if not cfg.num_latents else
-                              f"k={cfg.k} exceeds the number of latents ({d_sae}).",
-                              "lower -k, or raise --expansion-factor / --latents.")
+        raise SaelineageError(
+            f"k={cfg.k} exceeds the number of latents ({d_sae} = {cfg.expansion_factor} × d_model {adapter.d_model})."
+            if not cfg.num_latents
+            else f"k={cfg.k} exceeds the number of latents ({d_sae}).",
+            "lower -k, or raise --expansion-factor / --latents.",
+        )
     corpus = load_corpus(cfg.corpus, text_column=cfg.text_column)
     wins = make_windows(adapter.tokenizer, corpus.docs, window=cfg.window)
     per = cfg.window - (1 if wins.bos else 0)
@@ -290,16 +308,24 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
         raise SaelineageError(
             f"the corpus has {len(wins.ids) * per:,} tokens ({len(wins.ids)} windows of {cfg.window}), fewer than "
             f"the {n_train * per:,} training + {n_held * per:,} held-out tokens requested.",
-            "lower --tokens / --heldout-tokens, or use a larger --corpus.")
+            "lower --tokens / --heldout-tokens, or use a larger --corpus.",
+        )
     timings["load"] = time.perf_counter() - t_start
     try:
         work.mkdir(parents=True, exist_ok=True)
         info: dict[str, Any] = {
-            "config_hash": digest, "status": "running", "config": cfg.identity(model_key(cfg.model)),
-            "model_identity": adapter.identity, "corpus_identity": corpus.identity, "d_model": adapter.d_model,
-            "d_sae": d_sae, "bos": wins.bos, "train_windows": [0, n_train], "heldout_windows": [len(wins.ids) - n_held,
-                                                                                              len(wins.ids)],
-            "n_train_tokens": n_train * per, "lr": cfg.learning_rate(d_sae),
+            "config_hash": digest,
+            "status": "running",
+            "config": cfg.identity(model_key(cfg.model)),
+            "model_identity": adapter.identity,
+            "corpus_identity": corpus.identity,
+            "d_model": adapter.d_model,
+            "d_sae": d_sae,
+            "bos": wins.bos,
+            "train_windows": [0, n_train],
+            "heldout_windows": [len(wins.ids) - n_held, len(wins.ids)],
+            "n_train_tokens": n_train * per,
+            "lr": cfg.learning_rate(d_sae),
             "evaluation": {"heldout_tokens": cfg.heldout_tokens, "ce_tokens": cfg.ce_tokens},
         }
         write_json(work / TRAINING_JSON, info)
@@ -308,8 +334,9 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
         with bar or nullcontext():
             t0 = time.perf_counter()
             task = bar.add_task("activations", total=n_train, rate="") if bar else None
-            acts = cache_activations(adapter, hooks, wins.ids[:n_train], wins.bos,
-                                     on_batch=(lambda n: bar.advance(task, n)) if bar else None)
+            acts = cache_activations(
+                adapter, hooks, wins.ids[:n_train], wins.bos, on_batch=(lambda n: bar.advance(task, n)) if bar else None
+            )
             timings["activations"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
@@ -325,29 +352,50 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
             del acts
             timings["training"] = time.perf_counter() - t0
 
-            meta = {"model_name": cfg.model, "context_size": cfg.window, "prepend_bos": bool(wins.bos),
-                    "dataset_path": cfg.corpus, "saelineage_config_hash": digest}
+            meta = {
+                "model_name": cfg.model,
+                "context_size": cfg.window,
+                "prepend_bos": bool(wins.bos),
+                "dataset_path": cfg.corpus,
+                "saelineage_config_hash": digest,
+            }
             saes = {}
             for h in hooks:
                 saes[h] = coder_to_sae(coders[h], h, scales[h])
                 save_saelens(saes[h], work / h.name, metadata=meta)
 
             t0 = time.perf_counter()
-            held = wins.ids[len(wins.ids) - n_held:]
+            held = wins.ids[len(wins.ids) - n_held :]
             task = bar.add_task("evaluating", total=n_held + n_ce, rate="") if bar else None
             on_device = {h: s.to(cfg.device) for h, s in saes.items()}
-            metrics = evaluate_saes(adapter, on_device, held, wins.bos, ce_windows=n_ce,
-                                    on_batch=(lambda phase, n: bar.advance(task, n)) if bar else None)
+            metrics = evaluate_saes(
+                adapter,
+                on_device,
+                held,
+                wins.bos,
+                ce_windows=n_ce,
+                on_batch=(lambda phase, n: bar.advance(task, n)) if bar else None,
+            )
             timings["evaluation"] = time.perf_counter() - t0
         for h in hooks:
             metrics[h].train_fvu = train_fvu[h]
         timings["total"] = time.perf_counter() - t_start
         rows = [metrics[h].as_dict() for h in hooks]
-        write_json(work / METRICS_JSON, {"config_hash": digest, "model": cfg.model, "layers": rows,
-                                          "evaluation": info["evaluation"],
-                                          "timings_s": {k: round(v, 2) for k, v in timings.items()}})
-        info.update(status="complete", scales={h.name: scales[h] for h in hooks},
-                    timings_s={k: round(v, 2) for k, v in timings.items()})
+        write_json(
+            work / METRICS_JSON,
+            {
+                "config_hash": digest,
+                "model": cfg.model,
+                "layers": rows,
+                "evaluation": info["evaluation"],
+                "timings_s": {k: round(v, 2) for k, v in timings.items()},
+            },
+        )
+        info.update(
+            status="complete",
+            scales={h.name: scales[h] for h in hooks},
+            timings_s={k: round(v, 2) for k, v in timings.items()},
+        )
         write_json(work / TRAINING_JSON, info)
         if cached:
             publish(work, final, digest)
@@ -361,8 +409,9 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
         table = metrics_table(rows, title=f"SAEs in {final} (held-out evaluation)")
         wide = console if console.is_terminal else Console(file=console.file, width=120)  # logs: no squeezing
         wide.print(table)
-        console.print(f"trained in {timings['total']:.0f} s "
-                      f"(activations {timings['activations']:.0f} s, training {timings['training']:.0f} s, "
-                      f"evaluation {timings['evaluation']:.0f} s)")
+        console.print(
+            f"trained in {timings['total']:.0f} s "
+            f"(activations {timings['activations']:.0f} s, training {timings['training']:.0f} s, "
+            f"evaluation {timings['evaluation']:.0f} s)"
+        )
     return final
-

@@ -34,41 +34,64 @@ def parse_hooks(text: str, kind: str = "resid_pre") -> list[str]:
 
 def train_command(
     model: str = typer.Option("smollm2", help="Preset (smollm2, gpt2), local Hugging Face folder, or hub id."),
-    hooks: str = typer.Option("0-11", help="Layers or hook names: '0-11', '2,4,6', 'blocks.3.hook_resid_pre'. "
-                              "All are trained from one forward pass per batch."),
-    hook_kind: str = typer.Option("resid_pre", help="Hook kind for bare layer numbers: resid_pre (input of the "
-                                  "block; layer 0 = embeddings) or resid_post (output of the block)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the SAEs (one SAELens folder per "
-                                       "hook + metrics.json). Default: the cache, keyed by a hash of the "
-                                       "configuration, where the embedded default set also lives."),
-    corpus: str = typer.Option("default", help="Text file, folder, .jsonl, .parquet, or 'default' (bundled "
-                               "English). Training uses the first windows, evaluation the last ones."),
+    hooks: str = typer.Option(
+        "0-11",
+        help="Layers or hook names: '0-11', '2,4,6', 'blocks.3.hook_resid_pre'. "
+        "All are trained from one forward pass per batch.",
+    ),
+    hook_kind: str = typer.Option(
+        "resid_pre",
+        help="Hook kind for bare layer numbers: resid_pre (input of the "
+        "block; layer 0 = embeddings) or resid_post (output of the block).",
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Folder for the SAEs (one SAELens folder per "
+        "hook + metrics.json). Default: the cache, keyed by a hash of the "
+        "configuration, where the embedded default set also lives.",
+    ),
+    corpus: str = typer.Option(
+        "default",
+        help="Text file, folder, .jsonl, .parquet, or 'default' (bundled "
+        "English). Training uses the first windows, evaluation the last ones.",
+    ),
     text_column: str = typer.Option("text", help="Text field of JSONL/Parquet corpora."),
     window: int = typer.Option(128, help="Tokens per window (BOS included)."),
-    expansion_factor: int = typer.Option(8, help="Latents = expansion factor × d_model (8 × 576 = 4,608 for "
-                                         "SmolLM2)."),
+    expansion_factor: int = typer.Option(8, help="Latents = expansion factor × d_model (8 × 576 = 4,608 for SmolLM2)."),
     latents: Optional[int] = typer.Option(None, help="Number of latents per SAE (overrides --expansion-factor)."),
     k: int = typer.Option(32, "-k", "--k", help="Active latents per token (TopK)."),
     tokens: int = typer.Option(100_000, help="Distinct training tokens (from the start of the corpus)."),
     epochs: float = typer.Option(2.0, help="Passes over the cached training activations."),
     batch_size: int = typer.Option(1024, help="Tokens per optimizer step."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 3e-3 × sqrt(4608 / latents); "
-                                       "inputs are scaled to unit variance per hook)."),
+    lr: Optional[float] = typer.Option(
+        None,
+        help="Adam learning rate (default 3e-3 × sqrt(4608 / latents); inputs are scaled to unit variance per hook).",
+    ),
     auxk_alpha: float = typer.Option(1 / 32, help="Weight of the AuxK loss that revives dead latents (0 = off)."),
-    dead_tokens: int = typer.Option(25_000, help="Training tokens without firing after which a latent counts "
-                                    "as dead for AuxK."),
+    dead_tokens: int = typer.Option(
+        25_000, help="Training tokens without firing after which a latent counts as dead for AuxK."
+    ),
     seed: int = typer.Option(0, help="Seed for initialisation and batch order."),
-    heldout_tokens: int = typer.Option(16_384, help="Held-out tokens (end of the corpus) for FVU, L0 and dead "
-                                       "fraction."),
-    ce_tokens: int = typer.Option(2_048, help="Held-out tokens for the next-token cross-entropy increase "
-                                  "(one full forward pass per hook; 0 skips it)."),
-    center: Optional[bool] = typer.Option(None, "--center/--no-center", help="Mean-centre residuals over "
-                                          "d_model (default: on for gpt2, off otherwise)."),
+    heldout_tokens: int = typer.Option(
+        16_384, help="Held-out tokens (end of the corpus) for FVU, L0 and dead fraction."
+    ),
+    ce_tokens: int = typer.Option(
+        2_048,
+        help="Held-out tokens for the next-token cross-entropy increase (one full forward pass per hook; 0 skips it).",
+    ),
+    center: Optional[bool] = typer.Option(
+        None, "--center/--no-center", help="Mean-centre residuals over d_model (default: on for gpt2, off otherwise)."
+    ),
     dtype: str = typer.Option("float32", help="Model dtype (float32 is fastest on CPU)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's choice)."),
-    force: bool = typer.Option(False, "--force", help="Retrain even when --out already holds these SAEs, and "
-                               "replace SAEs of another configuration there."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Retrain even when --out already holds these SAEs, and replace SAEs of another configuration there.",
+    ),
 ) -> None:
     """Train TopK sparse autoencoders on a model's residual stream, one per hook point, and evaluate them.
 
@@ -81,10 +104,28 @@ def train_command(
     """
     from saelineage.saes.train import TrainConfig, train_saes
 
-    cfg = TrainConfig(model=model, hooks=parse_hooks(hooks, hook_kind), corpus=corpus, text_column=text_column,
-                      window=window, expansion_factor=expansion_factor, num_latents=latents, k=k, tokens=tokens,
-                      epochs=epochs, batch_size=batch_size, lr=lr, auxk_alpha=auxk_alpha, dead_tokens=dead_tokens,
-                      seed=seed, heldout_tokens=heldout_tokens, ce_tokens=ce_tokens, center_residual=center,
-                      dtype=dtype, device=device, threads=threads)
+    cfg = TrainConfig(
+        model=model,
+        hooks=parse_hooks(hooks, hook_kind),
+        corpus=corpus,
+        text_column=text_column,
+        window=window,
+        expansion_factor=expansion_factor,
+        num_latents=latents,
+        k=k,
+        tokens=tokens,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        auxk_alpha=auxk_alpha,
+        dead_tokens=dead_tokens,
+        seed=seed,
+        heldout_tokens=heldout_tokens,
+        ce_tokens=ce_tokens,
+        center_residual=center,
+        dtype=dtype,
+        device=device,
+        threads=threads,
+    )
     folder = train_saes(cfg, out=out, force=force, progress=True)
     typer.echo(str(folder))

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -100,9 +100,14 @@ class LayerBuffer:
 
     def fits(self, tcap: int, ecap: int, vdtype, d: int, need_act: bool, is_src: bool) -> bool:
         # not much larger either: an oversized buffer costs memory outside this pass's budget
-        return (tcap + 1 <= len(self.ptr) <= 1.25 * (tcap + 1) and ecap <= self.ecap <= 1.25 * ecap
-                and self.vdtype == np.dtype(vdtype)
-                and self.need_act == need_act and self.is_src == is_src and (not is_src or self.d == d))
+        return (
+            tcap + 1 <= len(self.ptr) <= 1.25 * (tcap + 1)
+            and ecap <= self.ecap <= 1.25 * ecap
+            and self.vdtype == np.dtype(vdtype)
+            and self.need_act == need_act
+            and self.is_src == is_src
+            and (not is_src or self.d == d)
+        )
 
     @staticmethod
     def entry_bytes(vdtype, need_act: bool, is_src: bool) -> int:
@@ -134,8 +139,16 @@ class BufferPool:
 class Batch:
     """Tokens of consecutive shards: n_tok tokens, keep mask, per-layer buffers."""
 
-    def __init__(self, layers: list[int], src: set[int], d: dict[int, int], ecap: int, tcap: int, need_act: bool,
-                 pool: BufferPool | None = None):
+    def __init__(
+        self,
+        layers: list[int],
+        src: set[int],
+        d: dict[int, int],
+        ecap: int,
+        tcap: int,
+        need_act: bool,
+        pool: BufferPool | None = None,
+    ):
         self.layers, self.src, self.d, self.need_act = layers, src, d, need_act
         self.tcap, self.ecap = tcap, ecap
         self.pool = pool or BufferPool()
@@ -157,7 +170,8 @@ class Batch:
 
     def fits(self, pos: np.ndarray, codes: dict) -> bool:
         return self.n_tok + len(pos) <= self.tcap and all(
-            self.buf[l].nnz + len(codes[l][1]) <= self.buf[l].ecap for l in self.layers)
+            self.buf[l].nnz + len(codes[l][1]) <= self.buf[l].ecap for l in self.layers
+        )
 
     def grow(self, pos: np.ndarray, codes: dict) -> None:
         """Make an empty batch big enough for one shard (a shard larger than the planned batch)."""
@@ -169,7 +183,7 @@ class Batch:
 
     def add(self, pos: np.ndarray, codes: dict) -> None:
         t0, t = self.n_tok, len(pos)
-        self.pos[t0:t0 + t] = pos
+        self.pos[t0 : t0 + t] = pos
         for l in self.layers:
             ptr, idx, val = codes[l]
             b = self.buf[l]
@@ -177,9 +191,9 @@ class Batch:
                 self._widen(l)
                 b = self.buf[l]
             e0, n = b.nnz, len(idx)
-            np.subtract(ptr[1:], ptr[0] - e0, out=b.ptr[t0 + 1:t0 + t + 1])
-            b.idx[e0:e0 + n] = idx
-            b.val[e0:e0 + n] = val  # float16 -> float32 is exact
+            np.subtract(ptr[1:], ptr[0] - e0, out=b.ptr[t0 + 1 : t0 + t + 1])
+            b.idx[e0 : e0 + n] = idx
+            b.val[e0 : e0 + n] = val  # float16 -> float32 is exact
             b.nnz += n
         self.n_tok += t
         self.n_shards += 1
@@ -188,13 +202,13 @@ class Batch:
         old = self.buf[layer]
         new = LayerBuffer(self.tcap, old.ecap, np.float64, old.d, old.need_act, old.is_src)
         new.ptr[:] = old.ptr
-        new.idx[:old.nnz] = old.idx[:old.nnz]
-        new.val[:old.nnz] = old.val[:old.nnz]
+        new.idx[: old.nnz] = old.idx[: old.nnz]
+        new.val[: old.nnz] = old.val[: old.nnz]
         new.nnz = old.nnz
         self.buf[layer] = new
 
     def keep(self, bos: bool, include_bos: bool) -> np.ndarray:
-        return token_mask(self.pos[:self.n_tok], bos, include_bos)
+        return token_mask(self.pos[: self.n_tok], bos, include_bos)
 
 
 def batches(shards: list[Path], batch: Batch) -> Iterator[Batch]:
@@ -211,8 +225,11 @@ def batches(shards: list[Path], batch: Batch) -> Iterator[Batch]:
         batch.reset()
         for k in range(len(shards)):
             pos, codes = fut.result()
-            fut = (pool.submit(read_layers, shards[k + 1], batch.layers, stages[(k + 1) % 2])
-                   if k + 1 < len(shards) else None)
+            fut = (
+                pool.submit(read_layers, shards[k + 1], batch.layers, stages[(k + 1) % 2])
+                if k + 1 < len(shards)
+                else None
+            )
             if not batch.fits(pos, codes):
                 if batch.n_tok:
                     yield batch

@@ -30,8 +30,10 @@ def stats_command(
     if s.skipped:
         console.print(f"stats: {s.run} is complete; skipping (use --force to redo).")
         return
-    console.print(f"[green]stats complete[/]: {s.n_tokens:,} tokens, {s.pairs} layer pairs, {s.edges:,} edges, "
-                  f"{s.passes} pass(es), {s.increments / max(s.seconds, 1e-9) / 1e6:,.0f}M co-active pairs/s, "
-                  f"{s.seconds:.1f}s -> {s.run / 'edges.parquet'}")
+    console.print(
+        f"[green]stats complete[/]: {s.n_tokens:,} tokens, {s.pairs} layer pairs, {s.edges:,} edges, "
+        f"{s.passes} pass(es), {s.increments / max(s.seconds, 1e-9) / 1e6:,.0f}M co-active pairs/s, "
+        f"{s.seconds:.1f}s -> {s.run / 'edges.parquet'}"
+    )
     if not s.dec_cosine:
         console.print("note: some layers have no SAE decoder weights; dec_cosine is NaN for their pairs.")

@@ -30,7 +30,9 @@ def _keep_item(text: str) -> tuple[str, float]:
     try:
         return name.strip(), float(value)
     except ValueError:
-        raise SaelineageError(f"cannot read --keep '{text}'.", "write MEASURE=VALUE, e.g. --keep pearson=0.5.") from None
+        raise SaelineageError(
+            f"cannot read --keep '{text}'.", "write MEASURE=VALUE, e.g. --keep pearson=0.5."
+        ) from None
 
 
 def _primary(text: str) -> tuple[str, ...]:
@@ -53,8 +55,9 @@ class StatsConfig:
     """An edge needs at least this many co-active tokens."""
     top_k: int = 16
     """Keep the top-K partners of each feature under each primary measure."""
-    keep: dict[str, float] | None = field(default=None, metadata=cli(
-        repeat=True, parse=_keep_item, show=lambda kv: f"{kv[0]}={kv[1]}"))
+    keep: dict[str, float] | None = field(
+        default=None, metadata=cli(repeat=True, parse=_keep_item, show=lambda kv: f"{kv[0]}={kv[1]}")
+    )
     """Also keep pairs with MEASURE >= VALUE (repeatable, e.g. --keep pearson=0.5). Default:
     sufficiency=0.99 and necessity=0.99."""
     no_keep: bool = False

@@ -105,24 +105,91 @@ class PairState:
         floor_mie = np.expm1(floor_v[q_mi[0]]) if q_mi else np.zeros(dm)
         counters = np.zeros((T, 3), np.int64)
         n = np.int64(n)
-        ks.scan_block(cnt, psum, lo, n, src.count, src.s, src.isd, src.irq, dst.count, dst.s, dst.isd, dst.irq,
-                      _first(dst.count > 0), _first(~np.isnan(dst.irq)), self.do_best, prim, o.min_support, thr,
-                      floor_v, floor_i, floor_mie,
-                      rbest, rtop, rkeep, cbest_v, cbest_i, cb_mie, zc, zi, ctop_v, ctop_i, ckth, ck_mie, counters)
-        ks.merge_columns(cnt, psum, lo, self.do_best, cbest_v, cbest_i, zc, zi, ctop_v, ctop_i,
-                         self.pb_v, self.pb_i, self.pb_c, self.pb_p, self.pz_c, self.pz_i,
-                         self.pt_v, self.pt_i, self.pt_c, self.pt_p)
+        ks.scan_block(
+            cnt,
+            psum,
+            lo,
+            n,
+            src.count,
+            src.s,
+            src.isd,
+            src.irq,
+            dst.count,
+            dst.s,
+            dst.isd,
+            dst.irq,
+            _first(dst.count > 0),
+            _first(~np.isnan(dst.irq)),
+            self.do_best,
+            prim,
+            o.min_support,
+            thr,
+            floor_v,
+            floor_i,
+            floor_mie,
+            rbest,
+            rtop,
+            rkeep,
+            cbest_v,
+            cbest_i,
+            cb_mie,
+            zc,
+            zi,
+            ctop_v,
+            ctop_i,
+            ckth,
+            ck_mie,
+            counters,
+        )
+        ks.merge_columns(
+            cnt,
+            psum,
+            lo,
+            self.do_best,
+            cbest_v,
+            cbest_i,
+            zc,
+            zi,
+            ctop_v,
+            ctop_i,
+            self.pb_v,
+            self.pb_i,
+            self.pb_c,
+            self.pb_p,
+            self.pz_c,
+            self.pz_i,
+            self.pt_v,
+            self.pt_i,
+            self.pt_c,
+            self.pt_p,
+        )
         self.counters += counters.sum(0)
         if self.do_best:
             rows = np.arange(B)[:, None]
             ok = rbest >= 0
             safe = np.where(ok, rbest, 0)
-            self.rb_j[lo:lo + B] = rbest
-            self.rb_c[lo:lo + B] = np.where(ok, cnt[rows, safe], 0)
-            self.rb_p[lo:lo + B] = np.where(ok, psum[rows, safe], 0.0)
+            self.rb_j[lo : lo + B] = rbest
+            self.rb_c[lo : lo + B] = np.where(ok, cnt[rows, safe], 0)
+            self.rb_p[lo : lo + B] = np.where(ok, psum[rows, safe], 0.0)
         # kept cells of these rows: count, then fill
-        args = (cnt, psum, lo, n, src.count, src.s, src.isd, src.irq, dst.count, dst.s, dst.isd, dst.irq,
-                o.min_support, thr, rtop, rkeep)
+        args = (
+            cnt,
+            psum,
+            lo,
+            n,
+            src.count,
+            src.s,
+            src.isd,
+            src.irq,
+            dst.count,
+            dst.s,
+            dst.isd,
+            dst.irq,
+            o.min_support,
+            thr,
+            rtop,
+            rkeep,
+        )
         offsets = np.zeros(B + 1, np.int64)
         empty_i, empty_f = np.zeros(0, np.int32), np.zeros(0, np.float64)
         ks.gather_rows(*args, offsets, empty_i, empty_i, np.zeros(0, np.int64), empty_f, True)
@@ -133,7 +200,7 @@ class PairState:
         self.parts.append(out)
         self.rows_done += B
 
-    def finish(self, n: int, src: Side, dst: Side) -> "PairResult":
+    def finish(self, n: int, src: Side, dst: Side) -> PairResult:
         """Combine blocks: kept edges (sorted by src, dst) and best predecessors per measure."""
         assert self.rows_done == self.d_l, (self.rows_done, self.d_l)
         P, dm, k = self.pt_i.shape
@@ -149,8 +216,12 @@ class PairState:
         pred = None
         if self.do_best:
             pred = self._best_pred(n, src, dst)
-        return PairResult(*edges, pred_j=pred, counters=self.counters,
-                          succ=(self.rb_j, self.rb_c, self.rb_p) if self.do_best else None)
+        return PairResult(
+            *edges,
+            pred_j=pred,
+            counters=self.counters,
+            succ=(self.rb_j, self.rb_c, self.rb_p) if self.do_best else None,
+        )
 
     def _best_pred(self, n: int, src: Side, dst: Side):
         """Best source row of each column per measure: (ids, c, p) [d_m, 6], -1 where none."""
@@ -160,8 +231,12 @@ class PairState:
         # (see kernels_scan.zero_best; the roles of sufficiency and necessity swap here)
         live_j, q_j = dst.count > 0, ~np.isnan(dst.irq)
         first_live_i, first_q_i = _first(src.count > 0), _first(~np.isnan(src.irq))
-        zero = {0: np.where(live_j, 0, first_live_i), 1: np.full(self.d_m, first_live_i),
-                2: np.where(live_j, 0, -1), 5: np.where(q_j, first_q_i, -1)}
+        zero = {
+            0: np.where(live_j, 0, first_live_i),
+            1: np.full(self.d_m, first_live_i),
+            2: np.where(live_j, 0, -1),
+            5: np.where(q_j, first_q_i, -1),
+        }
         for m, cand in zero.items():
             ids[none[:, m], m] = cand[none[:, m]]
             c[none[:, m], m] = 0

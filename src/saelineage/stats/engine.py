@@ -12,9 +12,10 @@ of a layer are taken in the first pass that reads it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -25,7 +26,6 @@ from saelineage.stats import kernels as kn
 from saelineage.stats.batch import Batch, BufferPool, LayerBuffer, batches
 from saelineage.stats.edges import EdgeOptions, PairResult, PairState, state_bytes
 from saelineage.stats.measures import Marginals, side
-
 
 BATCH_MAX = 1536 << 20  # larger batches: fewer accumulator-row streams (see batch.py)
 BATCH_MIN_ENTRIES = 1 << 16
@@ -121,8 +121,9 @@ class Accumulated(NamedTuple):
 
 
 def _new_marginals(d: int) -> Marginals:
-    return Marginals(np.zeros(d, np.int64), np.zeros(d, np.int64), np.zeros(d), np.zeros(d),
-                     np.full(d, np.inf), np.zeros(d))
+    return Marginals(
+        np.zeros(d, np.int64), np.zeros(d, np.int64), np.zeros(d), np.zeros(d), np.full(d, np.inf), np.zeros(d)
+    )
 
 
 def _batch_for(layout: Layout, layers: list[int], src: set[int], batch_bytes: int, pool: BufferPool) -> Batch:
@@ -138,20 +139,28 @@ def _prepare(batch: Batch, layout: Layout, keep: np.ndarray, fresh: dict[int, Ma
     for l, b in batch.buf.items():
         m = fresh.get(l)
         marg = m if m is not None else (empty_i, empty_i, empty_f, empty_f, empty_f, empty_f)
-        nnz, lo_id, hi_id = kn.prepare_inplace(b.ptr, b.idx, b.val, batch.n_tok, keep, layout.theta[l], d[l],
-                                               m is not None, *marg, b.need_act, b.act)
+        nnz, lo_id, hi_id = kn.prepare_inplace(
+            b.ptr, b.idx, b.val, batch.n_tok, keep, layout.theta[l], d[l], m is not None, *marg, b.need_act, b.act
+        )
         if lo_id < 0 or hi_id >= d[l]:
-            raise SaelineageError(f"layer {l} codes hold feature id {hi_id if hi_id >= d[l] else lo_id} "
-                                  f"outside 0..{d[l] - 1} (d_sae).",
-                                  "the shards do not match the manifest: re-run `saelineage collect --force`.")
+            raise SaelineageError(
+                f"layer {l} codes hold feature id {hi_id if hi_id >= d[l] else lo_id} outside 0..{d[l] - 1} (d_sae).",
+                "the shards do not match the manifest: re-run `saelineage collect --force`.",
+            )
         b.nnz = nnz
         if b.is_src:
-            kn.transpose_into(b.ptr, b.idx, b.val, b.act, batch.n_tok, keep, d[l], b.need_act,
-                              b.colptr, b.tok, b.cval, b.cact)
+            kn.transpose_into(
+                b.ptr, b.idx, b.val, b.act, batch.n_tok, keep, d[l], b.need_act, b.colptr, b.tok, b.cval, b.cact
+            )
 
 
-def run_passes(layout: Layout, budget: Budget, opts: EdgeOptions, workers: int,
-               on_shards: Callable[[int, int, int], None] | None = None) -> Accumulated:
+def run_passes(
+    layout: Layout,
+    budget: Budget,
+    opts: EdgeOptions,
+    workers: int,
+    on_shards: Callable[[int, int, int], None] | None = None,
+) -> Accumulated:
     """Run every pass; return the token count, layer marginals and each pair's results."""
     numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
     d, pairs = layout.d, layout.pairs
@@ -166,12 +175,17 @@ def run_passes(layout: Layout, budget: Budget, opts: EdgeOptions, workers: int,
         src = {pairs[u.pair].src for u in units}
         layers = sorted(src | {pairs[u.pair].dst for u in units})
         fresh = {l: _new_marginals(d[l]) for l in layers if l not in marg}
-        acc = {u: (np.zeros((u.hi - u.lo, d[pairs[u.pair].dst]), budget.count_dtype),
-                   np.zeros((u.hi - u.lo, d[pairs[u.pair].dst]), np.float64)) for u in units}
+        acc = {
+            u: (
+                np.zeros((u.hi - u.lo, d[pairs[u.pair].dst]), budget.count_dtype),
+                np.zeros((u.hi - u.lo, d[pairs[u.pair].dst]), np.float64),
+            )
+            for u in units
+        }
         n_pass = 0
         t0 = time.perf_counter()
-        batch = _batch_for(layout, layers, src, budget.batch_bytes, pool)
-        for batch in batches(layout.shards, batch):
+        buffers = _batch_for(layout, layers, src, budget.batch_bytes, pool)
+        for batch in batches(layout.shards, buffers):
             keep = batch.keep(layout.bos, layout.include_bos)
             n_pass += int(keep.sum())
             _prepare(batch, layout, keep, fresh)
@@ -181,14 +195,26 @@ def run_passes(layout: Layout, budget: Budget, opts: EdgeOptions, workers: int,
                 s, m = batch.buf[pairs[u.pair].src], batch.buf[pairs[u.pair].dst]
                 work = kn.row_work(s.colptr, s.tok, m.ptr, u.lo, u.hi)
                 bounds = kn.chunk_bounds(work, u.lo, 8 * numba.get_num_threads())
-                kn.accumulate(bounds, u.lo, s.colptr, s.tok, s.cval, s.cact, m.ptr, m.idx, m.val, m.act,
-                              layout.all_active, *acc[u])
+                kn.accumulate(
+                    bounds,
+                    u.lo,
+                    s.colptr,
+                    s.tok,
+                    s.cval,
+                    s.cact,
+                    m.ptr,
+                    m.idx,
+                    m.val,
+                    m.act,
+                    layout.all_active,
+                    *acc[u],
+                )
                 increments += int(work.sum())
             t0 = time.perf_counter()
             tm["accumulate"] += t0 - t1
             if on_shards:
                 on_shards(pass_no, batch.n_shards, increments)
-        batch.release()
+        buffers.release()
         if n_tokens is None:
             n_tokens = n_pass
         elif n_tokens != n_pass:

@@ -194,9 +194,42 @@ def _best(bv, bj, cb_v, cb_i, m, x, i, j):
 
 
 @numba.njit(parallel=True, **_JIT)
-def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, first_live_j, first_q_j,
-               do_best, prim, min_support, thr, floor_v, floor_i, floor_mie,
-               rbest, rtop, rkeep, cbest_v, cbest_i, cb_mie, zc, zi, ctop_v, ctop_i, ckth, ck_mie, counters):
+def scan_block(
+    cnt,
+    psum,
+    lo,
+    n,
+    ci,
+    si,
+    isdi,
+    irqi,
+    cj,
+    sj,
+    isdj,
+    irqj,
+    first_live_j,
+    first_q_j,
+    do_best,
+    prim,
+    min_support,
+    thr,
+    floor_v,
+    floor_i,
+    floor_mie,
+    rbest,
+    rtop,
+    rkeep,
+    cbest_v,
+    cbest_i,
+    cb_mie,
+    zc,
+    zi,
+    ctop_v,
+    ctop_i,
+    ckth,
+    ck_mie,
+    counters,
+):
     """Scan block rows lo..lo+B-1 (cnt, psum [B, d_m]); see the module docstring.
 
     Per-feature inputs are [d_l] (ci, si, isdi, irqi) and [d_m] (cj, ...); first_*_j:
@@ -245,8 +278,9 @@ def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, first_l
         top_mie = -1.0  # expm1 of the k-th of the row's MI top list
         zmax_j = -1
         if do_best:
-            bv[4], bj[4], zmax_j = _pearson_row(crow, prow, fn, i, ci_, si_, isdi_, sj, isdj, cj,
-                                                cb_v[4], cb_i[4], zc[th], zi[th])
+            bv[4], bj[4], zmax_j = _pearson_row(
+                crow, prow, fn, i, ci_, si_, isdi_, sj, isdj, cj, cb_v[4], cb_i[4], zc[th], zi[th]
+            )
         seen = 0
         touched = 0
         supported = 0
@@ -272,8 +306,9 @@ def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, first_l
                 rb = mi_bound(n, c, ci_, cjj) / MARGIN
                 need = do_best and (rb >= row_mie or rb >= cb_mie[th, j])
                 if sup and not need:
-                    need = rb >= thr_mie or (q_mi >= 0 and (rb >= top_mie or (
-                        rb >= ck_mie[th, j] and rb >= floor_mie[j])))
+                    need = rb >= thr_mie or (
+                        q_mi >= 0 and (rb >= top_mie or (rb >= ck_mie[th, j] and rb >= floor_mie[j]))
+                    )
                 if need:
                     v[3] = mi_scalar(n, c, ci_, cjj)
             if do_best:
@@ -325,8 +360,28 @@ def scan_block(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, first_l
 
 
 @numba.njit(parallel=True, **_JIT)
-def merge_columns(cnt, psum, lo, do_best, cbest_v, cbest_i, zc, zi, ctop_v, ctop_i,
-                  pb_v, pb_i, pb_c, pb_p, pz_c, pz_i, pt_v, pt_i, pt_c, pt_p):
+def merge_columns(
+    cnt,
+    psum,
+    lo,
+    do_best,
+    cbest_v,
+    cbest_i,
+    zc,
+    zi,
+    ctop_v,
+    ctop_i,
+    pb_v,
+    pb_i,
+    pb_c,
+    pb_p,
+    pz_c,
+    pz_i,
+    pt_v,
+    pt_i,
+    pt_c,
+    pt_p,
+):
     """Fold the per-thread column states of one block into the pair's running state.
 
     Pair state: pb_* [6, d_m] best row per measure (value, id, c_ij, p_ij); pz_c/pz_i
@@ -375,8 +430,30 @@ def merge_columns(cnt, psum, lo, do_best, cbest_v, cbest_i, zc, zi, ctop_v, ctop
 
 
 @numba.njit(parallel=True, **_JIT)
-def gather_rows(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, min_support, thr,
-                rtop, rkeep, offsets, out_i, out_j, out_c, out_p, count_only):
+def gather_rows(
+    cnt,
+    psum,
+    lo,
+    n,
+    ci,
+    si,
+    isdi,
+    irqi,
+    cj,
+    sj,
+    isdj,
+    irqj,
+    min_support,
+    thr,
+    rtop,
+    rkeep,
+    offsets,
+    out_i,
+    out_j,
+    out_c,
+    out_p,
+    count_only,
+):
     """Kept cells of each block row: its top-k partners (any primary measure) and the
     supported cells that pass a keep threshold, ascending j, without duplicates.
 
@@ -403,8 +480,21 @@ def gather_rows(cnt, psum, lo, n, ci, si, isdi, irqi, cj, sj, isdj, irqj, min_su
                 while j < cand:
                     c = np.int64(cnt[r, j])
                     if c >= min_support:
-                        if cell_passes(n, c, psum[r, j], np.int64(ci[i]), si[i], isdi[i], irqi[i],
-                                       np.int64(cj[j]), sj[j], isdj[j], irqj[j], thr, thr_mie):
+                        if cell_passes(
+                            n,
+                            c,
+                            psum[r, j],
+                            np.int64(ci[i]),
+                            si[i],
+                            isdi[i],
+                            irqi[i],
+                            np.int64(cj[j]),
+                            sj[j],
+                            isdj[j],
+                            irqj[j],
+                            thr,
+                            thr_mie,
+                        ):
                             break
                     j += 1
                 if j < cand:

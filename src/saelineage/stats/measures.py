@@ -28,8 +28,12 @@ top partners by mutual information include mutually exclusive pairs; either can 
 (`primary=MEASURES`), at ~15% more finalize time each."""
 #: Range of each measure, used for the fixed histogram bins of the summary.
 MEASURE_RANGE = {
-    "jaccard": (0.0, 1.0), "sufficiency": (0.0, 1.0), "necessity": (0.0, 1.0),
-    "mutual_info": (0.0, float(np.log(2.0))), "pearson": (-1.0, 1.0), "act_cosine": (0.0, 1.0),
+    "jaccard": (0.0, 1.0),
+    "sufficiency": (0.0, 1.0),
+    "necessity": (0.0, 1.0),
+    "mutual_info": (0.0, float(np.log(2.0))),
+    "pearson": (-1.0, 1.0),
+    "act_cosine": (0.0, 1.0),
 }
 WILSON_Z = 1.959963984540054  # two-sided 95%: the 0.975 quantile of the standard normal
 MAX_TOKENS = 3_000_000_000  # n·c_ij − c_i·c_j must fit in int64 (n² < 2^63)
@@ -148,7 +152,9 @@ def side(n: int, m: Marginals) -> Side:
     return Side(m.count, m.s, inv_sd(n, m), inv_rms(m))
 
 
-def pair_measures(n: int, c: np.ndarray, p: np.ndarray, src: Side, dst: Side, i: np.ndarray, j: np.ndarray) -> dict[str, np.ndarray]:
+def pair_measures(
+    n: int, c: np.ndarray, p: np.ndarray, src: Side, dst: Side, i: np.ndarray, j: np.ndarray
+) -> dict[str, np.ndarray]:
     """All data measures for pairs (i[k], j[k]) with statistics c[k], p[k]; arrays [K]."""
     ci, cj = src.count[i], dst.count[j]
     return {

@@ -7,8 +7,8 @@ a half-written file under its final name.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -20,15 +20,37 @@ from saelineage.stats.edges import HIST_BINS, PairResult
 from saelineage.stats.engine import Pair
 from saelineage.stats.measures import MEASURE_RANGE, MEASURES, Marginals, Side, pair_measures, side
 
-EDGE_COLUMNS = ["src_layer", "src", "dst_layer", "dst", "n_co", "jaccard", "sufficiency", "necessity",
-                "mutual_info", "pearson", "act_cosine", "dec_cosine", "sufficiency_lo", "necessity_lo", "p_sum"]
+EDGE_COLUMNS = [
+    "src_layer",
+    "src",
+    "dst_layer",
+    "dst",
+    "n_co",
+    "jaccard",
+    "sufficiency",
+    "necessity",
+    "mutual_info",
+    "pearson",
+    "act_cosine",
+    "dec_cosine",
+    "sufficiency_lo",
+    "necessity_lo",
+    "p_sum",
+]
 ROW_GROUP = 1 << 20
 
 Decoders = Callable[[int], "np.ndarray | None"]
 
 
-def _edge_table(pairs: list[Pair], results: list[PairResult], idx: list[int], n: int,
-                sides: dict[int, Side], decoder: Decoders, hists: dict[int, dict]) -> pa.Table:
+def _edge_table(
+    pairs: list[Pair],
+    results: list[PairResult],
+    idx: list[int],
+    n: int,
+    sides: dict[int, Side],
+    decoder: Decoders,
+    hists: dict[int, dict],
+) -> pa.Table:
     """Edges of the pairs `idx` (all with the same source layer), sorted (src, dst_layer, dst).
 
     Also stores each pair's histograms of its kept edges in `hists[pair index]`.
@@ -39,8 +61,9 @@ def _edge_table(pairs: list[Pair], results: list[PairResult], idx: list[int], n:
         K = len(r.src)
         vals = pair_measures(n, r.n_co, r.p, sides[p.src], sides[p.dst], r.src, r.dst)
         w_src, w_dst = decoder(p.src), decoder(p.dst)
-        dec = (kn.dec_cosine(w_src, w_dst, r.src, r.dst) if w_src is not None and w_dst is not None
-               else np.full(K, np.nan))
+        dec = (
+            kn.dec_cosine(w_src, w_dst, r.src, r.dst) if w_src is not None and w_dst is not None else np.full(K, np.nan)
+        )
         cols["src_layer"].append(np.full(K, p.src, np.int32))
         cols["src"].append(r.src.astype(np.int32))
         cols["dst_layer"].append(np.full(K, p.dst, np.int32))
@@ -56,8 +79,9 @@ def _edge_table(pairs: list[Pair], results: list[PairResult], idx: list[int], n:
     return pa.table({c: pa.array(arrays[c][order]) for c in EDGE_COLUMNS})
 
 
-def write_edges(path: Path, pairs: list[Pair], results: list[PairResult], n: int, sides: dict[int, Side],
-                decoder: Decoders) -> tuple[int, dict[int, dict]]:
+def write_edges(
+    path: Path, pairs: list[Pair], results: list[PairResult], n: int, sides: dict[int, Side], decoder: Decoders
+) -> tuple[int, dict[int, dict]]:
     """Write edges.parquet sorted by (src_layer, src, dst_layer, dst).
 
     Returns the row count and, per pair index, the histograms of its kept edges.
@@ -66,8 +90,19 @@ def write_edges(path: Path, pairs: list[Pair], results: list[PairResult], n: int
     so readers (duckdb, pyarrow filters) skip to a (src_layer, src) range.
     """
     tmp = temp_name(path)
-    schema = pa.schema([(c, pa.int32() if c in ("src_layer", "src", "dst_layer", "dst") else
-                         pa.int64() if c == "n_co" else pa.float64()) for c in EDGE_COLUMNS])
+    schema = pa.schema(
+        [
+            (
+                c,
+                pa.int32()
+                if c in ("src_layer", "src", "dst_layer", "dst")
+                else pa.int64()
+                if c == "n_co"
+                else pa.float64(),
+            )
+            for c in EDGE_COLUMNS
+        ]
+    )
     total, hists = 0, {}
     sorting = [pq.SortingColumn(schema.get_field_index(c)) for c in ("src_layer", "src", "dst_layer", "dst")]
     try:
@@ -91,8 +126,14 @@ def write_edges(path: Path, pairs: list[Pair], results: list[PairResult], n: int
     return total, hists
 
 
-def feature_links(layers: Sequence[int], d: dict[int, int], pairs: list[Pair], results: list[PairResult],
-                  n: int, marg: dict[int, Marginals]) -> pa.Table:
+def feature_links(
+    layers: Sequence[int],
+    d: dict[int, int],
+    pairs: list[Pair],
+    results: list[PairResult],
+    n: int,
+    marg: dict[int, Marginals],
+) -> pa.Table:
     """One row per (layer, feature): best predecessor / successor under each measure (span 1)."""
     sides = {l: side(n, marg[l]) for l in layers}
     span1 = {(p.src, p.dst): k for k, p in enumerate(pairs) if p.span == 1}
@@ -100,11 +141,14 @@ def feature_links(layers: Sequence[int], d: dict[int, int], pairs: list[Pair], r
     for pos, layer in enumerate(layers):
         dl = d[layer]
         cols: dict[str, np.ndarray] = {
-            "layer": np.full(dl, layer, np.int32), "feature": np.arange(dl, dtype=np.int32),
+            "layer": np.full(dl, layer, np.int32),
+            "feature": np.arange(dl, dtype=np.int32),
             "active_count": marg[layer].count.copy(),
         }
-        for direction, other, key in (("pred", layers[pos - 1] if pos else None, "pred_j"),
-                                      ("succ", layers[pos + 1] if pos + 1 < len(layers) else None, "succ")):
+        for direction, other, key in (
+            ("pred", layers[pos - 1] if pos else None, "pred_j"),
+            ("succ", layers[pos + 1] if pos + 1 < len(layers) else None, "succ"),
+        ):
             best = None
             if other is not None:
                 r = results[span1[(other, layer) if direction == "pred" else (layer, other)]]
@@ -116,8 +160,11 @@ def feature_links(layers: Sequence[int], d: dict[int, int], pairs: list[Pair], r
                     ok = bid >= 0
                     me = np.arange(dl)[ok]
                     partner = bid[ok].astype(np.int64)
-                    src_i, dst_j, s_src, s_dst = ((partner, me, sides[other], sides[layer]) if direction == "pred"
-                                                  else (me, partner, sides[layer], sides[other]))
+                    src_i, dst_j, s_src, s_dst = (
+                        (partner, me, sides[other], sides[layer])
+                        if direction == "pred"
+                        else (me, partner, sides[layer], sides[other])
+                    )
                     val[ok] = pair_measures(n, bc[ok], bp[ok], s_src, s_dst, src_i, dst_j)[mname]
                     ids[ok] = bid[ok]
                 cols[f"best_{direction}_{mname}"] = val
@@ -136,7 +183,9 @@ def histogram(values: np.ndarray, measure: str) -> list[int]:
 def pair_summary(p: Pair, r: PairResult, d: dict[int, int], hist_kept: dict | None) -> dict:
     """Per layer pair: pairs seen / supported / kept and histograms of each measure over the kept edges."""
     out = {
-        "src_layer": p.src, "dst_layer": p.dst, "span": p.span,
+        "src_layer": p.src,
+        "dst_layer": p.dst,
+        "span": p.span,
         "candidate_pairs": d[p.src] * d[p.dst],
         "pairs_seen": int(r.counters[0]),  # c_ij >= 1
         "pairs_touched": int(r.counters[1]),  # c_ij >= 1 or p_ij > 0 (differs with a threshold)

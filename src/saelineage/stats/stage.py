@@ -9,9 +9,10 @@ for a result of this one.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import psutil
@@ -21,9 +22,9 @@ from saelineage.data.store import list_shards, remove_stale_temporaries
 from saelineage.errors import SaelineageError
 from saelineage.progress import progress as make_progress
 from saelineage.run import RunDir, write_json, write_parquet, writes_run
+from saelineage.stats.config import StatsConfig
 from saelineage.stats.edges import EdgeOptions
 from saelineage.stats.engine import Budget, Layout, Pair, plan, run_passes
-from saelineage.stats.config import StatsConfig
 from saelineage.stats.measures import MAX_TOKENS, MEASURES, side
 from saelineage.stats.outputs import feature_links, pair_summary, write_edges
 
@@ -53,8 +54,10 @@ def _options(span, threshold, relative_threshold, include_bos, min_support, top_
     if span < 1:
         raise SaelineageError(f"--span must be >= 1 (got {span}).", "use --span 1 for adjacent layers.")
     if relative_threshold is not None and not 0 < relative_threshold <= 1:
-        raise SaelineageError(f"--relative-threshold must be in (0, 1] (got {relative_threshold}).",
-                              "e.g. --relative-threshold 0.2 (the paper's choice).")
+        raise SaelineageError(
+            f"--relative-threshold must be in (0, 1] (got {relative_threshold}).",
+            "e.g. --relative-threshold 0.2 (the paper's choice).",
+        )
     if threshold < 0 or not np.isfinite(threshold):
         raise SaelineageError(f"--threshold must be a finite number >= 0 (got {threshold}).", "use 0 (default).")
     if not primary:
@@ -64,10 +67,16 @@ def _options(span, threshold, relative_threshold, include_bos, min_support, top_
     bad = [m for m in list(keep) + list(primary) if m not in MEASURES]
     if bad:
         raise SaelineageError(f"unknown measure(s) {bad}.", f"choose among {', '.join(MEASURES)}.")
-    return {"span": int(span), "threshold": float(threshold),
-            "relative_threshold": None if relative_threshold is None else float(relative_threshold),
-            "include_bos": bool(include_bos), "min_support": int(min_support), "top_k": int(top_k),
-            "primary": [m for m in MEASURES if m in primary], "keep_thresholds": {m: float(keep[m]) for m in sorted(keep)}}
+    return {
+        "span": int(span),
+        "threshold": float(threshold),
+        "relative_threshold": None if relative_threshold is None else float(relative_threshold),
+        "include_bos": bool(include_bos),
+        "min_support": int(min_support),
+        "top_k": int(top_k),
+        "primary": [m for m in MEASURES if m in primary],
+        "keep_thresholds": {m: float(keep[m]) for m in sorted(keep)},
+    }
 
 
 def _thresholds(run: RunDir, layers, d, opts) -> dict[int, np.ndarray]:
@@ -77,8 +86,10 @@ def _thresholds(run: RunDir, layers, d, opts) -> dict[int, np.ndarray]:
     if not path.is_file():
         from saelineage.hints import recollect
 
-        raise SaelineageError(f"{path} is missing; a relative threshold needs each feature's max activation.",
-                              f"{recollect(run.path)}: collect writes features.parquet.")
+        raise SaelineageError(
+            f"{path} is missing; a relative threshold needs each feature's max activation.",
+            f"{recollect(run.path)}: collect writes features.parquet.",
+        )
     t = pq.read_table(path, columns=["layer", "feature", "act_max"])
     lay, feat, mx_all = (t.column(c).to_numpy() for c in ("layer", "feature", "act_max"))
     out = {}
@@ -112,8 +123,10 @@ class _Decoders:
             if w is not None:
                 w = np.ascontiguousarray(np.asarray(w), np.float32)
                 if w.ndim != 2 or w.shape[0] != self.d[layer]:
-                    raise SaelineageError(f"decoder of layer {layer} has shape {w.shape}; expected [{self.d[layer]}, d_in].",
-                                          "decoders are [d_sae, d_in] (W_dec).")
+                    raise SaelineageError(
+                        f"decoder of layer {layer} has shape {w.shape}; expected [{self.d[layer]}, d_in].",
+                        "decoders are [d_sae, d_in] (W_dec).",
+                    )
             if len(self.cache) >= 2:
                 self.cache.pop(next(iter(self.cache)))
             self.cache[layer] = w
@@ -134,27 +147,49 @@ def _setup(run_dir: str | Path, cfg: StatsConfig) -> _Setup:
     manifest = run.require("collect")
     keep = cfg.keep_thresholds()
     span, threshold, relative_threshold, include_bos, min_support, top_k, primary = (
-        cfg.span, cfg.threshold, cfg.relative_threshold, cfg.include_bos, cfg.min_support, cfg.top_k, cfg.primary)
+        cfg.span,
+        cfg.threshold,
+        cfg.relative_threshold,
+        cfg.include_bos,
+        cfg.min_support,
+        cfg.top_k,
+        cfg.primary,
+    )
     opts = _options(span, threshold, relative_threshold, include_bos, min_support, top_k, keep, primary)
     layers = sorted(int(l) for l in manifest["layers"])
     d = {l: int(manifest["d_sae"][str(l)]) for l in layers}
     if len(layers) < 2:
-        raise SaelineageError(f"run {run.path} has {len(layers)} layer(s); stats needs at least two.",
-                              "collect codes for two or more layers.")
+        raise SaelineageError(
+            f"run {run.path} has {len(layers)} layer(s); stats needs at least two.",
+            "collect codes for two or more layers.",
+        )
     if span > len(layers) - 1:
-        raise SaelineageError(f"--span {span} needs {span + 1} layers; run has {len(layers)} ({layers}).",
-                              f"use --span {len(layers) - 1} or less.")
+        raise SaelineageError(
+            f"--span {span} needs {span + 1} layers; run has {len(layers)} ({layers}).",
+            f"use --span {len(layers) - 1} or less.",
+        )
     shards = list_shards(run)
     if not shards:
         raise SaelineageError(f"run {run.path} has no activation shards.", "run `saelineage collect RUN` first.")
     if int(manifest.get("n_tokens", 0)) > MAX_TOKENS:
-        raise SaelineageError(f"{manifest['n_tokens']:,} tokens exceed the exact-arithmetic limit {MAX_TOKENS:,}.",
-                              "split the corpus into several runs.")
-    pairs = [Pair(layers[a], layers[a + s], s) for a in range(len(layers)) for s in range(1, span + 1)
-             if a + s < len(layers)]
-    layout = Layout(shards, layers, d, pairs, _thresholds(run, layers, d, opts), bool(manifest.get("bos")),
-                    include_bos, relative_threshold is None and threshold == 0.0,
-                    int(manifest.get("n_tokens", 2**31)))
+        raise SaelineageError(
+            f"{manifest['n_tokens']:,} tokens exceed the exact-arithmetic limit {MAX_TOKENS:,}.",
+            "split the corpus into several runs.",
+        )
+    pairs = [
+        Pair(layers[a], layers[a + s], s) for a in range(len(layers)) for s in range(1, span + 1) if a + s < len(layers)
+    ]
+    layout = Layout(
+        shards,
+        layers,
+        d,
+        pairs,
+        _thresholds(run, layers, d, opts),
+        bool(manifest.get("bos")),
+        include_bos,
+        relative_threshold is None and threshold == 0.0,
+        int(manifest.get("n_tokens", 2**31)),
+    )
     return _Setup(run, opts, layout, EdgeOptions(min_support, top_k, tuple(primary), keep))
 
 
@@ -166,8 +201,14 @@ def plan_stats(run_dir: str | Path, cfg: StatsConfig | None = None) -> Budget:
 
 
 @writes_run("stats")
-def run_stats(run_dir: str | Path, cfg: StatsConfig | None = None, *, force: bool = False, progress: bool = True,
-              decoders: Mapping[int, np.ndarray] | None = None) -> StatsSummary:
+def run_stats(
+    run_dir: str | Path,
+    cfg: StatsConfig | None = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    decoders: Mapping[int, np.ndarray] | None = None,
+) -> StatsSummary:
     """Co-activation statistics of every layer pair (l, l+s), s = 1..cfg.span, in one pass.
 
     Writes edges.parquet, feature_links.parquet and stats_summary.json into the run and
@@ -184,11 +225,22 @@ def run_stats(run_dir: str | Path, cfg: StatsConfig | None = None, *, force: boo
     prev = run.load().get("stages", {}).get("stats", {})
     if prev.get("status") == "complete" and not force and all(run.file(f).is_file() for f in OUTPUTS):
         if prev.get("options") != opts:
-            raise SaelineageError(f"stats of {run.path} are complete with other options ({prev.get('options')}).",
-                                  "pass --force to recompute with the new options.")
+            raise SaelineageError(
+                f"stats of {run.path} are complete with other options ({prev.get('options')}).",
+                "pass --force to recompute with the new options.",
+            )
         s = prev.get("summary", {})
-        return StatsSummary(run.path, s.get("n_tokens", 0), s.get("pairs", 0), s.get("edges", 0), s.get("passes", 0),
-                            s.get("increments", 0), 0.0, bool(s.get("dec_cosine", False)), True)
+        return StatsSummary(
+            run.path,
+            s.get("n_tokens", 0),
+            s.get("pairs", 0),
+            s.get("edges", 0),
+            s.get("passes", 0),
+            s.get("increments", 0),
+            0.0,
+            bool(s.get("dec_cosine", False)),
+            True,
+        )
     budget = plan(layout, edge_opts, int(memory_limit or default_memory_limit()))
     dec = _Decoders(run, d, decoders)
     manifest = run.load()
@@ -204,33 +256,65 @@ def run_stats(run_dir: str | Path, cfg: StatsConfig | None = None, *, force: boo
 
             def tick(pass_no: int, n_sh: int, incr: int) -> None:
                 rate = incr / max(time.perf_counter() - t0, 1e-9)
-                bar.update(task, advance=n_sh, rate=f"pass {pass_no + 1}/{len(budget.passes)}, {rate / 1e6:,.0f}M pairs/s",
-                           description="stats")
+                bar.update(
+                    task,
+                    advance=n_sh,
+                    rate=f"pass {pass_no + 1}/{len(budget.passes)}, {rate / 1e6:,.0f}M pairs/s",
+                    description="stats",
+                )
 
             acc = run_passes(layout, budget, edge_opts, workers, tick if progress else None)
         if acc.n == 0:
-            raise SaelineageError("the token set is empty (every token is a BOS position?).",
-                                  "use longer windows or --include-bos.")
+            raise SaelineageError(
+                "the token set is empty (every token is a BOS position?).", "use longer windows or --include-bos."
+            )
         t_w = time.perf_counter()
         sides = {l: side(acc.n, acc.marginals[l]) for l in layers}
         n_edges, hists = write_edges(run.file("edges.parquet"), pairs, acc.results, acc.n, sides, dec)
-        write_parquet(run.file("feature_links.parquet"),
-                      feature_links(layers, d, pairs, acc.results, acc.n, acc.marginals))
+        write_parquet(
+            run.file("feature_links.parquet"), feature_links(layers, d, pairs, acc.results, acc.n, acc.marginals)
+        )
         missing = dec.missing(layers)
         summary = {
-            "n_tokens": acc.n, "pairs": len(pairs), "edges": n_edges, "passes": len(budget.passes),
-            "increments": acc.increments, "dec_cosine": not missing,
-            "memory_limit": budget.limit, "batch_bytes": budget.batch_bytes,
-            "accumulator_bytes": int(sum((u.hi - u.lo) * d[pairs[u.pair].dst] for p_ in budget.passes for u in p_)
-                                     * budget.cell_bytes),
+            "n_tokens": acc.n,
+            "pairs": len(pairs),
+            "edges": n_edges,
+            "passes": len(budget.passes),
+            "increments": acc.increments,
+            "dec_cosine": not missing,
+            "memory_limit": budget.limit,
+            "batch_bytes": budget.batch_bytes,
+            "accumulator_bytes": int(
+                sum((u.hi - u.lo) * d[pairs[u.pair].dst] for p_ in budget.passes for u in p_) * budget.cell_bytes
+            ),
         }
         timings = {k: round(v, 3) for k, v in acc.timings.items()} | {"write": round(time.perf_counter() - t_w, 3)}
-        write_json(run.file("stats_summary.json"), indent=1, obj={
-            **summary, "options": opts, "timings": timings,
-            "dec_cosine_note": ("decoder cosine for every pair" if not missing else
-                                f"dec_cosine is NaN for pairs touching layers {missing}: no SAE decoder weights"),
-            "pairs_detail": [pair_summary(p, r, d, hists.get(k)) for k, (p, r) in enumerate(zip(pairs, acc.results))],
-        })
+        write_json(
+            run.file("stats_summary.json"),
+            indent=1,
+            obj={
+                **summary,
+                "options": opts,
+                "timings": timings,
+                "dec_cosine_note": (
+                    "decoder cosine for every pair"
+                    if not missing
+                    else f"dec_cosine is NaN for pairs touching layers {missing}: no SAE decoder weights"
+                ),
+                "pairs_detail": [
+                    pair_summary(p, r, d, hists.get(k)) for k, (p, r) in enumerate(zip(pairs, acc.results))
+                ],
+            },
+        )
         info.update(summary=summary, timings=timings, dec_cosine_missing_layers=missing)
-    return StatsSummary(run.path, acc.n, len(pairs), n_edges, len(budget.passes), acc.increments,
-                        round(time.perf_counter() - t_start, 3), not missing, False)
+    return StatsSummary(
+        run.path,
+        acc.n,
+        len(pairs),
+        n_edges,
+        len(budget.passes),
+        acc.increments,
+        round(time.perf_counter() - t_start, 3),
+        not missing,
+        False,
+    )

@@ -58,9 +58,19 @@ class Truth:
         return "carried"
 
 
-def planted_codes(n_layers: int = 3, d_sae: int = 48, n_windows: int = 400, window: int = 32, noise: float = 0.0,
-                  seed: int = 0, n_copies: int = 14, n_and: int = 4, n_or: int = 4, n_splits: int = 2,
-                  rare_support: int = 3) -> tuple[dict[int, sp.csr_matrix], np.ndarray, Truth]:
+def planted_codes(
+    n_layers: int = 3,
+    d_sae: int = 48,
+    n_windows: int = 400,
+    window: int = 32,
+    noise: float = 0.0,
+    seed: int = 0,
+    n_copies: int = 14,
+    n_and: int = 4,
+    n_or: int = 4,
+    n_splits: int = 2,
+    rare_support: int = 3,
+) -> tuple[dict[int, sp.csr_matrix], np.ndarray, Truth]:
     """Codes {layer: csr [T, d_sae]}, token ids int32 [T] and the Truth (see module doc)."""
     rng = np.random.default_rng(seed)
     t = n_windows * window
@@ -95,21 +105,22 @@ def planted_codes(n_layers: int = 3, d_sae: int = 48, n_windows: int = 400, wind
         slot = iter(range(d_sae - 2))
         next_eligible = []
 
-        def take(n: int) -> list[int]:
+        def take(n: int, el: list = el) -> list[int]:  # this layer's pool, bound now
             out, el[:] = el[:n], el[n:]
             return [int(x) for x in out]
+
         # OR parents paired by similar density, so that each parent's Pearson with the child is ≈ 0.7
         or_par = take(2 * n_or)
         or_par.sort(key=lambda f: (prev[:, f] > 0).mean())
         for k in range(n_or):
-            a, b = sorted(or_par[2 * k: 2 * k + 2])
+            a, b = sorted(or_par[2 * k : 2 * k + 2])
             j = next(slot)
             cur[:, j] = np.maximum(prev[:, a], prev[:, b])
             truth.role[(m, j)] = "or"
             truth.has_pred[(m, j)] = True
             truth.has_succ[(l, a)] = truth.has_succ[(l, b)] = True
             truth.gates.add(("or", m, j, l, a, b))
-        for k in range(n_and):
+        for _ in range(n_and):
             a, b = sorted(take(2))
             j = next(slot)
             on = (prev[:, a] > 0) & (prev[:, b] > 0)
@@ -118,7 +129,7 @@ def planted_codes(n_layers: int = 3, d_sae: int = 48, n_windows: int = 400, wind
             truth.has_pred[(m, j)] = False
             truth.has_succ[(l, a)] = truth.has_succ[(l, b)] = False
             truth.gates.add(("and", m, j, l, a, b))
-        for k in range(n_splits):
+        for _ in range(n_splits):
             (p,) = take(1)
             part = rng.choice(3, t, p=[0.45, 0.40, 0.15])
             kids = []
@@ -182,6 +193,7 @@ def build_planted_run(path: str | Path, noise: float = 0.0, seed: int = 0, **kw)
     codes, tokens, truth = planted_codes(noise=noise, seed=seed, **kw)
     window = kw.get("window", 32)
     vocab = ["<bos>"] + [f"tok{i}" for i in range(1, 200)]
-    run = write_run(path, codes, tokens, window_len=window, bos=True, vocab=vocab, force=True, shard_windows=64,
-                    examples_k=10)
+    run = write_run(
+        path, codes, tokens, window_len=window, bos=True, vocab=vocab, force=True, shard_windows=64, examples_k=10
+    )
     return run, truth

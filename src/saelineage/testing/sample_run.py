@@ -30,8 +30,9 @@ def _vocab(n: int) -> list[str]:
     return sorted(words)
 
 
-def synthetic_codes(n_layers: int = 4, d_sae: int = 48, n_windows: int = 64, window: int = 32,
-                    vocab_size: int = 120, seed: int = 0) -> tuple[dict[int, sp.csr_matrix], np.ndarray, list[str]]:
+def synthetic_codes(
+    n_layers: int = 4, d_sae: int = 48, n_windows: int = 64, window: int = 32, vocab_size: int = 120, seed: int = 0
+) -> tuple[dict[int, sp.csr_matrix], np.ndarray, list[str]]:
     """Planted codes {layer: csr [T, d_sae]}, token ids [T] and vocab strings."""
     rng = np.random.default_rng(seed)
     t = n_windows * window
@@ -67,8 +68,15 @@ def synthetic_codes(n_layers: int = 4, d_sae: int = 48, n_windows: int = 64, win
     return codes, tokens, ["<bos>"] + _vocab(vocab_size - 1)
 
 
-def build_sample_run(path: str | Path, n_layers: int = 4, d_sae: int = 48, n_windows: int = 64, window: int = 32,
-                     seed: int = 0, hostile_label: bool = True) -> RunDir:
+def build_sample_run(
+    path: str | Path,
+    n_layers: int = 4,
+    d_sae: int = 48,
+    n_windows: int = 64,
+    window: int = 32,
+    seed: int = 0,
+    hostile_label: bool = True,
+) -> RunDir:
     """Write a complete synthetic run to `path`: the store API (standing in for collect), then the
     real stats and analyze stages."""
     from saelineage.data.importer import write_run
@@ -78,8 +86,19 @@ def build_sample_run(path: str | Path, n_layers: int = 4, d_sae: int = 48, n_win
     codes, tokens, vocab = synthetic_codes(n_layers, d_sae, n_windows, window, seed=seed)
     rng = np.random.default_rng(seed + 1)
     decoders = {l: rng.standard_normal((d_sae, 16)).astype(np.float32) for l in codes}
-    run = write_run(path, codes, tokens, window_len=window, bos=True, vocab=vocab, decoders=decoders,
-                    model={"spec": "imported", "name": "synthetic"}, shard_windows=16, examples_k=10, force=True)
+    run = write_run(
+        path,
+        codes,
+        tokens,
+        window_len=window,
+        bos=True,
+        vocab=vocab,
+        decoders=decoders,
+        model={"spec": "imported", "name": "synthetic"},
+        shard_windows=16,
+        examples_k=10,
+        force=True,
+    )
     run_stats(run.path, progress=False)
     run_analyze(run.path, progress=False)
     if hostile_label:
@@ -91,6 +110,14 @@ def _plant_hostile_label(run: RunDir) -> None:
     """Give feature (0, 0) a label that would run script if it were ever injected as HTML."""
     from saelineage.data.finalize import write_parquet
 
-    write_parquet(run.file("labels.parquet"), pa.table({
-        "layer": pa.array([0], pa.int64()), "feature": pa.array([0], pa.int64()),
-        "explanation": [HOSTILE_LABEL], "source": ["test"]}))
+    write_parquet(
+        run.file("labels.parquet"),
+        pa.table(
+            {
+                "layer": pa.array([0], pa.int64()),
+                "feature": pa.array([0], pa.int64()),
+                "explanation": [HOSTILE_LABEL],
+                "source": ["test"],
+            }
+        ),
+    )

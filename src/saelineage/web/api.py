@@ -19,6 +19,7 @@ from saelineage.web.graph import MAX_NODES, graph
 from saelineage.web.prompt import MAX_CHARS, PromptService
 from saelineage.web.queries import RunData
 from saelineage.web.schema import Measure, Order, SortKey
+
 LayerP = Path(..., ge=0, le=100_000, description="Layer index")
 FeatureP = Path(..., ge=0, le=1_000_000_000, description="Feature (latent) index")
 
@@ -55,8 +56,9 @@ class PromptText(BaseModel):
 
 class PromptGraphRequest(PromptText):
     position: Int = Field(..., ge=0, le=10_000, description="Token index in the prompt")
-    rel: StrictFloat = Field(0.1, ge=0.0, le=1.0,
-                             description="Active = activation above rel x the feature's corpus max")
+    rel: StrictFloat = Field(
+        0.1, ge=0.0, le=1.0, description="Active = activation above rel x the feature's corpus max"
+    )
     measure: Measure = "jaccard"
     min_value: Optional[StrictFloat] = Field(None, ge=-1.0, le=1e6, description="Drop edges below this value")
     max_nodes: Int = Field(500, ge=1, le=MAX_NODES)
@@ -74,8 +76,12 @@ def _problem(description: str) -> dict[str, Any]:
 NO_FEATURE = {404: _problem("The feature is not in this run")}
 TOO_LARGE = {413: _problem(f"Request body larger than {MAX_BODY} bytes")}
 UNREADABLE = "The body could not be parsed (bytes that are not UTF-8 text)"
-UNAVAILABLE = {503: _problem("Live prompts are not available: the run has no model, its model or SAE files are "
-                             "gone, or the model failed to load (`reason` of /api/prompt/status says which)")}
+UNAVAILABLE = {
+    503: _problem(
+        "Live prompts are not available: the run has no model, its model or SAE files are "
+        "gone, or the model failed to load (`reason` of /api/prompt/status says which)"
+    )
+}
 
 
 def build_router(data: RunData, prompts: PromptService) -> APIRouter:
@@ -95,60 +101,98 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
     async def status() -> JSON:
         return JSON(data.status())
 
-    @r.get("/overview", response_model=s.Overview,
-           summary="Model, SAEs, corpus, per-layer lifecycle, measure histograms, counts")
+    @r.get(
+        "/overview",
+        response_model=s.Overview,
+        summary="Model, SAEs, corpus, per-layer lifecycle, measure histograms, counts",
+    )
     async def overview() -> JSON:
         return JSON(data.overview())
 
-    @r.get("/features/{layer}/{feature}", response_model=s.Feature, responses=NO_FEATURE,
-           summary="One feature: label, statistics, top examples")
-    async def feature(layer: int = LayerP, feature: int = FeatureP,
-                examples: int = Query(20, ge=0, le=100, description="Top examples to return")) -> JSON:
+    @r.get(
+        "/features/{layer}/{feature}",
+        response_model=s.Feature,
+        responses=NO_FEATURE,
+        summary="One feature: label, statistics, top examples",
+    )
+    async def feature(
+        layer: int = LayerP,
+        feature: int = FeatureP,
+        examples: int = Query(20, ge=0, le=100, description="Top examples to return"),
+    ) -> JSON:
         f = _feature_or_404(layer, feature)
         f["examples"] = data.examples(layer, feature, limit=examples)
         return JSON(f)
 
-    @r.get("/features/{layer}/{feature}/neighbours", response_model=s.Neighbours, responses=NO_FEATURE,
-           summary="Upstream/downstream edges with every measure")
-    async def neighbours(layer: int = LayerP, feature: int = FeatureP,
-                   direction: Literal["up", "down", "both"] = "both", sort: SortKey = "jaccard",
-                   limit: int = Query(50, ge=1, le=500)) -> JSON:
+    @r.get(
+        "/features/{layer}/{feature}/neighbours",
+        response_model=s.Neighbours,
+        responses=NO_FEATURE,
+        summary="Upstream/downstream edges with every measure",
+    )
+    async def neighbours(
+        layer: int = LayerP,
+        feature: int = FeatureP,
+        direction: Literal["up", "down", "both"] = "both",
+        sort: SortKey = "jaccard",
+        limit: int = Query(50, ge=1, le=500),
+    ) -> JSON:
         _exists_or_404(layer, feature)
         out = {}
-        for d in (("up", "down") if direction == "both" else (direction,)):
+        for d in ("up", "down") if direction == "both" else (direction,):
             out[d] = data.neighbours(layer, feature, d, sort, limit)
         return JSON(out | {"sort": sort})
 
-    @r.get("/features/{layer}/{feature}/relations", response_model=s.Relations, responses=NO_FEATURE,
-           summary="Gates and splits the feature takes part in")
+    @r.get(
+        "/features/{layer}/{feature}/relations",
+        response_model=s.Relations,
+        responses=NO_FEATURE,
+        summary="Gates and splits the feature takes part in",
+    )
     async def relations(layer: int = LayerP, feature: int = FeatureP) -> JSON:
         _exists_or_404(layer, feature)
-        return JSON({"gates": data.feature_gates(layer, feature),
-                     "splits": data.splits(layer=layer, feature=feature)["rows"]})
+        return JSON(
+            {"gates": data.feature_gates(layer, feature), "splits": data.splits(layer=layer, feature=feature)["rows"]}
+        )
 
-    @r.get("/graph", response_model=s.Graph, summary="Layered graph: nodes, edges and a crossing-reducing row order",
-           description="`nodes` holds columns (layer, feature, label, community, density, lifecycle, pos, row, "
-                       "n_row; node i is position i of every list); `edges` holds src, dst (node positions) and "
-                       "value (the measure); `crossings` gives the edge crossings of the order shown and of the "
-                       "plain feature-id order. Without `community`, the strongest edges of every layer pair are "
-                       "taken in turn until `max_nodes` features are shown.")
-    async def graph_(measure: Measure = "jaccard", min_value: Optional[float] = Query(None, ge=-1.0, le=1e6),
-               layer_min: Optional[int] = Query(None, ge=0, le=100_000),
-               layer_max: Optional[int] = Query(None, ge=0, le=100_000),
-               community: Optional[int] = Query(None, ge=0, le=10**9),
-               max_nodes: int = Query(500, ge=1, le=MAX_NODES), order: Order = "barycenter",
-               edges_per_node: int = Query(0, ge=0, le=100, description="Keep each node's k strongest "
-                                           "in- and out-edges only (0: every edge)")) -> JSON:
-        return JSON(graph(data, measure, min_value, layer_min, layer_max, community, max_nodes, order,
-                          edges_per_node))
+    @r.get(
+        "/graph",
+        response_model=s.Graph,
+        summary="Layered graph: nodes, edges and a crossing-reducing row order",
+        description="`nodes` holds columns (layer, feature, label, community, density, lifecycle, pos, row, "
+        "n_row; node i is position i of every list); `edges` holds src, dst (node positions) and "
+        "value (the measure); `crossings` gives the edge crossings of the order shown and of the "
+        "plain feature-id order. Without `community`, the strongest edges of every layer pair are "
+        "taken in turn until `max_nodes` features are shown.",
+    )
+    async def graph_(
+        measure: Measure = "jaccard",
+        min_value: Optional[float] = Query(None, ge=-1.0, le=1e6),
+        layer_min: Optional[int] = Query(None, ge=0, le=100_000),
+        layer_max: Optional[int] = Query(None, ge=0, le=100_000),
+        community: Optional[int] = Query(None, ge=0, le=10**9),
+        max_nodes: int = Query(500, ge=1, le=MAX_NODES),
+        order: Order = "barycenter",
+        edges_per_node: int = Query(
+            0, ge=0, le=100, description="Keep each node's k strongest in- and out-edges only (0: every edge)"
+        ),
+    ) -> JSON:
+        return JSON(graph(data, measure, min_value, layer_min, layer_max, community, max_nodes, order, edges_per_node))
 
     @r.get("/communities", response_model=s.CommunityPage, summary="Communities, largest first")
-    async def communities(limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=10**9),
-                    min_size: int = Query(1, ge=1, le=10**6)) -> JSON:
+    async def communities(
+        limit: int = Query(100, ge=1, le=500),
+        offset: int = Query(0, ge=0, le=10**9),
+        min_size: int = Query(1, ge=1, le=10**6),
+    ) -> JSON:
         return JSON(data.communities(limit, offset, min_size))
 
-    @r.get("/communities/{community}", response_model=s.Community,
-           responses={404: _problem("The community is not in this run")}, summary="One community: members")
+    @r.get(
+        "/communities/{community}",
+        response_model=s.Community,
+        responses={404: _problem("The community is not in this run")},
+        summary="One community: members",
+    )
     async def community(community: int = Path(..., ge=0, le=10**9)) -> JSON:
         c = data.community(community)
         if c is None:
@@ -156,41 +200,59 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
         return JSON(c)
 
     @r.get("/gates", response_model=s.GatePage, summary="Quasi-boolean AND/OR gates")
-    async def gates(kind: Optional[Literal["and", "or"]] = None, layer: Optional[int] = Query(None, ge=0, le=100_000),
-              limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=10**9)) -> JSON:
+    async def gates(
+        kind: Optional[Literal["and", "or"]] = None,
+        layer: Optional[int] = Query(None, ge=0, le=100_000),
+        limit: int = Query(100, ge=1, le=500),
+        offset: int = Query(0, ge=0, le=10**9),
+    ) -> JSON:
         return JSON(data.gates(kind, layer, limit, offset))
 
     @r.get("/splits", response_model=s.SplitPage, summary="Splits: a parent feature whose children divide its activity")
-    async def splits(layer: Optional[int] = Query(None, ge=0, le=100_000), limit: int = Query(100, ge=1, le=500),
-               offset: int = Query(0, ge=0, le=10**9)) -> JSON:
+    async def splits(
+        layer: Optional[int] = Query(None, ge=0, le=100_000),
+        limit: int = Query(100, ge=1, le=500),
+        offset: int = Query(0, ge=0, le=10**9),
+    ) -> JSON:
         return JSON(data.splits(layer, limit, offset))
 
     @r.get("/search", response_model=s.SearchResult, summary="Search by feature id (L:F), label text, or token")
     async def search(q: str = Query(..., min_length=1, max_length=200), limit: int = Query(50, ge=1, le=200)) -> JSON:
         return JSON(data.search(q, limit))
 
-    @r.get("/prompt/status", response_model=s.PromptStatus,
-           summary="Whether live prompts are available (model and SAEs present)")
+    @r.get(
+        "/prompt/status",
+        response_model=s.PromptStatus,
+        summary="Whether live prompts are available (model and SAEs present)",
+    )
     def prompt_status() -> JSON:
         return JSON(prompts.status())
 
-    @r.post("/prompt/tokens", response_model=s.PromptTokens,
-            responses={400: _problem(UNREADABLE)} | TOO_LARGE | UNAVAILABLE,
-            summary="Tokens of a prompt")
+    @r.post(
+        "/prompt/tokens",
+        response_model=s.PromptTokens,
+        responses={400: _problem(UNREADABLE)} | TOO_LARGE | UNAVAILABLE,
+        summary="Tokens of a prompt",
+    )
     def prompt_tokens(body: PromptText) -> JSON:
         try:
             return JSON({"tokens": prompts.tokens(body.text)})
         except SaelineageError as exc:
             raise HTTPException(503, exc.problem) from exc
 
-    @r.post("/prompt/graph", response_model=s.PromptGraph,
-            responses={400: _problem(f"`position` is outside the prompt's tokens. {UNREADABLE}")}
-            | TOO_LARGE | UNAVAILABLE,
-            summary="Graph of the features active on one token of a prompt")
+    @r.post(
+        "/prompt/graph",
+        response_model=s.PromptGraph,
+        responses={400: _problem(f"`position` is outside the prompt's tokens. {UNREADABLE}")} | TOO_LARGE | UNAVAILABLE,
+        summary="Graph of the features active on one token of a prompt",
+    )
     def prompt_graph(body: PromptGraphRequest) -> JSON:
         try:
-            return JSON(prompts.graph(body.text, body.position, body.rel, body.measure, body.min_value,
-                                      body.max_nodes, body.order))
+            return JSON(
+                prompts.graph(
+                    body.text, body.position, body.rel, body.measure, body.min_value, body.max_nodes, body.order
+                )
+            )
         except SaelineageError as exc:
             code = 400 if "outside the prompt" in exc.problem else 503
             raise HTTPException(code, exc.problem) from exc

@@ -9,10 +9,12 @@ label such as ``<script>alert(1)</script>`` is shown as text and never runs.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-from fastapi import FastAPI, Path as PathParam, Query, Request
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -21,14 +23,17 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from saelineage import __version__
 from saelineage.web.api import MAX_BODY, build_router
+from saelineage.web.config import ServeConfig
 from saelineage.web.layout import warm_up
 from saelineage.web.prompt import PromptBackend, PromptService
 from saelineage.web.queries import MEASURES, SORTABLE, RunData
 
 HERE = Path(__file__).parent
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 
 def plotly_js_path() -> Path:
@@ -52,15 +57,24 @@ def swagger_ui_dir() -> Optional[Path]:
     return path if (path / "swagger-ui-bundle.js").is_file() and (path / "swagger-ui.css").is_file() else None
 
 
-def create_app(run_dir: str | Path, *, prompt_backend: Optional[PromptBackend] = None,
-               allowed_hosts: Optional[Sequence[str]] = LOOPBACK_HOSTS, cache_folder: Optional[Path] = None
-               ) -> FastAPI:
+def create_app(
+    run_dir: str | Path,
+    *,
+    prompt_backend: Optional[PromptBackend] = None,
+    allowed_hosts: Optional[Sequence[str]] = LOOPBACK_HOSTS,
+    cache_folder: Optional[Path] = None,
+) -> FastAPI:
     """The browser app for `run_dir`. `allowed_hosts` guards against DNS rebinding (None = any host)."""
     data = RunData(run_dir, cache_folder=cache_folder)
     warm_up()  # jitted row ordering, compiled (or loaded from cache) now rather than on a first request
     prompts = PromptService(data, prompt_backend)
-    app = FastAPI(title="saelineage feature browser", version=__version__, docs_url=None, redoc_url=None,
-                  description=f"Features, edges, communities, gates and splits of the run {data.run.path.name}.")
+    app = FastAPI(
+        title="saelineage feature browser",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        description=f"Features, edges, communities, gates and splits of the run {data.run.path.name}.",
+    )
     app.state.data, app.state.prompts = data, prompts
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
@@ -84,12 +98,18 @@ def create_app(run_dir: str | Path, *, prompt_backend: Optional[PromptBackend] =
 
     @app.get("/vendor/plotly.min.js", include_in_schema=False)
     def plotly_js() -> FileResponse:
-        return FileResponse(plotly_path, media_type="text/javascript",
-                            headers={"Cache-Control": "public, max-age=86400"})
+        return FileResponse(
+            plotly_path, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"}
+        )
 
     def page(request: Request, name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
-        base = {"run_name": data.run.path.name, "version": __version__, "measures": MEASURES,
-                "layers": data.g.layers, "status": data.status()}
+        base = {
+            "run_name": data.run.path.name,
+            "version": __version__,
+            "measures": MEASURES,
+            "layers": data.g.layers,
+            "status": data.status(),
+        }
         return templates.TemplateResponse(request, name, base | ctx, status_code=status_code)
 
     @app.exception_handler(StarletteHTTPException)
@@ -107,8 +127,9 @@ def create_app(run_dir: str | Path, *, prompt_backend: Optional[PromptBackend] =
     async def docs_page(request: Request) -> HTMLResponse:
         if swagger is not None:
             return templates.TemplateResponse(request, "docs.html", {})
-        api_paths = [(m.upper(), p, op.get("summary", "")) for p, ops in app.openapi()["paths"].items()
-                     for m, op in ops.items()]
+        api_paths = [
+            (m.upper(), p, op.get("summary", "")) for p, ops in app.openapi()["paths"].items() for m, op in ops.items()
+        ]
         return page(request, "docs_plain.html", paths=api_paths)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -120,26 +141,39 @@ def create_app(run_dir: str | Path, *, prompt_backend: Optional[PromptBackend] =
         return page(request, "graph.html")
 
     @app.get("/feature/{layer}/{feature}", response_class=HTMLResponse, include_in_schema=False)
-    async def feature_page(request: Request, layer: int = PathParam(..., ge=0, le=100_000),
-                     feature: int = PathParam(..., ge=0, le=10**9),
-                     sort: str = Query("jaccard", max_length=32)) -> HTMLResponse:
+    async def feature_page(
+        request: Request,
+        layer: int = PathParam(..., ge=0, le=100_000),
+        feature: int = PathParam(..., ge=0, le=10**9),
+        sort: str = Query("jaccard", max_length=32),
+    ) -> HTMLResponse:
         f = data.feature(layer, feature)
         if f is None:
             raise StarletteHTTPException(404, f"Feature {layer}:{feature} is not in this run.")
         sort = sort if sort in SORTABLE else "jaccard"
         layers = data.g.layers
-        return page(request, "feature.html", f=f, sort=sort, examples=data.examples(layer, feature),
-                    first=bool(layers) and layer == layers[0], last=bool(layers) and layer == layers[-1],
-                    up=data.neighbours(layer, feature, "up", sort, 50),
-                    down=data.neighbours(layer, feature, "down", sort, 50),
-                    gates=data.feature_gates(layer, feature),
-                    splits=data.splits(layer=layer, feature=feature)["rows"], sortable=SORTABLE)
+        return page(
+            request,
+            "feature.html",
+            f=f,
+            sort=sort,
+            examples=data.examples(layer, feature),
+            first=bool(layers) and layer == layers[0],
+            last=bool(layers) and layer == layers[-1],
+            up=data.neighbours(layer, feature, "up", sort, 50),
+            down=data.neighbours(layer, feature, "down", sort, 50),
+            gates=data.feature_gates(layer, feature),
+            splits=data.splits(layer=layer, feature=feature)["rows"],
+            sortable=SORTABLE,
+        )
 
     @app.get("/communities", response_class=HTMLResponse, include_in_schema=False)
-    async def communities_page(request: Request, offset: int = Query(0, ge=0, le=10**9),
-                         min_size: int = Query(2, ge=1, le=10**6)) -> HTMLResponse:
-        return page(request, "communities.html", res=data.communities(100, offset, min_size), offset=offset,
-                    min_size=min_size)
+    async def communities_page(
+        request: Request, offset: int = Query(0, ge=0, le=10**9), min_size: int = Query(2, ge=1, le=10**6)
+    ) -> HTMLResponse:
+        return page(
+            request, "communities.html", res=data.communities(100, offset, min_size), offset=offset, min_size=min_size
+        )
 
     @app.get("/community/{community}", response_class=HTMLResponse, include_in_schema=False)
     async def community_page(request: Request, community: int = PathParam(..., ge=0, le=10**9)) -> HTMLResponse:
@@ -149,16 +183,26 @@ def create_app(run_dir: str | Path, *, prompt_backend: Optional[PromptBackend] =
         return page(request, "community.html", c=c)
 
     @app.get("/gates", response_class=HTMLResponse, include_in_schema=False)
-    async def gates_page(request: Request, kind: str = Query("", max_length=3),
-                   layer: Optional[int] = Query(None, ge=0, le=100_000),
-                   offset: int = Query(0, ge=0, le=10**9)) -> HTMLResponse:
+    async def gates_page(
+        request: Request,
+        kind: str = Query("", max_length=3),
+        layer: Optional[int] = Query(None, ge=0, le=100_000),
+        offset: int = Query(0, ge=0, le=10**9),
+    ) -> HTMLResponse:
         kind_ = kind if kind in ("and", "or") else None
-        return page(request, "gates.html", res=data.gates(kind_, layer, 100, offset), kind=kind_ or "",
-                    layer=layer, offset=offset)
+        return page(
+            request,
+            "gates.html",
+            res=data.gates(kind_, layer, 100, offset),
+            kind=kind_ or "",
+            layer=layer,
+            offset=offset,
+        )
 
     @app.get("/splits", response_class=HTMLResponse, include_in_schema=False)
-    async def splits_page(request: Request, layer: Optional[int] = Query(None, ge=0, le=100_000),
-                    offset: int = Query(0, ge=0, le=10**9)) -> HTMLResponse:
+    async def splits_page(
+        request: Request, layer: Optional[int] = Query(None, ge=0, le=100_000), offset: int = Query(0, ge=0, le=10**9)
+    ) -> HTMLResponse:
         return page(request, "splits.html", res=data.splits(layer, 100, offset), layer=layer, offset=offset)
 
     @app.get("/search", response_class=HTMLResponse, include_in_schema=False)
@@ -189,8 +233,10 @@ def serve(run_dir: str | Path, cfg: ServeConfig | None = None, *, progress: bool
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     loop = is_loopback(host)
     if not loop:
-        console.print(f"[bold yellow]warning:[/] serving on {host}, reachable from other machines; the browser has "
-                      "no authentication. Bind to 127.0.0.1 (the default) unless you mean it.")
+        console.print(
+            f"[bold yellow]warning:[/] serving on {host}, reachable from other machines; the browser has "
+            "no authentication. Bind to 127.0.0.1 (the default) unless you mean it."
+        )
     from saelineage.run import RunDir
     from saelineage.web.cache import CacheFiles, cache_dir_for, signature
 

@@ -50,8 +50,13 @@ def write_arrays(con: duckdb.DuckDBPyConnection, folder: Path, tables: set[str])
         perm = np.argsort(dst[order], kind="stable")  # positions in the source-ordered arrays
         np.save(folder / "e_dst_perm.npy", perm.astype(np.int64))
         np.save(folder / "e_dst_ptr.npy", _ptr(dst[order][perm], n))
-        cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
-                                          "WHERE table_name = 'edges_dn' ORDER BY ordinal_position").fetchall()]
+        cols = [
+            r[0]
+            for r in con.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'edges_dn' ORDER BY ordinal_position"
+            ).fetchall()
+        ]
         for c in cols:
             v = con.execute(f'SELECT "{c}" AS v FROM edges_dn').fetchnumpy()["v"]
             v = np.ma.filled(v.astype(np.float64), np.nan) if np.ma.isMaskedArray(v) else np.asarray(v)
@@ -70,8 +75,11 @@ class Arrays:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.edge_cols = sorted(p.name[2:-4] for p in folder.glob("e_*.npy")
-                                if p.name not in ("e_src_ptr.npy", "e_dst_ptr.npy", "e_dst_perm.npy"))
+        self.edge_cols = sorted(
+            p.name[2:-4]
+            for p in folder.glob("e_*.npy")
+            if p.name not in ("e_src_ptr.npy", "e_dst_ptr.npy", "e_dst_perm.npy")
+        )
         self.has_edges = (folder / "e_src_ptr.npy").is_file()
         self.has_examples = (folder / "x_ptr.npy").is_file()
 
@@ -95,7 +103,7 @@ class Arrays:
             return np.zeros(0, np.int64)
         if direction == "up":
             ptr = self._load("e_dst_ptr")
-            return np.asarray(self._load("e_dst_perm")[ptr[i]: ptr[i + 1]])
+            return np.asarray(self._load("e_dst_perm")[ptr[i] : ptr[i + 1]])
         ptr = self._load("e_src_ptr")
         return np.arange(ptr[i], ptr[i + 1])
 

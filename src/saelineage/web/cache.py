@@ -38,11 +38,30 @@ from saelineage.web.arrays import write_arrays
 
 CACHE_VERSION = 7
 CACHE_DIRNAME = ".browser-cache"
-MEASURES = ("jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine", "dec_cosine",
-            "sufficiency_lo", "necessity_lo")
+MEASURES = (
+    "jaccard",
+    "sufficiency",
+    "necessity",
+    "mutual_info",
+    "pearson",
+    "act_cosine",
+    "dec_cosine",
+    "sufficiency_lo",
+    "necessity_lo",
+)
 """Edge measures (docs/design.md §4), in the order the browser lists them."""
-TABLE_FILES = ("features", "examples", "edges", "gates", "splits", "communities", "lifecycle", "ablations",
-               "feature_links", "labels")
+TABLE_FILES = (
+    "features",
+    "examples",
+    "edges",
+    "gates",
+    "splits",
+    "communities",
+    "lifecycle",
+    "ablations",
+    "feature_links",
+    "labels",
+)
 GRAPH_TOP_PER_PAIR = 2500
 """Strongest edges kept per (measure, layer pair) for the layered graph (the view shows ≤ 2,000 nodes)."""
 HIST_BINS = 40
@@ -119,6 +138,7 @@ def ensure_cache(run: RunDir, folder: Path | None = None) -> CacheFiles:
 
 # ---- tokens of every window -------------------------------------------------------------
 
+
 def read_window_tokens(run: RunDir) -> dict[str, np.ndarray]:
     """Token ids, window ids and positions of every stored token, in store order (no codes read)."""
     from safetensors import safe_open
@@ -161,6 +181,7 @@ def token_at(arrays: dict[str, np.ndarray], window: np.ndarray, pos: np.ndarray)
 
 # ---- build ------------------------------------------------------------------------------
 
+
 def _columns(path: Path) -> list[str]:
     return pq.read_schema(path).names
 
@@ -199,8 +220,10 @@ def _build_tables(con: duckdb.DuckDBPyConnection, run: RunDir, arrays: dict[str,
     if "examples" in present:
         _build_examples(con, present["examples"], arrays, read_vocab(run))
     if "features" in present and "examples" in present:
-        con.execute("UPDATE features f SET auto_label = a.label FROM auto_labels a "
-                    "WHERE f.layer = a.layer AND f.feature = a.feature")
+        con.execute(
+            "UPDATE features f SET auto_label = a.label FROM auto_labels a "
+            "WHERE f.layer = a.layer AND f.feature = a.feature"
+        )
     if "edges" in present:
         _build_edges(con, present["edges"])
     for t in ("gates", "splits", "communities", "lifecycle", "ablations", "feature_links"):
@@ -221,13 +244,15 @@ def _build_features(con: duckdb.DuckDBPyConnection, run: RunDir, present: dict[s
     # features.parquet is written in (layer, feature) order: sorting again would cost more than the join
     order = "" if _is_sorted(*(feats.column(c).to_numpy() for c in KEY)) else " ORDER BY layer, feature"
     con.register("feat_in", feats)
-    con.execute(f"CREATE TABLE features AS SELECT {sel}, CAST(NULL AS VARCHAR) AS auto_label, "
-                f"CAST(NULL AS VARCHAR) AS imported_label FROM feat_in{order}")
+    con.execute(
+        f"CREATE TABLE features AS SELECT {sel}, CAST(NULL AS VARCHAR) AS auto_label, "
+        f"CAST(NULL AS VARCHAR) AS imported_label FROM feat_in{order}"
+    )
     con.unregister("feat_in")
     if "labels" in present:
         con.execute(f"""UPDATE features f SET imported_label = l.explanation
             FROM (SELECT layer, feature, first(explanation) AS explanation
-                  FROM read_parquet({_sql_str(present['labels'])}) GROUP BY layer, feature) l
+                  FROM read_parquet({_sql_str(present["labels"])}) GROUP BY layer, feature) l
             WHERE f.layer = l.layer AND f.feature = l.feature""")
 
 
@@ -252,8 +277,9 @@ def _is_sorted(*keys: np.ndarray) -> bool:
     return bool(ok.all())
 
 
-def _build_examples(con: duckdb.DuckDBPyConnection, path: Path, arrays: dict[str, np.ndarray],
-                    vocab: list[str] | None) -> None:
+def _build_examples(
+    con: duckdb.DuckDBPyConnection, path: Path, arrays: dict[str, np.ndarray], vocab: list[str] | None
+) -> None:
     ex = pq.read_table(path, columns=["layer", "feature", "rank", "value", "window", "pos"])
     cols = {c: ex.column(c).to_numpy() for c in ("layer", "feature", "rank")}
     if not _is_sorted(cols["layer"], cols["feature"], cols["rank"]):
@@ -264,7 +290,9 @@ def _build_examples(con: duckdb.DuckDBPyConnection, path: Path, arrays: dict[str
     con.execute("CREATE TABLE examples AS SELECT * FROM ex_in")
     con.unregister("ex_in")
     keep = np.nonzero(tok >= 0)[0]
-    by_tok = ex.select(["token", "layer", "feature", "value"]).take(pa.array(keep[np.argsort(tok[keep], kind="stable")]))
+    by_tok = ex.select(["token", "layer", "feature", "value"]).take(
+        pa.array(keep[np.argsort(tok[keep], kind="stable")])
+    )
     con.register("tok_in", by_tok)
     con.execute("CREATE TABLE ex_tok AS SELECT * FROM tok_in")
     con.unregister("tok_in")
@@ -334,23 +362,40 @@ def _build_edges(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         v = np.asarray(con.execute(f"SELECT CAST({m} AS DOUBLE) AS v FROM edges_dn").fetchnumpy()["v"], np.float64)
         v = np.ma.filled(v, np.nan) if np.ma.isMaskedArray(v) else v
         for g in range(len(pair_ids)):  # strongest GRAPH_TOP_PER_PAIR edges of each layer pair
-            idx = grouped[bounds[g]: bounds[g + 1]]
+            idx = grouped[bounds[g] : bounds[g + 1]]
             idx = idx[np.isfinite(v[idx])]
             if len(idx) > GRAPH_TOP_PER_PAIR:
                 idx = idx[np.argpartition(-v[idx], GRAPH_TOP_PER_PAIR - 1)[:GRAPH_TOP_PER_PAIR]]
             idx = idx[lexorder(-v[idx], s[idx], d[idx])]
-            top_parts.append(pa.table({
-                "measure": pa.array([m] * len(idx), pa.string()), "src_layer": sl[idx], "dst_layer": dl[idx],
-                "rk": np.arange(len(idx), dtype=np.int64), "src": s[idx], "dst": d[idx], "value": v[idx]}))
+            top_parts.append(
+                pa.table(
+                    {
+                        "measure": pa.array([m] * len(idx), pa.string()),
+                        "src_layer": sl[idx],
+                        "dst_layer": dl[idx],
+                        "rk": np.arange(len(idx), dtype=np.int64),
+                        "src": s[idx],
+                        "dst": d[idx],
+                        "value": v[idx],
+                    }
+                )
+            )
         fin = v[np.isfinite(v)]
         if len(fin):
             lo, hi = float(fin.min()), float(fin.max())
             counts, edges = np.histogram(fin, bins=HIST_BINS, range=(lo, hi if hi > lo else lo + 1))
             hist_rows += [(m, i, float(edges[i]), float(edges[i + 1]), int(c)) for i, c in enumerate(counts)]
-    top = pa.concat_tables(top_parts) if top_parts else pa.table({
-        "measure": pa.array([], pa.string()), **{c: pa.array([], pa.int64()) for c in
-                                                 ("src_layer", "dst_layer", "rk", "src", "dst")},
-        "value": pa.array([], pa.float64())})
+    top = (
+        pa.concat_tables(top_parts)
+        if top_parts
+        else pa.table(
+            {
+                "measure": pa.array([], pa.string()),
+                **{c: pa.array([], pa.int64()) for c in ("src_layer", "dst_layer", "rk", "src", "dst")},
+                "value": pa.array([], pa.float64()),
+            }
+        )
+    )
     con.register("top_in", top)
     con.execute("CREATE TABLE graph_top AS SELECT * FROM top_in")  # already in (measure, pair, rk) order
     con.unregister("top_in")
@@ -360,7 +405,6 @@ def _build_edges(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 
 # ---- vocabulary -------------------------------------------------------------------------
-
 
 
 def token_text(vocab: list[str] | None, token: int) -> str:

@@ -115,10 +115,11 @@ class Generation:
         for l in np.unique(self.layer):
             self.start[int(l)] = int(np.searchsorted(self.layer, l))
         self.dense = all(self.feature[self.start[l]] == 0 for l in self.start) and bool(
-            np.all(np.diff(self.feature)[np.diff(self.layer) == 0] == 1))
+            np.all(np.diff(self.feature)[np.diff(self.layer) == 0] == 1)
+        )
         if not self.layers:
             self.layers = sorted(self.start)
-        texts = [f"{lab}\n" .lower() for lab in self.label]
+        texts = [f"{lab}\n".lower() for lab in self.label]
         self.blob = "".join(texts)
         self.blob_off = np.cumsum([0] + [len(t) for t in texts[:-1]]).tolist()
         order = np.argsort(self.community, kind="stable")
@@ -138,8 +139,10 @@ class Generation:
         cut = np.nonzero((m[1:] != m[:-1]) | (sl[1:] != sl[:-1]) | (dl[1:] != dl[:-1]))[0] + 1
         for a, b in zip(np.r_[0, cut], np.r_[cut, len(m)]):  # rows are in (measure, pair, rank) order
             self.top.setdefault(str(m[a]), {})[(int(sl[a]), int(dl[a]))] = {
-                "src": np.asarray(r["src"][a:b], np.int64), "dst": np.asarray(r["dst"][a:b], np.int64),
-                "value": np.asarray(r["value"][a:b], np.float64)}
+                "src": np.asarray(r["src"][a:b], np.int64),
+                "dst": np.asarray(r["dst"][a:b], np.int64),
+                "value": np.asarray(r["value"][a:b], np.float64),
+            }
 
     def idx(self, layer: int, feature: int) -> int | None:
         """Row of (layer, feature) in the feature index, or None."""
@@ -160,9 +163,15 @@ class Generation:
     def brief(self, i: int) -> dict[str, Any]:
         """What the browser shows about a feature in lists, tooltips and tables."""
         c = int(self.community[i])
-        return {"layer": int(self.layer[i]), "feature": int(self.feature[i]), "label": self.label[i],
-                "density": json_safe(float(self.density[i])), "act_max": json_safe(float(self.act_max[i])),
-                "lifecycle": self.lifecycle[i], "community": c if c >= 0 else None}
+        return {
+            "layer": int(self.layer[i]),
+            "feature": int(self.feature[i]),
+            "label": self.label[i],
+            "density": json_safe(float(self.density[i])),
+            "act_max": json_safe(float(self.act_max[i])),
+            "lifecycle": self.lifecycle[i],
+            "community": c if c >= 0 else None,
+        }
 
     def brief_at(self, layer: int, feature: int) -> dict[str, Any]:
         """`brief` of (layer, feature); for a feature the index lacks (an edge or split naming a feature
@@ -170,8 +179,15 @@ class Generation:
         i = self.idx(layer, feature)
         if i is not None:
             return self.brief(i)
-        return {"layer": int(layer), "feature": int(feature), "label": "", "density": None, "act_max": None,
-                "lifecycle": None, "community": None}
+        return {
+            "layer": int(layer),
+            "feature": int(feature),
+            "label": "",
+            "density": None,
+            "act_max": None,
+            "lifecycle": None,
+            "community": None,
+        }
 
     def members(self, community: int) -> np.ndarray:
         lo = np.searchsorted(self.comm_sorted, community, "left")

@@ -36,16 +36,21 @@ def _labels() -> None:
 @labels_app.command("import")
 def labels_import_command(
     run: Path = typer.Argument(..., help="Run directory."),
-    file: Path = typer.Argument(..., help="Neuronpedia explanation export (.json, .jsonl, .jsonl.gz) or a CSV with "
-                                "columns layer,feature,explanation."),
+    file: Path = typer.Argument(
+        ...,
+        help="Neuronpedia explanation export (.json, .jsonl, .jsonl.gz) or a CSV with "
+        "columns layer,feature,explanation.",
+    ),
     replace: bool = typer.Option(False, "--replace", help="Drop previously imported labels first."),
 ) -> None:
     """Import feature explanations; features without one keep their automatic label (top tokens)."""
     from saelineage.web.labels import import_labels
 
     n = import_labels(run, file, replace=replace)
-    console.print(f"[green]labels imported[/]: {n['kept']:,} of {n['read']:,} explanations matched features of the run "
-                  f"({n['unknown']:,} did not); {n['total']:,} labelled features in {Path(run) / 'labels.parquet'}")
+    console.print(
+        f"[green]labels imported[/]: {n['kept']:,} of {n['read']:,} explanations matched features of the run "
+        f"({n['unknown']:,} did not); {n['total']:,} labelled features in {Path(run) / 'labels.parquet'}"
+    )
 
 
 labels_command = labels_app

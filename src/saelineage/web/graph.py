@@ -21,8 +21,16 @@ import numpy as np
 from saelineage.web.layout import crossings, order_rows
 from saelineage.web.queries import MEASURES, STAGE_HINTS, Generation, RunData
 
-__all__ = ["MAX_NODES", "NODE_COLUMNS", "ORDERS", "crossings", "empty_layout", "graph", "order_rows",
-           "strongest_per_node"]
+__all__ = [
+    "MAX_NODES",
+    "NODE_COLUMNS",
+    "ORDERS",
+    "crossings",
+    "empty_layout",
+    "graph",
+    "order_rows",
+    "strongest_per_node",
+]
 
 ORDERS = ("barycenter", "community", "feature")
 NODE_COLUMNS = ("layer", "feature", "label", "community", "density", "lifecycle", "pos", "row", "n_row")
@@ -50,9 +58,17 @@ def feature_indices(g: Generation, layer: np.ndarray, feature: np.ndarray) -> np
     return out
 
 
-def graph(data: RunData, measure: str = "jaccard", min_value: float | None = None, layer_min: int | None = None,
-          layer_max: int | None = None, community: int | None = None, max_nodes: int = 500,
-          order: str = "barycenter", edges_per_node: int = 0) -> dict[str, Any]:
+def graph(
+    data: RunData,
+    measure: str = "jaccard",
+    min_value: float | None = None,
+    layer_min: int | None = None,
+    layer_max: int | None = None,
+    community: int | None = None,
+    max_nodes: int = 500,
+    order: str = "barycenter",
+    edges_per_node: int = 0,
+) -> dict[str, Any]:
     """Nodes, edges and row order of the layered graph for the given filters.
 
     edges_per_node k > 0 keeps only each node's backbone: an edge stays when it is among the k
@@ -62,8 +78,15 @@ def graph(data: RunData, measure: str = "jaccard", min_value: float | None = Non
     order = order if order in ORDERS else "barycenter"
     max_nodes = int(min(max(max_nodes, 1), MAX_NODES))
     layers = [l for l in g.layers if (layer_min is None or l >= layer_min) and (layer_max is None or l <= layer_max)]
-    out: dict[str, Any] = {"measure": measure, "order": order, "layers": layers, "community": community,
-                           **empty_layout(), "truncated": False, "missing": None}
+    out: dict[str, Any] = {
+        "measure": measure,
+        "order": order,
+        "layers": layers,
+        "community": community,
+        **empty_layout(),
+        "truncated": False,
+        "missing": None,
+    }
     if "edges_dn" not in g.tables or not g.n:
         out["missing"] = STAGE_HINTS["stats"]
         return out
@@ -150,7 +173,9 @@ def _edges_among(g: Generation, nodes: np.ndarray, measure: str, lo: float) -> t
     cnt = b - a
     rows = np.repeat(a - np.cumsum(cnt) + cnt, cnt) + np.arange(int(cnt.sum()))  # concat of ranges [a, b)
     u = np.repeat(nodes, cnt)
-    w = feature_indices(g, np.asarray(g.arr.col("dst_layer")[rows], np.int64), np.asarray(g.arr.col("dst")[rows], np.int64))
+    w = feature_indices(
+        g, np.asarray(g.arr.col("dst_layer")[rows], np.int64), np.asarray(g.arr.col("dst")[rows], np.int64)
+    )
     inside = np.zeros(g.n + 1, bool)
     inside[nodes] = True
     v = np.asarray(g.arr.col(measure)[rows], np.float64)
@@ -168,8 +193,9 @@ def _fill(u: np.ndarray, w: np.ndarray, max_nodes: int) -> tuple[np.ndarray, int
     return np.unique(ends[: 2 * cut]), cut
 
 
-def layout(g: Generation, nodes: np.ndarray, u: np.ndarray, w: np.ndarray, v: np.ndarray, layers: list[int],
-            order: str) -> dict[str, Any]:
+def layout(
+    g: Generation, nodes: np.ndarray, u: np.ndarray, w: np.ndarray, v: np.ndarray, layers: list[int], order: str
+) -> dict[str, Any]:
     nodes = np.unique(nodes)
     eu, ev = np.searchsorted(nodes, u).astype(np.int64), np.searchsorted(nodes, w).astype(np.int64)
     row_of = np.zeros(max(layers + [0]) + 1, np.int64)
@@ -186,12 +212,22 @@ def layout(g: Generation, nodes: np.ndarray, u: np.ndarray, w: np.ndarray, v: np
     n_row = np.bincount(row, minlength=len(layers)) if len(nodes) else np.zeros(len(layers), np.int64)
     dens = np.where(np.isfinite(g.density[nodes]), g.density[nodes], 0.0).tolist()
     # columns, not one object per node: 3x less JSON to encode and send for 2,000 nodes
-    cols = {"layer": g.layer[nodes].tolist(), "feature": feat.tolist(), "label": [g.label[i] for i in nodes.tolist()],
-            "community": [c if c >= 0 else None for c in comm.tolist()], "density": dens,
-            "lifecycle": [g.lifecycle[i] for i in nodes.tolist()], "pos": pos.tolist(), "row": row.tolist(),
-            "n_row": n_row[row].tolist()}
-    return {"nodes": cols, "edges": {"src": eu.tolist(), "dst": ev.tolist(), "value": np.asarray(v, float).tolist()},
-            "crossings": {"shown": crossings(row, pos, eu, ev), "by_feature": crossings(row, by_feature, eu, ev)}}
+    cols = {
+        "layer": g.layer[nodes].tolist(),
+        "feature": feat.tolist(),
+        "label": [g.label[i] for i in nodes.tolist()],
+        "community": [c if c >= 0 else None for c in comm.tolist()],
+        "density": dens,
+        "lifecycle": [g.lifecycle[i] for i in nodes.tolist()],
+        "pos": pos.tolist(),
+        "row": row.tolist(),
+        "n_row": n_row[row].tolist(),
+    }
+    return {
+        "nodes": cols,
+        "edges": {"src": eu.tolist(), "dst": ev.tolist(), "value": np.asarray(v, float).tolist()},
+        "crossings": {"shown": crossings(row, pos, eu, ev), "by_feature": crossings(row, by_feature, eu, ev)},
+    }
 
 
 def empty_layout() -> dict[str, Any]:

@@ -14,8 +14,9 @@ import importlib.util
 import io
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 
@@ -55,8 +56,10 @@ def _records_from_json(text: str) -> list[dict]:
                 return data[key]
         return [data]
     if not isinstance(data, list):
-        raise SaelineageError("the label file holds neither a list nor an object of explanations.",
-                              "pass a Neuronpedia explanation export (a JSON list) or a CSV.")
+        raise SaelineageError(
+            "the label file holds neither a list nor an object of explanations.",
+            "pass a Neuronpedia explanation export (a JSON list) or a CSV.",
+        )
     return data
 
 
@@ -79,11 +82,15 @@ def _from_record(r: dict) -> tuple[int, int, str] | None:
 def _records_from_csv(text: str) -> Iterable[tuple[int, int, str]]:
     reader = csv.DictReader(io.StringIO(text))
     fields = {f.strip().lower(): f for f in (reader.fieldnames or [])}
-    need = [next((fields[k] for k in names if k in fields), None) for names in
-            (("layer",), ("feature", "index"), ("explanation", "description", "label"))]
+    need = [
+        next((fields[k] for k in names if k in fields), None)
+        for names in (("layer",), ("feature", "index"), ("explanation", "description", "label"))
+    ]
     if None in need:
-        raise SaelineageError(f"the CSV header {reader.fieldnames} lacks layer, feature or explanation.",
-                              "use a header row: layer,feature,explanation")
+        raise SaelineageError(
+            f"the CSV header {reader.fieldnames} lacks layer, feature or explanation.",
+            "use a header row: layer,feature,explanation",
+        )
     for row in reader:
         layer, feat = _layer_of(row[need[0]]), row[need[1]]
         try:
@@ -108,8 +115,10 @@ def read_label_file(path: str | Path) -> list[tuple[int, int, str]]:
         try:
             recs = _records_from_json(text)
         except json.JSONDecodeError as exc:
-            raise SaelineageError(f"{p} is neither JSON, JSON lines nor CSV ({exc}).",
-                                  "pass a Neuronpedia explanation export or a CSV with layer,feature,explanation.") from exc
+            raise SaelineageError(
+                f"{p} is neither JSON, JSON lines nor CSV ({exc}).",
+                "pass a Neuronpedia explanation export or a CSV with layer,feature,explanation.",
+            ) from exc
         rows = [x for x in map(_from_record, recs) if x is not None]
     return [(l, f, t.strip()[:MAX_LABEL_CHARS]) for l, f, t in rows]
 
@@ -127,14 +136,17 @@ def import_labels(run_dir: str | Path, path: str | Path, replace: bool = False) 
     d_sae.update({int(l): int(v) for l, v in (manifest.get("d_sae") or {}).items()})
     rows = read_label_file(path)
     if not rows:
-        raise SaelineageError(f"no explanations found in {path}.",
-                              "a Neuronpedia export needs layer/index/description per entry; a CSV needs "
-                              "layer,feature,explanation.")
+        raise SaelineageError(
+            f"no explanations found in {path}.",
+            "a Neuronpedia export needs layer/index/description per entry; a CSV needs layer,feature,explanation.",
+        )
     merged: dict[tuple[int, int], tuple[str, str]] = {}
     out = run.file("labels.parquet")
     if out.is_file() and not replace:
         old = pq.read_table(out).to_pydict()
-        for l, f, e, s in zip(old["layer"], old["feature"], old["explanation"], old.get("source", [""] * len(old["layer"]))):
+        for l, f, e, s in zip(
+            old["layer"], old["feature"], old["explanation"], old.get("source", [""] * len(old["layer"]))
+        ):
             merged[(int(l), int(f))] = (e, s)
     unknown = 0
     for l, f, text in rows:
@@ -144,16 +156,28 @@ def import_labels(run_dir: str | Path, path: str | Path, replace: bool = False) 
         if (l, f) not in merged or merged[(l, f)][1] != Path(path).name:
             merged[(l, f)] = (text, Path(path).name)
     if not merged:
-        raise SaelineageError(f"none of the {len(rows)} explanations in {path} match a layer and feature of this run "
-                              f"(layers {sorted(d_sae)}).", "check that the export is for this model and these SAEs.")
+        raise SaelineageError(
+            f"none of the {len(rows)} explanations in {path} match a layer and feature of this run "
+            f"(layers {sorted(d_sae)}).",
+            "check that the export is for this model and these SAEs.",
+        )
     keys = sorted(merged)
-    write_parquet(out, pa.table({
-        "layer": pa.array([k[0] for k in keys], pa.int64()), "feature": pa.array([k[1] for k in keys], pa.int64()),
-        "explanation": [merged[k][0] for k in keys], "source": [merged[k][1] for k in keys]}))
+    write_parquet(
+        out,
+        pa.table(
+            {
+                "layer": pa.array([k[0] for k in keys], pa.int64()),
+                "feature": pa.array([k[1] for k in keys], pa.int64()),
+                "explanation": [merged[k][0] for k in keys],
+                "source": [merged[k][1] for k in keys],
+            }
+        ),
+    )
     return {"read": len(rows), "kept": len(rows) - unknown, "unknown": unknown, "total": len(keys)}
 
 
 # ---- Neuronpedia links ------------------------------------------------------------------
+
 
 def _from_saelens_yaml(release: str, sae_id: str) -> str | None:
     """Neuronpedia id of (release, sae_id) from sae_lens's pretrained_saes.yaml, without importing sae_lens."""
@@ -167,8 +191,8 @@ def _from_saelens_yaml(release: str, sae_id: str) -> str | None:
     start = re.search(rf"^{re.escape(release)}:\s*$", text, re.M)
     if start is None:
         return None
-    nxt = re.search(r"^\S", text[start.end():], re.M)
-    block = text[start.end(): start.end() + nxt.start() if nxt else len(text)]
+    nxt = re.search(r"^\S", text[start.end() :], re.M)
+    block = text[start.end() : start.end() + nxt.start() if nxt else len(text)]
     m = re.search(rf"- id: {re.escape(sae_id)}\s*\n((?:\s{{4,}}.*\n)*)", block + "\n")
     if m is None:
         return None

@@ -137,8 +137,9 @@ def crossings(row: np.ndarray, pos: np.ndarray, eu: np.ndarray, ev: np.ndarray) 
     return int(_cross(pos, row, eu, ev, eptr, elist, size))
 
 
-def order_rows(row: np.ndarray, start_key: np.ndarray, eu: np.ndarray, ev: np.ndarray, mode: str = "barycenter",
-               sweeps: int = 8) -> np.ndarray:
+def order_rows(
+    row: np.ndarray, start_key: np.ndarray, eu: np.ndarray, ev: np.ndarray, mode: str = "barycenter", sweeps: int = 8
+) -> np.ndarray:
     """Rank of every node inside its row (0 = left). `start_key` gives the initial order."""
     row = np.asarray(row, np.int64)
     pos = np.zeros(len(row), np.int64)

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from saelineage.errors import SaelineageError
-from saelineage.web.graph import MAX_NODES, empty_layout, feature_indices, layout
 from saelineage.web.cache_view import Generation
+from saelineage.web.graph import MAX_NODES, empty_layout, feature_indices, layout
 from saelineage.web.queries import MEASURES, RunData
 
 MAX_CHARS = 2000
@@ -98,8 +98,12 @@ class PromptService:
             self.backend = None if self.reason else mb
 
     def status(self) -> dict[str, Any]:
-        return {"available": self.backend is not None, "reason": self.reason, "max_chars": MAX_CHARS,
-                "max_tokens": MAX_TOKENS}
+        return {
+            "available": self.backend is not None,
+            "reason": self.reason,
+            "max_chars": MAX_CHARS,
+            "max_tokens": MAX_TOKENS,
+        }
 
     def _require(self) -> PromptBackend:
         if self.backend is None:
@@ -123,8 +127,16 @@ class PromptService:
             raise SaelineageError(self.reason) from exc
         return ids[:MAX_TOKENS]
 
-    def graph(self, text: str, position: int, rel: float = 0.1, measure: str = "jaccard",
-              min_value: float | None = None, max_nodes: int = 500, order: str = "barycenter") -> dict[str, Any]:
+    def graph(
+        self,
+        text: str,
+        position: int,
+        rel: float = 0.1,
+        measure: str = "jaccard",
+        min_value: float | None = None,
+        max_nodes: int = 500,
+        order: str = "barycenter",
+    ) -> dict[str, Any]:
         """Features active on token `position` of `text` in every layer, and the edges among them."""
         ids = self._ids(text)
         if not 0 <= position < len(ids):
@@ -149,11 +161,19 @@ class PromptService:
         by_row = dict(zip(nodes.tolist(), act.tolist()))
         shown = np.unique(nodes).tolist()
         out["nodes"]["activation"] = [by_row[i] for i in shown]
-        out["nodes"]["rel_activation"] = [by_row[i] / g.act_max[i] if np.isfinite(g.act_max[i]) and g.act_max[i] > 0
-                                          else None for i in shown]
-        return out | {"measure": measure, "order": order, "layers": g.layers, "truncated": truncated,
-                      "position": position, "token": g.token_text(ids[position]), "rel": rel,
-                      "missing": None if "edges_dn" in g.tables else "run `saelineage stats RUN` for edges"}
+        out["nodes"]["rel_activation"] = [
+            by_row[i] / g.act_max[i] if np.isfinite(g.act_max[i]) and g.act_max[i] > 0 else None for i in shown
+        ]
+        return out | {
+            "measure": measure,
+            "order": order,
+            "layers": g.layers,
+            "truncated": truncated,
+            "position": position,
+            "token": g.token_text(ids[position]),
+            "rel": rel,
+            "missing": None if "edges_dn" in g.tables else "run `saelineage stats RUN` for edges",
+        }
 
     def _edges(self, nodes: np.ndarray, measure: str, min_value: float | None):
         """Kept edges between the given feature rows in consecutive layers: (u, w, value)."""
@@ -171,8 +191,18 @@ class PromptService:
             keep &= v >= min_value
         return u[keep], w[keep], v[keep]
 
-def _select(g: Generation, nodes: np.ndarray, act: np.ndarray, u: np.ndarray, w: np.ndarray, v: np.ndarray, rel: float,
-            measure: str, max_nodes: int) -> tuple:
+
+def _select(
+    g: Generation,
+    nodes: np.ndarray,
+    act: np.ndarray,
+    u: np.ndarray,
+    w: np.ndarray,
+    v: np.ndarray,
+    rel: float,
+    measure: str,
+    max_nodes: int,
+) -> tuple:
     """Keep at most `max_nodes` nodes and the links among them, with the same rule as `saelineage prompt`
     (saelineage.lineage.prompt_graph) when that module is present: strongest relative activation first."""
     try:
@@ -180,14 +210,25 @@ def _select(g: Generation, nodes: np.ndarray, act: np.ndarray, u: np.ndarray, w:
     except ImportError:
         prompt_graph = None
     if prompt_graph is not None and len(nodes):
-        ctx = GraphContext(g.layer[nodes], g.feature[nodes], g.act_max[nodes], g.community[nodes], None, {
-            "src_layer": g.layer[u], "src": g.feature[u], "dst_layer": g.layer[w], "dst": g.feature[w], measure: v})
+        ctx = GraphContext(
+            g.layer[nodes],
+            g.feature[nodes],
+            g.act_max[nodes],
+            g.community[nodes],
+            None,
+            {"src_layer": g.layer[u], "src": g.feature[u], "dst_layer": g.layer[w], "dst": g.feature[w], measure: v},
+        )
         codes: dict[int, tuple[list, list]] = {}
         for i, a in zip(nodes.tolist(), act.tolist()):
             codes.setdefault(int(g.layer[i]), ([], []))[0].append(int(g.feature[i]))
             codes[int(g.layer[i])][1].append(a)
-        res = prompt_graph({l: (np.array(f), np.array(x)) for l, (f, x) in codes.items()}, ctx, rel=rel,
-                           measure=measure, max_nodes=max_nodes)
+        res = prompt_graph(
+            {l: (np.array(f), np.array(x)) for l, (f, x) in codes.items()},
+            ctx,
+            rel=rel,
+            measure=measure,
+            max_nodes=max_nodes,
+        )
         kept = np.array([g.idx(n["layer"], n["feature"]) for n in res["nodes"]], np.int64)
         act = np.array([n["activation"] for n in res["nodes"]], np.float64)
         key = lambda node: g.idx(*(int(x) for x in node.split("_")))  # noqa: E731 - ids are "L_F"

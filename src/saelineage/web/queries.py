@@ -19,8 +19,16 @@ import numpy as np
 
 from saelineage.run import RunDir
 from saelineage.web import cache
-from saelineage.web.cache_view import (ABLATION_SHOWN, ID_RE, MEASURES, SORTABLE, STAGE_HINTS, Generation,
-                                       json_safe, rows)
+from saelineage.web.cache_view import (
+    ABLATION_SHOWN,
+    ID_RE,
+    MEASURES,
+    SORTABLE,
+    STAGE_HINTS,
+    Generation,
+    json_safe,
+    rows,
+)
 from saelineage.web.labels import neuronpedia_url
 from saelineage.web.relations import RelationQueries
 
@@ -84,8 +92,9 @@ class RunData(RelationQueries):
             g.memo["status"] = self._status(g)
         if self.refresh_error:
             st = dict(g.memo["status"])
-            st["notes"] = st["notes"] + [f"the run's files changed but could not be reloaded ({self.refresh_error}); "
-                                         "showing the previous state."]
+            st["notes"] = st["notes"] + [
+                f"the run's files changed but could not be reloaded ({self.refresh_error}); showing the previous state."
+            ]
             return st
         return g.memo["status"]
 
@@ -97,20 +106,30 @@ class RunData(RelationQueries):
             if st != "complete":
                 out.append({"stage": stage, "status": st or "not run", "fix": hint})
         have = {
-            "edges": "edges_dn" in g.tables, "examples": "examples" in g.tables,
+            "edges": "edges_dn" in g.tables,
+            "examples": "examples" in g.tables,
             "lifecycle": any(x is not None for x in g.lifecycle),
-            "communities": bool(g.n and (g.community >= 0).any()), "gates": "gates" in g.tables,
-            "splits": "splits" in g.tables, "ablations": "ablations" in g.tables,
-            "vocab": g.vocab is not None, "labels": "imported" in set(g.label_src),
+            "communities": bool(g.n and (g.community >= 0).any()),
+            "gates": "gates" in g.tables,
+            "splits": "splits" in g.tables,
+            "ablations": "ablations" in g.tables,
+            "vocab": g.vocab is not None,
+            "labels": "imported" in set(g.label_src),
         }
         notes = []
         if not have["vocab"]:
             notes.append("the run has no vocab.json: tokens are shown as ids.")
         if not have["labels"]:
-            notes.append("no imported labels: features are labelled by their most frequent top tokens "
-                          "(`saelineage labels import RUN FILE` adds Neuronpedia/CSV explanations).")
-        return {"stages": {k: (v or {}).get("status") for k, v in stages.items()}, "missing": out,
-                "have": have, "notes": notes}
+            notes.append(
+                "no imported labels: features are labelled by their most frequent top tokens "
+                "(`saelineage labels import RUN FILE` adds Neuronpedia/CSV explanations)."
+            )
+        return {
+            "stages": {k: (v or {}).get("status") for k, v in stages.items()},
+            "missing": out,
+            "have": have,
+            "notes": notes,
+        }
 
     def overview(self) -> dict[str, Any]:
         g = self.g
@@ -127,31 +146,54 @@ class RunData(RelationQueries):
                 continue
             e = g.start.get(next((x for x in g.layers if x > l and x in g.start), -1), g.n)
             counts = Counter(x for x in g.lifecycle[s:e] if x is not None)
-            per_layer.append({"layer": l, "features": e - s, "dead": int((g.n_active[s:e] == 0).sum()),
-                              "lifecycle": dict(counts)})
+            per_layer.append(
+                {"layer": l, "features": e - s, "dead": int((g.n_active[s:e] == 0).sum()), "lifecycle": dict(counts)}
+            )
         hist = {}
         if "hist" in g.tables:
             for r in g.q("SELECT measure, lo, hi, n FROM hist ORDER BY measure, bin"):
                 hist.setdefault(r["measure"], []).append([r["lo"], r["hi"], r["n"]])
         rates = []
         if "lifecycle" in g.tables:
-            cols = {r["column_name"] for r in g.q(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = 'lifecycle'")}
+            cols = {
+                r["column_name"]
+                for r in g.q("SELECT column_name FROM information_schema.columns WHERE table_name = 'lifecycle'")
+            }
             want = [c for c in ("layer", "share_new", "share_ending", "ref_share_new", "ref_share_ending") if c in cols]
             if {"layer", "share_new", "share_ending"} <= set(want):
                 where = "WHERE chosen" if "chosen" in cols else ""
                 rates = g.q(f"SELECT {', '.join(want)} FROM lifecycle {where} ORDER BY layer")
-        counts = {"features": g.n, "live": int((g.n_active > 0).sum()) if g.n else 0,
-                  "edges": self._count("edges_dn"), "splits": self._count("splits"),
-                  "communities": int(len(np.unique(g.community[g.community >= 0]))) if g.n else 0}
+        counts = {
+            "features": g.n,
+            "live": int((g.n_active > 0).sum()) if g.n else 0,
+            "edges": self._count("edges_dn"),
+            "splits": self._count("splits"),
+            "communities": int(len(np.unique(g.community[g.community >= 0]))) if g.n else 0,
+        }
         if "gates" in g.tables:
             counts["gates"] = {r["kind"]: r["n"] for r in g.q("SELECT kind, count(*) AS n FROM gates GROUP BY kind")}
-        saes = {str(l): {k: v for k, v in (meta or {}).items() if k in
-                         ("hook_name", "d_sae", "architecture", "release", "sae_id", "path", "format")}
-                for l, meta in (m.get("saes") or {}).items()}
-        return {"run": str(self.run.path), "model": m.get("model"), "saes": saes, "corpus": m.get("corpus"),
-                "n_tokens": m.get("n_tokens"), "window": m.get("window"), "layers": g.layers,
-                "per_layer": per_layer, "rates": rates, "histograms": hist, "counts": counts, "status": self.status()}
+        saes = {
+            str(l): {
+                k: v
+                for k, v in (meta or {}).items()
+                if k in ("hook_name", "d_sae", "architecture", "release", "sae_id", "path", "format")
+            }
+            for l, meta in (m.get("saes") or {}).items()
+        }
+        return {
+            "run": str(self.run.path),
+            "model": m.get("model"),
+            "saes": saes,
+            "corpus": m.get("corpus"),
+            "n_tokens": m.get("n_tokens"),
+            "window": m.get("window"),
+            "layers": g.layers,
+            "per_layer": per_layer,
+            "rates": rates,
+            "histograms": hist,
+            "counts": counts,
+            "status": self.status(),
+        }
 
     def _count(self, table: str) -> int | None:
         return self.g.q(f"SELECT count(*) AS n FROM {table}")[0]["n"] if table in self.g.tables else None
@@ -163,17 +205,25 @@ class RunData(RelationQueries):
         if i is None:
             return None
         r = g.row(i)
-        out = g.brief(i) | {"label_source": g.label_src[i], "auto_label": r.pop("auto_label"),
-                            "imported_label": r.pop("imported_label"), "n_active": int(g.n_active[i]),
-                            "neuronpedia": neuronpedia_url(g.np_ids, layer, feature)}
+        out = g.brief(i) | {
+            "label_source": g.label_src[i],
+            "auto_label": r.pop("auto_label"),
+            "imported_label": r.pop("imported_label"),
+            "n_active": int(g.n_active[i]),
+            "neuronpedia": neuronpedia_url(g.np_ids, layer, feature),
+        }
         out["act_mean"] = (r["act_sum"] / r["n_active"]) if r.get("n_active") else None
-        out["extra"] = {k: v for k, v in r.items() if k not in out and v is not None
-                        and k not in ("layer", "feature", "act_sum", "act_sumsq")}
+        out["extra"] = {
+            k: v
+            for k, v in r.items()
+            if k not in out and v is not None and k not in ("layer", "feature", "act_sum", "act_sumsq")
+        }
         out["explanation"] = out["imported_label"]
         return out
 
-    def examples(self, layer: int, feature: int, limit: int = 20, before: int = 12, after: int = 4
-                 ) -> list[dict[str, Any]]:
+    def examples(
+        self, layer: int, feature: int, limit: int = 20, before: int = 12, after: int = 4
+    ) -> list[dict[str, Any]]:
         g = self.g
         if "examples" not in g.tables:
             return []
@@ -181,8 +231,10 @@ class RunData(RelationQueries):
         if i is None:
             return []
         x = g.arr.examples(i)
-        ex = [{"rank": int(r), "value": json_safe(float(v)), "window": int(w), "pos": int(p), "token": int(t)}
-              for r, v, w, p, t in zip(*(x[c][:limit].tolist() for c in ("rank", "value", "window", "pos", "token")))]
+        ex = [
+            {"rank": int(r), "value": json_safe(float(v)), "window": int(w), "pos": int(p), "token": int(t)}
+            for r, v, w, p, t in zip(*(x[c][:limit].tolist() for c in ("rank", "value", "window", "pos", "token")))
+        ]
         for e in ex:
             w = e["window"]
             if not 0 <= w < len(g.win_start) - 1:
@@ -191,13 +243,16 @@ class RunData(RelationQueries):
             lo, hi = int(g.win_start[w]), int(g.win_start[w + 1])
             at = lo + int(np.searchsorted(g.tok["pos"][lo:hi], e["pos"]))
             a, b = max(lo, at - before), min(hi, at + after + 1)
-            e["tokens"] = [{"text": g.token_text(t), "id": int(t), "hit": bool(k == at)}
-                           for k, t in zip(range(a, b), g.tok["tokens"][a:b])]
+            e["tokens"] = [
+                {"text": g.token_text(t), "id": int(t), "hit": bool(k == at)}
+                for k, t in zip(range(a, b), g.tok["tokens"][a:b])
+            ]
             e["truncated_left"], e["truncated_right"] = bool(a > lo), bool(b < hi)
         return ex
 
-    def neighbours(self, layer: int, feature: int, direction: str = "down", sort: str = "jaccard",
-                   limit: int = 50) -> list[dict[str, Any]]:
+    def neighbours(
+        self, layer: int, feature: int, direction: str = "down", sort: str = "jaccard", limit: int = 50
+    ) -> list[dict[str, Any]]:
         """Edges into (`up`) or out of (`down`) a feature, every measure, strongest first."""
         g = self.g
         if "edges_dn" not in g.tables or sort not in SORTABLE:
@@ -206,8 +261,11 @@ class RunData(RelationQueries):
         if i is None:
             return []
         sort = sort if sort in g.arr.edge_cols else "n_co"
-        here, there = (("dst_layer", "dst"), ("src_layer", "src")) if direction == "up" else \
-            (("src_layer", "src"), ("dst_layer", "dst"))
+        here, there = (
+            (("dst_layer", "dst"), ("src_layer", "src"))
+            if direction == "up"
+            else (("src_layer", "src"), ("dst_layer", "dst"))
+        )
         r = g.arr.edge_rows(i, direction)
         v = np.asarray(g.arr.col(sort)[r], np.float64)
         o = np.lexsort((g.arr.col(there[1])[r], g.arr.col(there[0])[r], np.where(np.isnan(v), np.inf, -v)))
@@ -231,10 +289,14 @@ class RunData(RelationQueries):
         if "ablations_index" not in g.memo:
             by_src: dict[tuple, dict] = {}
             by_dst: dict[tuple, dict] = {}
-            cols = {r["column_name"] for r in g.q(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = 'ablations'")}
+            cols = {
+                r["column_name"]
+                for r in g.q("SELECT column_name FROM information_schema.columns WHERE table_name = 'ablations'")
+            }
             if {"src_layer", "src", "dst_layer", "dst"} <= cols:
-                show = [c for c in ABLATION_SHOWN if c in cols] or sorted(cols - {"src_layer", "src", "dst_layer", "dst"})
+                show = [c for c in ABLATION_SHOWN if c in cols] or sorted(
+                    cols - {"src_layer", "src", "dst_layer", "dst"}
+                )
                 for r in g.q(f"SELECT DISTINCT src_layer, src, dst_layer, dst, {', '.join(show)} FROM ablations"):
                     key = (r["src_layer"], r["src"], r["dst_layer"], r["dst"])
                     val = {c: r[c] for c in show}

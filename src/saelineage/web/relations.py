@@ -21,12 +21,18 @@ class RelationQueries:
     def feature_gates(self, layer: int, feature: int) -> list[dict[str, Any]]:
         if "gates" not in self.g.tables:
             return []
-        return self._label_gates(self.g.q(
-            "SELECT * FROM gates WHERE (layer = ? AND feature = ?) OR (parent_layer = ? AND (parent_a = ? OR parent_b = ?)) "
-            "ORDER BY support DESC LIMIT 100", [layer, feature, layer, feature, feature]))
+        return self._label_gates(
+            self.g.q(
+                "SELECT * FROM gates WHERE (layer = ? AND feature = ?) "
+                "OR (parent_layer = ? AND (parent_a = ? OR parent_b = ?)) "
+                "ORDER BY support DESC LIMIT 100",
+                [layer, feature, layer, feature, feature],
+            )
+        )
 
-    def gates(self, kind: str | None = None, layer: int | None = None, limit: int = 100, offset: int = 0
-              ) -> dict[str, Any]:
+    def gates(
+        self, kind: str | None = None, layer: int | None = None, limit: int = 100, offset: int = 0
+    ) -> dict[str, Any]:
         if "gates" not in self.g.tables:
             return {"total": 0, "rows": [], "missing": STAGE_HINTS["analyze"]}
         where, params = ["TRUE"], []
@@ -38,29 +44,42 @@ class RelationQueries:
             params.append(layer)
         w = " AND ".join(where)
         total = self.g.q(f"SELECT count(*) AS n FROM gates WHERE {w}", params)[0]["n"]
-        res = self.g.q(f"SELECT * FROM gates WHERE {w} ORDER BY score_forward * score_backward DESC NULLS LAST, "
-                       f"support DESC, layer, feature LIMIT ? OFFSET ?", params + [limit, offset])
+        res = self.g.q(
+            f"SELECT * FROM gates WHERE {w} ORDER BY score_forward * score_backward DESC NULLS LAST, "
+            f"support DESC, layer, feature LIMIT ? OFFSET ?",
+            params + [limit, offset],
+        )
         return {"total": total, "rows": self._label_gates(res)}
 
     def _label_gates(self, res: list[dict[str, Any]]) -> list[dict[str, Any]]:
         g = self.g
         for r in res:
-            for key, l, f in (("child", r["layer"], r["feature"]), ("a", r["parent_layer"], r["parent_a"]),
-                              ("b", r["parent_layer"], r["parent_b"])):
+            for key, l, f in (
+                ("child", r["layer"], r["feature"]),
+                ("a", r["parent_layer"], r["parent_a"]),
+                ("b", r["parent_layer"], r["parent_b"]),
+            ):
                 i = g.idx(l, f)
                 r[key + "_label"] = g.label[i] if i is not None else ""
         return res
 
     # ---- splits (columns as written by analyze; parent = (layer, feature)) -----------
     def _split_cols(self) -> dict[str, str | None]:
-        cols = [r["column_name"] for r in self.g.q(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'splits'")]
+        cols = [
+            r["column_name"]
+            for r in self.g.q("SELECT column_name FROM information_schema.columns WHERE table_name = 'splits'")
+        ]
         pick = lambda *names: next((c for c in names if c in cols), None)  # noqa: E731
-        return {"layer": pick("layer", "parent_layer"), "feature": pick("feature", "parent"),
-                "child_layer": pick("child_layer", "children_layer"), "children": pick("children", "child")}
+        return {
+            "layer": pick("layer", "parent_layer"),
+            "feature": pick("feature", "parent"),
+            "child_layer": pick("child_layer", "children_layer"),
+            "children": pick("children", "child"),
+        }
 
-    def splits(self, layer: int | None = None, limit: int = 100, offset: int = 0,
-               feature: int | None = None) -> dict[str, Any]:
+    def splits(
+        self, layer: int | None = None, limit: int = 100, offset: int = 0, feature: int | None = None
+    ) -> dict[str, Any]:
         g = self.g
         if "splits" not in g.tables:
             return {"total": 0, "rows": [], "missing": STAGE_HINTS["analyze"]}
@@ -71,8 +90,9 @@ class RelationQueries:
                 cond = f"({c['layer']} = ? AND {c['feature']} = ?)"
                 params += [layer, feature]
                 if c["child_layer"] and c["children"]:
-                    child = (f"list_contains({c['children']}, ?)" if self._is_list(c["children"])
-                             else f"{c['children']} = ?")
+                    child = (
+                        f"list_contains({c['children']}, ?)" if self._is_list(c["children"]) else f"{c['children']} = ?"
+                    )
                     cond = f"({cond} OR ({c['child_layer']} = ? AND {child}))"
                     params += [layer, feature]
                 where.append(cond)
@@ -89,18 +109,26 @@ class RelationQueries:
             kids = kids if isinstance(kids, list) else [kids] if kids is not None else []
             r["_children"] = [self._ref(r.get(c["child_layer"] or ""), k) for k in kids]
             for col, vals in r.items():  # per-child lists (e.g. children_necessity) go beside each child
-                if (col != c["children"] and not col.startswith("_") and isinstance(vals, list)
-                        and len(vals) == len(kids)):
+                if (
+                    col != c["children"]
+                    and not col.startswith("_")
+                    and isinstance(vals, list)
+                    and len(vals) == len(kids)
+                ):
                     for ch, x in zip(r["_children"], vals):
                         if ch is not None:
                             ch.setdefault("_per_child", {})[col.removeprefix("children_")] = x
-            r["_details"] = {k: v for k, v in r.items() if not k.startswith("_") and k not in c.values()
-                             and not isinstance(v, (list, dict))}
+            r["_details"] = {
+                k: v
+                for k, v in r.items()
+                if not k.startswith("_") and k not in c.values() and not isinstance(v, (list, dict))
+            }
         return {"total": total, "rows": res, "columns": c}
 
     def _is_list(self, col: str) -> bool:
-        t = self.g.q("SELECT data_type FROM information_schema.columns WHERE table_name = 'splits' AND column_name = ?",
-                     [col])
+        t = self.g.q(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'splits' AND column_name = ?", [col]
+        )
         return bool(t) and t[0]["data_type"].endswith("[]")
 
     def _ref(self, layer: Any, feature: Any) -> dict[str, Any] | None:
@@ -118,12 +146,20 @@ class RelationQueries:
         ids, sizes = ids[keep], sizes[keep]
         order = np.lexsort((ids, -sizes))
         out = []
-        for k in order[offset: offset + limit]:
+        for k in order[offset : offset + limit]:
             mem = g.members(int(ids[k]))
             top = mem[np.argsort(-g.density[mem], kind="stable")[:3]]
             ls = g.layer[mem]
-            out.append({"community": int(ids[k]), "size": int(sizes[k]), "layer_min": int(ls.min()),
-                        "layer_max": int(ls.max()), "top": [g.brief(int(i)) for i in top], "top_tokens": []})
+            out.append(
+                {
+                    "community": int(ids[k]),
+                    "size": int(sizes[k]),
+                    "layer_min": int(ls.min()),
+                    "layer_max": int(ls.max()),
+                    "top": [g.brief(int(i)) for i in top],
+                    "top_tokens": [],
+                }
+            )
         info = self._community_rows([r["community"] for r in out])
         for r in out:
             r["top_tokens"] = (info.get(r["community"]) or {}).get("top_tokens") or []
@@ -136,17 +172,23 @@ class RelationQueries:
             return None
         info = self._community_rows([community]).get(community, {})
         mem = mem[np.lexsort((g.feature[mem], g.layer[mem]))]
-        return {"community": community, "size": int(len(mem)),
-                "info": {k: v for k, v in info.items() if not isinstance(v, (list, dict)) and k != "community"},
-                "top_tokens": info.get("top_tokens") or [], "members": [g.brief(int(i)) for i in mem[:2000]]}
+        return {
+            "community": community,
+            "size": int(len(mem)),
+            "info": {k: v for k, v in info.items() if not isinstance(v, (list, dict)) and k != "community"},
+            "top_tokens": info.get("top_tokens") or [],
+            "members": [g.brief(int(i)) for i in mem[:2000]],
+        }
 
     def _community_rows(self, ids: list[int]) -> dict[int, dict[str, Any]]:
         """Rows of communities.parquet (one per community, as analyze writes it) for `ids`."""
         g = self.g
         if "communities" not in g.tables or not ids:
             return {}
-        cols = {r["column_name"] for r in g.q(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'communities'")}
+        cols = {
+            r["column_name"]
+            for r in g.q("SELECT column_name FROM information_schema.columns WHERE table_name = 'communities'")
+        }
         if "community" not in cols or "layer" in cols:
             return {}
         got = g.q(f"SELECT * FROM communities WHERE community IN ({', '.join('?' * len(ids))})", list(ids))
@@ -188,9 +230,12 @@ class RelationQueries:
         ids = g.vocab_norm.get(q.strip().lower(), [])[:64]
         if not ids:
             return [], []
-        res = g.q("SELECT layer, feature, count(*) AS n, max(value) AS top FROM ex_tok WHERE token IN "
-                  f"({', '.join('?' * len(ids))}) GROUP BY layer, feature ORDER BY n DESC, top DESC, layer, feature "
-                  "LIMIT ?", ids + [limit])
+        res = g.q(
+            "SELECT layer, feature, count(*) AS n, max(value) AS top FROM ex_tok WHERE token IN "
+            f"({', '.join('?' * len(ids))}) GROUP BY layer, feature ORDER BY n DESC, top DESC, layer, feature "
+            "LIMIT ?",
+            ids + [limit],
+        )
         for r in res:
             r.update(g.brief_at(r["layer"], r["feature"]))
         return res, ids

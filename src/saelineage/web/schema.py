@@ -17,10 +17,29 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Measure = Literal["jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine", "dec_cosine",
-                  "sufficiency_lo", "necessity_lo"]
-SortKey = Literal["jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine", "dec_cosine",
-                  "sufficiency_lo", "necessity_lo", "n_co"]
+Measure = Literal[
+    "jaccard",
+    "sufficiency",
+    "necessity",
+    "mutual_info",
+    "pearson",
+    "act_cosine",
+    "dec_cosine",
+    "sufficiency_lo",
+    "necessity_lo",
+]
+SortKey = Literal[
+    "jaccard",
+    "sufficiency",
+    "necessity",
+    "mutual_info",
+    "pearson",
+    "act_cosine",
+    "dec_cosine",
+    "sufficiency_lo",
+    "necessity_lo",
+    "n_co",
+]
 Order = Literal["barycenter", "community", "feature"]
 Scalar = Union[str, int, float, bool, None]
 
@@ -53,6 +72,7 @@ class Problem(Closed):
 
 
 # ---- run level -------------------------------------------------------------------------------
+
 
 class MissingStage(Closed):
     stage: str = Field(..., description="Stage name (collect, stats, analyze, ablate)")
@@ -133,20 +153,23 @@ class Overview(Closed):
     per_layer: list[LayerSummary]
     rates: list[Rate]
     histograms: dict[str, list[HistogramBin]] = Field(
-        ..., description="Measure -> bins [lo, hi, count] over the kept edges (empty before stats)")
+        ..., description="Measure -> bins [lo, hi, count] over the kept edges (empty before stats)"
+    )
     counts: Counts
     status: Status
 
 
 # ---- features --------------------------------------------------------------------------------
 
+
 class FeatureBrief(Closed):
     """What lists, tooltips and tables show about a feature."""
 
     layer: int
     feature: int
-    label: str = Field(..., description="Imported label, else an automatic label from top tokens; empty for a "
-                                        "feature not in the run")
+    label: str = Field(
+        ..., description="Imported label, else an automatic label from top tokens; empty for a feature not in the run"
+    )
     density: Optional[float] = Field(..., description="Share of tokens on which the feature fires")
     act_max: Optional[float] = Field(..., description="Largest activation over the corpus")
     lifecycle: Optional[str] = Field(..., description="dead, new, carried, ending or new+ending; null before analyze")
@@ -179,8 +202,11 @@ class Feature(FeatureBrief):
     n_active: int = Field(..., description="Tokens on which the feature fires")
     neuronpedia: Optional[str] = Field(..., description="Neuronpedia page, for SAEs of a known public release")
     act_mean: Optional[float] = Field(..., description="Mean activation where active")
-    extra: dict[str, Any] = Field(..., description="Further non-null per-feature columns (features.parquet, "
-                                                   "feature_analysis.parquet, error_projection.parquet)")
+    extra: dict[str, Any] = Field(
+        ...,
+        description="Further non-null per-feature columns (features.parquet, "
+        "feature_analysis.parquet, error_projection.parquet)",
+    )
     explanation: Optional[str] = Field(..., description="Imported explanation (labels.parquet); null when none")
     examples: list[Example]
 
@@ -257,6 +283,7 @@ class Relations(Closed):
 
 # ---- lists -----------------------------------------------------------------------------------
 
+
 class GatePage(Closed):
     total: int
     rows: list[Gate]
@@ -307,6 +334,7 @@ class SearchResult(Closed):
 
 
 # ---- graphs ----------------------------------------------------------------------------------
+
 
 class GraphNodes(Closed):
     """Node columns: node i is position i of every list."""
