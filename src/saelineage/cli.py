@@ -6,8 +6,15 @@ import sys
 
 import typer
 
+from saelineage.causal.command import ablate_command
+from saelineage.collect.command import collect_command
+from saelineage.demo import demo_command
 from saelineage.errors import SaelineageError
+from saelineage.lineage.command import analyze_command, export_command, prompt_command
 from saelineage.progress import console
+from saelineage.saes.train_command import train_command
+from saelineage.stats.command import stats_command
+from saelineage.web.command import labels_app, serve_command
 
 app = typer.Typer(
     name="saelineage",
@@ -23,36 +30,18 @@ def _root() -> None:
     """saelineage: where does an SAE feature come from, and where does it go?"""
 
 
-def _register_optional() -> None:
-    """Stage commands live next to their stage; each registers itself here."""
-    import importlib
-
-    for module, attr, name in [
-        ("saelineage.collect.command", "collect_command", "collect"),
-        ("saelineage.saes.train_command", "train_command", "train"),
-        ("saelineage.stats.command", "stats_command", "stats"),
-        ("saelineage.lineage.command", "analyze_command", "analyze"),
-        ("saelineage.lineage.command", "prompt_command", "prompt"),
-        ("saelineage.lineage.command", "export_command", "export"),
-        ("saelineage.causal.command", "ablate_command", "ablate"),
-        ("saelineage.web.command", "serve_command", "serve"),
-        ("saelineage.web.command", "labels_app", "labels"),
-        ("saelineage.demo", "demo_command", "demo"),
-    ]:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("saelineage"):
-                continue  # that stage is not part of this build
-            raise
-        obj = getattr(mod, attr)
-        if isinstance(obj, typer.Typer):
-            app.add_typer(obj, name=name)
-        else:
-            app.command(name)(obj)
-
-
-_register_optional()
+# Each stage's command lives next to its stage; those modules import only typer and the
+# stage's config, so building the app (and `--help`) loads no stage code.
+app.command("collect")(collect_command)
+app.command("train")(train_command)
+app.command("stats")(stats_command)
+app.command("analyze")(analyze_command)
+app.command("prompt")(prompt_command)
+app.command("export")(export_command)
+app.command("ablate")(ablate_command)
+app.command("serve")(serve_command)
+app.add_typer(labels_app, name="labels")
+app.command("demo")(demo_command)
 
 
 def main() -> None:
