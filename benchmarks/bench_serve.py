@@ -32,30 +32,33 @@ def synthetic_scale_run(path: Path, layers: int, d_sae: int, n_tokens: int, wind
     """Write a run with the files of every stage at the given scale (random values, valid columns)."""
     import pyarrow as pa
 
-    from saelineage.data.finalize import write_parquet
+    from saelineage.contract import new_manifest
     from saelineage.data.store import LayerCodes, write_shard
-    from saelineage.run import RunDir
+    from saelineage.run import RunDir, config_hash, write_parquet
 
     rng = np.random.default_rng(seed)
     run = RunDir(path)
     n_win = n_tokens // window
     shard_windows = 64
     vocab = [f" w{i}" for i in range(5000)]
+    hooks = {l: f"blocks.{l}.hook_resid_post" for l in range(layers)}
     run.save(
-        {
-            "schema_version": 1,
-            "model": {"spec": "synthetic-scale"},
-            "layers": list(range(layers)),
-            "saes": {str(l): {"hook_name": f"blocks.{l}.hook_resid_post", "d_sae": d_sae} for l in range(layers)},
-            "d_sae": {str(l): d_sae for l in range(layers)},
-            "hooks": {},
-            "corpus": {"spec": "synthetic"},
-            "n_tokens": n_win * window,
-            "window": window,
-            "bos": True,
-            "shard_windows": shard_windows,
-            "stages": {s: {"status": "complete"} for s in ("collect", "stats", "analyze")},
-        }
+        new_manifest(
+            model={"spec": "synthetic-scale"},
+            layers=list(range(layers)),
+            saes={l: {"hook_name": hooks[l], "d_sae": d_sae} for l in range(layers)},
+            d_sae={l: d_sae for l in range(layers)},
+            hooks=hooks,
+            corpus={"spec": "synthetic"},
+            window=window,
+            bos=True,
+            n_windows=n_win,
+            shard_windows=shard_windows,
+            config_hash=config_hash(
+                {"synthetic-scale": True, "layers": layers, "d_sae": d_sae, "n": n_tokens, "seed": seed}
+            ),
+            stages={s: {"status": "complete"} for s in ("collect", "stats", "analyze")},
+        )
     )
     (path / "vocab.json").write_text(json.dumps({"tokens": vocab, "decoded": vocab}))
     empty = LayerCodes(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from saelineage.contract import new_manifest
 from saelineage.data.store import LayerCodes, write_shard
-from saelineage.run import RunDir
-from saelineage.stats.command import parse_size
+from saelineage.run import RunDir, config_hash
+from saelineage.stats.config import parse_size
 
 WINDOW = 128
 PAPER = {"layers": 12, "d": 24576, "tokens": 10_000_000, "pairs": 11}
@@ -90,18 +91,19 @@ def make_run(path: Path, tokens: int, layers: int, d: int, l0: float, seed: int 
         pos = np.tile(np.arange(WINDOW, dtype=np.int32), t // WINDOW)
         write_shard(run, s, np.zeros(t, np.int32), window, pos, codes)
     run.save(
-        {
-            "schema_version": 1,
-            "layers": list(range(layers)),
-            "d_sae": {str(l): d for l in range(layers)},
-            "bos": True,
-            "include_bos": False,
-            "n_tokens": n,
-            "window": WINDOW,
-            "shard_windows": 64,
-            "saes": {},
-            "stages": {},
-        }
+        new_manifest(
+            layers=list(range(layers)),
+            d_sae={l: d for l in range(layers)},
+            hooks={l: f"layer{l}" for l in range(layers)},
+            saes={},
+            model={"spec": "synthetic"},
+            corpus={"spec": "synthetic"},
+            window=WINDOW,
+            bos=True,
+            n_windows=n // WINDOW,
+            shard_windows=64,
+            config_hash=config_hash({"synthetic": True, "tokens": n, "layers": layers, "d": d, "seed": seed}),
+        )
     )
     run.set_stage("collect", "complete", synthetic=True)
     return run

@@ -23,9 +23,9 @@ from saelineage.causal.error_projection import ERROR_COLUMNS
 from saelineage.causal.stage import demo_ablation, run_ablate
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
-from saelineage.data.finalize import write_parquet
 from saelineage.data.store import iter_shards, token_mask
 from saelineage.errors import SaelineageError
+from saelineage.run import write_parquet
 from saelineage.saes.loading import save_saelens
 
 LAYERS = (1, 2, 3)
@@ -36,7 +36,7 @@ def brute_edges(run) -> pa.Table:
     m = run.load()
     codes = {l: [] for l in LAYERS}
     for shard in iter_shards(run, LAYERS):
-        keep = token_mask(shard.pos, m["bos"], False)
+        keep = token_mask(shard.pos, m.bos, False)
         for l in LAYERS:
             codes[l].append(shard.codes[l].csr(D_SAE).toarray()[keep])
     a = {l: np.concatenate(codes[l]).astype(np.float64) for l in LAYERS}
@@ -119,7 +119,7 @@ def test_stage_writes_every_sampled_pair_and_correlates(run):
         if r["src_layer"] == 1 and r["n_tokens"]:
             want = 1.0 if r["src"] == r["dst"] else 0.0
             assert r["rel_drop"] == pytest.approx(want, abs=1e-4), r
-    m = run.load()["stages"]["ablate"]
+    m = run.load().stage("ablate")
     assert m["status"] == "complete" and m["n_rows"] == table.num_rows
     pooled = {c["measure"]: c for c in m["correlations"] if c["src_layer"] is None}
     assert pooled["jaccard"]["spearman_drop"] > 0.3

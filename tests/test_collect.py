@@ -47,8 +47,8 @@ def cfg_for(env, **kw):
 def test_collect_writes_contract_and_exact_codes(env, tmp_path):
     run = run_collect(tmp_path / "run", cfg_for(env, max_tokens=16 * 20)).run
     m = run.require("collect")
-    assert m["layers"] == LAYERS and m["n_windows"] == 20 and m["bos"] is True
-    assert m["saes"]["0"]["sha256"] and m["model"]["sha256"]
+    assert m.layers == LAYERS and m.n_windows == 20 and m.bos is True
+    assert m.saes[0]["sha256"] and m.model["sha256"]
     feats = pq.read_table(run.file("features.parquet"))
     assert feats.column_names[:7] == ["layer", "feature", "n_active", "density", "act_sum", "act_sumsq", "act_max"]
     assert pq.read_table(run.file("examples.parquet")).column_names == [
@@ -168,7 +168,7 @@ def test_bad_inputs(env, tmp_path):
     with pytest.raises(SaelineageError, match="different configuration"):
         run_collect(tmp_path / "d", cfg_for(env, max_tokens=128))
     run = run_collect(tmp_path / "d", cfg_for(env, max_tokens=128), force=True).run
-    assert run.load()["n_windows"] == 8
+    assert run.load().n_windows == 8
 
 
 def test_nan_activation_names_layer_and_token(env, tmp_path):

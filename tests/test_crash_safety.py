@@ -23,14 +23,15 @@ import pytest
 from runs import write_corpus, write_saes
 from tinymodels import tiny_llama
 
-from saelineage import hints
+from saelineage import contract, hints
 from saelineage.causal.config import AblateConfig
-from saelineage.causal.stage import PARTS, run_ablate
+from saelineage.causal.stage import run_ablate
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
+from saelineage.contract import LOCK
 from saelineage.errors import SaelineageError
 from saelineage.lineage.stage import run_analyze
-from saelineage.run import LOCK, RunDir
+from saelineage.run import RunDir
 from saelineage.run_model import load_run_model
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.stage import run_stats
@@ -272,7 +273,7 @@ def modelled(tmp_path_factory):
 @pytest.mark.parametrize(
     "mode,which,last",
     [
-        ("after", PARTS, False),  # one block of upstream layers saved: the rerun resumes from it
+        ("after", contract.ABLATE_PARTS, False),  # one block of upstream layers saved: the rerun resumes from it
         ("during", "ablations.html", False),  # middle, half written
         ("after", "error_projection.parquet", False),  # last output in place, 'complete' not yet recorded
     ],
@@ -281,7 +282,7 @@ def test_ablate_killed_then_rerun_equals_uninterrupted(server, modelled, tmp_pat
     import saelineage.causal.stage as st
 
     names = modelled["names"]
-    assert sum(n.startswith(PARTS + "/") for n in names) >= 2, names
+    assert sum(n.startswith(contract.ABLATE_PARTS + "/") for n in names) >= 2, names
     k = point(names, which, last)
     monkeypatch.setattr(st, "LAYERS_PER_PART", 1)
     kill_and_resume(

@@ -78,7 +78,7 @@ def test_tiny_gpt2_with_legacy_saes_is_centred(tmp_path):
         ),
     ).run
     m = run.load()
-    assert m["center_residual"] is True and m["bos"] is True
+    assert m.center_residual is True and m.bos is True
     adapter = load_model(str(model))
     from saelineage.saes.loading import load_saes
 

@@ -178,7 +178,7 @@ def test_other_options_hint_is_force(env, tmp_path):
         cli(*collect_args(env, run.path)[:-1], str(16 * 20))
     assert "--force" in e.value.fix
     cli(*collect_args(env, run.path)[:-1], str(16 * 20), "--force")
-    assert RunDir(run.path).load()["n_windows"] == 20
+    assert RunDir(run.path).load().n_windows == 20
 
 
 def test_moved_saes_hint_collects_from_the_new_folder(env, tmp_path):

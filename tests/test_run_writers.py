@@ -15,6 +15,7 @@ from runs import write_corpus, write_saes
 from tinymodels import tiny_llama
 from typer.testing import CliRunner
 
+from saelineage import contract
 from saelineage.causal.config import AblateConfig
 from saelineage.causal.stage import run_ablate
 from saelineage.collect.config import CollectConfig
@@ -108,6 +109,11 @@ def test_each_run_file_has_one_writing_stage(pipeline):
     assert writers["features.parquet"] == {"collect"}
     assert writers["feature_analysis.parquet"] == {"analyze"}
     assert writers["error_projection.parquet"] == {"ablate"}
+    # the contract's table of writers says the same as what the stages did
+    top = {name: stages for name, stages in writers.items() if "/" not in name and name not in SHARED}
+    assert top == {name: {contract.WRITER[name]} for name in top}, "saelineage.contract.WRITER is out of date"
+    # not made by this run: the store API's decoders, and the plot that ablate skips with plot=False
+    assert set(contract.WRITER) - set(top) <= {contract.DECODERS, contract.ABLATIONS_HTML}
     assert writers["labels.parquet"] == {"labels import"}
     assert pq.read_schema(run / "features.parquet").names == COLLECT_COLUMNS
     assert pq.read_table(run / "error_projection.parquet").num_rows > 0  # ablate did measure ending features
@@ -160,3 +166,24 @@ def test_explanations_come_from_labels_parquet(pipeline, tmp_path):
     mine = [(n["layer"], n["feature"]) == labelled for n in nodes]
     assert {n["explanation"] for n, m in zip(nodes, mine) if m} == {LABEL}
     assert {n["explanation"] for n, m in zip(nodes, mine) if not m} == {None}
+
+
+def test_files_hold_the_contract_columns(pipeline):
+    """Each table's columns as docs/design.md §3 lists them, and as saelineage.contract defines them."""
+    run, _, _ = pipeline
+    design = {
+        "features.parquet": ["layer", "feature", "n_active", "density", "act_sum", "act_sumsq", "act_max"],
+        "examples.parquet": ["layer", "feature", "rank", "value", "window", "pos"],
+        "edges.parquet": ["src_layer", "src", "dst_layer", "dst", "n_co", "jaccard", "sufficiency", "necessity",
+                          "mutual_info", "pearson", "act_cosine", "dec_cosine", "sufficiency_lo", "necessity_lo"],
+        "gates.parquet": ["kind", "layer", "feature", "parent_layer", "parent_a", "parent_b", "support",
+                          "score_forward", "score_backward"],
+        "feature_analysis.parquet": ["layer", "feature", "lifecycle", "has_pred", "has_succ", "community"],
+    }  # fmt: skip
+    defined = {"features.parquet": contract.FEATURE_COLUMNS, "examples.parquet": contract.EXAMPLE_COLUMNS,
+               "edges.parquet": contract.EDGE_COLUMNS, "gates.parquet": contract.GATE_COLUMNS,
+               "feature_analysis.parquet": contract.ANALYSIS_COLUMNS}  # fmt: skip
+    for name, cols in design.items():
+        names = pq.read_schema(run / name).names
+        assert names[: len(cols)] == cols, name  # more columns may follow, never fewer or renamed
+        assert list(defined[name][: len(cols)]) == cols, name

@@ -324,16 +324,25 @@ def test_load_release_from_hub_cache(sl, tmp_path, monkeypatch):
     x = x_batch()
     assert torch.equal(sae.encode_dense(x), load_sae(folder).encode_dense(x))
     # a run collected with the release finds its decoder for dec_cosine (no local path in the manifest)
+    from saelineage.contract import new_manifest
     from saelineage.data.importer import load_decoder
     from saelineage.run import RunDir
 
     run = RunDir(tmp_path / "run")
     run.save(
-        {
-            "schema_version": 1,
-            "layers": [3, 4],
-            "saes": {"3": sae.meta, "4": {**sae.meta, "sae_id": "blocks.4.hook_resid_pre"}},
-        }
+        new_manifest(
+            layers=[3, 4],
+            saes={3: sae.meta, 4: {**sae.meta, "sae_id": "blocks.4.hook_resid_pre"}},
+            d_sae={3: sae.d_sae, 4: sae.d_sae},
+            hooks={3: "blocks.3.hook_resid_pre", 4: "blocks.4.hook_resid_pre"},
+            model={"spec": "gpt2"},
+            corpus={"spec": "none"},
+            window=16,
+            bos=True,
+            n_windows=0,
+            shard_windows=64,
+            config_hash="test",
+        )
     )
     assert sae.meta["path"] is None
     with warnings.catch_warnings():

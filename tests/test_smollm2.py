@@ -51,7 +51,7 @@ def test_collect_on_smollm2_with_saelens_saes(smollm2, tmp_path):
     )
     run = run_collect(tmp_path / "run", cfg, adapter=smollm2).run
     m = run.require("collect")
-    assert m["layers"] == [0, 2] and m["n_tokens"] == 512 and m["model"]["spec"] == "smollm2"
+    assert m.layers == [0, 2] and m.n_tokens == 512 and m.model["spec"] == "smollm2"
     f = pq.read_table(run.file("features.parquet")).to_pandas()
     assert list(f.columns[:7]) == ["layer", "feature", "n_active", "density", "act_sum", "act_sumsq", "act_max"]
     assert len(f) == 512 and f.n_active.sum() > 0

@@ -63,7 +63,7 @@ def test_no_decoders_means_dec_cosine_absent_and_stated(run):
     assert np.isnan(edges.column("dec_cosine").to_numpy()).all()
     summary = json.loads(run.file("stats_summary.json").read_text())
     assert "no SAE decoder weights" in summary["dec_cosine_note"]
-    assert run.load()["stages"]["stats"]["dec_cosine_missing_layers"] == [0, 2, 5]
+    assert run.load().stage("stats")["dec_cosine_missing_layers"] == [0, 2, 5]
 
 
 def test_decoders_from_the_run(tmp_path, codes):
@@ -87,7 +87,7 @@ def test_wrong_decoder_shape(run):
 
 def test_complete_is_skipped_other_options_refused_force_recomputes(run):
     s = run_stats(run.path, progress=False)
-    m = run.load()["stages"]["stats"]
+    m = run.load().stage("stats")
     assert m["status"] == "complete" and m["options"]["min_support"] == 5 and m["summary"]["edges"] == s.edges
     again = run_stats(run.path, progress=False)
     assert again.skipped and again.edges == s.edges
@@ -95,7 +95,7 @@ def test_complete_is_skipped_other_options_refused_force_recomputes(run):
         run_stats(run.path, StatsConfig(top_k=2), progress=False)
     s2 = run_stats(run.path, StatsConfig(top_k=2), force=True, progress=False)
     assert not s2.skipped and s2.edges < s.edges
-    assert run.load()["stages"]["stats"]["options"]["top_k"] == 2
+    assert run.load().stage("stats")["options"]["top_k"] == 2
 
 
 def test_interrupted_run_restarts_cleanly(tmp_path, codes, monkeypatch):
@@ -159,7 +159,7 @@ def test_cli(run):
         ],
     )
     assert res.exit_code == 0, res.output
-    m = RunDir(run.path).load()["stages"]["stats"]
+    m = RunDir(run.path).load().stage("stats")
     assert m["options"]["keep_thresholds"] == {"pearson": 0.5} and m["options"]["relative_threshold"] == 0.2
     assert m["options"]["primary"] == list(MEASURES)
     assert m["summary"]["memory_limit"] == 64 << 20

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
+from saelineage.contract import new_manifest
 from saelineage.data.importer import load_decoder, write_run
 from saelineage.data.store import iter_shards, list_shards, read_shard
 from saelineage.errors import SaelineageError
@@ -55,7 +56,7 @@ def test_write_run_matches_brute_force(tmp_path, data, shard_windows):
     codes, tokens, w = data
     run = write_run(tmp_path / "run", codes, tokens, window_len=w, bos=True, shard_windows=shard_windows, examples_k=5)
     m = run.require("collect")
-    assert m["layers"] == [0, 2] and m["n_tokens"] == len(tokens)
+    assert m.layers == [0, 2] and m.n_tokens == len(tokens)
     feats = pq.read_table(run.file("features.parquet"))
     assert feats.column_names[: len(FEATURE_COLUMNS)] == FEATURE_COLUMNS
     ex = pq.read_table(run.file("examples.parquet"))
@@ -127,7 +128,22 @@ def test_truncated_shard_is_a_clear_error(tmp_path, data):
 
 def test_require_incomplete_stage(tmp_path):
     run = RunDir(tmp_path / "r")
-    run.save({"schema_version": 1, "stages": {"collect": {"status": "running"}}})
+    run.save(
+        new_manifest(
+            layers=[0],
+            d_sae={0: 4},
+            hooks={0: "layer0"},
+            saes={},
+            model={"spec": "imported"},
+            corpus={"spec": "imported"},
+            window=8,
+            bos=False,
+            n_windows=0,
+            shard_windows=64,
+            config_hash="test",
+            stages={"collect": {"status": "running"}},
+        )
+    )
     with pytest.raises(SaelineageError, match="is running, not complete"):
         run.require("collect")
     with pytest.raises(SaelineageError, match="not a saelineage run"):

@@ -316,14 +316,12 @@ def test_cache_follows_rewritten_files(tmp_path, run):
 
 
 def test_neuronpedia_links():
-    m = {
-        "saes": {
-            "3": {"release": "gpt2-small-res-jb", "sae_id": "blocks.3.hook_resid_pre"},
-            "4": {"path": "/x"},
-            "5": {"neuronpedia": "gemma-2-2b/5-gemmascope-res-16k"},
-        }
+    saes = {
+        3: {"release": "gpt2-small-res-jb", "sae_id": "blocks.3.hook_resid_pre"},
+        4: {"path": "/x"},
+        5: {"neuronpedia": "gemma-2-2b/5-gemmascope-res-16k"},
     }
-    ids = neuronpedia_ids(m)
+    ids = neuronpedia_ids(saes)
     assert neuronpedia_url(ids, 3, 17) == "https://www.neuronpedia.org/gpt2-small/3-res-jb/17"
     assert neuronpedia_url(ids, 4, 17) is None
     assert neuronpedia_url(ids, 5, 2) == "https://www.neuronpedia.org/gemma-2-2b/5-gemmascope-res-16k/2"
@@ -331,7 +329,7 @@ def test_neuronpedia_links():
 
 def test_feature_page_shows_hidden_in_error_when_present(tmp_path):
     """After `ablate`, a feature without a successor shows its error projection; others show none."""
-    from saelineage.data.finalize import write_parquet
+    from saelineage.run import write_parquet
 
     run = build_sample_run(tmp_path / "run")
     feats = pq.read_table(run.file("feature_analysis.parquet")).to_pandas()
@@ -363,7 +361,7 @@ def test_feature_page_shows_hidden_in_error_when_present(tmp_path):
 
 def test_neighbours_carry_ablation_results(tmp_path):
     """Edges sampled by `ablate` show its effect in both directions; other edges show none."""
-    from saelineage.data.finalize import write_parquet
+    from saelineage.run import write_parquet
 
     run = build_sample_run(tmp_path / "run")
     edges = pq.read_table(run.file("edges.parquet")).to_pandas()

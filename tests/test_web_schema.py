@@ -32,9 +32,8 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from saelineage.data.finalize import write_parquet
 from saelineage.data.importer import write_run
-from saelineage.run import RunDir
+from saelineage.run import RunDir, write_parquet
 from saelineage.testing.sample_run import build_sample_run, synthetic_codes
 from saelineage.web.app import create_app
 

@@ -23,16 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from saelineage import contract
 from saelineage.lineage.index import feature_rows
 from saelineage.run import RunDir
 
-FEATURES_FILE = "features.parquet"
-ANALYSIS_FILE = "feature_analysis.parquet"
-ERROR_PROJECTION_FILE = "error_projection.parquet"
-KEY = ("layer", "feature")
-COLLECT_COLUMNS = (*KEY, "n_active", "density", "act_sum", "act_sumsq", "act_max")
-ANALYSIS_COLUMNS = (*KEY, "lifecycle", "has_pred", "has_succ", "community")
-JOINED_FILES = (ANALYSIS_FILE, ERROR_PROJECTION_FILE)
+JOINED_FILES = (contract.FEATURE_ANALYSIS, contract.ERROR_PROJECTION)
 """Per-feature tables joined onto features.parquet, in the order their columns are appended."""
 
 
@@ -45,24 +40,24 @@ def read_features(run: RunDir | str | Path, columns: Sequence[str] | None = None
     feature_analysis.parquet exists its columns replace those (it is the newer analysis).
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
-    want = None if columns is None else set(columns) | set(KEY)
+    want = None if columns is None else set(columns) | set(contract.KEY)
     parts = [(name, pq.read_schema(run.file(name)).names) for name in JOINED_FILES if run.file(name).is_file()]
-    owned = {c for _, names in parts for c in names if c not in KEY}
+    owned = {c for _, names in parts for c in names if c not in contract.KEY}
     base_names = [
-        c for c in pq.read_schema(run.file(FEATURES_FILE)).names if c not in owned and (want is None or c in want)
+        c for c in pq.read_schema(run.file(contract.FEATURES)).names if c not in owned and (want is None or c in want)
     ]
-    table = pq.read_table(run.file(FEATURES_FILE), columns=base_names)
+    table = pq.read_table(run.file(contract.FEATURES), columns=base_names)
     for name, names in parts:
-        take = [c for c in names if c not in KEY and (want is None or c in want)]
+        take = [c for c in names if c not in contract.KEY and (want is None or c in want)]
         if take:
-            table = _left_join(table, pq.read_table(run.file(name), columns=[*KEY, *take]), take)
+            table = _left_join(table, pq.read_table(run.file(name), columns=[*contract.KEY, *take]), take)
     return table
 
 
 def _left_join(left: pa.Table, right: pa.Table, columns: list[str]) -> pa.Table:
     """`left` with `columns` of `right` appended where (layer, feature) matches; null elsewhere."""
-    ll, lf = (left.column(c).to_numpy().astype(np.int64) for c in KEY)
-    rl, rf = (right.column(c).to_numpy().astype(np.int64) for c in KEY)
+    ll, lf = (left.column(c).to_numpy().astype(np.int64) for c in contract.KEY)
+    rl, rf = (right.column(c).to_numpy().astype(np.int64) for c in contract.KEY)
     if len(ll) == len(rl) and np.array_equal(ll, rl) and np.array_equal(lf, rf):
         picked = [right.column(c) for c in columns]  # the same rows in the same order: nothing to match
     else:

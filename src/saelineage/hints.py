@@ -13,19 +13,26 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from saelineage.contract import Manifest
 from saelineage.errors import SaelineageError
 
 
-def _read_manifest(run_path: Path) -> dict[str, Any]:
-    """The manifest as far as it can be read (an unreadable one gives {})."""
+def _read_manifest(run_path: Path, manifest: Manifest | None = None) -> dict[str, Any]:
+    """The manifest's JSON as far as it can be read (an unreadable one gives {}).
+
+    Read raw rather than through RunDir.load: a hint must still be written when the manifest is
+    damaged or incomplete, which is often why the hint is needed."""
+    if manifest is not None:
+        return manifest.to_json()
     try:
-        return json.loads((run_path / "manifest.json").read_text())
+        data = json.loads((run_path / "manifest.json").read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def collect_command(
-    run_path: str | Path, *, force: bool = False, manifest: dict[str, Any] | None = None, **override: Any
+    run_path: str | Path, *, force: bool = False, manifest: Manifest | None = None, **override: Any
 ) -> str | None:
     """The `saelineage collect` command that made (and resumes) the run; None for an imported run.
 
@@ -35,15 +42,14 @@ def collect_command(
     from saelineage.config import config_from_dict, to_argv
 
     run_path = Path(run_path)
-    m = _read_manifest(run_path) if manifest is None else manifest
-    recorded = m.get("config")
+    recorded = _read_manifest(run_path, manifest).get("config")
     if not isinstance(recorded, dict):
         return None
     cfg = config_from_dict(CollectConfig, {**recorded, **override})
     return shlex.join(["saelineage", "collect", str(run_path), *to_argv(cfg)] + (["--force"] if force else []))
 
 
-def recollect(run_path: str | Path, *, force: bool = False, manifest: dict[str, Any] | None = None) -> str:
+def recollect(run_path: str | Path, *, force: bool = False, manifest: Manifest | None = None) -> str:
     """A fix line that rebuilds collect's outputs: the exact collect command, or, for a run
     written through the store API, how to write it again."""
     cmd = collect_command(run_path, force=force, manifest=manifest)
@@ -70,12 +76,12 @@ def damaged_shard(shard: str | Path, why: object) -> SaelineageError:
     )
 
 
-def stats_command(run_path: str | Path, *, force: bool = False, manifest: dict[str, Any] | None = None) -> str:
+def stats_command(run_path: str | Path, *, force: bool = False, manifest: Manifest | None = None) -> str:
     """`saelineage stats RUN` with the options the run's last stats stage recorded."""
     from saelineage.config import config_from_dict, to_argv
     from saelineage.stats.config import StatsConfig
 
-    m = _read_manifest(Path(run_path)) if manifest is None else manifest
+    m = _read_manifest(Path(run_path), manifest)
     recorded = ((m.get("stages") or {}).get("stats") or {}).get("config") or {}
     cfg = config_from_dict(StatsConfig, recorded)
     return shlex.join(["saelineage", "stats", str(run_path), *to_argv(cfg)] + (["--force"] if force else []))

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from saelineage.contract import ABLATE_PARTS, ACTIVATIONS, LOCK, MANIFEST, SCHEMA_VERSION, Manifest
 from saelineage.errors import SaelineageError
 
 try:
@@ -28,12 +29,8 @@ try:
 except ImportError:  # Windows: no flock; runs there are not protected against a second writer
     fcntl = None  # type: ignore[assignment]
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-STAGES = ("collect", "stats", "analyze", "ablate")
-LOCK = ".lock"
 #: Folders (relative to the run) where writers put ``.NAME.tmp-PID`` temporaries.
-TEMP_DIRS = (".", "activations", ".ablate-parts")
+TEMP_DIRS = (".", ACTIVATIONS, ABLATE_PARTS)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -260,7 +257,7 @@ class RunDir:
 
     @property
     def activations(self) -> Path:
-        return self.path / "activations"
+        return self.path / ACTIVATIONS
 
     def file(self, name: str) -> Path:
         """Path of a top-level run file such as ``"edges.parquet"``."""
@@ -270,51 +267,50 @@ class RunDir:
     def exists(self) -> bool:
         return self.manifest_path.is_file()
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> Manifest:
+        """The run's manifest, read now (a stage may have written it since the last call)."""
         if not self.manifest_path.is_file():
             raise SaelineageError(
                 f"{self.path} is not a saelineage run directory (no {MANIFEST}).",
                 f"run `saelineage collect {self.path}` first (with --model/--saes/--corpus as needed), or point "
                 "to the folder that holds manifest.json.",
             )
+        again = (
+            f"run the `saelineage collect {self.path} ...` command that made this run again, with its "
+            "options and --force (the manifest records them, but cannot be read)."
+        )
         try:
-            manifest = json.loads(self.manifest_path.read_text())
+            data = json.loads(self.manifest_path.read_text())
         except json.JSONDecodeError as exc:
+            raise SaelineageError(f"{self.manifest_path} is not valid JSON ({exc}).", again) from exc
+        # the schema first: a newer writer's manifest may lack or reshape fields this version needs
+        schema = data.get("schema_version", 0) if isinstance(data, dict) else 0
+        if isinstance(schema, int) and schema > SCHEMA_VERSION:
             raise SaelineageError(
-                f"{self.manifest_path} is not valid JSON ({exc}).",
-                f"run the `saelineage collect {self.path} ...` command that made this run again, with its "
-                "options and --force (the manifest records them, but cannot be read).",
-            ) from exc
-        if manifest.get("schema_version", 0) > SCHEMA_VERSION:
-            raise SaelineageError(
-                f"{self.path} was written by a newer saelineage (schema {manifest['schema_version']}).",
-                "upgrade saelineage.",
+                f"{self.path} was written by a newer saelineage (schema {schema}).", "upgrade saelineage."
             )
-        return manifest
+        try:
+            return Manifest.from_json(data)
+        except ValueError as exc:
+            raise SaelineageError(f"{self.manifest_path} is not a saelineage manifest: {exc}.", again) from exc
 
-    def save(self, manifest: dict[str, Any]) -> None:
+    def save(self, manifest: Manifest) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json(self.manifest_path, manifest)
-
-    def update(self, **fields: Any) -> dict[str, Any]:
-        manifest = self.load()
-        manifest.update(fields)
-        self.save(manifest)
-        return manifest
+        write_json(self.manifest_path, manifest.to_json())
 
     # ---- stages ----------------------------------------------------------------------
     def stage_status(self, stage: str) -> str | None:
         if not self.exists():
             return None
-        return self.load().get("stages", {}).get(stage, {}).get("status")
+        return self.load().status(stage)
 
     def is_complete(self, stage: str) -> bool:
         return self.stage_status(stage) == "complete"
 
-    def require(self, stage: str) -> dict[str, Any]:
+    def require(self, stage: str) -> Manifest:
         """Return the manifest, or raise a clear error when `stage` has not completed."""
         manifest = self.load()
-        status = manifest.get("stages", {}).get(stage, {}).get("status")
+        status = manifest.status(stage)
         if status != "complete":
             from saelineage import hints
 
@@ -328,7 +324,7 @@ class RunDir:
 
     def set_stage(self, stage: str, status: str, **info: Any) -> None:
         manifest = self.load()
-        entry = manifest.setdefault("stages", {}).setdefault(stage, {})
+        entry = manifest.stages.setdefault(stage, {})
         entry["status"] = status
         entry.update(info)
         self.save(manifest)

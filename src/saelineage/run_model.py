@@ -29,8 +29,8 @@ def load_run_model(run: RunDir | str | Path, device: str | None = None) -> RunMo
 
     run = run if isinstance(run, RunDir) else RunDir(run)
     m = run.load()
-    cfg = m.get("config") or {}
-    spec = cfg.get("model") or (m.get("model") or {}).get("spec")
+    cfg = m.config or {}
+    spec = cfg.get("model") or m.model.get("spec")
     if not spec or spec == "imported":
         raise SaelineageError(
             f"run {run.path} was imported without a model.",
@@ -38,8 +38,8 @@ def load_run_model(run: RunDir | str | Path, device: str | None = None) -> RunMo
             "`saelineage collect RUN --model MODEL --saes SAES` into a new run directory.",
         )
     saes = {}
-    for layer in m["layers"]:
-        meta = m["saes"].get(str(layer)) or {}
+    for layer in m.layers:
+        meta = m.saes.get(layer) or {}
         path = meta.get("path")
         if not path or not Path(path).exists():
             from saelineage.hints import collect_command
@@ -49,11 +49,11 @@ def load_run_model(run: RunDir | str | Path, device: str | None = None) -> RunMo
                 f"the SAE of layer {layer} is not at {path!r} any more.",
                 f"restore that folder, or collect the run again from the SAEs' new folder: `{again}`.",
             )
-        saes[int(layer)] = load_sae(path, device=device or cfg.get("device", "cpu"), dtype=cfg.get("dtype", "float32"))
+        saes[layer] = load_sae(path, device=device or cfg.get("device", "cpu"), dtype=cfg.get("dtype", "float32"))
     adapter = load_model(
         spec,
         dtype=cfg.get("dtype", "float32"),
         device=device or cfg.get("device", "cpu"),
-        center_residual=m.get("center_residual"),
+        center_residual=m.center_residual,
     )
     return RunModel(adapter, saes)

@@ -22,8 +22,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from saelineage import contract
 from saelineage.errors import SaelineageError
-from saelineage.feature_table import ANALYSIS_FILE, read_features
+from saelineage.feature_table import read_features
 from saelineage.run import RunDir
 
 ERROR_COLUMNS = (
@@ -41,9 +42,8 @@ def ending_features(run: RunDir, measure: str = "pearson", threshold: float = 0.
 
     Uses analyze's `lifecycle` (feature_analysis.parquet) when present: 'ending' and 'new+ending'
     (a feature that is new at l and ends there has no successor either); otherwise live features with
-    no edge to the next layer whose `measure` ≥ `threshold` (the reference's rule: pearson ≥ 0.5)."""
-    m = run.load()
-    layers = sorted(int(l) for l in m["layers"])
+    no edge to the next layer whose `measure` ≥ `threshold` (the rule of arXiv:2410.08869: pearson ≥ 0.5)."""
+    layers = sorted(run.load().layers)
     nxt = dict(zip(layers[:-1], layers[1:]))
     feats = read_features(run, columns=["n_active", "lifecycle"])
     layer_col = feats.column("layer").to_numpy()
@@ -55,12 +55,12 @@ def ending_features(run: RunDir, measure: str = "pearson", threshold: float = 0.
             ends = (life == "ending") | (life == "new+ending")
             out[l] = np.sort(fid[(layer_col == l) & ends].astype(np.int64))
         return out, "features without a successor by analyze (lifecycle 'ending' or 'new+ending')"
-    if not run.file("edges.parquet").is_file():
+    if not run.file(contract.EDGES).is_file():
         raise SaelineageError(
-            f"no lifecycle ({ANALYSIS_FILE}) and no edges.parquet.",
+            f"no lifecycle ({contract.FEATURE_ANALYSIS}) and no edges.parquet.",
             "run `saelineage stats RUN` (and `saelineage analyze RUN`) first.",
         )
-    edges = pq.read_table(run.file("edges.parquet"), columns=["src_layer", "src", "dst_layer", measure])
+    edges = pq.read_table(run.file(contract.EDGES), columns=["src_layer", "src", "dst_layer", measure])
     live = feats.column("n_active").to_numpy() > 0
     for l, nl in nxt.items():
         e = edges.filter(

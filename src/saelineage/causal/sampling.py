@@ -1,7 +1,7 @@
 """Which edges to ablate: a stratified sample per measure, layer pair and similarity bin.
 
 For every measure M and layer pair (l, m) present in edges.parquet, the finite values of M
-are cut into `bins` bins (equal width between their min and max, as in the reference work,
+are cut into `bins` bins (equal width between their min and max, as in the reference work, arXiv:2410.08869,
 or equal-count quantile bins) and up to `per_bin` edges are drawn from each bin without
 replacement. The draw is seeded per (seed, measure, l, m), so adding a measure or a layer
 pair never changes the pairs drawn for another, and the sample does not depend on the
@@ -20,9 +20,10 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
+from saelineage import contract
 from saelineage.errors import SaelineageError
 
-MEASURES = ("jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine", "dec_cosine")
+MEASURES = contract.SIMILARITY_MEASURES
 """Similarity measures of edges.parquet that can be sampled (docs/design.md §4)."""
 
 SAMPLE_COLUMNS = ("measure", "src_layer", "src", "dst_layer", "dst", "bin", "bin_lo", "bin_hi", "similarity", "n_co")

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from saelineage import contract
 from saelineage.causal.ablate import EFFECT_COLUMNS, ablate_pairs
 from saelineage.causal.config import AblateConfig
 from saelineage.causal.error_projection import ending_features, project_errors
@@ -32,14 +33,11 @@ from saelineage.causal.window_choice import (
     load_windows_with_codes,
     window_rank,
 )
-from saelineage.data.finalize import write_parquet
 from saelineage.errors import SaelineageError
-from saelineage.feature_table import ERROR_PROJECTION_FILE
 from saelineage.progress import console
 from saelineage.progress import progress as make_progress
-from saelineage.run import RunDir, config_hash, writes_run
+from saelineage.run import RunDir, config_hash, write_parquet, writes_run
 
-PARTS = ".ablate-parts"
 PART_INFO = "saelineage.ablate_counts"
 LAYERS_PER_PART = 8
 """Upstream layers ablated together: they share clean passes; an interrupted stage resumes per part."""
@@ -69,8 +67,8 @@ def run_ablate(
         raise SaelineageError("--batch-rows and --windows-per-pair must be at least 1.", "pass positive numbers.")
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     manifest = run.require("stats")
-    prev = (manifest.get("stages") or {}).get("ablate") or {}
-    if prev.get("status") == "complete" and not force and run.file("ablations.parquet").is_file():
+    prev = manifest.stage("ablate")
+    if prev.get("status") == "complete" and not force and run.file(contract.ABLATIONS).is_file():
         if _identity(prev.get("config") or {}) != _identity(asdict(cfg)):
             raise SaelineageError(
                 f"ablate of {run.path} is complete with other options ({prev.get('config')}).",
@@ -78,15 +76,13 @@ def run_ablate(
             )
         if progress:
             console.print(f"ablate: {run.path} is complete; skipping (use --force to redo).")
-        table = pq.read_table(run.file("ablations.parquet"))
+        table = pq.read_table(run.file(contract.ABLATIONS))
         corr = prev.get("correlations", [])
         if progress:
             print_correlations(corr)
         return AblateResult(run, table, corr, True)
-    threshold = float(
-        cfg.threshold if cfg.threshold is not None else (manifest.get("thresholds") or {}).get("active", 0.0)
-    )
-    edges = pq.read_table(run.file("edges.parquet"))
+    threshold = float(cfg.threshold if cfg.threshold is not None else manifest.thresholds.get("active", 0.0))
+    edges = pq.read_table(run.file(contract.EDGES))
     sample = sample_edges(edges, cfg.measures, cfg.bins, cfg.per_bin, cfg.seed, cfg.binning, cfg.layer_pairs)
     if sample.num_rows == 0:
         raise SaelineageError(
@@ -99,12 +95,12 @@ def run_ablate(
             "cfg": _identity(asdict(cfg)),
             "threshold": threshold,
             "pairs": pairs.tolist(),
-            "collect": manifest.get("config_hash"),
-            "stats": manifest["stages"]["stats"].get("started"),
+            "collect": manifest.config_hash,
+            "stats": manifest.stage("stats").get("started"),
         }
     )
     if force:
-        shutil.rmtree(run.file(PARTS), ignore_errors=True)
+        shutil.rmtree(run.file(contract.ABLATE_PARTS), ignore_errors=True)
     with run.stage("ablate", config=asdict(cfg)) as info:
         rm = model
         if rm is None:
@@ -116,9 +112,9 @@ def run_ablate(
         for _, _, m, j in pairs.tolist():
             wanted.setdefault(m, []).append(j)
         act = active_windows(run, {m: np.asarray(v) for m, v in wanted.items()}, threshold)
-        rank = window_rank(manifest["n_windows"], cfg.seed)
+        rank = window_rank(manifest.n_windows, cfg.seed)
         pw = [choose(act[(int(m), int(j))], cfg.windows_per_pair, rank) for _, _, m, j in pairs]
-        parts_dir = run.file(PARTS)
+        parts_dir = run.file(contract.ABLATE_PARTS)
         parts_dir.mkdir(exist_ok=True)
         results, stats = [], {"forward_passes": 0, "rows": 0, "jobs_pruned": 0}
         with make_progress(transient=not progress) as bar:
@@ -155,7 +151,7 @@ def run_ablate(
                 bar.advance(task)
         effects = pa.concat_tables(results)
         table = _join(sample, pairs, inverse, effects)
-        write_parquet(run.file("ablations.parquet"), table)
+        write_parquet(run.file(contract.ABLATIONS), table)
         corr = correlations(table)
         info.update(
             n_rows=table.num_rows,
@@ -165,7 +161,7 @@ def run_ablate(
             **{f"{k}": v for k, v in stats.items()},
         )
         if cfg.plot:
-            write_plot(table, run.file("ablations.html"), f"Ablation effect vs similarity — {run.path.name}")
+            write_plot(table, run.file(contract.ABLATIONS_HTML), f"Ablation effect vs similarity — {run.path.name}")
         if cfg.hidden:
             info["error_projection"] = _hidden(run, rm, cfg, threshold)
         shutil.rmtree(parts_dir, ignore_errors=True)
@@ -202,7 +198,7 @@ def _hidden(run: RunDir, rm, cfg: AblateConfig, threshold: float) -> dict:
     """Error projections of ending features; writes error_projection.parquet."""
     feats, note = ending_features(run, cfg.ending_measure, cfg.ending_threshold)
     console.print(f"hidden in the error: {note}.")
-    layers = sorted(int(l) for l in run.load()["layers"])
+    layers = sorted(run.load().layers)
     nxt = dict(zip(layers[:-1], layers[1:]))
     if cfg.layer_pairs:
         keep = {a for a, _ in cfg.layer_pairs}
@@ -212,12 +208,12 @@ def _hidden(run: RunDir, rm, cfg: AblateConfig, threshold: float) -> dict:
         console.print("hidden in the error: no ending features; nothing to project.")
         return {"note": note, "n_features": 0}
     act = active_windows(run, feats, threshold)
-    rank = window_rank(run.load()["n_windows"], cfg.seed)
+    rank = window_rank(run.load().n_windows, cfg.seed)
     chosen = {lf: choose(w, cfg.hidden_windows_per_feature, rank) for lf, w in act.items()}
     wins = _cover(chosen, cfg.hidden_windows, cfg.seed)
     ids, mask = load_windows(run, wins)
     proj = project_errors(rm.adapter, rm.saes, ids, mask, feats, nxt, threshold, cfg.batch_rows)
-    write_parquet(run.file(ERROR_PROJECTION_FILE), proj)
+    write_parquet(run.file(contract.ERROR_PROJECTION), proj)
     rel = np.asarray(proj.column("error_proj_rel").to_pylist(), dtype=float)
     base = np.asarray(proj.column("error_proj_base").to_pylist(), dtype=float)
     ok = np.isfinite(rel)
@@ -269,7 +265,7 @@ def demo_ablation(
     run = RunDir(run_dir)
     run.require("stats")
     if layer_pairs is None:
-        edges = pq.read_table(run.file("edges.parquet"), columns=["src_layer", "dst_layer"])
+        edges = pq.read_table(run.file(contract.EDGES), columns=["src_layer", "dst_layer"])
         lp = sorted(set(zip(edges.column("src_layer").to_pylist(), edges.column("dst_layer").to_pylist())))
         lp = [p for p in lp if p[1] - p[0] == min(b - a for a, b in lp)] if lp else lp
         pick = np.unique(np.linspace(0, len(lp) - 1, min(max_layer_pairs, len(lp))).round().astype(int)) if lp else []

@@ -18,14 +18,14 @@ def active_windows(
 
     wanted: {layer: feature ids}. One streaming pass over the shards; independent of sharding."""
     m = run.load()
-    bos, include_bos = bool(m.get("bos")), bool(m.get("include_bos", False))
+    bos, include_bos = m.bos, m.include_bos
     layers = sorted(l for l, f in wanted.items() if len(f))
     feats = {l: np.unique(np.asarray(wanted[l], dtype=np.int64)) for l in layers}
     hits: dict[int, list[np.ndarray]] = {l: [] for l in layers}
     for shard in iter_shards(run, layers):
         keep = token_mask(shard.pos, bos, include_bos)
         for l in layers:
-            csr = shard.codes[l].csr(int(m["d_sae"][str(l)]))[np.flatnonzero(keep)][:, feats[l]].tocoo()
+            csr = shard.codes[l].csr(m.d_sae[l])[np.flatnonzero(keep)][:, feats[l]].tocoo()
             on = csr.data > threshold
             win = shard.window[np.flatnonzero(keep)][csr.row[on]].astype(np.int64)
             hits[l].append(np.stack([csr.col[on].astype(np.int64), win], axis=1))
@@ -71,16 +71,16 @@ def load_windows_with_codes(
 def _read_windows(run: RunDir, windows: np.ndarray, keep: dict[int, np.ndarray]):
     m = run.load()
     windows = np.asarray(windows, dtype=np.int64)
-    seq = int(m["window"])
+    seq = m.window
     ids = np.zeros((len(windows), seq), np.int64)
     pos = np.zeros((len(windows), seq), np.int32)
     where = {int(w): r for r, w in enumerate(windows)}
     layers = sorted(int(l) for l in keep)
     parts: dict[int, list] = {l: [] for l in layers}
     at: list[np.ndarray] = []  # store row of each part row, as w_local * seq + position index
-    for s in sorted({int(w) // int(m["shard_windows"]) for w in windows}):
+    for s in sorted({int(w) // m.shard_windows for w in windows}):
         shard = read_shard(shard_path(run, s), layers=layers)
-        csr = {l: shard.codes[l].csr(int(m["d_sae"][str(l)])) for l in layers}  # once per shard
+        csr = {l: shard.codes[l].csr(m.d_sae[l]) for l in layers}  # once per shard
         for w in np.unique(shard.window):
             if int(w) in where:
                 sel = np.flatnonzero(shard.window == w)
@@ -90,14 +90,12 @@ def _read_windows(run: RunDir, windows: np.ndarray, keep: dict[int, np.ndarray])
                 at.append(r * seq + np.arange(len(sel)))
                 for l in layers:
                     parts[l].append(csr[l][sel])
-    mask = token_mask(pos.reshape(-1), bool(m.get("bos")), bool(m.get("include_bos", False))).reshape(pos.shape)
+    mask = token_mask(pos.reshape(-1), m.bos, m.include_bos).reshape(pos.shape)
     stored = None
     if layers:
         order = np.argsort(np.concatenate(at)) if at else np.zeros(0, np.int64)
         codes = {
-            l: sp.vstack(parts[l]).tocsr()[order]
-            if parts[l]
-            else sp.csr_matrix((len(windows) * seq, int(m["d_sae"][str(l)])))
+            l: sp.vstack(parts[l]).tocsr()[order] if parts[l] else sp.csr_matrix((len(windows) * seq, m.d_sae[l]))
             for l in layers
         }
         stored = StoredCodes(codes, mask, keep)

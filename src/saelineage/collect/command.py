@@ -22,4 +22,4 @@ def collect_command(
 
     r = run_collect(run, cfg, force=force).run
     m = r.load()
-    console.print(f"[green]collect complete[/]: {m['n_tokens']:,} tokens, layers {m['layers']}, run {r.path}")
+    console.print(f"[green]collect complete[/]: {m.n_tokens:,} tokens, layers {m.layers}, run {r.path}")

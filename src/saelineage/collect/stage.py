@@ -15,8 +15,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from saelineage import __version__
+from saelineage import contract
 from saelineage.collect.config import CollectConfig
+from saelineage.contract import Manifest, new_manifest
 from saelineage.data.corpus import load_corpus
 from saelineage.data.finalize import summarize_run, write_vocab
 from saelineage.data.store import LayerCodes, list_shards, remove_stale_temporaries, shard_path, write_shard
@@ -24,7 +25,7 @@ from saelineage.data.windowing import make_windows
 from saelineage.errors import SaelineageError
 from saelineage.progress import console
 from saelineage.progress import progress as make_progress
-from saelineage.run import SCHEMA_VERSION, RunDir, config_hash, writes_run
+from saelineage.run import RunDir, config_hash, writes_run
 
 
 class CollectResult(NamedTuple):
@@ -54,12 +55,12 @@ def _manifest_readable(run: RunDir) -> bool:
         return False
 
 
-def _outputs_present(run: RunDir, manifest: dict) -> bool:
+def _outputs_present(run: RunDir, manifest: Manifest) -> bool:
     """Every shard and summary file of a complete collection is on disk (a user may have deleted
     a damaged shard or a summary file; collect then recomputes just those)."""
-    n_shards = int(manifest.get("n_shards") or 0)
+    n_shards = manifest.n_shards or 0
     have = {int(p.name[6:11]) for p in list_shards(run)}
-    return have >= set(range(n_shards)) and all(run.file(f).is_file() for f in ("features.parquet", "examples.parquet"))
+    return have >= set(range(n_shards)) and all(run.file(f).is_file() for f in (contract.FEATURES, contract.EXAMPLES))
 
 
 def _prepare_run(run: RunDir, cfg: CollectConfig, force: bool) -> str:
@@ -71,11 +72,10 @@ def _prepare_run(run: RunDir, cfg: CollectConfig, force: bool) -> str:
             remove_stale_temporaries(run)
             return ident
         old = run.load()
-        if old.get("config_hash") != ident:
+        if old.config_hash != ident:
             if not force:
                 raise SaelineageError(
-                    f"{run.path} holds a run made with a different configuration "
-                    f"(hash {old.get('config_hash')} vs {ident}).",
+                    f"{run.path} holds a run made with a different configuration (hash {old.config_hash} vs {ident}).",
                     "choose another output directory, or pass --force to discard that run.",
                 )
             run.clear()
@@ -108,7 +108,7 @@ def run_collect(
         if _outputs_present(run, run.load()):
             if progress:
                 console.print(f"collect: {run.path} is complete; skipping (use --force to redo).")
-            return CollectResult(run, int(run.load()["n_tokens"]), len(list_shards(run)), True)
+            return CollectResult(run, run.load().n_tokens, len(list_shards(run)), True)
         console.print(f"collect: {run.path} lacks some of its files; recomputing them.")
     if cfg.shard_windows % cfg.batch_windows:
         raise SaelineageError(
@@ -147,15 +147,15 @@ def run_collect(
         )
     n_windows = len(ids)
     n_shards = -(-n_windows // cfg.shard_windows)
-    manifest = run.load() if run.exists() else {}
-    manifest.update(
-        schema_version=SCHEMA_VERSION,
-        saelineage_version=__version__,
+    # a resumed run (same configuration, else _prepare_run cleared it) keeps what its stages
+    # recorded and the keys a newer saelineage added
+    old = run.load() if run.exists() else None
+    manifest = new_manifest(
         config_hash=ident,
         config=cfg.identity() | {"device": cfg.device, "batch_windows": cfg.batch_windows},
         model=adapter.identity,
         saes={
-            str(l): saes[l].meta
+            l: saes[l].meta
             | {
                 "hook_name": saes[l].hook_name,
                 "architecture": saes[l].architecture,
@@ -165,8 +165,8 @@ def run_collect(
             for l in layers
         },
         layers=layers,
-        hooks={str(l): hooks[l].name for l in layers},
-        d_sae={str(l): saes[l].d_sae for l in layers},
+        hooks={l: hooks[l].name for l in layers},
+        d_sae={l: saes[l].d_sae for l in layers},
         d_model=adapter.d_model,
         corpus=corpus.identity,
         window=cfg.window,
@@ -179,10 +179,11 @@ def run_collect(
         n_shards=n_shards,
         center_residual=adapter.center_residual,
         thresholds={"active": 0.0},
+        stages=old.stages if old else {},
+        extra=old.extra if old else {},
     )
-    manifest.setdefault("stages", {})
     run.save(manifest)
-    if adapter.tokenizer is not None and not run.file("vocab.json").is_file():
+    if adapter.tokenizer is not None and not run.file(contract.VOCAB).is_file():
         write_vocab(run, adapter.tokenizer)
 
     done = {int(p.name[6:11]) for p in list_shards(run)}

@@ -6,31 +6,22 @@ the same files. One streaming pass; memory is O(d_sae · K) per layer.
 
 from __future__ import annotations
 
-import io
 import json
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from saelineage import contract
 from saelineage.data.store import iter_shards, list_shards, token_mask
 from saelineage.data.summary import LayerSummary
 from saelineage.errors import SaelineageError
-from saelineage.run import RunDir, atomic_write_bytes
-
-
-def write_parquet(path, table: pa.Table) -> None:
-    """Write a Parquet file atomically (deterministic bytes for the same table)."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    atomic_write_bytes(path, buf.getvalue())
+from saelineage.run import RunDir, write_json, write_parquet
 
 
 def summarize_run(run: RunDir, k: int = 20, progress=None) -> dict:
     """Stream all shards once; write features.parquet and examples.parquet. Returns counts."""
     manifest = run.load()
-    layers = [int(x) for x in manifest["layers"]]
-    d_sae = {int(l): int(d) for l, d in manifest["d_sae"].items()}
-    bos, include_bos = bool(manifest.get("bos")), bool(manifest.get("include_bos", False))
+    layers, d_sae = manifest.layers, manifest.d_sae
+    bos, include_bos = manifest.bos, manifest.include_bos
     acc = {l: LayerSummary(l, d_sae[l], k) for l in layers}
     n_shards = len(list_shards(run))
     if n_shards == 0:
@@ -44,8 +35,8 @@ def summarize_run(run: RunDir, k: int = 20, progress=None) -> dict:
             acc[l].add(shard.codes[l], mask, shard.window, shard.pos)
         if progress:
             progress.advance(task)
-    write_parquet(run.file("features.parquet"), pa.concat_tables([acc[l].features() for l in layers]))
-    write_parquet(run.file("examples.parquet"), pa.concat_tables([acc[l].examples() for l in layers]))
+    write_parquet(run.file(contract.FEATURES), pa.concat_tables([acc[l].features() for l in layers]))
+    write_parquet(run.file(contract.EXAMPLES), pa.concat_tables([acc[l].examples() for l in layers]))
     dead = {str(l): int((acc[l].count == 0).sum()) for l in layers}
     return {"n_tokens_counted": n_tokens, "dead": dead}
 
@@ -55,12 +46,12 @@ def write_vocab(run: RunDir, tokenizer) -> None:
     n = len(tokenizer)
     strings = tokenizer.convert_ids_to_tokens(list(range(n)))
     decoded = tokenizer.batch_decode([[i] for i in range(n)])
-    atomic_write_bytes(run.file("vocab.json"), json.dumps({"tokens": strings, "decoded": decoded}).encode())
+    write_json(run.file(contract.VOCAB), {"tokens": strings, "decoded": decoded}, indent=None)
 
 
 def read_vocab(run: RunDir) -> list[str] | None:
     """Decoded string of every token id (vocab.json), or None when the run has none or it is unreadable."""
-    p = run.file("vocab.json")
+    p = run.file(contract.VOCAB)
     if not p.is_file():
         return None
     try:

@@ -13,7 +13,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,13 +20,12 @@ import numpy as np
 import scipy.sparse as sp
 from safetensors.numpy import save
 
-from saelineage import __version__
+from saelineage import contract
+from saelineage.contract import new_manifest
 from saelineage.data.finalize import summarize_run
 from saelineage.data.store import LayerCodes, write_shard
 from saelineage.errors import SaelineageError
-from saelineage.run import SCHEMA_VERSION, RunDir, atomic_write_bytes, config_hash, writes_run
-
-DECODERS = "decoders.safetensors"
+from saelineage.run import RunDir, atomic_write_bytes, config_hash, write_json, writes_run
 
 
 def _windows(n: int, window_len: int | None, window, pos) -> tuple[np.ndarray, np.ndarray, int]:
@@ -102,27 +100,23 @@ def write_run(
         mats[l] = m
     win, ps, wlen = _windows(n, window_len, window, pos)
     n_windows = int(win.max()) + 1 if n else 0
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "saelineage_version": __version__,
-        "config_hash": config_hash({"imported": True, "n": n, "layers": layers}),
-        "model": model or {"spec": "imported"},
-        "saes": {
-            str(l): {"hook_name": (hooks or {}).get(l, f"layer{l}"), "d_sae": int(mats[l].shape[1])} for l in layers
-        },
-        "layers": layers,
-        "hooks": {str(l): (hooks or {}).get(l, f"layer{l}") for l in layers},
-        "d_sae": {str(l): int(mats[l].shape[1]) for l in layers},
-        "corpus": {"spec": "imported"},
-        "window": wlen,
-        "bos": bool(bos),
-        "include_bos": bool(include_bos),
-        "n_windows": n_windows,
-        "n_tokens": n,
-        "shard_windows": shard_windows,
-        "thresholds": {"active": 0.0},
-        "stages": {},
-    }
+    hook = {l: (hooks or {}).get(l, f"layer{l}") for l in layers}
+    manifest = new_manifest(
+        config_hash=config_hash({"imported": True, "n": n, "layers": layers}),
+        model=model or {"spec": "imported"},
+        saes={l: {"hook_name": hook[l], "d_sae": int(mats[l].shape[1])} for l in layers},
+        layers=layers,
+        hooks=hook,
+        d_sae={l: int(mats[l].shape[1]) for l in layers},
+        corpus={"spec": "imported"},
+        window=wlen,
+        bos=bos,
+        include_bos=bool(include_bos),
+        n_windows=n_windows,
+        n_tokens=n,
+        shard_windows=shard_windows,
+        thresholds={"active": 0.0},
+    )
     run.save(manifest)
     if decoders:
         arrays = {}
@@ -134,10 +128,10 @@ def write_run(
                     "decoders are [d_sae, d_in].",
                 )
             arrays[f"l{int(l)}.W_dec"] = w
-            manifest["saes"][str(int(l))]["decoder_file"] = DECODERS
-        atomic_write_bytes(run.file(DECODERS), save(arrays))
+            manifest.saes[int(l)]["decoder_file"] = contract.DECODERS
+        atomic_write_bytes(run.file(contract.DECODERS), save(arrays))
     if vocab is not None:
-        atomic_write_bytes(run.file("vocab.json"), json.dumps({"tokens": list(vocab), "decoded": list(vocab)}).encode())
+        write_json(run.file(contract.VOCAB), {"tokens": list(vocab), "decoded": list(vocab)}, indent=None)
     run.save(manifest)
     with run.stage("collect", imported=True) as info:
         for i, w0 in enumerate(range(0, n_windows, shard_windows)):
@@ -153,7 +147,7 @@ def write_run(
 def load_decoder(run: RunDir, layer: int) -> np.ndarray | None:
     """Decoder directions [d_sae, d_in] of `layer`, from the run's decoder file, its SAE folder or its SAELens
     release (hub cache); None if unknown or unreachable."""
-    meta = run.load().get("saes", {}).get(str(layer), {}) or {}
+    meta = run.load().saes.get(int(layer)) or {}
     if meta.get("decoder_file"):
         from safetensors import safe_open
 

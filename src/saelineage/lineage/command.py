@@ -53,7 +53,7 @@ def _print_counts(run: Path) -> None:
     from saelineage.progress import console
     from saelineage.run import RunDir
 
-    info = RunDir(run).load()["stages"]["analyze"]
+    info = RunDir(run).load().stage("analyze")
     g, c = info.get("gates", {}), info.get("communities", {})
     console.print(
         f"gates: {g.get('and', 0):,} AND, {g.get('or', 0):,} OR; splits: {info.get('splits', 0):,}; "

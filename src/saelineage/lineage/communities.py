@@ -2,7 +2,7 @@
 
 Nodes are the live features; an undirected edge joins two features when the chosen measure
 of their kept edge is ≥ τ_c (default jaccard ≥ 0.1), weighted by that measure. The graph is
-built with array operations from edges.parquet (the reference looped in Python over 6.6
+built with array operations from edges.parquet (the reference code for arXiv:2410.08869 looped in Python over 6.6
 billion matrix entries). Leiden runs with a fixed seed, so the partition is the same on
 every run; communities are numbered by size (0 = largest), ties by their first member, so
 ids are stable too. Live features without any edge are singletons and are not given to

@@ -16,7 +16,6 @@ Read the node-link file with networkx as ``nx.node_link_graph(data, edges="links
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -25,10 +24,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from saelineage.data.finalize import write_parquet
+from saelineage import contract
 from saelineage.errors import SaelineageError
 from saelineage.feature_table import read_features
-from saelineage.run import RunDir, atomic_write_bytes
+from saelineage.run import RunDir, atomic_write_bytes, write_json, write_parquet
 
 FORMATS = ("nodelink", "graphml", "parquet", "features")
 
@@ -39,7 +38,7 @@ def explanations(run: RunDir, feats: pa.Table) -> np.ndarray | None:
     has no labels."""
     out = np.full(feats.num_rows, None, dtype=object)
     have = False
-    lp = run.file("labels.parquet")
+    lp = run.file(contract.LABELS)
     if lp.is_file():
         lab = pq.read_table(lp)
         if {"layer", "feature", "explanation"} <= set(lab.column_names) and lab.num_rows:
@@ -82,11 +81,11 @@ def graph_tables(
             else pa.array([None] * len(sel), pa.float64()),
         }
     )
-    schema = pq.read_schema(run.file("edges.parquet"))
+    schema = pq.read_schema(run.file(contract.EDGES))
     if measure not in schema.names:
         names = [n for n in schema.names if n not in ("src_layer", "src", "dst_layer", "dst")]
         raise SaelineageError(f"edges.parquet has no column {measure!r}.", f"choose one of {', '.join(names)}.")
-    e = pq.read_table(run.file("edges.parquet"), columns=["src_layer", "src", "dst_layer", "dst", measure])
+    e = pq.read_table(run.file(contract.EDGES), columns=["src_layer", "src", "dst_layer", "dst", measure])
     v = e.column(measure).to_numpy(zero_copy_only=False).astype(np.float64)
     keep = np.isfinite(v) if min_value is None else (np.isfinite(v) & (v >= min_value))
     idx = np.nonzero(keep)[0]
@@ -179,7 +178,7 @@ def export(
     run = RunDir(run_dir)
     if fmt == "features":
         run.require("collect")
-        target = Path(out) if out is not None else run.file("export") / "features.parquet"
+        target = Path(out) if out is not None else run.file("export") / contract.FEATURES
         target.parent.mkdir(parents=True, exist_ok=True)
         write_parquet(target, read_features(run))
         return target
@@ -194,7 +193,7 @@ def export(
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "nodelink":
-        atomic_write_bytes(target, json.dumps(nodelink(nodes, links, meta), allow_nan=False).encode())
+        write_json(target, nodelink(nodes, links, meta), indent=None, allow_nan=False)
     else:
         atomic_write_bytes(target, graphml_bytes(nodes, links, meta))
     return target

@@ -5,8 +5,9 @@ For each consecutive pair of analysed layers l → m: "layer l" flows into "laye
 number of m's live features that have a predecessor (carried), into "ending after layer l"
 with the number of l's live features without a successor, and "new in layer m" flows into
 "layer m" with m's live features without a predecessor. Every label names its layer
-explicitly, from the lifecycle table itself (the reference's plot labels were shifted by one
-layer). A second chart shows the share of ending features per layer at every threshold.
+explicitly, from the lifecycle table itself (the plot labels of the reference code for
+arXiv:2410.08869 were shifted by one layer). A second chart shows the share of ending features
+per layer at every threshold.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ layer reaches τ, and is *ending* otherwise. "Best" is over ALL pairs of the two
 never called new or ending just because its partner's edge was not kept.
 
 Dead features (never active) are reported apart and excluded from the rates; the per-layer
-table also gives the rates counted the reference's way, with dead features counted as both
+table also gives the rates counted the reference's way (arXiv:2410.08869), with dead features counted as both
 new and ending, side by side.
 """
 
@@ -20,12 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.table import Table
 
+from saelineage import contract
 from saelineage.errors import SaelineageError
 from saelineage.lineage.config import AnalyzeConfig
 from saelineage.lineage.index import feature_rows
 from saelineage.run import RunDir
 
-LIFECYCLE_MEASURES = ("jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine")
+LIFECYCLE_MEASURES = contract.DATA_MEASURES
+"""Measures a lifecycle can be classified by (feature_links holds the best match for each)."""
 DEFAULT_MEASURE = AnalyzeConfig.measure
 DEFAULT_THRESHOLD = AnalyzeConfig.threshold
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -245,6 +247,6 @@ def print_lifecycle(run_dir: str | Path, console=None) -> Table:
 
     run = RunDir(run_dir)
     run.require("analyze")
-    table = lifecycle_rich_table(pq.read_table(run.file("lifecycle.parquet")))
+    table = lifecycle_rich_table(pq.read_table(run.file(contract.LIFECYCLE)))
     (console or default_console).print(table)
     return table

@@ -4,7 +4,7 @@
 live `saelineage prompt` command (codes from the run's model and SAEs), the precomputed
 graphs of sampled corpus windows (codes read from the store during analyze) and tests
 without a model. A feature is kept when its activation is > 0 and ≥ rel × its maximum over
-the corpus (the reference used 0.1); links are the run's kept edges between kept features,
+the corpus (the reference work, arXiv:2410.08869, used 0.1); links are the run's kept edges between kept features,
 valued by one measure; nodes carry their global community.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from saelineage import contract
 from saelineage.data.finalize import read_vocab
 from saelineage.errors import SaelineageError
 from saelineage.feature_table import read_features
@@ -155,7 +156,7 @@ def load_context(run: RunDir) -> GraphContext:
     )
     from saelineage.lineage.export import explanations
 
-    edges = pq.read_table(run.file("edges.parquet"))
+    edges = pq.read_table(run.file(contract.EDGES))
     return GraphContext(
         feats.column("layer").to_numpy().astype(np.int64),
         feats.column("feature").to_numpy().astype(np.int64),
@@ -177,7 +178,7 @@ def encode_text(run: RunDir, text: str, model=None) -> tuple[list[int], dict[int
     rm = model if model is not None else load_run_model(run)
     tok = rm.adapter.tokenizer
     ids = [int(i) for i in tok(text, add_special_tokens=False)["input_ids"]]
-    if manifest.get("bos") and getattr(tok, "bos_token_id", None) is not None:
+    if manifest.bos and getattr(tok, "bos_token_id", None) is not None:
         ids = [int(tok.bos_token_id)] + ids
     if not ids:
         raise SaelineageError("the prompt has no tokens.", "pass some text.")

@@ -11,7 +11,6 @@ functions of the inputs and the options).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,9 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from saelineage.data.finalize import read_vocab, write_parquet
+from saelineage import contract
+from saelineage.contract import Manifest
+from saelineage.data.finalize import read_vocab
 from saelineage.errors import SaelineageError
-from saelineage.feature_table import ANALYSIS_FILE, KEY
 from saelineage.lineage import communities as comm
 from saelineage.lineage import gates, lifecycle, splits
 from saelineage.lineage.config import AnalyzeConfig
@@ -32,21 +32,10 @@ from saelineage.lineage.index import feature_rows
 from saelineage.lineage.prompt_graph import GraphContext, sample_graphs
 from saelineage.lineage.validate import Requests, count
 from saelineage.progress import console
-from saelineage.run import RunDir, atomic_write_bytes, writes_run
+from saelineage.run import RunDir, write_json, write_parquet, writes_run
 
-EDGE_COLUMNS = (
-    "src_layer",
-    "src",
-    "dst_layer",
-    "dst",
-    "n_co",
-    "jaccard",
-    "sufficiency",
-    "necessity",
-    "mutual_info",
-    "pearson",
-    "act_cosine",
-)
+EDGE_COLUMNS = (*contract.EDGE_KEY, "n_co", *contract.DATA_MEASURES)
+"""The columns of edges.parquet that analyze reads (besides dec_cosine when present)."""
 
 
 class AnalyzeResult(NamedTuple):
@@ -84,8 +73,8 @@ def check_config(cfg: AnalyzeConfig, edge_names: list[str]) -> None:
 
 
 def _edges(run: RunDir) -> dict[str, np.ndarray]:
-    names = pq.read_schema(run.file("edges.parquet")).names
-    t = pq.read_table(run.file("edges.parquet"), columns=[c for c in names if c in EDGE_COLUMNS or c == "dec_cosine"])
+    names = pq.read_schema(run.file(contract.EDGES)).names
+    t = pq.read_table(run.file(contract.EDGES), columns=[c for c in names if c in EDGE_COLUMNS or c == "dec_cosine"])
     out = {}
     for c in t.column_names:
         a = t.column(c).to_numpy(zero_copy_only=False)
@@ -110,9 +99,9 @@ def run_analyze(
     opt = cfg or AnalyzeConfig()
     run = RunDir(run_dir)
     manifest = run.require("stats")
-    stats_entry = manifest["stages"]["stats"]
+    stats_entry = manifest.stage("stats")
     stamp = {k: stats_entry.get(k) for k in ("started", "seconds")}
-    prev = (manifest.get("stages") or {}).get("analyze") or {}
+    prev = manifest.stage("analyze")
     if (
         not force
         and prev.get("status") == "complete"
@@ -125,9 +114,9 @@ def run_analyze(
     from saelineage.hints import recollect, stats_command
 
     for name, writer in (
-        ("features.parquet", "collect"),
-        ("feature_links.parquet", "stats"),
-        ("edges.parquet", "stats"),
+        (contract.FEATURES, "collect"),
+        (contract.FEATURE_LINKS, "stats"),
+        (contract.EDGES, "stats"),
     ):
         if not run.file(name).is_file():
             fix = (
@@ -140,7 +129,7 @@ def run_analyze(
     check_config(opt, list(e))
     with run.stage("analyze", options=asdict(opt), stats_stamp=stamp) as info:
         info.update(_analyze(run, manifest, opt, e, progress))
-    return AnalyzeResult(run, _counts(run.load()["stages"]["analyze"]), False)
+    return AnalyzeResult(run, _counts(run.load().stage("analyze")), False)
 
 
 def _counts(entry: dict[str, Any]) -> dict[str, Any]:
@@ -148,8 +137,8 @@ def _counts(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _feature_analysis(feats: pa.Table, lc: lifecycle.Lifecycle, community: np.ndarray) -> pa.Table:
-    """analyze's per-feature table, in features.parquet's row order (feature_table.ANALYSIS_COLUMNS)."""
-    cols = {c: feats.column(c) for c in KEY}
+    """analyze's per-feature table, in features.parquet's row order (contract.ANALYSIS_COLUMNS)."""
+    cols = {c: feats.column(c) for c in contract.KEY}
     cols["lifecycle"] = pa.array(list(lc.label), pa.string())
     for name, flag in (("has_pred", lc.has_pred), ("has_succ", lc.has_succ)):  # null: no such layer
         cols[name] = pa.array(flag == 1, pa.bool_(), mask=flag < 0)
@@ -157,11 +146,10 @@ def _feature_analysis(feats: pa.Table, lc: lifecycle.Lifecycle, community: np.nd
     return pa.table(cols)
 
 
-def _analyze(run: RunDir, manifest: dict, opt: AnalyzeConfig, e: dict[str, np.ndarray], progress: bool) -> dict:
-    layers = [int(l) for l in manifest["layers"]]
-    d_sae = {int(l): int(d) for l, d in manifest["d_sae"].items()}
-    feats = pq.read_table(run.file("features.parquet"))
-    links = pq.read_table(run.file("feature_links.parquet"))
+def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, np.ndarray], progress: bool) -> dict:
+    layers, d_sae = manifest.layers, manifest.d_sae
+    feats = pq.read_table(run.file(contract.FEATURES))
+    links = pq.read_table(run.file(contract.FEATURE_LINKS))
     say = console.print if progress else (lambda *_: None)
 
     # lifecycle (no pass over the codes: feature_links holds the best match over all pairs)
@@ -181,15 +169,15 @@ def _analyze(run: RunDir, manifest: dict, opt: AnalyzeConfig, e: dict[str, np.nd
     pairs = _merge_pairs(g_pairs, s_pairs)
     f_layer = feats.column("layer").to_numpy().astype(np.int64)
     f_id = feats.column("feature").to_numpy().astype(np.int64)
-    n_windows = int(manifest.get("n_windows") or 0)
+    n_windows = manifest.n_windows
     samples = (
         np.unique(np.linspace(0, n_windows - 1, min(opt.prompt_samples, n_windows)).round().astype(np.int64))
         if opt.prompt_samples > 0 and n_windows > 0
         else None
     )
     ex = (
-        pq.read_table(run.file("examples.parquet"), columns=["layer", "feature", "rank", "window", "pos"])
-        if run.file("examples.parquet").is_file()
+        pq.read_table(run.file(contract.EXAMPLES), columns=["layer", "feature", "rank", "window", "pos"])
+        if run.file(contract.EXAMPLES).is_file()
         else None
     )
     if ex is not None:
@@ -286,17 +274,19 @@ def _analyze(run: RunDir, manifest: dict, opt: AnalyzeConfig, e: dict[str, np.nd
         counts.samples, ctx, vocab, rel=opt.prompt_rel, measure=opt.prompt_measure, max_nodes=opt.prompt_max_nodes
     )
 
-    write_parquet(run.file("lifecycle.parquet"), life_table)
-    write_parquet(run.file("gates.parquet"), gate_table)
-    write_parquet(run.file("best_pairs.parquet"), best_table)
-    write_parquet(run.file("splits.parquet"), split_table)
-    write_parquet(run.file("communities.parquet"), comm_table)
-    atomic_write_bytes(
-        run.file("prompt_graphs.json"),
-        json.dumps({"rel": opt.prompt_rel, "measure": opt.prompt_measure, "graphs": graphs}, allow_nan=False).encode(),
+    write_parquet(run.file(contract.LIFECYCLE), life_table)
+    write_parquet(run.file(contract.GATES), gate_table)
+    write_parquet(run.file(contract.BEST_PAIRS), best_table)
+    write_parquet(run.file(contract.SPLITS), split_table)
+    write_parquet(run.file(contract.COMMUNITIES), comm_table)
+    write_json(
+        run.file(contract.PROMPT_GRAPHS),
+        {"rel": opt.prompt_rel, "measure": opt.prompt_measure, "graphs": graphs},
+        indent=None,
+        allow_nan=False,
     )
-    write_lifecycle_html(life_table, run.file("lifecycle.html"), f"Feature lifecycle of {run.path.name}")
-    write_parquet(run.file(ANALYSIS_FILE), _feature_analysis(feats, lc, community))
+    write_lifecycle_html(life_table, run.file(contract.LIFECYCLE_HTML), f"Feature lifecycle of {run.path.name}")
+    write_parquet(run.file(contract.FEATURE_ANALYSIS), _feature_analysis(feats, lc, community))
     kinds = gate_table.column("kind").to_pylist()
     return {
         "lifecycle": {lab: int((lc.label == lab).sum()) for lab in lifecycle.LABELS},

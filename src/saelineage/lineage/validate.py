@@ -16,15 +16,17 @@ import numba
 import numpy as np
 import pyarrow.parquet as pq
 
+from saelineage import contract
+from saelineage.contract import Manifest
 from saelineage.data.store import LayerCodes, iter_shards, token_mask
 from saelineage.errors import SaelineageError
 from saelineage.run import RunDir
 
 
 # ---------------------------------------------------------------------------- thresholds
-def stats_options(manifest: dict) -> dict:
+def stats_options(manifest: Manifest) -> dict:
     """Options the stats stage recorded (threshold, relative_threshold, include_bos, min_support)."""
-    entry = (manifest.get("stages") or {}).get("stats") or {}
+    entry = manifest.stage("stats")
     opts = dict(entry.get("options") or {})
     for key in ("threshold", "relative_threshold", "include_bos", "min_support", "span"):
         if key in entry and key not in opts:
@@ -32,20 +34,19 @@ def stats_options(manifest: dict) -> dict:
     return opts
 
 
-def active_thresholds(run: RunDir, manifest: dict) -> dict[int, np.ndarray]:
+def active_thresholds(run: RunDir, manifest: Manifest) -> dict[int, np.ndarray]:
     """θ per layer, float64 [d_sae]: a feature is active on a token when a > θ (docs/design.md §4).
 
     Uses the stats stage's absolute `threshold` or `relative_threshold` × act_max (the max
     from collection, features.parquet), so validation counts match the edges' counts.
     """
     opts = stats_options(manifest)
-    layers = [int(l) for l in manifest["layers"]]
-    d_sae = {int(l): int(d) for l, d in manifest["d_sae"].items()}
+    layers, d_sae = manifest.layers, manifest.d_sae
     rel = opts.get("relative_threshold")
     absolute = float(opts.get("threshold") or 0.0)
     out = {l: np.full(d_sae[l], absolute if rel is None else 0.0, np.float64) for l in layers}
     if rel is not None:
-        feats = pq.read_table(run.file("features.parquet"), columns=["layer", "feature", "act_max"])
+        feats = pq.read_table(run.file(contract.FEATURES), columns=["layer", "feature", "act_max"])
         lay = feats.column("layer").to_numpy()
         fid = feats.column("feature").to_numpy()
         mx = feats.column("act_max").to_numpy().astype(np.float64)
@@ -185,10 +186,9 @@ class Counts:
 def count(run: RunDir, req: Requests) -> Counts:
     """One streaming pass over the run's shards computing everything `req` asks for."""
     manifest = run.load()
-    layers = [int(l) for l in manifest["layers"]]
-    d_sae = {int(l): int(d) for l, d in manifest["d_sae"].items()}
+    layers, d_sae = manifest.layers, manifest.d_sae
     opts = stats_options(manifest)
-    include_bos = bool(opts.get("include_bos", manifest.get("include_bos", False)))
+    include_bos = bool(opts.get("include_bos", manifest.include_bos))
     theta = active_thresholds(run, manifest)
     n_active = {l: np.zeros(d_sae[l], np.int64) for l in layers}
     scratch = {l: np.zeros(d_sae[l], np.bool_) for l in layers}
@@ -237,7 +237,7 @@ def count(run: RunDir, req: Requests) -> Counts:
     n_shards = 0
     for shard in iter_shards(run, need_layers):
         n_shards += 1
-        mask = token_mask(shard.pos, bool(manifest.get("bos")), include_bos)
+        mask = token_mask(shard.pos, manifest.bos, include_bos)
         n_tokens += int(mask.sum())
         act = {l: active_csr(shard.codes[l], mask, theta[l]) for l in layers}
         for l in layers:

@@ -1,6 +1,6 @@
 """The embedded default SAE set: SmolLM2-135M, resid_pre of blocks 0-11, trained once and cached.
 
-12 residual positions starting at the embeddings (the paper's layout), 8× expansion (4,608
+12 residual positions starting at the embeddings (the layout of arXiv:2410.08869), 8× expansion (4,608
 latents), k = 32, trained on the first ~100k tokens of the bundled English text; the last
 16k tokens of that text are the held-out set. The folder is `cache_dir()/saes/<config hash>/`,
 so changing any setting here (or TRAINER_VERSION) trains a new set instead of reusing a stale one.

@@ -48,7 +48,8 @@ class StatsConfig:
     threshold: float = 0.0
     """Absolute activation threshold: active means a > THRESHOLD."""
     relative_threshold: float | None = None
-    """Active means a > R * (feature's max activation), e.g. 0.2 as in the paper. Overrides --threshold."""
+    """Active means a > R * (feature's max activation), e.g. 0.2 as in the paper (arXiv:2410.08869).
+    Overrides --threshold."""
     include_bos: bool = False
     """Count BOS positions (position 0) as tokens."""
     min_support: int = 5

@@ -18,10 +18,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-MEASURES = ("jaccard", "sufficiency", "necessity", "mutual_info", "pearson", "act_cosine")
+from saelineage import contract
+
+MEASURES = contract.DATA_MEASURES
 """Data measures, in the fixed order used by every kernel (index = position here)."""
 MEASURE_INDEX = {m: k for k, m in enumerate(MEASURES)}
-PRIMARY = ("jaccard", "sufficiency", "necessity", "pearson")
+PRIMARY = contract.PRIMARY
 """Measures ranked for the top-k edge rule by default: overlap, both conditional
 probabilities and correlation. act_cosine tracks pearson closely on sparse codes, and the
 top partners by mutual information include mutually exclusive pairs; either can be added

@@ -14,29 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from saelineage import contract
 from saelineage.run import temp_name
 from saelineage.stats import kernels as kn
 from saelineage.stats.edges import HIST_BINS, PairResult
 from saelineage.stats.engine import Pair
 from saelineage.stats.measures import MEASURE_RANGE, MEASURES, Marginals, Side, pair_measures, side
 
-EDGE_COLUMNS = [
-    "src_layer",
-    "src",
-    "dst_layer",
-    "dst",
-    "n_co",
-    "jaccard",
-    "sufficiency",
-    "necessity",
-    "mutual_info",
-    "pearson",
-    "act_cosine",
-    "dec_cosine",
-    "sufficiency_lo",
-    "necessity_lo",
-    "p_sum",
-]
 ROW_GROUP = 1 << 20
 
 Decoders = Callable[[int], "np.ndarray | None"]
@@ -55,7 +39,7 @@ def _edge_table(
 
     Also stores each pair's histograms of its kept edges in `hists[pair index]`.
     """
-    cols: dict[str, list[np.ndarray]] = {c: [] for c in EDGE_COLUMNS}
+    cols: dict[str, list[np.ndarray]] = {c: [] for c in contract.EDGE_COLUMNS}
     for k in idx:
         p, r = pairs[k], results[k]
         K = len(r.src)
@@ -76,7 +60,7 @@ def _edge_table(
         hists[k] = {m: histogram(vals[m], m) for m in MEASURES}
     arrays = {c: np.concatenate(v) for c, v in cols.items()}
     order = np.lexsort((arrays["dst"], arrays["dst_layer"], arrays["src"]))
-    return pa.table({c: pa.array(arrays[c][order]) for c in EDGE_COLUMNS})
+    return pa.table({c: pa.array(arrays[c][order]) for c in contract.EDGE_COLUMNS})
 
 
 def write_edges(
@@ -100,7 +84,7 @@ def write_edges(
                 if c == "n_co"
                 else pa.float64(),
             )
-            for c in EDGE_COLUMNS
+            for c in contract.EDGE_COLUMNS
         ]
     )
     total, hists = 0, {}

@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pyarrow.parquet as pq
 
+from saelineage import contract
 from saelineage.data.store import list_shards, remove_stale_temporaries
 from saelineage.errors import SaelineageError
 from saelineage.progress import progress as make_progress
@@ -28,7 +29,7 @@ from saelineage.stats.engine import Budget, Layout, Pair, plan, run_passes
 from saelineage.stats.measures import MAX_TOKENS, MEASURES, side
 from saelineage.stats.outputs import feature_links, pair_summary, write_edges
 
-OUTPUTS = ("edges.parquet", "feature_links.parquet", "stats_summary.json")
+OUTPUTS = (contract.EDGES, contract.FEATURE_LINKS, contract.STATS_SUMMARY)
 
 
 class StatsSummary(NamedTuple):
@@ -56,7 +57,7 @@ def _options(span, threshold, relative_threshold, include_bos, min_support, top_
     if relative_threshold is not None and not 0 < relative_threshold <= 1:
         raise SaelineageError(
             f"--relative-threshold must be in (0, 1] (got {relative_threshold}).",
-            "e.g. --relative-threshold 0.2 (the paper's choice).",
+            "e.g. --relative-threshold 0.2 (the choice of arXiv:2410.08869).",
         )
     if threshold < 0 or not np.isfinite(threshold):
         raise SaelineageError(f"--threshold must be a finite number >= 0 (got {threshold}).", "use 0 (default).")
@@ -82,7 +83,7 @@ def _options(span, threshold, relative_threshold, include_bos, min_support, top_
 def _thresholds(run: RunDir, layers, d, opts) -> dict[int, np.ndarray]:
     if opts["relative_threshold"] is None:
         return {l: np.full(d[l], opts["threshold"]) for l in layers}
-    path = run.file("features.parquet")
+    path = run.file(contract.FEATURES)
     if not path.is_file():
         from saelineage.hints import recollect
 
@@ -156,8 +157,8 @@ def _setup(run_dir: str | Path, cfg: StatsConfig) -> _Setup:
         cfg.primary,
     )
     opts = _options(span, threshold, relative_threshold, include_bos, min_support, top_k, keep, primary)
-    layers = sorted(int(l) for l in manifest["layers"])
-    d = {l: int(manifest["d_sae"][str(l)]) for l in layers}
+    layers = sorted(manifest.layers)
+    d = {l: manifest.d_sae[l] for l in layers}
     if len(layers) < 2:
         raise SaelineageError(
             f"run {run.path} has {len(layers)} layer(s); stats needs at least two.",
@@ -171,9 +172,9 @@ def _setup(run_dir: str | Path, cfg: StatsConfig) -> _Setup:
     shards = list_shards(run)
     if not shards:
         raise SaelineageError(f"run {run.path} has no activation shards.", "run `saelineage collect RUN` first.")
-    if int(manifest.get("n_tokens", 0)) > MAX_TOKENS:
+    if manifest.n_tokens > MAX_TOKENS:
         raise SaelineageError(
-            f"{manifest['n_tokens']:,} tokens exceed the exact-arithmetic limit {MAX_TOKENS:,}.",
+            f"{manifest.n_tokens:,} tokens exceed the exact-arithmetic limit {MAX_TOKENS:,}.",
             "split the corpus into several runs.",
         )
     pairs = [
@@ -185,10 +186,10 @@ def _setup(run_dir: str | Path, cfg: StatsConfig) -> _Setup:
         d,
         pairs,
         _thresholds(run, layers, d, opts),
-        bool(manifest.get("bos")),
+        manifest.bos,
         include_bos,
         relative_threshold is None and threshold == 0.0,
-        int(manifest.get("n_tokens", 2**31)),
+        manifest.n_tokens,
     )
     return _Setup(run, opts, layout, EdgeOptions(min_support, top_k, tuple(primary), keep))
 
@@ -222,7 +223,7 @@ def run_stats(
         raise SaelineageError(f"--workers must be >= 1 (got {workers}).", "use --workers 2 on a 2-core machine.")
     run, opts, layout, edge_opts = _setup(run_dir, cfg)
     layers, d, pairs, shards = layout.layers, layout.d, layout.pairs, layout.shards
-    prev = run.load().get("stages", {}).get("stats", {})
+    prev = run.load().stage("stats")
     if prev.get("status") == "complete" and not force and all(run.file(f).is_file() for f in OUTPUTS):
         if prev.get("options") != opts:
             raise SaelineageError(
@@ -244,7 +245,7 @@ def run_stats(
     budget = plan(layout, edge_opts, int(memory_limit or default_memory_limit()))
     dec = _Decoders(run, d, decoders)
     manifest = run.load()
-    manifest.setdefault("stages", {})["stats"] = {}  # drop what an earlier attempt recorded
+    manifest.stages["stats"] = {}  # drop what an earlier attempt recorded
     run.save(manifest)
     with run.stage("stats", options=opts, config=asdict(cfg)) as info:
         remove_stale_temporaries(run)
@@ -270,9 +271,9 @@ def run_stats(
             )
         t_w = time.perf_counter()
         sides = {l: side(acc.n, acc.marginals[l]) for l in layers}
-        n_edges, hists = write_edges(run.file("edges.parquet"), pairs, acc.results, acc.n, sides, dec)
+        n_edges, hists = write_edges(run.file(contract.EDGES), pairs, acc.results, acc.n, sides, dec)
         write_parquet(
-            run.file("feature_links.parquet"), feature_links(layers, d, pairs, acc.results, acc.n, acc.marginals)
+            run.file(contract.FEATURE_LINKS), feature_links(layers, d, pairs, acc.results, acc.n, acc.marginals)
         )
         missing = dec.missing(layers)
         summary = {
@@ -290,7 +291,7 @@ def run_stats(
         }
         timings = {k: round(v, 3) for k, v in acc.timings.items()} | {"write": round(time.perf_counter() - t_w, 3)}
         write_json(
-            run.file("stats_summary.json"),
+            run.file(contract.STATS_SUMMARY),
             indent=1,
             obj={
                 **summary,

@@ -108,7 +108,7 @@ def build_sample_run(
 
 def _plant_hostile_label(run: RunDir) -> None:
     """Give feature (0, 0) a label that would run script if it were ever injected as HTML."""
-    from saelineage.data.finalize import write_parquet
+    from saelineage.run import write_parquet
 
     write_parquet(
         run.file("labels.parquet"),

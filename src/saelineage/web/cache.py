@@ -31,24 +31,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from saelineage import contract
 from saelineage.data.finalize import read_vocab
-from saelineage.feature_table import JOINED_FILES, KEY, read_features
+from saelineage.feature_table import JOINED_FILES, read_features
 from saelineage.run import RunDir
 from saelineage.web.arrays import write_arrays
 
 CACHE_VERSION = 7
-CACHE_DIRNAME = ".browser-cache"
-MEASURES = (
-    "jaccard",
-    "sufficiency",
-    "necessity",
-    "mutual_info",
-    "pearson",
-    "act_cosine",
-    "dec_cosine",
-    "sufficiency_lo",
-    "necessity_lo",
-)
+MEASURES = contract.EDGE_MEASURES
 """Edge measures (docs/design.md §4), in the order the browser lists them."""
 TABLE_FILES = (
     "features",
@@ -73,7 +63,7 @@ def _sql_str(path: Path) -> str:
 
 
 def input_files(run: RunDir) -> list[Path]:
-    files = [run.manifest_path, run.file("vocab.json")] + [run.file(f"{t}.parquet") for t in TABLE_FILES]
+    files = [run.manifest_path, run.file(contract.VOCAB)] + [run.file(f"{t}.parquet") for t in TABLE_FILES]
     files += [run.file(name) for name in JOINED_FILES]
     if run.activations.is_dir():
         files += sorted(run.activations.glob("shard-*.safetensors"))
@@ -94,7 +84,7 @@ def signature(run: RunDir) -> str:
 
 def cache_dir_for(run: RunDir) -> Path:
     """RUN/.browser-cache when writable, else a per-run folder in the user cache."""
-    here = run.path / CACHE_DIRNAME
+    here = run.path / contract.BROWSER_CACHE
     try:
         here.mkdir(exist_ok=True)
         probe = here / f".probe-{os.getpid()}"
@@ -242,7 +232,7 @@ def _build_features(con: duckdb.DuckDBPyConnection, run: RunDir, present: dict[s
         extra.append("CAST(NULL AS BIGINT) AS community")
     sel = ", ".join(["*"] + extra)
     # features.parquet is written in (layer, feature) order: sorting again would cost more than the join
-    order = "" if _is_sorted(*(feats.column(c).to_numpy() for c in KEY)) else " ORDER BY layer, feature"
+    order = "" if _is_sorted(*(feats.column(c).to_numpy() for c in contract.KEY)) else " ORDER BY layer, feature"
     con.register("feat_in", feats)
     con.execute(
         f"CREATE TABLE features AS SELECT {sel}, CAST(NULL AS VARCHAR) AS auto_label, "

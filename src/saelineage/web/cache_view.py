@@ -73,8 +73,8 @@ class Generation:
         wins = self.tok["window"].astype(np.int64)
         n_win = int(wins.max()) + 1 if len(wins) else 0
         self.win_start = np.searchsorted(wins, np.arange(n_win + 1))  # tokens of window w: [start[w], start[w+1])
-        self.np_ids = neuronpedia_ids(self.manifest)
-        self.layers = [int(l) for l in self.manifest.get("layers", [])]
+        self.np_ids = neuronpedia_ids(self.manifest.saes)
+        self.layers = list(self.manifest.layers)
         self.arr = Arrays(files.arrays)
         self._index_features()
         self._load_graph_top()

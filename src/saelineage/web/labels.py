@@ -14,12 +14,13 @@ import importlib.util
 import io
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from saelineage import contract
 from saelineage.errors import SaelineageError
 from saelineage.run import RunDir, writes_run
 
@@ -128,12 +129,10 @@ def import_labels(run_dir: str | Path, path: str | Path, replace: bool = False) 
     """Merge explanations from `path` into RUN/labels.parquet; returns counts (read, kept, unknown)."""
     import pyarrow.parquet as pq
 
-    from saelineage.data.finalize import write_parquet
+    from saelineage.run import write_parquet
 
     run = RunDir(run_dir)
-    manifest = run.load()
-    d_sae = {int(l): int(v.get("d_sae", 0)) for l, v in (manifest.get("saes") or {}).items()}
-    d_sae.update({int(l): int(v) for l, v in (manifest.get("d_sae") or {}).items()})
+    d_sae = run.load().d_sae
     rows = read_label_file(path)
     if not rows:
         raise SaelineageError(
@@ -141,7 +140,7 @@ def import_labels(run_dir: str | Path, path: str | Path, replace: bool = False) 
             "a Neuronpedia export needs layer/index/description per entry; a CSV needs layer,feature,explanation.",
         )
     merged: dict[tuple[int, int], tuple[str, str]] = {}
-    out = run.file("labels.parquet")
+    out = run.file(contract.LABELS)
     if out.is_file() and not replace:
         old = pq.read_table(out).to_pydict()
         for l, f, e, s in zip(
@@ -200,10 +199,10 @@ def _from_saelens_yaml(release: str, sae_id: str) -> str | None:
     return np_m.group(1) if np_m and np_m.group(1) not in ("null", "~") else None
 
 
-def neuronpedia_ids(manifest: dict) -> dict[int, str]:
-    """{layer: Neuronpedia source id} for the run's SAEs that belong to a known public release."""
+def neuronpedia_ids(saes: Mapping[int, dict[str, Any]]) -> dict[int, str]:
+    """{layer: Neuronpedia source id} for the SAEs (the manifest's `saes`) that belong to a known public release."""
     out: dict[int, str] = {}
-    for layer, meta in (manifest.get("saes") or {}).items():
+    for layer, meta in saes.items():
         meta = meta or {}
         if meta.get("neuronpedia"):
             out[int(layer)] = str(meta["neuronpedia"])

@@ -4,7 +4,7 @@ The model and SAEs the run was collected with are loaded on first use (through
 `saelineage.run_model.load_run_model`); a run imported without a model, or whose model/SAE
 files are gone, gets a clear "not available" status instead. The per-token graph holds the
 features of every layer whose activation on the chosen token exceeds `rel` × their maximum
-over the corpus (the reference used 0.1), joined by the run's edges between consecutive
+over the corpus (the reference work, arXiv:2410.08869, used 0.1), joined by the run's edges between consecutive
 layers, coloured by global community.
 """
 
@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from saelineage.contract import Manifest
 from saelineage.errors import SaelineageError
 from saelineage.web.cache_view import Generation
 from saelineage.web.graph import MAX_NODES, empty_layout, feature_indices, layout
@@ -38,18 +39,18 @@ class PromptBackend(Protocol):
 class ModelBackend:
     """The run's own model and SAEs, loaded once on first use."""
 
-    def __init__(self, run_path: Path, manifest: dict):
+    def __init__(self, run_path: Path, manifest: Manifest):
         self.run_path, self.manifest = run_path, manifest
         self._model = None
         self._lock = threading.Lock()
 
     def check(self) -> str | None:
         """Why the model cannot be used, or None when it can (without loading it)."""
-        cfg = self.manifest.get("config") or {}
-        spec = cfg.get("model") or (self.manifest.get("model") or {}).get("spec")
+        cfg = self.manifest.config or {}
+        spec = cfg.get("model") or self.manifest.model.get("spec")
         if not spec or spec == "imported":
             return "this run was imported without a model, so live prompts are not available."
-        for layer, meta in (self.manifest.get("saes") or {}).items():
+        for layer, meta in self.manifest.saes.items():
             meta = meta or {}
             if not meta.get("release") and not (meta.get("path") and Path(meta["path"]).exists()):
                 return f"the SAE of layer {layer} is no longer at {meta.get('path')!r}, so live prompts are off."
@@ -66,7 +67,7 @@ class ModelBackend:
     def tokenize(self, text: str) -> list[int]:
         tok = self._load().adapter.tokenizer
         ids = list(tok(text, add_special_tokens=False)["input_ids"])
-        if self.manifest.get("bos") and getattr(tok, "bos_token_id", None) is not None:
+        if self.manifest.bos and getattr(tok, "bos_token_id", None) is not None:
             ids = [int(tok.bos_token_id)] + ids
         return [int(i) for i in ids]
 

@@ -99,7 +99,7 @@ class RunData(RelationQueries):
         return g.memo["status"]
 
     def _status(self, g: Generation) -> dict[str, Any]:
-        stages = g.manifest.get("stages", {}) or {}
+        stages = g.manifest.stages
         out: list[dict[str, str]] = []
         for stage, hint in STAGE_HINTS.items():
             st = (stages.get(stage) or {}).get("status")
@@ -178,15 +178,15 @@ class RunData(RelationQueries):
                 for k, v in (meta or {}).items()
                 if k in ("hook_name", "d_sae", "architecture", "release", "sae_id", "path", "format")
             }
-            for l, meta in (m.get("saes") or {}).items()
+            for l, meta in m.saes.items()
         }
         return {
             "run": str(self.run.path),
-            "model": m.get("model"),
+            "model": m.model,
             "saes": saes,
-            "corpus": m.get("corpus"),
-            "n_tokens": m.get("n_tokens"),
-            "window": m.get("window"),
+            "corpus": m.corpus,
+            "n_tokens": m.n_tokens,
+            "window": m.window,
             "layers": g.layers,
             "per_layer": per_layer,
             "rates": rates,

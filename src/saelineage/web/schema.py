@@ -17,29 +17,10 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Measure = Literal[
-    "jaccard",
-    "sufficiency",
-    "necessity",
-    "mutual_info",
-    "pearson",
-    "act_cosine",
-    "dec_cosine",
-    "sufficiency_lo",
-    "necessity_lo",
-]
-SortKey = Literal[
-    "jaccard",
-    "sufficiency",
-    "necessity",
-    "mutual_info",
-    "pearson",
-    "act_cosine",
-    "dec_cosine",
-    "sufficiency_lo",
-    "necessity_lo",
-    "n_co",
-]
+from saelineage import contract
+
+Measure = Literal[contract.EDGE_MEASURES]  # type: ignore[valid-type]
+SortKey = Literal[(*contract.EDGE_MEASURES, "n_co")]  # type: ignore[valid-type]
 Order = Literal["barycenter", "community", "feature"]
 Scalar = Union[str, int, float, bool, None]
 
