@@ -106,15 +106,13 @@ def candidates(
     ea, eb = rows[p1], rows[p2]
     swap = e["src"][ea] > e["src"][eb]
     ea, eb = np.where(swap, eb, ea), np.where(swap, ea, eb)
-    return {
-        "l": e["src_layer"][ea],
-        "m": e["dst_layer"][ea],
-        "j": e["dst"][ea],
-        "a": e["src"][ea],
-        "b": e["src"][eb],
-        "ea": ea,
-        "eb": eb,
-    }
+    return _parent_pairs(e, ea, eb)
+
+
+def _parent_pairs(e: dict[str, np.ndarray], ea: np.ndarray, eb: np.ndarray) -> dict[str, np.ndarray]:
+    """Candidate arrays for parent edges ea, eb of one child each: layers l → m, child j, parents a, b."""
+    return {"l": e["src_layer"][ea], "m": e["dst_layer"][ea], "j": e["dst"][ea], "a": e["src"][ea],
+            "b": e["src"][eb], "ea": ea, "eb": eb}  # fmt: skip
 
 
 def best_pair_candidates(e: dict[str, np.ndarray], min_support: int, measure: str = "jaccard") -> dict[str, np.ndarray]:
@@ -130,15 +128,7 @@ def best_pair_candidates(e: dict[str, np.ndarray], min_support: int, measure: st
     rows = rows[order]
     p1, p2 = pairs_in_groups(gid)
     ea, eb = rows[p1], rows[p2]
-    return {
-        "l": e["src_layer"][ea],
-        "m": e["dst_layer"][ea],
-        "j": e["dst"][ea],
-        "a": e["src"][ea],
-        "b": e["src"][eb],
-        "ea": ea,
-        "eb": eb,
-    }
+    return _parent_pairs(e, ea, eb)
 
 
 def _keys(c: dict[str, np.ndarray], d_l: int) -> tuple[np.ndarray, np.ndarray]:

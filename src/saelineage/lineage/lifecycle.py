@@ -94,6 +94,19 @@ def classify(
     return Lifecycle(f_layer, live, has_pred, has_succ)
 
 
+LIFECYCLE_COLUMNS = (
+    "measure", "threshold", "chosen", "layer", "n_features", "n_dead", "n_live", "n_new", "n_carried",
+    "n_ending", "n_continuing", "n_new_and_ending", "share_new", "share_carried", "share_ending",
+    "share_continuing", "ref_share_new", "ref_share_ending",
+)  # fmt: skip
+LIFECYCLE_SCHEMA = pa.schema([
+    (c, pa.string() if c == "measure" else pa.bool_() if c == "chosen"
+     else pa.int64() if c == "layer" or c.startswith("n_") else pa.float64())
+    for c in LIFECYCLE_COLUMNS
+])  # fmt: skip
+"""lifecycle.parquet's columns: counts are int64 (null where not applicable), shares float64."""
+
+
 def layer_table(
     features: pa.Table,
     links: pa.Table,
@@ -110,29 +123,7 @@ def layer_table(
     new/carried at the first layer, ending/continuing at the last); ref_share_* count dead
     features as new and ending, out of all features, as the reference did.
     """
-    rows: dict[str, list] = {
-        k: []
-        for k in (
-            "measure",
-            "threshold",
-            "chosen",
-            "layer",
-            "n_features",
-            "n_dead",
-            "n_live",
-            "n_new",
-            "n_carried",
-            "n_ending",
-            "n_continuing",
-            "n_new_and_ending",
-            "share_new",
-            "share_carried",
-            "share_ending",
-            "share_continuing",
-            "ref_share_new",
-            "ref_share_ending",
-        )
-    }
+    records = []
     for t in sorted(set(sweep) | {threshold}):
         lc = classify(features, links, layers, measure, t)
         for l in layers:
@@ -150,54 +141,16 @@ def layer_table(
             def share(x, d=nl):
                 return None if x is None or d == 0 else x / d
 
-            for k, v in (
-                ("measure", measure),
-                ("threshold", float(t)),
-                ("chosen", bool(t == threshold)),
-                ("layer", l),
-                ("n_features", n),
-                ("n_dead", nd),
-                ("n_live", nl),
-                ("n_new", n_new),
-                ("n_carried", n_car),
-                ("n_ending", n_end),
-                ("n_continuing", n_con),
-                ("n_new_and_ending", n_ne),
-                ("share_new", share(n_new)),
-                ("share_carried", share(n_car)),
-                ("share_ending", share(n_end)),
-                ("share_continuing", share(n_con)),
-                ("ref_share_new", None if n_new is None or n == 0 else (n_new + nd) / n),
-                ("ref_share_ending", None if n_end is None or n == 0 else (n_end + nd) / n),
-            ):
-                rows[k].append(v)
-    ints = {
-        "layer",
-        "n_features",
-        "n_dead",
-        "n_live",
-        "n_new",
-        "n_carried",
-        "n_ending",
-        "n_continuing",
-        "n_new_and_ending",
-    }
-    schema = pa.schema(
-        [
-            (
-                k,
-                pa.string()
-                if k == "measure"
-                else pa.bool_()
-                if k == "chosen"
-                else pa.int64()
-                if k in ints
-                else pa.float64(),
-            )
-            for k in rows
-        ]
-    )
-    return pa.table(rows, schema=schema)
+            records.append({
+                "measure": measure, "threshold": float(t), "chosen": bool(t == threshold), "layer": l,
+                "n_features": n, "n_dead": nd, "n_live": nl, "n_new": n_new, "n_carried": n_car,
+                "n_ending": n_end, "n_continuing": n_con, "n_new_and_ending": n_ne,
+                "share_new": share(n_new), "share_carried": share(n_car), "share_ending": share(n_end),
+                "share_continuing": share(n_con),
+                "ref_share_new": None if n_new is None or n == 0 else (n_new + nd) / n,
+                "ref_share_ending": None if n_end is None or n == 0 else (n_end + nd) / n,
+            })  # fmt: skip
+    return pa.table({k: [r[k] for r in records] for k in LIFECYCLE_COLUMNS}, schema=LIFECYCLE_SCHEMA)
 
 
 def _pct(x) -> str:
