@@ -20,7 +20,7 @@ from saelineage.collect.config import CollectConfig
 from saelineage.contract import Manifest, new_manifest
 from saelineage.data.corpus import load_corpus
 from saelineage.data.finalize import summarize_run, write_vocab
-from saelineage.data.store import LayerCodes, list_shards, remove_stale_temporaries, shard_path, write_shard
+from saelineage.data.store import LayerCodes, list_shards, shard_path, write_shard
 from saelineage.data.windowing import make_windows
 from saelineage.errors import SaelineageError
 from saelineage.progress import console
@@ -47,14 +47,6 @@ def _check_finite(x: torch.Tensor, layer: int, windows: np.ndarray) -> None:
         )
 
 
-def _manifest_readable(run: RunDir) -> bool:
-    try:
-        run.load()
-        return True
-    except SaelineageError:
-        return False
-
-
 def _outputs_present(run: RunDir, manifest: Manifest) -> bool:
     """Every shard and summary file of a complete collection is on disk (a user may have deleted
     a damaged shard or a summary file; collect then recomputes just those)."""
@@ -67,11 +59,13 @@ def _prepare_run(run: RunDir, cfg: CollectConfig, force: bool) -> str:
     run.check_writable()
     ident = config_hash(cfg.identity())
     if run.exists():
-        if force and not _manifest_readable(run):
+        try:
+            old = run.load()
+        except SaelineageError:
+            if not force:
+                raise
             run.clear()  # --force rebuilds a run whose manifest cannot be read at all
-            remove_stale_temporaries(run)
             return ident
-        old = run.load()
         if old.config_hash != ident:
             if not force:
                 raise SaelineageError(
@@ -81,7 +75,6 @@ def _prepare_run(run: RunDir, cfg: CollectConfig, force: bool) -> str:
             run.clear()
         elif force:
             run.clear()
-    remove_stale_temporaries(run)
     return ident
 
 
@@ -104,11 +97,12 @@ def run_collect(
 
     run = RunDir(run_dir)
     ident = _prepare_run(run, cfg, force)
-    if run.is_complete("collect"):
-        if _outputs_present(run, run.load()):
+    done = run.load() if run.exists() else None
+    if done is not None and done.status("collect") == "complete":
+        if _outputs_present(run, done):
             if progress:
                 console.print(f"collect: {run.path} is complete; skipping (use --force to redo).")
-            return CollectResult(run, run.load().n_tokens, len(list_shards(run)), True)
+            return CollectResult(run, done.n_tokens, len(list_shards(run)), True)
         console.print(f"collect: {run.path} lacks some of its files; recomputing them.")
     if cfg.shard_windows % cfg.batch_windows:
         raise SaelineageError(

@@ -146,8 +146,3 @@ def token_mask(pos: np.ndarray, bos: bool, include_bos: bool) -> np.ndarray:
     if bos and not include_bos:
         return pos != 0
     return np.ones(len(pos), dtype=bool)
-
-
-def remove_stale_temporaries(run: RunDir) -> None:
-    """Drop half-written files a killed process may have left behind (see `RunDir.remove_stale_temporaries`)."""
-    run.remove_stale_temporaries()

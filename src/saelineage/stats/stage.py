@@ -19,7 +19,7 @@ import psutil
 import pyarrow.parquet as pq
 
 from saelineage import contract
-from saelineage.data.store import list_shards, remove_stale_temporaries
+from saelineage.data.store import list_shards
 from saelineage.errors import SaelineageError
 from saelineage.progress import progress as make_progress
 from saelineage.run import RunDir, write_json, write_parquet, writes_run
@@ -51,7 +51,10 @@ def default_memory_limit() -> int:
     return int(0.7 * psutil.virtual_memory().available)
 
 
-def _options(span, threshold, relative_threshold, include_bos, min_support, top_k, keep, primary) -> dict:
+def _options(cfg: StatsConfig) -> dict:
+    """The validated options that decide stats' results (recorded in the manifest)."""
+    keep = cfg.keep_thresholds()
+    span, threshold, relative_threshold, primary = cfg.span, cfg.threshold, cfg.relative_threshold, cfg.primary
     if span < 1:
         raise SaelineageError(f"--span must be >= 1 (got {span}).", "use --span 1 for adjacent layers.")
     if relative_threshold is not None and not 0 < relative_threshold <= 1:
@@ -63,7 +66,7 @@ def _options(span, threshold, relative_threshold, include_bos, min_support, top_
         raise SaelineageError(f"--threshold must be a finite number >= 0 (got {threshold}).", "use 0 (default).")
     if not primary:
         raise SaelineageError("no primary measure given.", f"choose among {', '.join(MEASURES)}.")
-    if min_support < 1 or top_k < 1:
+    if cfg.min_support < 1 or cfg.top_k < 1:
         raise SaelineageError("--min-support and --top-k must be >= 1.", "e.g. --min-support 5 --top-k 16.")
     bad = [m for m in list(keep) + list(primary) if m not in MEASURES]
     if bad:
@@ -72,9 +75,9 @@ def _options(span, threshold, relative_threshold, include_bos, min_support, top_
         "span": int(span),
         "threshold": float(threshold),
         "relative_threshold": None if relative_threshold is None else float(relative_threshold),
-        "include_bos": bool(include_bos),
-        "min_support": int(min_support),
-        "top_k": int(top_k),
+        "include_bos": bool(cfg.include_bos),
+        "min_support": int(cfg.min_support),
+        "top_k": int(cfg.top_k),
         "primary": [m for m in MEASURES if m in primary],
         "keep_thresholds": {m: float(keep[m]) for m in sorted(keep)},
     }
@@ -146,17 +149,8 @@ def _setup(run_dir: str | Path, cfg: StatsConfig) -> _Setup:
     """Check the run and the options; build the layout of the pass."""
     run = RunDir(run_dir)
     manifest = run.require("collect")
-    keep = cfg.keep_thresholds()
-    span, threshold, relative_threshold, include_bos, min_support, top_k, primary = (
-        cfg.span,
-        cfg.threshold,
-        cfg.relative_threshold,
-        cfg.include_bos,
-        cfg.min_support,
-        cfg.top_k,
-        cfg.primary,
-    )
-    opts = _options(span, threshold, relative_threshold, include_bos, min_support, top_k, keep, primary)
+    opts = _options(cfg)
+    span = cfg.span
     layers = sorted(manifest.layers)
     d = {l: manifest.d_sae[l] for l in layers}
     if len(layers) < 2:
@@ -187,11 +181,11 @@ def _setup(run_dir: str | Path, cfg: StatsConfig) -> _Setup:
         pairs,
         _thresholds(run, layers, d, opts),
         manifest.bos,
-        include_bos,
-        relative_threshold is None and threshold == 0.0,
+        cfg.include_bos,
+        cfg.relative_threshold is None and cfg.threshold == 0.0,
         manifest.n_tokens,
     )
-    return _Setup(run, opts, layout, EdgeOptions(min_support, top_k, tuple(primary), keep))
+    return _Setup(run, opts, layout, EdgeOptions(cfg.min_support, cfg.top_k, tuple(cfg.primary), cfg.keep_thresholds()))
 
 
 def plan_stats(run_dir: str | Path, cfg: StatsConfig | None = None) -> Budget:
@@ -248,7 +242,6 @@ def run_stats(
     manifest.stages["stats"] = {}  # drop what an earlier attempt recorded
     run.save(manifest)
     with run.stage("stats", options=opts, config=asdict(cfg)) as info:
-        remove_stale_temporaries(run)
         for f in OUTPUTS:
             run.file(f).unlink(missing_ok=True)
         with make_progress(transient=not progress) as bar:
