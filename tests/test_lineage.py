@@ -108,7 +108,10 @@ def test_low_support_gate_never_reported(tmp_path):
     run_analyze(run.path, AnalyzeConfig(min_support=5), progress=False)
     assert rare not in _gates(run)
     assert min(r["support"] for r in pq.read_table(run.file("gates.parquet")).to_pylist()) >= 5
+    # the evidence test needs more than support: 3 of 3 tokens leave P(child | a∧b) ≥ 0.29 only
     run_analyze(run.path, AnalyzeConfig(min_support=3), progress=False)
+    assert rare not in _gates(run) and _gates(run) == truth.gates
+    run_analyze(run.path, AnalyzeConfig(min_support=3, gate_test="threshold"), progress=False)
     assert rare in _gates(run)
     assert _gates(run) - truth.gates == {rare}
 
@@ -117,8 +120,14 @@ def test_low_support_gate_never_reported(tmp_path):
 def test_precision_recall_under_5_percent_noise(tmp_path, seed):
     run, truth = build_planted_run(tmp_path / "run", noise=0.05, seed=seed)
     _stats(run)
-    # with 5% noise on parents and child the true scores sit near 0.86-0.9: τ_g must be below that
-    run_analyze(run.path, AnalyzeConfig(gate_threshold=0.8), progress=False)
+    # with 5% noise on parents and child the true scores sit near 0.86-0.9: the threshold rule needs τ_g
+    # below that, the evidence test (the default) needs no tuning
+    for cfg in (AnalyzeConfig(gate_threshold=0.8, gate_test="threshold"), AnalyzeConfig()):
+        _check_recovery(run, truth, cfg)
+
+
+def _check_recovery(run, truth, cfg):
+    run_analyze(run.path, cfg, progress=False)
     p, r = _pr(_gates(run), truth.gates)
     assert p >= 0.9 and r >= 0.9, (p, r)
     got_s = set(_splits(run).items())

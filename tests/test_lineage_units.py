@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from saelineage.data.importer import write_run
 from saelineage.lineage import communities as comm
-from saelineage.lineage import gates
+from saelineage.lineage import evidence, gates
 from saelineage.lineage.export import graphml_bytes, nodelink
 from saelineage.lineage.index import feature_rows
 from saelineage.lineage.lifecycle import classify
@@ -109,12 +109,24 @@ def test_gate_validation_rejects_redundant_and_low_support():
     by = {(0, 1): 0, (0, 2): 1, (1, 2): 2}
     idx = np.array([by[(a, b)] for a, b in zip(c["a"].tolist(), c["b"].tolist())])
     k = {key: v[idx] for key, v in k.items()}
-    t = gates.validated_gates(e, c, k, "and", 0.95, 5).to_pylist()
-    assert [(r["parent_a"], r["parent_b"]) for r in t] == [(0, 1)]
-    assert t[0]["support"] == 50 and t[0]["score_forward"] == 1.0 and t[0]["score_backward"] == 1.0
-    # the same perfect gate on 4 tokens is not reported with min_support 5
-    k4 = {key: np.minimum(v, 4) if key in ("t_and", "n_j", "n_ab") else v for key, v in k.items()}
-    assert gates.validated_gates(e, c, k4, "and", 0.95, 5).num_rows == 0
+    for test in ("threshold", "evidence"):
+        t = _validated(e, c, k, test).to_pylist()
+        assert [(r["parent_a"], r["parent_b"]) for r in t] == [(0, 1)], test
+        assert t[0]["support"] == 50 and t[0]["score_forward"] == 1.0 and t[0]["score_backward"] == 1.0
+        # the same perfect gate on 4 tokens is not reported with min_support 5
+        k4 = {key: np.minimum(v, 4) if key in ("t_and", "n_j", "n_ab") else v for key, v in k.items()}
+        e4 = dict(e, n_co=np.minimum(e["n_co"], 4))
+        assert _validated(e4, c, k4, test).num_rows == 0
+    # evidence: bounds and gain are reported; the real gate's child is fully explained by a∧b
+    r = _validated(e, c, k, "evidence").to_pylist()[0]
+    assert r["info_condition"] == pytest.approx(1.0) and r["gain"] > 0.2 and r["q_value"] < 1e-6
+    assert r["score_forward_lo"] == pytest.approx(0.025 ** (1 / 50))  # exact bound of 50/50: (α/2)^(1/n)
+
+
+def _validated(e, c, k, test, n=10_000):
+    s = gates.score_candidates(e, c, k, "and", n)
+    s["q_value"] = evidence.bh_qvalues(s["p_value"])
+    return gates.gate_table(s, gates.select_gates(s, test, 5))
 
 
 def test_lifecycle_labels_first_last_dead_nan():

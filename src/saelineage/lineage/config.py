@@ -15,11 +15,27 @@ class AnalyzeConfig:
     threshold: float = 0.5
     """Lifecycle threshold τ: a feature is carried when its best predecessor has M ≥ τ, and continues when its
     best successor does (the paper, arXiv:2410.08869: Pearson, 0.4-0.95)."""
+    gate_test: str = "evidence"
+    """How gates and splits are decided: evidence (likelihood-ratio tests with exact bounds and a false discovery
+    rate over all candidates) or threshold (the reference's rule: fixed scores τ_g / τ_v / τ_s)."""
+    candidate_floor: float = 0.5
+    """evidence test: AND parents need necessity ≥ this, OR parents sufficiency ≥ this, split children necessity ≥
+    this, to be tested at all."""
+    fdr: float = 0.01
+    """evidence test: Benjamini–Hochberg false discovery rate over all tested gates (and, apart, split children)."""
+    min_prob: float = 0.5
+    """evidence test: lower confidence bounds of P(child | condition) and P(condition | child) (split children:
+    P(parent | child)) must reach it."""
+    min_gain: float = 0.1
+    """evidence test: the condition must explain this much more of the child's entropy than the better parent
+    alone; below it one parent carries the child and there is no gate."""
+    confidence: float = 0.95
+    """Level of the exact (Clopper–Pearson) bounds reported on every score."""
     gate_threshold: float = 0.95
-    """τ_g: AND parents need necessity ≥ τ_g, OR parents sufficiency ≥ τ_g."""
+    """τ_g (threshold test): AND parents need necessity ≥ τ_g, OR parents sufficiency ≥ τ_g."""
     gate_valid: float | None = None
-    """τ_v: a gate is reported when P(condition | child) and P(child | condition), counted on the codes, both
-    reach it (default: τ_g). Lower it for noisy data."""
+    """τ_v (threshold test): a gate is reported when P(condition | child) and P(child | condition) both reach it
+    (default: τ_g)."""
     min_support: int = 5
     """Minimum tokens: the child, each parent–child pair, and the gate's support (child ∧ condition). Gates
     below it are never reported."""
@@ -28,11 +44,11 @@ class AnalyzeConfig:
     pair_measure: str = "jaccard"
     """Measure ranking each child's two strongest parents (best_pairs.parquet)."""
     split_threshold: float | None = None
-    """τ_s: split children need necessity(parent→child) ≥ τ_s (default: τ_g)."""
+    """τ_s (threshold test): split children need necessity(parent→child) ≥ τ_s (default: τ_g)."""
     exclusivity: float = 0.1
     """τ_x: children of a split have pairwise Jaccard ≤ τ_x."""
     min_coverage: float = 0.5
-    """Minimum share of the parent's tokens its split children cover."""
+    """Minimum share of the parent's tokens its split children cover (evidence test: the lower bound's)."""
     max_children: int = 16
     """Candidate children considered per split parent (best first)."""
     community_measure: str = "jaccard"

@@ -1,18 +1,20 @@
 """Quasi-boolean gates: a child j (layer m) that behaves like a∧b or a∨b of two parents (layer l).
 
-Candidates come from the kept edges (docs/design.md §4): AND when necessity(a→j), necessity(b→j) ≥ τ_g,
-OR when sufficiency(a→j), sufficiency(b→j) ≥ τ_g, each pair with n_co ≥ min_support and c_j ≥
-min_support. The reference stopped there; here every candidate is then *validated on the
-data* (validate.count): with condition C = a∧b or a∨b,
+Candidates come from the kept edges (docs/design.md §4): AND pairs parents whose necessity(a→j)
+reaches a floor, OR pairs parents whose sufficiency(a→j) does, each pair with n_co ≥ min_support
+and c_j ≥ min_support. Every candidate is then counted on the codes (validate.count) into the
+2×2×2 table of j against (a, b) and scored, with condition C = a∧b or a∨b:
 
     support        = #tokens(j ∧ C)
     score_backward = P(C | j)      (j fires only when C holds)
     score_forward  = P(j | C)      (C makes j fire)
 
-and a gate is reported only when support ≥ min_support, both scores ≥ τ_v (default τ_g:
-the boolean relation must hold in both directions), and neither parent alone already does
-the job (AND: sufficiency of each parent < τ_v; OR: necessity of each parent < τ_v), which
-removes trivial pairs such as a∧b with b ⊇ a.
+plus the evidence of `evidence.gate_evidence`: exact bounds on both scores, the information gain
+of C over the better single parent, and a one-sided likelihood-ratio p-value (the child depends
+on C, and each parent adds to the other). q-values (Benjamini–Hochberg) run over every candidate
+of the run. The default test ('evidence') reports a gate when q ≤ fdr, both lower bounds reach
+min_prob and the gain reaches min_gain; 'threshold' keeps the reference's rule (both scores ≥ τ_v,
+neither parent alone reaching τ_v).
 
 The general case: every child with two or more supported parents gets its two strongest
 parents (by `pair_measure`) scored as a∧b and as a∨b the same way (best_pairs.parquet).
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+
+from saelineage.lineage import evidence
 
 GATE_COLUMNS = (
     "kind",
@@ -38,7 +42,14 @@ GATE_COLUMNS = (
     "jaccard",
     "parent_a_score",
     "parent_b_score",
+    *evidence.GATE_EVIDENCE_COLUMNS,
+    "q_value",
 )
+_GATE_TYPES = {
+    c: pa.int64() if c in ("layer", "feature", "parent_layer", "parent_a", "parent_b", "support", "n_child",
+                           "n_condition") else pa.float64()
+    for c in GATE_COLUMNS if c != "kind"
+}  # fmt: skip
 
 
 def ranked_groups(
@@ -206,68 +217,90 @@ def condition_scores(k: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarra
     }
 
 
-def validated_gates(
+def score_candidates(
     e: dict[str, np.ndarray],
     c: dict[str, np.ndarray],
     k: dict[str, np.ndarray],
     kind: str,
-    tau_valid: float,
-    min_support: int,
-) -> pa.Table:
-    """Rows of gates.parquet for candidates `c` of `kind` that pass validation (see module doc)."""
+    n_tokens: int,
+    confidence: float = 0.95,
+) -> dict[str, np.ndarray]:
+    """Every candidate of `kind` with its scores and evidence (GATE_COLUMNS but q_value, plus
+    `single_score`: the best parent's own score, which the threshold rule vetoes on)."""
     s = condition_scores(k, kind)
+    ev = evidence.gate_evidence(
+        kind, n_tokens, k["n_j"], k["n_a"], k["n_b"], k["n_ab"], e["n_co"][c["ea"]], e["n_co"][c["eb"]],
+        k["t_and"], confidence,
+    )  # fmt: skip
+    parent = "necessity" if kind == "and" else "sufficiency"
     single = "sufficiency" if kind == "and" else "necessity"
-    sa, sb = e[single][c["ea"]], e[single][c["eb"]]
-    keep = (
-        (s["support"] >= min_support)
-        & (k["n_j"] >= min_support)
-        & (s["score_backward"] >= tau_valid)
-        & (s["score_forward"] >= tau_valid)
-        & (np.maximum(sa, sb) < tau_valid)
-    )
-    n = int(keep.sum())
-    cols = {
-        "kind": pa.array([kind] * n, pa.string()),
-        "layer": c["m"][keep],
-        "feature": c["j"][keep],
-        "parent_layer": c["l"][keep],
-        "parent_a": c["a"][keep],
-        "parent_b": c["b"][keep],
-        "support": s["support"][keep],
-        "score_forward": s["score_forward"][keep],
-        "score_backward": s["score_backward"][keep],
-        "n_child": k["n_j"][keep],
-        "n_condition": s["n_condition"][keep],
-        "jaccard": s["jaccard"][keep],
-        "parent_a_score": e["necessity" if kind == "and" else "sufficiency"][c["ea"]][keep],
-        "parent_b_score": e["necessity" if kind == "and" else "sufficiency"][c["eb"]][keep],
+    return {
+        "kind": np.full(len(c["j"]), kind, dtype=object),
+        "layer": c["m"],
+        "feature": c["j"],
+        "parent_layer": c["l"],
+        "parent_a": c["a"],
+        "parent_b": c["b"],
+        "support": s["support"],
+        "score_forward": s["score_forward"],
+        "score_backward": s["score_backward"],
+        "n_child": k["n_j"],
+        "n_condition": s["n_condition"],
+        "jaccard": s["jaccard"],
+        "parent_a_score": e[parent][c["ea"]],
+        "parent_b_score": e[parent][c["eb"]],
+        **ev,
+        "single_score": np.maximum(e[single][c["ea"]], e[single][c["eb"]]),
     }
-    return pa.table(
-        {
-            name: (
-                v
-                if isinstance(v, pa.Array)
-                else pa.array(np.asarray(v), pa.float64() if v.dtype.kind == "f" else pa.int64())
-            )
-            for name, v in cols.items()
-        }
+
+
+def concat_scored(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Candidates of several kinds as one family (same keys)."""
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def select_gates(
+    s: dict[str, np.ndarray],
+    test: str,
+    min_support: int,
+    tau_valid: float = 0.95,
+    fdr: float = 0.01,
+    min_prob: float = 0.5,
+    min_gain: float = 0.1,
+) -> np.ndarray:
+    """Which scored candidates (with q_value) are gates, bool [R].
+
+    'evidence': q ≤ fdr, both scores' lower bounds ≥ min_prob and gain ≥ min_gain (a child that
+    one parent alone explains as well, within noise, is carried, not gated). 'threshold' (the
+    reference's rule): both scores ≥ τ_v and each parent's own score < τ_v.
+    """
+    ok = (s["support"] >= min_support) & (s["n_child"] >= min_support)
+    if test == "threshold":
+        return ok & (s["score_backward"] >= tau_valid) & (s["score_forward"] >= tau_valid) & (
+            s["single_score"] < tau_valid
+        )
+    return (
+        ok
+        & (s["q_value"] <= fdr)
+        & (s["score_forward_lo"] >= min_prob)
+        & (s["score_backward_lo"] >= min_prob)
+        & (s["gain"] >= min_gain)
     )
+
+
+def gate_table(s: dict[str, np.ndarray], keep: np.ndarray) -> pa.Table:
+    """gates.parquet from the kept rows of scored candidates, sorted by child then parents."""
+    cols = {}
+    for name in GATE_COLUMNS:
+        v = s[name][keep]
+        cols[name] = pa.array(list(v), pa.string()) if name == "kind" else pa.array(v, _GATE_TYPES[name])
+    t = pa.table(cols)
+    return t.sort_by([("layer", "ascending"), ("feature", "ascending"), ("kind", "ascending"),
+                      ("parent_layer", "ascending"), ("parent_a", "ascending"), ("parent_b", "ascending")])  # fmt: skip
 
 
 def empty_gates() -> pa.Table:
-    return pa.table(
-        {
-            c: pa.array(
-                [],
-                pa.string()
-                if c == "kind"
-                else pa.float64()
-                if c.startswith("score") or c in ("jaccard", "parent_a_score", "parent_b_score")
-                else pa.int64(),
-            )
-            for c in GATE_COLUMNS
-        }
-    )
+    return pa.table({c: pa.array([], pa.string() if c == "kind" else _GATE_TYPES[c]) for c in GATE_COLUMNS})
 
 
 def best_pairs_table(

@@ -10,6 +10,12 @@ rarely fire together (docs/design.md §4).
 3. Second validation pass: exact share of i's tokens on which any chosen child fires
    (`coverage`) and the share of tokens with any child on which exactly one fires
    (`exclusivity`); splits with coverage < min_coverage are dropped.
+
+With the evidence test (the default) the candidate floor replaces τ_s in step 1, and a child is
+eligible in step 2 only when it is significant on its own: P(i | c) > P(i | ¬c) at the false
+discovery rate (Benjamini–Hochberg over every candidate child) with the lower bound of P(i | c)
+≥ min_prob. Coverage and exclusivity carry exact bounds, and the coverage's lower bound must
+reach min_coverage.
 """
 
 from __future__ import annotations
@@ -18,18 +24,22 @@ import numba
 import numpy as np
 import pyarrow as pa
 
+from saelineage.lineage import evidence
 from saelineage.lineage.gates import child_counts, pairs_in_groups, ranked_groups
 
 
 def split_candidates(
-    e: dict[str, np.ndarray], tau: float, min_support: int, max_children: int = 16
+    e: dict[str, np.ndarray], tau: float, min_support: int, max_children: int = 16, copy: float | None = None
 ) -> dict[str, np.ndarray]:
-    """Candidate children grouped by parent: {l, i, m, c, er, gid} int64 [R] (groups of ≥ 2, sorted)."""
+    """Candidate children grouped by parent: {l, i, m, c, er, gid} int64 [R] (groups of ≥ 2, sorted).
+
+    Children need necessity ≥ tau and sufficiency < copy (default tau): a child covering its whole
+    parent is a copy, not a part."""
     ok = (
         (e["n_co"] >= min_support)
         & (child_counts(e) >= min_support)
         & (e["necessity"] >= tau)
-        & (e["sufficiency"] < tau)
+        & (e["sufficiency"] < (tau if copy is None else copy))
     )
     rows = np.nonzero(ok)[0]
     order, gid = ranked_groups(
@@ -64,13 +74,29 @@ def child_pair_requests(cand: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
     return p1, p2, req
 
 
+def child_evidence(
+    e: dict[str, np.ndarray], cand: dict[str, np.ndarray], n_tokens: int, n_active: dict[int, np.ndarray],
+    confidence: float = 0.95,
+) -> dict[str, np.ndarray]:
+    """Per candidate child: P(parent | child) bounds, p-value and q-value (the family: all rows)."""
+    n_parent = np.zeros(len(cand["c"]), np.int64)
+    for l in np.unique(cand["l"]).tolist():
+        sel = cand["l"] == l
+        n_parent[sel] = n_active[int(l)][cand["i"][sel]]
+    ev = evidence.implication_evidence(
+        n_tokens, n_parent, child_counts(e)[cand["er"]], e["n_co"][cand["er"]], confidence
+    )
+    ev["q_value"] = evidence.bh_qvalues(ev["p_value"])
+    return ev
+
+
 @numba.njit(cache=True)
-def _greedy(starts, sizes, conf_off, conflict, chosen):
-    """Per group, in row order (largest first), keep a row if it conflicts with no kept row."""
+def _greedy(starts, sizes, conf_off, conflict, eligible, chosen):
+    """Per group, in row order (largest first), keep an eligible row if it conflicts with no kept row."""
     for g in range(len(starts)):
         s, k, off = starts[g], sizes[g], conf_off[g]
         for r in range(k):
-            ok = True
+            ok = eligible[s + r]
             for q in range(r):
                 if chosen[s + q] and conflict[off + q * k + r]:
                     ok = False
@@ -79,11 +105,17 @@ def _greedy(starts, sizes, conf_off, conflict, chosen):
 
 
 def choose_children(
-    cand: dict[str, np.ndarray], p1: np.ndarray, p2: np.ndarray, pair_jaccard: np.ndarray, tau_x: float
+    cand: dict[str, np.ndarray],
+    p1: np.ndarray,
+    p2: np.ndarray,
+    pair_jaccard: np.ndarray,
+    tau_x: float,
+    eligible: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy choice of mutually exclusive children per parent (module doc, step 2).
 
-    pair_jaccard: float [len(p1)] Jaccard of candidate children p1[k], p2[k].
+    pair_jaccard: float [len(p1)] Jaccard of candidate children p1[k], p2[k]; eligible: bool [R]
+    (default all) — rows that may be chosen.
     Returns (chosen bool [R], group max pair Jaccard among chosen float [G]).
     """
     gid = cand["gid"]
@@ -98,7 +130,8 @@ def choose_children(
     local1, local2 = p1 - starts[g], p2 - starts[g]
     conflict[conf_off[g] + local1 * sizes[g] + local2] = ~(pair_jaccard <= tau_x)  # NaN counts as a conflict
     chosen = np.zeros(len(gid), np.bool_)
-    _greedy(starts.astype(np.int64), sizes.astype(np.int64), conf_off, conflict, chosen)
+    ok = np.ones(len(gid), np.bool_) if eligible is None else np.ascontiguousarray(eligible, np.bool_)
+    _greedy(starts.astype(np.int64), sizes.astype(np.int64), conf_off, conflict, ok, chosen)
     both = chosen[p1] & chosen[p2]
     max_j = np.zeros(n_g)
     np.maximum.at(max_j, g[both], pair_jaccard[both])
@@ -122,6 +155,31 @@ def split_groups(cand: dict[str, np.ndarray], chosen: np.ndarray) -> dict[tuple[
     return out
 
 
+SPLIT_SCHEMA = pa.schema(
+    [
+        ("layer", pa.int64()),
+        ("feature", pa.int64()),
+        ("child_layer", pa.int64()),
+        ("children", pa.list_(pa.int64())),
+        ("n_children", pa.int64()),
+        ("children_n_co", pa.list_(pa.int64())),
+        ("children_necessity", pa.list_(pa.float64())),
+        ("n_parent", pa.int64()),
+        ("n_any_child", pa.int64()),
+        ("coverage", pa.float64()),
+        ("exclusivity", pa.float64()),
+        ("max_pair_jaccard", pa.float64()),
+        ("children_necessity_lo", pa.list_(pa.float64())),
+        ("children_q_value", pa.list_(pa.float64())),
+        ("coverage_lo", pa.float64()),
+        ("coverage_hi", pa.float64()),
+        ("exclusivity_lo", pa.float64()),
+        ("exclusivity_hi", pa.float64()),
+    ]
+)
+"""splits.parquet: one row per split; the children_* lists align with `children`."""
+
+
 def splits_table(
     e: dict[str, np.ndarray],
     cand: dict[str, np.ndarray],
@@ -130,25 +188,18 @@ def splits_table(
     n_active: dict[int, np.ndarray],
     max_pair: np.ndarray,
     min_coverage: float,
+    child_ev: dict[str, np.ndarray] | None = None,
+    test: str = "evidence",
+    confidence: float = 0.95,
 ) -> pa.Table:
-    """splits.parquet rows: parent (layer, feature), child_layer, children and their scores."""
-    cols: dict[str, list] = {
-        k: []
-        for k in (
-            "layer",
-            "feature",
-            "child_layer",
-            "children",
-            "n_children",
-            "children_n_co",
-            "children_necessity",
-            "n_parent",
-            "n_any_child",
-            "coverage",
-            "exclusivity",
-            "max_pair_jaccard",
-        )
-    }
+    """splits.parquet rows: parent (layer, feature), child_layer, children, their scores and bounds.
+
+    child_ev: `child_evidence` of the candidate rows (NaN bounds/q-values without it). With the
+    evidence test a split needs coverage's lower bound ≥ min_coverage, otherwise coverage itself."""
+    cols: dict[str, list] = {f.name: [] for f in SPLIT_SCHEMA}
+    nan = np.full(len(cand["c"]), np.nan)
+    ev_lo = nan if child_ev is None else child_ev["necessity_lo"]
+    ev_q = nan if child_ev is None else child_ev["q_value"]
     for (l, m), (anchor, ptr, members, gids, rows) in groups.items():
         cnt = group_counts[(l, m)]
         for g in range(len(anchor)):
@@ -156,7 +207,9 @@ def splits_table(
             n_i = int(n_active[l][i])
             n_any, n_multi, n_cov = (int(x) for x in cnt[g])
             coverage = n_cov / n_i if n_i else float("nan")
-            if not coverage >= min_coverage:
+            (cov_lo,), (cov_hi,) = evidence.beta_bounds(np.array([n_cov]), np.array([n_i]), confidence)
+            (ex_lo,), (ex_hi,) = evidence.beta_bounds(np.array([n_any - n_multi]), np.array([n_any]), confidence)
+            if not (cov_lo if test == "evidence" else coverage) >= min_coverage:
                 continue
             r = rows[ptr[g] : ptr[g + 1]]
             cols["layer"].append(l)
@@ -171,21 +224,11 @@ def splits_table(
             cols["coverage"].append(coverage)
             cols["exclusivity"].append(1.0 - n_multi / n_any if n_any else float("nan"))
             cols["max_pair_jaccard"].append(float(max_pair[gids[g]]))
-    schema = pa.schema(
-        [
-            ("layer", pa.int64()),
-            ("feature", pa.int64()),
-            ("child_layer", pa.int64()),
-            ("children", pa.list_(pa.int64())),
-            ("n_children", pa.int64()),
-            ("children_n_co", pa.list_(pa.int64())),
-            ("children_necessity", pa.list_(pa.float64())),
-            ("n_parent", pa.int64()),
-            ("n_any_child", pa.int64()),
-            ("coverage", pa.float64()),
-            ("exclusivity", pa.float64()),
-            ("max_pair_jaccard", pa.float64()),
-        ]
-    )
-    t = pa.table(cols, schema=schema)
+            cols["children_necessity_lo"].append(ev_lo[r].tolist())
+            cols["children_q_value"].append(ev_q[r].tolist())
+            cols["coverage_lo"].append(float(cov_lo))
+            cols["coverage_hi"].append(float(cov_hi))
+            cols["exclusivity_lo"].append(float(ex_lo))
+            cols["exclusivity_hi"].append(float(ex_hi))
+    t = pa.table(cols, schema=SPLIT_SCHEMA)
     return t.sort_by([("layer", "ascending"), ("feature", "ascending"), ("child_layer", "ascending")])

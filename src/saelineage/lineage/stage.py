@@ -25,7 +25,7 @@ from saelineage.contract import Manifest
 from saelineage.data.finalize import read_vocab
 from saelineage.errors import SaelineageError
 from saelineage.lineage import communities as comm
-from saelineage.lineage import gates, lifecycle, splits
+from saelineage.lineage import evidence, gates, lifecycle, splits
 from saelineage.lineage.config import AnalyzeConfig
 from saelineage.lineage.figures import write_lifecycle_html
 from saelineage.lineage.index import feature_rows
@@ -63,11 +63,15 @@ def check_config(cfg: AnalyzeConfig, edge_names: list[str]) -> None:
                 f"choose one of {', '.join(c for c in edge_names if c not in EDGE_COLUMNS[:4])}.",
             )
     comm.check_options(cfg.quality, cfg.leiden_backend)
-    for name in ("gate_threshold", "exclusivity", "min_coverage"):
+    if cfg.gate_test not in ("evidence", "threshold"):
+        raise SaelineageError(f"unknown --gate-test {cfg.gate_test!r}.", "choose evidence (default) or threshold.")
+    for name in ("gate_threshold", "exclusivity", "min_coverage", "candidate_floor", "fdr", "min_prob"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise SaelineageError(
                 f"--{name.replace('_', '-')} must lie in [0, 1] (got {getattr(cfg, name)}).", "pick a share."
             )
+    if not 0 < cfg.confidence < 1:
+        raise SaelineageError(f"--confidence must lie in (0, 1) (got {cfg.confidence}).", "use e.g. 0.95.")
     if cfg.min_support < 1:
         raise SaelineageError("--min-support must be at least 1.", "use e.g. --min-support 5.")
 
@@ -157,14 +161,18 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     life_table = lifecycle.layer_table(feats, links, layers, opt.measure, opt.threshold)
 
     # candidates, then one validation pass counting what they need
+    evidence_test = opt.gate_test == "evidence"
     tau_g = opt.gate_threshold
     tau_v = tau_g if opt.gate_valid is None else opt.gate_valid
     tau_s = tau_g if opt.split_threshold is None else opt.split_threshold
-    c_and = gates.candidates(e, "and", tau_g, opt.min_support, opt.max_parents)
-    c_or = gates.candidates(e, "or", tau_g, opt.min_support, opt.max_parents)
+    floor = opt.candidate_floor if evidence_test else tau_g
+    c_and = gates.candidates(e, "and", floor, opt.min_support, opt.max_parents)
+    c_or = gates.candidates(e, "or", floor, opt.min_support, opt.max_parents)
     c_best = gates.best_pair_candidates(e, opt.min_support, opt.pair_measure)
     g_pairs, g_triples = gates.build_requests([c_and, c_or, c_best], d_sae)
-    s_cand = splits.split_candidates(e, tau_s, opt.min_support, opt.max_children)
+    s_cand = splits.split_candidates(
+        e, opt.candidate_floor if evidence_test else tau_s, opt.min_support, opt.max_children, copy=tau_s
+    )
     p1, p2, s_pairs = splits.child_pair_requests(s_cand)
     pairs = _merge_pairs(g_pairs, s_pairs)
     f_layer = feats.column("layer").to_numpy().astype(np.int64)
@@ -195,22 +203,20 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     )
     counts = count(run, req)
 
-    # gates
-    tables = []
-    for kind, c in (("and", c_and), ("or", c_or)):
-        k = gates.lookup(c, pairs, g_triples, counts, d_sae)
-        tables.append(gates.validated_gates(e, c, k, kind, tau_v, opt.min_support))
-    gate_table = pa.concat_tables(tables) if tables else gates.empty_gates()
-    gate_table = gate_table.sort_by(
+    # gates: every candidate scored, q-values over the whole family, then the chosen test
+    scored = gates.concat_scored(
         [
-            ("layer", "ascending"),
-            ("feature", "ascending"),
-            ("kind", "ascending"),
-            ("parent_layer", "ascending"),
-            ("parent_a", "ascending"),
-            ("parent_b", "ascending"),
+            gates.score_candidates(
+                e, c, gates.lookup(c, pairs, g_triples, counts, d_sae), kind, counts.n_tokens, opt.confidence
+            )
+            for kind, c in (("and", c_and), ("or", c_or))
         ]
     )
+    scored["q_value"] = evidence.bh_qvalues(scored["p_value"])
+    keep = gates.select_gates(
+        scored, opt.gate_test, opt.min_support, tau_v, opt.fdr, opt.min_prob, opt.min_gain
+    )
+    gate_table = gates.gate_table(scored, keep)
     best_table = gates.best_pairs_table(
         e, c_best, gates.lookup(c_best, pairs, g_triples, counts, d_sae), opt.pair_measure
     )
@@ -233,14 +239,19 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
             pj = np.where(n1 + n2 - n12 > 0, n12 / (n1 + n2 - n12), np.nan)
     else:
         pj = np.zeros(0)
-    chosen, max_pair = splits.choose_children(s_cand, p1, p2, pj, opt.exclusivity)
+    child_ev = splits.child_evidence(e, s_cand, counts.n_tokens, counts.n_active, opt.confidence)
+    eligible = (child_ev["q_value"] <= opt.fdr) & (child_ev["necessity_lo"] >= opt.min_prob) if evidence_test else None
+    chosen, max_pair = splits.choose_children(s_cand, p1, p2, pj, opt.exclusivity, eligible)
     groups = splits.split_groups(s_cand, chosen)
     group_counts = {}
     if groups:
         say(f"analyze: validating {sum(len(g[0]) for g in groups.values()):,} splits")
         c2 = count(run, Requests(groups={k: g[:3] for k, g in groups.items()}))
         group_counts = c2.groups
-    split_table = splits.splits_table(e, s_cand, groups, group_counts, counts.n_active, max_pair, opt.min_coverage)
+    split_table = splits.splits_table(
+        e, s_cand, groups, group_counts, counts.n_active, max_pair, opt.min_coverage, child_ev, opt.gate_test,
+        opt.confidence,
+    )  # fmt: skip
 
     # communities
     live = lc.live
