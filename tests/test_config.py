@@ -47,6 +47,7 @@ ODD = {
         primary=("jaccard", "pearson"),
         memory_limit=3 << 30,
         workers=1,
+        sae_match="greedy",
     ),
     AnalyzeConfig: dict(
         measure="jaccard",

@@ -12,6 +12,7 @@ from saelineage.data.importer import write_run
 from saelineage.stats import kernels_scan as ks
 from saelineage.stats import measures as ms
 from saelineage.stats.config import StatsConfig
+from saelineage.stats.sae_match import fold, match_layers
 from saelineage.stats.stage import plan_stats, run_stats
 
 W = 16  # tokens per window; windows start with BOS
@@ -39,6 +40,12 @@ def make_run(path, codes, shard_windows=7, **kw):
 
 def kept_tokens(t):
     return np.arange(t) % W != 0
+
+
+def match_sim(a, b):
+    """Folded similarity 2<a, b> / (|a|^2 + |b|^2) of matched rows, in extended precision."""
+    a, b = a.astype(np.longdouble), b.astype(np.longdouble)
+    return np.asarray(2 * (a * b).sum(1) / ((a * a).sum(1) + (b * b).sum(1)), np.float64)
 
 
 def assert_close(got, want, what):
@@ -83,12 +90,19 @@ def test_every_measure_matches_the_oracle(tmp_path, codes, decoders, span, rel, 
             want = pair_oracle(x[l], x[m], theta[l], theta[m])
             want["dec_cosine"] = dec_cos(decoders[l], decoders[m])
             kept = kept_mask(want, ms_, k, keep, **kw)
+            sim = np.full(kept.shape, np.nan)
+            if m == layers[a + 1]:  # adjacent: the data-free match's pairs are edges too, whatever their counts
+                match = match_layers(fold(decoders[l]), fold(decoders[m]))
+                i = np.flatnonzero(match.partner >= 0)
+                kept[i, match.partner[i]] = True
+                sim[i, match.partner[i]] = match_sim(decoders[l][i], decoders[m][match.partner[i]])
             got = edges[(edges.src_layer == l) & (edges.dst_layer == m)]
             gi, gj = got.src.to_numpy(), got.dst.to_numpy()
             assert sorted(zip(gi, gj)) == sorted(zip(*np.nonzero(kept))), f"kept set {l}->{m}"
             assert (got.n_co.to_numpy() == want["n_co"][gi, gj]).all()
             for col in VALUE_COLUMNS:
                 assert_close(got[col].to_numpy(), want[col][gi, gj], f"{col} {l}->{m}")
+            assert_close(got["sae_match"].to_numpy(), sim[gi, gj], f"sae_match {l}->{m}")
             if m != layers[a + 1]:
                 continue
             # best successor of layer-l features / best predecessor of layer-m features, over ALL pairs

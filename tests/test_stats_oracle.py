@@ -72,7 +72,7 @@ def pair_oracle(x: np.ndarray, y: np.ndarray, thx: np.ndarray, thy: np.ndarray) 
         for name, k, m in (("sufficiency_lo", c, ci), ("necessity_lo", c, cj)):
             ph = k / m
             lo = (ph + Z * Z / (2 * m) - Z * np.sqrt(ph * (1 - ph) / m + Z * Z / (4 * m * m))) / (1 + Z * Z / m)
-            out[name] = np.where(m > 0, np.clip(lo, 0, 1), np.nan)
+            out[name] = np.where(m > 0, np.where(k == 0, 0, np.clip(lo, 0, 1)), np.nan)  # k = 0: exactly 0
     return {k: np.asarray(v, np.float64) if k != "n_co" else np.asarray(v, np.int64) for k, v in out.items()}
 
 

@@ -60,8 +60,9 @@ PRIMARY = ("jaccard", "sufficiency", "necessity", "pearson")
 """Default measures whose top-k partners are kept as edges."""
 BOUND_MEASURES = ("sufficiency_lo", "necessity_lo")
 """Wilson 95% lower bounds of sufficiency and necessity."""
-SIMILARITY_MEASURES = (*DATA_MEASURES, "dec_cosine")
-"""Measures an edge can be sampled, thresholded or drawn by (data measures and the decoder cosine)."""
+SIMILARITY_MEASURES = (*DATA_MEASURES, "dec_cosine", "sae_match")
+"""Measures an edge can be sampled, thresholded or drawn by (data measures, the decoder cosine and
+the data-free match's folded similarity, NaN on edges that are not a match)."""
 EDGE_MEASURES = (*SIMILARITY_MEASURES, *BOUND_MEASURES)
 """Every measure column of edges.parquet, in the order the browser lists them."""
 
@@ -70,7 +71,7 @@ KEY = ("layer", "feature")
 EDGE_KEY = ("src_layer", "src", "dst_layer", "dst")
 FEATURE_COLUMNS = (*KEY, "n_active", "density", "act_sum", "act_sumsq", "act_max")
 EXAMPLE_COLUMNS = (*KEY, "rank", "value", "window", "pos")
-EDGE_COLUMNS = (*EDGE_KEY, "n_co", *DATA_MEASURES, "dec_cosine", *BOUND_MEASURES, "p_sum")
+EDGE_COLUMNS = (*EDGE_KEY, "n_co", *DATA_MEASURES, "dec_cosine", *BOUND_MEASURES, "p_sum", "sae_match")
 GATE_COLUMNS = ("kind", "layer", "feature", "parent_layer", "parent_a", "parent_b", "support",
                 "score_forward", "score_backward")  # fmt: skip
 ANALYSIS_COLUMNS = (*KEY, "lifecycle", "has_pred", "has_succ", "community")

@@ -63,6 +63,7 @@ def write_run(
     bos: bool = False,
     include_bos: bool = False,
     decoders: Mapping[int, np.ndarray] | None = None,
+    decoder_thresholds: Mapping[int, np.ndarray] | None = None,
     vocab: Sequence[str] | None = None,
     hooks: Mapping[int, str] | None = None,
     model: dict | None = None,
@@ -75,7 +76,9 @@ def write_run(
     codes: {layer: scipy sparse [T, d_sae]} with activations >= 0 (row = token);
     tokens: int [T]; window_len: tokens per window (or window/pos arrays, int [T]);
     bos: windows start with BOS (position 0 is then left out of statistics);
-    decoders: {layer: float [d_sae, d_in]} enables dec_cosine; vocab: token strings.
+    decoders: {layer: float [d_sae, d_in]} enables dec_cosine and the data-free match;
+    decoder_thresholds: {layer: float [d_sae]} JumpReLU thresholds, folded into the decoder rows
+    by the data-free match (stats/sae_match.py); vocab: token strings.
     """
     run = RunDir(run_dir)
     if run.exists():
@@ -129,6 +132,15 @@ def write_run(
                 )
             arrays[f"l{int(l)}.W_dec"] = w
             manifest.saes[int(l)]["decoder_file"] = contract.DECODERS
+            th = (decoder_thresholds or {}).get(l)
+            if th is not None:
+                th = np.ascontiguousarray(th, np.float32).reshape(-1)
+                if th.shape[0] != w.shape[0]:
+                    raise SaelineageError(
+                        f"layer {l} has {th.shape[0]} thresholds for {w.shape[0]} decoder rows.",
+                        "thresholds are [d_sae] (one per feature).",
+                    )
+                arrays[f"l{int(l)}.threshold"] = th
         atomic_write_bytes(run.file(contract.DECODERS), save(arrays))
     if vocab is not None:
         write_json(run.file(contract.VOCAB), {"tokens": list(vocab), "decoded": list(vocab)}, indent=None)
@@ -166,3 +178,33 @@ def load_decoder(run: RunDir, layer: int) -> np.ndarray | None:
         except SaelineageError:  # not cached and offline: dec_cosine is reported missing for this layer
             return None
     return None
+
+
+def load_threshold(run: RunDir, layer: int) -> np.ndarray | None:
+    """JumpReLU thresholds [d_sae] of `layer`, folded into its decoder rows by the data-free match
+    (stats/sae_match.py); None for TopK and ReLU SAEs, for a decoder file without thresholds (runs
+    written before they were stored) and when the SAE is unreachable."""
+    meta = run.load().saes.get(int(layer)) or {}
+    if meta.get("decoder_file"):
+        from safetensors import safe_open
+
+        with safe_open(str(run.file(meta["decoder_file"])), "numpy") as fh:
+            key = f"l{layer}.threshold"
+            return fh.get_tensor(key) if key in fh.keys() else None
+    if meta.get("architecture") != "jumprelu":
+        return None
+    sae = None
+    if meta.get("path") and Path(meta["path"]).exists():
+        from saelineage.saes.loading import load_sae
+
+        sae = load_sae(meta["path"])
+    elif meta.get("release") and meta.get("sae_id"):
+        from saelineage.saes.release import load_release
+
+        try:
+            sae = load_release(meta["release"], meta["sae_id"])
+        except SaelineageError:
+            return None
+    if sae is None or sae.threshold is None:
+        return None
+    return sae.threshold.float().cpu().numpy()

@@ -8,7 +8,9 @@ were blocked, how many threads ran, or how the corpus was sharded (counts are ex
 integers; sums are float64 in global token order).
 
 Edge rule (docs/design.md §4): c_ij >= min_support and (among the top-k supported partners of i or
-of j by any primary measure, or any measure >= its keep threshold).
+of j by any primary measure, or any measure >= its keep threshold). Pairs given as `forced` (the
+data-free match, stats/sae_match.py) are kept whatever their counts, read from the same
+accumulator cells as every other edge.
 """
 
 from __future__ import annotations
@@ -58,8 +60,10 @@ def state_bytes(d_l: int, d_m: int, opts: EdgeOptions, do_best: bool) -> int:
 class PairState:
     """Running results of one layer pair (l -> m) over blocks of source rows."""
 
-    def __init__(self, d_l: int, d_m: int, opts: EdgeOptions, do_best: bool):
+    def __init__(self, d_l: int, d_m: int, opts: EdgeOptions, do_best: bool, forced: np.ndarray | None = None):
+        """forced: int [d_l], a partner in layer m kept as an edge for each source row (-1: none)."""
         self.d_l, self.d_m, self.opts, self.do_best = d_l, d_m, opts, do_best
+        self.forced = forced
         P, k = len(opts.primary), opts.top_k
         nb = 1 if do_best else 0  # column-best arrays are only needed for span-1 pairs
         self.pb_v = np.full((6 * nb, d_m), -np.inf)
@@ -198,6 +202,19 @@ class PairState:
         out = (np.empty(K, np.int32), np.empty(K, np.int32), np.empty(K, np.int64), np.empty(K, np.float64))
         ks.gather_rows(*args, offsets, *out, False)
         self.parts.append(out)
+        if self.forced is not None:
+            # the matched cells of these rows, whatever their counts; duplicates of kept cells
+            # carry the same values and are dropped in `finish`
+            r = np.flatnonzero(self.forced[lo : lo + B] >= 0)
+            j = self.forced[lo + r].astype(np.int64)
+            self.parts.append(
+                (
+                    (lo + r).astype(np.int32),
+                    j.astype(np.int32),
+                    cnt[r, j].astype(np.int64),
+                    psum[r, j].astype(np.float64),
+                )
+            )
         self.rows_done += B
 
     def finish(self, n: int, src: Side, dst: Side) -> PairResult:

@@ -12,7 +12,7 @@ of a layer are taken in the first pass that reads it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -160,8 +160,11 @@ def run_passes(
     opts: EdgeOptions,
     workers: int,
     on_shards: Callable[[int, int, int], None] | None = None,
+    forced: Mapping[int, np.ndarray] | None = None,
 ) -> Accumulated:
-    """Run every pass; return the token count, layer marginals and each pair's results."""
+    """Run every pass; return the token count, layer marginals and each pair's results.
+
+    forced: {pair index: int [d_src]} partners kept as edges whatever their counts (-1: none)."""
     numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
     d, pairs = layout.d, layout.pairs
     marg: dict[int, Marginals] = {}
@@ -223,7 +226,9 @@ def run_passes(
         t0 = time.perf_counter()
         for u in units:
             p = pairs[u.pair]
-            st = states.get(u.pair) or states.setdefault(u.pair, PairState(d[p.src], d[p.dst], opts, p.span == 1))
+            st = states.get(u.pair) or states.setdefault(
+                u.pair, PairState(d[p.src], d[p.dst], opts, p.span == 1, (forced or {}).get(u.pair))
+            )
             cnt, psum = acc.pop(u)
             st.add_block(cnt, psum, u.lo, n_tokens, side(n_tokens, marg[p.src]), side(n_tokens, marg[p.dst]))
             del cnt, psum

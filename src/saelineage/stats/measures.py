@@ -137,6 +137,9 @@ def wilson_lower(k, m, z: float = WILSON_Z):
         centre = phat + z2 / (2.0 * m)
         margin = z * np.sqrt(np.maximum(phat * (1.0 - phat) / m + z2 / (4.0 * m * m), 0.0))
         lo = (centre - margin) / (1.0 + z2 / m)
+    # k = 0 (a matched pair that never fires together): the bound is exactly 0, which the formula
+    # reaches only up to cancellation (~1e-17)
+    lo = np.where(k == 0, 0.0, lo)
     return np.where(m > 0, np.clip(lo, 0.0, 1.0), np.nan)
 
 

@@ -20,6 +20,7 @@ from saelineage.stats import kernels as kn
 from saelineage.stats.edges import HIST_BINS, PairResult
 from saelineage.stats.engine import Pair
 from saelineage.stats.measures import MEASURE_RANGE, MEASURES, Marginals, Side, pair_measures, side
+from saelineage.stats.sae_match import Match
 
 ROW_GROUP = 1 << 20
 
@@ -34,10 +35,12 @@ def _edge_table(
     sides: dict[int, Side],
     decoder: Decoders,
     hists: dict[int, dict],
+    matches: dict[int, Match],
 ) -> pa.Table:
     """Edges of the pairs `idx` (all with the same source layer), sorted (src, dst_layer, dst).
 
-    Also stores each pair's histograms of its kept edges in `hists[pair index]`.
+    Also stores each pair's histograms of its kept edges in `hists[pair index]`. sae_match is the
+    folded similarity where an edge is its source's data-free match (`matches`), NaN elsewhere.
     """
     cols: dict[str, list[np.ndarray]] = {c: [] for c in contract.EDGE_COLUMNS}
     for k in idx:
@@ -54,6 +57,12 @@ def _edge_table(
         cols["dst"].append(r.dst.astype(np.int32))
         cols["n_co"].append(r.n_co.astype(np.int64))
         cols["dec_cosine"].append(dec)
+        sm = np.full(K, np.nan)
+        m = matches.get(k)
+        if m is not None and K:
+            hit = m.partner[r.src] == r.dst
+            sm[hit] = m.similarity[r.src[hit]]
+        cols["sae_match"].append(sm)
         cols["p_sum"].append(r.p)
         for m, v in vals.items():
             cols[m].append(v)
@@ -64,7 +73,13 @@ def _edge_table(
 
 
 def write_edges(
-    path: Path, pairs: list[Pair], results: list[PairResult], n: int, sides: dict[int, Side], decoder: Decoders
+    path: Path,
+    pairs: list[Pair],
+    results: list[PairResult],
+    n: int,
+    sides: dict[int, Side],
+    decoder: Decoders,
+    matches: dict[int, Match] | None = None,
 ) -> tuple[int, dict[int, dict]]:
     """Write edges.parquet sorted by (src_layer, src, dst_layer, dst).
 
@@ -93,7 +108,7 @@ def write_edges(
         with pq.ParquetWriter(tmp, schema, compression="zstd", sorting_columns=sorting) as w:
             for layer in sorted({p.src for p in pairs}):
                 idx = [k for k, p in enumerate(pairs) if p.src == layer]
-                t = _edge_table(pairs, results, idx, n, sides, decoder, hists)
+                t = _edge_table(pairs, results, idx, n, sides, decoder, hists, matches or {})
                 if t.num_rows:
                     w.write_table(t, row_group_size=ROW_GROUP)
                 total += t.num_rows
@@ -117,8 +132,11 @@ def feature_links(
     results: list[PairResult],
     n: int,
     marg: dict[int, Marginals],
+    matches: dict[int, Match] | None = None,
 ) -> pa.Table:
-    """One row per (layer, feature): best predecessor / successor under each measure (span 1)."""
+    """One row per (layer, feature): best predecessor / successor under each measure (span 1), and
+    the data-free match's partner in the previous / next layer (`sae_match_pred_id` /
+    `sae_match_succ_id`, -1 when none)."""
     sides = {l: side(n, marg[l]) for l in layers}
     span1 = {(p.src, p.dst): k for k, p in enumerate(pairs) if p.span == 1}
     parts = []
@@ -153,6 +171,22 @@ def feature_links(
                     ids[ok] = bid[ok]
                 cols[f"best_{direction}_{mname}"] = val
                 cols[f"best_{direction}_{mname}_id"] = ids
+        for direction, other in (
+            ("pred", layers[pos - 1] if pos else None),
+            ("succ", layers[pos + 1] if pos + 1 < len(layers) else None),
+        ):
+            ids = np.full(dl, -1, np.int32)
+            m = (
+                None
+                if other is None
+                else (matches or {}).get(span1[(other, layer) if direction == "pred" else (layer, other)])
+            )
+            if m is not None and direction == "succ":
+                ids[:] = m.partner
+            elif m is not None:
+                ok = m.partner >= 0
+                ids[m.partner[ok]] = np.flatnonzero(ok)
+            cols[f"sae_match_{direction}_id"] = ids
         parts.append(pa.table(cols))
     return pa.concat_tables(parts)
 

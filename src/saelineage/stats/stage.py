@@ -28,6 +28,7 @@ from saelineage.stats.edges import EdgeOptions
 from saelineage.stats.engine import Budget, Layout, Pair, plan, run_passes
 from saelineage.stats.measures import MAX_TOKENS, MEASURES, side
 from saelineage.stats.outputs import feature_links, pair_summary, write_edges
+from saelineage.stats.sae_match import METHODS, Match, agreement, fold, match_layers
 
 OUTPUTS = (contract.EDGES, contract.FEATURE_LINKS, contract.STATS_SUMMARY)
 
@@ -68,6 +69,8 @@ def _options(cfg: StatsConfig) -> dict:
         raise SaelineageError("no primary measure given.", f"choose among {', '.join(MEASURES)}.")
     if cfg.min_support < 1 or cfg.top_k < 1:
         raise SaelineageError("--min-support and --top-k must be >= 1.", "e.g. --min-support 5 --top-k 16.")
+    if cfg.sae_match not in METHODS:
+        raise SaelineageError(f"unknown --sae-match {cfg.sae_match!r}.", f"choose one of {', '.join(METHODS)}.")
     bad = [m for m in list(keep) + list(primary) if m not in MEASURES]
     if bad:
         raise SaelineageError(f"unknown measure(s) {bad}.", f"choose among {', '.join(MEASURES)}.")
@@ -80,6 +83,7 @@ def _options(cfg: StatsConfig) -> dict:
         "top_k": int(cfg.top_k),
         "primary": [m for m in MEASURES if m in primary],
         "keep_thresholds": {m: float(keep[m]) for m in sorted(keep)},
+        "sae_match": cfg.sae_match,
     }
 
 
@@ -106,11 +110,39 @@ def _thresholds(run: RunDir, layers, d, opts) -> dict[int, np.ndarray]:
 
 
 class _Decoders:
-    """Decoder rows per layer, loaded on demand (two kept), checked against d_sae."""
+    """Decoder rows per layer, loaded on demand (two kept), checked against d_sae; JumpReLU
+    thresholds per layer (for the data-free match's folding)."""
 
-    def __init__(self, run: RunDir, d: dict[int, int], given: Mapping[int, np.ndarray] | None):
+    def __init__(
+        self,
+        run: RunDir,
+        d: dict[int, int],
+        given: Mapping[int, np.ndarray] | None,
+        given_thresholds: Mapping[int, np.ndarray] | None = None,
+    ):
         self.run, self.d, self.given, self.cache = run, d, given, {}
+        self.given_thresholds = given_thresholds
         self.available: dict[int, bool] = {}
+        self.thresholds: dict[int, np.ndarray | None] = {}
+
+    def threshold(self, layer: int) -> np.ndarray | None:
+        """float64 [d_sae] JumpReLU thresholds, None for SAEs without (TopK, ReLU) or unknown."""
+        if layer not in self.thresholds:
+            if self.given is not None:
+                th = (self.given_thresholds or {}).get(layer)
+            else:
+                from saelineage.data.importer import load_threshold
+
+                th = load_threshold(self.run, layer)
+            if th is not None:
+                th = np.asarray(th, np.float64).reshape(-1)
+                if th.shape[0] != self.d[layer]:
+                    raise SaelineageError(
+                        f"layer {layer} has {th.shape[0]} SAE thresholds for d_sae {self.d[layer]}.",
+                        "thresholds are [d_sae] (one per feature).",
+                    )
+            self.thresholds[layer] = th
+        return self.thresholds[layer]
 
     def missing(self, layers) -> list[int]:
         """Layers without decoder weights (loading those not seen yet)."""
@@ -136,6 +168,50 @@ class _Decoders:
             self.cache[layer] = w
             self.available[layer] = w is not None
         return self.cache[layer]
+
+
+def _matches(pairs: list[Pair], dec: _Decoders, method: str) -> tuple[dict[int, Match], dict[int, str]]:
+    """The data-free match of every span-1 pair whose layers both have decoder weights, and
+    what was folded per layer ("threshold" or "none"; docs/design.md §5.9)."""
+    out: dict[int, Match] = {}
+    folded: dict[int, str] = {}
+    if method == "off":
+        return out, folded
+    for k, p in enumerate(pairs):
+        if p.span != 1 or dec.missing([p.src, p.dst]):
+            continue
+        rows = []
+        for l in (p.src, p.dst):
+            th = dec.threshold(l)
+            folded[l] = "none" if th is None else "threshold"
+            rows.append(fold(dec(l), th))
+        out[k] = match_layers(rows[0], rows[1], method)
+    return out, folded
+
+
+def _match_summary(
+    pairs: list[Pair], matches: dict[int, Match], links, folded: dict[int, str], method: str, missing: list[int]
+) -> dict:
+    """stats_summary.json's `sae_match` entry: options, note and the agreement per layer pair."""
+    rows = []
+    for k, p in enumerate(pairs):
+        if p.span != 1:
+            continue
+        m = matches.get(k)
+        row = {"src_layer": p.src, "dst_layer": p.dst}
+        if m is None:
+            row |= {"n_live": None, "n_matched": None, "agreement": None, "mean_similarity": None}
+        else:
+            sim = m.similarity[m.partner >= 0]
+            row |= agreement(links, p.src, m.partner) | {"mean_similarity": float(sim.mean()) if len(sim) else None}
+        rows.append(row)
+    if method == "off":
+        note = "no data-free match (--sae-match off)"
+    elif missing:
+        note = f"sae_match is NaN for pairs touching layers {missing}: no SAE decoder weights"
+    else:
+        note = "data-free match for every adjacent layer pair"
+    return {"method": method, "folded": {str(l): f for l, f in sorted(folded.items())}, "note": note, "pairs": rows}
 
 
 class _Setup(NamedTuple):
@@ -203,12 +279,14 @@ def run_stats(
     force: bool = False,
     progress: bool = True,
     decoders: Mapping[int, np.ndarray] | None = None,
+    thresholds: Mapping[int, np.ndarray] | None = None,
 ) -> StatsSummary:
     """Co-activation statistics of every layer pair (l, l+s), s = 1..cfg.span, in one pass.
 
     Writes edges.parquet, feature_links.parquet and stats_summary.json into the run and
     records the options in manifest ``stages.stats``. decoders: {layer: [d_sae, d_in]}
-    instead of the run's SAE weights (for dec_cosine).
+    instead of the run's SAE weights (for dec_cosine and the data-free match); thresholds:
+    {layer: [d_sae]} JumpReLU thresholds to fold with those decoders.
     """
     cfg = cfg or StatsConfig()
     memory_limit, workers = cfg.memory_limit, cfg.workers
@@ -237,13 +315,16 @@ def run_stats(
             True,
         )
     budget = plan(layout, edge_opts, int(memory_limit or default_memory_limit()))
-    dec = _Decoders(run, d, decoders)
+    dec = _Decoders(run, d, decoders, thresholds)
     manifest = run.load()
     manifest.stages["stats"] = {}  # drop what an earlier attempt recorded
     run.save(manifest)
     with run.stage("stats", options=opts, config=asdict(cfg)) as info:
         for f in OUTPUTS:
             run.file(f).unlink(missing_ok=True)
+        t_m = time.perf_counter()
+        matches, folded = _matches(pairs, dec, opts["sae_match"])
+        t_match = time.perf_counter() - t_m
         with make_progress(transient=not progress) as bar:
             task = bar.add_task("stats", total=len(budget.passes) * len(shards), rate="", visible=progress)
             t0 = time.perf_counter()
@@ -257,17 +338,23 @@ def run_stats(
                     description="stats",
                 )
 
-            acc = run_passes(layout, budget, edge_opts, workers, tick if progress else None)
+            acc = run_passes(
+                layout,
+                budget,
+                edge_opts,
+                workers,
+                tick if progress else None,
+                {k: m.partner for k, m in matches.items()},
+            )
         if acc.n == 0:
             raise SaelineageError(
                 "the token set is empty (every token is a BOS position?).", "use longer windows or --include-bos."
             )
         t_w = time.perf_counter()
         sides = {l: side(acc.n, acc.marginals[l]) for l in layers}
-        n_edges, hists = write_edges(run.file(contract.EDGES), pairs, acc.results, acc.n, sides, dec)
-        write_parquet(
-            run.file(contract.FEATURE_LINKS), feature_links(layers, d, pairs, acc.results, acc.n, acc.marginals)
-        )
+        n_edges, hists = write_edges(run.file(contract.EDGES), pairs, acc.results, acc.n, sides, dec, matches)
+        links = feature_links(layers, d, pairs, acc.results, acc.n, acc.marginals, matches)
+        write_parquet(run.file(contract.FEATURE_LINKS), links)
         missing = dec.missing(layers)
         summary = {
             "n_tokens": acc.n,
@@ -282,7 +369,10 @@ def run_stats(
                 sum((u.hi - u.lo) * d[pairs[u.pair].dst] for p_ in budget.passes for u in p_) * budget.cell_bytes
             ),
         }
-        timings = {k: round(v, 3) for k, v in acc.timings.items()} | {"write": round(time.perf_counter() - t_w, 3)}
+        timings = {k: round(v, 3) for k, v in acc.timings.items()} | {
+            "write": round(time.perf_counter() - t_w, 3),
+            "sae_match": round(t_match, 3),
+        }
         write_json(
             run.file(contract.STATS_SUMMARY),
             indent=1,
@@ -295,6 +385,7 @@ def run_stats(
                     if not missing
                     else f"dec_cosine is NaN for pairs touching layers {missing}: no SAE decoder weights"
                 ),
+                "sae_match": _match_summary(pairs, matches, links, folded, opts["sae_match"], missing),
                 "pairs_detail": [
                     pair_summary(p, r, d, hists.get(k)) for k, (p, r) in enumerate(zip(pairs, acc.results))
                 ],
