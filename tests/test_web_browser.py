@@ -246,4 +246,14 @@ def test_live_prompt(page, base_url):
     page.locator("#prompt-tokens button.token").nth(2).click()
     _wait_graph(page)
     assert page.evaluate("window.document.getElementById('graph-info').textContent").startswith("token")
+    assert page.get_attribute("#model-state", "data-state") == "ready"
+    # the layered graph's "edges per node" cap thins a token's hairball; "all" shows every link
+    page.evaluate("document.getElementById('graph-info').dataset.ready = ''")
+    page.select_option("#edges_per_node", "1")
+    _wait_graph(page)
+    assert "weaker edges hidden (1 per node)" in page.inner_text("#graph-info")
+    page.evaluate("document.getElementById('graph-info').dataset.ready = ''")
+    page.select_option("#edges_per_node", "0")
+    _wait_graph(page)
+    assert "per node" not in page.inner_text("#graph-info")
     shot(page, "prompt")

@@ -63,6 +63,9 @@ class PromptGraphRequest(PromptText):
     min_value: Optional[StrictFloat] = Field(None, ge=-1.0, le=1e6, description="Drop edges below this value")
     max_nodes: Int = Field(500, ge=1, le=MAX_NODES)
     order: Order = "barycenter"
+    edges_per_node: Int = Field(
+        0, ge=0, le=100, description="Keep each feature's k strongest in- and out-links only (0: every link)"
+    )
 
 
 MAX_BODY = 64 * 1024
@@ -223,7 +226,7 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
     @r.get(
         "/prompt/status",
         response_model=s.PromptStatus,
-        summary="Whether live prompts are available (model and SAEs present)",
+        summary="Whether live prompts are available (model and SAEs present) and whether the model is loaded",
     )
     def prompt_status() -> JSON:
         return JSON(prompts.status())
@@ -250,7 +253,14 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
         try:
             return JSON(
                 prompts.graph(
-                    body.text, body.position, body.rel, body.measure, body.min_value, body.max_nodes, body.order
+                    body.text,
+                    body.position,
+                    body.rel,
+                    body.measure,
+                    body.min_value,
+                    body.max_nodes,
+                    body.order,
+                    body.edges_per_node,
                 )
             )
         except SaelineageError as exc:

@@ -63,11 +63,15 @@ def create_app(
     prompt_backend: Optional[PromptBackend] = None,
     allowed_hosts: Optional[Sequence[str]] = LOOPBACK_HOSTS,
     cache_folder: Optional[Path] = None,
+    preload_model: bool = False,
 ) -> FastAPI:
-    """The browser app for `run_dir`. `allowed_hosts` guards against DNS rebinding (None = any host)."""
+    """The browser app for `run_dir`. `allowed_hosts` guards against DNS rebinding (None = any host).
+
+    `preload_model`: start loading the run's model for live prompts in the background now (`serve`
+    does), so that the first prompt does not wait ~10 s for it."""
     data = RunData(run_dir, cache_folder=cache_folder)
     warm_up()  # jitted row ordering, compiled (or loaded from cache) now rather than on a first request
-    prompts = PromptService(data, prompt_backend)
+    prompts = PromptService(data, prompt_backend, preload=preload_model)
     app = FastAPI(
         title="saelineage feature browser",
         version=__version__,
@@ -243,7 +247,7 @@ def serve(run_dir: str | Path, cfg: ServeConfig | None = None, *, progress: bool
     run = RunDir(run_dir)
     if run.exists() and not CacheFiles(cache_dir_for(run), signature(run)).complete():
         console.print(f"preparing the browser's query cache for {run.path} (once per change of the run's files)…")
-    app = create_app(run_dir, allowed_hosts=(LOOPBACK_HOSTS + (host,)) if loop else None)
+    app = create_app(run_dir, allowed_hosts=(LOOPBACK_HOSTS + (host,)) if loop else None, preload_model=True)
     shown = f"[{host}]" if ":" in host else host
     if announce:
         console.print(f"[bold green]Feature browser:[/] http://{shown}:{port}/   (API docs: /docs; Ctrl-C to stop)")

@@ -1,8 +1,11 @@
 """Live prompts: tokens of a typed text, and the graph of features active on one token.
 
-The model and SAEs the run was collected with are loaded on first use (through
-`saelineage.run_model.load_run_model`); a run imported without a model, or whose model/SAE
-files are gone, gets a clear "not available" status instead. The per-token graph holds the
+The model and SAEs the run was collected with are loaded through
+`saelineage.run_model.load_run_model`: in the background as soon as `serve` starts (`preload`), so
+the first prompt does not wait for it, or else on first use. `status()` says which state the model
+is in (idle / loading / ready / unavailable). A run imported without a model, or whose model/SAE
+files are gone, gets a clear "not available" status instead. A token's graph can be thinned to
+each feature's strongest links with the layered graph's own cap (`edges_per_node`). The per-token graph holds the
 features of every layer whose activation on the chosen token exceeds `rel` × their maximum
 over the corpus (the reference work, arXiv:2410.08869, used 0.1), joined by the run's edges between consecutive
 layers, coloured by global community.
@@ -19,7 +22,7 @@ import numpy as np
 from saelineage.contract import Manifest
 from saelineage.errors import SaelineageError
 from saelineage.web.cache_view import Generation
-from saelineage.web.graph import MAX_NODES, empty_layout, feature_indices, layout
+from saelineage.web.graph import MAX_NODES, empty_layout, feature_indices, layout, strongest_per_node
 from saelineage.web.queries import MEASURES, RunData
 
 MAX_CHARS = 2000
@@ -36,13 +39,45 @@ class PromptBackend(Protocol):
         ...
 
 
+MODEL_STATES = ("idle", "loading", "ready", "unavailable")
+"""What `PromptService.status()["state"]` reports: not loaded yet (it loads on first use), loading in
+the background, ready, or unavailable (`reason` says why)."""
+
+
 class ModelBackend:
-    """The run's own model and SAEs, loaded once on first use."""
+    """The run's own model and SAEs, loaded once: in the background (`preload`) or on first use."""
 
     def __init__(self, run_path: Path, manifest: Manifest):
         self.run_path, self.manifest = run_path, manifest
         self._model = None
         self._lock = threading.Lock()
+        self._loader: threading.Thread | None = None
+        self.error: str | None = None
+
+    @property
+    def state(self) -> str:
+        if self._model is not None:
+            return "ready"
+        if self.error is not None:
+            return "unavailable"
+        return "loading" if self._loader is not None else "idle"
+
+    def preload(self) -> None:
+        """Start loading the model in a background thread (a first prompt then waits only for the rest)."""
+        if self._loader is None and self._model is None:
+            self._loader = threading.Thread(target=self._load_quietly, daemon=True, name="model-preload")
+            self._loader.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> None:
+        """Block until a background load is done (for tests and scripts)."""
+        if self._loader is not None:
+            self._loader.join(timeout)
+
+    def _load_quietly(self) -> None:
+        try:
+            self._load()
+        except Exception:  # noqa: BLE001 - recorded in self.error by _load; status() reports it
+            pass
 
     def check(self) -> str | None:
         """Why the model cannot be used, or None when it can (without loading it)."""
@@ -59,9 +94,15 @@ class ModelBackend:
     def _load(self):
         with self._lock:
             if self._model is None:
+                if self.error is not None:
+                    raise SaelineageError(self.error)
                 from saelineage.run_model import load_run_model
 
-                self._model = load_run_model(self.run_path)
+                try:
+                    self._model = load_run_model(self.run_path)
+                except Exception as exc:
+                    self.error = f"the model could not be loaded ({type(exc).__name__}: {exc})."
+                    raise
         return self._model
 
     def tokenize(self, text: str) -> list[int]:
@@ -89,7 +130,9 @@ class ModelBackend:
 class PromptService:
     """Availability, tokenisation and per-token graphs for the prompt view."""
 
-    def __init__(self, data: RunData, backend: PromptBackend | None = None):
+    def __init__(self, data: RunData, backend: PromptBackend | None = None, preload: bool = False):
+        """`preload`: start loading the run's model in the background now (`serve` does; tests and the
+        notebook API load it on first use). A given `backend` is ready as it is."""
         self.data = data
         self.backend = backend
         self.reason: str | None = None
@@ -97,10 +140,22 @@ class PromptService:
             mb = ModelBackend(data.run.path, data.g.manifest)
             self.reason = mb.check()
             self.backend = None if self.reason else mb
+            if preload and self.backend is not None:
+                mb.preload()
+
+    def state(self) -> str:
+        """One of MODEL_STATES."""
+        if self.backend is None:
+            return "unavailable"
+        return self.backend.state if isinstance(self.backend, ModelBackend) else "ready"
 
     def status(self) -> dict[str, Any]:
+        state = self.state()
+        if state == "unavailable" and isinstance(self.backend, ModelBackend):
+            self.reason, self.backend = self.backend.error, None  # a failed background load turns the view off
         return {
             "available": self.backend is not None,
+            "state": state,
             "reason": self.reason,
             "max_chars": MAX_CHARS,
             "max_tokens": MAX_TOKENS,
@@ -123,7 +178,9 @@ class PromptService:
         except SaelineageError:
             raise
         except Exception as exc:  # noqa: BLE001 - model loading failed: say so and switch the view off
-            self.reason = f"the model could not be loaded ({type(exc).__name__}: {exc})."
+            self.reason = (
+                getattr(backend, "error", None) or f"the model could not be loaded ({type(exc).__name__}: {exc})."
+            )
             self.backend = None
             raise SaelineageError(self.reason) from exc
         return ids[:MAX_TOKENS]
@@ -137,8 +194,12 @@ class PromptService:
         min_value: float | None = None,
         max_nodes: int = 500,
         order: str = "barycenter",
+        edges_per_node: int = 0,
     ) -> dict[str, Any]:
-        """Features active on token `position` of `text` in every layer, and the edges among them."""
+        """Features active on token `position` of `text` in every layer, and the edges among them.
+
+        edges_per_node k > 0 keeps each feature's k strongest in- and out-links only, with the layered
+        graph's rule (`graph.strongest_per_node`); 0 keeps every link."""
         ids = self._ids(text)
         if not 0 <= position < len(ids):
             raise SaelineageError(f"token position {position} is outside the prompt (0..{len(ids) - 1}).")
@@ -158,6 +219,11 @@ class PromptService:
         nodes, act = np.array(rows, np.int64), np.array(acts, np.float64)
         u, w, v = self._edges(nodes, measure, min_value)
         nodes, act, u, w, v, truncated = _select(g, nodes, act, u, w, v, rel, measure, min(max_nodes, MAX_NODES))
+        cap: dict[str, int] = {"edges_per_node": int(max(edges_per_node, 0))}
+        if edges_per_node > 0 and len(u):
+            keep = strongest_per_node(u, w, v, edges_per_node)
+            cap["edges_dropped"] = int((~keep).sum())
+            u, w, v = u[keep], w[keep], v[keep]
         out = layout(g, nodes, u, w, v, g.layers, order) if len(nodes) else empty_layout()
         by_row = dict(zip(nodes.tolist(), act.tolist()))
         shown = np.unique(nodes).tolist()
@@ -165,16 +231,20 @@ class PromptService:
         out["nodes"]["rel_activation"] = [
             by_row[i] / g.act_max[i] if np.isfinite(g.act_max[i]) and g.act_max[i] > 0 else None for i in shown
         ]
-        return out | {
-            "measure": measure,
-            "order": order,
-            "layers": g.layers,
-            "truncated": truncated,
-            "position": position,
-            "token": g.token_text(ids[position]),
-            "rel": rel,
-            "missing": None if "edges_dn" in g.tables else "run `saelineage stats RUN` for edges",
-        }
+        return (
+            out
+            | cap
+            | {
+                "measure": measure,
+                "order": order,
+                "layers": g.layers,
+                "truncated": truncated,
+                "position": position,
+                "token": g.token_text(ids[position]),
+                "rel": rel,
+                "missing": None if "edges_dn" in g.tables else "run `saelineage stats RUN` for edges",
+            }
+        )
 
     def _edges(self, nodes: np.ndarray, measure: str, min_value: float | None):
         """Kept edges between the given feature rows in consecutive layers: (u, w, value)."""

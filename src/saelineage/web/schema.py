@@ -369,10 +369,17 @@ class PromptGraph(GraphBase):
     position: int
     token: str = Field(..., description="The chosen token")
     rel: float
+    edges_per_node: int = Field(..., description="The backbone filter applied (0: every edge)")
+    edges_dropped: int = absent("Edges the backbone filter removed (present when it was applied)")
 
 
 class PromptStatus(Closed):
     available: bool
+    state: Literal["idle", "loading", "ready", "unavailable"] = Field(
+        ...,
+        description="The model: idle (loads on the first prompt), loading (in the background since the "
+        "server started), ready, or unavailable (`reason` says why)",
+    )
     reason: Optional[str] = Field(..., description="Why prompts are not available")
     max_chars: int
     max_tokens: int
