@@ -20,11 +20,29 @@ def modules() -> dict[str, Path]:
     return out
 
 
+def lazy_exports(tree: ast.Module) -> set[ast.AST]:
+    """Import nodes inside the top-level package's module `__getattr__` (PEP 562): `saelineage.Run` is
+    loaded on attribute access, never while a module is being imported, so it cannot take part in an
+    import cycle, and every module may import `saelineage` for `__version__`."""
+    return {
+        n
+        for f in tree.body
+        if isinstance(f, ast.FunctionDef) and f.name == "__getattr__"
+        for n in ast.walk(f)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+    }
+
+
 def imports(path: Path, name: str, known: dict[str, Path]) -> list[tuple[str, str, int]]:
-    """(target module, imported name, line) of every saelineage import in the file, at any depth."""
+    """(target module, imported name, line) of every saelineage import in the file, at any depth
+    (the top-level package's lazy exports aside, see `lazy_exports`)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    skip = lazy_exports(tree) if path == ROOT / "__init__.py" else set()
+    for node in ast.walk(tree):
+        if node in skip:
+            continue
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -113,11 +131,27 @@ def test_no_private_names_across_modules():
     assert bad == []
 
 
+def test_top_level_package_exports_run_lazily():
+    """`saelineage.Run` works, but `import saelineage` does not load the notebook API (nor pandas)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, saelineage; assert 'saelineage.notebook.run' not in sys.modules; "
+        "assert 'pandas' not in sys.modules; from saelineage import Run; "
+        "assert Run.__module__ == 'saelineage.notebook.run'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    tree = ast.parse((ROOT / "__init__.py").read_text())
+    assert lazy_exports(tree), "the lazy export is found"
+    assert all(isinstance(n, ast.ImportFrom) and n.module == "saelineage.notebook.run" for n in lazy_exports(tree))
+
+
 def test_package_inits_import_nothing():
     """Importing one module must not load its whole package (lazy CLI, honest dependency graph)."""
     for p in ROOT.rglob("__init__.py"):
         if p.parent == ROOT:
-            continue  # the top-level package exposes __version__
+            continue  # the top-level package exposes __version__ and, lazily, Run
         body = ast.parse(p.read_text()).body
         code = [
             n

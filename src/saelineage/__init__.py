@@ -1,4 +1,8 @@
-"""saelineage: trace how SAE features connect across the layers of a language model."""
+"""saelineage: trace how SAE features connect across the layers of a language model.
+
+`saelineage.Run(path)` explores a finished run from Python (saelineage.notebook.run); it is loaded
+on first access, so `import saelineage` (and the command line) stays cheap.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -9,4 +13,13 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 from saelineage.errors import SaelineageError  # noqa: E402
 
-__all__ = ["SaelineageError", "__version__"]
+__all__ = ["Run", "SaelineageError", "__version__"]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - module __getattr__ (PEP 562)
+    """`saelineage.Run`, imported on first access (PEP 562), not at `import saelineage`."""
+    if name == "Run":
+        from saelineage.notebook.run import Run
+
+        return Run
+    raise AttributeError(f"module 'saelineage' has no attribute {name!r}")
