@@ -23,7 +23,7 @@ class AnalyzeConfig:
     this, to be tested at all."""
     fdr: float = 0.01
     """evidence test: Benjamini–Hochberg false discovery rate over all tested gates (and, apart, split children)."""
-    min_prob: float = 0.5
+    min_prob: float = 0.6
     """evidence test: lower confidence bounds of P(child | condition) and P(condition | child) (split children:
     P(parent | child)) must reach it."""
     min_gain: float = 0.1

@@ -265,27 +265,42 @@ def select_gates(
     min_support: int,
     tau_valid: float = 0.95,
     fdr: float = 0.01,
-    min_prob: float = 0.5,
+    min_prob: float = 0.6,
     min_gain: float = 0.1,
 ) -> np.ndarray:
     """Which scored candidates (with q_value) are gates, bool [R].
 
     'evidence': q ≤ fdr, both scores' lower bounds ≥ min_prob and gain ≥ min_gain (a child that
-    one parent alone explains as well, within noise, is carried, not gated). 'threshold' (the
-    reference's rule): both scores ≥ τ_v and each parent's own score < τ_v.
+    one parent alone explains as well, within noise, is carried, not gated); of the pairs that
+    pass for one child, kind and parent layer only the one with the largest gain is a gate (the
+    others pair a parent with a near-duplicate of the other). 'threshold' (the reference's rule):
+    both scores ≥ τ_v and each parent's own score < τ_v, every passing pair.
     """
     ok = (s["support"] >= min_support) & (s["n_child"] >= min_support)
     if test == "threshold":
-        return ok & (s["score_backward"] >= tau_valid) & (s["score_forward"] >= tau_valid) & (
-            s["single_score"] < tau_valid
+        return (
+            ok
+            & (s["score_backward"] >= tau_valid)
+            & (s["score_forward"] >= tau_valid)
+            & (s["single_score"] < tau_valid)
         )
-    return (
+    passing = (
         ok
         & (s["q_value"] <= fdr)
         & (s["score_forward_lo"] >= min_prob)
         & (s["score_backward_lo"] >= min_prob)
         & (s["gain"] >= min_gain)
     )
+    rows = np.nonzero(passing)[0]
+    kind = (s["kind"][rows] == "or").astype(np.int64)
+    order, _ = ranked_groups(
+        [kind, s["layer"][rows], s["feature"][rows], s["parent_layer"][rows]],
+        [s["gain"][rows], -s["parent_a"][rows].astype(np.float64), -s["parent_b"][rows].astype(np.float64)],
+        1,
+    )
+    best = np.zeros(len(passing), bool)
+    best[rows[order]] = True
+    return best
 
 
 def gate_table(s: dict[str, np.ndarray], keep: np.ndarray) -> pa.Table:

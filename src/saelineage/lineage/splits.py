@@ -75,7 +75,10 @@ def child_pair_requests(cand: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
 
 
 def child_evidence(
-    e: dict[str, np.ndarray], cand: dict[str, np.ndarray], n_tokens: int, n_active: dict[int, np.ndarray],
+    e: dict[str, np.ndarray],
+    cand: dict[str, np.ndarray],
+    n_tokens: int,
+    n_active: dict[int, np.ndarray],
     confidence: float = 0.95,
 ) -> dict[str, np.ndarray]:
     """Per candidate child: P(parent | child) bounds, p-value and q-value (the family: all rows)."""

@@ -213,9 +213,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
         ]
     )
     scored["q_value"] = evidence.bh_qvalues(scored["p_value"])
-    keep = gates.select_gates(
-        scored, opt.gate_test, opt.min_support, tau_v, opt.fdr, opt.min_prob, opt.min_gain
-    )
+    keep = gates.select_gates(scored, opt.gate_test, opt.min_support, tau_v, opt.fdr, opt.min_prob, opt.min_gain)
     gate_table = gates.gate_table(scored, keep)
     best_table = gates.best_pairs_table(
         e, c_best, gates.lookup(c_best, pairs, g_triples, counts, d_sae), opt.pair_measure
