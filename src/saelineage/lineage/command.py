@@ -111,17 +111,27 @@ def export_command(
         "--format",
         help="nodelink (JSON for networkx/D3), graphml (Gephi), "
         "parquet (nodes.parquet + links.parquet), features "
-        "(every per-feature column of the run, joined).",
+        "(every per-feature column of the run, joined), neuronpedia (explanations as Neuronpedia "
+        "exports and imports them), neuronpedia-list (a Neuronpedia feature list, with a quick-list URL).",
     ),
     out: Optional[Path] = typer.Option(
         None,
         help="Output file (folder for parquet). Default: RUN/export/graph.json, "
-        "RUN/export/graph.graphml, RUN/export/ or "
-        "RUN/export/features.parquet.",
+        "RUN/export/graph.graphml, RUN/export/, RUN/export/features.parquet, "
+        "RUN/export/neuronpedia-explanations.json or RUN/export/neuronpedia-list.json.",
     ),
     measure: str = typer.Option("jaccard", help="Edge measure exported as link `similarity`."),
     min_value: Optional[float] = typer.Option(
         None, help="Only edges whose measure is ≥ this (default: all kept edges)."
+    ),
+    features: str = typer.Option(
+        "", help="Neuronpedia formats: only these features (LAYER:FEATURE ids, comma-separated, or a file of them)."
+    ),
+    community: Optional[int] = typer.Option(None, help="Neuronpedia formats: the members of this community."),
+    neuronpedia_id: Optional[str] = typer.Option(
+        None,
+        help="Neuronpedia formats: the SAEs' Neuronpedia id as MODEL/SOURCE with {layer}, e.g. "
+        "'gpt2-small/{layer}-res-jb' (default: from the SAELens release the SAEs come from).",
     ),
 ) -> None:
     """Export the feature graph: live features as nodes, kept edges as links.
@@ -131,11 +141,20 @@ def export_command(
     `networkx.node_link_graph(data, edges="links")`; GraphML opens in Gephi (edge weight =
     similarity). `--format features` instead writes one Parquet file: collect's features.parquet
     joined with analyze's feature_analysis.parquet and ablate's error_projection.parquet.
+    `--format neuronpedia` writes the features' labels as Neuronpedia explanation records (modelId,
+    layer = source id, index, description), which `saelineage labels import` also reads;
+    `--format neuronpedia-list` writes a Neuronpedia feature list (--features or --community).
     """
     from saelineage.lineage.export import FORMATS, export
     from saelineage.progress import console
 
     if format not in FORMATS:
         raise SaelineageError(f"unknown format {format!r}.", f"choose one of {', '.join(FORMATS)}.")
-    path = export(run, format, out, measure, min_value)
+    path = export(
+        run, format, out, measure, min_value, features=features, community=community, neuronpedia_id=neuronpedia_id
+    )
     console.print(f"exported to {path}")
+    if format == "neuronpedia-list":
+        url = json.loads(path.read_text()).get("url")
+        if url:
+            console.print(f"open it on Neuronpedia: {url}", soft_wrap=True)

@@ -51,6 +51,10 @@ class AnalyzeConfig:
     """Minimum share of the parent's tokens its split children cover (evidence test: the lower bound's)."""
     max_children: int = 16
     """Candidate children considered per split parent (best first)."""
+    bootstrap: int = 200
+    """Bootstrap replicates over whole windows for the intervals on lifecycle shares and gate counts (0: none)."""
+    bootstrap_groups: int = 32
+    """Random groups the windows are dealt into; a replicate resamples groups (each a set of whole windows)."""
     community_measure: str = "jaccard"
     """Edge measure of the community graph."""
     community_threshold: float = 0.1

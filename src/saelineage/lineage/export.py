@@ -1,5 +1,7 @@
-"""Exports of the feature graph: node-link JSON (networkx, D3), GraphML (Gephi), Parquet; and of
-the joined per-feature table (format "features").
+"""Exports of the feature graph: node-link JSON (networkx, D3), GraphML (Gephi), Parquet; of
+the joined per-feature table (format "features"); and of labels and feature lists in the formats
+Neuronpedia imports ("neuronpedia": explanation records; "neuronpedia-list": a feature list with a
+quick-list URL; formats and mapping in `web.labels`).
 
 Nodes are the live features, with id "L_F" (layer_feature), layer, feature, explanation (imported
 labels, labels.parquet), community and lifecycle; links are the kept edges whose `measure` is
@@ -29,7 +31,8 @@ from saelineage.errors import SaelineageError
 from saelineage.feature_table import read_features
 from saelineage.run import RunDir, atomic_write_bytes, write_json, write_parquet
 
-FORMATS = ("nodelink", "graphml", "parquet", "features")
+FORMATS = ("nodelink", "graphml", "parquet", "features", "neuronpedia", "neuronpedia-list")
+NEURONPEDIA_FILES = {"neuronpedia": "neuronpedia-explanations.json", "neuronpedia-list": "neuronpedia-list.json"}
 
 
 def explanations(run: RunDir, feats: pa.Table) -> np.ndarray | None:
@@ -159,23 +162,79 @@ def graphml_bytes(nodes: pa.Table, links: pa.Table, meta: dict[str, Any]) -> byt
     return "".join(parts).encode()
 
 
+def neuronpedia_export(
+    run: RunDir, fmt: str, features: str = "", community: int | None = None, neuronpedia_id: str | None = None
+) -> Any:
+    """The records of format "neuronpedia" (a list) or "neuronpedia-list" (a dict), with the labels the
+    browser shows: imported explanations, else the feature's top tokens. Features: `features` (ids), or
+    a `community`'s members, or (explanations only) every live feature."""
+    from saelineage.feature_table import parse_feature_ids
+    from saelineage.web.labels import neuronpedia_explanations, neuronpedia_list
+    from saelineage.web.queries import RunData
+
+    manifest = run.require("collect")
+    g = RunData(run.path).g
+    if features:
+        rows = []
+        for layer, feature in parse_feature_ids(features, g.layers):
+            i = g.idx(layer, feature)
+            if i is None:
+                raise SaelineageError(f"feature {layer}:{feature} is not in the run.", "check the ids in --features.")
+            rows.append(i)
+    elif community is not None:
+        rows = sorted(g.members(int(community)).tolist())
+        if not rows:
+            raise SaelineageError(f"community {community} is not in this run.", "see `saelineage analyze` output.")
+    elif fmt == "neuronpedia":
+        rows = np.flatnonzero(g.n_active > 0).tolist()
+    else:
+        raise SaelineageError("a Neuronpedia list needs its features.", "pass --features 3:17,4:2 or --community N.")
+    if fmt == "neuronpedia":
+        labels = [
+            (
+                int(g.layer[i]),
+                int(g.feature[i]),
+                g.label[i],
+                "imported" if g.label_src[i] == "imported" else "top-tokens",
+            )
+            for i in rows
+            if g.label[i]
+        ]
+        return neuronpedia_explanations(manifest.saes, labels, neuronpedia_id)
+    name = f"{run.path.name}: " + (f"community {community}" if community is not None and not features else "features")
+    return neuronpedia_list(
+        manifest.saes, [(int(g.layer[i]), int(g.feature[i]), g.label[i]) for i in rows], name, neuronpedia_id
+    )
+
+
 def export(
     run_dir: str | Path,
     fmt: str = "nodelink",
     out: str | Path | None = None,
     measure: str = "jaccard",
     min_value: float | None = None,
+    *,
+    features: str = "",
+    community: int | None = None,
+    neuronpedia_id: str | None = None,
 ) -> Path:
     """Write the feature graph of a run in `fmt`, or (fmt "features") its joined per-feature table;
     returns the file (or folder, for parquet) written.
 
     Default `out`: RUN/export/graph.json (nodelink), RUN/export/graph.graphml, RUN/export/ (parquet:
     nodes.parquet + links.parquet), RUN/export/features.parquet (features; measure and min_value
-    do not apply).
+    do not apply), RUN/export/neuronpedia-explanations.json, RUN/export/neuronpedia-list.json
+    (`features`, `community`, `neuronpedia_id`: see `neuronpedia_export`).
     """
     if fmt not in FORMATS:
         raise SaelineageError(f"unknown export format {fmt!r}.", f"choose one of {', '.join(FORMATS)}.")
     run = RunDir(run_dir)
+    if fmt in NEURONPEDIA_FILES:
+        target = Path(out) if out is not None else run.file("export") / NEURONPEDIA_FILES[fmt]
+        payload = neuronpedia_export(run, fmt, features, community, neuronpedia_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json(target, payload, indent=None, allow_nan=False)
+        return target
     if fmt == "features":
         run.require("collect")
         target = Path(out) if out is not None else run.file("export") / contract.FEATURES

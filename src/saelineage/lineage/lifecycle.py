@@ -98,6 +98,8 @@ LIFECYCLE_COLUMNS = (
     "measure", "threshold", "chosen", "layer", "n_features", "n_dead", "n_live", "n_new", "n_carried",
     "n_ending", "n_continuing", "n_new_and_ending", "share_new", "share_carried", "share_ending",
     "share_continuing", "ref_share_new", "ref_share_ending",
+    "share_new_lo", "share_new_hi", "share_carried_lo", "share_carried_hi", "share_ending_lo", "share_ending_hi",
+    "share_continuing_lo", "share_continuing_hi",
 )  # fmt: skip
 LIFECYCLE_SCHEMA = pa.schema([
     (c, pa.string() if c == "measure" else pa.bool_() if c == "chosen"
@@ -114,8 +116,12 @@ def layer_table(
     measure: str = DEFAULT_MEASURE,
     threshold: float = DEFAULT_THRESHOLD,
     sweep: tuple[float, ...] = SWEEP,
+    intervals: dict[int, dict[str, tuple[float, float]]] | None = None,
 ) -> pa.Table:
     """lifecycle.parquet: one row per (threshold, layer); `chosen` marks the analysis threshold.
+
+    intervals: {layer: {"new" | "ending": (lo, hi)}} bootstrap intervals of the chosen threshold's
+    shares (share_*_lo / _hi; carried and continuing are their complements); null elsewhere.
 
     n_new / n_carried count live features without / with a predecessor, n_ending /
     n_continuing those without / with a successor (a feature can be new and ending:
@@ -150,6 +156,14 @@ def layer_table(
                 "ref_share_new": None if n_new is None or n == 0 else (n_new + nd) / n,
                 "ref_share_ending": None if n_end is None or n == 0 else (n_end + nd) / n,
             })  # fmt: skip
+            ci = (intervals or {}).get(l, {}) if t == threshold else {}
+            for name, other, value in (("new", "carried", n_new), ("ending", "continuing", n_end)):
+                lo, hi = ci.get(name, (None, None)) if value is not None else (None, None)
+                records[-1].update({
+                    f"share_{name}_lo": lo, f"share_{name}_hi": hi,
+                    f"share_{other}_lo": None if hi is None else 1 - hi,
+                    f"share_{other}_hi": None if lo is None else 1 - lo,
+                })  # fmt: skip
     return pa.table({k: [r[k] for r in records] for k in LIFECYCLE_COLUMNS}, schema=LIFECYCLE_SCHEMA)
 
 
@@ -157,8 +171,11 @@ def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
-def _n_pct(n, share) -> str:
-    return "—" if n is None else f"{n:,} {_pct(share)}"
+def _n_pct(n, share, lo=None, hi=None) -> str:
+    if n is None:
+        return "—"
+    ci = "" if lo is None or hi is None else f" [{100 * lo:.1f}–{100 * hi:.1f}]"
+    return f"{n:,} {_pct(share)}{ci}"
 
 
 def lifecycle_rich_table(table: pa.Table) -> Table:
@@ -175,8 +192,8 @@ def lifecycle_rich_table(table: pa.Table) -> Table:
         title=f"Feature lifecycle per layer ({m} ≥ {t:g})",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
-        caption="% of live features (carried = live − new); †: % of all features, dead ones "
-        "counted as new and ending (the reference's way)",
+        caption="% of live features (carried = live − new), [95% bootstrap interval over windows]; †: % of all "
+        "features, dead ones counted as new and ending (the reference's way)",
     )
     for name in ("layer", "features", "dead", "live", "new", "ending", "new †", "end †"):
         out.add_column(name, justify="right", no_wrap=True)
@@ -186,8 +203,8 @@ def lifecycle_rich_table(table: pa.Table) -> Table:
             f"{r['n_features']:,}",
             f"{r['n_dead']:,}",
             f"{r['n_live']:,}",
-            _n_pct(r["n_new"], r["share_new"]),
-            _n_pct(r["n_ending"], r["share_ending"]),
+            _n_pct(r["n_new"], r["share_new"], r.get("share_new_lo"), r.get("share_new_hi")),
+            _n_pct(r["n_ending"], r["share_ending"], r.get("share_ending_lo"), r.get("share_ending_hi")),
             _pct(r["ref_share_new"]),
             _pct(r["ref_share_ending"]),
         )

@@ -25,7 +25,7 @@ from saelineage.contract import Manifest
 from saelineage.data.finalize import read_vocab
 from saelineage.errors import SaelineageError
 from saelineage.lineage import communities as comm
-from saelineage.lineage import evidence, gates, lifecycle, splits
+from saelineage.lineage import bootstrap, evidence, gates, lifecycle, splits
 from saelineage.lineage.config import AnalyzeConfig
 from saelineage.lineage.figures import write_lifecycle_html
 from saelineage.lineage.index import feature_rows
@@ -86,6 +86,31 @@ def _edges(run: RunDir) -> dict[str, np.ndarray]:
     return out
 
 
+def _next(layers: list[int], l: int) -> int | None:
+    i = layers.index(l)
+    return layers[i + 1] if i + 1 < len(layers) else None
+
+
+def _best_ids(links: pa.Table, layers: list[int], measure: str) -> dict[tuple[int, int], np.ndarray]:
+    """Each feature's best successor over all pairs (feature_links): {(l, next): [K, 2] (a, j)}."""
+    lay = links.column("layer").to_numpy()
+    fid = links.column("feature").to_numpy().astype(np.int64)
+    best = links.column(f"best_succ_{measure}_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    out = {}
+    for l in layers[:-1]:
+        sel = (lay == l) & (best >= 0)
+        out[(l, _next(layers, l))] = np.stack([fid[sel], best[sel]], axis=1)
+    return out
+
+
+def _rows_by_pair(e: dict[str, np.ndarray], rows: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """Edge rows grouped by (src_layer, dst_layer)."""
+    out = {}
+    for l, m in sorted(set(zip(e["src_layer"][rows].tolist(), e["dst_layer"][rows].tolist()))):
+        out[(l, m)] = rows[(e["src_layer"][rows] == l) & (e["dst_layer"][rows] == m)]
+    return out
+
+
 def _merge_pairs(*dicts: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     out: dict[int, list] = {}
     for d in dicts:
@@ -137,7 +162,7 @@ def run_analyze(
 
 
 def _counts(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: entry.get(k) for k in ("lifecycle", "gates", "splits", "communities", "prompt_graphs")}
+    return {k: entry.get(k) for k in ("lifecycle", "gates", "splits", "communities", "prompt_graphs", "intervals")}
 
 
 def _feature_analysis(feats: pa.Table, lc: lifecycle.Lifecycle, community: np.ndarray) -> pa.Table:
@@ -158,7 +183,6 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
 
     # lifecycle (no pass over the codes: feature_links holds the best match over all pairs)
     lc = lifecycle.classify(feats, links, layers, opt.measure, opt.threshold)
-    life_table = lifecycle.layer_table(feats, links, layers, opt.measure, opt.threshold)
 
     # candidates, then one validation pass counting what they need
     evidence_test = opt.gate_test == "evidence"
@@ -190,9 +214,24 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     )
     if ex is not None:
         ex = ex.filter(pc.less(ex.column("rank"), opt.top_examples))
+    wg = weights = None
+    link_req: dict = {}
+    gate_rows = np.concatenate([c_and["ea"], c_and["eb"], c_or["ea"], c_or["eb"]])
+    if opt.bootstrap > 0 and n_windows > 1:
+        wg = bootstrap.window_groups(n_windows, opt.bootstrap_groups, opt.seed)
+        weights = bootstrap.replicate_weights(int(wg.max()) + 1, opt.bootstrap, opt.seed)
+        link_req = bootstrap.merge_links(
+            bootstrap.lifecycle_links(e, _best_ids(links, layers, opt.measure), opt.measure),
+            {
+                k: np.stack([e["src"][r], e["dst"][r]], axis=1)
+                for k, r in _rows_by_pair(e, np.unique(gate_rows)).items()
+            },
+        )
     req = Requests(
         pairs=pairs,
         triples=g_triples,
+        links=link_req,
+        window_groups=wg,
         samples=samples,
         sample_pos=-1,
         example_keys=None if ex is None else (ex.column("window").to_numpy(), ex.column("pos").to_numpy()),
@@ -215,6 +254,29 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     scored["q_value"] = evidence.bh_qvalues(scored["p_value"])
     keep = gates.select_gates(scored, opt.gate_test, opt.min_support, tau_v, opt.fdr, opt.min_prob, opt.min_gain)
     gate_table = gates.gate_table(scored, keep)
+
+    # bootstrap intervals: lifecycle shares and gate counts from the per-group counts
+    life_ci: dict[int, dict[str, tuple[float, float]]] = {}
+    count_ci: dict[str, list[float]] = {}
+    if weights is not None:
+        say(f"analyze: {len(weights)} bootstrap replicates over {int(wg.max()) + 1} groups of windows")
+        live = {l: lc.live[f_layer == l][np.argsort(f_id[f_layer == l])] for l in layers}
+        reps = bootstrap.lifecycle_replicates(
+            counts.by_group,
+            {k: v for k, v in link_req.items() if k[1] == _next(layers, k[0])},
+            weights, layers, live, opt.measure, opt.threshold,
+        )  # fmt: skip
+        life_ci = {l: {k: bootstrap.interval(v) for k, v in r.items()} for l, r in reps.items()}
+        rows = np.unique(gate_rows)
+        g_reps = bootstrap.gate_count_replicates(
+            e, {"and": c_and, "or": c_or}, pairs, g_triples,
+            (rows, bootstrap.locate_links(e, rows, link_req)), counts.by_group, weights, d_sae,
+            {"test": opt.gate_test, "min_support": opt.min_support, "tau_valid": tau_v, "fdr": opt.fdr,
+             "min_prob": opt.min_prob, "min_gain": opt.min_gain},
+            opt.confidence,
+        )  # fmt: skip
+        count_ci = {f"gates_{k}": list(bootstrap.interval(v)) for k, v in g_reps.items()}
+    life_table = lifecycle.layer_table(feats, links, layers, opt.measure, opt.threshold, intervals=life_ci)
     best_table = gates.best_pairs_table(
         e, c_best, gates.lookup(c_best, pairs, g_triples, counts, d_sae), opt.pair_measure
     )
@@ -304,4 +366,10 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
         "communities": ginfo,
         "prompt_graphs": len(graphs),
         "tokens_validated": counts.n_tokens,
+        "intervals": {
+            "level": bootstrap.INTERVAL,
+            "replicates": 0 if weights is None else len(weights),
+            "window_groups": 0 if wg is None else int(wg.max()) + 1,
+            **count_ci,
+        },
     }

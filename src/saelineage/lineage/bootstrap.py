@@ -1,0 +1,233 @@
+"""Bootstrap intervals over whole windows for the lifecycle shares and the gate counts.
+
+Windows are the unit of resampling (tokens within a window are not independent). They are dealt
+at random into W groups (default 32), and the validation pass keeps every count and sum per
+group (validate.Grouped); a replicate draws W groups with replacement (multinomial weights), so
+any statistic that is a function of counts and sums is recomputed for a replicate as a weighted
+sum over groups, without another pass over the codes. Intervals are percentile intervals.
+
+What a replicate recomputes:
+- lifecycle: each feature's best match in the adjacent layers under the analysis measure, over
+  its candidate partners (its top partners in edges.parquet plus its best partner over all pairs
+  from feature_links.parquet), then the per-layer shares of new / ending features among the
+  (full-data) live features;
+- gates: every candidate's evidence, q-values over the family and the test, as in the analysis;
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from saelineage.lineage import evidence, gates
+from saelineage.lineage.validate import Counts, Grouped
+
+INTERVAL = 0.95
+
+
+def window_groups(n_windows: int, n_groups: int, seed: int) -> np.ndarray:
+    """A random, balanced assignment of windows to groups: int64 [n_windows] in 0..W-1."""
+    w = max(1, min(n_groups, n_windows))
+    g = np.arange(n_windows, dtype=np.int64) % w
+    np.random.default_rng([seed, 7]).shuffle(g)
+    return g
+
+
+def replicate_weights(n_groups: int, replicates: int, seed: int) -> np.ndarray:
+    """Multinomial group weights of each replicate: int64 [B, W] (rows sum to W)."""
+    rng = np.random.default_rng([seed, 11])
+    return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=replicates).astype(np.int64)
+
+
+def interval(x: np.ndarray, level: float = INTERVAL) -> tuple[float, float]:
+    """Percentile interval of replicate values x [B] (NaN where there are none)."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    return float(np.quantile(x, a)), float(np.quantile(x, 1 - a))
+
+
+def replicate_counts(g: Grouped, w: np.ndarray) -> Counts:
+    """The counts of one replicate (group weights w int64 [W]) in the shape `validate.count` returns."""
+    return Counts(
+        n_tokens=int(w @ g.n_tokens),
+        n_active={l: w @ v for l, v in g.n_active.items()},
+        pairs={l: w @ v for l, v in g.pairs.items()},
+        triples={k: np.einsum("w,wqc->qc", w, v) for k, v in g.triples.items()},
+        groups={k: np.einsum("w,wgc->gc", w, v) for k, v in g.groups.items()},
+        samples=[],
+        example_tokens=None,
+        links={k: w @ v[0] for k, v in g.links.items()},
+    )
+
+
+# ---------------------------------------------------------------------------- lifecycle
+def link_measure(
+    measure: str, n: np.ndarray, c: np.ndarray, n_a: np.ndarray, n_j: np.ndarray, s: tuple, q: tuple, sxy: np.ndarray
+) -> np.ndarray:
+    """A data measure of links from (replicate) counts and sums, each [R, L]; s = (Σa_a, Σa_j),
+    q = (Σa_a², Σa_j²). Same formulas as the stats stage (docs/design.md §4)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if measure == "jaccard":
+            return c / (n_a + n_j - c)
+        if measure == "sufficiency":
+            return c / n_a
+        if measure == "necessity":
+            return c / n_j
+        if measure == "mutual_info":
+            return evidence.mutual_info(c, n_a, n_j, n)
+        if measure == "pearson":
+            den = np.sqrt((n * q[0] - s[0] ** 2) * (n * q[1] - s[1] ** 2))
+            return np.where(den > 0, (n * sxy - s[0] * s[1]) / den, np.nan)
+        if measure == "act_cosine":
+            return sxy / np.sqrt(q[0] * q[1])
+    raise ValueError(f"no bootstrap for measure {measure!r}")
+
+
+def _best_by(key: np.ndarray, values: np.ndarray, d: int) -> np.ndarray:
+    """Per id 0..d-1, the largest of values [R, L] over columns with that key (−inf where none)."""
+    out = np.full((values.shape[0], d), -np.inf)
+    if values.shape[1] == 0:
+        return out
+    order = np.argsort(key, kind="stable")
+    k = key[order]
+    starts = np.nonzero(np.r_[True, k[1:] != k[:-1]])[0]
+    v = np.where(np.isnan(values[:, order]), -np.inf, values[:, order])
+    out[:, k[starts]] = np.maximum.reduceat(v, starts, axis=1)
+    return out
+
+
+def lifecycle_replicates(
+    g: Grouped,
+    links: dict[tuple[int, int], np.ndarray],
+    weights: np.ndarray,
+    layers: list[int],
+    live: dict[int, np.ndarray],
+    measure: str,
+    threshold: float,
+    chunk: int = 25,
+) -> dict[int, dict[str, np.ndarray]]:
+    """Per layer, replicate shares of live features that are new and that end: float [B] each
+    (absent where not applicable: new at the first layer, ending at the last).
+
+    links: {(l, l_next): [L, 2] (a, j)} as requested from `validate.count`; weights int64 [B, W]."""
+    nb = weights.shape[0]
+    has_pred = {l: np.zeros((nb, len(live[l])), bool) for l in layers}
+    has_succ = {l: np.zeros((nb, len(live[l])), bool) for l in layers}
+    for (l, m), q in links.items():
+        cnt, sxy = g.links[(l, m)]
+        a, j = q[:, 0], q[:, 1]
+        for lo in range(0, nb, chunk):
+            w = weights[lo : lo + chunk].astype(np.float64)
+            n = (w @ g.n_tokens)[:, None]
+            na, nj = (w @ g.n_active[l])[:, a], (w @ g.n_active[m])[:, j]
+            s = q2 = (None, None)
+            if measure in ("pearson", "act_cosine"):
+                sa, qa = w @ g.sums[l][0], w @ g.sums[l][1]
+                sj, qj = w @ g.sums[m][0], w @ g.sums[m][1]
+                s, q2 = (sa[:, a], sj[:, j]), (qa[:, a], qj[:, j])
+            r = link_measure(measure, n, w @ cnt, na, nj, s, q2, w @ sxy)
+            has_succ[l][lo : lo + chunk] = _best_by(a, r, len(live[l])) >= threshold
+            has_pred[m][lo : lo + chunk] = _best_by(j, r, len(live[m])) >= threshold
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for l in layers:
+        n_live = int(live[l].sum())
+        out[l] = {}
+        if n_live == 0:
+            continue
+        if l != layers[0]:
+            out[l]["new"] = (~has_pred[l] & live[l]).sum(1) / n_live
+        if l != layers[-1]:
+            out[l]["ending"] = (~has_succ[l] & live[l]).sum(1) / n_live
+    return out
+
+
+def lifecycle_links(
+    e: dict[str, np.ndarray], best_ids: dict[tuple[int, int], np.ndarray], measure: str, top: int = 4
+) -> dict[tuple[int, int], np.ndarray]:
+    """Candidate partners per adjacent layer pair: each feature's `top` edges by `measure` on either
+    side, plus the best pairs over all pairs (best_ids: {(l, m): [K, 2] (a, j)}). {(l, m): [L, 2]}."""
+    out = {}
+    for (l, m), best in best_ids.items():
+        sel = np.nonzero((e["src_layer"] == l) & (e["dst_layer"] == m) & np.isfinite(e[measure]))[0]
+        parts = [np.asarray(best, np.int64).reshape(-1, 2)]
+        for side in ("src", "dst"):
+            order, _ = gates.ranked_groups([e[side][sel]], [e[measure][sel]], top)
+            rows = sel[order]
+            parts.append(np.stack([e["src"][rows], e["dst"][rows]], axis=1))
+        out[(l, m)] = np.unique(np.concatenate(parts), axis=0)
+    return out
+
+
+# ---------------------------------------------------------------------------- gates
+def gate_count_replicates(
+    e: dict[str, np.ndarray],
+    cands: dict[str, dict[str, np.ndarray]],
+    pairs: dict[int, np.ndarray],
+    triples: dict[tuple[int, int], np.ndarray],
+    edge_links: tuple[np.ndarray, dict[tuple[int, int], np.ndarray]],
+    g: Grouped,
+    weights: np.ndarray,
+    d_sae: dict[int, int],
+    select: dict,
+    confidence: float,
+) -> dict[str, np.ndarray]:
+    """Replicate counts of gates per kind: {'and': int [B], 'or': int [B]}.
+
+    cands: {kind: candidates}; edge_links: (edge rows [E], {(l, m): link index of each row}) —
+    where each edge row's co-activation count sits in g.links; select: select_gates' options."""
+    rows, link_of = edge_links
+    out = {kind: np.zeros(len(weights), np.int64) for kind in cands}
+    for b, w in enumerate(weights):
+        rc = replicate_counts(g, w)
+        eb = dict(e, n_co=_replicate_n_co(e, rows, link_of, rc))
+        scored = gates.concat_scored(
+            [
+                gates.score_candidates(eb, c, gates.lookup(c, pairs, triples, rc, d_sae), kind, rc.n_tokens, confidence)
+                for kind, c in cands.items()
+            ]
+        )
+        scored["q_value"] = evidence.bh_qvalues(scored["p_value"])
+        keep = gates.select_gates(scored, **select)
+        for kind in cands:
+            out[kind][b] = int((keep & (scored["kind"] == kind)).sum())
+    return out
+
+
+def _replicate_n_co(
+    e: dict[str, np.ndarray], rows: np.ndarray, link_of: dict[tuple[int, int], np.ndarray], rc: Counts
+) -> np.ndarray:
+    """edges' n_co with the replicate's counts at `rows` (the edges the replicate needs)."""
+    n_co = e["n_co"].copy()
+    lay = (e["src_layer"][rows], e["dst_layer"][rows])
+    for (l, m), idx in link_of.items():
+        sel = (lay[0] == l) & (lay[1] == m)
+        n_co[rows[sel]] = rc.links[(l, m)][idx]
+    return n_co
+
+
+def merge_links(
+    a: dict[tuple[int, int], np.ndarray], b: dict[tuple[int, int], np.ndarray]
+) -> dict[tuple[int, int], np.ndarray]:
+    """Union of two link requests, unique (a, j) rows sorted."""
+    out = {}
+    for k in set(a) | set(b):
+        parts = [x[k] for x in (a, b) if k in x]
+        out[k] = np.unique(np.concatenate(parts), axis=0)
+    return out
+
+
+def locate_links(
+    e: dict[str, np.ndarray], rows: np.ndarray, links: dict[tuple[int, int], np.ndarray]
+) -> dict[tuple[int, int], np.ndarray]:
+    """For edge rows `rows`, grouped by layer pair in row order, their index in `links`."""
+    out = {}
+    for (l, m), q in links.items():
+        sel = rows[(e["src_layer"][rows] == l) & (e["dst_layer"][rows] == m)]
+        if len(sel) == 0:
+            continue
+        d = int(max(q[:, 1].max(), e["dst"][sel].max())) + 1
+        key = q[:, 0] * d + q[:, 1]
+        out[(l, m)] = np.searchsorted(key, e["src"][sel] * d + e["dst"][sel])
+    return out

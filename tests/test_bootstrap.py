@@ -1,0 +1,116 @@
+"""Bootstrap over whole windows: grouped counts against brute force, and a replicate's lifecycle
+shares against the same shares computed on the resampled corpus materialised window by window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from saelineage import contract
+from saelineage.lineage import bootstrap
+from saelineage.lineage.config import AnalyzeConfig
+from saelineage.lineage.stage import run_analyze
+from saelineage.lineage.validate import Requests, count
+from saelineage.stats.config import StatsConfig
+from saelineage.stats.stage import run_stats
+from saelineage.testing.noisy_lineage import build_noisy_run, noisy_codes
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    kw = dict(d_sae=96, n_windows=120, window=32, n_copies=12, n_and=4, n_or=4, n_splits=3)
+    run, truth = build_noisy_run(tmp_path_factory.mktemp("b") / "run", flip=0.05, jitter=0.05, seed=3, **kw)
+    run_stats(run.path, StatsConfig(), progress=False)
+    codes, tokens, _ = noisy_codes(flip=0.05, jitter=0.05, seed=3, **kw)
+    dense = {l: c.toarray().astype(np.float64) for l, c in codes.items()}
+    counted = np.arange(len(tokens)) % 32 != 0
+    return run, dense, counted
+
+
+def test_grouped_counts_equal_brute_force(noisy):
+    run, dense, counted = noisy
+    rng = np.random.default_rng(0)
+    links = {(0, 1): np.unique(rng.integers(0, 96, (300, 2)), axis=0)}
+    pairs = {1: np.unique(np.sort(rng.integers(0, 96, (200, 2)), axis=1), axis=0)}
+    pairs[1] = pairs[1][pairs[1][:, 0] < pairs[1][:, 1]]
+    wg = bootstrap.window_groups(120, 7, seed=1)
+    c = count(run, Requests(pairs=pairs, links=links, window_groups=wg))
+    g = c.by_group
+    tok_group = np.repeat(wg, 32)
+    for w in range(7):
+        sel = counted & (tok_group == w)
+        x, y = dense[0][sel], dense[1][sel]
+        assert g.n_tokens[w] == sel.sum()
+        assert np.array_equal(g.n_active[1][w], (y > 0).sum(0))
+        a, j = links[(0, 1)].T
+        assert np.array_equal(g.links[(0, 1)][0][w], ((x[:, a] > 0) & (y[:, j] > 0)).sum(0))
+        np.testing.assert_allclose(g.links[(0, 1)][1][w], (x[:, a] * y[:, j]).sum(0), rtol=1e-9)
+        np.testing.assert_allclose(g.sums[0][1][w], (x**2).sum(0), rtol=1e-9)
+        p, q = pairs[1].T
+        assert np.array_equal(g.pairs[1][w], ((y[:, p] > 0) & (y[:, q] > 0)).sum(0))
+    # the totals are the groups' sums, and equal an ungrouped pass
+    plain = count(run, Requests(pairs=pairs, links=links))
+    assert np.array_equal(plain.pairs[1], c.pairs[1]) and np.array_equal(plain.links[(0, 1)], c.links[(0, 1)])
+    assert plain.by_group is None
+
+
+def _dense_shares(dense, counted_rows, live, threshold):
+    """new / ending shares from dense Pearson over the given (repeated) token rows."""
+    out = {}
+    layers = sorted(dense)
+    best_pred, best_succ = {}, {}
+    for l in layers[:-1]:
+        x, y = dense[l][counted_rows], dense[l + 1][counted_rows]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.corrcoef(x.T, y.T)[: x.shape[1], x.shape[1] :]
+        r = np.where(np.isnan(r), -np.inf, r)
+        best_succ[l], best_pred[l + 1] = r.max(1), r.max(0)
+    for l in layers:
+        n_live = live[l].sum()
+        out[l] = {}
+        if l in best_pred:
+            out[l]["new"] = ((best_pred[l] < threshold) & live[l]).sum() / n_live
+        if l in best_succ:
+            out[l]["ending"] = ((best_succ[l] < threshold) & live[l]).sum() / n_live
+    return out
+
+
+def test_replicate_shares_equal_the_resampled_corpus(noisy):
+    run, dense, counted = noisy
+    wg = bootstrap.window_groups(120, 6, seed=2)
+    weights = bootstrap.replicate_weights(6, 3, seed=2)
+    # every pair of adjacent layers is a candidate: the replicate's best match is then exact
+    links = {(l, l + 1): np.stack(np.meshgrid(np.arange(96), np.arange(96), indexing="ij"), -1).reshape(-1, 2)
+             for l in (0, 1)}  # fmt: skip
+    c = count(run, Requests(links=links, window_groups=wg))
+    live = {l: (dense[l][counted] > 0).any(0) for l in dense}
+    reps = bootstrap.lifecycle_replicates(c.by_group, links, weights, [0, 1, 2], live, "pearson", 0.5)
+    tok_group = np.repeat(wg, 32)
+    for b, w in enumerate(weights):
+        rows = np.concatenate([np.nonzero(counted & (tok_group == g))[0] for g in range(6) for _ in range(w[g])])
+        want = _dense_shares(dense, rows, live, 0.5)
+        for l in (0, 1, 2):
+            for k, v in want[l].items():
+                assert reps[l][k][b] == pytest.approx(v, abs=1e-12), (b, l, k)
+
+
+def test_analyze_reports_intervals(noisy):
+    run, *_ = noisy
+    run_analyze(run.path, AnalyzeConfig(bootstrap=50), force=True, progress=False)
+    t = pq.read_table(run.file(contract.LIFECYCLE)).to_pylist()
+    chosen = [r for r in t if r["chosen"]]
+    for r in chosen:
+        for k in ("new", "ending", "carried", "continuing"):
+            if r[f"share_{k}"] is None:
+                assert r[f"share_{k}_lo"] is None
+                continue
+            assert r[f"share_{k}_lo"] <= r[f"share_{k}"] + 0.02 and r[f"share_{k}"] - 0.02 <= r[f"share_{k}_hi"]
+            assert 0 <= r[f"share_{k}_lo"] <= r[f"share_{k}_hi"] <= 1
+    assert all(r["share_new_lo"] is None for r in t if not r["chosen"])
+    ci = run.load().stage("analyze")["intervals"]
+    n_and = run.load().stage("analyze")["gates"]["and"]
+    assert ci["replicates"] == 50 and ci["gates_and"][0] <= n_and <= ci["gates_and"][1] + 1
+    run_analyze(run.path, AnalyzeConfig(bootstrap=0), force=True, progress=False)
+    t = pq.read_table(run.file(contract.LIFECYCLE)).to_pylist()
+    assert all(r["share_new_lo"] is None for r in t)
