@@ -241,6 +241,21 @@ def test_missing_decoders_and_off(tmp_path, codes, weights):
     assert (pq.read_table(run.file("feature_links.parquet")).column("sae_match_succ_id").to_numpy() == -1).all()
 
 
+def test_parallel_processes_give_the_same_edges(tmp_path, stats_run, codes, weights, monkeypatch):
+    from saelineage.stats import stage
+
+    dec, th = weights
+    monkeypatch.setattr(stage, "POOL_MIN_FEATURES", 1)  # two processes match the two pairs
+    run = make_run(tmp_path / "run", codes, decoders=dec, decoder_thresholds=th)
+    run_stats(run.path, StatsConfig(min_support=3, top_k=2, workers=2), progress=False)
+    for name in ("edges.parquet", "feature_links.parquet"):
+        a, b = pq.read_table(run.file(name)), pq.read_table(stats_run.file(name))
+        assert a.column_names == b.column_names and a.num_rows == b.num_rows, name
+        for c in a.column_names:
+            x, y = a.column(c).to_numpy(), b.column(c).to_numpy()
+            assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), (name, c)
+
+
 def test_unknown_method_is_refused(tmp_path, codes):
     from saelineage.errors import SaelineageError
 

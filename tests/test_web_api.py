@@ -179,6 +179,13 @@ def test_lists_and_search(client):
     assert ov["counts"]["edges"] > 0 and ov["counts"]["communities"] > 0
     assert [r["layer"] for r in ov["per_layer"]] == [0, 1, 2, 3]
     assert set(ov["histograms"]) >= {"jaccard", "pearson"}
+    # the data-free match's agreement table (stats_summary.json), shown on the overview page
+    sm = ov["sae_match"]
+    assert sm["method"] == "exact"
+    assert [(r["src_layer"], r["dst_layer"]) for r in sm["pairs"]] == [(0, 1), (1, 2), (2, 3)]
+    assert all(0 <= r["agreement"]["pearson"] <= 1 and r["n_matched"] <= r["n_live"] for r in sm["pairs"])
+    page = client.get("/").text
+    assert 'id="sae-match-table"' in page and "0 → 1" in page
     cs = client.get("/api/communities?limit=5").json()
     sizes = [r["size"] for r in cs["rows"]]
     assert sizes == sorted(sizes, reverse=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -170,22 +171,49 @@ class _Decoders:
         return self.cache[layer]
 
 
-def _matches(pairs: list[Pair], dec: _Decoders, method: str) -> tuple[dict[int, Match], dict[int, str]]:
+POOL_MIN_FEATURES = 1024
+"""Match layer pairs in parallel processes (one per worker) from this many features on: an
+assignment holds the GIL, and a process costs ~1 s to start."""
+
+
+def _matches(
+    pairs: list[Pair], dec: _Decoders, method: str, workers: int = 1
+) -> tuple[dict[int, Match], dict[int, str]]:
     """The data-free match of every span-1 pair whose layers both have decoder weights, and
     what was folded per layer ("threshold" or "none"; docs/design.md §5.9)."""
     out: dict[int, Match] = {}
     folded: dict[int, str] = {}
     if method == "off":
         return out, folded
-    for k, p in enumerate(pairs):
-        if p.span != 1 or dec.missing([p.src, p.dst]):
-            continue
-        rows = []
-        for l in (p.src, p.dst):
-            th = dec.threshold(l)
-            folded[l] = "none" if th is None else "threshold"
-            rows.append(fold(dec(l), th))
-        out[k] = match_layers(rows[0], rows[1], method)
+    todo = [k for k, p in enumerate(pairs) if p.span == 1 and not dec.missing([p.src, p.dst])]
+    pool = None
+    smallest = min((min(dec.d[pairs[k].src], dec.d[pairs[k].dst]) for k in todo), default=0)
+    if workers > 1 and len(todo) > 1 and smallest >= POOL_MIN_FEATURES:
+        import multiprocessing
+
+        # spawn, not fork: this process runs numba and BLAS threads
+        n_proc = min(workers, len(todo))
+        pool = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        jobs = {}
+        for k in todo:
+            rows = []
+            for l in (pairs[k].src, pairs[k].dst):
+                th = dec.threshold(l)
+                folded[l] = "none" if th is None else "threshold"
+                rows.append(fold(dec(l), th))
+            if pool is None:
+                out[k] = match_layers(*rows, method)
+                continue
+            jobs[k] = pool.submit(match_layers, *rows, method)
+            del rows
+            if len([j for j in jobs.values() if not j.done()]) > n_proc:
+                # bounded memory: a queued job holds two layers' folded rows
+                wait([j for j in jobs.values() if not j.done()], return_when=FIRST_COMPLETED)
+        out |= {k: j.result() for k, j in jobs.items()}
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
     return out, folded
 
 
@@ -323,7 +351,7 @@ def run_stats(
         for f in OUTPUTS:
             run.file(f).unlink(missing_ok=True)
         t_m = time.perf_counter()
-        matches, folded = _matches(pairs, dec, opts["sae_match"])
+        matches, folded = _matches(pairs, dec, opts["sae_match"], workers)
         t_match = time.perf_counter() - t_m
         with make_progress(transient=not progress) as bar:
             task = bar.add_task("stats", total=len(budget.passes) * len(shards), rate="", visible=progress)

@@ -9,6 +9,7 @@ signature and switches to a freshly built generation, so a browser left open whi
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from saelineage import contract
 from saelineage.run import RunDir
 from saelineage.web import cache
 from saelineage.web.cache_view import (
@@ -193,6 +195,23 @@ class RunData(RelationQueries):
             "histograms": hist,
             "counts": counts,
             "status": self.status(),
+            "sae_match": self._sae_match(),
+        }
+
+    def _sae_match(self) -> dict[str, Any] | None:
+        """The data-free match's agreement table from stats_summary.json (None before stats or
+        from a stats version without it)."""
+        try:
+            s = json.loads(self.run.file(contract.STATS_SUMMARY).read_text()).get("sae_match")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if not isinstance(s, dict):
+            return None
+        keys = ("src_layer", "dst_layer", "n_live", "n_matched", "agreement", "mean_similarity")
+        return {
+            "method": str(s.get("method", "")),
+            "note": str(s.get("note", "")),
+            "pairs": [{k: r.get(k) for k in keys} for r in s.get("pairs", [])],
         }
 
     def _count(self, table: str) -> int | None:

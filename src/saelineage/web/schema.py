@@ -123,6 +123,27 @@ class Counts(Closed):
     gates: dict[str, int] = absent("Gate kind (and/or) -> count; absent before analyze")
 
 
+class MatchAgreement(Closed):
+    """One adjacent layer pair: the data-free match (SAE Match) against the data's best successors."""
+
+    src_layer: int
+    dst_layer: int
+    n_live: Optional[int] = Field(..., description="Live features of the source layer; null without decoder weights")
+    n_matched: Optional[int] = Field(..., description="Live features with a data-free partner")
+    agreement: Optional[dict[str, Optional[float]]] = Field(
+        ...,
+        description="Measure -> share of live features whose best successor by that measure "
+        "(feature_links.parquet) is their data-free partner; null without decoder weights",
+    )
+    mean_similarity: Optional[float] = Field(..., description="Mean folded decoder similarity of the matched pairs")
+
+
+class SaeMatch(Closed):
+    method: str = Field(..., description="exact, greedy or off (stats' --sae-match)")
+    note: str
+    pairs: list[MatchAgreement]
+
+
 class Overview(Closed):
     run: str = Field(..., description="Run directory")
     model: Optional[dict[str, Any]] = Field(..., description="Model identity from the manifest")
@@ -138,6 +159,10 @@ class Overview(Closed):
     )
     counts: Counts
     status: Status
+    sae_match: Optional[SaeMatch] = Field(
+        ...,
+        description="The data-free match's agreement with the data per layer pair (stats_summary.json); or null",
+    )
 
 
 # ---- features --------------------------------------------------------------------------------
@@ -207,6 +232,7 @@ class Edge(Open):
     pearson: Optional[float] = None
     act_cosine: Optional[float] = None
     dec_cosine: Optional[float] = None
+    sae_match: Optional[float] = Field(None, description="Folded decoder similarity when the pair is a data-free match")
     sufficiency_lo: Optional[float] = None
     necessity_lo: Optional[float] = None
     other: FeatureBrief = Field(..., description="The feature at the other end")
