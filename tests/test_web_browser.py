@@ -124,6 +124,14 @@ def wait_js(pg, expr: str, timeout: float = 15.0) -> None:
         pg.wait_for_timeout(50)
 
 
+def _api(base_url: str, path: str) -> dict:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(base_url + path) as r:
+        return json.loads(r.read())
+
+
 def _wait_graph(pg) -> None:
     pg.wait_for_selector("#graph-info[data-ready='1']", timeout=15000)
 
@@ -133,6 +141,17 @@ def test_overview(page, base_url):
     page.wait_for_selector("body[data-ready='1']")
     assert page.locator("#lifecycle-chart .main-svg").count() >= 1
     assert page.locator("#rates-chart .main-svg").count() >= 1
+    # the new / ending shares carry their bootstrap intervals as error bars, drawn from lifecycle.parquet
+    assert page.locator("#rates-chart .errorbar").count() >= 4
+    err = page.evaluate(
+        "(() => { const d = document.getElementById('rates-chart').data[1];"
+        " return [d.y[0], d.error_y.array[0], d.error_y.arrayminus[0]]; })()"
+    )
+    rates = {r["layer"]: r for r in _api(base_url, "/api/overview")["rates"]}
+    first = rates[min(rates)]
+    assert err[0] == pytest.approx(100 * first["share_ending"])
+    assert err[1] == pytest.approx(100 * (first["share_ending_hi"] - first["share_ending"]))
+    assert err[2] == pytest.approx(100 * (first["share_ending"] - first["share_ending_lo"]))
     assert page.locator("#hist-charts .js-plotly-plot .bars").count() >= 5  # one subplot per measure
     assert "synthetic" in page.inner_text("#model-name")
     assert page.locator("#sae-table tbody tr").count() == 6

@@ -161,9 +161,23 @@ def lifecycle_links(
 
 
 # ---------------------------------------------------------------------------- gates
+def near_passing(scored: dict[str, np.ndarray], select: dict, margin: float = 0.15) -> np.ndarray:
+    """Candidates whose point evidence is within `margin` of the test's bars, bool [R]: only these
+    are re-tested per replicate (the others keep their point p-values in the family)."""
+    if select.get("test") == "threshold":
+        tau = select.get("tau_valid", 0.95)
+        return (scored["score_forward"] >= tau - margin) & (scored["score_backward"] >= tau - margin)
+    return (
+        (scored["score_forward_lo"] >= select.get("min_prob", 0.6) - margin)
+        & (scored["score_backward_lo"] >= select.get("min_prob", 0.6) - margin)
+        & (scored["gain"] >= select.get("min_gain", 0.1) - margin)
+    )
+
+
 def gate_count_replicates(
     e: dict[str, np.ndarray],
     cands: dict[str, dict[str, np.ndarray]],
+    point: dict[str, np.ndarray],
     pairs: dict[int, np.ndarray],
     triples: dict[tuple[int, int], np.ndarray],
     edge_links: tuple[np.ndarray, dict[tuple[int, int], np.ndarray]],
@@ -175,20 +189,31 @@ def gate_count_replicates(
 ) -> dict[str, np.ndarray]:
     """Replicate counts of gates per kind: {'and': int [B], 'or': int [B]}.
 
-    cands: {kind: candidates}; edge_links: (edge rows [E], {(l, m): link index of each row}) —
-    where each edge row's co-activation count sits in g.links; select: select_gates' options."""
+    cands: {kind: candidates} in the order of `point` (their scored point evidence); edge_links:
+    (edge rows [E], {(l, m): link index of each row}) — where each edge row's co-activation count
+    sits in g.links; select: select_gates' options. Candidates far from the bars (`near_passing`)
+    keep their point p-values and never pass."""
     rows, link_of = edge_links
+    near = near_passing(point, select)
+    offset = 0
+    sub = {}
+    for kind, c in cands.items():
+        sel = near[offset : offset + len(c["j"])]
+        sub[kind] = {k: v[sel] for k, v in c.items()}
+        offset += len(c["j"])
     out = {kind: np.zeros(len(weights), np.int64) for kind in cands}
+    far_p = point["p_value"][~near]
     for b, w in enumerate(weights):
         rc = replicate_counts(g, w)
         eb = dict(e, n_co=_replicate_n_co(e, rows, link_of, rc))
         scored = gates.concat_scored(
             [
                 gates.score_candidates(eb, c, gates.lookup(c, pairs, triples, rc, d_sae), kind, rc.n_tokens, confidence)
-                for kind, c in cands.items()
+                for kind, c in sub.items()
             ]
         )
-        scored["q_value"] = evidence.bh_qvalues(scored["p_value"])
+        q = evidence.bh_qvalues(np.concatenate([scored["p_value"], far_p]))
+        scored["q_value"] = q[: len(scored["p_value"])]
         keep = gates.select_gates(scored, **select)
         for kind in cands:
             out[kind][b] = int((keep & (scored["kind"] == kind)).sum())

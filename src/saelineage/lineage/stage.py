@@ -24,8 +24,8 @@ from saelineage import contract
 from saelineage.contract import Manifest
 from saelineage.data.finalize import read_vocab
 from saelineage.errors import SaelineageError
-from saelineage.lineage import communities as comm
 from saelineage.lineage import bootstrap, evidence, gates, lifecycle, splits
+from saelineage.lineage import communities as comm
 from saelineage.lineage.config import AnalyzeConfig
 from saelineage.lineage.figures import write_lifecycle_html
 from saelineage.lineage.index import feature_rows
@@ -269,7 +269,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
         life_ci = {l: {k: bootstrap.interval(v) for k, v in r.items()} for l, r in reps.items()}
         rows = np.unique(gate_rows)
         g_reps = bootstrap.gate_count_replicates(
-            e, {"and": c_and, "or": c_or}, pairs, g_triples,
+            e, {"and": c_and, "or": c_or}, scored, pairs, g_triples,
             (rows, bootstrap.locate_links(e, rows, link_req)), counts.by_group, weights, d_sae,
             {"test": opt.gate_test, "min_support": opt.min_support, "tau_valid": tau_v, "fdr": opt.fdr,
              "min_prob": opt.min_prob, "min_gain": opt.min_gain},

@@ -161,7 +161,12 @@ class RunData(RelationQueries):
                 r["column_name"]
                 for r in g.q("SELECT column_name FROM information_schema.columns WHERE table_name = 'lifecycle'")
             }
-            want = [c for c in ("layer", "share_new", "share_ending", "ref_share_new", "ref_share_ending") if c in cols]
+            want = [
+                c
+                for c in ("layer", "share_new", "share_ending", "ref_share_new", "ref_share_ending", "share_new_lo",
+                          "share_new_hi", "share_ending_lo", "share_ending_hi")
+                if c in cols
+            ]  # fmt: skip
             if {"layer", "share_new", "share_ending"} <= set(want):
                 where = "WHERE chosen" if "chosen" in cols else ""
                 rates = g.q(f"SELECT {', '.join(want)} FROM lifecycle {where} ORDER BY layer")

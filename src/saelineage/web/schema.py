@@ -109,6 +109,10 @@ class Rate(Closed):
     share_ending: Optional[float] = Field(..., description="Share of live features without successor")
     ref_share_new: Optional[float] = Field(None, description="Same, counting dead features as new")
     ref_share_ending: Optional[float] = Field(None, description="Same, counting dead features as ending")
+    share_new_lo: Optional[float] = Field(None, description="95% bootstrap interval of share_new over windows: low")
+    share_new_hi: Optional[float] = Field(None, description="95% bootstrap interval of share_new: high")
+    share_ending_lo: Optional[float] = Field(None, description="95% bootstrap interval of share_ending: low")
+    share_ending_hi: Optional[float] = Field(None, description="95% bootstrap interval of share_ending: high")
 
 
 HistogramBin = tuple[float, float, int]

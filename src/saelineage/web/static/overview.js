@@ -67,9 +67,17 @@ function ratesChart() {
   const div = document.getElementById('rates-chart');
   if (!div || !data.rates.length) return;
   const x = data.rates.map(r => r.layer);
+  const pct = v => (v === null || v === undefined ? null : 100 * v);
+  // 95% bootstrap intervals over windows (lifecycle.parquet share_*_lo/_hi), when analyze computed them
+  const bars = key => (data.rates.some(r => r[`${key}_lo`] != null) ? {
+    error_y: {type: 'data', symmetric: false, thickness: 1.5, width: 4,
+      array: data.rates.map(r => (r[`${key}_hi`] == null || r[key] == null ? null : pct(r[`${key}_hi`] - r[key]))),
+      arrayminus: data.rates.map(r => (r[`${key}_lo`] == null || r[key] == null ? null : pct(r[key] - r[`${key}_lo`])))},
+  } : {});
   const line = (key, name, color, dash) => ({
-    type: 'scatter', mode: 'lines+markers', name, x, y: data.rates.map(r => r[key] === null ? null : 100 * r[key]),
-    line: {color, dash}, hovertemplate: `layer %{x}: %{y:.1f}% ${name}<extra></extra>`});
+    type: 'scatter', mode: 'lines+markers', name, x, y: data.rates.map(r => pct(r[key])),
+    line: {color, dash}, hovertemplate: `layer %{x}: %{y:.1f}% ${name}<extra></extra>`,
+    ...(dash === 'solid' ? bars(key) : {})});
   const traces = [line('share_new', 'new', CLASS_COLORS.new, 'solid'),
                   line('share_ending', 'ending', CLASS_COLORS.ending, 'solid')];
   if ('ref_share_new' in data.rates[0]) {
