@@ -14,7 +14,7 @@ from saelineage.collect.config import CollectConfig
 from saelineage.config import cli_fields, default_of, field_docs, flag_of, from_options, to_argv
 from saelineage.lineage.config import AnalyzeConfig
 from saelineage.stats.config import StatsConfig
-from saelineage.web.config import ServeConfig
+from saelineage.web.config import ServeConfig, SiteConfig
 
 # one value unlike the default for every command-line field
 ODD = {
@@ -92,6 +92,16 @@ ODD = {
         device="cuda",
     ),
     ServeConfig: dict(host="::1", port=8123, log_level="info"),
+    SiteConfig: dict(
+        features="3:17,4:2",
+        top_n=50,
+        examples=5,
+        neighbours=4,
+        context_before=6,
+        context_after=1,
+        max_table_rows=300,
+        chunk=64,
+    ),
 }
 COMMANDS = {
     CollectConfig: "collect",
@@ -99,12 +109,15 @@ COMMANDS = {
     AnalyzeConfig: "analyze",
     AblateConfig: "ablate",
     ServeConfig: "serve",
+    SiteConfig: "export-site",
 }
+ARGUMENTS = {"export-site": ["RUN", "OUT"]}
+"""Positional arguments of commands that take more than the run directory."""
 
 
 def parse(command: str, argv: list[str]) -> dict:
     cmd = typer.main.get_command(app).commands[command]
-    ctx = cmd.make_context(command, ["RUN", *argv])
+    ctx = cmd.make_context(command, [*ARGUMENTS.get(command, ["RUN"]), *argv])
     return ctx.params
 
 

@@ -14,7 +14,7 @@ from saelineage.lineage.command import analyze_command, export_command, prompt_c
 from saelineage.progress import console
 from saelineage.saes.train_command import train_command
 from saelineage.stats.command import stats_command
-from saelineage.web.command import labels_app, serve_command
+from saelineage.web.command import export_site_command, labels_app, serve_command
 
 app = typer.Typer(
     name="saelineage",
@@ -40,6 +40,7 @@ app.command("prompt")(prompt_command)
 app.command("export")(export_command)
 app.command("ablate")(ablate_command)
 app.command("serve")(serve_command)
+app.command("export-site")(export_site_command)
 app.add_typer(labels_app, name="labels")
 app.command("demo")(demo_command)
 

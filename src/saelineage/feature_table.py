@@ -16,7 +16,8 @@ cover is null in its columns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from saelineage import contract
+from saelineage.errors import SaelineageError
 from saelineage.lineage.index import feature_rows
 from saelineage.run import RunDir
 
@@ -69,3 +71,25 @@ def _left_join(left: pa.Table, right: pa.Table, columns: list[str]) -> pa.Table:
     for c, col in zip(columns, picked):
         left = left.append_column(right.schema.field(c), col)
     return left
+
+
+def parse_feature_ids(text: str, layers: Iterable[int]) -> list[tuple[int, int]]:
+    """Feature ids "3:17, 4:2" (or a file of such ids) as [(3, 17), (4, 2)]; layers must be the run's."""
+    p = Path(text)
+    if text and p.is_file():
+        text = p.read_text()
+    out = []
+    known = set(layers)
+    for part in re.split(r"[,\s]+", text.strip()):
+        if not part:
+            continue
+        m = re.fullmatch(r"[Ll]?(\d+)[:/_](\d+)", part)
+        if m is None:
+            raise SaelineageError(
+                f"{part!r} is not a feature id.", "give features as LAYER:FEATURE, e.g. --features 3:17,4:2."
+            )
+        layer, feature = int(m.group(1)), int(m.group(2))
+        if layer not in known:
+            raise SaelineageError(f"layer {layer} of {part!r} is not in the run.", f"layers are {sorted(known)}.")
+        out.append((layer, feature))
+    return out

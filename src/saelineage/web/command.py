@@ -1,6 +1,7 @@
-"""CLI: `saelineage serve RUN` and `saelineage labels import RUN FILE`.
+"""CLI: `saelineage serve RUN`, `saelineage export-site RUN OUT` and `saelineage labels import RUN FILE`.
 
-Register with ``app.command("serve")(serve_command)`` and ``app.add_typer(labels_app, name="labels")``.
+Register with ``app.command("serve")(serve_command)``, ``app.command("export-site")(export_site_command)``
+and ``app.add_typer(labels_app, name="labels")``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import typer
 
 from saelineage.config import with_config
 from saelineage.progress import console
-from saelineage.web.config import ServeConfig
+from saelineage.web.config import ServeConfig, SiteConfig
 
 
 @with_config(ServeConfig)
@@ -23,6 +24,28 @@ def serve_command(
     from saelineage.web.app import serve
 
     serve(run, cfg)
+
+
+@with_config(SiteConfig)
+def export_site_command(
+    run: Path = typer.Argument(..., help="Run directory (after `saelineage analyze` for the full site)."),
+    out: Path = typer.Argument(..., help="Folder to write the site to (new, empty, or an earlier export: replaced)."),
+    cfg: SiteConfig = SiteConfig(),
+) -> None:
+    """Write a read-only copy of the browser as static files, for any static file host (e.g. GitHub Pages).
+
+    Overview, layered graph, communities, gates, splits, and a page per live feature (or --features, --top-n).
+    Data sits in JSON files loaded on demand; no server, no CDN.
+    Live prompts need the model and are left out (the prompt page says so).
+    Try it with a static file server: python -m http.server -d OUT
+    """
+    from saelineage.web.site import export_site
+
+    res = export_site(run, out, cfg, progress=lambda msg: console.print(f"  {msg}…"))
+    console.print(
+        f"[green]static site written[/]: {res.out} — {res.files:,} files, {res.bytes / 1e6:.1f} MB, "
+        f"{res.features:,} feature pages, {res.seconds:.1f} s. Try it: python -m http.server -d {res.out}"
+    )
 
 
 labels_app = typer.Typer(help="Feature labels shown by the browser.", no_args_is_help=True, add_completion=False)

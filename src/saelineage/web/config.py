@@ -16,3 +16,27 @@ class ServeConfig:
     """Port."""
     log_level: str = "warning"
     """uvicorn's log level (debug, info, warning, error)."""
+
+
+@dataclass
+class SiteConfig:
+    """Options of `saelineage export-site`: what the static copy of the browser holds."""
+
+    features: str = ""
+    """Feature pages for these features only: LAYER:FEATURE ids separated by commas or spaces, or a file of
+    them (default: every live feature)."""
+    top_n: int = 0
+    """Feature pages for the N most active live features of each layer only (0: all live features)."""
+    examples: int = 10
+    """Top activating examples per feature page."""
+    neighbours: int = 10
+    """Strongest upstream and downstream edges (by jaccard) per feature page."""
+    context_before: int = 10
+    """Tokens shown before the token an example fires on."""
+    context_after: int = 3
+    """Tokens shown after it."""
+    max_table_rows: int = 2000
+    """Rows of the gates, splits and communities tables exported, rounded up to whole pages of 100 (the
+    first ones in the browser's order; the notebook API and the Parquet files hold all)."""
+    chunk: int = 128
+    """Features per data file (a feature page loads one file)."""

@@ -1,6 +1,11 @@
 // Shared helpers. Text from the run (labels, tokens) only ever enters the page through
 // textContent / createTextNode: never innerHTML.
 
+import {staticApi} from './static_api.js';
+
+/** True on the pages of a static export (saelineage export-site): data comes from JSON files. */
+export const STATIC = document.body.dataset.site === 'static';
+
 /** Create an element; strings among the children become text nodes. */
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -20,6 +25,7 @@ export function el(tag, attrs = {}, ...children) {
 
 /** GET/POST JSON from our own API; throws an Error with the server's message on failure. */
 export async function api(path, body) {
+  if (STATIC) return staticApi(path, body);
   const opts = body === undefined ? {} : {
     method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)};
   const r = await fetch(path, opts);
@@ -39,7 +45,16 @@ export function fmt(v, digits = 3) {
 }
 
 export function featureHref(layer, feature) {
-  return `/feature/${Number(layer)}/${Number(feature)}`;
+  return STATIC ? `feature.html?l=${Number(layer)}&f=${Number(feature)}` : `/feature/${Number(layer)}/${Number(feature)}`;
+}
+
+export function communityHref(c) {
+  return STATIC ? `community-${Number(c)}.html` : `/community/${Number(c)}`;
+}
+
+/** URL of the layered graph page with the given query. */
+export function graphHref(query) {
+  return `${STATIC ? 'graph.html' : '/graph'}?${query}`;
 }
 
 /** Link to a feature: id plus label, as text. */

@@ -1,6 +1,6 @@
 // The layered-graph page: filters <-> URL, fetch /api/graph, draw, legend, feature panel.
 
-import {api, communityColor, el, featureHref, fmt} from './common.js';
+import {STATIC, api, communityColor, el, featureHref, fmt, graphHref} from './common.js';
 import {LayeredGraph} from './layered.js';
 import {showFeaturePanel} from './panel.js';
 
@@ -54,7 +54,7 @@ function renderLegend() {
 
 async function load(push = false) {
   const p = params();
-  if (push) history.pushState(null, '', `/graph?${p}`);
+  if (push) history.pushState(null, '', graphHref(p));
   info.textContent = 'loading…';
   const t0 = performance.now();
   try {
@@ -87,6 +87,13 @@ async function load(push = false) {
 form.addEventListener('submit', e => { e.preventDefault(); load(true); });
 for (const f of ['measure', 'order', 'layer_min', 'layer_max']) form.elements[f].addEventListener('change', () => load(true));
 window.addEventListener('popstate', () => { fromUrl(); load(false); });
+if (STATIC) {  // a static export holds the graph per measure and edges-per-node at the default filters
+  for (const f of ['min_value', 'layer_min', 'layer_max', 'max_nodes', 'order']) {
+    form.elements[f].disabled = true;
+    form.elements[f].title = 'fixed in a static export (saelineage serve RUN has every filter)';
+  }
+  for (const f of ['edges_per_node', 'community']) form.elements[f].addEventListener('change', () => load(true));
+}
 fromUrl();
 load(false);
 window.saelineageGraph = graph;  // for tests and the console

@@ -1,12 +1,12 @@
 // The feature panel beside a graph: what a click on a node opens.
 
-import {api, el, featureHref, featureLink, fmt} from './common.js';
+import {api, communityHref, el, featureHref, featureLink, fmt} from './common.js';
 
 function exampleLine(ex) {
   const ctx = el('span', {class: 'ctx'});
   if (ex.truncated_left) ctx.append(el('span', {class: 'ell'}, '…'));
   for (const t of ex.tokens) {
-    ctx.append(el('span', {class: t.hit ? 'tok hit' : 'tok', title: `token ${t.id}`}, t.text.replaceAll('\n', '↵')));
+    ctx.append(el('span', {class: t.hit ? 'tok hit' : 'tok', title: t.id === null ? null : `token ${t.id}`}, t.text.replaceAll('\n', '↵')));
   }
   if (ex.truncated_right) ctx.append(el('span', {class: 'ell'}, '…'));
   return el('li', {}, el('span', {class: 'val'}, fmt(ex.value)), ' ', ctx);
@@ -37,7 +37,7 @@ export async function showFeaturePanel(panel, layer, feature, {measure = 'jaccar
       el('p', {class: 'meta'}, `density ${fmt(f.density)} · max ${fmt(f.act_max)} · ${f.lifecycle || 'lifecycle n/a'}`),
       el('p', {class: 'actions'},
         el('a', {href: featureHref(f.layer, f.feature), id: 'open-feature', class: 'button'}, 'Open feature page →'),
-        f.community !== null ? el('a', {href: `/community/${Number(f.community)}`, class: 'button light',
+        f.community !== null && f.community_page !== false ? el('a', {href: communityHref(f.community), class: 'button light',
           onclick: onCommunity ? (e) => { e.preventDefault(); onCommunity(f.community); } : null},
           `community ${comm}`) : null,
         f.neuronpedia ? el('a', {href: f.neuronpedia, target: '_blank', rel: 'noopener noreferrer'}, 'Neuronpedia ↗') : null),

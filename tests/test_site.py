@@ -1,0 +1,272 @@
+"""`saelineage export-site`: the static copy of the browser. Its files (links all resolve, data records
+equal the API's answers, selections, size budget), then the site in chromium behind a plain static
+file server (python -m http.server on 127.0.0.1): every page loads without console errors or
+foreign requests, a feature page opens from the graph, and a hostile label stays text."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow.parquet as pq
+import pytest
+
+from saelineage.errors import SaelineageError
+from saelineage.testing.sample_run import HOSTILE_LABEL, build_sample_run
+from saelineage.web.config import SiteConfig
+from saelineage.web.queries import RunData
+from saelineage.web.site import export_site, round_sig, shown_rows
+
+CHROMIUM = "/usr/bin/chromium"
+FEATURE_DATA_BUDGET = 4096
+"""Bytes of feature data per exported feature at the default options (examples, neighbours, context):
+the export's size grows with its features, and this keeps that growth in check (docs/design.md)."""
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    return build_sample_run(tmp_path_factory.mktemp("site") / "run", n_layers=4, d_sae=96)
+
+
+@pytest.fixture(scope="module")
+def site(sample, tmp_path_factory):
+    return export_site(sample.path, tmp_path_factory.mktemp("out") / "site", SiteConfig(max_table_rows=20))
+
+
+def _links(html: str) -> list[str]:
+    return [m.group(2).replace("&amp;", "&") for m in re.finditer(r'\b(href|src|action)="([^"]*)"', html)]
+
+
+def test_every_link_resolves_to_a_file_of_the_site(site):
+    pages = sorted(site.out.glob("*.html"))
+    names = {p.name for p in pages}
+    assert {"index.html", "graph.html", "communities.html", "gates.html", "splits.html", "prompt.html"} <= names
+    assert {"feature.html", "community-0.html"} <= names
+    tables = json.loads((site.out / "data" / "site.json").read_text())["tables"]
+    for name, t in tables.items():  # one page per 100 rows shown, the browser's pager
+        assert t["shown"] == min(t["total"], 100)  # 20 rows asked: one whole page
+        want = {f"{name}.html"} | {f"{name}-{k}.html" for k in range(100, t["shown"], 100)}
+        assert {n for n in names if re.fullmatch(rf"{name}(-\d+)?\.html", n)} == want
+        assert ("site-truncated" in (site.out / f"{name}.html").read_text()) == (t["total"] > t["shown"])
+    assert (site.out / "gates.html").read_text().count('<span class="kind ') == tables["gates"]["shown"]
+
+    for p in pages:
+        html = p.read_text()
+        assert 'data-site="static"' in html and "Content-Security-Policy" in html, p.name
+        for url in _links(html):
+            parts = urlsplit(url)
+            if parts.scheme in ("http", "https") or url.startswith(("#", "data:")):
+                assert "neuronpedia.org" in url or url.startswith(("#", "data:")), (p.name, url)
+                continue
+            assert not url.startswith("/"), f"{p.name}: root-relative link {url}"
+            if parts.path:
+                assert (site.out / parts.path).is_file(), f"{p.name}: {url} has no file"
+    assert (site.out / "vendor" / "plotly.min.js").stat().st_size > 1_000_000  # no CDN: plotly ships with the site
+
+
+def test_table_rows_shown_in_whole_pages():
+    assert [shown_rows(t, m) for t, m in [(53, 20), (530, 20), (530, 100), (530, 101), (530, 2000), (0, 5)]] == [
+        53, 100, 100, 200, 530, 0,
+    ]  # fmt: skip
+
+
+def test_feature_records_are_the_apis_answers(site, sample):
+    info = json.loads((site.out / "data" / "site.json").read_text())
+    data = RunData(sample.path)
+    g = data.g
+    live = [(int(l), int(f)) for l, f, n in zip(g.layer, g.feature, g.n_active) if n > 0]
+    assert info["features"] == len(live) == site.features
+    found = {}
+    for p in (site.out / "data" / "features").rglob("*.json"):
+        for f, rec in json.loads(p.read_text())["features"].items():
+            layer, k = int(p.parent.name), int(p.stem)
+            assert int(f) // info["chunk"] == k
+            found[(layer, int(f))] = rec
+    assert sorted(found) == sorted(live)
+    for layer, feature in [(0, 0), (2, 7), live[-1]]:
+        rec, api = found[(layer, feature)], data.feature(layer, feature)
+        assert rec["f"]["label"] == api["label"] and rec["f"]["n_active"] == api["n_active"]
+        assert rec["f"]["density"] == round_sig(api["density"])
+        down = data.neighbours(layer, feature, "down", "jaccard", 10)
+        assert [o[:2] for o in rec["down"]["other"]] == [[e["dst_layer"], e["dst"]] for e in down]
+        col = info["neighbour_columns"].index("jaccard")
+        assert [v[col] for v in rec["down"]["values"]] == [round_sig(e["jaccard"]) for e in down]
+        ex = data.examples(layer, feature, limit=10, before=10, after=3)
+        assert [e[6] for e in rec["ex"]] == [[t["text"] for t in e["tokens"]] for e in ex]
+        assert [e[6][e[3]] for e in rec["ex"]] == [next(t["text"] for t in e["tokens"] if t["hit"]) for e in ex]
+    assert found[(0, 0)]["f"]["label"] == HOSTILE_LABEL
+
+
+def test_size_budget(site):
+    feature_bytes = sum(p.stat().st_size for p in (site.out / "data" / "features").rglob("*.json"))
+    assert feature_bytes / site.features < FEATURE_DATA_BUDGET, f"{feature_bytes / site.features:.0f} bytes per feature"
+    assert site.bytes == sum(p.stat().st_size for p in site.out.rglob("*") if p.is_file())
+
+
+def test_selection_and_refusals(sample, tmp_path):
+    res = export_site(sample.path, tmp_path / "sel", SiteConfig(features="0:1, 2:5"))
+    recs = {
+        (int(p.parent.name), int(f))
+        for p in (res.out / "data" / "features").rglob("*.json")
+        for f in json.loads(p.read_text())["features"]
+    }
+    assert recs == {(0, 1), (2, 5)}
+    top = export_site(sample.path, tmp_path / "sel", SiteConfig(top_n=3))  # an earlier export is replaced
+    recs = {
+        (int(p.parent.name), int(f))
+        for p in (top.out / "data" / "features").rglob("*.json")
+        for f in json.loads(p.read_text())["features"]
+    }
+    feats = pq.read_table(sample.file("features.parquet")).to_pandas()
+    want = {
+        (int(r.layer), int(r.feature))
+        for _, grp in feats[feats.n_active > 0].groupby("layer")
+        for r in grp.sort_values(["n_active", "feature"], ascending=[False, True]).head(3).itertuples()
+    }
+    assert top.features == 12 and recs == want
+    with pytest.raises(SaelineageError, match="not a feature id"):
+        export_site(sample.path, tmp_path / "bad", SiteConfig(features="3-17"))
+    with pytest.raises(SaelineageError, match="layer 9"):
+        export_site(sample.path, tmp_path / "bad", SiteConfig(features="9:1"))
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(SaelineageError, match="not an earlier saelineage site export"):
+        export_site(sample.path, other, SiteConfig(top_n=1))
+    assert (other / "notes.txt").read_text() == "keep me"
+
+
+# ---- in chromium, behind a plain static file server ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site.out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--no-first-run"],
+        )  # fmt: skip
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = ctx.new_page()
+    pg.problems, pg.dialogs = [], []
+    pg.on("console", lambda m: m.type == "error" and pg.problems.append(f"console: {m.text}"))
+    pg.on("pageerror", lambda e: pg.problems.append(f"pageerror: {e}"))
+    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+    pg.on("request", lambda r: r.url.startswith("http://127.0.0.1") or pg.problems.append(f"external: {r.url}"))
+    yield pg
+    problems = list(pg.problems)
+    ctx.close()
+    assert not problems, problems
+
+
+def _ready(pg, selector: str) -> None:
+    pg.wait_for_selector(selector, timeout=15000)
+
+
+@pytest.mark.browser
+def test_every_page_loads_without_errors(page, server, site):
+    checks = {
+        "index.html": "body[data-ready='1']",
+        "graph.html": "#graph-info[data-ready='1']",
+        "communities.html": "#communities-table tbody tr",
+        "community-0.html": "#graph-info[data-ready='1']",
+        "gates.html": "#gates-table tbody tr",
+        "splits.html": "#splits-table tbody tr",
+        "prompt.html": "#prompt-unavailable",
+        "feature.html?l=1&f=3": "#feature-root[data-ready='1']",
+    }
+    for path, selector in checks.items():
+        page.goto(f"{server}/{path}")
+        _ready(page, selector)
+    page.goto(f"{server}/prompt.html")
+    assert "Live prompts are not part of a static export" in page.inner_text("#prompt-unavailable")
+    page.goto(f"{server}/index.html")
+    _ready(page, "body[data-ready='1']")
+    assert page.locator("#lifecycle-chart .main-svg").count() >= 1  # plotly from the site itself
+    assert page.locator("header .search").is_hidden()
+
+
+@pytest.mark.browser
+def test_feature_page_from_the_graph(page, server):
+    page.goto(f"{server}/graph.html")
+    _ready(page, "#graph-info[data-ready='1']")
+    node = page.evaluate(
+        "(() => { const n = window.saelineageGraph.data.nodes.find(x => x.row === 1);"
+        " return {x: n.x, y: n.y, layer: n.layer, feature: n.feature}; })()"
+    )
+    box = page.locator("#graph-canvas").bounding_box()
+    page.mouse.click(box["x"] + node["x"], box["y"] + node["y"])
+    page.wait_for_selector("#open-feature")
+    assert page.locator("#feature-panel .examples li").count() > 0  # the panel, from the feature's data file
+    page.click("#open-feature")
+    page.wait_for_url(f"**/feature.html?l={node['layer']}&f={node['feature']}")
+    _ready(page, "#feature-root[data-ready='1']")
+    assert page.inner_text("#feature-label").strip() != ""
+    assert page.locator("#examples li").count() > 0
+    assert page.locator("#examples .tok.hit").count() == page.locator("#examples li").count()
+    assert page.locator("#up-table tbody tr").count() > 0
+    # edges-per-node switches to the exported variant; the graph is still drawn
+    page.goto(f"{server}/graph.html?edges_per_node=1&measure=pearson")
+    _ready(page, "#graph-info[data-ready='1']")
+    assert "(pearson)" in page.inner_text("#graph-info")
+    page.goto(f"{server}/feature.html?l=0&f=95")  # a dead feature: not exported, and the page says so
+    _ready(page, "#feature-root[data-ready='error']")
+    assert "not in this export" in page.inner_text("#feature-error")
+
+
+@pytest.mark.browser
+def test_hostile_label_stays_text(page, server):
+    page.goto(f"{server}/feature.html?l=0&f=0")
+    _ready(page, "#feature-root[data-ready='1']")
+    assert page.inner_text("#feature-label") == HOSTILE_LABEL
+    assert page.locator("main img").count() == 0 and page.locator("main script").count() == 0
+    comm = page.evaluate("fetch('data/features/0/0.json').then(r => r.json()).then(d => d.features['0'].f.community)")
+    page.goto(f"{server}/graph.html?community={comm}&min_value=")
+    _ready(page, "#graph-info[data-ready='1']")
+    page.evaluate("window.saelineageGraph.selectById(0, 0)")
+    page.wait_for_selector("#panel-label")
+    assert page.inner_text("#panel-label") == HOSTILE_LABEL
+    assert page.locator("#feature-panel img").count() == 0
+    page.goto(f"{server}/community-{comm}.html")
+    assert HOSTILE_LABEL in page.inner_text("#members-table")
+    assert page.locator("main img").count() == 0
+    page.wait_for_timeout(300)
+    assert page.dialogs == []
