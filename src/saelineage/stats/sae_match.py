@@ -1,5 +1,5 @@
 """Data-free matching of adjacent layers' features from SAE weights ("SAE Match", Balagansky,
-Maksimov, Gavrilov 2024, arXiv:2410.07656; docs/design.md §5.9).
+Maksimov, Gavrilov 2024, arXiv:2410.07656; docs/design.md §5.12).
 
 Each decoder row is *folded* with the scale at which its feature starts to write: a JumpReLU
 feature is zero below its threshold θ_i and at least θ_i above it, so θ_i·W_dec[i] is the

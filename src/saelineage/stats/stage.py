@@ -180,7 +180,7 @@ def _matches(
     pairs: list[Pair], dec: _Decoders, method: str, workers: int = 1
 ) -> tuple[dict[int, Match], dict[int, str]]:
     """The data-free match of every span-1 pair whose layers both have decoder weights, and
-    what was folded per layer ("threshold" or "none"; docs/design.md §5.9)."""
+    what was folded per layer ("threshold" or "none"; docs/design.md §5.12)."""
     out: dict[int, Match] = {}
     folded: dict[int, str] = {}
     if method == "off":
