@@ -155,6 +155,10 @@ def test_overview(page, base_url):
     assert page.locator("#hist-charts .js-plotly-plot .bars").count() >= 5  # one subplot per measure
     assert "synthetic" in page.inner_text("#model-name")
     assert page.locator("#sae-table tbody tr").count() == 6
+    # the data-free match's agreement: one row per adjacent layer pair, as the API gives them
+    pairs = _api(base_url, "/api/overview")["sae_match"]["pairs"]
+    assert page.locator("#sae-match-table tbody tr").count() == len(pairs) == 5
+    assert page.locator("#sae-match-table tbody tr").first.inner_text().startswith(f"{pairs[0]['src_layer']} → ")
     shot(page, "overview")
 
 
