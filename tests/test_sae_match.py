@@ -153,6 +153,26 @@ def test_thresholds_round_trip_through_the_decoder_file(stats_run, weights):
         np.testing.assert_array_equal(load_threshold(stats_run, l), th[l])
 
 
+def test_thresholds_from_the_sae_folder(tmp_path, codes):
+    """A collected run names its SAE folders: JumpReLU thresholds are read there, TopK has none."""
+    from runs import random_sae
+
+    from saelineage.saes.loading import save_saelens
+
+    run = make_run(tmp_path / "run", codes)
+    m = run.load()
+    saes = {
+        0: random_sae(12, 40, "blocks.0.hook_resid_pre", "jumprelu"),
+        2: random_sae(12, 30, "blocks.2.hook_resid_pre", "topk"),
+    }
+    for l, sae in saes.items():
+        save_saelens(sae, tmp_path / f"sae{l}")
+        m.saes[l] |= {"path": str(tmp_path / f"sae{l}"), "architecture": sae.architecture}
+    run.save(m)
+    np.testing.assert_array_equal(load_threshold(run, 0), saes[0].threshold.numpy())
+    assert load_threshold(run, 2) is None and load_threshold(run, 5) is None
+
+
 def test_matched_pairs_are_edges_with_oracle_measures(stats_run, codes, weights):
     dec, th = weights
     edges = pq.read_table(stats_run.file("edges.parquet")).to_pandas()
