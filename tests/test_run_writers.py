@@ -1,4 +1,4 @@
-"""One writer per run file (issue #14): collect → stats → analyze → ablate → labels import →
+"""One writer per run file: collect → stats → ceiling → analyze → ablate → labels import →
 analyze again → ablate again (skipped) on a tiny collected run, recording which files each stage
 changed; then the joined per-feature table and its export against the separate tables."""
 
@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 from saelineage import contract
 from saelineage.causal.config import AblateConfig
 from saelineage.causal.stage import run_ablate
+from saelineage.ceiling.config import CeilingConfig
+from saelineage.ceiling.stage import run_ceiling
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
 from saelineage.feature_table import read_features
@@ -72,6 +74,7 @@ def pipeline(tmp_path_factory):
         examples_k=3,
     )
     run = root / "run"
+    second = write_saes(root / "saes-2", 32, [1], d_sae=48, archs=("standard",))  # another training of layer 1
     labelled = []
 
     def label_one() -> None:
@@ -84,6 +87,10 @@ def pipeline(tmp_path_factory):
     stages = [
         ("collect", lambda: run_collect(run, cfg)),
         ("stats", lambda: run_stats(run, StatsConfig(memory_limit=4 << 30), progress=False)),
+        (
+            "ceiling",
+            lambda: run_ceiling(run, CeilingConfig(saes=str(second), tokens=128, batch_windows=4), progress=False),
+        ),
         ("analyze", lambda: run_analyze(run, progress=False)),
         ("ablate", lambda: run_ablate(run, AblateConfig(**ABLATE_KW), progress=False)),
         ("labels import", label_one),

@@ -36,6 +36,8 @@ ABLATIONS = "ablations.parquet"
 ABLATIONS_HTML = "ablations.html"
 ERROR_PROJECTION = "error_projection.parquet"
 ABLATE_PARTS = ".ablate-parts"
+SEED_CEILING = "seed_ceiling.parquet"
+CEILING_CODES = ".ceiling-codes"
 LABELS = "labels.parquet"
 BROWSER_CACHE = ".browser-cache"
 LOCK = ".lock"
@@ -46,7 +48,7 @@ WRITER = {
     LIFECYCLE: "analyze", LIFECYCLE_HTML: "analyze", GATES: "analyze", BEST_PAIRS: "analyze", SPLITS: "analyze",
     COMMUNITIES: "analyze", FEATURE_ANALYSIS: "analyze", PROMPT_GRAPHS: "analyze",
     ABLATIONS: "ablate", ABLATIONS_HTML: "ablate", ERROR_PROJECTION: "ablate",
-    LABELS: "labels import",
+    LABELS: "labels import", SEED_CEILING: "ceiling",
 }  # fmt: skip
 """The one stage that writes each top-level run file (the store API stands in for collect;
 the manifest is shared: each stage records its own entry)."""
@@ -75,6 +77,7 @@ EDGE_COLUMNS = (*EDGE_KEY, "n_co", *DATA_MEASURES, "dec_cosine", *BOUND_MEASURES
 GATE_COLUMNS = ("kind", "layer", "feature", "parent_layer", "parent_a", "parent_b", "support",
                 "score_forward", "score_backward")  # fmt: skip
 ANALYSIS_COLUMNS = (*KEY, "lifecycle", "has_pred", "has_succ", "community")
+CEILING_COLUMNS = (*KEY, "live", *(c for m in DATA_MEASURES for c in (f"best_{m}", f"best_{m}_id")))
 
 
 # ---- the manifest --------------------------------------------------------------------------------

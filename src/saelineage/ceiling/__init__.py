@@ -1,0 +1,1 @@
+"""The seed ceiling: how reproducibly two trainings of one layer's SAE cut its residual stream into features."""

@@ -1,0 +1,20 @@
+"""`CeilingConfig`: what `saelineage ceiling` measures (the command's options are generated from it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from saelineage.config import cli
+
+
+@dataclass
+class CeilingConfig:
+    """Options of the seed-ceiling stage (docs/design.md, "Seed ceiling")."""
+
+    saes: str = field(default="", metadata=cli(flag="--saes"))
+    """A second SAE set for some of the run's layers (a folder of SAELens folders, e.g. the same training with
+    another seed; `saelineage train --seed 1 --hooks 3,8`). Its hooks pick the layers measured."""
+    tokens: int = 50_000
+    """Tokens of the run (its first windows) that both SAE sets encode and are matched on."""
+    batch_windows: int = 16
+    """Windows per forward pass while encoding with the second set."""
