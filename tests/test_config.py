@@ -12,6 +12,7 @@ from saelineage.causal.config import AblateConfig
 from saelineage.cli import app
 from saelineage.collect.config import CollectConfig
 from saelineage.config import cli_fields, default_of, field_docs, flag_of, from_options, to_argv
+from saelineage.ceiling.config import CeilingConfig
 from saelineage.lineage.config import AnalyzeConfig
 from saelineage.stats.config import StatsConfig
 from saelineage.web.config import ServeConfig, SiteConfig
@@ -72,7 +73,16 @@ ODD = {
         prompt_measure="necessity",
         prompt_max_nodes=64,
         top_examples=5,
+        gate_test="threshold",
+        candidate_floor=0.4,
+        fdr=0.05,
+        min_prob=0.5,
+        min_gain=0.2,
+        confidence=0.9,
+        bootstrap=50,
+        bootstrap_groups=16,
     ),
+    CeilingConfig: dict(saes="second", tokens=1000, batch_windows=8),
     AblateConfig: dict(
         measures=["jaccard", "pearson"],
         bins=5,
@@ -107,6 +117,7 @@ COMMANDS = {
     CollectConfig: "collect",
     StatsConfig: "stats",
     AnalyzeConfig: "analyze",
+    CeilingConfig: "ceiling",
     AblateConfig: "ablate",
     ServeConfig: "serve",
     SiteConfig: "export-site",

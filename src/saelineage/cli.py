@@ -7,6 +7,7 @@ import sys
 import typer
 
 from saelineage.causal.command import ablate_command
+from saelineage.ceiling.command import ceiling_command
 from saelineage.collect.command import collect_command
 from saelineage.demo import demo_command
 from saelineage.errors import SaelineageError
@@ -35,6 +36,7 @@ def _root() -> None:
 app.command("collect")(collect_command)
 app.command("train")(train_command)
 app.command("stats")(stats_command)
+app.command("ceiling")(ceiling_command)
 app.command("analyze")(analyze_command)
 app.command("prompt")(prompt_command)
 app.command("export")(export_command)
