@@ -134,3 +134,58 @@ def test_bad_input(collected, tmp_path):
                       vocab=[f"t{i}" for i in range(60)], force=True)  # fmt: skip
     with pytest.raises(SaelineageError, match="not made by `saelineage collect`"):
         run_ceiling(store.path, CeilingConfig(saes=str(root / "saes")), progress=False)
+
+
+def test_analyze_shows_lifecycle_beside_the_ceiling(collected):
+    import shutil
+
+    from saelineage.lineage.config import AnalyzeConfig
+    from saelineage.lineage.lifecycle import lifecycle_rich_table
+    from saelineage.lineage.stage import run_analyze
+
+    root, run = collected
+    second = write_saes(root / "second", 64, [0, 1, 2, 3], archs=("standard", "jumprelu", "topk", "standard"))
+    shutil.rmtree(second / "blocks.0.hook_resid_pre")  # layer 0 not measured
+    run_ceiling(run.path, CeilingConfig(saes=str(second), tokens=400, batch_windows=4), force=True, progress=False)
+    run_stats(run.path, StatsConfig(), progress=False)
+    run_analyze(run.path, AnalyzeConfig(bootstrap=0), progress=False)
+    life = pq.read_table(run.file(contract.LIFECYCLE)).to_pandas()
+    chosen = life[life.chosen].set_index("layer")
+    ceil = pq.read_table(run.file(contract.SEED_CEILING)).to_pandas()
+    fa = pq.read_table(run.file(contract.FEATURE_ANALYSIS)).to_pandas()
+    feats = pq.read_table(run.file(contract.FEATURES)).to_pandas()
+    assert np.isnan(chosen.loc[0, "seed_ceiling"])
+    for layer in (1, 2, 3):
+        c = ceil[ceil.layer == layer].set_index("feature")
+        f = feats[feats.layer == layer].set_index("feature")
+        live = f.n_active > 0
+        stable = (c.best_pearson >= 0.5) & live
+        assert chosen.loc[layer, "seed_ceiling"] == pytest.approx(stable.sum() / live.sum())
+        if layer < 3:
+            want = chosen.loc[layer, "share_continuing"] / chosen.loc[layer, "seed_ceiling"]
+            assert chosen.loc[layer, "share_continuing_normalised"] == pytest.approx(want)
+        a = fa[fa.layer == layer].set_index("feature")
+        unstable = live & ~stable & (a.has_succ == False)  # noqa: E712 - a nullable column
+        assert (a.lifecycle == "unstable").sum() == unstable.sum() == chosen.loc[layer, "n_unstable"]
+    assert not (fa[fa.layer == 0].lifecycle == "unstable").any()
+    table = lifecycle_rich_table(pq.read_table(run.file(contract.LIFECYCLE)))
+    assert "ceiling" in [c.header for c in table.columns]
+
+
+def test_browser_overview_reports_the_ceiling(collected):
+    from fastapi.testclient import TestClient
+
+    from saelineage.web.app import create_app
+
+    root, run = collected
+    if run.load().status("analyze") != "complete" or not run.file(contract.SEED_CEILING).is_file():
+        pytest.skip("needs test_analyze_shows_lifecycle_beside_the_ceiling first")
+    rates = TestClient(create_app(run.path, allowed_hosts=["testserver"])).get("/api/overview").json()["rates"]
+    life = pq.read_table(run.file(contract.LIFECYCLE)).to_pandas()
+    chosen = life[life.chosen].set_index("layer")
+    for r in rates:
+        want = chosen.loc[r["layer"], "seed_ceiling"]
+        assert (r["seed_ceiling"] is None) == bool(np.isnan(want))
+        if r["seed_ceiling"] is not None:
+            assert r["seed_ceiling"] == pytest.approx(want)
+    assert any(r["share_continuing_normalised"] is not None for r in rates)

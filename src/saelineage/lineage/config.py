@@ -18,9 +18,9 @@ class AnalyzeConfig:
     gate_test: str = "evidence"
     """How gates and splits are decided: evidence (likelihood-ratio tests with exact bounds and a false discovery
     rate over all candidates) or threshold (the reference's rule: fixed scores τ_g / τ_v / τ_s)."""
-    candidate_floor: float = 0.5
+    candidate_floor: float | None = None
     """evidence test: AND parents need necessity ≥ this, OR parents sufficiency ≥ this, split children necessity ≥
-    this, to be tested at all."""
+    this, to be tested at all (default: --min-prob, which an AND gate's and a split child's lower bounds imply)."""
     fdr: float = 0.01
     """evidence test: Benjamini–Hochberg false discovery rate over all tested gates (and, apart, split children)."""
     min_prob: float = 0.6

@@ -31,24 +31,36 @@ LIFECYCLE_MEASURES = contract.DATA_MEASURES
 DEFAULT_MEASURE = AnalyzeConfig.measure
 DEFAULT_THRESHOLD = AnalyzeConfig.threshold
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-LABELS = ("dead", "new", "carried", "ending", "new+ending")
+LABELS = ("dead", "new", "carried", "ending", "new+ending", "unstable")
+"""unstable: no successor, and no partner in a second training of its own layer either (seed_ceiling.parquet):
+its "ending" says more about the SAE than about the model."""
 NA = -1  # "not applicable": no previous layer (first) or no next layer (last)
 
 
 class Lifecycle:
     """Per-feature lifecycle in the row order of features.parquet.
 
-    has_pred, has_succ: int8 [N] in {1, 0, NA}; live: bool [N]; label: object [N] (LABELS).
+    has_pred, has_succ, stable: int8 [N] in {1, 0, NA} (stable: has a same-layer partner in a second
+    SAE training; NA where the layer was not measured); live: bool [N]; label: object [N] (LABELS).
     """
 
-    def __init__(self, layer: np.ndarray, live: np.ndarray, has_pred: np.ndarray, has_succ: np.ndarray):
+    def __init__(
+        self,
+        layer: np.ndarray,
+        live: np.ndarray,
+        has_pred: np.ndarray,
+        has_succ: np.ndarray,
+        stable: np.ndarray | None = None,
+    ):
         self.layer, self.live, self.has_pred, self.has_succ = layer, live, has_pred, has_succ
+        self.stable = np.full(len(layer), NA, np.int8) if stable is None else stable
         label = np.full(len(layer), "carried", dtype=object)
         # succ not applicable (last layer): carried/new by the predecessor alone; pred not
         # applicable (first layer): carried/ending by the successor alone
         label[(has_pred == 0) & (has_succ != 0)] = "new"
         label[(has_pred != 0) & (has_succ == 0)] = "ending"
         label[(has_pred == 0) & (has_succ == 0)] = "new+ending"
+        label[(has_succ == 0) & (self.stable == 0)] = "unstable"
         label[~live] = "dead"
         self.label = label
 
@@ -59,10 +71,12 @@ def classify(
     layers: list[int],
     measure: str = DEFAULT_MEASURE,
     threshold: float = DEFAULT_THRESHOLD,
+    ceiling: pa.Table | None = None,
 ) -> Lifecycle:
     """Lifecycle of every feature of `features` (rows: layer, feature, n_active, ...).
 
-    links: feature_links.parquet (best_pred_{M}, best_succ_{M} per (layer, feature)).
+    links: feature_links.parquet (best_pred_{M}, best_succ_{M} per (layer, feature)); ceiling:
+    seed_ceiling.parquet (best_{M}: best same-layer partner in a second training), when measured.
     NaN best values (dead or constant features, undefined Pearson) never reach τ.
     """
     if measure not in LIFECYCLE_MEASURES:
@@ -91,7 +105,14 @@ def classify(
         has_succ = (succ >= threshold).astype(np.int8)
     has_pred[f_layer == layers[0]] = NA
     has_succ[f_layer == layers[-1]] = NA
-    return Lifecycle(f_layer, live, has_pred, has_succ)
+    stable = np.full(len(f_layer), NA, np.int8)
+    if ceiling is not None and ceiling.num_rows:
+        rows = feature_rows(f_layer, f_id)(ceiling.column("layer").to_numpy(), ceiling.column("feature").to_numpy())
+        ok = rows >= 0
+        best = ceiling.column(f"best_{measure}").to_numpy(zero_copy_only=False)[ok]
+        with np.errstate(invalid="ignore"):
+            stable[rows[ok]] = (best >= threshold).astype(np.int8)
+    return Lifecycle(f_layer, live, has_pred, has_succ, stable)
 
 
 LIFECYCLE_COLUMNS = (
@@ -99,7 +120,7 @@ LIFECYCLE_COLUMNS = (
     "n_ending", "n_continuing", "n_new_and_ending", "share_new", "share_carried", "share_ending",
     "share_continuing", "ref_share_new", "ref_share_ending",
     "share_new_lo", "share_new_hi", "share_carried_lo", "share_carried_hi", "share_ending_lo", "share_ending_hi",
-    "share_continuing_lo", "share_continuing_hi",
+    "share_continuing_lo", "share_continuing_hi", "seed_ceiling", "share_continuing_normalised", "n_unstable",
 )  # fmt: skip
 LIFECYCLE_SCHEMA = pa.schema([
     (c, pa.string() if c == "measure" else pa.bool_() if c == "chosen"
@@ -117,11 +138,16 @@ def layer_table(
     threshold: float = DEFAULT_THRESHOLD,
     sweep: tuple[float, ...] = SWEEP,
     intervals: dict[int, dict[str, tuple[float, float]]] | None = None,
+    ceiling: pa.Table | None = None,
 ) -> pa.Table:
     """lifecycle.parquet: one row per (threshold, layer); `chosen` marks the analysis threshold.
 
     intervals: {layer: {"new" | "ending": (lo, hi)}} bootstrap intervals of the chosen threshold's
     shares (share_*_lo / _hi; carried and continuing are their complements); null elsewhere.
+    ceiling: seed_ceiling.parquet. For each measured layer, seed_ceiling is the share of its live
+    features with a same-layer partner (≥ the row's threshold) in a second SAE training, the most
+    pass-through such SAEs can show; share_continuing_normalised = share_continuing / seed_ceiling;
+    n_unstable counts live features without successor and without such a partner (null: not measured).
 
     n_new / n_carried count live features without / with a predecessor, n_ending /
     n_continuing those without / with a successor (a feature can be new and ending:
@@ -131,7 +157,7 @@ def layer_table(
     """
     records = []
     for t in sorted(set(sweep) | {threshold}):
-        lc = classify(features, links, layers, measure, t)
+        lc = classify(features, links, layers, measure, t, ceiling)
         for l in layers:
             sel = lc.layer == l
             live = sel & lc.live
@@ -156,6 +182,15 @@ def layer_table(
                 "ref_share_new": None if n_new is None or n == 0 else (n_new + nd) / n,
                 "ref_share_ending": None if n_end is None or n == 0 else (n_end + nd) / n,
             })  # fmt: skip
+            measured = sel & (lc.stable != NA)
+            n_meas = int((measured & lc.live).sum())
+            ceil = int((measured & lc.live & (lc.stable == 1)).sum()) / n_meas if n_meas else None
+            records[-1]["seed_ceiling"] = ceil
+            records[-1]["share_continuing_normalised"] = (
+                None if ceil is None or not ceil or records[-1]["share_continuing"] is None
+                else records[-1]["share_continuing"] / ceil
+            )  # fmt: skip
+            records[-1]["n_unstable"] = None if not n_meas else int((live & (lc.label == "unstable")).sum())
             ci = (intervals or {}).get(l, {}) if t == threshold else {}
             for name, other, value in (("new", "carried", n_new), ("ending", "continuing", n_end)):
                 lo, hi = ci.get(name, (None, None)) if value is not None else (None, None)
@@ -195,19 +230,30 @@ def lifecycle_rich_table(table: pa.Table) -> Table:
         caption="% of live features (carried = live − new), [95% bootstrap interval over windows]; †: % of all "
         "features, dead ones counted as new and ending (the reference's way)",
     )
-    for name in ("layer", "features", "dead", "live", "new", "ending", "new †", "end †"):
-        out.add_column(name, justify="right", no_wrap=True)
+    has_ceiling = any(r.get("seed_ceiling") is not None for r in rows)
+    names = ["layer", "dead", "live", "new", "ending"]
+    if has_ceiling:
+        names += ["ceiling", "cont./ceil.", "unstable"]
+        out.caption += (
+            "; ceiling: % of live features a second SAE training of the same layer reproduces, the most "
+            "pass-through these SAEs can show; cont./ceil.: continuing share ÷ ceiling; unstable: ending and "
+            "not reproduced"
+        )
+    names += ["new †", "end †"]
+    for name in names:
+        out.add_column(name, justify="right", no_wrap=name not in ("new", "ending"))
     for r in rows:
-        out.add_row(
+        cells = [
             str(r["layer"]),
-            f"{r['n_features']:,}",
             f"{r['n_dead']:,}",
             f"{r['n_live']:,}",
             _n_pct(r["n_new"], r["share_new"], r.get("share_new_lo"), r.get("share_new_hi")),
             _n_pct(r["n_ending"], r["share_ending"], r.get("share_ending_lo"), r.get("share_ending_hi")),
-            _pct(r["ref_share_new"]),
-            _pct(r["ref_share_ending"]),
-        )
+        ]
+        if has_ceiling:
+            cells += [_pct(r.get("seed_ceiling")), _pct(r.get("share_continuing_normalised")),
+                      "—" if r.get("n_unstable") is None else f"{r['n_unstable']:,}"]  # fmt: skip
+        out.add_row(*cells, _pct(r["ref_share_new"]), _pct(r["ref_share_ending"]))
     return out
 
 

@@ -65,11 +65,13 @@ def check_config(cfg: AnalyzeConfig, edge_names: list[str]) -> None:
     comm.check_options(cfg.quality, cfg.leiden_backend)
     if cfg.gate_test not in ("evidence", "threshold"):
         raise SaelineageError(f"unknown --gate-test {cfg.gate_test!r}.", "choose evidence (default) or threshold.")
-    for name in ("gate_threshold", "exclusivity", "min_coverage", "candidate_floor", "fdr", "min_prob"):
+    for name in ("gate_threshold", "exclusivity", "min_coverage", "fdr", "min_prob"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise SaelineageError(
                 f"--{name.replace('_', '-')} must lie in [0, 1] (got {getattr(cfg, name)}).", "pick a share."
             )
+    if cfg.candidate_floor is not None and not 0 <= cfg.candidate_floor <= 1:
+        raise SaelineageError(f"--candidate-floor must lie in [0, 1] (got {cfg.candidate_floor}).", "pick a share.")
     if not 0 < cfg.confidence < 1:
         raise SaelineageError(f"--confidence must lie in (0, 1) (got {cfg.confidence}).", "use e.g. 0.95.")
     if cfg.min_support < 1:
@@ -130,6 +132,9 @@ def run_analyze(
     manifest = run.require("stats")
     stats_entry = manifest.stage("stats")
     stamp = {k: stats_entry.get(k) for k in ("started", "seconds")}
+    ceiling_entry = manifest.stage("ceiling")
+    if ceiling_entry.get("status") == "complete":  # a new ceiling changes the lifecycle
+        stamp["ceiling"] = {k: ceiling_entry.get(k) for k in ("started", "seconds")}
     prev = manifest.stage("analyze")
     if (
         not force
@@ -182,20 +187,26 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     say = console.print if progress else (lambda *_: None)
 
     # lifecycle (no pass over the codes: feature_links holds the best match over all pairs)
-    lc = lifecycle.classify(feats, links, layers, opt.measure, opt.threshold)
+    ceiling = (
+        pq.read_table(run.file(contract.SEED_CEILING))
+        if manifest.status("ceiling") == "complete" and run.file(contract.SEED_CEILING).is_file()
+        else None
+    )
+    lc = lifecycle.classify(feats, links, layers, opt.measure, opt.threshold, ceiling)
 
     # candidates, then one validation pass counting what they need
     evidence_test = opt.gate_test == "evidence"
     tau_g = opt.gate_threshold
     tau_v = tau_g if opt.gate_valid is None else opt.gate_valid
     tau_s = tau_g if opt.split_threshold is None else opt.split_threshold
-    floor = opt.candidate_floor if evidence_test else tau_g
+    floor_e = opt.min_prob if opt.candidate_floor is None else opt.candidate_floor
+    floor = floor_e if evidence_test else tau_g
     c_and = gates.candidates(e, "and", floor, opt.min_support, opt.max_parents)
     c_or = gates.candidates(e, "or", floor, opt.min_support, opt.max_parents)
     c_best = gates.best_pair_candidates(e, opt.min_support, opt.pair_measure)
     g_pairs, g_triples = gates.build_requests([c_and, c_or, c_best], d_sae)
     s_cand = splits.split_candidates(
-        e, opt.candidate_floor if evidence_test else tau_s, opt.min_support, opt.max_children, copy=tau_s
+        e, floor_e if evidence_test else tau_s, opt.min_support, opt.max_children, copy=tau_s
     )
     p1, p2, s_pairs = splits.child_pair_requests(s_cand)
     pairs = _merge_pairs(g_pairs, s_pairs)
@@ -276,7 +287,9 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
             opt.confidence,
         )  # fmt: skip
         count_ci = {f"gates_{k}": list(bootstrap.interval(v)) for k, v in g_reps.items()}
-    life_table = lifecycle.layer_table(feats, links, layers, opt.measure, opt.threshold, intervals=life_ci)
+    life_table = lifecycle.layer_table(
+        feats, links, layers, opt.measure, opt.threshold, intervals=life_ci, ceiling=ceiling
+    )
     best_table = gates.best_pairs_table(
         e, c_best, gates.lookup(c_best, pairs, g_triples, counts, d_sae), opt.pair_measure
     )

@@ -164,7 +164,8 @@ class RunData(RelationQueries):
             want = [
                 c
                 for c in ("layer", "share_new", "share_ending", "ref_share_new", "ref_share_ending", "share_new_lo",
-                          "share_new_hi", "share_ending_lo", "share_ending_hi")
+                          "share_new_hi", "share_ending_lo", "share_ending_hi", "share_continuing", "seed_ceiling",
+                          "share_continuing_normalised")
                 if c in cols
             ]  # fmt: skip
             if {"layer", "share_new", "share_ending"} <= set(want):

@@ -113,6 +113,11 @@ class Rate(Closed):
     share_new_hi: Optional[float] = Field(None, description="95% bootstrap interval of share_new: high")
     share_ending_lo: Optional[float] = Field(None, description="95% bootstrap interval of share_ending: low")
     share_ending_hi: Optional[float] = Field(None, description="95% bootstrap interval of share_ending: high")
+    share_continuing: Optional[float] = Field(None, description="Share of live features with a successor")
+    seed_ceiling: Optional[float] = Field(
+        None, description="Share of live features a second SAE training of this layer reproduces (`saelineage ceiling`)"
+    )
+    share_continuing_normalised: Optional[float] = Field(None, description="share_continuing / seed_ceiling")
 
 
 HistogramBin = tuple[float, float, int]

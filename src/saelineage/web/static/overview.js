@@ -3,7 +3,8 @@
 import {el} from './common.js';
 
 const data = JSON.parse(document.getElementById('overview-data').textContent);
-const CLASS_COLORS = {new: '#2a9d8f', carried: '#577590', ending: '#e76f51', 'new+ending': '#f4a261', dead: '#bbbbbb'};
+const CLASS_COLORS = {new: '#2a9d8f', carried: '#577590', ending: '#e76f51', 'new+ending': '#f4a261', dead: '#bbbbbb',
+  unstable: '#9d4edd'};
 const config = {displaylogo: false, responsive: true};
 
 function lifecycleChart() {
@@ -80,6 +81,13 @@ function ratesChart() {
     ...(dash === 'solid' ? bars(key) : {})});
   const traces = [line('share_new', 'new', CLASS_COLORS.new, 'solid'),
                   line('share_ending', 'ending', CLASS_COLORS.ending, 'solid')];
+  if (data.rates.some(r => r.seed_ceiling != null)) {
+    // the seed ceiling: the most pass-through SAEs this reproducible can show; continuing ÷ ceiling beside it
+    traces.push({type: 'scatter', mode: 'markers', name: 'seed ceiling', x, y: data.rates.map(r => pct(r.seed_ceiling)),
+      marker: {symbol: 'diamond', size: 10, color: CLASS_COLORS.unstable},
+      hovertemplate: 'layer %{x}: a second SAE training reproduces %{y:.1f}% of the features<extra></extra>'},
+    line('share_continuing_normalised', 'continuing ÷ ceiling', CLASS_COLORS.carried, 'dot'));
+  }
   if ('ref_share_new' in data.rates[0]) {
     traces.push(line('ref_share_new', 'new (dead counted)', CLASS_COLORS.new, 'dash'),
                 line('ref_share_ending', 'ending (dead counted)', CLASS_COLORS.ending, 'dash'));
