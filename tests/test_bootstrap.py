@@ -114,3 +114,16 @@ def test_analyze_reports_intervals(noisy):
     run_analyze(run.path, AnalyzeConfig(bootstrap=0), force=True, progress=False)
     t = pq.read_table(run.file(contract.LIFECYCLE)).to_pylist()
     assert all(r["share_new_lo"] is None for r in t)
+
+
+def test_demo_convergence_statement(noisy):
+    from saelineage.demo import convergence_statement
+
+    run, *_ = noisy
+    run_analyze(run.path, AnalyzeConfig(bootstrap=40), force=True, progress=False)
+    rows = [r for r in pq.read_table(run.file(contract.LIFECYCLE)).to_pylist() if r["chosen"]]
+    widest = max(r[f"share_{k}_hi"] - r[f"share_{k}_lo"] for r in rows for k in ("new", "ending")
+                 if r[f"share_{k}_lo"] is not None)  # fmt: skip
+    text = convergence_statement(run.path)
+    assert f"widest 95% interval over windows {100 * widest:.1f} points" in text
+    assert "AND gates:" in text and "Seed ceiling" not in text  # no ceiling measured on this run

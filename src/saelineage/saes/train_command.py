@@ -33,6 +33,12 @@ def parse_hooks(text: str, kind: str = "resid_pre") -> list[str]:
 
 
 def train_command(
+    preset: Optional[str] = typer.Option(
+        None,
+        help="An embedded SmolLM2 SAE set: default (what the demo trains first) or quality (longer training, more "
+        "reproducible features; the demo uses it once trained). Its settings replace the training options below; "
+        "--hooks, --seed, --out, --device, --threads and --force still apply.",
+    ),
     model: str = typer.Option("smollm2", help="Preset (smollm2, gpt2), local Hugging Face folder, or hub id."),
     hooks: str = typer.Option(
         "0-11",
@@ -102,8 +108,18 @@ def train_command(
     reconstruction replaces the residual stream. With no options this trains the embedded default
     set (SmolLM2-135M, resid_pre 0-11, 4,608 latents, k=32) that `collect` uses.
     """
+    from dataclasses import replace
+
     from saelineage.saes.train import TrainConfig, train_saes
 
+    if preset is not None:
+        from saelineage.saes.defaults import preset_config
+
+        cfg = replace(
+            preset_config(preset), hooks=parse_hooks(hooks, hook_kind), seed=seed, device=device, threads=threads
+        )
+        typer.echo(str(train_saes(cfg, out=out, force=force, progress=True)))
+        return
     cfg = TrainConfig(
         model=model,
         hooks=parse_hooks(hooks, hook_kind),
