@@ -127,3 +127,17 @@ def test_demo_convergence_statement(noisy):
     text = convergence_statement(run.path)
     assert f"widest 95% interval over windows {100 * widest:.1f} points" in text
     assert "AND gates:" in text and "Seed ceiling" not in text  # no ceiling measured on this run
+
+
+def test_unit_weights_reproduce_the_point_counts(noisy, monkeypatch):
+    """A replicate that takes every group once is the data itself: its gate counts and lifecycle
+    shares equal the point estimates."""
+    run, *_ = noisy
+    monkeypatch.setattr(bootstrap, "replicate_weights", lambda w, b, seed: np.ones((b, w), np.int64))
+    run_analyze(run.path, AnalyzeConfig(bootstrap=3), force=True, progress=False)
+    entry = run.load().stage("analyze")
+    for kind in ("and", "or"):
+        assert entry["intervals"][f"gates_{kind}"] == [entry["gates"][kind]] * 2
+    for r in pq.read_table(run.file(contract.LIFECYCLE)).to_pylist():
+        if r["chosen"] and r["share_new"] is not None:
+            assert r["share_new_lo"] == pytest.approx(r["share_new"]) == r["share_new_hi"]

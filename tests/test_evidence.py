@@ -90,3 +90,14 @@ def test_gate_evidence_separates_gates_from_carried_children():
     assert sum(c[f"n{x}"][0] for x in ("11", "10", "01", "00")) == n
     assert sum(c[f"j{x}"][0] for x in ("11", "10", "01", "00")) == and_child.sum()
     assert c["j10"][0] == (a & ~b & and_child).sum() and c["j00"][0] == (~a & ~b & and_child).sum()
+
+
+def test_lower_bound_reaches_equals_inverting_the_beta():
+    rng = np.random.default_rng(5)
+    n = rng.integers(0, 500, 2000)
+    k = (rng.random(2000) * (n + 1)).astype(np.int64).clip(0, n)
+    lo, _ = evidence.beta_bounds(k, n, 0.95)
+    for p0 in (0.3, 0.6, 0.9):
+        got = evidence.lower_bound_reaches(k, n, p0, 0.95)
+        near = np.abs(lo - p0) < 1e-9  # ties decided by rounding either way
+        assert np.array_equal(got[~near], (lo >= p0)[~near])

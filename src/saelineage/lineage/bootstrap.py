@@ -195,23 +195,32 @@ def gate_count_replicates(
     keep their point p-values and never pass."""
     rows, link_of = edge_links
     near = near_passing(point, select)
-    offset = 0
-    sub = {}
-    for kind, c in cands.items():
-        sel = near[offset : offset + len(c["j"])]
-        sub[kind] = {k: v[sel] for k, v in c.items()}
-        offset += len(c["j"])
+    sub = {kind: {k: v[near & (point["kind"] == kind)] for k, v in point.items()} for kind in cands}
+    cand = {kind: {k: v[near[point["kind"] == kind]] for k, v in c.items()} for kind, c in cands.items()}
     out = {kind: np.zeros(len(weights), np.int64) for kind in cands}
     far_p = point["p_value"][~near]
+    min_prob = select.get("min_prob", 0.6)
     for b, w in enumerate(weights):
         rc = replicate_counts(g, w)
-        eb = dict(e, n_co=_replicate_n_co(e, rows, link_of, rc))
-        scored = gates.concat_scored(
-            [
-                gates.score_candidates(eb, c, gates.lookup(c, pairs, triples, rc, d_sae), kind, rc.n_tokens, confidence)
-                for kind, c in sub.items()
-            ]
-        )
+        n_co = _replicate_n_co(e, rows, link_of, rc)
+        parts = []
+        for kind, c in cand.items():
+            k = gates.lookup(c, pairs, triples, rc, d_sae)
+            core = evidence.gate_core(kind, rc.n_tokens, k["n_j"], k["n_a"], k["n_b"], k["n_ab"], n_co[c["ea"]],
+                                      n_co[c["eb"]], k["t_and"])  # fmt: skip
+            # the test compares exact lower bounds with min_prob; lower_bound_reaches answers that
+            # without inverting the Beta (the replicate loop's cost), so the bounds stand in as 0/1
+            fwd = evidence.lower_bound_reaches(core["support"], core["n_condition"], min_prob, confidence)
+            bwd = evidence.lower_bound_reaches(core["support"], k["n_j"], min_prob, confidence)
+            parts.append({**{key: sub[kind][key] for key in ("kind", "layer", "feature", "parent_layer", "parent_a",
+                                                              "parent_b")},
+                          "support": core["support"], "n_child": k["n_j"], "gain": core["gain"],
+                          "p_value": core["p_value"], "score_forward_lo": np.where(fwd, 1.0, -1.0),
+                          "score_backward_lo": np.where(bwd, 1.0, -1.0),
+                          "score_forward": core["support"] / np.maximum(core["n_condition"], 1),
+                          "score_backward": core["support"] / np.maximum(k["n_j"], 1),
+                          "single_score": sub[kind]["single_score"]})  # fmt: skip
+        scored = gates.concat_scored(parts)
         q = evidence.bh_qvalues(np.concatenate([scored["p_value"], far_p]))
         scored["q_value"] = q[: len(scored["p_value"])]
         keep = gates.select_gates(scored, **select)

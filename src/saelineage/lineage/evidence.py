@@ -30,6 +30,19 @@ def beta_bounds(k: np.ndarray, n: np.ndarray, confidence: float = 0.95) -> tuple
     return np.where(empty, 0.0, np.nan_to_num(lo)), np.where(empty, 1.0, np.nan_to_num(hi, nan=1.0))
 
 
+def lower_bound_reaches(k: np.ndarray, n: np.ndarray, p0: float, confidence: float = 0.95) -> np.ndarray:
+    """Whether the Clopper–Pearson lower bound of k / n (two-sided `confidence`) is ≥ p0, bool [R].
+
+    Same answer as `beta_bounds(k, n)[0] >= p0` without inverting the Beta: the bound reaches p0
+    exactly when P(X ≥ k | n, p0) = I_p0(k, n − k + 1) ≤ (1 − confidence) / 2."""
+    k = np.asarray(k, np.float64)
+    n = np.asarray(n, np.float64)
+    ok = (k > 0) & (n > 0)
+    with np.errstate(invalid="ignore"):
+        tail = special.betainc(np.where(ok, k, 1), np.where(ok, n - k + 1, 1), p0)
+    return ok & (tail <= (1.0 - confidence) / 2)
+
+
 def _loglik(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Binomial log-likelihood of k successes in n at rate p (0·log 0 = 0)."""
     return special.xlogy(k, p) + special.xlogy(n - k, 1 - p)
@@ -136,6 +149,33 @@ def gate_evidence(
       P(j | a∧b) > P(j | a∧¬b) and > P(j | ¬a∧b); for OR P(j | ¬a∧b) > P(j | ¬a∧¬b) and
       P(j | a∧¬b) > P(j | ¬a∧¬b). The p-value is the largest of the three.
     """
+    core = gate_core(kind, n, n_j, n_a, n_b, n_ab, n_aj, n_bj, t_and)
+    f_lo, f_hi = beta_bounds(core["support"], core["n_condition"], confidence)
+    b_lo, b_hi = beta_bounds(core["support"], n_j, confidence)
+    return {
+        "score_forward_lo": f_lo,
+        "score_forward_hi": f_hi,
+        "score_backward_lo": b_lo,
+        "score_backward_hi": b_hi,
+        "info_condition": core["info_condition"],
+        "info_single": core["info_single"],
+        "gain": core["gain"],
+        "p_value": core["p_value"],
+    }
+
+
+def gate_core(
+    kind: str,
+    n: int,
+    n_j: np.ndarray,
+    n_a: np.ndarray,
+    n_b: np.ndarray,
+    n_ab: np.ndarray,
+    n_aj: np.ndarray,
+    n_bj: np.ndarray,
+    t_and: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """`gate_evidence` without the bounds (support, n_condition, information terms, gain, p_value)."""
     c = gate_tables(n, n_j, n_a, n_b, n_ab, n_aj, n_bj, t_and)
     if kind == "and":
         support, n_cond = t_and, n_ab
@@ -146,17 +186,13 @@ def gate_evidence(
         p_b_adds = greater_pvalue(c["j01"], c["n01"], c["j00"], c["n00"])
         p_a_adds = greater_pvalue(c["j10"], c["n10"], c["j00"], c["n00"])
     p_dep = greater_pvalue(support, n_cond, n_j - support, n - n_cond)
-    f_lo, f_hi = beta_bounds(support, n_cond, confidence)
-    b_lo, b_hi = beta_bounds(support, n_j, confidence)
     h = entropy(n_j, n)
     with np.errstate(invalid="ignore", divide="ignore"):
         i_c = np.where(h > 0, mutual_info(support, n_cond, n_j, n) / h, 0.0)
         i_s = np.where(h > 0, np.maximum(mutual_info(n_aj, n_a, n_j, n), mutual_info(n_bj, n_b, n_j, n)) / h, 0.0)
     return {
-        "score_forward_lo": f_lo,
-        "score_forward_hi": f_hi,
-        "score_backward_lo": b_lo,
-        "score_backward_hi": b_hi,
+        "support": support,
+        "n_condition": n_cond,
         "info_condition": i_c,
         "info_single": i_s,
         "gain": i_c - i_s,
