@@ -93,6 +93,31 @@ def child_evidence(
     return ev
 
 
+def child_pair_jaccard(
+    cand: dict[str, np.ndarray],
+    p1: np.ndarray,
+    p2: np.ndarray,
+    pairs: dict[int, np.ndarray],
+    counts,
+    d_sae: dict[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Jaccard and co-active count of candidate-child pairs (p1[k], p2[k]), float [K] and int [K], from
+    the counts of the within-layer `pairs` requested ({m: [P, 2] sorted unique (lo, hi)})."""
+    if len(p1) == 0:
+        return np.zeros(0), np.zeros(0, np.int64)
+    m = cand["m"][p1]
+    a, b = cand["c"][p1], cand["c"][p2]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    n12, n1, n2 = (np.zeros(len(p1), np.int64) for _ in range(3))
+    for layer in np.unique(m).tolist():
+        sel = m == layer
+        keys = pairs[layer][:, 0] * d_sae[layer] + pairs[layer][:, 1]
+        n12[sel] = counts.pairs[layer][np.searchsorted(keys, lo[sel] * d_sae[layer] + hi[sel])]
+        n1[sel], n2[sel] = counts.n_active[layer][a[sel]], counts.n_active[layer][b[sel]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n1 + n2 - n12 > 0, n12 / (n1 + n2 - n12), np.nan), n12
+
+
 @numba.njit(cache=True)
 def _greedy(starts, sizes, conf_off, conflict, eligible, chosen):
     """Per group, in row order (largest first), keep an eligible row if it conflicts with no kept row."""

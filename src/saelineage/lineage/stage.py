@@ -227,7 +227,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
         ex = ex.filter(pc.less(ex.column("rank"), opt.top_examples))
     wg = weights = None
     link_req: dict = {}
-    gate_rows = np.concatenate([c_and["ea"], c_and["eb"], c_or["ea"], c_or["eb"]])
+    gate_rows = np.concatenate([c_and["ea"], c_and["eb"], c_or["ea"], c_or["eb"], s_cand["er"]])
     if opt.bootstrap > 0 and n_windows > 1:
         wg = bootstrap.window_groups(n_windows, opt.bootstrap_groups, opt.seed)
         weights = bootstrap.replicate_weights(int(wg.max()) + 1, opt.bootstrap, opt.seed)
@@ -295,23 +295,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     )
 
     # splits: choose exclusive children, then a second pass for coverage / exclusivity
-    if len(p1):
-        m = s_cand["m"][p1]
-        a, b = s_cand["c"][p1], s_cand["c"][p2]
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        n12 = np.zeros(len(p1), np.int64)
-        for layer in np.unique(m).tolist():
-            sel = m == layer
-            keys = pairs[layer][:, 0] * d_sae[layer] + pairs[layer][:, 1]
-            n12[sel] = counts.pairs[layer][np.searchsorted(keys, lo[sel] * d_sae[layer] + hi[sel])]
-        n1, n2 = np.zeros(len(p1), np.int64), np.zeros(len(p1), np.int64)
-        for layer in np.unique(m).tolist():
-            sel = m == layer
-            n1[sel], n2[sel] = counts.n_active[layer][a[sel]], counts.n_active[layer][b[sel]]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pj = np.where(n1 + n2 - n12 > 0, n12 / (n1 + n2 - n12), np.nan)
-    else:
-        pj = np.zeros(0)
+    pj, _ = splits.child_pair_jaccard(s_cand, p1, p2, pairs, counts, d_sae)
     child_ev = splits.child_evidence(e, s_cand, counts.n_tokens, counts.n_active, opt.confidence)
     eligible = (child_ev["q_value"] <= opt.fdr) & (child_ev["necessity_lo"] >= opt.min_prob) if evidence_test else None
     chosen, max_pair = splits.choose_children(s_cand, p1, p2, pj, opt.exclusivity, eligible)
@@ -319,8 +303,16 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     group_counts = {}
     if groups:
         say(f"analyze: validating {sum(len(g[0]) for g in groups.values()):,} splits")
-        c2 = count(run, Requests(groups={k: g[:3] for k, g in groups.items()}))
+        c2 = count(run, Requests(groups={k: g[:3] for k, g in groups.items()}, window_groups=wg))
         group_counts = c2.groups
+        if weights is not None:
+            s_reps = bootstrap.split_count_replicates(
+                e, s_cand, p1, p2, pairs, groups, c2.by_group, counts.by_group, weights, d_sae,
+                (np.unique(s_cand["er"]), bootstrap.locate_links(e, np.unique(s_cand["er"]), link_req)),
+                {"test": opt.gate_test, "fdr": opt.fdr, "min_prob": opt.min_prob, "exclusivity": opt.exclusivity,
+                 "min_coverage": opt.min_coverage, "confidence": opt.confidence},
+            )  # fmt: skip
+            count_ci["splits"] = list(bootstrap.interval(s_reps))
     split_table = splits.splits_table(
         e, s_cand, groups, group_counts, counts.n_active, max_pair, opt.min_coverage, child_ev, opt.gate_test,
         opt.confidence,
