@@ -45,6 +45,11 @@ GRAPH_DEFAULTS = {"min_value": 0.1, "max_nodes": 400, "order": "barycenter"}
 """The graph page's default filters (templates/graph.html): the exported graphs use them."""
 COMMUNITY_GRAPH_NODES = 2000
 """Nodes of a community's subgraph, as the community page asks for them."""
+GATES_PER_FEATURE = 10
+"""Gates on a feature page, largest support first (a feature of the demo takes part in up to 100)."""
+GATE_FIELDS = ("kind", "layer", "feature", "parent_layer", "parent_a", "parent_b", "support", "score_forward",
+               "score_backward", "child_label", "a_label", "b_label")  # fmt: skip
+"""What the feature page shows of a gate."""
 PAGE_ROWS = 100
 """Rows per page of the gates, splits and communities tables (the browser's pager)."""
 STATIC_CSP = (
@@ -192,7 +197,8 @@ def _feature_record(
         gates = data.feature_gates(layer, feature)
         splits = data.splits(layer=layer, feature=feature)["rows"]
         if gates:
-            rec["gates"] = [{k: round_sig(v) for k, v in r.items()} for r in gates]
+            rec["gates"] = [{k: round_sig(r.get(k)) for k in GATE_FIELDS} for r in gates[:GATES_PER_FEATURE]]
+            rec["gates_total"] = len(gates)
         if splits:
             rec["splits"] = [{"parent": s["_parent"], "children": s["_children"]} for s in splits]
     return rec
@@ -321,14 +327,18 @@ def export_site(
         say(f"{len(rows):,} feature records")
         cols = [c for c in ("n_co", *MEASURES) if c in g.arr.edge_cols]
         related = _related(data)
-        chunks: dict[tuple[int, int], dict[str, Any]] = {}
+        key, recs = None, {}  # rows are in (layer, feature) order: each chunk is written once it is complete
         for i in rows.tolist():
             layer, feature = int(g.layer[i]), int(g.feature[i])
+            if key != (layer, feature // cfg.chunk) and recs:
+                _write(stage / "data" / "features" / str(key[0]) / f"{key[1]}.json", {"features": recs})
+                recs = {}
             key = (layer, feature // cfg.chunk)
-            rec = _feature_record(data, layer, feature, cfg, cols, (layer, feature) in related, community_ids)
-            chunks.setdefault(key, {})[str(feature)] = rec
-        for (layer, k), recs in chunks.items():
-            _write(stage / "data" / "features" / str(layer) / f"{k}.json", {"features": recs})
+            recs[str(feature)] = _feature_record(
+                data, layer, feature, cfg, cols, (layer, feature) in related, community_ids
+            )
+        if recs:
+            _write(stage / "data" / "features" / str(key[0]) / f"{key[1]}.json", {"features": recs})
         _write(
             stage / "data" / MARKER,
             {

@@ -93,6 +93,7 @@ async function main() {
       el('h2', {}, 'Upstream ', el('span', {class: 'h-sub'}, 'layer before · strongest by jaccard')), edges(nb.up, 'up', f),
       el('h2', {}, 'Downstream ', el('span', {class: 'h-sub'}, 'layer after · strongest by jaccard')), edges(nb.down, 'down', f),
       el('h2', {}, 'Gates'), gates(rel.gates),
+      rel.gates_total > rel.gates.length ? el('p', {class: 'note'}, `the ${rel.gates.length} of ${fmt(rel.gates_total)} gates with the largest support`) : null,
       el('h2', {}, 'Splits'), splits(rel.splits));
     paintSwatches(root);
     root.dataset.ready = '1';

@@ -67,7 +67,7 @@ export async function staticApi(path, body) {
       for (const d of dirs) out[d] = neighbours(rec, d, layer, feature, s.neighbour_columns, sort, limit);
       return out;
     }
-    if (m[3] === '/relations') return {gates: rec.gates || [], splits: rec.splits || []};
+    if (m[3] === '/relations') return {gates: rec.gates || [], gates_total: rec.gates_total || 0, splits: rec.splits || []};
     return {...rec.f, examples: examples(rec, Number(p.get('examples') || 20))};
   }
   if (u.pathname === '/api/graph') {
