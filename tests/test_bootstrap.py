@@ -139,6 +139,7 @@ def test_unit_weights_reproduce_the_point_counts(noisy, monkeypatch):
     for kind in ("and", "or"):
         assert entry["intervals"][f"gates_{kind}"] == [entry["gates"][kind]] * 2
     assert entry["intervals"]["splits"] == [entry["splits"]] * 2
+    assert entry["intervals"]["communities"] == [entry["communities"]["communities"]] * 2
     for r in pq.read_table(run.file(contract.LIFECYCLE)).to_pylist():
         if r["chosen"] and r["share_new"] is not None:
             assert r["share_new_lo"] == pytest.approx(r["share_new"]) == r["share_new_hi"]

@@ -148,10 +148,16 @@ def convergence_statement(run_path: Path) -> str:
         out.append(f"Lifecycle shares: widest 95% interval over windows {100 * w:.1f} points ({verdict}).")
     ci = entry.get("intervals") or {}
     gates = entry.get("gates") or {}
-    for kind in ("and", "or"):
-        if f"gates_{kind}" in ci and kind in gates:
-            lo, hi = ci[f"gates_{kind}"]
-            out.append(f"{kind.upper()} gates: {gates[kind]:,} (95% interval {lo:,.0f}–{hi:,.0f}).")
+    counts = {
+        "gates_and": ("AND gates", gates.get("and")),
+        "gates_or": ("OR gates", gates.get("or")),
+        "splits": ("Splits", entry.get("splits")),
+        "communities": ("Communities", (entry.get("communities") or {}).get("communities")),
+    }
+    for key, (name, value) in counts.items():
+        if key in ci and value is not None:
+            lo, hi = ci[key]
+            out.append(f"{name}: {value:,} (95% interval {lo:,.0f}–{hi:,.0f}).")
     ceil = [(r["layer"], r["seed_ceiling"], r.get("share_continuing"), r.get("share_continuing_normalised"))
             for r in rows if r.get("seed_ceiling") is not None]  # fmt: skip
     if ceil:

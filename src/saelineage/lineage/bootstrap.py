@@ -330,3 +330,48 @@ def split_count_replicates(
                 n += ok
         out[b] = n
     return out
+
+
+# ---------------------------------------------------------------------------- communities
+def community_rows(e: dict[str, np.ndarray], measure: str, threshold: float, slack: float = 0.8) -> np.ndarray:
+    """Edge rows a replicate's community graph may use: measure ≥ slack × threshold (an edge just
+    below the threshold can cross it in a replicate)."""
+    w = np.asarray(e[measure], np.float64)
+    return np.nonzero(np.isfinite(w) & (w >= slack * threshold) & (w > 0))[0]
+
+
+def community_count_replicates(
+    e: dict[str, np.ndarray],
+    rows: np.ndarray,
+    link_of: dict[tuple[int, int], np.ndarray],
+    g: Grouped,
+    weights: np.ndarray,
+    measure: str,
+    leiden,
+) -> np.ndarray:
+    """Replicate counts of communities, int [B]: the community graph's edge weights recomputed from
+    the replicate's counts and sums (`rows` from `community_rows`), then Leiden again.
+
+    leiden(e_sub) → (community per feature row, info) runs the analysis' Leiden on an edge subset."""
+    out = np.zeros(len(weights), np.int64)
+    lay = (e["src_layer"][rows], e["dst_layer"][rows])
+    for b, w in enumerate(weights):
+        wf = w.astype(np.float64)
+        vals = np.full(len(rows), np.nan)
+        n = float(wf @ g.n_tokens)
+        for (l, m), idx in link_of.items():
+            sel = (lay[0] == l) & (lay[1] == m)
+            a, j = e["src"][rows[sel]], e["dst"][rows[sel]]
+            cnt, sxy = g.links[(l, m)]
+            s = q = (None, None)
+            if measure in ("pearson", "act_cosine"):
+                s = ((wf @ g.sums[l][0])[a], (wf @ g.sums[m][0])[j])
+                q = ((wf @ g.sums[l][1])[a], (wf @ g.sums[m][1])[j])
+            vals[sel] = link_measure(
+                measure, n, (wf @ cnt)[idx], (wf @ g.n_active[l])[a], (wf @ g.n_active[m])[j], s, q, (wf @ sxy)[idx]
+            )
+        sub = {k: e[k][rows] for k in ("src_layer", "src", "dst_layer", "dst")}
+        sub[measure] = vals
+        community, _ = leiden(sub)
+        out[b] = len(np.unique(community[community >= 0]))
+    return out

@@ -54,11 +54,19 @@ def _print_counts(run: Path) -> None:
     from saelineage.run import RunDir
 
     info = RunDir(run).load().stage("analyze")
-    g, c = info.get("gates", {}), info.get("communities", {})
+    g, c, ci = info.get("gates", {}), info.get("communities", {}), info.get("intervals") or {}
+
+    def n(value, key: str) -> str:
+        """A count with its bootstrap interval, when analyze computed one."""
+        lo_hi = ci.get(key)
+        return f"{value:,}" if not lo_hi else f"{value:,} [{lo_hi[0]:,.0f}–{lo_hi[1]:,.0f}]"
+
     console.print(
-        f"gates: {g.get('and', 0):,} AND, {g.get('or', 0):,} OR; splits: {info.get('splits', 0):,}; "
-        f"communities: {c.get('communities', 0):,} over {c.get('nodes', 0):,} live features "
-        f"({c.get('edges', 0):,} edges); figure: {Path(run) / 'lifecycle.html'}"
+        f"gates: {n(g.get('and', 0), 'gates_and')} AND, {n(g.get('or', 0), 'gates_or')} OR; "
+        f"splits: {n(info.get('splits', 0), 'splits')}; communities: {n(c.get('communities', 0), 'communities')} "
+        f"over {c.get('nodes', 0):,} live features ({c.get('edges', 0):,} edges)"
+        + (f"; [95% bootstrap intervals over windows, {ci['replicates']} replicates]" if ci.get("replicates") else "")
+        + f"; figure: {Path(run) / 'lifecycle.html'}"
     )
 
 

@@ -53,6 +53,8 @@ class AnalyzeConfig:
     """Candidate children considered per split parent (best first)."""
     bootstrap: int = 200
     """Bootstrap replicates over whole windows for the intervals on lifecycle shares and gate counts (0: none)."""
+    community_bootstrap: int = 20
+    """Replicates (of the --bootstrap ones) that re-run Leiden for the community-count interval (0: none)."""
     bootstrap_groups: int = 32
     """Random groups the windows are dealt into; a replicate resamples groups (each a set of whole windows)."""
     community_measure: str = "jaccard"

@@ -227,15 +227,18 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
         ex = ex.filter(pc.less(ex.column("rank"), opt.top_examples))
     wg = weights = None
     link_req: dict = {}
+    c_rows = np.zeros(0, np.int64)
     gate_rows = np.concatenate([c_and["ea"], c_and["eb"], c_or["ea"], c_or["eb"], s_cand["er"]])
     if opt.bootstrap > 0 and n_windows > 1:
         wg = bootstrap.window_groups(n_windows, opt.bootstrap_groups, opt.seed)
         weights = bootstrap.replicate_weights(int(wg.max()) + 1, opt.bootstrap, opt.seed)
+        if opt.community_bootstrap > 0:
+            c_rows = bootstrap.community_rows(e, opt.community_measure, opt.community_threshold)
         link_req = bootstrap.merge_links(
             bootstrap.lifecycle_links(e, _best_ids(links, layers, opt.measure), opt.measure),
             {
                 k: np.stack([e["src"][r], e["dst"][r]], axis=1)
-                for k, r in _rows_by_pair(e, np.unique(gate_rows)).items()
+                for k, r in _rows_by_pair(e, np.unique(np.concatenate([gate_rows, c_rows]))).items()
             },
         )
     req = Requests(
@@ -339,6 +342,18 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     else:
         ex_rows = ex_tok = np.zeros(0, np.int64)
     comm_table = comm.community_table(f_layer, community, ex_rows, ex_tok, vocab)
+    if weights is not None and opt.community_bootstrap > 0 and len(c_rows):
+        say(f"analyze: Leiden on {min(opt.community_bootstrap, len(weights))} bootstrap replicates")
+
+        def again(sub: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
+            return comm.leiden(f_layer, f_id, live, sub, opt.community_measure, opt.community_threshold, opt.quality,
+                               opt.resolution, opt.seed, backend=opt.leiden_backend)  # fmt: skip
+
+        c_reps = bootstrap.community_count_replicates(
+            e, c_rows, bootstrap.locate_links(e, c_rows, link_req), counts.by_group,
+            weights[: opt.community_bootstrap], opt.community_measure, again,
+        )  # fmt: skip
+        count_ci["communities"] = list(bootstrap.interval(c_reps))
 
     # sample prompt graphs from the stored codes (no model needed)
     from saelineage.lineage.export import explanations
