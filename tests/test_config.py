@@ -9,10 +9,10 @@ import pytest
 import typer
 
 from saelineage.causal.config import AblateConfig
+from saelineage.ceiling.config import CeilingConfig
 from saelineage.cli import app
 from saelineage.collect.config import CollectConfig
 from saelineage.config import cli_fields, default_of, field_docs, flag_of, from_options, to_argv
-from saelineage.ceiling.config import CeilingConfig
 from saelineage.lineage.config import AnalyzeConfig
 from saelineage.stats.config import StatsConfig
 from saelineage.web.config import ServeConfig, SiteConfig
