@@ -161,16 +161,19 @@ def lifecycle_links(
 
 
 # ---------------------------------------------------------------------------- gates
-def near_passing(scored: dict[str, np.ndarray], select: dict, margin: float = 0.15) -> np.ndarray:
-    """Candidates whose point evidence is within `margin` of the test's bars, bool [R]: only these
-    are re-tested per replicate (the others keep their point p-values in the family)."""
+def near_passing(scored: dict[str, np.ndarray], select: dict, gain_margin: float = 0.05) -> np.ndarray:
+    """Candidates a replicate could pass, bool [R]: both scores' upper confidence bounds reach the bar
+    (a replicate's lower bound rarely rises past the data's upper one) and the gain is within
+    `gain_margin` of its bar. Only these are re-tested per replicate; the others keep their point
+    p-values in the family and never pass."""
     if select.get("test") == "threshold":
         tau = select.get("tau_valid", 0.95)
-        return (scored["score_forward"] >= tau - margin) & (scored["score_backward"] >= tau - margin)
+        return (scored["score_forward_hi"] >= tau) & (scored["score_backward_hi"] >= tau)
+    p = select.get("min_prob", 0.6)
     return (
-        (scored["score_forward_lo"] >= select.get("min_prob", 0.6) - margin)
-        & (scored["score_backward_lo"] >= select.get("min_prob", 0.6) - margin)
-        & (scored["gain"] >= select.get("min_gain", 0.1) - margin)
+        (scored["score_forward_hi"] >= p)
+        & (scored["score_backward_hi"] >= p)
+        & (scored["gain"] >= select.get("min_gain", 0.1) - gain_margin)
     )
 
 
@@ -232,7 +235,8 @@ def gate_count_replicates(
 def _replicate_n_co(
     e: dict[str, np.ndarray], rows: np.ndarray, link_of: dict[tuple[int, int], np.ndarray], rc: Counts
 ) -> np.ndarray:
-    """edges' n_co with the replicate's counts at `rows` (the edges the replicate needs)."""
+    """edges' n_co with the replicate's counts at `rows` (the edges the replicate needs; the other
+    rows keep the data's counts)."""
     n_co = e["n_co"].copy()
     lay = (e["src_layer"][rows], e["dst_layer"][rows])
     for (l, m), idx in link_of.items():

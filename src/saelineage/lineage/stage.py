@@ -268,12 +268,17 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     scored["q_value"] = evidence.bh_qvalues(scored["p_value"])
     keep = gates.select_gates(scored, opt.gate_test, opt.min_support, tau_v, opt.fdr, opt.min_prob, opt.min_gain)
     gate_table = gates.gate_table(scored, keep)
+    select = {"test": opt.gate_test, "min_support": opt.min_support, "tau_valid": tau_v, "fdr": opt.fdr,
+              "min_prob": opt.min_prob, "min_gain": opt.min_gain}  # fmt: skip
 
     # bootstrap intervals: lifecycle shares and gate counts from the per-group counts
     life_ci: dict[int, dict[str, tuple[float, float]]] = {}
     count_ci: dict[str, list[float]] = {}
     if weights is not None:
-        say(f"analyze: {len(weights)} bootstrap replicates over {int(wg.max()) + 1} groups of windows")
+        say(
+            f"analyze: {len(weights)} bootstrap replicates over {int(wg.max()) + 1} groups of windows; "
+            f"{int(bootstrap.near_passing(scored, select).sum()):,} gate candidates near the bars re-tested"
+        )
         live = {l: lc.live[f_layer == l][np.argsort(f_id[f_layer == l])] for l in layers}
         reps = bootstrap.lifecycle_replicates(
             counts.by_group,
@@ -285,9 +290,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
         g_reps = bootstrap.gate_count_replicates(
             e, {"and": c_and, "or": c_or}, scored, pairs, g_triples,
             (rows, bootstrap.locate_links(e, rows, link_req)), counts.by_group, weights, d_sae,
-            {"test": opt.gate_test, "min_support": opt.min_support, "tau_valid": tau_v, "fdr": opt.fdr,
-             "min_prob": opt.min_prob, "min_gain": opt.min_gain},
-            opt.confidence,
+            select, opt.confidence,
         )  # fmt: skip
         count_ci = {f"gates_{k}": list(bootstrap.interval(v)) for k, v in g_reps.items()}
     life_table = lifecycle.layer_table(
