@@ -48,13 +48,14 @@ def interval(x: np.ndarray, level: float = INTERVAL) -> tuple[float, float]:
     return float(np.quantile(x, a)), float(np.quantile(x, 1 - a))
 
 
-def replicate_counts(g: Grouped, w: np.ndarray) -> Counts:
-    """The counts of one replicate (group weights w int64 [W]) in the shape `validate.count` returns."""
+def replicate_counts(g: Grouped, w: np.ndarray, triples: bool = True) -> Counts:
+    """The counts of one replicate (group weights w int64 [W]) in the shape `validate.count` returns
+    (triples=False leaves the triple counts out, for callers that need none)."""
     return Counts(
         n_tokens=int(w @ g.n_tokens),
         n_active={l: w @ v for l, v in g.n_active.items()},
         pairs={l: w @ v for l, v in g.pairs.items()},
-        triples={k: np.einsum("w,wqc->qc", w, v) for k, v in g.triples.items()},
+        triples={k: np.einsum("w,wqc->qc", w, v) for k, v in g.triples.items()} if triples else {},
         groups={k: np.einsum("w,wgc->gc", w, v) for k, v in g.groups.items()},
         samples=[],
         example_tokens=None,
@@ -299,13 +300,13 @@ def split_count_replicates(
             point_members[(l, m, int(anchor[k]))] = (frozenset(members[ptr[k] : ptr[k + 1]].tolist()), k)
     out = np.zeros(len(weights), np.int64)
     for b, w in enumerate(weights):
-        rc = replicate_counts(g, w)
-        groups_b = {k: np.einsum("w,wgc->gc", w, v) for k, v in g2.groups.items()}
+        rc = replicate_counts(g, w, triples=False)
         n_co = _replicate_n_co(e, rows, link_of, rc)
         eb = dict(e, n_co=n_co)
-        ev = splits.child_evidence(eb, cand, rc.n_tokens, rc.n_active, opts["confidence"])
         eligible = (
-            (ev["q_value"] <= opts["fdr"]) & (ev["necessity_lo"] >= opts["min_prob"])
+            splits.eligible_children(
+                eb, cand, rc.n_tokens, rc.n_active, opts["fdr"], opts["min_prob"], opts["confidence"]
+            )
             if opts["test"] == "evidence"
             else None
         )
@@ -320,7 +321,7 @@ def split_count_replicates(
                 kids = grows[ptr[k] : ptr[k + 1]]
                 same = point_members.get((l, m, i))
                 if same is not None and same[0] == frozenset(members[ptr[k] : ptr[k + 1]].tolist()):
-                    n_cov = int(groups_b[(l, m)][same[1]][2])
+                    n_cov = int(w @ g2.groups[(l, m)][:, same[1], 2])
                 else:
                     single = n_co[cand["er"][kids]]
                     overlap = sum(pair_of.get((int(x), int(y)), 0) for x in kids for y in kids if x < y)

@@ -51,9 +51,9 @@ class AnalyzeConfig:
     """Minimum share of the parent's tokens its split children cover (evidence test: the lower bound's)."""
     max_children: int = 16
     """Candidate children considered per split parent (best first)."""
-    bootstrap: int = 200
+    bootstrap: int = 100
     """Bootstrap replicates over whole windows for the intervals on lifecycle shares and gate counts (0: none)."""
-    community_bootstrap: int = 20
+    community_bootstrap: int = 10
     """Replicates (of the --bootstrap ones) that re-run Leiden for the community-count interval (0: none)."""
     bootstrap_groups: int = 32
     """Random groups the windows are dealt into; a replicate resamples groups (each a set of whole windows)."""

@@ -82,15 +82,38 @@ def child_evidence(
     confidence: float = 0.95,
 ) -> dict[str, np.ndarray]:
     """Per candidate child: P(parent | child) bounds, p-value and q-value (the family: all rows)."""
+    ev = evidence.implication_evidence(
+        n_tokens, _parent_counts(cand, n_active), child_counts(e)[cand["er"]], e["n_co"][cand["er"]], confidence
+    )
+    ev["q_value"] = evidence.bh_qvalues(ev["p_value"])
+    return ev
+
+
+def eligible_children(
+    e: dict[str, np.ndarray],
+    cand: dict[str, np.ndarray],
+    n_tokens: int,
+    n_active: dict[int, np.ndarray],
+    fdr: float,
+    min_prob: float,
+    confidence: float = 0.95,
+) -> np.ndarray:
+    """Candidate children the evidence test accepts, bool [R]: q ≤ fdr and the lower bound of
+    P(parent | child) ≥ min_prob — `child_evidence` thresholded, without inverting the Beta (the
+    bootstrap's inner loop)."""
+    n_parent = _parent_counts(cand, n_active)
+    n_child, n_co = child_counts(e)[cand["er"]], e["n_co"][cand["er"]]
+    p = evidence.greater_pvalue(n_co, n_child, n_parent - n_co, n_tokens - n_child)
+    return (evidence.bh_qvalues(p) <= fdr) & evidence.lower_bound_reaches(n_co, n_child, min_prob, confidence)
+
+
+def _parent_counts(cand: dict[str, np.ndarray], n_active: dict[int, np.ndarray]) -> np.ndarray:
+    """The parent's active count of every candidate row."""
     n_parent = np.zeros(len(cand["c"]), np.int64)
     for l in np.unique(cand["l"]).tolist():
         sel = cand["l"] == l
         n_parent[sel] = n_active[int(l)][cand["i"][sel]]
-    ev = evidence.implication_evidence(
-        n_tokens, n_parent, child_counts(e)[cand["er"]], e["n_co"][cand["er"]], confidence
-    )
-    ev["q_value"] = evidence.bh_qvalues(ev["p_value"])
-    return ev
+    return n_parent
 
 
 def child_pair_jaccard(

@@ -303,7 +303,11 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     # splits: choose exclusive children, then a second pass for coverage / exclusivity
     pj, _ = splits.child_pair_jaccard(s_cand, p1, p2, pairs, counts, d_sae)
     child_ev = splits.child_evidence(e, s_cand, counts.n_tokens, counts.n_active, opt.confidence)
-    eligible = (child_ev["q_value"] <= opt.fdr) & (child_ev["necessity_lo"] >= opt.min_prob) if evidence_test else None
+    eligible = (
+        splits.eligible_children(e, s_cand, counts.n_tokens, counts.n_active, opt.fdr, opt.min_prob, opt.confidence)
+        if evidence_test
+        else None
+    )
     chosen, max_pair = splits.choose_children(s_cand, p1, p2, pj, opt.exclusivity, eligible)
     groups = splits.split_groups(s_cand, chosen)
     group_counts = {}
