@@ -105,8 +105,8 @@ def train_command(
     SparseCoder, AuxK against dead latents) train on that cache. Each is saved in SAELens format
     (cfg.json + sae_weights.safetensors, loadable by sae_lens.SAE.load_from_disk) and evaluated on
     held-out tokens: FVU, L0, dead fraction and the next-token cross-entropy increase when the SAE
-    reconstruction replaces the residual stream. With no options this trains the embedded default
-    set (SmolLM2-135M, resid_pre 0-11, 4,608 latents, k=32) that `collect` uses.
+    reconstruction replaces the residual stream. `--preset default` trains the embedded default
+    set (SmolLM2-135M, resid_pre 0-11, 2,304 latents, k=16) that `collect` uses.
     """
     from dataclasses import replace
 
