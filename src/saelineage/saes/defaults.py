@@ -1,8 +1,8 @@
 """The embedded SAE sets for SmolLM2-135M (resid_pre of blocks 0-11), trained once and cached.
 
 12 residual positions starting at the embeddings (the layout of arXiv:2410.08869), TopK SAEs of
-2,304 latents (4×), k = 16, trained on the first tokens of the bundled English text; the demo collects from the windows after
-them. Two presets (docs/seed_ceiling.md explains the choice):
+2,304 latents (4×), k = 16, trained on the first tokens of the bundled English text; the demo
+collects from the windows after them. Two presets (docs/seed_ceiling.md explains the choice):
 
 - `default`: what the first `make demo` trains, within its time budget;
 - `quality`: longer training for more reproducible features (`saelineage train --preset quality`);
