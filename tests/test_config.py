@@ -81,6 +81,7 @@ ODD = {
         confidence=0.9,
         bootstrap=50,
         bootstrap_groups=16,
+        community_bootstrap=5,
     ),
     CeilingConfig: dict(saes="second", tokens=1000, batch_windows=8),
     AblateConfig: dict(
