@@ -237,9 +237,10 @@ def lifecycle_rich_table(table: pa.Table) -> Table:
         out.caption += (
             "; ceiling: % of live features a second SAE training of the same layer reproduces, the most "
             "pass-through these SAEs can show; cont./ceil.: continuing share ÷ ceiling; unstable: ending and "
-            "not reproduced"
+            "not reproduced (the reference's shares, counting dead features, are in lifecycle.parquet)"
         )
-    names += ["new †", "end †"]
+    if not has_ceiling:  # the reference's shares give way to the ceiling columns on narrow terminals
+        names += ["new †", "end †"]
     for name in names:
         out.add_column(name, justify="right", no_wrap=name not in ("new", "ending"))
     for r in rows:
@@ -253,7 +254,9 @@ def lifecycle_rich_table(table: pa.Table) -> Table:
         if has_ceiling:
             cells += [_pct(r.get("seed_ceiling")), _pct(r.get("share_continuing_normalised")),
                       "—" if r.get("n_unstable") is None else f"{r['n_unstable']:,}"]  # fmt: skip
-        out.add_row(*cells, _pct(r["ref_share_new"]), _pct(r["ref_share_ending"]))
+        if not has_ceiling:
+            cells += [_pct(r["ref_share_new"]), _pct(r["ref_share_ending"])]
+        out.add_row(*cells)
     return out
 
 
