@@ -80,8 +80,16 @@ def full_plan() -> list[Variant]:
         Variant("e4_t200k", "width", expansion=4, tokens=200_000, next_layer=False),
         Variant("t100k_ep4", "passes", tokens=100_000, epochs=4.0, next_layer=False),
         Variant("e16", "width", expansion=16),
-        Variant("t650k", "tokens", tokens=650_000, next_layer=False),
+        # candidates at the default's cost (expansion 4 costs half as much per token pass)
+        Variant("e4k16_t200k", "candidate", expansion=4, k=16, tokens=200_000),
+        Variant("e4k16_t100k_ep4", "candidate", expansion=4, k=16, tokens=100_000, epochs=4.0, next_layer=False),
+        # the corpus's distinct tokens before the held-out end
+        Variant("t650k", "tokens", tokens=650_000),
+        Variant("e4k16_t650k", "candidate", expansion=4, k=16, tokens=650_000),
         Variant("t650k_ep2.5", "passes", tokens=650_000, epochs=2.5, next_layer=False),
+        Variant("e4k16_t100k_ep2", "candidate", expansion=4, k=16, tokens=100_000, epochs=2.0, next_layer=False),
+        Variant("e4k16_t100k_ep3", "candidate", expansion=4, k=16, tokens=100_000, epochs=3.0, next_layer=False),
+        Variant("k16_t650k", "candidate", k=16, tokens=650_000, next_layer=False),
     ]
 
 
@@ -120,24 +128,30 @@ class Data:
 
     def _cached(self, kind: str, windows: np.ndarray, dtype: torch.dtype) -> dict[int, torch.Tensor]:
         """{layer: [n · per, d]}: from a cache file holding at least these windows, else computed."""
-        n = len(windows)
-        for f in sorted(self.cache.glob(f"{kind}_*.pt")):
+        n, start = len(windows), 0
+        out = {h.layer: torch.empty(n * self.per, self.adapter.d_model, dtype=dtype) for h in self.hooks}
+        for f in sorted(self.cache.glob(f"{kind}_*.pt"), key=lambda f: int(f.stem.split("_")[1])):
             have = int(f.stem.split("_")[1])
             if (kind == "train" and have >= n) or (kind == "heldout" and have == n):
                 t = torch.load(f)
                 return {l: t[l][: n * self.per] for l in t}
+            if kind == "train" and have > start:  # the first `have` windows are already computed
+                t = torch.load(f)
+                for l in out:
+                    out[l][: have * self.per] = t[l]
+                start = have
+                del t
         t0 = time.perf_counter()
         skip = 1 if self.bos else 0
-        out = {h.layer: torch.empty(n * self.per, self.adapter.d_model, dtype=dtype) for h in self.hooks}
         with torch.no_grad():
-            for s in range(0, n, 32):
+            for s in range(start, n, 32):
                 ids = torch.from_numpy(windows[s : s + 32])
                 res = self.adapter.residuals(ids, self.hooks)
                 rows = slice(s * self.per, (s + ids.shape[0]) * self.per)
                 for h in self.hooks:
                     out[h.layer][rows] = res[h][:, skip:].reshape(-1, self.adapter.d_model).to(dtype)
         torch.save(out, self.cache / f"{kind}_{n}.pt")
-        log(f"cached {kind} residuals of layers {list(out)}: {n} windows in {time.perf_counter() - t0:.0f} s")
+        log(f"cached {kind} residuals of layers {list(out)}: windows {start}-{n} in {time.perf_counter() - t0:.0f} s")
         return out
 
 
@@ -336,6 +350,38 @@ def run_variant(v: Variant) -> dict:
 
 
 # ---- plots --------------------------------------------------------------------------------------
+def is_base(r: dict, **over) -> bool:
+    """TopK, expansion 8, k 32, 2 epochs, unless overridden."""
+    want = {"arch": "topk", "expansion": 8, "k": 32, "epochs": 2.0, **over}
+    return all(r["variant"][k] == v for k, v in want.items())
+
+
+def token_fit(res: dict) -> tuple[float, float] | None:
+    """Least-squares ceiling = a + b · log10(token passes) over the 2-epoch TopK e8 k32 points."""
+    pts = [(math.log10(r["token_passes"]), r["summary"]["ceiling"]) for r in res.values() if is_base(r)]
+    if len(pts) < 2:
+        return None
+    b, a = np.polyfit([p for p, _ in pts], [c for _, c in pts], 1)
+    return float(a), float(b)
+
+
+DEFAULT_S_PER_M = 226.0
+"""Seconds per 1M token passes of one 4,608-latent SAE in the default set's 12-layer run
+(training.json of the embedded default: 542 s for 12 SAEs × 200,152 passes)."""
+
+
+def rel_cost(res: dict, expansion: int) -> float:
+    """Cost per token pass of an SAE of this expansion relative to expansion 8 (median of the study's
+    measured seconds per 1M passes, variants at load < 2.1)."""
+
+    def med(e):
+        xs = [r["seconds"]["per_sae_per_m_passes"] for r in res.values()
+              if r["variant"]["expansion"] == e and r["variant"]["arch"] == "topk" and r["load_avg"] < 2.1]  # fmt: skip
+        return float(np.median(xs)) if xs else float(e / 8)
+
+    return med(expansion) / med(8)
+
+
 def plot(results_path: Path, figures: Path) -> None:
     import matplotlib
 
@@ -346,97 +392,131 @@ def plot(results_path: Path, figures: Path) -> None:
     figures.mkdir(parents=True, exist_ok=True)
     s = {k: r["summary"] for k, r in res.items()}
 
-    def topk_e8k32(r):
-        v = r["variant"]
-        return v["arch"] == "topk" and v["expansion"] == 8 and v["k"] == 32
-
-    # 1. vs training token passes (e8, k32, TopK)
-    pts = sorted((r["token_passes"], k) for k, r in res.items() if topk_e8k32(r))
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    two = [(p, k) for p, k in pts if res[k]["variant"]["epochs"] == 2.0]
+    # 1. vs training token passes (TopK e8 k32; 2 epochs over the distinct tokens, other epochs marked)
+    fig, ax = plt.subplots(figsize=(6.6, 4.3))
+    two = sorted((r["token_passes"], k) for k, r in res.items() if is_base(r))
     xs = [p / 1e3 for p, _ in two]
     ax.plot(xs, [s[k]["ceiling"] for _, k in two], "o-", label="seed ceiling (Pearson ≥ 0.5)")
     ax.plot(xs, [s[k]["ceiling_jaccard"] for _, k in two], "s--", label="seed ceiling (Jaccard ≥ 0.5)")
-    ax.plot(xs, [s[k]["pass"] for _, k in two if "pass" in s[k]], "^-", label="pass-through 5→6")
-    ax.plot(xs, [s[k]["pass_over_ceiling"] for _, k in two if "pass" in s[k]], "v:", label="pass / ceiling")
-    for p, k in pts:
-        if res[k]["variant"]["epochs"] != 2.0:
-            ep = res[k]["variant"]["epochs"]
-            ax.plot([p / 1e3], [s[k]["ceiling"]], "D", color="k")
-            ax.annotate(f"{res[k]['train_tokens'] // 1000}k × {ep:g} ep", (p / 1e3, s[k]["ceiling"]),
-                        textcoords="offset points", xytext=(5, -12), fontsize=8)  # fmt: skip
+    wp = [(p, k) for p, k in two if "pass" in s[k]]
+    ax.plot([p / 1e3 for p, _ in wp], [s[k]["pass"] for _, k in wp], "^-", label="pass-through 5→6 (Pearson ≥ 0.5)")
+    ax.plot([p / 1e3 for p, _ in wp], [s[k]["pass_over_ceiling"] for _, k in wp], "v:", label="pass / ceiling")
     for p, k in two:
-        ax.annotate(f"{res[k]['train_tokens'] // 1000}k", (p / 1e3, s[k]["ceiling"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)  # fmt: skip
+        ax.annotate(f"{res[k]['train_tokens'] // 1000}k × 2", (p / 1e3, s[k]["ceiling"]), textcoords="offset points",
+                    xytext=(4, 5), fontsize=8)  # fmt: skip
+    other = [
+        (r["token_passes"], k) for k, r in res.items() if is_base(r, epochs=r["variant"]["epochs"]) and not is_base(r)
+    ]
+    for p, k in other:
+        ax.plot([p / 1e3], [s[k]["ceiling"]], "D", color="k")
+        ax.annotate(f"{res[k]['train_tokens'] // 1000}k × {res[k]['variant']['epochs']:g}", (p / 1e3, s[k]["ceiling"]),
+                    textcoords="offset points", xytext=(5, -12), fontsize=8)  # fmt: skip
+    fit = token_fit(res)
+    if fit:
+        a, b = fit
+        grid = np.logspace(np.log10(min(xs) * 1e3), np.log10(3e6), 50)
+        ax.plot(grid / 1e3, a + b * np.log10(grid), color="gray", lw=0.8, ls="--",
+                label=f"fit: {a:.2f} + {b:.3f}·log10(passes)")  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel("training token passes (thousands; 2 epochs over the distinct tokens labelled)")
+    ax.set_xlabel("training token passes per SAE (thousands)")
     ax.set_ylabel("share of live layer-5 features")
+    ax.set_ylim(0, 1.05)
     ax.set_title("SmolLM2-135M layer 5, TopK 4,608 latents, k = 32")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(figures / "seed_ceiling_tokens.png", dpi=120)
     plt.close(fig)
 
-    # 2. width and k (100k tokens × 2 epochs unless noted)
+    # 2. width and k (100k tokens × 2 epochs)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
     for ax, key in ((axes[0], "expansion"), (axes[1], "k")):
+        fixed = {"tokens": 100_000, "k": 32} if key == "expansion" else {"tokens": 100_000, "expansion": 8}
         rows = sorted(
             (r["variant"][key], k)
             for k, r in res.items()
-            if r["variant"]["arch"] == "topk" and r["variant"]["tokens"] == 100_000 and r["variant"]["epochs"] == 2.0
-            and (r["variant"]["k"] == 32 if key == "expansion" else r["variant"]["expansion"] == 8)
-        )  # fmt: skip
+            if is_base(r, **{key: r["variant"][key]}) and all(r["variant"][f] == v for f, v in fixed.items())
+        )
         xs = [x for x, _ in rows]
         ax.plot(xs, [s[k]["ceiling"] for _, k in rows], "o-", label="ceiling (Pearson ≥ 0.5)")
-        ax.plot(xs, [s[k]["pass"] for _, k in rows], "^-", label="pass-through 5→6")
-        ax.plot(xs, [s[k]["new"] for _, k in rows], "x--", label="new share, layer 6")
+        ax.plot(xs, [s[k].get("pass", np.nan) for _, k in rows], "^-", label="pass-through 5→6")
+        ax.plot(xs, [s[k].get("new", np.nan) for _, k in rows], "x--", label="new share, layer 6")
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xlabel("expansion factor (k = 32)" if key == "expansion" else "k (expansion 8)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("share of live features")
     axes[0].legend(fontsize=8)
-    fig.suptitle("100k training tokens × 2 epochs, TopK")
+    fig.suptitle("TopK, 100k training tokens × 2 epochs")
     fig.tight_layout()
     fig.savefig(figures / "seed_ceiling_width_k.png", dpi=120)
     plt.close(fig)
 
-    # 3. TopK vs ReLU: match rate vs threshold
-    if "relu" in res and "t100k" in res:
-        fig, ax = plt.subplots(figsize=(6, 3.8))
-        for k, lab in (("t100k", "TopK k=32"), ("relu", "ReLU + L1 (mean L0 ≈ 32)")):
+    # 3. TopK vs ReLU (and the largest TopK run): match rate vs Pearson threshold
+    if "relu" in res:
+        fig, ax = plt.subplots(figsize=(6.2, 3.9))
+        big = max((r["token_passes"], k) for k, r in res.items() if is_base(r) and "pass" in r)[1]
+        for k, lab in (("t100k", "TopK, 100k×2"), ("relu", "ReLU+L1, 100k×2"), (big, f"TopK, {big[1:]}×2")):
             ts = [float(t) for t in res[k]["ceiling"]["pearson"]]
-            ax.plot(ts, list(res[k]["ceiling"]["pearson"].values()), "o-", label=f"{lab}: ceiling")
-            ax.plot(ts, list(res[k]["pass"]["pearson"].values()), "^--", label=f"{lab}: pass-through 5→6")
+            (line,) = ax.plot(ts, list(res[k]["ceiling"]["pearson"].values()), "o-", label=f"{lab}: ceiling")
+            if "pass" in res[k]:
+                ax.plot(ts, list(res[k]["pass"]["pearson"].values()), "^--", color=line.get_color(),
+                        label=f"{lab}: pass 5→6")  # fmt: skip
         ax.set_xlabel("Pearson threshold τ")
         ax.set_ylabel("share of live layer-5 features")
-        ax.set_title("TopK vs ReLU-L1, 4,608 latents, 100k tokens × 2 epochs")
+        ax.set_title("TopK vs ReLU + L1 (4,608 latents, mean L0 ≈ 32)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(figures / "seed_ceiling_relu.png", dpi=120)
         plt.close(fig)
 
     # 4. matching tokens
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for r in sorted(res.values(), key=lambda r: r["token_passes"]):
-        if not topk_e8k32(r) or r["variant"]["epochs"] != 2.0:
+    fig, ax = plt.subplots(figsize=(6.2, 3.9))
+    for r in sorted(res.values(), key=lambda r: (r["variant"]["arch"], r["token_passes"])):
+        if not (is_base(r) or r["variant"]["arch"] == "relu") or "pass" not in r:
             continue
         sub = sorted((int(t), x) for t, x in r["subsets"].items())
-        ax.plot([t / 1e3 for t, _ in sub], [x["ceiling"]["pearson"]["0.5"] for _, x in sub], "o-",
-                label=f"ceiling, {r['train_tokens'] // 1000}k tok")  # fmt: skip
-        if "pass" in sub[0][1]:
-            ax.plot([t / 1e3 for t, _ in sub], [x["pass"]["pearson"]["0.5"] for _, x in sub], "^:",
-                    label=f"pass 5→6, {r['train_tokens'] // 1000}k tok")  # fmt: skip
+        lab = f"{r['variant']['arch']} {r['train_tokens'] // 1000}k×2"
+        (line,) = ax.plot([t / 1e3 for t, _ in sub], [x["ceiling"]["pearson"]["0.5"] for _, x in sub], "o-",
+                          label=f"ceiling, {lab}")  # fmt: skip
+        ax.plot([t / 1e3 for t, _ in sub], [x["pass"]["pearson"]["0.5"] for _, x in sub], "^:",
+                color=line.get_color(), label=f"pass 5→6, {lab}")  # fmt: skip
     ax.set_xlabel("held-out tokens used for matching (thousands)")
     ax.set_ylabel("share at Pearson ≥ 0.5")
-    ax.set_title("Convergence in the matching tokens (TopK e8 k32)")
+    ax.set_title("Convergence in the matching tokens")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(figures / "seed_ceiling_matching_tokens.png", dpi=120)
     plt.close(fig)
+    # 5. ceiling vs training cost per layer, all TopK variants
+    fig, ax = plt.subplots(figsize=(6.6, 4.3))
+    topk = {k: r for k, r in res.items() if r["variant"]["arch"] == "topk"}
+    for k, r in topk.items():
+        sec = r["token_passes"] / 1e6 * rel_cost(res, r["variant"]["expansion"]) * DEFAULT_S_PER_M
+        mark = {4: "o", 8: "s", 16: "^"}[r["variant"]["expansion"]]
+        color = {16: "tab:green", 32: "tab:blue", 64: "tab:red"}[r["variant"]["k"]]
+        ax.plot([sec], [s[k]["ceiling"]], mark, color=color)
+        ax.annotate(k, (sec, s[k]["ceiling"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.axvline(0.2 * DEFAULT_S_PER_M, color="gray", lw=0.8, ls=":")
+    ax.axhline(0.55, color="gray", lw=0.8, ls="--")
+    ax.axhline(0.7, color="gray", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("estimated training seconds per layer (default set's rate; dotted: today's default)")
+    ax.set_ylabel("seed ceiling, Pearson ≥ 0.5")
+    title = (
+        "Ceiling per unit of compute (marker: ○ 2,304 □ 4,608 △ 9,216 latents;\ncolour: k 16 green, 32 blue, 64 red)"
+    )
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(figures / "seed_ceiling_cost.png", dpi=120)
+    plt.close(fig)
+    if fit:
+        a, b = fit
+        print(f"fit ceiling = {a:.3f} + {b:.4f}·log10(passes); 0.55 at {10 ** ((0.55 - a) / b):,.0f}, "
+              f"0.7 at {10 ** ((0.7 - a) / b):,.0f} token passes")  # fmt: skip
     print(f"figures in {figures}")
 
 
