@@ -57,6 +57,17 @@ def swagger_ui_dir() -> Optional[Path]:
     return path if (path / "swagger-ui-bundle.js").is_file() and (path / "swagger-ui.css").is_file() else None
 
 
+def page_context(data) -> dict[str, Any]:
+    """What every page template gets (base.html): run name, version, measures, layers, status."""
+    return {
+        "run_name": data.run.path.name,
+        "version": __version__,
+        "measures": MEASURES,
+        "layers": data.g.layers,
+        "status": data.status(),
+    }
+
+
 def create_app(
     run_dir: str | Path,
     *,
@@ -107,14 +118,7 @@ def create_app(
         )
 
     def page(request: Request, name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
-        base = {
-            "run_name": data.run.path.name,
-            "version": __version__,
-            "measures": MEASURES,
-            "layers": data.g.layers,
-            "status": data.status(),
-        }
-        return templates.TemplateResponse(request, name, base | ctx, status_code=status_code)
+        return templates.TemplateResponse(request, name, page_context(data) | ctx, status_code=status_code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):  # type: ignore[no-untyped-def]

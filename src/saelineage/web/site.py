@@ -374,17 +374,10 @@ def _render_shells(app: Any, stage: Path, rw: Rewriter) -> None:
     (live prompts need the model: the page says so), rendered with the app's templates and context."""
     import jinja2
 
-    from saelineage.web.app import HERE
+    from saelineage.web.app import HERE, page_context
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True)
-    data = app.state.data
-    base = {
-        "run_name": data.run.path.name,
-        "version": __version__,
-        "measures": MEASURES,
-        "layers": data.g.layers,
-        "status": data.status(),
-    }
+    base = page_context(app.state.data)
     for name in ("feature", "prompt"):
         html = env.get_template(f"site_{name}.html").render(**base)
         (stage / f"{name}.html").write_text(rw.page(html))
