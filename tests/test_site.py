@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 import pytest
+from chromium import CHROMIUM, launch
 
 from saelineage.errors import SaelineageError
 from saelineage.testing.sample_run import HOSTILE_LABEL, build_sample_run
@@ -23,7 +24,6 @@ from saelineage.web.config import SiteConfig
 from saelineage.web.queries import RunData
 from saelineage.web.site import export_site, round_sig, shown_rows
 
-CHROMIUM = "/usr/bin/chromium"
 FEATURE_DATA_BUDGET = 4096
 """Bytes of feature data per exported feature at the default options (examples, neighbours, context):
 the export's size grows with its features, and this keeps that growth in check (docs/design.md)."""
@@ -173,11 +173,7 @@ def browser():
         pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
     playwright_api = pytest.importorskip("playwright.sync_api")
     with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run"],
-        )  # fmt: skip
+        b = launch(p)
         yield b
         b.close()
 
