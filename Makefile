@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 export HF_HUB_OFFLINE ?= 1
 SHELL := /bin/bash
 
-.PHONY: install demo test test-simd test-all lint bench clean
+.PHONY: install demo test test-simd test-cluster test-all lint bench clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ test-simd: install
 		echo "== numeric tests with $$line"; \
 		env "$${vars[@]}" $(VENV)/bin/pytest -m "numeric and not slow" -q -p no:cacheprovider </dev/null || exit 1; \
 	done
+
+# Ray on two nodes over loopback, and the loss of a node mid-stage (slow-marked; CI runs it)
+test-cluster: install
+	$(VENV)/bin/pytest tests/test_cluster_nodes.py -q -p no:cacheprovider
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

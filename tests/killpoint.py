@@ -62,7 +62,6 @@ def main(spec: dict) -> None:
         import saelineage.causal.stage as ablate_stage
         from saelineage.causal.config import AblateConfig
 
-        ablate_stage.LAYERS_PER_PART = int(spec.get("layers_per_part", ablate_stage.LAYERS_PER_PART))
         ablate_stage.run_ablate(run, AblateConfig(**kwargs), progress=False)
     elif stage == "cli":  # the command line itself: its exit status and output are the result
         from saelineage.cli import main as cli_main

@@ -128,10 +128,11 @@ def test_stage_writes_every_sampled_pair_and_correlates(run):
 
 
 def test_resume_from_parts_gives_same_file(run, monkeypatch):
-    import saelineage.causal.stage as st
+    import saelineage.causal.work as st
 
-    monkeypatch.setattr(st, "LAYERS_PER_PART", 1)  # one part per upstream layer
-    cfg = AblateConfig(measures=["jaccard"], bins=3, per_bin=4, windows_per_pair=2, hidden=False, plot=False)
+    cfg = AblateConfig(
+        measures=["jaccard"], bins=3, per_bin=4, windows_per_pair=2, hidden=False, plot=False, layers_per_part=1
+    )
     full = run_ablate(run.path, cfg, force=True).table
     # simulate a crash after the first upstream layer: its part file exists, the stage is 'running'
     calls = []

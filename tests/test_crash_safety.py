@@ -44,6 +44,7 @@ KILLPOINT = Path(__file__).with_name("killpoint.py")
 # recorded plan) however much the test process holds
 STATS_KW = {"memory_limit": 4 << 30}
 ABLATE_KW = {
+    "layers_per_part": 1,  # one part per upstream layer: several parts
     "measures": ["jaccard", "pearson"],
     "bins": 2,
     "per_bin": 3,
@@ -259,13 +260,7 @@ def modelled(tmp_path_factory):
     run_stats(base, StatsConfig(**STATS_KW), progress=False)
     run_analyze(base, progress=False)
     ref = copy_run(base, root / "ablated")
-    import saelineage.causal.stage as st
-
-    real, st.LAYERS_PER_PART = st.LAYERS_PER_PART, 1  # one part per upstream layer: several parts
-    try:
-        names = renames(lambda: run_ablate(ref, AblateConfig(**ABLATE_KW), progress=False), ref)
-    finally:
-        st.LAYERS_PER_PART = real
+    names = renames(lambda: run_ablate(ref, AblateConfig(**ABLATE_KW), progress=False), ref)
     return {"base": base, "ref": ref, "names": names, "cfg": cfg, "model": load_run_model(base)}
 
 
@@ -279,12 +274,9 @@ def modelled(tmp_path_factory):
     ],
 )
 def test_ablate_killed_then_rerun_equals_uninterrupted(server, modelled, tmp_path, monkeypatch, mode, which, last):
-    import saelineage.causal.stage as st
-
     names = modelled["names"]
     assert sum(n.startswith(contract.ABLATE_PARTS + "/") for n in names) >= 2, names
     k = point(names, which, last)
-    monkeypatch.setattr(st, "LAYERS_PER_PART", 1)
     kill_and_resume(
         server,
         modelled["base"],
@@ -295,7 +287,6 @@ def test_ablate_killed_then_rerun_equals_uninterrupted(server, modelled, tmp_pat
         mode,
         k,
         lambda run: run_ablate(run, AblateConfig(**ABLATE_KW), progress=False, model=modelled["model"]),
-        layers_per_part=1,
     )
 
 

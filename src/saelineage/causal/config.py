@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from saelineage.cluster.config import ClusterOptions
 from saelineage.config import cli
 from saelineage.errors import SaelineageError
 
@@ -31,7 +32,7 @@ def _measures(text: str) -> list[str]:
 
 
 @dataclass
-class AblateConfig:
+class AblateConfig(ClusterOptions):
     """Options of the ablate stage (the README's "Causal checks" describes the method)."""
 
     measures: list[str] | None = field(default=None, metadata=cli(parse=_measures, show=",".join))
@@ -70,6 +71,9 @@ class AblateConfig:
     --ending-threshold."""
     ending_threshold: float = 0.5
     """See --ending-measure."""
+    layers_per_part: int = 8
+    """Upstream layers ablated together: they share clean forward passes; work is saved per part (an
+    interrupted stage resumes per part) and parts are what --ray spreads over workers."""
     plot: bool = field(default=True, metadata=cli(flag="--plot/--no-plot"))
     """Write ablations.html (effect vs similarity)."""
     device: str | None = None

@@ -21,26 +21,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from saelineage import contract
-from saelineage.causal.ablate import EFFECT_COLUMNS, ablate_pairs
+from saelineage.causal.ablate import EFFECT_COLUMNS
 from saelineage.causal.config import AblateConfig
-from saelineage.causal.error_projection import ending_features, project_errors
 from saelineage.causal.report import correlations, print_correlations, write_plot
 from saelineage.causal.sampling import sample_edges, unique_pairs
 from saelineage.causal.window_choice import (
     active_windows,
     choose,
-    load_windows,
-    load_windows_with_codes,
     window_rank,
 )
+from saelineage.causal.work import PART_COUNTS, PART_INFO, ablate_part, error_projections
+from saelineage.cluster.config import CLUSTER_FIELDS
 from saelineage.errors import SaelineageError
 from saelineage.progress import console
 from saelineage.progress import progress as make_progress
 from saelineage.run import RunDir, config_hash, write_parquet, writes_run
-
-PART_INFO = "saelineage.ablate_counts"
-LAYERS_PER_PART = 8
-"""Upstream layers ablated together: they share clean passes; an interrupted stage resumes per part."""
 
 
 class AblateResult(NamedTuple):
@@ -63,8 +58,10 @@ def run_ablate(
 ) -> AblateResult:
     """Sample edges, ablate their upstream features, measure the downstream drop; `model` = a preloaded RunModel."""
     cfg = cfg or AblateConfig()
-    if cfg.batch_rows < 1 or cfg.windows_per_pair < 1:
-        raise SaelineageError("--batch-rows and --windows-per-pair must be at least 1.", "pass positive numbers.")
+    if cfg.batch_rows < 1 or cfg.windows_per_pair < 1 or cfg.layers_per_part < 1:
+        raise SaelineageError(
+            "--batch-rows, --windows-per-pair and --layers-per-part must be at least 1.", "pass positive numbers."
+        )
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     manifest = run.require("stats")
     prev = manifest.stage("ablate")
@@ -102,11 +99,6 @@ def run_ablate(
     if force:
         shutil.rmtree(run.file(contract.ABLATE_PARTS), ignore_errors=True)
     with run.stage("ablate", config=asdict(cfg)) as info:
-        rm = model
-        if rm is None:
-            from saelineage.run_model import load_run_model
-
-            rm = load_run_model(run, device=cfg.device)
         # windows per downstream feature (shared by every pair that ends in it)
         wanted: dict[int, list[int]] = {}
         for _, _, m, j in pairs.tolist():
@@ -116,39 +108,36 @@ def run_ablate(
         pw = [choose(act[(int(m), int(j))], cfg.windows_per_pair, rank) for _, _, m, j in pairs]
         parts_dir = run.file(contract.ABLATE_PARTS)
         parts_dir.mkdir(exist_ok=True)
-        results, stats = [], {"forward_passes": 0, "rows": 0, "jobs_pruned": 0}
+        layers = sorted(set(pairs[:, 0].tolist()))
+        blocks = [layers[i : i + cfg.layers_per_part] for i in range(0, len(layers), cfg.layers_per_part)]
+        jobs = {}
+        for block in blocks:
+            sel = np.flatnonzero(np.isin(pairs[:, 0], block))
+            jobs[parts_dir / f"l{block[0]}-{block[-1]}-{key}.parquet"] = (pairs[sel], [pw[p] for p in sel])
+        todo = {path: job for path, job in jobs.items() if not path.is_file()}
+        rm, hidden = model, None
         with make_progress(transient=not progress) as bar:
-            layers = sorted(set(pairs[:, 0].tolist()))
-            blocks = [layers[i : i + LAYERS_PER_PART] for i in range(0, len(layers), LAYERS_PER_PART)]
-            task = bar.add_task("ablate", total=len(blocks), rate="")
-            for block in blocks:
-                part = parts_dir / f"l{block[0]}-{block[-1]}-{key}.parquet"
-                sel = np.flatnonzero(np.isin(pairs[:, 0], block))
-                if part.is_file():
-                    done = pq.read_table(part)
-                    # the part's own pass counts, so a resumed run records the same totals
-                    counted = json.loads((done.schema.metadata or {}).get(PART_INFO.encode(), b"{}"))
-                    for k in stats:
-                        stats[k] += int(counted.get(k, 0))
-                    results.append(done.replace_schema_metadata(None))
+            task = bar.add_task("ablate", total=len(blocks), completed=len(blocks) - len(todo), rate="")
+            if cfg.ray:
+                from saelineage.cluster.ablate import ablate_on_ray
+
+                info["ray"], hidden = ablate_on_ray(run, cfg, threshold, todo, lambda: bar.advance(task))
+            else:
+                if rm is None and (todo or cfg.hidden):
+                    from saelineage.run_model import load_run_model
+
+                    rm = load_run_model(run, device=cfg.device)
+                for path, (block_pairs, block_windows) in todo.items():
+                    ablate_part(run, rm, block_pairs, block_windows, threshold, cfg.batch_rows, path)
                     bar.advance(task)
-                    continue
-                wins = np.unique(np.concatenate([pw[p] for p in sel]))
-                keep: dict[int, list[int]] = {}
-                for l, f, m, j in pairs[sel].tolist():
-                    keep.setdefault(l, []).append(f)
-                    keep.setdefault(m, []).append(j)
-                ids, mask, stored = load_windows_with_codes(run, wins, {l: np.asarray(v) for l, v in keep.items()})
-                local = [np.searchsorted(wins, pw[p]) for p in sel]
-                res = ablate_pairs(
-                    rm.adapter, rm.saes, ids, pairs[sel], local, mask, threshold, cfg.batch_rows, stored=stored
-                )
-                counted = {k: int(res.info.get(k, 0)) for k in stats}
-                for k in stats:
-                    stats[k] += counted[k]
-                write_parquet(part, res.table.replace_schema_metadata({PART_INFO: json.dumps(counted)}))
-                results.append(res.table)
-                bar.advance(task)
+        results, stats = [], dict.fromkeys(PART_COUNTS, 0)
+        for path in jobs:
+            done = pq.read_table(path)
+            # the part's own pass counts, so a resumed run records the same totals
+            counted = json.loads((done.schema.metadata or {}).get(PART_INFO.encode(), b"{}"))
+            for k in stats:
+                stats[k] += int(counted.get(k, 0))
+            results.append(done.replace_schema_metadata(None))
         effects = pa.concat_tables(results)
         table = _join(sample, pairs, inverse, effects)
         write_parquet(run.file(contract.ABLATIONS), table)
@@ -163,7 +152,7 @@ def run_ablate(
         if cfg.plot:
             write_plot(table, run.file(contract.ABLATIONS_HTML), f"Ablation effect vs similarity — {run.path.name}")
         if cfg.hidden:
-            info["error_projection"] = _hidden(run, rm, cfg, threshold)
+            info["error_projection"] = hidden if cfg.ray else error_projections(run, rm, cfg, threshold)
         shutil.rmtree(parts_dir, ignore_errors=True)
     if progress:
         print_correlations(corr)
@@ -171,8 +160,10 @@ def run_ablate(
 
 
 def _identity(config: dict) -> dict:
-    """The options that decide the results (the device and the batch size do not), as JSON gives them back."""
-    return json.loads(json.dumps({k: v for k, v in config.items() if k not in ("device", "batch_rows")}))
+    """The options that decide the results (the device, the batch size and where it runs do not), as
+    JSON gives them back."""
+    skip = ("device", "batch_rows", *CLUSTER_FIELDS)
+    return json.loads(json.dumps({k: v for k, v in config.items() if k not in skip}))
 
 
 def _join(sample: pa.Table, pairs: np.ndarray, inverse: np.ndarray, effects: pa.Table) -> pa.Table:
@@ -192,65 +183,6 @@ def _join(sample: pa.Table, pairs: np.ndarray, inverse: np.ndarray, effects: pa.
     for c in EFFECT_COLUMNS:
         cols[c] = effects.column(c).take(take)
     return pa.table(cols)
-
-
-def _hidden(run: RunDir, rm, cfg: AblateConfig, threshold: float) -> dict:
-    """Error projections of ending features; writes error_projection.parquet."""
-    feats, note = ending_features(run, cfg.ending_measure, cfg.ending_threshold)
-    console.print(f"hidden in the error: {note}.")
-    layers = sorted(run.load().layers)
-    nxt = dict(zip(layers[:-1], layers[1:]))
-    if cfg.layer_pairs:
-        keep = {a for a, _ in cfg.layer_pairs}
-        feats = {l: f for l, f in feats.items() if l in keep}
-    feats = {l: f for l, f in feats.items() if len(f)}
-    if not feats:
-        console.print("hidden in the error: no ending features; nothing to project.")
-        return {"note": note, "n_features": 0}
-    act = active_windows(run, feats, threshold)
-    rank = window_rank(run.load().n_windows, cfg.seed)
-    chosen = {lf: choose(w, cfg.hidden_windows_per_feature, rank) for lf, w in act.items()}
-    wins = _cover(chosen, cfg.hidden_windows, cfg.seed)
-    ids, mask = load_windows(run, wins)
-    proj = project_errors(rm.adapter, rm.saes, ids, mask, feats, nxt, threshold, cfg.batch_rows)
-    write_parquet(run.file(contract.ERROR_PROJECTION), proj)
-    rel = np.asarray(proj.column("error_proj_rel").to_pylist(), dtype=float)
-    base = np.asarray(proj.column("error_proj_base").to_pylist(), dtype=float)
-    ok = np.isfinite(rel)
-    summary = {
-        "note": note,
-        "n_features": proj.num_rows,
-        "n_windows": int(len(wins)),
-        "n_measured": int(ok.sum()),
-        "median_error_proj_rel": float(np.median(rel[ok])) if ok.any() else None,
-        "median_error_proj_base": float(np.nanmedian(base)) if np.isfinite(base).any() else None,
-    }
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    console.print(
-        f"hidden in the error: {summary['n_measured']:,} features without a successor measured; median share "
-        f"of their write found in the next SAE's error: {fmt(summary['median_error_proj_rel'])} (median "
-        f"projection on tokens where they are off: {fmt(summary['median_error_proj_base'])})"
-    )
-    return summary
-
-
-def _cover(chosen: dict[tuple[int, int], np.ndarray], cap: int, seed: int) -> np.ndarray:
-    """At most `cap` windows, taken round-robin over features in a seeded order (each feature gets
-    its first window before any gets a second)."""
-    keys = sorted(chosen)
-    order = np.random.default_rng(seed).permutation(len(keys))
-    out: list[int] = []
-    seen: set[int] = set()
-    depth = max((len(v) for v in chosen.values()), default=0)
-    for r in range(depth):
-        for k in order:
-            w = chosen[keys[k]]
-            if r < len(w) and int(w[r]) not in seen:
-                if len(out) >= cap:
-                    return np.sort(np.asarray(out, np.int64))
-                seen.add(int(w[r]))
-                out.append(int(w[r]))
-    return np.sort(np.asarray(out, np.int64))
 
 
 def demo_ablation(

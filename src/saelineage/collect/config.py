@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from saelineage.cluster.config import CLUSTER_FIELDS, ClusterOptions
 from saelineage.config import cli
 
 
@@ -25,7 +26,7 @@ def format_layers(layers: list[int]) -> str:
 
 
 @dataclass
-class CollectConfig:
+class CollectConfig(ClusterOptions):
     """What `saelineage collect` runs; its hash guards a run directory against mixing configs."""
 
     model: str = "smollm2"
@@ -63,6 +64,6 @@ class CollectConfig:
 
     def identity(self) -> dict:
         d = asdict(self)
-        for key in ("device", "extra", "batch_windows"):
+        for key in ("device", "extra", "batch_windows", *CLUSTER_FIELDS):
             d.pop(key)
         return d

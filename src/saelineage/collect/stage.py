@@ -1,9 +1,10 @@
 """The collect stage: run the model over a corpus once, encode every layer with its SAE, store codes.
 
-Shards hold `shard_windows` whole windows and are written atomically, so after a crash
-the complete shards are kept and collection resumes with the first missing one; the
-summary files are then rebuilt from all shards, which makes a resumed run end
-byte-identical to an uninterrupted one.
+Shards hold `shard_windows` whole windows and are written atomically, each followed by its
+partial summary, so after a crash the complete shards are kept and collection resumes with the
+missing ones; the summary files are then the reduction of every shard's partial in shard order,
+which makes a resumed run, and one collected by Ray workers (`--ray`, saelineage.cluster), end
+byte-identical to an uninterrupted single-process one.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-import torch
-
 from saelineage import contract
 from saelineage.collect.config import CollectConfig
+from saelineage.collect.shard import encode_shard, store_shard
 from saelineage.contract import Manifest, new_manifest
 from saelineage.data.corpus import load_corpus
 from saelineage.data.finalize import summarize_run, write_vocab
-from saelineage.data.store import LayerCodes, list_shards, shard_path, write_shard
+from saelineage.data.store import list_shards
 from saelineage.data.windowing import make_windows
 from saelineage.errors import SaelineageError
 from saelineage.progress import console
@@ -35,16 +34,6 @@ class CollectResult(NamedTuple):
     n_tokens: int
     n_shards: int
     skipped: bool
-
-
-def _check_finite(x: torch.Tensor, layer: int, windows: np.ndarray) -> None:
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        b, s = (int(v) for v in torch.nonzero(bad.any(-1))[0])
-        raise SaelineageError(
-            f"non-finite residual (NaN/inf) at layer {layer}, window {int(windows[b])}, position {s}.",
-            "use --dtype float32, check the model weights, or exclude that text; complete shards are kept.",
-        )
 
 
 def _outputs_present(run: RunDir, manifest: Manifest) -> bool:
@@ -182,49 +171,27 @@ def run_collect(
 
     done = {int(p.name[6:11]) for p in list_shards(run)}
     todo = [i for i in range(n_shards) if i not in done]
+    d_sae = {l: saes[l].d_sae for l in layers}
     with run.stage("collect") as info, make_progress(transient=not progress) as bar:
         already = sum(min(cfg.shard_windows, n_windows - i * cfg.shard_windows) for i in done if i < n_shards)
         task = bar.add_task("collect", total=n_windows * cfg.window, rate="", completed=already * cfg.window)
         t0, n_new = time.perf_counter(), 0
-        for i in todo:
-            w0, w1 = i * cfg.shard_windows, min((i + 1) * cfg.shard_windows, n_windows)
-            parts: dict[int, list[LayerCodes]] = {l: [] for l in layers}
-            for b0 in range(w0, w1, cfg.batch_windows):
-                b1 = min(b0 + cfg.batch_windows, w1)
-                batch = torch.from_numpy(ids[b0:b1])
-                res = adapter.residuals(batch, [hooks[l] for l in layers])
-                for l in layers:
-                    x = res[hooks[l]].reshape(-1, adapter.d_model)
-                    _check_finite(x.view(b1 - b0, cfg.window, -1), l, np.arange(b0, b1))
-                    parts[l].append(saes[l].encode_sparse(x.to(saes[l].W_enc.dtype)))
-                n_new += (b1 - b0) * cfg.window
-                bar.update(
-                    task, advance=(b1 - b0) * cfg.window, rate=f"{n_new / (time.perf_counter() - t0):,.0f} tok/s"
-                )
-            t = (w1 - w0) * cfg.window
-            window = np.repeat(np.arange(w0, w1, dtype=np.int32), cfg.window)
-            pos = np.tile(np.arange(cfg.window, dtype=np.int32), w1 - w0)
-            write_shard(
-                run,
-                i,
-                ids[w0:w1].reshape(-1).astype(np.int32),
-                window,
-                pos,
-                {l: concat_codes(parts[l]) for l in layers},
-            )
-            assert shard_path(run, i).is_file() and t == len(window)
+
+        def advance(tokens: int) -> None:
+            nonlocal n_new
+            n_new += tokens
+            bar.update(task, advance=tokens, rate=f"{n_new / (time.perf_counter() - t0):,.0f} tok/s")
+
+        spans = {i: (i * cfg.shard_windows, min((i + 1) * cfg.shard_windows, n_windows)) for i in todo}
+        if cfg.ray:
+            from saelineage.cluster.collect import collect_on_ray
+
+            info["ray"] = collect_on_ray(run, cfg, ids, spans, layers, advance)
+        else:
+            for i, (w0, w1) in spans.items():
+                shard = encode_shard(adapter, saes, layers, ids, i, w0, w1, cfg.batch_windows, advance)
+                store_shard(run, shard, d_sae, cfg.examples_k, wins.bos, cfg.include_bos)
         info.update(summarize_run(run, cfg.examples_k, progress=bar))
         elapsed = time.perf_counter() - t0
         info["tokens_per_second"] = round(n_new / elapsed, 1) if n_new else None
     return CollectResult(run, n_windows * cfg.window, n_shards, False)
-
-
-def concat_codes(parts: list[LayerCodes]) -> LayerCodes:
-    """Stack CSR blocks of consecutive tokens."""
-    if len(parts) == 1:
-        return parts[0]
-    offsets = np.cumsum([0] + [len(p.indices) for p in parts[:-1]])
-    indptr = np.concatenate([parts[0].indptr[:1]] + [p.indptr[1:] + o for p, o in zip(parts, offsets)])
-    return LayerCodes(
-        indptr.astype(np.int64), np.concatenate([p.indices for p in parts]), np.concatenate([p.values for p in parts])
-    )

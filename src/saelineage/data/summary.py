@@ -1,8 +1,11 @@
 """Per-feature summaries and top activating examples, streamed over the store.
 
-Both are exact and independent of shard size and shard order: counts are integers,
-sums are float64 accumulated token by token in window order, and the top-K examples use
-the total order (value desc, window asc, pos asc), so ties resolve the same way always.
+Each shard is summarised on its own (a *partial*: `LayerSummary.partial`), and a run's summary is
+the reduction of its shards' partials in shard order (`LayerSummary.merge`), so a summary made by
+one process and one made by many workers, each summarising its own shards, are identical byte for
+byte. Counts are integers, sums are float64 (token by token within a shard, then shard by shard),
+and the top-K examples use the total order (value desc, window asc, pos asc), so the kept set does
+not depend on the order examples are offered in.
 """
 
 from __future__ import annotations
@@ -12,6 +15,31 @@ import numpy as np
 import pyarrow as pa
 
 from saelineage.data.store import LayerCodes
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _offer(f, v, w, p, k, topv, topw, topp, topn):
+    """Keep (v, w, p) among feature f's top-k under the total order (value desc, window asc, pos asc)."""
+    n = topn[f]
+    if n < k:
+        topv[f, n] = v
+        topw[f, n] = w
+        topp[f, n] = p
+        topn[f] = n + 1
+        return
+    # find the worst kept example: lowest value, then latest (window, pos)
+    worst = 0
+    for r in range(1, k):
+        if topv[f, r] < topv[f, worst] or (
+            topv[f, r] == topv[f, worst]
+            and (topw[f, r] > topw[f, worst] or (topw[f, r] == topw[f, worst] and topp[f, r] > topp[f, worst]))
+        ):
+            worst = r
+    bv = topv[f, worst]
+    if v > bv or (v == bv and (w < topw[f, worst] or (w == topw[f, worst] and p < topp[f, worst]))):
+        topv[f, worst] = v
+        topw[f, worst] = w
+        topp[f, worst] = p
 
 
 @numba.njit(cache=True, nogil=True)
@@ -32,26 +60,18 @@ def _accumulate(indptr, indices, values, mask, window, pos, count, s, q, mx, top
             q[f] += v * v
             if v > mx[f]:
                 mx[f] = v
-            n = topn[f]
-            if n < k:
-                topv[f, n] = v
-                topw[f, n] = w
-                topp[f, n] = p
-                topn[f] = n + 1
-                continue
-            # find the worst kept example: lowest value, then latest (window, pos)
-            worst = 0
-            for r in range(1, k):
-                if topv[f, r] < topv[f, worst] or (
-                    topv[f, r] == topv[f, worst]
-                    and (topw[f, r] > topw[f, worst] or (topw[f, r] == topw[f, worst] and topp[f, r] > topp[f, worst]))
-                ):
-                    worst = r
-            bv = topv[f, worst]
-            if v > bv or (v == bv and (w < topw[f, worst] or (w == topw[f, worst] and p < topp[f, worst]))):
-                topv[f, worst] = v
-                topw[f, worst] = w
-                topp[f, worst] = p
+            _offer(f, v, w, p, k, topv, topw, topp, topn)
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_top(feats, vals, wins, poss, topv, topw, topp, topn):
+    k = topv.shape[1]
+    for e in range(len(feats)):
+        _offer(feats[e], vals[e], wins[e], poss[e], k, topv, topw, topp, topn)
+
+
+PARTIAL_FIELDS = ("feature", "count", "sum", "sumsq", "max", "top_feature", "top_value", "top_window", "top_pos")
+"""Arrays of a partial summary (LayerSummary.partial): live features' statistics, kept examples."""
 
 
 class LayerSummary:
@@ -85,6 +105,45 @@ class LayerSummary:
             self.sum,
             self.sumsq,
             self.max,
+            self.topv,
+            self.topw,
+            self.topp,
+            self.topn,
+        )
+
+    def partial(self) -> dict[str, np.ndarray]:
+        """This summary as compact arrays (PARTIAL_FIELDS): statistics of the features seen, and
+        every kept example (feature, value, window, pos)."""
+        live = np.flatnonzero(self.count > 0)
+        feats, ranks = np.nonzero(np.arange(self.k)[None, :] < self.topn[:, None])
+        return {
+            "feature": live.astype(np.int32),
+            "count": self.count[live],
+            "sum": self.sum[live],
+            "sumsq": self.sumsq[live],
+            "max": self.max[live],
+            "top_feature": feats.astype(np.int32),
+            "top_value": self.topv[feats, ranks],
+            "top_window": self.topw[feats, ranks],
+            "top_pos": self.topp[feats, ranks],
+        }
+
+    def merge(self, part: dict[str, np.ndarray], n_tokens: int) -> None:
+        """Fold in the partial summary of the next shard (merge shards in shard order: the sums are
+        float64 and addition order decides their last bits)."""
+        f = part["feature"]
+        if len(f) and int(f.max()) >= self.d_sae:
+            raise ValueError(f"layer {self.layer}: feature id {int(f.max())} >= d_sae {self.d_sae}")
+        self.n_tokens += int(n_tokens)
+        self.count[f] += part["count"]
+        self.sum[f] += part["sum"]
+        self.sumsq[f] += part["sumsq"]
+        self.max[f] = np.maximum(self.max[f], part["max"])
+        _merge_top(
+            part["top_feature"].astype(np.int64),
+            part["top_value"].astype(np.float64),
+            part["top_window"].astype(np.int32),
+            part["top_pos"].astype(np.int32),
             self.topv,
             self.topw,
             self.topp,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from saelineage.cluster.config import ClusterOptions
 from saelineage.config import cli
 from saelineage.errors import SaelineageError
 from saelineage.stats.measures import MEASURES, PRIMARY
@@ -40,7 +41,7 @@ def _primary(text: str) -> tuple[str, ...]:
 
 
 @dataclass
-class StatsConfig:
+class StatsConfig(ClusterOptions):
     """Options of the stats stage."""
 
     span: int = 1
@@ -66,7 +67,8 @@ class StatsConfig:
     primary: tuple[str, ...] = field(default=PRIMARY, metadata=cli(parse=_primary, show=",".join))
     """Measures whose top-K partners are kept (comma list, or 'all' to add mutual_info and act_cosine)."""
     memory_limit: int | None = field(default=None, metadata=cli(parse=parse_size, show=str))
-    """Memory for accumulators and buffers in bytes, e.g. 8G (default: 70% of available RAM)."""
+    """Memory for accumulators and buffers in bytes, e.g. 8G (default: 70% of available RAM). With
+    --ray: per worker (default: the cluster's memory shared among the workers)."""
     workers: int = 2
     """Threads for the compiled kernels."""
     sae_match: str = "exact"

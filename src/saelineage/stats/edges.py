@@ -217,6 +217,50 @@ class PairState:
             )
         self.rows_done += B
 
+    STATE_FIELDS = ("pb_v", "pb_i", "pb_c", "pb_p", "pz_c", "pz_i", "pt_v", "pt_i", "pt_c", "pt_p", "counters")
+
+    def block_arrays(self, lo: int, hi: int) -> dict[str, np.ndarray]:
+        """The state after folding only rows lo..hi-1, as arrays (for another process to `merge`)."""
+        assert self.rows_done == hi - lo, (self.rows_done, lo, hi)
+        out = {f: getattr(self, f) for f in self.STATE_FIELDS}
+        out |= {"rb_j": self.rb_j[lo:hi], "rb_c": self.rb_c[lo:hi], "rb_p": self.rb_p[lo:hi]}
+        parts = self.parts or [(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))]
+        for x, name in enumerate(("part_src", "part_dst", "part_c", "part_p")):
+            out[name] = np.concatenate([p[x] for p in parts])
+        out["rows"] = np.array([lo, hi], np.int64)
+        return out
+
+    def merge(self, block: dict[str, np.ndarray]) -> None:
+        """Fold in the state of a block of rows folded on its own (`block_arrays`).
+
+        Every column result keeps the best under the total order (value desc, id asc), as
+        `add_block` does, so folding blocks on separate workers and merging their states gives
+        the state of one worker folding them all, in any order."""
+        lo, hi = (int(v) for v in block["rows"])
+        if self.do_best:
+            ov, oi = block["pb_v"], block["pb_i"]
+            take = (ov > self.pb_v) | ((ov == self.pb_v) & (oi < self.pb_i))
+            for f in ("pb_v", "pb_i", "pb_c", "pb_p"):
+                getattr(self, f)[take] = block[f][take]
+            oc, oi = block["pz_c"], block["pz_i"]
+            take = (oi != ks.NO_ID) & ((oc > self.pz_c) | ((oc == self.pz_c) & (oi < self.pz_i)))
+            self.pz_c[take] = oc[take]
+            self.pz_i[take] = oi[take]
+            self.rb_j[lo:hi], self.rb_c[lo:hi], self.rb_p[lo:hi] = block["rb_j"], block["rb_c"], block["rb_p"]
+        k = self.pt_v.shape[2]
+        v = np.concatenate([self.pt_v, block["pt_v"]], axis=2)
+        i = np.concatenate([self.pt_i, block["pt_i"]], axis=2)
+        # ids of two blocks never coincide, so (value desc, id asc) orders the 2k entries strictly
+        order = np.lexsort((i, -v), axis=2)[:, :, :k]
+        for f, both in (("pt_v", v), ("pt_i", i)):
+            setattr(self, f, np.take_along_axis(both, order, axis=2))
+        for f in ("pt_c", "pt_p"):
+            both = np.concatenate([getattr(self, f), block[f]], axis=2)
+            setattr(self, f, np.take_along_axis(both, order, axis=2))
+        self.counters = self.counters + block["counters"]
+        self.parts.append((block["part_src"], block["part_dst"], block["part_c"], block["part_p"]))
+        self.rows_done += hi - lo
+
     def finish(self, n: int, src: Side, dst: Side) -> PairResult:
         """Combine blocks: kept edges (sorted by src, dst) and best predecessors per measure."""
         assert self.rows_done == self.d_l, (self.rows_done, self.d_l)

@@ -154,6 +154,83 @@ def _prepare(batch: Batch, layout: Layout, keep: np.ndarray, fresh: dict[int, Ma
             )
 
 
+class PassResult(NamedTuple):
+    """One pass over the shards: kept tokens, the accumulators of each unit, and the work done."""
+
+    n: int
+    acc: dict[Unit, tuple[np.ndarray, np.ndarray]]
+    increments: int
+
+
+def accumulate_pass(
+    layout: Layout,
+    budget: Budget,
+    units: list[Unit],
+    fresh: dict[int, Marginals],
+    pool: BufferPool,
+    tm: dict[str, float],
+    on_batch: Callable[[int, int], None] | None = None,
+) -> PassResult:
+    """Stream every shard once and accumulate cnt/psum [hi-lo, d_dst] of each unit.
+
+    fresh: {layer: zeroed Marginals} for layers whose marginals this pass takes (filled in place).
+    Per cell, additions happen in global token order whatever the batching, so a unit's
+    accumulators are the same in any pass and on any worker. on_batch(n_shards, increments)."""
+    d, pairs = layout.d, layout.pairs
+    src = {pairs[u.pair].src for u in units}
+    layers = sorted(src | {pairs[u.pair].dst for u in units})
+    acc = {
+        u: (
+            np.zeros((u.hi - u.lo, d[pairs[u.pair].dst]), budget.count_dtype),
+            np.zeros((u.hi - u.lo, d[pairs[u.pair].dst]), np.float64),
+        )
+        for u in units
+    }
+    n_pass, increments = 0, 0
+    t0 = time.perf_counter()
+    buffers = _batch_for(layout, layers, src, budget.batch_bytes, pool)
+    for batch in batches(layout.shards, buffers):
+        keep = batch.keep(layout.bos, layout.include_bos)
+        n_pass += int(keep.sum())
+        _prepare(batch, layout, keep, fresh)
+        t1 = time.perf_counter()
+        tm["read_prepare"] += t1 - t0
+        for u in units:
+            s, m = batch.buf[pairs[u.pair].src], batch.buf[pairs[u.pair].dst]
+            work = kn.row_work(s.colptr, s.tok, m.ptr, u.lo, u.hi)
+            bounds = kn.chunk_bounds(work, u.lo, 8 * numba.get_num_threads())
+            kn.accumulate(
+                bounds,
+                u.lo,
+                s.colptr,
+                s.tok,
+                s.cval,
+                s.cact,
+                m.ptr,
+                m.idx,
+                m.val,
+                m.act,
+                layout.all_active,
+                *acc[u],
+            )
+            increments += int(work.sum())
+        t0 = time.perf_counter()
+        tm["accumulate"] += t0 - t1
+        if on_batch:
+            on_batch(batch.n_shards, increments)
+    buffers.release()
+    return PassResult(n_pass, acc, increments)
+
+
+def new_timings() -> dict[str, float]:
+    return {"read_prepare": 0.0, "accumulate": 0.0, "finalize": 0.0}
+
+
+def new_marginals(d: int) -> Marginals:
+    """Zeroed marginals of a layer of d features, for `accumulate_pass` to fill."""
+    return _new_marginals(d)
+
+
 def run_passes(
     layout: Layout,
     budget: Budget,
@@ -172,52 +249,20 @@ def run_passes(
     results: list[PairResult | None] = [None] * len(pairs)
     states: dict[int, PairState] = {}
     increments = 0
-    tm = {"read_prepare": 0.0, "accumulate": 0.0, "finalize": 0.0}
+    tm = new_timings()
     pool = BufferPool()
     for pass_no, units in enumerate(budget.passes):
-        src = {pairs[u.pair].src for u in units}
-        layers = sorted(src | {pairs[u.pair].dst for u in units})
-        fresh = {l: _new_marginals(d[l]) for l in layers if l not in marg}
-        acc = {
-            u: (
-                np.zeros((u.hi - u.lo, d[pairs[u.pair].dst]), budget.count_dtype),
-                np.zeros((u.hi - u.lo, d[pairs[u.pair].dst]), np.float64),
-            )
-            for u in units
-        }
-        n_pass = 0
-        t0 = time.perf_counter()
-        buffers = _batch_for(layout, layers, src, budget.batch_bytes, pool)
-        for batch in batches(layout.shards, buffers):
-            keep = batch.keep(layout.bos, layout.include_bos)
-            n_pass += int(keep.sum())
-            _prepare(batch, layout, keep, fresh)
-            t1 = time.perf_counter()
-            tm["read_prepare"] += t1 - t0
-            for u in units:
-                s, m = batch.buf[pairs[u.pair].src], batch.buf[pairs[u.pair].dst]
-                work = kn.row_work(s.colptr, s.tok, m.ptr, u.lo, u.hi)
-                bounds = kn.chunk_bounds(work, u.lo, 8 * numba.get_num_threads())
-                kn.accumulate(
-                    bounds,
-                    u.lo,
-                    s.colptr,
-                    s.tok,
-                    s.cval,
-                    s.cact,
-                    m.ptr,
-                    m.idx,
-                    m.val,
-                    m.act,
-                    layout.all_active,
-                    *acc[u],
-                )
-                increments += int(work.sum())
-            t0 = time.perf_counter()
-            tm["accumulate"] += t0 - t1
+        layers = {pairs[u.pair].src for u in units} | {pairs[u.pair].dst for u in units}
+        fresh = {l: _new_marginals(d[l]) for l in sorted(layers) if l not in marg}
+        before = increments
+
+        def tick(n_sh: int, incr: int, pass_no=pass_no, before=before) -> None:
             if on_shards:
-                on_shards(pass_no, batch.n_shards, increments)
-        buffers.release()
+                on_shards(pass_no, n_sh, before + incr)
+
+        done = accumulate_pass(layout, budget, units, fresh, pool, tm, tick)
+        increments += done.increments
+        n_pass, acc = done.n, done.acc
         if n_tokens is None:
             n_tokens = n_pass
         elif n_tokens != n_pass:

@@ -8,6 +8,7 @@ for a result of this one.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -242,14 +243,14 @@ def _match_summary(
     return {"method": method, "folded": {str(l): f for l, f in sorted(folded.items())}, "note": note, "pairs": rows}
 
 
-class _Setup(NamedTuple):
+class StatsSetup(NamedTuple):
     run: RunDir
     opts: dict
     layout: Layout
     edge_opts: EdgeOptions
 
 
-def _setup(run_dir: str | Path, cfg: StatsConfig) -> _Setup:
+def stats_setup(run_dir: str | Path, cfg: StatsConfig) -> StatsSetup:
     """Check the run and the options; build the layout of the pass."""
     run = RunDir(run_dir)
     manifest = run.require("collect")
@@ -289,13 +290,15 @@ def _setup(run_dir: str | Path, cfg: StatsConfig) -> _Setup:
         cfg.relative_threshold is None and cfg.threshold == 0.0,
         manifest.n_tokens,
     )
-    return _Setup(run, opts, layout, EdgeOptions(cfg.min_support, cfg.top_k, tuple(cfg.primary), cfg.keep_thresholds()))
+    return StatsSetup(
+        run, opts, layout, EdgeOptions(cfg.min_support, cfg.top_k, tuple(cfg.primary), cfg.keep_thresholds())
+    )
 
 
 def plan_stats(run_dir: str | Path, cfg: StatsConfig | None = None) -> Budget:
     """The passes `run_stats` would make under `cfg.memory_limit` (nothing is computed)."""
     cfg = cfg or StatsConfig()
-    st = _setup(run_dir, cfg)
+    st = stats_setup(run_dir, cfg)
     return plan(st.layout, st.edge_opts, int(cfg.memory_limit or default_memory_limit()))
 
 
@@ -321,7 +324,7 @@ def run_stats(
     t_start = time.perf_counter()
     if workers < 1:
         raise SaelineageError(f"--workers must be >= 1 (got {workers}).", "use --workers 2 on a 2-core machine.")
-    run, opts, layout, edge_opts = _setup(run_dir, cfg)
+    run, opts, layout, edge_opts = stats_setup(run_dir, cfg)
     layers, d, pairs, shards = layout.layers, layout.d, layout.pairs, layout.shards
     prev = run.load().stage("stats")
     if prev.get("status") == "complete" and not force and all(run.file(f).is_file() for f in OUTPUTS):
@@ -342,38 +345,46 @@ def run_stats(
             bool(s.get("dec_cosine", False)),
             True,
         )
-    budget = plan(layout, edge_opts, int(memory_limit or default_memory_limit()))
     dec = _Decoders(run, d, decoders, thresholds)
     manifest = run.load()
     manifest.stages["stats"] = {}  # drop what an earlier attempt recorded
     run.save(manifest)
+    if force:
+        shutil.rmtree(run.file(contract.STATS_PARTS), ignore_errors=True)
     with run.stage("stats", options=opts, config=asdict(cfg)) as info:
         for f in OUTPUTS:
             run.file(f).unlink(missing_ok=True)
         t_m = time.perf_counter()
         matches, folded = _matches(pairs, dec, opts["sae_match"], workers)
         t_match = time.perf_counter() - t_m
+        forced = {k: m.partner for k, m in matches.items()}
         with make_progress(transient=not progress) as bar:
-            task = bar.add_task("stats", total=len(budget.passes) * len(shards), rate="", visible=progress)
-            t0 = time.perf_counter()
+            if cfg.ray:
+                from saelineage.cluster.stats import stats_on_ray
 
-            def tick(pass_no: int, n_sh: int, incr: int) -> None:
-                rate = incr / max(time.perf_counter() - t0, 1e-9)
-                bar.update(
-                    task,
-                    advance=n_sh,
-                    rate=f"pass {pass_no + 1}/{len(budget.passes)}, {rate / 1e6:,.0f}M pairs/s",
-                    description="stats",
+                task = bar.add_task("stats on Ray", total=None, rate="", visible=progress)
+
+                def units_done(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total, rate=f"{done}/{total} units")
+
+                acc, budget, info["ray"] = stats_on_ray(
+                    run, cfg.ray, cfg.ray_workers, memory_limit, layout, edge_opts, opts, forced, units_done
                 )
+            else:
+                budget = plan(layout, edge_opts, int(memory_limit or default_memory_limit()))
+                task = bar.add_task("stats", total=len(budget.passes) * len(shards), rate="", visible=progress)
+                t0 = time.perf_counter()
 
-            acc = run_passes(
-                layout,
-                budget,
-                edge_opts,
-                workers,
-                tick if progress else None,
-                {k: m.partner for k, m in matches.items()},
-            )
+                def tick(pass_no: int, n_sh: int, incr: int) -> None:
+                    rate = incr / max(time.perf_counter() - t0, 1e-9)
+                    bar.update(
+                        task,
+                        advance=n_sh,
+                        rate=f"pass {pass_no + 1}/{len(budget.passes)}, {rate / 1e6:,.0f}M pairs/s",
+                        description="stats",
+                    )
+
+                acc = run_passes(layout, budget, edge_opts, workers, tick if progress else None, forced)
         if acc.n == 0:
             raise SaelineageError(
                 "the token set is empty (every token is a BOS position?).", "use longer windows or --include-bos."
@@ -420,6 +431,7 @@ def run_stats(
             },
         )
         info.update(summary=summary, timings=timings, dec_cosine_missing_layers=missing)
+        shutil.rmtree(run.file(contract.STATS_PARTS), ignore_errors=True)
     return StatsSummary(
         run.path,
         acc.n,

@@ -1,0 +1,70 @@
+"""`collect --ray`: shards encoded by Ray actors, each holding the model and the SAEs once.
+
+An actor writes its shards and their partial summaries straight into the run directory (a
+filesystem every node mounts), atomically, as single-process collect does; the driver only hands
+out shard indices and then merges the partial summaries (data/finalize.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from saelineage.cluster.session import dispatch, ray_cluster, worker_count
+from saelineage.collect.config import CollectConfig
+from saelineage.run import RunDir
+
+
+class CollectWorker:
+    """A Ray actor: the run's model and SAEs, loaded once, encoding whole shards."""
+
+    def __init__(self, run_path: str, cfg: CollectConfig, layers: list[int], threads: int):
+        import torch
+
+        from saelineage.models.loading import load_model
+        from saelineage.saes.resolve import resolve_saes
+
+        torch.set_num_threads(threads)
+        self.run = RunDir(run_path)
+        m = self.run.load()
+        self.cfg, self.layers = cfg, layers
+        self.bos, self.d_sae = m.bos, {l: m.d_sae[l] for l in layers}
+        self.adapter = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, center_residual=m.center_residual)
+        self.saes = resolve_saes(cfg.saes, cfg.model, device=cfg.device, dtype=cfg.dtype, layers=layers)
+
+    def shard(self, ids: np.ndarray, index: int, w0: int, w1: int) -> int:
+        """Encode and store shard `index` (windows w0..w1-1); returns its token count."""
+        from saelineage.collect.shard import encode_shard, store_shard
+
+        shard = encode_shard(self.adapter, self.saes, self.layers, ids, index, w0, w1, self.cfg.batch_windows)
+        store_shard(self.run, shard, self.d_sae, self.cfg.examples_k, self.bos, self.cfg.include_bos)
+        return len(shard.tokens)
+
+
+def collect_on_ray(
+    run: RunDir,
+    cfg: CollectConfig,
+    ids: np.ndarray,
+    spans: dict[int, tuple[int, int]],
+    layers: list[int],
+    advance: Callable[[int], None],
+) -> dict:
+    """Encode the shards `spans` ({index: (w0, w1)}) on Ray; returns what the manifest records."""
+    gpu = cfg.device.startswith("cuda")
+    with ray_cluster(cfg.ray, run.path) as ray:
+        n = worker_count(ray, cfg.ray_workers, gpu)
+        if not spans:
+            return {"workers": 0, "shards": 0}
+        actor = ray.remote(CollectWorker).options(
+            num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=0, scheduling_strategy="SPREAD"
+        )
+        ids_ref = ray.put(ids)
+        dispatch(
+            ray,
+            lambda: actor.remote(str(run.path), cfg, layers, 1),
+            n,
+            sorted(spans),
+            lambda a, i: a.shard.remote(ids_ref, i, *spans[i]),
+            lambda i, tokens: advance(tokens),
+        )
+        return {"workers": min(n, len(spans)), "shards": len(spans), "address": cfg.ray}
