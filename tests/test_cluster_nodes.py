@@ -40,8 +40,10 @@ NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
 
 
 @pytest.fixture
-def two_nodes():
+def two_nodes(monkeypatch):
     """A head and one worker node, one CPU each; torn down after the test."""
+    # the driver connects over loopback too (see saelineage.cluster.session)
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
     cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
     worker = cluster.add_node(**NODE)
     cluster.wait_for_nodes()
@@ -68,18 +70,29 @@ def test_two_nodes_equal_one_process(system, single, two_nodes, tmp_path):  # no
         assert RunDir(run).load().stage(stage)["ray"]["address"] == cluster.address
 
 
-def kill_when(cluster, worker, ready) -> threading.Thread:
-    """Kill the worker node's processes (no graceful shutdown) as soon as ready() holds."""
+def kill_when(cluster, worker, ready, snapshot) -> tuple[threading.Thread, dict]:
+    """Kill the worker node's processes (no graceful shutdown) as soon as ready() holds; what
+    snapshot() says at that moment shows that the stage was still running."""
+    seen: dict = {}
 
     def watch() -> None:
         deadline = time.monotonic() + 300
         while not ready() and time.monotonic() < deadline:
             time.sleep(0.05)
+        seen["at_kill"] = snapshot()
         cluster.remove_node(worker, allow_graceful=False)
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
-    return t
+    return t, seen
+
+
+def alive_nodes(expect: int, timeout: float = 120) -> int:
+    """Alive nodes, once Ray has noticed the loss (its health checks take a while)."""
+    deadline = time.monotonic() + timeout
+    while (n := len([x for x in ray.nodes() if x["Alive"]])) != expect and time.monotonic() < deadline:
+        time.sleep(1)
+    return n
 
 
 @pytest.mark.parametrize("stage", ["collect", "stats"])
@@ -89,15 +102,29 @@ def test_node_lost_mid_stage_still_equal(system, single, two_nodes, tmp_path, st
     if stage == "collect":
         run = tmp_path / "run"
         shards = run / contract.ACTIVATIONS
-        t = kill_when(cluster, worker, lambda: shards.is_dir() and len(list(shards.iterdir())) >= 1)
+        n_shards = len(list((single / contract.ACTIVATIONS).iterdir()))
+        t, seen = kill_when(
+            cluster,
+            worker,
+            lambda: shards.is_dir() and len(list(shards.iterdir())) >= 1,
+            lambda: len(list(shards.iterdir())),
+        )
         run_collect(run, collect_cfg(system, ray=cluster.address, ray_workers=2), progress=False)
         t.join()
+        assert seen["at_kill"] < n_shards  # killed mid-stage
         assert_same_collect(single, run)
     else:
         run = Path(shutil.copytree(single, tmp_path / "run"))
         parts = run / contract.STATS_PARTS
-        t = kill_when(cluster, worker, lambda: parts.is_dir() and any(parts.rglob("*.npz")))
+        t, seen = kill_when(
+            cluster,
+            worker,
+            lambda: parts.is_dir() and any(parts.rglob("*.npz")),
+            lambda: not (run / contract.STATS_SUMMARY).is_file(),  # force=True removed it; rewritten at the end
+        )
+        (run / contract.STATS_SUMMARY).unlink()
         run_stats(run, StatsConfig(**STATS, ray=cluster.address, ray_workers=8), progress=False, force=True)
         t.join()
+        assert seen["at_kill"]  # killed before the stage wrote its summary
         assert_same_stats(single, run)
-    assert len([n for n in ray.nodes() if n["Alive"]]) == 1  # the worker node is gone
+    assert alive_nodes(1) == 1  # the worker node is gone

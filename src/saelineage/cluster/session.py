@@ -48,6 +48,7 @@ def ray_cluster(address: str, run_path: Path) -> Iterator[Any]:
             if address == "local":
                 ray.init(address="local", _node_ip_address="127.0.0.1", **common)
             else:
+                _keep_loopback(ray, address)
                 ray.init(address=address, **common)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise SaelineageError(
@@ -60,6 +61,15 @@ def ray_cluster(address: str, run_path: Path) -> Iterator[Any]:
     finally:
         if own:
             ray.shutdown()
+
+
+def _keep_loopback(ray, address: str) -> None:
+    """Ray rewrites a loopback bootstrap address to this machine's routable IP (so that drivers can
+    reach remote nodes); a cluster started with --node-ip-address 127.0.0.1 listens only on
+    loopback, so for such an address the driver must keep 127.0.0.1."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host in ("127.0.0.1", "localhost", "::1"):
+        ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _read_probe(path: str) -> str:
