@@ -186,8 +186,7 @@ def main() -> None:
         eff = ray_runs[1]["seconds"] / (2 * ray_runs[2]["seconds"])
         print(f"  parallel efficiency, 2 workers vs 1: {eff:.2f} (speed-up {2 * eff:.2f}x)")
         out["ray"] = {str(k): v for k, v in ray_runs.items()} | {"efficiency": eff}
-        # the analysis below reads the single-process outputs (identical when the check above holds)
-        run_child(STATS_CHILD, str(run.path), json.dumps(kw))
+        # analyze below reads the 2-worker outputs: identical to one process's when the check holds
 
     an = run_child(ANALYZE_CHILD, str(run.path))
     out["analyze"] = an

@@ -35,6 +35,8 @@ ODD = {
         dtype="bfloat16",
         device="cuda",
         center_residual=False,
+        ray="10.0.0.1:6379",
+        ray_workers=3,
     ),
     StatsConfig: dict(
         span=2,
@@ -49,6 +51,8 @@ ODD = {
         memory_limit=3 << 30,
         workers=1,
         sae_match="greedy",
+        ray="local",
+        ray_workers=4,
     ),
     AnalyzeConfig: dict(
         measure="jaccard",
@@ -98,6 +102,9 @@ ODD = {
         hidden_windows=16,
         hidden_windows_per_feature=2,
         ending_measure="jaccard",
+        ray="auto",
+        ray_workers=2,
+        layers_per_part=3,
         ending_threshold=0.3,
         plot=False,
         device="cuda",

@@ -191,7 +191,7 @@ def run_collect(
             for i, (w0, w1) in spans.items():
                 shard = encode_shard(adapter, saes, layers, ids, i, w0, w1, cfg.batch_windows, advance)
                 store_shard(run, shard, d_sae, cfg.examples_k, wins.bos, cfg.include_bos)
-        info.update(summarize_run(run, cfg.examples_k, progress=bar))
+        info.update(summarize_run(run, cfg.examples_k, progress=bar, write_missing=True))
         elapsed = time.perf_counter() - t0
         info["tokens_per_second"] = round(n_new / elapsed, 1) if n_new else None
     return CollectResult(run, n_windows * cfg.window, n_shards, False)

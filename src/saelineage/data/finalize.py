@@ -82,9 +82,11 @@ def read_partial(run: RunDir, index: int, layers: list[int], k: int) -> Partial 
         return None
 
 
-def summarize_run(run: RunDir, k: int = 20, progress=None) -> dict:
+def summarize_run(run: RunDir, k: int = 20, progress=None, write_missing: bool = False) -> dict:
     """Merge every shard's partial summary in shard order; write features.parquet and
-    examples.parquet. Returns counts."""
+    examples.parquet. Returns counts. A shard without a usable partial is summarised from the
+    shard itself; write_missing (collect, which owns the partials) then also saves that partial,
+    so a resumed run holds the same files as an uninterrupted one."""
     manifest = run.load()
     layers, d_sae = manifest.layers, manifest.d_sae
     bos, include_bos = manifest.bos, manifest.include_bos
@@ -100,6 +102,8 @@ def summarize_run(run: RunDir, k: int = 20, progress=None) -> dict:
         if part is None:
             shard = read_shard(path, layers)
             part = summarize_shard(shard, {l: d_sae[l] for l in layers}, k, bos, include_bos)
+            if write_missing:
+                write_partial(run, index, part)
         n_tokens += part.n_tokens
         for l in layers:
             acc[l].merge(part.layers[l], part.n_tokens)
