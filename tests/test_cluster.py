@@ -197,7 +197,7 @@ def test_collect_on_ray_equals_one_process(system, single, local_ray):
     assert info["workers"] == 2 and info["shards"] == 4
 
 
-def test_stats_on_ray_equals_one_process_and_resumes(system, single, local_ray, tmp_path):
+def test_stats_on_ray_equals_one_process_and_resumes(system, single, local_ray, tmp_path, monkeypatch):
     run = Path(shutil.copytree(single, tmp_path / "run"))
     # six workers asked for: every pair is split into blocks whose states the driver merges
     out = run_stats(run, StatsConfig(**STATS, ray="local", ray_workers=6), progress=False, force=True)
@@ -212,19 +212,14 @@ def test_stats_on_ray_equals_one_process_and_resumes(system, single, local_ray, 
 
     st = stats_setup(run, StatsConfig(**STATS))
     opts = RunDir(run).load().stage("stats")["options"]
-    calls = []
-    real = cs.merge_units
 
     def fail_merge(*a, **kw):
-        calls.append(1)
         raise KeyboardInterrupt
 
-    cs.merge_units = fail_merge
-    try:
+    with monkeypatch.context() as mp:
+        mp.setattr(cs, "merge_units", fail_merge)
         with pytest.raises(KeyboardInterrupt):
             cs.stats_on_ray(RunDir(run), "local", 6, None, st.layout, st.edge_opts, opts, {})
-    finally:
-        cs.merge_units = real
     acc, _, info = cs.stats_on_ray(RunDir(run), "local", 6, None, st.layout, st.edge_opts, opts, {})
     assert info["units_resumed"] == info["units"] >= 6
 
