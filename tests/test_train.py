@@ -154,3 +154,29 @@ def test_hook_option_parsing():
     ]
     with pytest.raises(SaelineageError):
         parse_hooks("attn.3")
+
+
+def test_train_sets_share_one_activation_cache(env, tmp_path, monkeypatch):
+    """Two cached sets trained together (a seed-ceiling set on a subset of the hooks, fewer tokens)
+    run the model once and give the same weights as training each set alone."""
+    from saelineage.saes import train as train_mod
+    from saelineage.saes.train import train_sets
+
+    root, model, corpus = env
+    main = tiny_cfg(model, corpus, ce_tokens=0)
+    second = tiny_cfg(model, corpus, hooks=HOOKS[1:], seed=1, tokens=2000, ce_tokens=0)
+    monkeypatch.setenv("SAELINEAGE_CACHE", str(tmp_path / "alone"))
+    alone = [train_saes(c, progress=False) for c in (main, second)]
+    calls = []
+    real = train_mod.cache_activations
+    monkeypatch.setattr(train_mod, "cache_activations", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    monkeypatch.setenv("SAELINEAGE_CACHE", str(tmp_path / "together"))
+    together = train_sets([main, second], progress=False)
+    assert len(calls) == 1 and len(calls[0]) == len(HOOKS)  # one forward over every hook of both sets
+    for a, b in zip(alone, together):
+        assert a.name == b.name  # same configuration hash
+        for hook in (h for h in HOOKS if (a / h).is_dir()):
+            wa, wb = load_sae(a / hook), load_sae(b / hook)
+            for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+                assert torch.equal(getattr(wa, name), getattr(wb, name)), (hook, name)
+    assert train_sets([main, second], progress=False) == together and len(calls) == 1  # cached: nothing runs

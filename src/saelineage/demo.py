@@ -31,11 +31,11 @@ def _heldout_first_window(sae_folder: Path) -> int:
 def sae_sets(progress: bool = True) -> tuple[str, Path, Path]:
     """(preset, main set, ceiling set): the quality preset when trained, else the default (trained now)."""
     from saelineage.saes.defaults import ceiling_config, is_trained, preset_config
-    from saelineage.saes.train import train_saes
+    from saelineage.saes.train import train_sets
 
     name = "quality" if is_trained(preset_config("quality")) else "default"
-    main = train_saes(preset_config(name), progress=progress)
-    second = train_saes(replace(ceiling_config(name), ce_tokens=0), progress=progress)
+    # one activation cache for both sets: the ceiling set's layers are a subset of the main set's
+    main, second = train_sets([preset_config(name), replace(ceiling_config(name), ce_tokens=0)], progress=progress)
     return name, main, second
 
 

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from saelineage import contract
 from saelineage.errors import SaelineageError
+from saelineage.lineage import bootstrap
 from saelineage.lineage.config import AnalyzeConfig
 from saelineage.lineage.index import feature_rows
 from saelineage.run import RunDir
@@ -137,13 +138,14 @@ def layer_table(
     measure: str = DEFAULT_MEASURE,
     threshold: float = DEFAULT_THRESHOLD,
     sweep: tuple[float, ...] = SWEEP,
-    intervals: dict[int, dict[str, tuple[float, float]]] | None = None,
+    replicates: dict[int, dict[str, np.ndarray]] | None = None,
     ceiling: pa.Table | None = None,
 ) -> pa.Table:
     """lifecycle.parquet: one row per (threshold, layer); `chosen` marks the analysis threshold.
 
-    intervals: {layer: {"new" | "ending": (lo, hi)}} bootstrap intervals of the chosen threshold's
-    shares (share_*_lo / _hi; carried and continuing are their complements); null elsewhere.
+    replicates: {layer: {"new" | "ending": float [B]}} bootstrap replicates of the chosen threshold's
+    shares, whose intervals (recentred on the share, `bootstrap.interval`) are share_*_lo / _hi;
+    carried and continuing take their complements; null elsewhere.
     ceiling: seed_ceiling.parquet. For each measured layer, seed_ceiling is the share of its live
     features with a same-layer partner (≥ the row's threshold) in a second SAE training, the most
     pass-through such SAEs can show; share_continuing_normalised = share_continuing / seed_ceiling;
@@ -191,9 +193,12 @@ def layer_table(
                 else records[-1]["share_continuing"] / ceil
             )  # fmt: skip
             records[-1]["n_unstable"] = None if not n_meas else int((live & (lc.label == "unstable")).sum())
-            ci = (intervals or {}).get(l, {}) if t == threshold else {}
+            reps = (replicates or {}).get(l, {}) if t == threshold else {}
             for name, other, value in (("new", "carried", n_new), ("ending", "continuing", n_end)):
-                lo, hi = ci.get(name, (None, None)) if value is not None else (None, None)
+                lo = hi = None
+                if value is not None and name in reps and nl:
+                    lo, hi = bootstrap.interval(reps[name], value / nl)
+                    lo, hi = (None, None) if np.isnan(lo) else (max(0.0, lo), min(1.0, hi))
                 records[-1].update({
                     f"share_{name}_lo": lo, f"share_{name}_hi": hi,
                     f"share_{other}_lo": None if hi is None else 1 - hi,

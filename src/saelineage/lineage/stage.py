@@ -272,8 +272,8 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
               "min_prob": opt.min_prob, "min_gain": opt.min_gain}  # fmt: skip
 
     # bootstrap intervals: lifecycle shares and gate counts from the per-group counts
-    life_ci: dict[int, dict[str, tuple[float, float]]] = {}
-    count_ci: dict[str, list[float]] = {}
+    life_reps: dict[int, dict[str, np.ndarray]] = {}
+    count_reps: dict[str, np.ndarray] = {}
     if weights is not None:
         say(
             f"analyze: {len(weights)} bootstrap replicates over {int(wg.max()) + 1} groups of windows; "
@@ -285,16 +285,16 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
             {k: v for k, v in link_req.items() if k[1] == _next(layers, k[0])},
             weights, layers, live, opt.measure, opt.threshold,
         )  # fmt: skip
-        life_ci = {l: {k: bootstrap.interval(v) for k, v in r.items()} for l, r in reps.items()}
+        life_reps = reps
         rows = np.unique(gate_rows)
         g_reps = bootstrap.gate_count_replicates(
             e, {"and": c_and, "or": c_or}, scored, pairs, g_triples,
             (rows, bootstrap.locate_links(e, rows, link_req)), counts.by_group, weights, d_sae,
             select, opt.confidence,
         )  # fmt: skip
-        count_ci = {f"gates_{k}": list(bootstrap.interval(v)) for k, v in g_reps.items()}
+        count_reps = {f"gates_{k}": v for k, v in g_reps.items()}
     life_table = lifecycle.layer_table(
-        feats, links, layers, opt.measure, opt.threshold, intervals=life_ci, ceiling=ceiling
+        feats, links, layers, opt.measure, opt.threshold, replicates=life_reps, ceiling=ceiling
     )
     best_table = gates.best_pairs_table(
         e, c_best, gates.lookup(c_best, pairs, g_triples, counts, d_sae), opt.pair_measure
@@ -322,7 +322,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
                 {"test": opt.gate_test, "fdr": opt.fdr, "min_prob": opt.min_prob, "exclusivity": opt.exclusivity,
                  "min_coverage": opt.min_coverage, "confidence": opt.confidence},
             )  # fmt: skip
-            count_ci["splits"] = list(bootstrap.interval(s_reps))
+            count_reps["splits"] = s_reps
     split_table = splits.splits_table(
         e, s_cand, groups, group_counts, counts.n_active, max_pair, opt.min_coverage, child_ev, opt.gate_test,
         opt.confidence,
@@ -360,7 +360,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
             e, c_rows, bootstrap.locate_links(e, c_rows, link_req), counts.by_group,
             weights[: opt.community_bootstrap], opt.community_measure, again,
         )  # fmt: skip
-        count_ci["communities"] = list(bootstrap.interval(c_reps))
+        count_reps["communities"] = c_reps
 
     # sample prompt graphs from the stored codes (no model needed)
     from saelineage.lineage.export import explanations
@@ -386,6 +386,13 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     write_lifecycle_html(life_table, run.file(contract.LIFECYCLE_HTML), f"Feature lifecycle of {run.path.name}")
     write_parquet(run.file(contract.FEATURE_ANALYSIS), _feature_analysis(feats, lc, community))
     kinds = gate_table.column("kind").to_pylist()
+    points = {
+        "gates_and": kinds.count("and"),
+        "gates_or": kinds.count("or"),
+        "splits": split_table.num_rows,
+        "communities": ginfo["communities"],
+    }
+    count_ci = {k: list(bootstrap.interval(v, points[k])) for k, v in count_reps.items()}
     return {
         "lifecycle": {lab: int((lc.label == lab).sum()) for lab in lifecycle.LABELS},
         "gates": {"and": kinds.count("and"), "or": kinds.count("or")},

@@ -248,10 +248,84 @@ def fit_saes(
     return coders, scales, fvu_ema
 
 
+# ---- several sets from one activation cache ------------------------------------------------------
+def source_key(cfg: TrainConfig) -> tuple:
+    """What two trainings must share to read the same activation cache: model, dtype, device,
+    centring, corpus and windows (hooks, seeds, widths and token counts may differ)."""
+    return (model_key(cfg.model), cfg.dtype, cfg.device, cfg.center_residual, cfg.corpus, cfg.text_column, cfg.window)
+
+
+@dataclass
+class SharedSource:
+    """A loaded model, the corpus windows and the cached training activations that several
+    trainings share (the demo's main set and its seed-ceiling set): each reads the first windows of
+    one cache instead of loading the model and running it again."""
+
+    key: tuple
+    adapter: Any
+    corpus: Any
+    wins: Any
+    acts: dict[HookPoint, torch.Tensor]
+    """bfloat16 [n_windows · (window − bos), d_model] per hook"""
+    n_windows: int
+
+    def covers(self, hooks: list[HookPoint], n_windows: int) -> bool:
+        return n_windows <= self.n_windows and all(h in self.acts for h in hooks)
+
+    def take(self, hooks: list[HookPoint], n_windows: int) -> dict[HookPoint, torch.Tensor]:
+        """The activations of the first n_windows windows of each hook (views, no copy)."""
+        per = len(next(iter(self.acts.values()))) // max(self.n_windows, 1)
+        return {h: self.acts[h][: n_windows * per] for h in hooks}
+
+
+def train_sets(cfgs: list[TrainConfig], progress: bool = True) -> list[Path]:
+    """Train the cached sets of `cfgs` (each as `train_saes(cfg)`), running the model once for all
+    of them when two or more still need training and share a `source_key`. Returns their folders."""
+    from saelineage.models.presets import cache_dir
+
+    def pending(cfg: TrainConfig) -> bool:
+        digest = config_hash(cfg.identity(model_key(cfg.model)))
+        return not is_complete(cache_dir() / "saes" / digest, digest)
+
+    todo = [c for c in cfgs if pending(c)]
+    if len(todo) < 2 or len({source_key(c) for c in todo}) > 1:
+        return [train_saes(c, progress=progress) for c in cfgs]
+    from saelineage.data.corpus import load_corpus
+    from saelineage.data.windowing import make_windows
+    from saelineage.models.loading import load_model
+    from saelineage.progress import progress as make_progress
+
+    for c in todo:
+        c.validate()
+    first = todo[0]
+    adapter = load_model(first.model, dtype=first.dtype, device=first.device, center_residual=first.center_residual)
+    hooks = sorted({h for c in todo for h in c.parsed_hooks()}, key=lambda h: (h.order, h.kind))
+    adapter.check_hooks(hooks)
+    corpus = load_corpus(first.corpus, text_column=first.text_column)
+    wins = make_windows(adapter.tokenizer, corpus.docs, window=first.window)
+    per = first.window - (1 if wins.bos else 0)
+    n = min(len(wins.ids), max(math.ceil(c.tokens / per) for c in todo))
+    bar = make_progress() if progress else None
+    with bar or nullcontext():
+        task = bar.add_task(f"activations ({len(todo)} SAE sets)", total=n, rate="") if bar else None
+        acts = cache_activations(
+            adapter, hooks, wins.ids[:n], wins.bos, on_batch=(lambda k: bar.advance(task, k)) if bar else None
+        )
+    source = SharedSource(source_key(first), adapter, corpus, wins, acts, n)
+    return [train_saes(c, progress=progress, source=source if c in todo else None) for c in cfgs]
+
+
 # ---- the whole run ------------------------------------------------------------------------------
-def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
+def train_saes(
+    cfg: TrainConfig,
+    out: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+    source: SharedSource | None = None,
+) -> Path:
     """Train, save and evaluate SAEs for `cfg`; returns the output folder.
 
+    source: the model, windows and activations of a `train_sets` call (None: loaded and computed here).
     out=None: the cache folder `cache_dir()/saes/<config hash>/` (built in a temporary sibling and
     renamed when complete, so concurrent callers never see half a set). A folder that already holds
     this configuration's finished run is returned as is unless `force`.
@@ -288,7 +362,13 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
-    adapter = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, center_residual=cfg.center_residual)
+    if source is not None and source.key != source_key(cfg):
+        raise ValueError("a shared source serves only trainings of its own model, corpus and windows")
+    adapter = (
+        source.adapter
+        if source
+        else load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, center_residual=cfg.center_residual)
+    )
     adapter.check_hooks(hooks)
     d_sae = cfg.d_sae(adapter.d_model)
     if cfg.k > d_sae:
@@ -298,8 +378,8 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
             else f"k={cfg.k} exceeds the number of latents ({d_sae}).",
             "lower -k, or raise --expansion-factor / --latents.",
         )
-    corpus = load_corpus(cfg.corpus, text_column=cfg.text_column)
-    wins = make_windows(adapter.tokenizer, corpus.docs, window=cfg.window)
+    corpus = source.corpus if source else load_corpus(cfg.corpus, text_column=cfg.text_column)
+    wins = source.wins if source else make_windows(adapter.tokenizer, corpus.docs, window=cfg.window)
     per = cfg.window - (1 if wins.bos else 0)
     n_train = math.ceil(cfg.tokens / per)
     n_held = math.ceil(cfg.heldout_tokens / per)
@@ -333,10 +413,17 @@ def train_saes(cfg: TrainConfig, out: str | Path | None = None, force: bool = Fa
         bar = make_progress() if progress else None
         with bar or nullcontext():
             t0 = time.perf_counter()
-            task = bar.add_task("activations", total=n_train, rate="") if bar else None
-            acts = cache_activations(
-                adapter, hooks, wins.ids[:n_train], wins.bos, on_batch=(lambda n: bar.advance(task, n)) if bar else None
-            )
+            if source is not None and source.covers(hooks, n_train):
+                acts = source.take(hooks, n_train)
+            else:
+                task = bar.add_task("activations", total=n_train, rate="") if bar else None
+                acts = cache_activations(
+                    adapter,
+                    hooks,
+                    wins.ids[:n_train],
+                    wins.bos,
+                    on_batch=(lambda n: bar.advance(task, n)) if bar else None,
+                )
             timings["activations"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
