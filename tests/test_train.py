@@ -180,3 +180,26 @@ def test_train_sets_share_one_activation_cache(env, tmp_path, monkeypatch):
             for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
                 assert torch.equal(getattr(wa, name), getattr(wb, name)), (hook, name)
     assert train_sets([main, second], progress=False) == together and len(calls) == 1  # cached: nothing runs
+
+
+def test_train_cli_also_seeds(env, tmp_path, monkeypatch):
+    """`train --also-seeds 1` trains the set twice (seeds 0 and 1) into the cache; bad lists and
+    --out are refused with a message."""
+    from typer.testing import CliRunner
+
+    from saelineage.cli import app
+
+    root, model, corpus = env
+    monkeypatch.setenv("SAELINEAGE_CACHE", str(tmp_path / "cache"))
+    args = ["train", "--model", str(model), "--hooks", "0-1", "--corpus", str(corpus), "--window", "32",
+            "--latents", "128", "-k", "8", "--tokens", "2000", "--epochs", "1", "--batch-size", "256",
+            "--heldout-tokens", "620", "--ce-tokens", "0"]  # fmt: skip
+    res = CliRunner().invoke(app, args + ["--also-seeds", "1"])
+    assert res.exit_code == 0, res.output
+    folders = [Path(line) for line in res.output.strip().splitlines()[-2:]]  # the command's last lines
+    seeds = [json.loads((f / TRAINING_JSON).read_text())["config"]["seed"] for f in folders]
+    assert seeds == [0, 1] and all(f.parent == tmp_path / "cache" / "saes" for f in folders)
+    bad = CliRunner().invoke(app, args + ["--also-seeds", "one"])
+    assert bad.exit_code != 0 and "--also-seeds 'one' is not a list of integers" in str(bad.exception)
+    bad = CliRunner().invoke(app, args + ["--also-seeds", "1", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "cache only" in str(bad.exception) and not (tmp_path / "x").exists()

@@ -80,6 +80,12 @@ def train_command(
         25_000, help="Training tokens without firing after which a latent counts as dead for AuxK."
     ),
     seed: int = typer.Option(0, help="Seed for initialisation and batch order."),
+    also_seeds: str = typer.Option(
+        "",
+        help="More seeds to train the same set with, from the same activation cache (one model pass): e.g. '1' "
+        "for a second training of every layer, which `saelineage ceiling --saes` compares against. Cache only "
+        "(not with --out).",
+    ),
     heldout_tokens: int = typer.Option(
         16_384, help="Held-out tokens (end of the corpus) for FVU, L0 and dead fraction."
     ),
@@ -110,15 +116,34 @@ def train_command(
     """
     from dataclasses import replace
 
-    from saelineage.saes.train import TrainConfig, train_saes
+    from saelineage.saes.train import TrainConfig, train_saes, train_sets
+
+    try:
+        extra = [int(s) for s in also_seeds.split(",") if s.strip()]
+    except ValueError:
+        raise SaelineageError(
+            f"--also-seeds '{also_seeds}' is not a list of integers.", "write e.g. --also-seeds 1,2."
+        ) from None
+    if extra and (out is not None or force):
+        raise SaelineageError(
+            "--also-seeds trains into the cache only.", "leave out --out and --force, or train each seed on its own."
+        )
+
+    def run(cfg: TrainConfig) -> None:
+        if extra:
+            for folder in train_sets([cfg] + [replace(cfg, seed=s) for s in extra if s != cfg.seed], progress=True):
+                typer.echo(str(folder))
+        else:
+            typer.echo(str(train_saes(cfg, out=out, force=force, progress=True)))
 
     if preset is not None:
         from saelineage.saes.defaults import preset_config
 
-        cfg = replace(
-            preset_config(preset), hooks=parse_hooks(hooks, hook_kind), seed=seed, device=device, threads=threads
+        run(
+            replace(
+                preset_config(preset), hooks=parse_hooks(hooks, hook_kind), seed=seed, device=device, threads=threads
+            )
         )
-        typer.echo(str(train_saes(cfg, out=out, force=force, progress=True)))
         return
     cfg = TrainConfig(
         model=model,
@@ -143,5 +168,4 @@ def train_command(
         device=device,
         threads=threads,
     )
-    folder = train_saes(cfg, out=out, force=force, progress=True)
-    typer.echo(str(folder))
+    run(cfg)
