@@ -7,6 +7,8 @@ import dataclasses
 
 import pytest
 import typer
+from rich.markup import escape
+from typer.testing import CliRunner
 
 from saelineage.causal.config import AblateConfig
 from saelineage.ceiling.config import CeilingConfig
@@ -150,7 +152,7 @@ def test_every_field_is_covered_and_documented(cls):
     helps = {o: p.help for p in cmd.params for o in p.opts}
     for f in cli_fields(cls):
         flag = flag_of(f).split("/")[0]
-        assert helps[flag] == docs[f.name], f"{flag}: help text is not the field's docstring"
+        assert helps[flag] == escape(docs[f.name]), f"{flag}: help text is not the field's docstring"
         assert getattr(cls(), f.name) == default_of(f) and ODD[cls][f.name] != default_of(f)
 
 
@@ -162,3 +164,9 @@ def test_flags_round_trip_to_the_same_config(cls):
     # and the defaults need no flag at all
     assert to_argv(cls()) == []
     assert dataclasses.asdict(from_options(cls, parse(COMMANDS[cls], []))) == dataclasses.asdict(cls())
+
+
+def test_help_keeps_square_brackets():
+    """Rendered help shows bracketed text literally (rich would drop '[ray]' as a markup tag)."""
+    out = CliRunner().invoke(app, ["stats", "--help"], env={"COLUMNS": "300"}).output
+    assert "saelineage[ray]" in out

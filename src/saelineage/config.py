@@ -103,7 +103,9 @@ def _option_type(cls: type, f: dataclasses.Field) -> Any:
 
 def config_options(cls: type, *, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
     """typer option parameters for the command-line fields of `cls` (keyword-only, field order)."""
-    docs, params = field_docs(cls), []
+    from rich.markup import escape  # help is rendered as rich markup: '[ray]' would vanish as a tag
+
+    docs, params = {k: escape(v) for k, v in field_docs(cls).items()}, []
     for f in cli_fields(cls):
         if f.name in skip:
             continue

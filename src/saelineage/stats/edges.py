@@ -109,6 +109,14 @@ class PairState:
         floor_mie = np.expm1(floor_v[q_mi[0]]) if q_mi else np.zeros(dm)
         counters = np.zeros((T, 3), np.int64)
         n = np.int64(n)
+        if self.do_best:  # the orders of the untouched-cell walks (kernels_scan.untouched_row)
+            h_order, h_val = _finite_order(dst.s * dst.isd)
+            cz_order = np.lexsort((np.arange(dm), -dst.count))
+            g_order, g_val = _finite_order(src.s[lo : lo + B] * src.isd[lo : lo + B])
+            rz_order = np.lexsort((np.arange(B), -src.count[lo : lo + B]))
+        else:
+            h_order = cz_order = g_order = rz_order = np.zeros(0, np.int64)
+            h_val = g_val = np.zeros(0)
         ks.scan_block(
             cnt,
             psum,
@@ -144,7 +152,15 @@ class PairState:
             ckth,
             ck_mie,
             counters,
+            h_order,
+            h_val,
+            cz_order,
         )
+        if self.do_best:
+            ks.untouched_columns(
+                cnt, psum, lo, np.float64(n), src.count, src.s, src.isd, dst.s, dst.isd, g_order, g_val, rz_order,
+                cbest_v[:, 4, :], cbest_i[:, 4, :], zc, zi,
+            )  # fmt: skip
         ks.merge_columns(
             cnt,
             psum,
@@ -313,6 +329,13 @@ class PairState:
         p[take, 3] = 0.0
         ids[ids == ks.NO_ID] = -1
         return ids, c, p
+
+
+def _finite_order(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the finite entries of h by value ascending (ties: index ascending), and their values."""
+    idx = np.flatnonzero(np.isfinite(h))
+    idx = idx[np.argsort(h[idx], kind="stable")]
+    return idx.astype(np.int64), h[idx].astype(np.float64)
 
 
 def _first(mask: np.ndarray) -> int:

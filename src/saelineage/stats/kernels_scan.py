@@ -131,35 +131,92 @@ def zero_best(m, own_count, own_q_pos, first_live, first_q):
     return first_q if own_q_pos else -1  # act_cosine: q_i > 0 and q_j > 0
 
 
-@numba.njit(**_JIT)
-def _pearson_row(crow, prow, fn, i, ci_, si_, isdi_, sj, isdj, cj, cb_v, cb_i, zc, zi):
-    """Every cell of one row: pearson row/column best and the zero-count MI candidates.
+BAND = 1.0 + 1e-12  # candidates within this factor of the first untouched one are all evaluated
 
-    1-D arrays only, so the compiler keeps the row invariants in registers. Returns the
-    row's best pearson (value, j) and its zero-count candidate (largest c_j, lowest j).
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _untouched_pearson(fn, s_own, isd_own, s_other, isd_other):
+    """pearson of a cell with c = p = 0, the same expression as cell_values with p = 0."""
+    return (fn * 0.0 - s_own * s_other) * isd_own * isd_other
+
+
+@numba.njit(**_JIT)
+def untouched_row(crow, prow, fn, si_, isdi_, sj, isdj, cj, h_order, h_val, c_order):
+    """A row's best pearson over its untouched cells, and its zero-count MI candidate.
+
+    Untouched pearson is −(s_i s_j)·isd_i·isd_j: for a live row it falls as h_j = s_j·isd_j grows,
+    so the best is the first untouched column in h order (h_order: columns with finite h, by h
+    ascending; h_val their h). Rounding can reorder values whose h differ by a few ulps, so every
+    untouched column within BAND of the first is evaluated and the exact (value desc, id asc) best
+    kept. The zero-count candidate (c_ij = 0, largest c_j, lowest j) is the first column in c_order
+    (c_j descending, id ascending) whose count is 0. The walks skip only touched cells: the cost is
+    proportional to the row's touched cells, not to d_m. Returns (value, j, zero-count j), -1 for none.
     """
     best = -np.inf
     best_j = -1
-    zmax_c = np.int64(-1)
-    zmax_j = -1
-    for j in range(crow.shape[0]):
-        c = crow[j]
-        x = (fn * prow[j] - si_ * sj[j]) * isdi_ * isdj[j]  # pearson, as in cell_values
-        if x > best:
-            best = x
-            best_j = j
-        if x > cb_v[j] or (x == cb_v[j] and i < cb_i[j]):
-            cb_v[j] = x
-            cb_i[j] = i
-        if c == 0:
-            cjj = np.int64(cj[j])
-            if cjj > zmax_c:
-                zmax_c = cjj
-                zmax_j = j
-            if ci_ > zc[j] or (ci_ == zc[j] and i < zi[j]):
-                zc[j] = ci_
-                zi[j] = i
-    return best, best_j, zmax_j
+    if isdi_ == isdi_:
+        h0 = -1.0
+        for t in range(h_order.shape[0]):
+            if h0 >= 0.0 and h_val[t] > h0 * BAND:
+                break
+            j = h_order[t]
+            if crow[j] != 0 or prow[j] != 0.0:
+                continue
+            if h0 < 0.0:
+                h0 = h_val[t]
+            x = _untouched_pearson(fn, si_, isdi_, sj[j], isdj[j])
+            if x > best or (x == best and j < best_j):
+                best = x
+                best_j = j
+    zero_j = -1
+    for t in range(c_order.shape[0]):
+        if crow[c_order[t]] == 0:
+            zero_j = c_order[t]
+            break
+    return best, best_j, zero_j
+
+
+@numba.njit(parallel=True, **_JIT)
+def untouched_columns(cnt, psum, lo, fn, ci, si, isdi, sj, isdj, g_order, g_val, c_order, cb_v, cb_i, zc, zi):
+    """Per column of a block (cnt, psum [B, d_m], rows lo..): the best pearson over untouched
+    cells and the zero-count MI candidate (c_ij = 0: largest c_i, lowest i), folded into this
+    thread's column state (cb_v/cb_i [th, d_m] for pearson, zc/zi [th, d_m]).
+
+    g_order: block rows (0..B-1) with finite g_i = s_i·isd_i, by g ascending (g_val their g);
+    c_order: block rows by c_i descending, row ascending. See `untouched_row` for the walks."""
+    B, dm = cnt.shape
+    for j in prange(dm):
+        th = numba.get_thread_id()
+        if isdj[j] == isdj[j]:
+            best = -np.inf
+            best_i = -1
+            g0 = -1.0
+            for t in range(g_order.shape[0]):
+                if g0 >= 0.0 and g_val[t] > g0 * BAND:
+                    break
+                r = g_order[t]
+                if cnt[r, j] != 0 or psum[r, j] != 0.0:
+                    continue
+                if g0 < 0.0:
+                    g0 = g_val[t]
+                i = lo + r
+                # the cell's expression with the row's factors first, as in the row scan
+                x = _untouched_pearson(fn, si[i], isdi[i], sj[j], isdj[j])
+                if x > best or (x == best and i < best_i):
+                    best = x
+                    best_i = i
+            if best_i >= 0 and (best > cb_v[th, j] or (best == cb_v[th, j] and best_i < cb_i[th, j])):
+                cb_v[th, j] = best
+                cb_i[th, j] = best_i
+        for t in range(c_order.shape[0]):
+            r = c_order[t]
+            if cnt[r, j] == 0:
+                i = lo + r
+                c = np.int64(ci[i])
+                if c > zc[th, j] or (c == zc[th, j] and i < zi[th, j]):
+                    zc[th, j] = c
+                    zi[th, j] = i
+                break
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -229,6 +286,9 @@ def scan_block(
     ckth,
     ck_mie,
     counters,
+    h_order,
+    h_val,
+    cz_order,
 ):
     """Scan block rows lo..lo+B-1 (cnt, psum [B, d_m]); see the module docstring.
 
@@ -244,8 +304,11 @@ def scan_block(
     [th,P,d_m] their k-th value and ck_mie [th,d_m] its expm1 for the MI list, counters
     int64[th,3] (seen, touched, supported).
 
-    Untouched cells (c = p = 0) only need pearson (every other measure is 0 or NaN there,
-    resolved in closed form), so most cells cost one cheap pass.
+    Untouched cells (c = p = 0) are skipped: every measure but pearson is 0 or NaN there
+    (resolved in closed form), and their pearson row and column bests come from the ordered walks
+    of `untouched_row` / `untouched_columns` (h_order/h_val/cz_order over columns, passed in;
+    the column walk runs after this scan). Past one sequential sweep that finds the touched cells,
+    the cost is proportional to the touched cells.
     """
     B, dm = cnt.shape
     P = prim.shape[0]
@@ -277,10 +340,12 @@ def scan_block(
         row_mie = -1.0  # expm1 of the row's best MI so far
         top_mie = -1.0  # expm1 of the k-th of the row's MI top list
         zmax_j = -1
+        tb = -np.inf  # pearson row best over touched cells (j ascending: ties keep the earlier j)
+        tbj = -1
+        ub = -np.inf
+        ubj = -1
         if do_best:
-            bv[4], bj[4], zmax_j = _pearson_row(
-                crow, prow, fn, i, ci_, si_, isdi_, sj, isdj, cj, cb_v[4], cb_i[4], zc[th], zi[th]
-            )
+            ub, ubj, zmax_j = untouched_row(crow, prow, fn, si_, isdi_, sj, isdj, cj, h_order, h_val, cz_order)
         seen = 0
         touched = 0
         supported = 0
@@ -315,6 +380,13 @@ def scan_block(
                 for m in (0, 1, 2, 5):
                     if v[m] > 0.0:  # zeros are resolved in closed form (zero_best)
                         _best(bv, bj, cb_v, cb_i, m, v[m], i, j)
+                x = v[4]
+                if x > tb:
+                    tb = x
+                    tbj = j
+                if x > cb_v[4, j] or (x == cb_v[4, j] and i < cb_i[4, j]):
+                    cb_v[4, j] = x
+                    cb_i[4, j] = i
                 if v[3] == v[3]:
                     if v[3] > bv[MI]:
                         row_mie = np.expm1(v[3])
@@ -339,6 +411,11 @@ def scan_block(
             if any_thr and passes(v, thr):
                 n_thr += 1
         if do_best:
+            if ubj >= 0 and (ub > tb or (ub == tb and ubj < tbj)):
+                tb = ub
+                tbj = ubj
+            bv[4] = tb
+            bj[4] = tbj
             for m in (0, 1, 2, 5):
                 if bj[m] < 0:
                     bj[m] = zero_best(m, ci_, irqi_ == irqi_, first_live_j, first_q_j)
