@@ -277,8 +277,8 @@ def main() -> None:
     )
     print(f"  co-active pair increments: {incr:,} ({incr / n / pairs:,.0f} per token per pair)")
     print(
-        f"  increments/s: {rate_acc / 1e6:,.0f}M (accumulate phase), {incr / res['seconds'] / 1e6:,.0f}M (whole stage); "
-        f"per core {rate_acc / a.workers / 1e6:,.0f}M in the accumulate phase (target >= 200M)"
+        f"  increments/s: {rate_acc / 1e6:,.0f}M (accumulate phase), {incr / res['seconds'] / 1e6:,.0f}M "
+        f"(whole stage); per core {rate_acc / a.workers / 1e6:,.0f}M in the accumulate phase (target >= 200M)"
     )
     print(
         f"  seconds per 1M tokens per layer pair: {per_m:.2f} (whole stage), "
