@@ -159,3 +159,20 @@ def test_unit_weights_reproduce_the_point_counts(noisy, monkeypatch):
     for r in pq.read_table(run.file(contract.LIFECYCLE)).to_pylist():
         if r["chosen"] and r["share_new"] is not None:
             assert r["share_new_lo"] == pytest.approx(r["share_new"]) == r["share_new_hi"]
+
+
+def test_convergence_statement_knows_the_quality_preset(tmp_path, monkeypatch):
+    """The advice to train the quality preset is not given to a run collected with it."""
+    import json
+
+    from saelineage.demo import _uses_quality_preset
+    from saelineage.run import RunDir
+    from saelineage.saes.defaults import folder_of, preset_config
+
+    monkeypatch.setenv("SAELINEAGE_CACHE", str(tmp_path / "cache"))
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    for folder, want in ((folder_of(preset_config("quality")), True), (folder_of(preset_config("default")), False)):
+        saes = {str(l): {"path": str(folder / f"blocks.{l}.hook_resid_pre")} for l in range(3)}
+        (run.path / contract.MANIFEST).write_text(json.dumps({"saes": saes}))
+        assert _uses_quality_preset(run) is want

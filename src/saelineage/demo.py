@@ -124,6 +124,17 @@ def demo_command(
     run_demo(run, tokens, serve, port, ablate, ceiling)
 
 
+def _uses_quality_preset(run) -> bool:
+    """The run was collected with the cached `quality` SAE set."""
+    from saelineage import contract
+    from saelineage.saes.defaults import folder_of, preset_config
+
+    manifest = json.loads(run.file(contract.MANIFEST).read_text())
+    quality = folder_of(preset_config("quality")).resolve()
+    paths = [Path(s.get("path", "")).resolve() for s in (manifest.get("saes") or {}).values()]
+    return bool(paths) and all(p.parent == quality for p in paths)
+
+
 def convergence_statement(run_path: Path) -> str:
     """Whether the run's headline numbers are converged: interval widths (more tokens) and the seed
     ceiling (better SAEs), in a few sentences for the demo's summary."""
@@ -166,13 +177,19 @@ def convergence_statement(run_path: Path) -> str:
             + ("" if n is None else f" (continuing {100 * s:.0f}%, ÷ ceiling {100 * n:.0f}%)")
             for l, c, s, n in ceil
         )
-        low = min(c for _, c, _, _ in ceil)
+        low, low_layer = min((c, l) for l, c, _, _ in ceil)
         out.append(f"Seed ceiling (features a second training of the layer reproduces): {parts}.")
-        out.append(
-            "The SAEs are reproducible enough for the lineage to describe the model (ceiling ≥ 70%)."
-            if low >= 0.7
-            else f"With a ceiling of {100 * low:.0f}%, up to {100 * (1 - low):.0f}% of a layer's features are not "
-            "reproduced by another seed: much of 'new' and 'ending' is SAE noise, not the model; read the "
-            "ceiling-normalised pass-through, or train `saelineage train --preset quality`."
-        )
+        if low >= 0.7:
+            out.append("The SAEs are reproducible enough for the lineage to describe the model (ceiling ≥ 70%).")
+        else:
+            better = (
+                "more token passes (docs/seed_ceiling.md)"
+                if _uses_quality_preset(run)
+                else "the more reproducible preset: `saelineage train --preset quality`"
+            )
+            out.append(
+                f"With a ceiling of {100 * low:.1f}% (layer {low_layer}), up to {100 * (1 - low):.1f}% of a layer's "
+                "features are not reproduced by another seed: much of 'new' and 'ending' is SAE noise, not the "
+                f"model; read the ceiling-normalised pass-through, or train SAEs with {better}."
+            )
     return "\n".join(out) if out else "No intervals or ceiling were computed for this run."
