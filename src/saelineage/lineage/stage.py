@@ -395,7 +395,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     count_ci = {k: list(bootstrap.interval(v, points[k])) for k, v in count_reps.items()}
     return {
         "lifecycle": {lab: int((lc.label == lab).sum()) for lab in lifecycle.LABELS},
-        "gates": {"and": kinds.count("and"), "or": kinds.count("or")},
+        "gates": {"and": points["gates_and"], "or": points["gates_or"]},
         "splits": split_table.num_rows,
         "communities": ginfo,
         "prompt_graphs": len(graphs),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from saelineage.errors import SaelineageError
 from saelineage.saes.outdir import is_complete
-from saelineage.saes.train import TrainConfig, config_hash, model_key, train_saes
+from saelineage.saes.train import TrainConfig, cache_folder, train_saes
 
 DEFAULT_LAYERS = tuple(range(12))
 CEILING_LAYERS = (2, 6)
@@ -63,9 +63,7 @@ def default_config() -> TrainConfig:
 
 def folder_of(cfg: TrainConfig) -> Path:
     """Where the cached set of `cfg` lives (whether or not it is trained yet)."""
-    from saelineage.models.presets import cache_dir
-
-    return cache_dir() / "saes" / config_hash(cfg.identity(model_key(cfg.model)))
+    return cache_folder(cfg)
 
 
 def default_saes_folder() -> Path:

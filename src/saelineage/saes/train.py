@@ -249,6 +249,13 @@ def fit_saes(
 
 
 # ---- several sets from one activation cache ------------------------------------------------------
+def cache_folder(cfg: TrainConfig) -> Path:
+    """Where the cached set of `cfg` lives, `cache_dir()/saes/<config hash>/` (trained or not)."""
+    from saelineage.models.presets import cache_dir
+
+    return cache_dir() / "saes" / config_hash(cfg.identity(model_key(cfg.model)))
+
+
 def source_key(cfg: TrainConfig) -> tuple:
     """What two trainings must share to read the same activation cache: model, dtype, device,
     centring, corpus and windows (hooks, seeds, widths and token counts may differ)."""
@@ -281,13 +288,7 @@ class SharedSource:
 def train_sets(cfgs: list[TrainConfig], progress: bool = True) -> list[Path]:
     """Train the cached sets of `cfgs` (each as `train_saes(cfg)`), running the model once for all
     of them when two or more still need training and share a `source_key`. Returns their folders."""
-    from saelineage.models.presets import cache_dir
-
-    def pending(cfg: TrainConfig) -> bool:
-        digest = config_hash(cfg.identity(model_key(cfg.model)))
-        return not is_complete(cache_dir() / "saes" / digest, digest)
-
-    todo = [c for c in cfgs if pending(c)]
+    todo = [c for c in cfgs if not is_complete(cache_folder(c), cache_folder(c).name)]
     if len(todo) < 2 or len({source_key(c) for c in todo}) > 1:
         return [train_saes(c, progress=progress) for c in cfgs]
     from saelineage.data.corpus import load_corpus
@@ -330,14 +331,13 @@ def train_saes(
     renamed when complete, so concurrent callers never see half a set). A folder that already holds
     this configuration's finished run is returned as is unless `force`.
     """
-    from saelineage.models.presets import cache_dir
     from saelineage.progress import console
 
     cfg.validate()
     hooks = cfg.parsed_hooks()
     digest = config_hash(cfg.identity(model_key(cfg.model)))
     cached = out is None
-    final = Path(out).expanduser() if out is not None else cache_dir() / "saes" / digest
+    final = Path(out).expanduser() if out is not None else cache_folder(cfg)
     if is_complete(final, digest) and not force:
         if progress:
             console.print(f"SAEs for this configuration are already trained: [bold]{final}[/]")

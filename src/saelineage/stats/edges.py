@@ -83,6 +83,7 @@ class PairState:
         self.counters = np.zeros(3, np.int64)  # seen (c>0), touched (c>0 or p>0), supported
         self.parts: list[tuple[np.ndarray, ...]] = []
         self.rows_done = 0
+        self._col_orders: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def add_block(self, cnt: np.ndarray, psum: np.ndarray, lo: int, n: int, src: Side, dst: Side) -> None:
         """Scan accumulator rows lo..lo+B-1 (cnt, psum [B, d_m]) and fold them in."""
@@ -109,9 +110,10 @@ class PairState:
         floor_mie = np.expm1(floor_v[q_mi[0]]) if q_mi else np.zeros(dm)
         counters = np.zeros((T, 3), np.int64)
         n = np.int64(n)
-        if self.do_best:  # the orders of the untouched-cell walks (kernels_scan.untouched_row)
-            h_order, h_val = _finite_order(dst.s * dst.isd)
-            cz_order = np.lexsort((np.arange(dm), -dst.count))
+        if self.do_best:  # the orders of the untouched-cell walks (kernels_scan._best_untouched)
+            if self._col_orders is None:  # the target layer's marginals are the same for every block
+                self._col_orders = (*_finite_order(dst.s * dst.isd), np.lexsort((np.arange(dm), -dst.count)))
+            h_order, h_val, cz_order = self._col_orders
             g_order, g_val = _finite_order(src.s[lo : lo + B] * src.isd[lo : lo + B])
             rz_order = np.lexsort((np.arange(B), -src.count[lo : lo + B]))
         else:

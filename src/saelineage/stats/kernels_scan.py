@@ -140,40 +140,48 @@ def _untouched_pearson(fn, s_own, isd_own, s_other, isd_other):
     return (fn * 0.0 - s_own * s_other) * isd_own * isd_other
 
 
-@numba.njit(**_JIT)
-def untouched_row(crow, prow, fn, si_, isdi_, sj, isdj, cj, h_order, h_val, c_order):
-    """A row's best pearson over its untouched cells, and its zero-count MI candidate.
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _best_untouched(cells_c, cells_p, order, val, fn, s_own, isd_own, s_other, isd_other, offset, own_is_row):
+    """The best untouched pearson along one row or one column: (value, index into cells), -1 for none.
 
-    Untouched pearson is −(s_i s_j)·isd_i·isd_j: for a live row it falls as h_j = s_j·isd_j grows,
-    so the best is the first untouched column in h order (h_order: columns with finite h, by h
-    ascending; h_val their h). Rounding can reorder values whose h differ by a few ulps, so every
-    untouched column within BAND of the first is evaluated and the exact (value desc, id asc) best
-    kept. The zero-count candidate (c_ij = 0, largest c_j, lowest j) is the first column in c_order
-    (c_j descending, id ascending) whose count is 0. The walks skip only touched cells: the cost is
-    proportional to the row's touched cells, not to d_m. Returns (value, j, zero-count j), -1 for none.
-    """
+    cells_c/cells_p: the row's (or the column's) counts and sums; order: the walkable indices by
+    val = s·isd of the partner ascending; s_other/isd_other are read at offset + index. Untouched
+    pearson is −(s_i s_j)·isd_i·isd_j: for a live feature it falls as the partner's s·isd grows, so
+    the best is the first untouched index in order. Rounding can reorder values whose val differ by
+    a few ulps, so every untouched index within BAND of the first is evaluated and the exact
+    (value desc, index asc) best kept. The walk skips only touched cells: its cost is proportional
+    to the touched cells, not to the length."""
     best = -np.inf
-    best_j = -1
-    if isdi_ == isdi_:
-        h0 = -1.0
-        for t in range(h_order.shape[0]):
-            if h0 >= 0.0 and h_val[t] > h0 * BAND:
+    best_k = -1
+    if isd_own == isd_own:
+        v0 = -1.0
+        for t in range(order.shape[0]):
+            if v0 >= 0.0 and val[t] > v0 * BAND:
                 break
-            j = h_order[t]
-            if crow[j] != 0 or prow[j] != 0.0:
+            k = order[t]
+            if cells_c[k] != 0 or cells_p[k] != 0.0:
                 continue
-            if h0 < 0.0:
-                h0 = h_val[t]
-            x = _untouched_pearson(fn, si_, isdi_, sj[j], isdj[j])
-            if x > best or (x == best and j < best_j):
+            if v0 < 0.0:
+                v0 = val[t]
+            o = offset + k
+            if own_is_row:  # the cell's expression with the row's factors first, as in cell_values
+                x = _untouched_pearson(fn, s_own, isd_own, s_other[o], isd_other[o])
+            else:
+                x = _untouched_pearson(fn, s_other[o], isd_other[o], s_own, isd_own)
+            if x > best or (x == best and k < best_k):
                 best = x
-                best_j = j
-    zero_j = -1
-    for t in range(c_order.shape[0]):
-        if crow[c_order[t]] == 0:
-            zero_j = c_order[t]
-            break
-    return best, best_j, zero_j
+                best_k = k
+    return best, best_k
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _first_zero(cells_c, order):
+    """First index in order whose count is 0 (-1 if none): the zero-count MI candidate when order
+    ranks partners by count descending, index ascending."""
+    for t in range(order.shape[0]):
+        if cells_c[order[t]] == 0:
+            return order[t]
+    return -1
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -183,40 +191,20 @@ def untouched_columns(cnt, psum, lo, fn, ci, si, isdi, sj, isdj, g_order, g_val,
     thread's column state (cb_v/cb_i [th, d_m] for pearson, zc/zi [th, d_m]).
 
     g_order: block rows (0..B-1) with finite g_i = s_i·isd_i, by g ascending (g_val their g);
-    c_order: block rows by c_i descending, row ascending. See `untouched_row` for the walks."""
+    c_order: block rows by c_i descending, row ascending (`_best_untouched`, `_first_zero`)."""
     B, dm = cnt.shape
     for j in prange(dm):
         th = numba.get_thread_id()
-        if isdj[j] == isdj[j]:
-            best = -np.inf
-            best_i = -1
-            g0 = -1.0
-            for t in range(g_order.shape[0]):
-                if g0 >= 0.0 and g_val[t] > g0 * BAND:
-                    break
-                r = g_order[t]
-                if cnt[r, j] != 0 or psum[r, j] != 0.0:
-                    continue
-                if g0 < 0.0:
-                    g0 = g_val[t]
-                i = lo + r
-                # the cell's expression with the row's factors first, as in the row scan
-                x = _untouched_pearson(fn, si[i], isdi[i], sj[j], isdj[j])
-                if x > best or (x == best and i < best_i):
-                    best = x
-                    best_i = i
-            if best_i >= 0 and (best > cb_v[th, j] or (best == cb_v[th, j] and best_i < cb_i[th, j])):
-                cb_v[th, j] = best
-                cb_i[th, j] = best_i
-        for t in range(c_order.shape[0]):
-            r = c_order[t]
-            if cnt[r, j] == 0:
-                i = lo + r
-                c = np.int64(ci[i])
-                if c > zc[th, j] or (c == zc[th, j] and i < zi[th, j]):
-                    zc[th, j] = c
-                    zi[th, j] = i
-                break
+        best, r = _best_untouched(cnt[:, j], psum[:, j], g_order, g_val, fn, sj[j], isdj[j], si, isdi, lo, False)
+        if r >= 0 and (best > cb_v[th, j] or (best == cb_v[th, j] and lo + r < cb_i[th, j])):
+            cb_v[th, j] = best
+            cb_i[th, j] = lo + r
+        r = _first_zero(cnt[:, j], c_order)
+        if r >= 0:
+            c = np.int64(ci[lo + r])
+            if c > zc[th, j] or (c == zc[th, j] and lo + r < zi[th, j]):
+                zc[th, j] = c
+                zi[th, j] = lo + r
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -306,7 +294,7 @@ def scan_block(
 
     Untouched cells (c = p = 0) are skipped: every measure but pearson is 0 or NaN there
     (resolved in closed form), and their pearson row and column bests come from the ordered walks
-    of `untouched_row` / `untouched_columns` (h_order/h_val/cz_order over columns, passed in;
+    of `_best_untouched` / `untouched_columns` (h_order/h_val/cz_order over columns, passed in;
     the column walk runs after this scan). Past one sequential sweep that finds the touched cells,
     the cost is proportional to the touched cells.
     """
@@ -345,7 +333,8 @@ def scan_block(
         ub = -np.inf
         ubj = -1
         if do_best:
-            ub, ubj, zmax_j = untouched_row(crow, prow, fn, si_, isdi_, sj, isdj, cj, h_order, h_val, cz_order)
+            ub, ubj = _best_untouched(crow, prow, h_order, h_val, fn, si_, isdi_, sj, isdj, 0, True)
+            zmax_j = _first_zero(crow, cz_order)
         seen = 0
         touched = 0
         supported = 0
