@@ -272,7 +272,8 @@ def main() -> None:
         f"{res['rss'] / 2**30:.2f} GiB, limit {limit / 2**30:.1f} GiB, {s['edges']:,} edges"
     )
     print(
-        f"  phases: read+prepare {tm['read_prepare']:.1f}s, accumulate {tm['accumulate']:.1f}s, "
+        f"  phases: reserve {tm.get('reserve', 0):.1f}s (once), zero {tm.get('zero', 0):.1f}s, "
+        f"read+prepare {tm['read_prepare']:.1f}s, accumulate {tm['accumulate']:.1f}s, "
         f"finalize {tm['finalize']:.1f}s, write {tm['write']:.1f}s"
     )
     print(f"  co-active pair increments: {incr:,} ({incr / n / pairs:,.0f} per token per pair)")
@@ -314,11 +315,14 @@ def main() -> None:
     t_read = layer_reads * PAPER["tokens"] * read_per_layer_token
     t_fin = tm["finalize"] / pairs * PAPER["pairs"]
     t_write = tm["write"] / pairs * PAPER["pairs"]
-    total = t_acc + t_read + t_fin + t_write
+    # memory: faulting the pool and accumulators in happens once; the refill once per pass
+    t_mem = tm.get("reserve", 0) + tm.get("zero", 0) / s["passes"] * len(passes)
+    total = t_acc + t_read + t_fin + t_write + t_mem
     print(f"\npaper scale (12 layers x 24,576 latents, 10M tokens, 11 pairs), limit {limit / 2**30:.1f} GiB:")
     print(
         f"  {len(passes)} passes; accumulate {t_acc / 60:.1f} min + read/prepare {t_read / 60:.1f} min + "
-        f"finalize {t_fin / 60:.1f} min + write {t_write / 60:.1f} min = {total / 60:.1f} min (target <= 15)"
+        f"finalize {t_fin / 60:.1f} min + write {t_write / 60:.1f} min + memory {t_mem / 60:.1f} min "
+        f"= {total / 60:.1f} min (target <= 15)"
     )
     print(f"  peak RSS ~ {res['rss'] / 2**30:.2f} GiB (measured at full width under the same limit; target <= 8)")
 

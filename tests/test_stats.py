@@ -244,27 +244,25 @@ def test_mutual_info_is_exact_near_independence():
     assert abs(got - float(want)) <= 1e-6 * float(want)
 
 
-def test_buffer_pool_holds_only_what_the_current_pass_uses():
-    """A pass whose layers or sizes differ from the last one's must not keep the old buffers too
-    (they would sit outside the memory budget): the pool reuses close fits and drops the rest."""
-    from saelineage.stats.batch import Batch, BufferPool
+def test_buffer_pool_carves_every_pass_from_one_block():
+    """Each pass's batch buffers come from one block kept across passes (a fresh allocation
+    pays a page fault per page): they lie inside it without overlapping, and the block only
+    grows to the largest pass's need."""
+    from saelineage.stats.batch import Batch, BufferPool, LayerBuffer
 
-    def nbytes(batch):
-        return sum(a.nbytes for b in batch.buf.values() for a in vars(b).values() if isinstance(a, np.ndarray))
-
-    d = {0: 512, 1: 512, 2: 512}
+    d = {0: 512, 1: 512, 2: 700}
     pool = BufferPool()
-    first = Batch([0, 1], {0}, d, ecap=90_000, tcap=4096, need_act=False, pool=pool)
-    old = list(first.buf.values())  # kept alive here, so identities stay unique
-    first.release()
-    second = Batch([0, 1, 2], {0, 1}, d, ecap=60_000, tcap=4096, need_act=False, pool=pool)  # layer 1 now a source
-    fresh = Batch([0, 1, 2], {0, 1}, d, ecap=60_000, tcap=4096, need_act=False, pool=BufferPool())
-    assert pool.free == [] and nbytes(second) <= 1.25 * nbytes(fresh)
-    taken = {id(b) for b in second.buf.values()}
-    second.release()
-    third = Batch([0, 1, 2], {0, 1}, d, ecap=60_000, tcap=4096, need_act=False, pool=pool)  # same shapes: reused
-    assert {id(b) for b in third.buf.values()} == taken
-    assert not any(b is o for b in third.buf.values() for o in old)  # 1.5x oversized: not reused
+    sizes = []
+    for layers, src, ecap in (([0, 1], {0}, 90_000), ([0, 1, 2], {0, 1}, 60_000), ([1, 2], {1}, 20_000)):
+        batch = Batch(layers, src, d, ecap=ecap, tcap=4096, need_act=True, pool=pool)
+        sizes.append(sum(LayerBuffer.nbytes(4096, ecap, np.float32, d[l], True, l in src) for l in layers))
+        assert len(pool.mem) == max(sizes)
+        arrays = [a for b in batch.buf.values() for a in vars(b).values() if isinstance(a, np.ndarray) and a.size]
+        assert len(arrays) == sum(8 if l in src else 4 for l in layers)
+        assert all(np.shares_memory(a, pool.mem) for a in arrays)
+        spans = sorted((a.__array_interface__["data"][0], a.nbytes) for a in arrays)
+        assert all(s0 + n0 <= s1 for (s0, n0), (s1, _) in zip(spans, spans[1:], strict=False))
+        batch.release()
 
 
 def sparse_codes(seed: int = 7, t: int = 960, dims=(120, 90)) -> dict[int, np.ndarray]:

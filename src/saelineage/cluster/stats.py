@@ -22,9 +22,11 @@ from saelineage import contract
 from saelineage.cluster.session import RETRIES, ray_cluster, worker_count
 from saelineage.errors import SaelineageError
 from saelineage.run import RunDir, atomic_write_bytes, config_hash
+from saelineage.stats.batch import BufferPool
 from saelineage.stats.edges import EdgeOptions, PairState
 from saelineage.stats.engine import (
     Accumulated,
+    Arena,
     Budget,
     Layout,
     Unit,
@@ -37,6 +39,11 @@ from saelineage.stats.measures import Marginals, side
 
 WORKER_BASELINE = 512 << 20
 """Resident memory of a Ray worker before it allocates (interpreter, numba, Ray itself)."""
+
+_ARENA = Arena()
+"""This worker process's accumulators, kept from one task to the next (see engine.Arena)."""
+_POOL = BufferPool()
+"""This worker process's batch buffers, kept likewise (see batch.BufferPool)."""
 
 
 def split_units(units: list[Unit], at_least: int) -> list[Unit]:
@@ -62,14 +69,12 @@ def run_unit(layout: Layout, budget: Budget, opts: EdgeOptions, u: Unit, forced:
     state and both layers' marginals to `out`. Returns the task's counts and timings."""
     import numba
 
-    from saelineage.stats.batch import BufferPool
-
     numba.set_num_threads(1)
     t0 = time.perf_counter()
     p = layout.pairs[u.pair]
     fresh = {l: new_marginals(layout.d[l]) for l in sorted({p.src, p.dst})}
     tm = new_timings()
-    done = accumulate_pass(layout, budget, [u], fresh, BufferPool(), tm)
+    done = accumulate_pass(layout, budget, [u], fresh, _POOL, tm, arena=_ARENA)
     cnt, psum = done.acc.pop(u)
     t1 = time.perf_counter()
     st = PairState(layout.d[p.src], layout.d[p.dst], opts, p.span == 1, forced)

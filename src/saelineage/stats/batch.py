@@ -23,6 +23,7 @@ import numpy as np
 
 from saelineage.data.store import token_mask
 from saelineage.errors import SaelineageError
+from saelineage.stats.kernels import zero_fill
 
 _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64}
 
@@ -44,7 +45,8 @@ def _grab(stage: dict, key: str, n: int, dtype) -> np.ndarray:
 def read_layers(path: Path, layers: list[int], stage: dict | None = None):
     """pos int32[T] and {layer: (indptr, indices, values)} of one shard, only those tensors.
 
-    With `stage` (a dict), the arrays are views into reusable buffers kept there.
+    With `stage` (a dict), the arrays are views into reusable buffers kept there, one per
+    tensor slot (the k-th listed layer's indices use the same buffer whatever the layer).
     """
     stage = {} if stage is None else stage
     try:
@@ -53,21 +55,24 @@ def read_layers(path: Path, layers: list[int], stage: dict | None = None):
             header = json.loads(fh.read(size))
             base = 8 + size
 
-            def get(name: str) -> np.ndarray:
+            def get(name: str, slot: str) -> np.ndarray:
                 if name not in header:
                     raise KeyError(name)
                 meta = header[name]
                 dtype = _DTYPES[meta["dtype"]]
                 begin, end = meta["data_offsets"]
                 n = (end - begin) // np.dtype(dtype).itemsize
-                out = _grab(stage, name, n, dtype)
+                out = _grab(stage, slot, n, dtype)
                 fh.seek(base + begin)
                 if fh.readinto(memoryview(out).cast("B")) != end - begin:
                     raise ValueError("file shorter than its header says")
                 return out
 
-            pos = get("pos")
-            out = {l: (get(f"l{l}.indptr"), get(f"l{l}.indices"), get(f"l{l}.values")) for l in layers}
+            pos = get("pos", "pos")
+            out = {
+                l: tuple(get(f"l{l}.{part}", f"{k}.{part}") for part in ("indptr", "indices", "values"))
+                for k, l in enumerate(layers)
+            }
     except KeyError as exc:
         raise _bad_shard(path, f"no tensor {exc}: it lacks layers among {layers}, which the manifest lists") from exc
     except (OSError, ValueError, struct.error) as exc:
@@ -81,33 +86,31 @@ def read_layers(path: Path, layers: list[int], stage: dict | None = None):
 class LayerBuffer:
     """One layer's batch CSR (ptr, idx, val, act) and, for a source layer, its transpose."""
 
-    def __init__(self, tcap: int, ecap: int, vdtype, d: int, need_act: bool, is_src: bool):
+    def __init__(self, tcap: int, ecap: int, vdtype, d: int, need_act: bool, is_src: bool, pool=None):
+        """pool: a BufferPool to carve the arrays from (None: allocate them)."""
         self.d, self.need_act, self.is_src, self.vdtype = d, need_act, is_src, np.dtype(vdtype)
-        self.ptr = np.zeros(tcap + 1, np.int64)
-        self.idx = np.empty(ecap, np.int32)
-        self.val = np.empty(ecap, vdtype)
-        self.act = np.empty(ecap if need_act else 0, np.uint8)
+        new = pool.array if pool is not None else np.empty
+        self.ptr = new(tcap + 1, np.int64)
+        self.ptr[0] = 0
+        self.idx = new(ecap, np.int32)
+        self.val = new(ecap, vdtype)
+        self.act = new(ecap if need_act else 0, np.uint8)
         if is_src:
-            self.colptr = np.zeros(d + 1, np.int64)
-            self.tok = np.empty(ecap, np.int32)
-            self.cval = np.empty(ecap, vdtype)
-            self.cact = np.empty(ecap if need_act else 0, np.uint8)
+            self.colptr = new(d + 1, np.int64)
+            self.tok = new(ecap, np.int32)
+            self.cval = new(ecap, vdtype)
+            self.cact = new(ecap if need_act else 0, np.uint8)
         self.nnz = 0
 
     @property
     def ecap(self) -> int:
         return len(self.idx)
 
-    def fits(self, tcap: int, ecap: int, vdtype, d: int, need_act: bool, is_src: bool) -> bool:
-        # not much larger either: an oversized buffer costs memory outside this pass's budget
-        return (
-            tcap + 1 <= len(self.ptr) <= 1.25 * (tcap + 1)
-            and ecap <= self.ecap <= 1.25 * ecap
-            and self.vdtype == np.dtype(vdtype)
-            and self.need_act == need_act
-            and self.is_src == is_src
-            and (not is_src or self.d == d)
-        )
+    @staticmethod
+    def nbytes(tcap: int, ecap: int, vdtype, d: int, need_act: bool, is_src: bool) -> int:
+        """Bytes a BufferPool gives one LayerBuffer (with alignment padding)."""
+        one = LayerBuffer.entry_bytes(vdtype, need_act, is_src) * ecap
+        return one + 8 * (tcap + 1) + (8 * (d + 1) if is_src else 0) + 8 * BufferPool.ALIGN
 
     @staticmethod
     def entry_bytes(vdtype, need_act: bool, is_src: bool) -> int:
@@ -116,24 +119,38 @@ class LayerBuffer:
 
 
 class BufferPool:
-    """LayerBuffers kept across passes, so each is allocated (and page-faulted) once."""
+    """One block of memory that every batch's buffers are carved from, kept across passes.
+
+    A fresh allocation costs a page fault per page on first write, on a virtual machine as
+    slow as the work itself (~1.4 GB/s); carving each pass's buffers from the same block
+    pays that once per stage. `reset` starts carving from the beginning again: the
+    buffers of the previous batch must no longer be used.
+    """
+
+    ALIGN = 64
 
     def __init__(self):
-        self.free: list[LayerBuffer] = []
+        self.mem = np.zeros(0, np.uint8)
+        self.at = 0
+        self.stages: list[dict] = [{}, {}]  # shard staging areas of `batches`, kept likewise
 
-    def take(self, tcap, ecap, vdtype, d, need_act, is_src) -> LayerBuffer:
-        for k, b in enumerate(self.free):
-            if b.fits(tcap, ecap, vdtype, d, need_act, is_src):
-                return self.free.pop(k)
-        return LayerBuffer(tcap, ecap, vdtype, d, need_act, is_src)
+    def reserve(self, nbytes: int) -> None:
+        """Start carving anew from a block of at least nbytes (a larger need reallocates)."""
+        if len(self.mem) < nbytes:
+            self.mem = np.zeros(0, np.uint8)  # free before the new allocation
+            self.mem = np.empty(nbytes, np.uint8)
+            zero_fill(self.mem)  # take the page faults now, on every thread
+        self.at = 0
 
-    def give(self, bufs) -> None:
-        self.free.extend(bufs)
-
-    def trim(self) -> None:
-        """Drop the buffers no batch took: they would sit in memory next to the new ones, outside
-        the pass's memory budget (a layer that was a target in one pass can be a source in the next)."""
-        self.free.clear()
+    def array(self, n: int, dtype) -> np.ndarray:
+        """An uninitialised array of n items of dtype from the block (allocated if it is full)."""
+        dtype = np.dtype(dtype)
+        start = -(-self.at // self.ALIGN) * self.ALIGN
+        end = start + n * dtype.itemsize
+        if end > len(self.mem):
+            return np.empty(n, dtype)
+        self.at = end
+        return self.mem[start:end].view(dtype)
 
 
 class Batch:
@@ -152,15 +169,19 @@ class Batch:
         self.layers, self.src, self.d, self.need_act = layers, src, d, need_act
         self.tcap, self.ecap = tcap, ecap
         self.pool = pool or BufferPool()
+        self.pool.reserve(Batch.nbytes(layers, src, d, ecap, tcap, need_act))
         self.pos = np.empty(tcap, np.int32)
-        self.buf = {l: self.pool.take(tcap, ecap, np.float32, d[l], need_act, l in src) for l in layers}
-        self.pool.trim()
+        self.buf = {l: LayerBuffer(tcap, ecap, np.float32, d[l], need_act, l in src, self.pool) for l in layers}
         self.n_tok = 0
         self.n_shards = 0
 
+    @staticmethod
+    def nbytes(layers: list[int], src: set[int], d: dict[int, int], ecap: int, tcap: int, need_act: bool) -> int:
+        """Pool bytes that a batch of these layers and capacities takes."""
+        return sum(LayerBuffer.nbytes(tcap, ecap, np.float32, d[l], need_act, l in src) for l in layers)
+
     def release(self) -> None:
-        """Hand the buffers back to the pool (for the next pass)."""
-        self.pool.give(self.buf.values())
+        """Stop using the pool's memory (the next pass's batch carves it again)."""
         self.buf = {}
 
     def reset(self) -> None:
@@ -219,7 +240,7 @@ def batches(shards: list[Path], batch: Batch) -> Iterator[Batch]:
     """
     if not shards:
         return
-    stages: list[dict] = [{}, {}]
+    stages = batch.pool.stages
     with ThreadPoolExecutor(max_workers=1) as pool:
         fut = pool.submit(read_layers, shards[0], batch.layers, stages[0])
         batch.reset()

@@ -102,31 +102,62 @@ def prepare_inplace(ptr, idx, val, n_tok, keep, theta, d, do_marg, count, nonzer
     return k, lo_id, hi_id
 
 
-@numba.njit(**_JIT)
-def transpose_into(ptr, idx, val, act, n_tok, keep, d, has_act, colptr, tok, cval, cact):
+@numba.njit(parallel=True, **_JIT)
+def transpose_into(ptr, idx, val, act, n_tok, keep, d, has_act, colptr, tok, cval, cact, flo=0, fhi=-1, nch=1):
     """Feature-major copy (CSC) of the kept tokens' entries, tokens ascending per feature.
 
     Input: a cleaned batch CSR (T = n_tok). Output buffers: colptr int64[d+1], tok int32,
-    cval, cact (uint8, only written when has_act) of length >= nnz.
+    cval, cact (uint8, only written when has_act) of length >= nnz. Only features
+    flo..fhi-1 (fhi < 0: all) are copied; the others get empty lists, since a pass whose
+    units cover part of a source layer reads no other rows. Threads take consecutive token
+    ranges and write each feature's list at offsets counted beforehand, so the output is
+    the same for any number of threads (nch token ranges, one per thread).
     """
-    colptr[:] = 0
-    for t in range(n_tok):
-        if keep[t]:
-            for e in range(ptr[t], ptr[t + 1]):
-                colptr[idx[e] + 1] += 1
+    if fhi < 0:
+        fhi = d
+    tb = np.searchsorted(ptr[: n_tok + 1], (np.arange(nch + 1) * ptr[n_tok]) // nch)
+    tb[0], tb[nch] = 0, n_tok
+    start = np.zeros((nch, d), np.int64)
+    for c in prange(nch):
+        cnt = start[c]
+        for t in range(tb[c], tb[c + 1]):
+            if keep[t]:
+                for e in range(ptr[t], ptr[t + 1]):
+                    f = idx[e]
+                    if flo <= f < fhi:
+                        cnt[f] += 1
+    at = 0
     for f in range(d):
-        colptr[f + 1] += colptr[f]
-    fill = colptr[:-1].copy()
-    for t in range(n_tok):
-        if keep[t]:
-            for e in range(ptr[t], ptr[t + 1]):
-                f = idx[e]
-                w = fill[f]
-                tok[w] = t
-                cval[w] = val[e]
-                if has_act:
-                    cact[w] = act[e]
-                fill[f] = w + 1
+        colptr[f] = at
+        for c in range(nch):
+            n = start[c, f]
+            start[c, f] = at
+            at += n
+    colptr[d] = at
+    for c in prange(nch):
+        fill = start[c]
+        for t in range(tb[c], tb[c + 1]):
+            if keep[t]:
+                for e in range(ptr[t], ptr[t + 1]):
+                    f = idx[e]
+                    if f < flo or f >= fhi:
+                        continue
+                    w = fill[f]
+                    tok[w] = t
+                    cval[w] = val[e]
+                    if has_act:
+                        cact[w] = act[e]
+                    fill[f] = w + 1
+
+
+@numba.njit(parallel=True, **_JIT)
+def zero_fill(a):
+    """a[:] = 0 (1-D) on every thread: faults fresh pages in parallel, and refills reused
+    memory at memory bandwidth."""
+    n = a.shape[0]
+    step = 1 << 20
+    for c in prange((n + step - 1) // step):
+        a[c * step : min(n, (c + 1) * step)] = 0
 
 
 @numba.njit(**_JIT)
