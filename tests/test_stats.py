@@ -244,25 +244,28 @@ def test_mutual_info_is_exact_near_independence():
     assert abs(got - float(want)) <= 1e-6 * float(want)
 
 
-def test_buffer_pool_carves_every_pass_from_one_block():
-    """Each pass's batch buffers come from one block kept across passes (a fresh allocation
-    pays a page fault per page): they lie inside it without overlapping, and the block only
-    grows to the largest pass's need."""
-    from saelineage.stats.batch import Batch, BufferPool, LayerBuffer
+def test_buffer_pool_carves_a_batch_from_one_block():
+    """A batch's buffers come from one block of exactly the planned size (faulted in at once):
+    they lie inside it without overlapping; a smaller batch reuses it, and `free` returns it."""
+    from saelineage.stats.batch import Batch, BufferPool
 
     d = {0: 512, 1: 512, 2: 700}
     pool = BufferPool()
     sizes = []
     for layers, src, ecap in (([0, 1], {0}, 90_000), ([0, 1, 2], {0, 1}, 60_000), ([1, 2], {1}, 20_000)):
         batch = Batch(layers, src, d, ecap=ecap, tcap=4096, need_act=True, pool=pool)
-        sizes.append(sum(LayerBuffer.nbytes(4096, ecap, np.float32, d[l], True, l in src) for l in layers))
+        sizes.append(Batch.nbytes(layers, src, d, ecap, 4096, True))
         assert len(pool.mem) == max(sizes)
-        arrays = [a for b in batch.buf.values() for a in vars(b).values() if isinstance(a, np.ndarray) and a.size]
-        assert len(arrays) == sum(8 if l in src else 4 for l in layers)
+        arrays = [batch.pos] + [
+            a for b in batch.buf.values() for a in vars(b).values() if isinstance(a, np.ndarray) and a.size
+        ]
+        assert len(arrays) == 1 + sum(8 if l in src else 4 for l in layers)
         assert all(np.shares_memory(a, pool.mem) for a in arrays)
         spans = sorted((a.__array_interface__["data"][0], a.nbytes) for a in arrays)
         assert all(s0 + n0 <= s1 for (s0, n0), (s1, _) in zip(spans, spans[1:], strict=False))
         batch.release()
+    pool.free()
+    assert len(pool.mem) == 0
 
 
 def sparse_codes(seed: int = 7, t: int = 960, dims=(120, 90)) -> dict[int, np.ndarray]:

@@ -119,12 +119,12 @@ class LayerBuffer:
 
 
 class BufferPool:
-    """One block of memory that every batch's buffers are carved from, kept across passes.
+    """One block of memory that a pass's batch buffers are carved from.
 
-    A fresh allocation costs a page fault per page on first write, on a virtual machine as
-    slow as the work itself (~1.4 GB/s); carving each pass's buffers from the same block
-    pays that once per stage. `reset` starts carving from the beginning again: the
-    buffers of the previous batch must no longer be used.
+    One allocation of exactly the planned size, faulted in on every thread at once (a page
+    fault per page on first write is, on a virtual machine, as slow as the work itself);
+    `free` returns it after the pass, so that the scans and finished pairs get its room.
+    The shard staging areas are small and kept for the whole stage.
     """
 
     ALIGN = 64
@@ -133,6 +133,11 @@ class BufferPool:
         self.mem = np.zeros(0, np.uint8)
         self.at = 0
         self.stages: list[dict] = [{}, {}]  # shard staging areas of `batches`, kept likewise
+
+    def free(self) -> None:
+        """Return the block (arrays carved from it must no longer be used)."""
+        self.mem = np.zeros(0, np.uint8)
+        self.at = 0
 
     def reserve(self, nbytes: int) -> None:
         """Start carving anew from a block of at least nbytes (a larger need reallocates)."""
@@ -170,7 +175,7 @@ class Batch:
         self.tcap, self.ecap = tcap, ecap
         self.pool = pool or BufferPool()
         self.pool.reserve(Batch.nbytes(layers, src, d, ecap, tcap, need_act))
-        self.pos = np.empty(tcap, np.int32)
+        self.pos = self.pool.array(tcap, np.int32)
         self.buf = {l: LayerBuffer(tcap, ecap, np.float32, d[l], need_act, l in src, self.pool) for l in layers}
         self.n_tok = 0
         self.n_shards = 0
@@ -178,7 +183,8 @@ class Batch:
     @staticmethod
     def nbytes(layers: list[int], src: set[int], d: dict[int, int], ecap: int, tcap: int, need_act: bool) -> int:
         """Pool bytes that a batch of these layers and capacities takes."""
-        return sum(LayerBuffer.nbytes(tcap, ecap, np.float32, d[l], need_act, l in src) for l in layers)
+        pos = 4 * tcap + BufferPool.ALIGN
+        return pos + sum(LayerBuffer.nbytes(tcap, ecap, np.float32, d[l], need_act, l in src) for l in layers)
 
     def release(self) -> None:
         """Stop using the pool's memory (the next pass's batch carves it again)."""

@@ -57,6 +57,13 @@ def state_bytes(d_l: int, d_m: int, opts: EdgeOptions, do_best: bool) -> int:
     return pair + scratch
 
 
+def result_bytes(d_l: int, d_m: int, opts: EdgeOptions) -> int:
+    """Bytes of a pair's kept edges (24 each: src, dst int32, n_co int64, p float64), bounded by
+    the top-k partners of every row and column under each primary measure plus the forced
+    partners. Edges kept by --keep thresholds come on top and are not bounded."""
+    return 24 * ((d_l + d_m) * opts.top_k * len(opts.primary) + d_l)
+
+
 class PairState:
     """Running results of one layer pair (l -> m) over blocks of source rows."""
 

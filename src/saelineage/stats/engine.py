@@ -25,7 +25,7 @@ import psutil
 from saelineage.errors import SaelineageError
 from saelineage.stats import kernels as kn
 from saelineage.stats.batch import Batch, BufferPool, LayerBuffer, batches
-from saelineage.stats.edges import EdgeOptions, PairResult, PairState, state_bytes
+from saelineage.stats.edges import EdgeOptions, PairResult, PairState, result_bytes, state_bytes
 from saelineage.stats.measures import Marginals, side
 
 BATCH_MAX = 1536 << 20  # larger batches: fewer accumulator-row streams (see batch.py)
@@ -71,17 +71,24 @@ class Budget:
         return np.dtype(self.count_dtype).itemsize + 8
 
 
+KERNELS_BYTES = 160 << 20
+"""Resident memory that the compiled kernels, their thread pool and the output writers add
+once loaded (measured: 130 MiB after a tiny run)."""
+
+
 def process_baseline() -> int:
-    """Resident memory of this process before the stage allocates (at least 256 MiB)."""
-    return max(256 << 20, psutil.Process().memory_info().rss)
+    """Resident memory of this process before the stage allocates (at least 256 MiB), plus
+    what loading the kernels will add."""
+    return max(256 << 20, psutil.Process().memory_info().rss) + KERNELS_BYTES
 
 
 def plan(layout: Layout, opts: EdgeOptions, memory_limit: int, baseline: int | None = None) -> Budget:
     """Split the pairs into units and passes that fit `memory_limit` bytes of process memory.
 
     Accumulators get limit - (baseline: the process's resident memory now, at least
-    256 MiB; batch buffers: 15%, capped at 1.5 GiB; slack: 5%, capped at 64 MiB; the state of
-    each pair in the pass). At least one source row per unit, so a tiny
+    256 MiB, and the kernels'; batch buffers: 15%, capped at 1.5 GiB; slack: 5%, capped at
+    64 MiB; the state and kept edges of each pair in the pass; the kept edges of the pairs
+    finished in earlier passes). At least one source row per unit, so a tiny
     limit still runs (slowly, many passes) with identical results; batches never go below
     64k entries, so limits under ~50 MB bound the accumulators only.
     """
@@ -91,18 +98,23 @@ def plan(layout: Layout, opts: EdgeOptions, memory_limit: int, baseline: int | N
     limit, memory_limit = memory_limit, max(memory_limit - baseline, 0)
     batch_bytes = int(min(BATCH_MAX, 0.15 * memory_limit))
     budget = Budget(limit, batch_bytes, count_dtype)
-    states = [state_bytes(layout.d[p.src], layout.d[p.dst], opts, p.span == 1) for p in layout.pairs]
+    held = [
+        state_bytes(layout.d[p.src], layout.d[p.dst], opts, p.span == 1)
+        + result_bytes(layout.d[p.src], layout.d[p.dst], opts)
+        for p in layout.pairs
+    ]
+    finished = [result_bytes(layout.d[p.src], layout.d[p.dst], opts) for p in layout.pairs]
     free0 = memory_limit - batch_bytes - int(min(64 << 20, 0.05 * memory_limit))
     free, current = free0, []
     for k, p in enumerate(layout.pairs):
         row = layout.d[p.dst] * budget.cell_bytes
         lo, d_src = 0, layout.d[p.src]
-        free -= states[k]
+        free -= held[k]
         while lo < d_src:
             rows = min(d_src - lo, max(0, free) // row)
             if rows == 0 and current:
                 budget.passes.append(current)
-                free, current = free0 - states[k], []
+                free, current = free0 - sum(finished[:k]) - held[k], []
                 continue
             rows = max(rows, 1)
             current.append(Unit(k, lo, lo + rows))
@@ -128,9 +140,13 @@ def _new_marginals(d: int) -> Marginals:
 
 
 def _batch_shape(layout: Layout, layers: list[int], src: set[int], batch_bytes: int) -> tuple[int, int]:
-    """(entries per layer, tokens) that a batch of these layers holds in about batch_bytes."""
-    per_entry = sum(LayerBuffer.entry_bytes(np.float32, not layout.all_active, l in src) for l in layers)
-    ecap = max(BATCH_MIN_ENTRIES, batch_bytes // per_entry)
+    """(entries per layer, tokens) of a batch of these layers whose pool block (Batch.nbytes)
+    fits batch_bytes. Tokens: one per 8 entries (L0 is rarely under 8)."""
+    need_act = not layout.all_active
+    per_entry = sum(LayerBuffer.entry_bytes(np.float32, need_act, l in src) for l in layers)
+    per_entry += (8 * len(layers) + 4) / 8  # token pointers of each layer and positions
+    fixed = Batch.nbytes(layers, src, layout.d, 0, 0, need_act)
+    ecap = max(BATCH_MIN_ENTRIES, int(max(0, batch_bytes - fixed) // per_entry))
     return ecap, max(ecap // 8, 1 << 12)
 
 
@@ -143,17 +159,6 @@ def _pass_layers(layout: Layout, units: list[Unit]) -> tuple[list[int], set[int]
 def _batch_for(layout: Layout, layers: list[int], src: set[int], batch_bytes: int, pool: BufferPool) -> Batch:
     ecap, tcap = _batch_shape(layout, layers, src, batch_bytes)
     return Batch(layers, src, layout.d, ecap, tcap, not layout.all_active, pool)
-
-
-def reserve(layout: Layout, budget: Budget, pool: BufferPool, arena: Arena) -> None:
-    """Size the pool and the arena for the largest pass, so that no later pass reallocates."""
-    need = 0
-    for units in budget.passes:
-        layers, src = _pass_layers(layout, units)
-        ecap, tcap = _batch_shape(layout, layers, src, budget.batch_bytes)
-        need = max(need, Batch.nbytes(layers, src, layout.d, ecap, tcap, not layout.all_active))
-    pool.reserve(need)
-    arena.reserve(max((pass_cells(layout, units) for units in budget.passes), default=0), budget.count_dtype)
 
 
 def _prepare(
@@ -319,6 +324,7 @@ def accumulate_pass(
         if on_batch:
             on_batch(batch.n_shards, increments)
     buffers.release()
+    pool.free()
     return PassResult(n_pass, acc, increments)
 
 
@@ -352,8 +358,8 @@ def run_passes(
     tm = new_timings()
     pool = BufferPool()
     arena = Arena(budget.count_dtype)
-    t0 = time.perf_counter()
-    reserve(layout, budget, pool, arena)
+    t0 = time.perf_counter()  # sized for the largest pass, so that no later pass reallocates
+    arena.reserve(max((pass_cells(layout, units) for units in budget.passes), default=0), budget.count_dtype)
     tm["reserve"] += time.perf_counter() - t0
     for pass_no, units in enumerate(budget.passes):
         layers = {pairs[u.pair].src for u in units} | {pairs[u.pair].dst for u in units}
