@@ -160,7 +160,8 @@ def main() -> None:
     tm = s["timings"]
     print(
         f"\nstats (1 process, {a.workers} threads, limit {gib(limit)}): {st['seconds']:.0f} s, peak {gib(st['peak'])}, "
-        f"{s['passes']} passes, {s['edges']:,} edges; read+prepare {tm['read_prepare']:.0f} s, accumulate "
+        f"{s['passes']} passes, {s['edges']:,} edges; memory {tm.get('reserve', 0) + tm.get('zero', 0):.0f} s, "
+        f"read+prepare {tm['read_prepare']:.0f} s, accumulate "
         f"{tm['accumulate']:.0f} s, finalize {tm['finalize']:.0f} s, write {tm['write']:.0f} s"
     )
     print(
@@ -202,9 +203,11 @@ def main() -> None:
     print("browser p95: " + ", ".join(f"{k} {v:.1f} ms" for k, v in p95.items()))
 
     per_token = (tm["read_prepare"] + tm["accumulate"]) / s["n_tokens"]
-    fixed = tm["finalize"] + tm["write"]
+    fixed = tm["finalize"] + tm["write"] + tm.get("reserve", 0) + tm.get("zero", 0)
     to_paper = 11 / s["pairs"]  # 12 layers: 11 adjacent pairs
-    print("\nextrapolated to 12 layers (stats: per-token phases x tokens + finalize/write; analyze as measured):")
+    print(
+        "\nextrapolated to 12 layers (stats: per-token phases x tokens + memory/finalize/write; analyze as measured):"
+    )
     for n_tok in (10_000_000, 100_000_000):
         t_stats = (per_token * n_tok + fixed) * to_paper
         line = f"  {n_tok / 1e6:,.0f}M tokens: stats {t_stats / 60:,.0f} min on 1 machine"

@@ -311,3 +311,30 @@ def test_untouched_cells_match_the_oracle(tmp_path, monkeypatch, mem):
     untouched = want["p_sum"] == 0
     from_untouched = untouched[np.arange(120), np.maximum(best(want["pearson"], 1)[1], 0)]
     assert from_untouched.sum() > 10  # the walks decide many row bests
+
+
+def test_finished_pairs_wait_on_disk(tmp_path, codes, monkeypatch):
+    """Each finished pair's edges are spilled to the run and memory-mapped back (the plan does
+    not hold them in memory), read back unchanged, and the folder is gone once outputs exist."""
+    from saelineage import contract
+    from saelineage.stats.edges import PairResult
+
+    spilled = []
+    original = PairResult.spill
+
+    def spy(self, folder):
+        out = original(self, folder)
+        spilled.append((folder, self, out))
+        return out
+
+    monkeypatch.setattr(PairResult, "spill", spy)
+    run = make_run(tmp_path / "run", codes)
+    s = run_stats(run.path, StatsConfig(span=2), progress=False)
+    assert len(spilled) == s.pairs == 3
+    for folder, before, after in spilled:
+        assert folder.parent == run.file(contract.STATS_SPILL)
+        for name in ("src", "dst", "n_co", "p"):
+            assert isinstance(getattr(after, name), np.memmap)
+            np.testing.assert_array_equal(getattr(after, name), getattr(before, name))
+    assert sum(len(after.src) for _, _, after in spilled) == s.edges
+    assert not run.file(contract.STATS_SPILL).exists()

@@ -15,7 +15,8 @@ accumulator cells as every other edge.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -58,10 +59,12 @@ def state_bytes(d_l: int, d_m: int, opts: EdgeOptions, do_best: bool) -> int:
 
 
 def result_bytes(d_l: int, d_m: int, opts: EdgeOptions) -> int:
-    """Bytes of a pair's kept edges (24 each: src, dst int32, n_co int64, p float64), bounded by
-    the top-k partners of every row and column under each primary measure plus the forced
-    partners. Edges kept by --keep thresholds come on top and are not bounded."""
-    return 24 * ((d_l + d_m) * opts.top_k * len(opts.primary) + d_l)
+    """Bytes of a pair's kept edges while it is in progress (24 each: src, dst int32, n_co int64,
+    p float64, held once in the block parts and once more while `finish` joins them), bounded
+    by the top-k partners of every row and column under each primary measure plus the forced
+    partners. Edges kept by --keep thresholds come on top and are not bounded. A finished pair
+    keeps only its best-partner arrays in memory (PairResult.spill)."""
+    return 2 * 24 * ((d_l + d_m) * opts.top_k * len(opts.primary) + d_l)
 
 
 class PairState:
@@ -364,3 +367,18 @@ class PairResult:
     pred_j: tuple[np.ndarray, np.ndarray, np.ndarray] | None
     counters: np.ndarray
     succ: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+
+    def spill(self, folder: Path) -> PairResult:
+        """The same result with its edge arrays written to `folder` and memory-mapped back.
+
+        A finished pair's edges wait in memory until every pair is done; spilled, they take
+        page cache instead of the accumulators' room (at 131k latents and 32 layers they would
+        exceed any per-machine limit), and the output writers read them back one source layer
+        at a time."""
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for name in ("src", "dst", "n_co", "p"):
+            path = folder / f"{name}.npy"
+            np.save(path, getattr(self, name))
+            arrays[name] = np.load(path, mmap_mode="r")
+        return replace(self, **arrays)

@@ -30,6 +30,8 @@ from saelineage.stats.measures import Marginals, side
 
 BATCH_MAX = 1536 << 20  # larger batches: fewer accumulator-row streams (see batch.py)
 BATCH_MIN_ENTRIES = 1 << 16
+SLACK_MAX = 192 << 20
+"""Room left for the scans' and output tables' temporaries and the shard staging areas."""
 
 
 class Pair(NamedTuple):
@@ -87,8 +89,9 @@ def plan(layout: Layout, opts: EdgeOptions, memory_limit: int, baseline: int | N
 
     Accumulators get limit - (baseline: the process's resident memory now, at least
     256 MiB, and the kernels'; batch buffers: 15%, capped at 1.5 GiB; slack: 5%, capped at
-    64 MiB; the state and kept edges of each pair in the pass; the kept edges of the pairs
-    finished in earlier passes). At least one source row per unit, so a tiny
+    SLACK_MAX; the state and kept edges of each pair in the pass; the best-partner arrays of the
+    pairs finished in earlier passes, whose edges `run_passes` spills). At least one source row
+    per unit, so a tiny
     limit still runs (slowly, many passes) with identical results; batches never go below
     64k entries, so limits under ~50 MB bound the accumulators only.
     """
@@ -104,7 +107,7 @@ def plan(layout: Layout, opts: EdgeOptions, memory_limit: int, baseline: int | N
         for p in layout.pairs
     ]
     finished = [result_bytes(layout.d[p.src], layout.d[p.dst], opts) for p in layout.pairs]
-    free0 = memory_limit - batch_bytes - int(min(64 << 20, 0.05 * memory_limit))
+    free0 = memory_limit - batch_bytes - int(min(SLACK_MAX, 0.05 * memory_limit))
     free, current = free0, []
     for k, p in enumerate(layout.pairs):
         row = layout.d[p.dst] * budget.cell_bytes
@@ -324,7 +327,6 @@ def accumulate_pass(
         if on_batch:
             on_batch(batch.n_shards, increments)
     buffers.release()
-    pool.free()
     return PassResult(n_pass, acc, increments)
 
 
@@ -344,10 +346,13 @@ def run_passes(
     workers: int,
     on_shards: Callable[[int, int, int], None] | None = None,
     forced: Mapping[int, np.ndarray] | None = None,
+    spill: Path | None = None,
 ) -> Accumulated:
     """Run every pass; return the token count, layer marginals and each pair's results.
 
-    forced: {pair index: int [d_src]} partners kept as edges whatever their counts (-1: none)."""
+    forced: {pair index: int [d_src]} partners kept as edges whatever their counts (-1: none).
+    spill: a folder where finished pairs' edges wait, memory-mapped (`PairResult.spill`); the
+    plan counts on it. None keeps them in memory (small runs)."""
     numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
     d, pairs = layout.d, layout.pairs
     marg: dict[int, Marginals] = {}
@@ -360,6 +365,7 @@ def run_passes(
     arena = Arena(budget.count_dtype)
     t0 = time.perf_counter()  # sized for the largest pass, so that no later pass reallocates
     arena.reserve(max((pass_cells(layout, units) for units in budget.passes), default=0), budget.count_dtype)
+    pool.reserve(budget.batch_bytes)
     tm["reserve"] += time.perf_counter() - t0
     for pass_no, units in enumerate(budget.passes):
         layers = {pairs[u.pair].src for u in units} | {pairs[u.pair].dst for u in units}
@@ -388,7 +394,8 @@ def run_passes(
             st.add_block(cnt, psum, u.lo, n_tokens, side(n_tokens, marg[p.src]), side(n_tokens, marg[p.dst]))
             del cnt, psum
             if st.rows_done == d[p.src]:
-                results[u.pair] = st.finish(n_tokens, side(n_tokens, marg[p.src]), side(n_tokens, marg[p.dst]))
+                res = st.finish(n_tokens, side(n_tokens, marg[p.src]), side(n_tokens, marg[p.dst]))
+                results[u.pair] = res.spill(spill / f"pair{u.pair:03d}") if spill is not None else res
                 del states[u.pair]
         tm["finalize"] += time.perf_counter() - t0
     assert all(r is not None for r in results)

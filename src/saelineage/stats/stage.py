@@ -384,7 +384,16 @@ def run_stats(
                         description="stats",
                     )
 
-                acc = run_passes(layout, budget, edge_opts, workers, tick if progress else None, forced)
+                shutil.rmtree(run.file(contract.STATS_SPILL), ignore_errors=True)
+                acc = run_passes(
+                    layout,
+                    budget,
+                    edge_opts,
+                    workers,
+                    tick if progress else None,
+                    forced,
+                    run.file(contract.STATS_SPILL),
+                )
         if acc.n == 0:
             raise SaelineageError(
                 "the token set is empty (every token is a BOS position?).", "use longer windows or --include-bos."
@@ -432,6 +441,7 @@ def run_stats(
         )
         info.update(summary=summary, timings=timings, dec_cosine_missing_layers=missing)
         shutil.rmtree(run.file(contract.STATS_PARTS), ignore_errors=True)
+        shutil.rmtree(run.file(contract.STATS_SPILL), ignore_errors=True)
     return StatsSummary(
         run.path,
         acc.n,
