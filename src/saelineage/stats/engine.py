@@ -91,9 +91,8 @@ def plan(layout: Layout, opts: EdgeOptions, memory_limit: int, baseline: int | N
     256 MiB, and the kernels'; batch buffers: 15%, capped at 1.5 GiB; slack: 5%, capped at
     SLACK_MAX; the state and kept edges of each pair in the pass; the best-partner arrays of the
     pairs finished in earlier passes, whose edges `run_passes` spills). At least one source row
-    per unit, so a tiny
-    limit still runs (slowly, many passes) with identical results; batches never go below
-    64k entries, so limits under ~50 MB bound the accumulators only.
+    per unit, so a tiny limit still runs (slowly, many passes) with identical results; batches
+    never go below 64k entries, so limits under ~50 MB bound the accumulators only.
     """
     count_dtype = np.int32 if layout.n_tokens_hint < 2**31 - 1 else np.int64
     if baseline is None:
@@ -106,26 +105,48 @@ def plan(layout: Layout, opts: EdgeOptions, memory_limit: int, baseline: int | N
         + result_bytes(layout.d[p.src], layout.d[p.dst], opts)
         for p in layout.pairs
     ]
-    finished = [result_bytes(layout.d[p.src], layout.d[p.dst], opts) for p in layout.pairs]
+    finished = [(layout.d[p.src] + layout.d[p.dst]) * 6 * 20 for p in layout.pairs]  # spilled: best partners
     free0 = memory_limit - batch_bytes - int(min(SLACK_MAX, 0.05 * memory_limit))
-    free, current = free0, []
+    # The accumulators are one Arena sized for the largest pass and kept through every pass, so
+    # the largest pass plus the most state any pass holds must fit: refill until it does.
+    room = free0
+    for _ in range(8):
+        budget.passes = _fill(layout, budget.cell_bytes, held, finished, room)
+        arena = max((pass_cells(layout, units) for units in budget.passes), default=0) * budget.cell_bytes
+        over = arena + max((_pass_state(units, held, finished) for units in budget.passes), default=0) - free0
+        if over <= 0:
+            break
+        room -= over
+    return budget
+
+
+def _pass_state(units: list[Unit], held: list[int], finished: list[int]) -> int:
+    """Bytes beside the accumulators during a pass: its pairs' states and finished pairs' remains."""
+    ks = {u.pair for u in units}
+    return sum(held[k] for k in ks) + sum(finished[: min(ks)])
+
+
+def _fill(layout: Layout, cell_bytes: int, held: list[int], finished: list[int], room: int) -> list[list[Unit]]:
+    """Units packed greedily into passes of at most `room` bytes of accumulators and state."""
+    passes: list[list[Unit]] = []
+    free, current = room, []
     for k, p in enumerate(layout.pairs):
-        row = layout.d[p.dst] * budget.cell_bytes
+        row = layout.d[p.dst] * cell_bytes
         lo, d_src = 0, layout.d[p.src]
         free -= held[k]
         while lo < d_src:
             rows = min(d_src - lo, max(0, free) // row)
             if rows == 0 and current:
-                budget.passes.append(current)
-                free, current = free0 - sum(finished[:k]) - held[k], []
+                passes.append(current)
+                free, current = room - sum(finished[:k]) - held[k], []
                 continue
             rows = max(rows, 1)
             current.append(Unit(k, lo, lo + rows))
             free -= rows * row
             lo += rows
     if current:
-        budget.passes.append(current)
-    return budget
+        passes.append(current)
+    return passes
 
 
 class Accumulated(NamedTuple):
