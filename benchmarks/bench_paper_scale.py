@@ -67,7 +67,11 @@ ray.shutdown()
 
 def tree_rss(proc: psutil.Process) -> int:
     total = 0
-    for p in [proc, *proc.children(recursive=True)]:
+    try:
+        tree = [proc, *proc.children(recursive=True)]
+    except psutil.Error:  # a child exited while the tree was listed: count what is left
+        tree = [proc]
+    for p in tree:
         try:
             total += p.memory_info().rss
         except psutil.Error:
