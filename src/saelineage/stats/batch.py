@@ -141,7 +141,7 @@ class BufferPool:
     def reserve(self, nbytes: int) -> None:
         """Start carving anew from a block of at least nbytes (a larger need reallocates)."""
         if len(self.mem) < nbytes:
-            self.mem = np.zeros(0, np.uint8)  # free before the new allocation
+            self.free()  # before the new allocation
             self.mem = np.empty(nbytes, np.uint8)
             zero_fill(self.mem)  # take the page faults now, on every thread
         self.at = 0

@@ -67,6 +67,12 @@ def result_bytes(d_l: int, d_m: int, opts: EdgeOptions) -> int:
     return 2 * 24 * ((d_l + d_m) * opts.top_k * len(opts.primary) + d_l)
 
 
+def spilled_bytes(d_l: int, d_m: int) -> int:
+    """Bytes a finished pair keeps in memory once its edges are spilled: the best-partner
+    arrays of rows and columns (id, count, sum per measure)."""
+    return (d_l + d_m) * 6 * 20
+
+
 class PairState:
     """Running results of one layer pair (l -> m) over blocks of source rows."""
 

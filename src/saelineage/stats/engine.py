@@ -25,7 +25,7 @@ import psutil
 from saelineage.errors import SaelineageError
 from saelineage.stats import kernels as kn
 from saelineage.stats.batch import Batch, BufferPool, LayerBuffer, batches
-from saelineage.stats.edges import EdgeOptions, PairResult, PairState, result_bytes, state_bytes
+from saelineage.stats.edges import EdgeOptions, PairResult, PairState, result_bytes, spilled_bytes, state_bytes
 from saelineage.stats.measures import Marginals, side
 
 BATCH_MAX = 1536 << 20  # larger batches: fewer accumulator-row streams (see batch.py)
@@ -105,7 +105,7 @@ def plan(layout: Layout, opts: EdgeOptions, memory_limit: int, baseline: int | N
         + result_bytes(layout.d[p.src], layout.d[p.dst], opts)
         for p in layout.pairs
     ]
-    finished = [(layout.d[p.src] + layout.d[p.dst]) * 6 * 20 for p in layout.pairs]  # spilled: best partners
+    finished = [spilled_bytes(layout.d[p.src], layout.d[p.dst]) for p in layout.pairs]
     free0 = memory_limit - batch_bytes - int(min(SLACK_MAX, 0.05 * memory_limit))
     # The accumulators are one Arena sized for the largest pass and kept through every pass, so
     # the largest pass plus the most state any pass holds must fit: refill until it does.
@@ -247,28 +247,27 @@ class Arena:
     def __init__(self, count_dtype: type = np.int32):
         self.cnt = np.zeros(0, count_dtype)
         self.psum = np.zeros(0)
-        self.clean = True  # every cell is zero
+        self.used = 0  # cells the last take handed out; every cell past them is zero
 
     def reserve(self, cells: int, count_dtype: type) -> None:
-        """Hold at least `cells` cells of count_dtype (a larger need reallocates), zeroed."""
+        """Hold at least `cells` cells of count_dtype; a larger need reallocates and faults the
+        new pages in on every thread (zeroed)."""
         if len(self.cnt) < cells or self.cnt.dtype != np.dtype(count_dtype):
             self.cnt = self.psum = None  # type: ignore[assignment]  # free before the new allocation
             self.cnt = np.empty(cells, count_dtype)
             self.psum = np.empty(cells)
-            self.clean = False
-        if not self.clean:
             kn.zero_fill(self.cnt)
             kn.zero_fill(self.psum)
-            self.clean = True
+            self.used = 0
 
     def take(self, shapes: list[tuple[int, int]], count_dtype: type) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Zeroed (cnt, psum) views of each [rows, cols] shape, laid out one after another."""
+        """Zeroed (cnt, psum) views of each [rows, cols] shape, laid out one after another;
+        only the cells a previous take handed out are refilled."""
         total = sum(r * c for r, c in shapes)
         self.reserve(total, count_dtype)
-        if not self.clean:
-            kn.zero_fill(self.cnt[:total])
-            kn.zero_fill(self.psum[:total])
-        self.clean = False
+        kn.zero_fill(self.cnt[: self.used])
+        kn.zero_fill(self.psum[: self.used])
+        self.used = total
         out, at = [], 0
         for r, c in shapes:
             out.append((self.cnt[at : at + r * c].reshape(r, c), self.psum[at : at + r * c].reshape(r, c)))
@@ -389,8 +388,7 @@ def run_passes(
     pool.reserve(budget.batch_bytes)
     tm["reserve"] += time.perf_counter() - t0
     for pass_no, units in enumerate(budget.passes):
-        layers = {pairs[u.pair].src for u in units} | {pairs[u.pair].dst for u in units}
-        fresh = {l: _new_marginals(d[l]) for l in sorted(layers) if l not in marg}
+        fresh = {l: _new_marginals(d[l]) for l in _pass_layers(layout, units)[0] if l not in marg}
         before = increments
 
         def tick(n_sh: int, incr: int, pass_no=pass_no, before=before) -> None:

@@ -384,16 +384,9 @@ def run_stats(
                         description="stats",
                     )
 
-                shutil.rmtree(run.file(contract.STATS_SPILL), ignore_errors=True)
-                acc = run_passes(
-                    layout,
-                    budget,
-                    edge_opts,
-                    workers,
-                    tick if progress else None,
-                    forced,
-                    run.file(contract.STATS_SPILL),
-                )
+                spill = run.file(contract.STATS_SPILL)
+                shutil.rmtree(spill, ignore_errors=True)
+                acc = run_passes(layout, budget, edge_opts, workers, tick if progress else None, forced, spill)
         if acc.n == 0:
             raise SaelineageError(
                 "the token set is empty (every token is a BOS position?).", "use longer windows or --include-bos."
