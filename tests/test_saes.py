@@ -439,11 +439,13 @@ def test_unknown_architecture(sl, tmp_path):
         load_sae(folder)
 
 
-def test_non_residual_hook(sl, tmp_path):
+def test_unreadable_hook(sl, tmp_path):
     folder = _good(sl, tmp_path)
-    _edit_cfg(folder, hook_name="blocks.0.hook_mlp_out")
-    with pytest.raises(SaelineageError, match="not a residual-stream hook"):
+    _edit_cfg(folder, hook_name="blocks.0.attn.hook_pattern")  # attention patterns are not activations an SAE reads
+    with pytest.raises(SaelineageError, match="not a hook point saelineage can read"):
         load_sae(folder)
+    _edit_cfg(folder, hook_name="blocks.0.hook_mlp_out")  # MLP outputs are
+    assert load_sae(folder).hook_name == "blocks.0.hook_mlp_out"
 
 
 def test_jumprelu_missing_threshold(sl, tmp_path):
@@ -456,11 +458,13 @@ def test_jumprelu_missing_threshold(sl, tmp_path):
 
 def test_validate_for(sl, tmp_path):
     sae = load_sae(_good(sl, tmp_path))  # blocks.2.hook_resid_pre, d_in 16
-    ok = SimpleNamespace(d_model=D_IN, n_layers=4, name="tiny", model=None)
-    sae.validate_for(ok)
+    def adapter(width: int, n_layers: int = 4) -> SimpleNamespace:
+        return SimpleNamespace(width=lambda hook: width, n_layers=n_layers, name="tiny", model=None)
+
+    sae.validate_for(adapter(D_IN))
     with pytest.raises(SaelineageError) as err:
-        sae.validate_for(SimpleNamespace(d_model=32, n_layers=4, name="tiny", model=None))
+        sae.validate_for(adapter(32))
     msg = str(err.value)
-    assert "blocks.2.hook_resid_pre" in msg and "d_in=16" in msg and "d_model=32" in msg and err.value.fix
+    assert "blocks.2.hook_resid_pre" in msg and "d_in=16" in msg and "32 wide" in msg and err.value.fix
     with pytest.raises(SaelineageError, match="beyond the model's depth"):
-        sae.validate_for(SimpleNamespace(d_model=D_IN, n_layers=2, name="tiny", model=None))
+        sae.validate_for(adapter(D_IN, n_layers=2))

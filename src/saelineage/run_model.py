@@ -41,6 +41,16 @@ def load_run_model(run: RunDir | str | Path, device: str | None = None) -> RunMo
     for layer in m.layers:
         meta = m.saes.get(layer) or {}
         path = meta.get("path")
+        if not path and meta.get("release") and meta.get("sae_id"):  # a SAELens release: the hub cache, or the hub
+            from saelineage.saes.release import load_release
+
+            saes[layer] = load_release(
+                meta["release"],
+                meta["sae_id"],
+                device=device or cfg.get("device", "cpu"),
+                dtype=cfg.get("dtype", "float32"),
+            )
+            continue
         if not path or not Path(path).exists():
             from saelineage.hints import collect_command
 
@@ -55,5 +65,6 @@ def load_run_model(run: RunDir | str | Path, device: str | None = None) -> RunMo
         dtype=cfg.get("dtype", "float32"),
         device=device or cfg.get("device", "cpu"),
         center_residual=m.center_residual,
+        blocks_path=cfg.get("blocks_path"),
     )
     return RunModel(adapter, saes)

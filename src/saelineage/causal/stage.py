@@ -78,6 +78,14 @@ def run_ablate(
         if progress:
             print_correlations(corr)
         return AblateResult(run, table, corr, True)
+    tc = [l for l in manifest.layers if "transcoder" in str((manifest.saes.get(l) or {}).get("saelens_architecture"))]
+    if tc:
+        raise SaelineageError(
+            f"the run's SAEs of layers {tc} are transcoders: a latent writes "
+            f"{manifest.saes[tc[0]].get('hook_name_out')}, not the site it reads, so removing it there is not "
+            "the ablation it needs.",
+            "ablate runs on SAEs (residual, attention or MLP outputs); stats and analyze work on transcoder runs.",
+        )
     threshold = float(cfg.threshold if cfg.threshold is not None else manifest.thresholds.get("active", 0.0))
     edges = pq.read_table(run.file(contract.EDGES))
     sample = sample_edges(edges, cfg.measures, cfg.bins, cfg.per_bin, cfg.seed, cfg.binning, cfg.layer_pairs)

@@ -13,7 +13,10 @@ class CeilingConfig:
 
     saes: str = field(default="", metadata=cli(flag="--saes"))
     """A second SAE set for some of the run's layers (a folder of SAELens folders, e.g. the same training with
-    another seed; `saelineage train --seed 1 --hooks 3,8`). Its hooks pick the layers measured."""
+    another seed; `saelineage train --seed 1 --hooks 3,8`), or a SAELens release whose second-seed twins
+    (`…_seed_1`) of the run's SAEs are used. Its hooks pick the layers measured. Default: the run's release."""
+    sae_id: str | None = None
+    """With a release: the SAE id or {layer} template whose second-seed twins to use (default: the run's SAEs)."""
     tokens: int = 50_000
     """Tokens of the run (its first windows) that both SAE sets encode and are matched on."""
     batch_windows: int = 16

@@ -77,6 +77,9 @@ def run_ceiling(
 
     run = RunDir(run_dir)
     manifest = run.require("collect")
+    release = (manifest.config or {}).get("saes")
+    if not cfg.saes and release and not Path(release).expanduser().exists():
+        cfg = replace(cfg, saes=release)  # a run of a release: its published second seed
     if not cfg.saes:
         raise SaelineageError("no second SAE set given.", "pass --saes FOLDER (e.g. from `saelineage train --seed 1`).")
     if cfg.tokens < manifest.window:
@@ -86,7 +89,7 @@ def run_ceiling(
             f"run {run.path} was not made by `saelineage collect` (no model or corpus is recorded).",
             "the ceiling re-runs the model: measure it on a run made by collect.",
         )
-    options = asdict(cfg)
+    options = {k: v for k, v in asdict(cfg).items() if not (k == "sae_id" and v is None)}
     prev = manifest.stage("ceiling")
     if not force and prev.get("status") == "complete" and prev.get("options") == options:
         if progress:
@@ -94,7 +97,9 @@ def run_ceiling(
         return CeilingResult(run, _rates_from_json(prev.get("rates", {})), True)
     base = config_from_dict(CollectConfig, manifest.config)
     work = run.path / contract.CEILING_CODES
-    second = replace(base, saes=cfg.saes, layers=None, max_tokens=cfg.tokens, batch_windows=cfg.batch_windows,
+    twin_layers, twin_template = (None, None) if Path(cfg.saes).expanduser().exists() else _second_seed(manifest, cfg)
+    second = replace(base, saes=cfg.saes, layers=twin_layers, sae_id=twin_template,
+                     width=None, l0=None, max_tokens=cfg.tokens, batch_windows=cfg.batch_windows,
                      shard_windows=cfg.batch_windows * max(1, base.shard_windows // cfg.batch_windows),
                      examples_k=1)  # fmt: skip
     with run.stage("ceiling", options=options) as info:
@@ -130,6 +135,37 @@ def run_ceiling(
                     second_saes={str(l): other.saes[l] for l in layers})  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
     return CeilingResult(run, rates, False)
+
+
+def _second_seed(manifest, cfg: CeilingConfig) -> tuple[list[int], str]:
+    """(layers, id template) of the release's second-seed twins of the run's SAEs (or of `cfg.sae_id`)."""
+    from saelineage.saes import catalog
+    from saelineage.saes.resolve import ReleaseChoice, release_ids
+
+    release = catalog.get_release(cfg.saes)
+    if cfg.sae_id is not None:
+        ids = release_ids(cfg.saes, None, ReleaseChoice(sae_id=cfg.sae_id))
+    else:
+        ids = {l: (manifest.saes.get(l) or {}).get("sae_id") for l in manifest.layers}
+        ids = {l: i for l, i in ids.items() if i and (manifest.saes[l].get("release") == cfg.saes)}
+    twins = {}
+    for l, sid in ids.items():
+        twin = sid if release.by_id.get(sid) and release.by_id[sid].seed > 0 else catalog.seed_twin(release, sid)
+        if twin is not None and l in manifest.layers:
+            twins[l] = twin
+    if not twins:
+        raise SaelineageError(
+            f"release '{cfg.saes}' has no second-seed twin of the run's SAEs ({', '.join(map(str, ids.values()))}).",
+            "pass --sae-id naming SAEs that have a `…_seed_1` twin (`saelineage releases` shows which releases "
+            "have a second seed), or --saes FOLDER with a second training of your own.",
+        )
+    templates = {release.by_id[t].template for t in twins.values()}
+    if len(templates) != 1:
+        raise SaelineageError(
+            f"the second-seed twins of release '{cfg.saes}' follow several id patterns: {sorted(templates)}.",
+            "pass --sae-id with one of them.",
+        )
+    return sorted(twins), templates.pop()
 
 
 def _rates_from_json(rates: dict) -> dict[int, dict[str, dict[str, float]]]:

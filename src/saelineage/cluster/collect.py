@@ -29,8 +29,16 @@ class CollectWorker:
         m = self.run.load()
         self.cfg, self.layers = cfg, layers
         self.bos, self.d_sae = m.bos, {l: m.d_sae[l] for l in layers}
-        self.adapter = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, center_residual=m.center_residual)
-        self.saes = resolve_saes(cfg.saes, cfg.model, device=cfg.device, dtype=cfg.dtype, layers=layers)
+        self.adapter = load_model(
+            cfg.model,
+            dtype=cfg.dtype,
+            device=cfg.device,
+            center_residual=m.center_residual,
+            blocks_path=cfg.blocks_path,
+        )
+        self.saes = resolve_saes(
+            cfg.saes, cfg.model, device=cfg.device, dtype=cfg.dtype, layers=layers, choice=cfg.release_choice()
+        )
 
     def shard(self, ids: np.ndarray, index: int, w0: int, w1: int) -> int:
         """Encode and store shard `index` (windows w0..w1-1); returns its token count."""

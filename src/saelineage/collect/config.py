@@ -29,10 +29,19 @@ def format_layers(layers: list[int]) -> str:
 class CollectConfig(ClusterOptions):
     """What `saelineage collect` runs; its hash guards a run directory against mixing configs."""
 
-    model: str = "smollm2"
-    """Preset name (`smollm2`, `gpt2`), local HF folder or hub id."""
+    model: str | None = None
+    """Preset name (`smollm2`, `gpt2`), local HF folder or hub id (default: the release's model with a release
+    name in --saes, else smollm2)."""
     saes: str | None = None
-    """Folder of SAELens/sparsify SAE folders, or a SAELens release name (e.g. gpt2-small-res-jb)."""
+    """Folder of SAELens/sparsify SAE folders, or a SAELens release name (`saelineage releases` lists them)."""
+    sae_id: str | None = None
+    """With a release: the SAE id, or a template with {layer} (e.g. layer_{layer}_width_16k_l0_medium)."""
+    width: str | None = None
+    """With a release: the SAE width to use where it has several (e.g. 16k, 262k)."""
+    l0: str | None = None
+    """With a release: the sparsity variant to use where it has several (e.g. small, medium, big; 105)."""
+    blocks_path: str | None = None
+    """Attribute path of the model's decoder-block list (e.g. model.layers) when it is not found by itself."""
     layers: list[int] | None = field(default=None, metadata=cli(parse=parse_layers, show=format_layers))
     """Layers to encode, e.g. '0-11' or '2,4,6' (default: every layer that has an SAE)."""
     corpus: str = "default"
@@ -66,4 +75,13 @@ class CollectConfig(ClusterOptions):
         d = asdict(self)
         for key in ("device", "extra", "batch_windows", *CLUSTER_FIELDS):
             d.pop(key)
+        for key in ("sae_id", "width", "l0", "blocks_path"):  # unset options leave earlier runs' hashes as they were
+            if d[key] is None:
+                d.pop(key)
         return d
+
+    def release_choice(self):
+        """The `--sae-id` / `--width` / `--l0` choice among a release's SAEs."""
+        from saelineage.saes.resolve import ReleaseChoice
+
+        return ReleaseChoice(sae_id=self.sae_id, width=self.width, l0=self.l0)

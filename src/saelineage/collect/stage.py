@@ -10,6 +10,7 @@ byte-identical to an uninterrupted single-process one.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -82,7 +83,13 @@ def run_collect(
     adapter / saes: an already loaded model adapter and {layer: SAE} instead of loading cfg's."""
     cfg = cfg or CollectConfig()
     from saelineage.models.loading import load_model
-    from saelineage.saes.resolve import resolve_saes
+    from saelineage.models.presets import SMOLLM2
+    from saelineage.saes.resolve import release_model, resolve_saes
+
+    if adapter is None:  # with a release, its model (a different --model is refused before any weights load)
+        cfg = replace(cfg, model=release_model(cfg.saes, cfg.model) or SMOLLM2)
+    elif cfg.model is None:
+        cfg = replace(cfg, model=adapter.name or SMOLLM2)
 
     run = RunDir(run_dir)
     ident = _prepare_run(run, cfg, force)
@@ -98,8 +105,13 @@ def run_collect(
             f"--shard-windows {cfg.shard_windows} is not a multiple of --batch-windows {cfg.batch_windows}.",
             "choose shard windows as a multiple of batch windows.",
         )
-    adapter = adapter or load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, center_residual=cfg.center_residual)
-    saes = saes if saes is not None else resolve_saes(cfg.saes, cfg.model, device=cfg.device, dtype=cfg.dtype)
+    if saes is None:  # SAEs first: a wrong release choice is reported before the model loads
+        saes = resolve_saes(
+            cfg.saes, cfg.model, device=cfg.device, dtype=cfg.dtype, layers=cfg.layers, choice=cfg.release_choice()
+        )
+    adapter = adapter or load_model(
+        cfg.model, dtype=cfg.dtype, device=cfg.device, center_residual=cfg.center_residual, blocks_path=cfg.blocks_path
+    )
     layers = sorted(saes) if cfg.layers is None else sorted(cfg.layers)
     unknown = [l for l in layers if l not in saes]
     if unknown:

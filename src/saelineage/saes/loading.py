@@ -243,6 +243,7 @@ def sae_from_tensors(
         apply_b_dec_to_input=bool(norm["apply_b_dec_to_input"]),
         normalize_activations=str(norm["normalize_activations"]),
         rescale_acts_by_decoder_norm=bool(norm.get("rescale_acts_by_decoder_norm")) and arch == "topk",
+        transcoder=bool(norm.get("transcoder")),
         meta=meta,
     )
 

@@ -7,7 +7,11 @@ scaling into the weights; we copy the resulting tensors into our `SAE`.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,19 @@ def _hub_offline() -> bool:
         os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
         for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
+
+
+# sae_lens inference architectures → how saelineage encodes them. A transcoder's latents are read
+# at its input site exactly like an SAE's; only its decoder writes elsewhere (docs/design.md).
+_ENCODE_AS = {
+    "standard": "standard",
+    "jumprelu": "jumprelu",
+    "topk": "topk",
+    "transcoder": "standard",
+    "skip_transcoder": "standard",
+    "jumprelu_transcoder": "jumprelu",
+    "jumprelu_skip_transcoder": "jumprelu",
+}
 
 
 def load_release(
@@ -69,7 +86,8 @@ def load_release(
             f"the release needs the hub once: run once online (unset HF_HUB_OFFLINE) to cache it, {local_fix}",
         )
     try:
-        sl = SaeLensSAE.from_pretrained(release, sae_id, device=str(device), dtype=dtype_name(to_dtype(dtype)))
+        with shapes_from_hub_cache():
+            sl = SaeLensSAE.from_pretrained(release, sae_id, device=str(device), dtype=dtype_name(to_dtype(dtype)))
     except ValueError as exc:
         raise SaelineageError(
             f"cannot load release '{release}' / '{sae_id}': {exc}", f"check the release name and sae_id, {local_fix}"
@@ -82,6 +100,40 @@ def load_release(
         ) from exc
     overrides = get_config_overrides(release, sae_id) if release in directory else {}
     return _from_saelens_object(sl, release, sae_id, repo_id, folder, overrides or {}, device, to_dtype(dtype))
+
+
+@contextlib.contextmanager
+def shapes_from_hub_cache() -> Iterator[None]:
+    """While open, sae_lens reads safetensors tensor shapes from the local hub cache when the file is there.
+
+    sae_lens's Gemma Scope 2 and CLT config getters ask the hub for a weights file's header by HTTP
+    range request (`get_safetensors_tensor_shapes`), which ignores HF_HUB_OFFLINE and the cache; a
+    cached release would then fail to load offline. A cached file answers from its own header; any
+    other file goes to sae_lens's function unchanged.
+    """
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+
+    original = loaders.get_safetensors_tensor_shapes
+
+    def shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
+        cached = _cached_file(repo_id, filename)
+        if cached is None:
+            return original(repo_id, filename)
+        return safetensors_shapes(Path(cached))
+
+    loaders.get_safetensors_tensor_shapes = shapes
+    try:
+        yield
+    finally:
+        loaders.get_safetensors_tensor_shapes = original
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """{tensor name: shape} from a safetensors file's header (8-byte length + JSON), reading nothing else."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    return {name: info["shape"] for name, info in header.items() if name != "__metadata__"}
 
 
 def _in_hub_cache(repo_id: str, folder: str) -> bool:
@@ -99,21 +151,30 @@ def _from_saelens_object(
 ) -> SAE:
     """Our SAE from a loaded sae_lens SAE (weights already folded by sae_lens)."""
     arch = sl.cfg.architecture()
+    encode_as = _ENCODE_AS.get(arch)
+    if encode_as is None:
+        raise SaelineageError(
+            f"release '{release}' / '{sae_id}' has architecture '{arch}', which saelineage cannot encode.",
+            "use a release of standard (ReLU), JumpReLU or TopK SAEs, or of transcoders "
+            "(`saelineage releases` lists them with their architecture).",
+        )
     w = {n: getattr(sl, n).detach() for n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold") if hasattr(sl, n)}
+    md = sl.cfg.metadata
     norm = {
-        "architecture": arch,
-        "hook_name": sl.cfg.metadata.hook_name,
+        "architecture": encode_as,
+        "hook_name": md.hook_name,
         "k": getattr(sl.cfg, "k", None),
         "apply_b_dec_to_input": sl.cfg.apply_b_dec_to_input,
         "normalize_activations": sl.cfg.normalize_activations,
         "rescale_acts_by_decoder_norm": getattr(sl.cfg, "rescale_acts_by_decoder_norm", False),
+        "transcoder": "transcoder" in arch,
     }
-    if arch not in ("standard", "jumprelu", "topk"):
-        raise SaelineageError(
-            f"release '{release}' / '{sae_id}' has unsupported architecture '{arch}'.",
-            "saelineage encodes standard, jumprelu and topk SAEs.",
-        )
     meta: dict[str, Any] = {"path": None, "format": "saelens", "release": release, "sae_id": sae_id, "repo_id": repo_id}
+    if arch != encode_as:
+        meta["saelens_architecture"] = arch
+    for key in ("hf_hook_name", "hook_name_out", "hf_hook_name_out"):  # where a transcoder writes; HF site names
+        if getattr(md, key, None):
+            meta[key] = getattr(md, key)
     kwargs = sl.cfg.metadata.model_from_pretrained_kwargs or overrides.get("model_from_pretrained_kwargs")
     if kwargs:  # e.g. center_writing_weights=True: the residual stream must be mean-centred to match
         meta["model_from_pretrained_kwargs"] = dict(kwargs)

@@ -1,22 +1,66 @@
-"""Turn the `--saes` option into SAEs per layer: a local folder, a SAELens release, or the default set."""
+"""Turn the `--saes` option into SAEs per layer: a local folder, a SAELens release by name, or the default set.
+
+A release is resolved through its published SAE names (saes/catalog.py): `--sae-id`, `--width`
+and `--l0` pick one stack of SAEs, and each SAE then loads through sae_lens's own loader
+(saes/release.py), which reads its hook from the SAE's config.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from saelineage.errors import SaelineageError
 from saelineage.models.presets import GPT2, GPT2_RELEASE, SMOLLM2
 
-# Public SAELens releases we know the hook layout of: release -> (sae_id template, layers).
-RELEASES = {GPT2_RELEASE: ("blocks.{l}.hook_resid_pre", list(range(12)))}
+
+@dataclass(frozen=True)
+class ReleaseChoice:
+    """Which SAEs of a release to use: an id or a template with `{layer}`, else a width / sparsity / seed."""
+
+    sae_id: str | None = None
+    width: str | None = None
+    l0: str | None = None
+    seed: int = 0
+
+
+def is_folder(spec: str | None) -> bool:
+    return spec is not None and Path(spec).expanduser().exists()
+
+
+def release_model(spec: str | None, model: str | None) -> str | None:
+    """The model to load for SAE source `spec`: the release's model when `spec` is a release (an explicit
+    `model` that names another model is an error naming both, raised before any weights load); `model`
+    otherwise (None: the embedded default)."""
+    if spec is None or is_folder(spec):
+        return model
+    from saelineage.saes import catalog
+
+    release = catalog.get_release(spec)
+    wanted = catalog.hub_model(release.model)
+    if model is None:
+        return wanted
+    if Path(model).expanduser().is_dir():
+        return model  # a local copy: its width is checked against the SAEs when they load
+    given = catalog.hub_model(GPT2 if model == GPT2 else model)
+    if given.lower() != wanted.lower():
+        raise SaelineageError(
+            f"release '{spec}' holds SAEs of model '{release.model}' ({wanted}), but --model is '{model}'.",
+            f"drop --model (the release's model is used), pass --model {wanted}, or a local folder of that model.",
+        )
+    return model
 
 
 def resolve_saes(
-    spec: str | None, model: str, device: str = "cpu", dtype: str = "float32", layers: list[int] | None = None
+    spec: str | None,
+    model: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+    layers: list[int] | None = None,
+    choice: ReleaseChoice | None = None,
 ) -> dict:
     """SAEs keyed by layer for `spec` (folder, release name, or None = the model's default set)."""
     from saelineage.saes.loading import load_saes
-    from saelineage.saes.release import load_release
 
     if spec is None:
         if model == SMOLLM2:
@@ -28,21 +72,23 @@ def resolve_saes(
         else:
             raise SaelineageError(
                 f"no SAEs given for model '{model}'.",
-                "pass --saes FOLDER (SAELens or sparsify format), a SAELens release name, "
-                "or train some first with `saelineage train`.",
+                "pass --saes FOLDER (SAELens or sparsify format), a SAELens release name "
+                "(`saelineage releases --model MODEL` lists them), or train some first with `saelineage train`.",
             )
-    if Path(spec).exists():
+    if is_folder(spec):
         saes = load_saes(spec, device=device, dtype=dtype)
-    elif spec in RELEASES:
-        template, default_layers = RELEASES[spec]
-        saes = {
-            l: load_release(spec, template.format(l=l), device=device, dtype=dtype) for l in (layers or default_layers)
-        }
     else:
-        raise SaelineageError(
-            f"SAE source '{spec}' is neither a folder nor a known release.",
-            f"pass a folder of SAE directories or one of {sorted(RELEASES)}.",
-        )
+        ids = release_ids(spec, layers, choice)
+        from saelineage.saes.release import load_release
+
+        saes = {l: load_release(spec, sid, device=device, dtype=dtype) for l, sid in ids.items()}
+        moved = {l: s.hook.layer for l, s in saes.items() if s.hook.layer != l}
+        if moved:
+            raise SaelineageError(
+                f"release '{spec}': SAE ids name layers {sorted(moved)} but their configs hook layers "
+                f"{sorted(moved.values())}.",
+                "pass --sae-id naming the SAEs of the layers you want.",
+            )
     if layers is not None:
         missing = sorted(set(layers) - set(saes))
         if missing:
@@ -51,3 +97,13 @@ def resolve_saes(
             )
         saes = {l: saes[l] for l in layers}
     return saes
+
+
+def release_ids(spec: str, layers: list[int] | None, choice: ReleaseChoice | None = None) -> dict[int, str]:
+    """{layer: sae id} of release `spec` for the user's choice (one error listing the choices when ambiguous)."""
+    from saelineage.saes import catalog
+
+    c = choice or ReleaseChoice()
+    return catalog.select(
+        catalog.get_release(spec), sae_id=c.sae_id, width=c.width, l0=c.l0, seed=c.seed, layers=layers
+    )

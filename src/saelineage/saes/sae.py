@@ -78,6 +78,9 @@ class SAE:
     normalize_activations: str = "none"
     rescale_acts_by_decoder_norm: bool = False
     """TopK only (sae_lens option): rank and scale pre-activations by each decoder row's norm."""
+    transcoder: bool = False
+    """A transcoder: encodes its input site like an SAE, but W_dec [d_sae, d_out] / b_dec [d_out] write
+    another site (meta['hook_name_out']), so it has no reconstruction of its input."""
     meta: dict[str, Any] = field(default_factory=dict)
     hook: HookPoint = field(init=False)
 
@@ -94,7 +97,13 @@ class SAE:
                 f"use one of {', '.join(NORMALIZATIONS)}.",
             )
         d_in, d_sae = (tuple(self.W_enc.shape) + (None, None))[:2]
-        want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+        d_out = int(self.W_dec.shape[-1]) if self.transcoder and self.W_dec is not None else d_in
+        if self.transcoder and self.apply_b_dec_to_input:
+            raise SaelineageError(
+                f"SAE {where}: a transcoder with apply_b_dec_to_input (its b_dec lives in the output space).",
+                "set apply_b_dec_to_input to false in its config.",
+            )
+        want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
         if self.architecture == "jumprelu":
             want["threshold"] = (d_sae,)
         for name, shape in want.items():
@@ -157,18 +166,19 @@ class SAE:
         )
 
     def validate_for(self, adapter: ModelAdapter) -> None:
-        """Raise SaelineageError when this SAE cannot read `adapter`'s residual stream."""
-        if self.d_in != adapter.d_model:
-            raise SaelineageError(
-                f"SAE for hook {self.hook_name} expects d_in={self.d_in}, but model "
-                f"'{adapter.name or type(adapter.model).__name__}' has d_model={adapter.d_model}.",
-                "use SAEs trained on this model (or pass the model the SAEs were trained on).",
-            )
+        """Raise SaelineageError when this SAE cannot read `adapter` at its hook."""
         if not 0 <= self.hook.layer < adapter.n_layers:
             raise SaelineageError(
                 f"SAE hook {self.hook_name} is on layer {self.hook.layer}, beyond the model's depth "
                 f"({adapter.n_layers} blocks, 0..{adapter.n_layers - 1}).",
                 "use SAEs trained on this model, or drop that layer with --layers.",
+            )
+        width = adapter.width(self.hook)
+        if self.d_in != width:
+            raise SaelineageError(
+                f"SAE for hook {self.hook_name} expects d_in={self.d_in}, but model "
+                f"'{adapter.name or type(adapter.model).__name__}' is {width} wide there.",
+                "use SAEs trained on this model (or pass the model the SAEs were trained on).",
             )
 
     # -- encoding ------------------------------------------------------------------------------
@@ -315,9 +325,10 @@ def sae_hook(name: str, where: Any = "?") -> HookPoint:
         return parse_hook(s, default_kind="resid_pre")
     except SaelineageError as exc:
         raise SaelineageError(
-            f"SAE {where}: hook '{name}' is not a residual-stream hook point.",
-            "saelineage needs SAEs on the residual stream (blocks.L.hook_resid_pre / hook_resid_post, "
-            "or sparsify 'layers.L'); SAEs on attention/MLP outputs are not supported.",
+            f"SAE {where}: hook '{name}' is not a hook point saelineage can read.",
+            "use SAEs on a block's residual stream, attention or MLP output (blocks.L.hook_resid_pre / "
+            "hook_resid_post / hook_attn_out / attn.hook_z / hook_mlp_out), MLP input for transcoders, "
+            "or sparsify 'layers.L'.",
         ) from exc
 
 
