@@ -13,6 +13,7 @@ from saelineage.demo import demo_command
 from saelineage.errors import SaelineageError
 from saelineage.lineage.command import analyze_command, export_command, prompt_command
 from saelineage.progress import console
+from saelineage.saes.releases_command import releases_command
 from saelineage.saes.train_command import train_command
 from saelineage.stats.command import stats_command
 from saelineage.web.command import export_site_command, labels_app, serve_command
@@ -35,6 +36,7 @@ def _root() -> None:
 # stage's config, so building the app (and `--help`) loads no stage code.
 app.command("collect")(collect_command)
 app.command("train")(train_command)
+app.command("releases")(releases_command)
 app.command("stats")(stats_command)
 app.command("ceiling")(ceiling_command)
 app.command("analyze")(analyze_command)

@@ -64,8 +64,13 @@ def load_model(
     dtype: str = "float32",
     device: str = "cpu",
     center_residual: bool | None = None,
+    blocks_path: str | None = None,
 ) -> ModelAdapter:
-    """Load a model by preset name (`smollm2`, `gpt2`), local folder or hub id."""
+    """Load a model by preset name (`smollm2`, `gpt2`), local folder or hub id.
+
+    blocks_path: attribute path of the decoder-block list (e.g. ``model.layers``) for models
+    whose blocks are not found automatically.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -96,4 +101,6 @@ def load_model(
     else:
         identity["revision"] = getattr(model.config, "_commit_hash", None)
     centre = centre_default if center_residual is None else center_residual
-    return ModelAdapter(model=model, tokenizer=tok, center_residual=centre, name=spec, identity=identity)
+    return ModelAdapter(
+        model=model, tokenizer=tok, center_residual=centre, name=spec, identity=identity, blocks_path=blocks_path
+    )

@@ -228,6 +228,8 @@ def _site_of_text(raw: str) -> str | None:
 
 def _architecture(name: str, conversion: str | None) -> str | None:
     text = f"{name} {conversion or ''}".lower()
+    if "transcoder" in text and conversion in ("gemma_3", "gemma_2_transcoder"):
+        return "jumprelu_transcoder"
     for word, arch in (
         ("temporal", "temporal"),
         ("transcoder", "transcoder"),

@@ -82,8 +82,9 @@ def load_release(
     if _hub_offline() and not _in_hub_cache(repo_id, folder):
         raise SaelineageError(
             f"the SAELens release '{release}' ({sae_id}) is not in the local Hugging Face cache, and the hub is "
-            "offline (HF_HUB_OFFLINE=1).",
-            f"the release needs the hub once: run once online (unset HF_HUB_OFFLINE) to cache it, {local_fix}",
+            f"offline (HF_HUB_OFFLINE=1): it would fetch https://huggingface.co/{repo_id} files '{folder}/…' into "
+            f"{_hub_cache_dir()}.",
+            f"run once online (unset HF_HUB_OFFLINE) to cache it, {local_fix}",
         )
     try:
         with shapes_from_hub_cache():
@@ -134,6 +135,14 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
         (n,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(n))
     return {name: info["shape"] for name, info in header.items() if name != "__metadata__"}
+
+
+def _hub_cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return "the Hugging Face cache"
+    return str(constants.HF_HUB_CACHE)
 
 
 def _in_hub_cache(repo_id: str, folder: str) -> bool:

@@ -12,7 +12,7 @@ from saelineage.errors import SaelineageError
 
 def parse_hooks(text: str, kind: str = "resid_pre") -> list[str]:
     """'0-11' / '0,3,5' / 'blocks.3.hook_resid_pre,resid_post.4' -> TransformerLens hook names."""
-    from saelineage.models.hooks import KINDS, parse_hook
+    from saelineage.models.hooks import KINDS, HookPoint, parse_hook
 
     if kind not in KINDS:
         raise SaelineageError(f"unknown --hook-kind '{kind}'.", f"use one of {', '.join(KINDS)}.")
@@ -24,7 +24,7 @@ def parse_hooks(text: str, kind: str = "resid_pre") -> list[str]:
             a, b = (int(s) for s in part.split("-", 1))
             if a > b:
                 raise SaelineageError(f"empty layer range '{part}'.", "write ranges low-high, e.g. '0-11'.")
-            names += [f"blocks.{l}.hook_{kind}" for l in range(a, b + 1)]
+            names += [HookPoint(l, kind).name for l in range(a, b + 1)]
         else:
             names.append(parse_hook(part, default_kind=kind).name)
     if not names:
