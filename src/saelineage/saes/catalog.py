@@ -12,6 +12,7 @@ loaded (saes/release.py), never from a table here.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -123,15 +124,22 @@ class Release:
 
 
 def width_value(text: str | None) -> float:
-    """'16k' → 16384, '1m' → 1048576, '2pow14' → 16384, '24576' → 24576, '8x' → 8 (an expansion factor)."""
+    """Latents a width name stands for: '16k' → 16384, '65k' → 65536, '262k' → 262144, '1m' → 1048576,
+    '2pow14' → 16384, '24576' → 24576; '8x' → 8 (an expansion factor). Releases round powers of two to
+    thousands in their names, so 'Nk' is the power of two nearest N·1000 when N·1024 is not one."""
     if not text:
         return float("inf")
     s = str(text).strip().lower()
-    if s.startswith("2pow"):
-        return float(2 ** int(s[4:]))
-    mult = {"k": 1024, "m": 1024 * 1024, "x": 1}.get(s[-1:], None)
     try:
-        return float(s[:-1]) * mult if mult else float(s)
+        if s.startswith("2pow"):
+            return float(2 ** int(s[4:]))
+        if s[-1:] in ("k", "m"):
+            n = float(s[:-1])
+            exact = n * (1024 if s[-1] == "k" else 1024 * 1024)
+            if exact.is_integer() and int(exact) & (int(exact) - 1) == 0:
+                return exact
+            return float(2 ** round(math.log2(n * (1000 if s[-1] == "k" else 1_000_000))))
+        return float(s[:-1]) if s.endswith("x") else float(s)
     except ValueError:
         return float("inf")
 
