@@ -35,7 +35,7 @@ class CollectConfig(ClusterOptions):
     saes: str | None = None
     """Folder of SAELens/sparsify SAE folders, or a SAELens release name (`saelineage releases` lists them)."""
     sae_id: str | None = None
-    """With a release: the SAE id, or a template with {layer} (e.g. layer_{layer}_width_16k_l0_medium)."""
+    """With a release: an SAE id, or an id template with {layer} (`saelineage releases` shows the choices)."""
     width: str | None = None
     """With a release: the SAE width to use where it has several (e.g. 16k, 262k)."""
     l0: str | None = None

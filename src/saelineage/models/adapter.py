@@ -129,7 +129,7 @@ def hook_site(block: nn.Module, kind: str) -> tuple[nn.Module, str]:
     if kind == "resid_post":
         return block, "output"
     if kind == "attn_z":
-        return _child(block, _MLP_NAMES, "attention"), "output"
+        return _child(_child(block, _ATTN_NAMES, "attention"), _OUT_PROJ_NAMES, "attention output projection"), "input"
     if kind == "attn_out":
         if _is_sandwich(block):
             return _child(block, ("post_attention_layernorm",), "post-attention norm"), "output"
