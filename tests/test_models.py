@@ -27,7 +27,7 @@ def test_parse_hook_names():
     assert parse_hook("7", "resid_pre") == HookPoint(7, "resid_pre")
     assert HookPoint(3, "resid_post").name == "blocks.3.hook_resid_post"
     with pytest.raises(SaelineageError, match="unknown hook"):
-        parse_hook("blocks.3.attn.hook_z")
+        parse_hook("blocks.3.attn.hook_q")
 
 
 def test_residuals_equal_hidden_states(adapter):

@@ -286,7 +286,8 @@ def test_load_release_offline(sl, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SaelineageError) as err:
         load_release("gpt2-small-res-jb", "blocks.3.hook_resid_pre")
-    assert "needs the hub once" in str(err.value) and "local folder" in str(err.value)
+    msg = str(err.value)  # what would be fetched, from where, into which cache; and the offline alternative
+    assert "jbloom/GPT2-Small-SAEs-Reformatted" in msg and "blocks.3.hook_resid_pre" in msg and "local folder" in msg
     with pytest.raises(SaelineageError, match="has no SAE"):
         load_release("gpt2-small-res-jb", "blocks.99.hook_resid_pre")
     with pytest.raises(SaelineageError, match="not a SAELens release"):
@@ -458,6 +459,7 @@ def test_jumprelu_missing_threshold(sl, tmp_path):
 
 def test_validate_for(sl, tmp_path):
     sae = load_sae(_good(sl, tmp_path))  # blocks.2.hook_resid_pre, d_in 16
+
     def adapter(width: int, n_layers: int = 4) -> SimpleNamespace:
         return SimpleNamespace(width=lambda hook: width, n_layers=n_layers, name="tiny", model=None)
 

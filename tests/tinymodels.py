@@ -75,6 +75,7 @@ FAMILIES = (
     "qwen3",
     "mistral",
     "phi3",
+    "phi",
 )
 
 
@@ -129,6 +130,7 @@ def tiny_family(family: str, n_layers: int = 2, d: int = 64, vocab: int = 512, s
         "qwen3": lambda: T.Qwen3Config(**common, head_dim=16),
         "mistral": lambda: T.MistralConfig(**common, sliding_window=None),
         "phi3": lambda: T.Phi3Config(**common),
+        "phi": lambda: T.PhiConfig(**dict(common, num_key_value_heads=None), partial_rotary_factor=0.5),
     }
     cfg = builders[family]()
     cfg.architectures = None

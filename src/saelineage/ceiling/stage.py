@@ -140,7 +140,8 @@ def run_ceiling(
 def _second_seed(manifest, cfg: CeilingConfig) -> tuple[list[int], str]:
     """(layers, id template) of the release's second-seed twins of the run's SAEs (or of `cfg.sae_id`)."""
     from saelineage.saes import catalog
-    from saelineage.saes.resolve import ReleaseChoice, release_ids
+    from saelineage.saes.catalog import ReleaseChoice
+    from saelineage.saes.resolve import release_ids
 
     release = catalog.get_release(cfg.saes)
     if cfg.sae_id is not None:

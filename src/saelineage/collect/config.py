@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from saelineage.cluster.config import CLUSTER_FIELDS, ClusterOptions
 from saelineage.config import cli
+from saelineage.saes.catalog import ReleaseChoice
 
 
 def parse_layers(text: str) -> list[int]:
@@ -80,8 +81,6 @@ class CollectConfig(ClusterOptions):
                 d.pop(key)
         return d
 
-    def release_choice(self):
+    def release_choice(self) -> ReleaseChoice:
         """The `--sae-id` / `--width` / `--l0` choice among a release's SAEs."""
-        from saelineage.saes.resolve import ReleaseChoice
-
         return ReleaseChoice(sae_id=self.sae_id, width=self.width, l0=self.l0)

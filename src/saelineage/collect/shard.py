@@ -56,7 +56,7 @@ def encode_shard(
         b1 = min(b0 + batch_windows, w1)
         res = adapter.residuals(torch.from_numpy(ids[b0:b1]), hooks)
         for l in layers:
-            x = res[saes[l].hook].reshape(-1, adapter.d_model)
+            x = res[saes[l].hook].reshape(-1, adapter.width(saes[l].hook))
             _check_finite(x.view(b1 - b0, window_len, -1), l, np.arange(b0, b1))
             parts[l].append(saes[l].encode_sparse(x.to(saes[l].W_enc.dtype)))
         if on_batch:

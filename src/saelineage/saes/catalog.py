@@ -63,6 +63,16 @@ _NOT_FOR_LINEAGE = {
 
 
 @dataclass(frozen=True)
+class ReleaseChoice:
+    """Which SAEs of a release to use: an id or a template with `{layer}`, else a width / sparsity / seed."""
+
+    sae_id: str | None = None
+    width: str | None = None
+    l0: str | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class CatalogSae:
     """One SAE of a release, as its id and path name it."""
 

@@ -110,9 +110,9 @@ def evaluate_saes(
     """
     hooks = sorted(saes, key=lambda h: (h.order, h.kind))
     skip = 1 if bos else 0
-    d = adapter.d_model
+    d = {h: adapter.width(h) for h in hooks}
     sse = {h: 0.0 for h in hooks}
-    s1 = {h: torch.zeros(d, dtype=torch.float64) for h in hooks}
+    s1 = {h: torch.zeros(d[h], dtype=torch.float64) for h in hooks}
     s2 = {h: 0.0 for h in hooks}
     nnz = {h: 0 for h in hooks}
     fired = {h: torch.zeros(saes[h].d_sae, dtype=torch.bool) for h in hooks}
@@ -121,7 +121,7 @@ def evaluate_saes(
         ids = torch.from_numpy(windows[start : start + batch_windows])
         res = adapter.residuals(ids, hooks)
         for h in hooks:
-            x = res[h][:, skip:].reshape(-1, d).float()
+            x = res[h][:, skip:].reshape(-1, d[h]).float()
             recon, idx, vals = _sae_reconstruct(saes[h], x)
             x = x.to(recon.device)
             sse[h] += float((recon - x).double().pow(2).sum())

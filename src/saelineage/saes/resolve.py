@@ -7,21 +7,11 @@ and `--l0` pick one stack of SAEs, and each SAE then loads through sae_lens's ow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from saelineage.errors import SaelineageError
 from saelineage.models.presets import GPT2, GPT2_RELEASE, SMOLLM2
-
-
-@dataclass(frozen=True)
-class ReleaseChoice:
-    """Which SAEs of a release to use: an id or a template with `{layer}`, else a width / sparsity / seed."""
-
-    sae_id: str | None = None
-    width: str | None = None
-    l0: str | None = None
-    seed: int = 0
+from saelineage.saes.catalog import ReleaseChoice
 
 
 def is_folder(spec: str | None) -> bool:

@@ -121,7 +121,7 @@ class ModelBackend:
             res = rm.adapter.residuals(torch.tensor([ids], dtype=torch.long), [saes[l].hook for l in sorted(saes)])
             out = {}
             for l in sorted(saes):
-                x = res[saes[l].hook].reshape(-1, rm.adapter.d_model).to(saes[l].W_enc.dtype)
+                x = res[saes[l].hook].reshape(-1, rm.adapter.width(saes[l].hook)).to(saes[l].W_enc.dtype)
                 c = saes[l].encode_sparse(x)
                 out[int(l)] = (np.asarray(c.indptr), np.asarray(c.indices), np.asarray(c.values))
         return out
