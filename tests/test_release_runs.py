@@ -181,3 +181,9 @@ def test_release_not_in_the_cache_fails_offline_naming_what_it_needs(hubs, tmp_p
             load_release("pythia-70m-deduped-mlp-sm", "blocks.0.hook_mlp_out")
     msg = str(err.value)
     assert "not in the local Hugging Face cache" in msg and "--saes FOLDER" in msg
+    from saelineage.models.loading import load_model
+
+    with use_hub_cache(hubs("pythia-70m-deduped-res-sm")) as root:
+        with pytest.raises(SaelineageError) as err:
+            load_model("google/gemma-2-9b")
+    assert "https://huggingface.co/google/gemma-2-9b" in err.value.problem and str(root) in err.value.problem

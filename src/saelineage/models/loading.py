@@ -87,10 +87,12 @@ def load_model(
                 f"cannot load a model from {path} ({exc}).",
                 "point to a Hugging Face model folder (config.json + weights).",
             ) from exc
+        from huggingface_hub import constants
+
         raise SaelineageError(
             f"model '{spec}' is not a local folder and could not be fetched from the Hugging Face hub"
             + (" (HF_HUB_OFFLINE=1)" if offline else "")
-            + ".",
+            + f": it needs https://huggingface.co/{path} (config, weights, tokenizer) in {constants.HF_HUB_CACHE}.",
             "connect to the internet once to cache it, or pass a local model folder; "
             "the embedded default needs no network: --model smollm2.",
         ) from exc
