@@ -24,6 +24,10 @@ ODD = {
     CollectConfig: dict(
         model="m",
         saes="s",
+        sae_id="layer_{layer}_width_16k_l0_small",
+        width="16k",
+        l0="small",
+        blocks_path="model.decoder.layers",
         layers=[0, 2, 3],
         corpus="c.txt",
         text_column="body",
@@ -89,7 +93,9 @@ ODD = {
         bootstrap_groups=16,
         community_bootstrap=5,
     ),
-    CeilingConfig: dict(saes="second", tokens=1000, batch_windows=8),
+    CeilingConfig: dict(
+        saes="second", sae_id="layer_{layer}_width_262k_l0_medium_seed_1", tokens=1000, batch_windows=8
+    ),
     AblateConfig: dict(
         measures=["jaccard", "pearson"],
         bins=5,

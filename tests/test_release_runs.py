@@ -36,12 +36,18 @@ DEPTH = {
     "gemma-scope-2b-pt-res-canonical": 2,
     "llama_scope_lxr_8x": 32,
     "pythia-70m-deduped-res-sm": 6,
+    "sae_bench_pythia70m_sweep_topk_ctx128_0730": 6,
 }
 ALSO = {"gemma-scope-2-270m-pt-res-all": ["gemma-scope-2-270m-pt-res"]}  # the seed twins share the model
-LAYERS = {"gemma-scope-2b-pt-res-canonical": "0,1"}
+LAYERS = {"gemma-scope-2b-pt-res-canonical": "0,1", "sae_bench_pythia70m_sweep_topk_ctx128_0730": "3,4"}
+# Releases run beside the README's systems: a dictionary_learning release (SAEBench TopK sweep, layers 3 and 4)
+MORE_COMMANDS = [
+    "saelineage collect runs/saebench --saes sae_bench_pythia70m_sweep_topk_ctx128_0730 "
+    "--sae-id blocks.{layer}.hook_resid_post__trainer_0"
+]
 # The later stages on these runs too; Gemma Scope (1) is left to the codes check, since its full-size 16,384-wide
 # layers make the stats stage's d² sweep the slowest thing in the suite without testing anything more.
-PIPELINE = {"gpt2-small-res-jb", "gemma-scope-2-270m-pt-res-all", "llama_scope_lxr_8x", "pythia-70m-deduped-res-sm"}
+PIPELINE = set(DEPTH) - {"gemma-scope-2b-pt-res-canonical"}
 
 
 def readme_commands() -> list[str]:
@@ -84,7 +90,7 @@ def invoke(args: list[str]) -> None:
 
 
 def test_readme_names_the_five_systems():
-    assert [release_of(c) for c in readme_commands()] == list(DEPTH)
+    assert [release_of(c) for c in readme_commands() + MORE_COMMANDS] == list(DEPTH)
 
 
 def assert_codes_equal_sae_lens(run: RunDir, release: str) -> None:
@@ -116,7 +122,7 @@ def assert_codes_equal_sae_lens(run: RunDir, release: str) -> None:
         assert n_checked > 0, f"layer {l}: no code fired, the comparison would be empty"
 
 
-@pytest.mark.parametrize("command", readme_commands(), ids=release_of)
+@pytest.mark.parametrize("command", readme_commands() + MORE_COMMANDS, ids=release_of)
 def test_readme_command_runs_offline_and_equals_sae_lens(command, hubs, corpus, tmp_path, no_network):
     from saelineage.testing.hub import use_hub_cache
 
