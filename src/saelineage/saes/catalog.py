@@ -15,7 +15,7 @@ import difflib
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
@@ -46,6 +46,7 @@ _L0 = (
 # Llama Scope's sublayer letter after the layer (L12R: residual stream, A: attention, M: MLP, TC: transcoder)
 _SUBLAYER = re.compile(r"L\d+(R|A|M|TC)\b|L\d+(R|A|M|TC)-")
 _SUBLAYER_SITES = {"R": "resid_post", "A": "attn_out", "M": "mlp_out", "TC": "transcoder"}
+_RELEASE_WIDTH = re.compile(r"[-_]w(\d+[km])(?:[-_]|$)", re.IGNORECASE)
 _SEED = re.compile(r"[_-]seed[_-]?(\d+)")
 _HOOK_SITES = (
     ("hook_resid_pre", "resid_pre"),
@@ -283,6 +284,9 @@ def releases() -> dict[str, Release]:
     out: dict[str, Release] = {}
     for name, entry in _directory().items():
         saes = tuple(parse_sae(sid, str(path), entry.expected_l0.get(sid)) for sid, path in entry.saes_map.items())
+        named = _RELEASE_WIDTH.search(name)
+        if named and not any(s.width for s in saes):  # one width for the whole release, in its name (-w32k-)
+            saes = tuple(replace(s, width=named.group(1).lower()) for s in saes)
         arch = _architecture(name, entry.conversion_func)
         unusable = _NOT_FOR_LINEAGE.get(arch or "") or _NOT_FOR_LINEAGE.get(entry.conversion_func or "")
         out[name] = Release(
