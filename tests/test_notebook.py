@@ -160,3 +160,35 @@ def test_quickstart_notebook_runs(sample, tmp_path):
     assert any('class="saelineage-card"' in h for h in html)  # the feature card rendered
     assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)  # the graph figure
     assert any("imported without a model" in o.get("text", "") for o in outputs)  # the prompt cell said why not
+
+
+def test_neighbours_keep_ablation_columns_that_the_first_row_lacks(sample, tmp_path):
+    """A feature whose strongest neighbour was not ablated but a later one was: the card's frame has the
+    later row's ablation_* columns (the frame's columns once came from its first row alone)."""
+    import shutil
+
+    import pyarrow as pa
+
+    path = tmp_path / "run"
+    shutil.copytree(sample.path, path)
+    edges = pq.read_table(path / "edges.parquet").to_pandas()
+    out = edges[(edges.src_layer == 0) & (edges.src == 0)].sort_values(
+        ["jaccard", "dst_layer", "dst"], ascending=[False, True, True]
+    )
+    assert len(out) >= 2
+    second = out.iloc[1]
+    pq.write_table(
+        pa.table(
+            {
+                "src_layer": [0],
+                "src": [0],
+                "dst_layer": [int(second.dst_layer)],
+                "dst": [int(second.dst)],
+                "mean_drop": [0.25],
+            }
+        ),  # fmt: skip
+        path / "ablations.parquet",
+    )
+    down = saelineage.Run(path).feature(0, 0).downstream
+    assert "ablation_mean_drop" in down.columns
+    assert pd.isna(down["ablation_mean_drop"].iloc[0]) and down["ablation_mean_drop"].iloc[1] == 0.25

@@ -56,8 +56,10 @@ def _rows_frame(rows: list[dict[str, Any]], frames: str, columns: Sequence[str] 
     """A DataFrame of dict rows (the browser's records); `columns` when there are none."""
     if not rows:
         return _frame(pa.table({c: pa.array([], pa.null()) for c in columns}), frames)
+    # every row gets every column: from_pylist takes its columns from the first row, and a neighbour
+    # with an ablation result after one without would otherwise lose (or fail on) its ablation_* columns
     names = list(dict.fromkeys(k for r in rows for k in r))
-    return _frame(pa.Table.from_pylist(rows, schema=None).select(names), frames)
+    return _frame(pa.Table.from_pylist([{k: r.get(k) for k in names} for r in rows]), frames)
 
 
 @dataclass
