@@ -20,9 +20,9 @@ after every variant, so an interrupted study keeps what it finished; a variant a
 skipped unless --redo.
 
     python benchmarks/study_seed_ceiling.py --quick                    # smoke run, a few minutes
-    python benchmarks/study_seed_ceiling.py --out /work/study/results.json --budget-min 70
+    python benchmarks/study_seed_ceiling.py --out study/results.json --budget-min 70
     python benchmarks/study_seed_ceiling.py --only e4_t200k,relu       # some variants
-    python benchmarks/study_seed_ceiling.py --plot /work/study/results.json --figures docs/figures
+    python benchmarks/study_seed_ceiling.py --plot study/results.json --figures docs/figures
 """
 
 from __future__ import annotations
@@ -554,7 +554,7 @@ def main() -> None:
     if args.only:
         names = args.only.split(",")
         plan = [v for v in plan if v.name in names]
-    out = args.out or Path("/work/study/results_quick.json" if args.quick else "/work/study/results.json")
+    out = args.out or Path("/work/study/results_quick.json" if args.quick else "study/results.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.exists() else {"variants": {}}
     held = args.heldout_tokens or (6_000 if args.quick else 50_000)
