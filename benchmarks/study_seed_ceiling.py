@@ -533,7 +533,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny token budgets, a few minutes")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (merged after every variant)")
-    ap.add_argument("--cache", type=Path, default=Path("/work/study/cache"), help="cached residuals")
+    ap.add_argument("--cache", type=Path, default=Path("study/cache"), help="cached residuals")
     ap.add_argument("--heldout-tokens", type=int, default=None, help="matching tokens (default 50,000; quick 6,000)")
     ap.add_argument("--max-train-tokens", type=int, default=None, help="residuals cached for training (650,000)")
     ap.add_argument("--only", default=None, help="comma-separated variant names of the plan")
@@ -554,7 +554,7 @@ def main() -> None:
     if args.only:
         names = args.only.split(",")
         plan = [v for v in plan if v.name in names]
-    out = args.out or Path("/work/study/results_quick.json" if args.quick else "study/results.json")
+    out = args.out or Path("study/results_quick.json" if args.quick else "study/results.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.exists() else {"variants": {}}
     held = args.heldout_tokens or (6_000 if args.quick else 50_000)
