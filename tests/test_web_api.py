@@ -186,6 +186,8 @@ def test_lists_and_search(client):
     assert all(0 <= r["agreement"]["pearson"] <= 1 and r["n_matched"] <= r["n_live"] for r in sm["pairs"])
     page = client.get("/").text
     assert 'id="sae-match-table"' in page and "0 → 1" in page
+    # the headline (the lifecycle chart) comes before the run's provenance (the SAE table)
+    assert page.index('id="lifecycle-chart"') < page.index('id="sae-table"')
     cs = client.get("/api/communities?limit=5").json()
     sizes = [r["size"] for r in cs["rows"]]
     assert sizes == sorted(sizes, reverse=True)
