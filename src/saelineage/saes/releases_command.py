@@ -16,14 +16,13 @@ def releases_command(
         "--site",
         help="Only releases reading this site: resid_pre, resid_mid, resid_post, mlp_out, attn_out, transcoder.",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per release instead of a table."),
+    as_json: bool = typer.Option(False, "--json", help="Print the releases as a JSON list."),
     all_releases: bool = typer.Option(False, "--all", help="Also list releases that cannot feed lineage."),
 ) -> None:
     """List SAELens releases with their layers, site, widths, sparsity variants and second seeds.
 
-    Sites, widths and variants are read from the names each release publishes; the hook of each
-    SAE comes from its own config when `collect --saes RELEASE` loads it.
-    """
+    Sites, widths and variants are read from the names each release publishes; the hook of each SAE comes from its own config when `collect --saes RELEASE` loads it.
+    """  # noqa: E501 - one line per paragraph: the terminal wraps it, a hard wrap would break mid-sentence
     import json
 
     from rich.console import Console
