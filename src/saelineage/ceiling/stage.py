@@ -74,11 +74,12 @@ def run_ceiling(
     from saelineage.collect.config import CollectConfig
     from saelineage.collect.stage import run_collect
     from saelineage.config import config_from_dict
+    from saelineage.saes.resolve import is_folder
 
     run = RunDir(run_dir)
     manifest = run.require("collect")
     release = (manifest.config or {}).get("saes")
-    if not cfg.saes and release and not Path(release).expanduser().exists():
+    if not cfg.saes and release and not is_folder(release):
         cfg = replace(cfg, saes=release)  # a run of a release: its published second seed
     if not cfg.saes:
         raise SaelineageError("no second SAE set given.", "pass --saes FOLDER (e.g. from `saelineage train --seed 1`).")
@@ -97,7 +98,7 @@ def run_ceiling(
         return CeilingResult(run, _rates_from_json(prev.get("rates", {})), True)
     base = config_from_dict(CollectConfig, manifest.config)
     work = run.path / contract.CEILING_CODES
-    twin_layers, twin_template = (None, None) if Path(cfg.saes).expanduser().exists() else _second_seed(manifest, cfg)
+    twin_layers, twin_template = (None, None) if is_folder(cfg.saes) else _second_seed(manifest, cfg)
     second = replace(base, saes=cfg.saes, layers=twin_layers, sae_id=twin_template,
                      width=None, l0=None, max_tokens=cfg.tokens, batch_windows=cfg.batch_windows,
                      shard_windows=cfg.batch_windows * max(1, base.shard_windows // cfg.batch_windows),
@@ -151,7 +152,7 @@ def _second_seed(manifest, cfg: CeilingConfig) -> tuple[list[int], str]:
         ids = {l: i for l, i in ids.items() if i and (manifest.saes[l].get("release") == cfg.saes)}
     twins = {}
     for l, sid in ids.items():
-        twin = sid if release.by_id.get(sid) and release.by_id[sid].seed > 0 else catalog.seed_twin(release, sid)
+        twin = catalog.seed_twin(release, sid)
         if twin is not None and l in manifest.layers:
             twins[l] = twin
     if not twins:

@@ -215,8 +215,9 @@ def parse_sae(sae_id: str, path: str, expected_l0: float | None = None) -> Catal
 def _site(name: str, saes: tuple[CatalogSae, ...]) -> str | None:
     """The site most of the release's SAEs name (a TransformerLens hook in the id, else words of the names)."""
     votes: dict[str, int] = {}
+    by_name = _site_of_text(name)
     for s in saes:
-        site = _site_of_text(f"{s.sae_id} {s.path}") or _site_of_text(name)
+        site = _site_of_text(f"{s.sae_id} {s.path}") or by_name
         if site:
             votes[site] = votes.get(site, 0) + 1
     return max(votes, key=lambda k: votes[k]) if votes else None
@@ -461,10 +462,13 @@ def _by_template(release: Release, sae_id: str, want: list[int] | None) -> dict[
 
 
 def seed_twin(release: Release, sae_id: str, seed: int = 1) -> str | None:
-    """The id of the same SAE trained with another seed (`…_seed_1`), or None when the release has none."""
+    """The id of the same SAE trained with another seed (`…_seed_1`; the id itself when it names a seed
+    already), or None when the release has none."""
     base = release.by_id.get(sae_id)
     if base is None:
         return None
+    if base.seed > 0:
+        return sae_id
     stem = _SEED.sub("", sae_id)
     for s in release.saes:
         if s.seed == seed and _SEED.sub("", s.sae_id) == stem:

@@ -32,7 +32,7 @@ def release_model(spec: str | None, model: str | None) -> str | None:
         return wanted
     if Path(model).expanduser().is_dir():
         return model  # a local copy: its width is checked against the SAEs when they load
-    given = catalog.hub_model(GPT2 if model == GPT2 else model)
+    given = catalog.hub_model(model)
     if given.lower() != wanted.lower():
         raise SaelineageError(
             f"release '{spec}' holds SAEs of model '{release.model}' ({wanted}), but --model is '{model}'.",
