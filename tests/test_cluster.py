@@ -24,7 +24,6 @@ from saelineage import contract
 from saelineage.causal.config import AblateConfig
 from saelineage.causal.stage import run_ablate
 from saelineage.cluster.session import require_ray
-from saelineage.cluster.stats import merge_units, part_path, run_unit, split_units
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
 from saelineage.data.finalize import partial_path
@@ -32,6 +31,7 @@ from saelineage.errors import SaelineageError
 from saelineage.run import RunDir
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.engine import plan, run_passes
+from saelineage.stats.ray import merge_units, part_path, run_unit, split_units
 from saelineage.stats.stage import run_stats, stats_setup
 from saelineage.testing.planted import build_planted_run
 
@@ -208,7 +208,7 @@ def test_stats_on_ray_equals_one_process_and_resumes(system, single, local_ray, 
     assert not (run / contract.STATS_PARTS).exists()
 
     # a rerun after a failure skips the units already saved
-    from saelineage.cluster import stats as cs
+    from saelineage.stats import ray as cs
 
     st = stats_setup(run, StatsConfig(**STATS))
     opts = RunDir(run).load().stage("stats")["options"]

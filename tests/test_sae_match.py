@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_stats_oracle import pair_oracle, synthetic_codes, to_csr
 
-from saelineage.data.importer import load_threshold, write_run
+from saelineage.data.importer import write_run
+from saelineage.saes.run_weights import load_threshold
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.sae_match import agreement, fold, match_layers
 from saelineage.stats.stage import run_stats

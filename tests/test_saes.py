@@ -326,7 +326,7 @@ def test_load_release_from_hub_cache(sl, tmp_path, monkeypatch):
     assert torch.equal(sae.encode_dense(x), load_sae(folder).encode_dense(x))
     # a run collected with the release finds its decoder for dec_cosine (no local path in the manifest)
     from saelineage.contract import new_manifest
-    from saelineage.data.importer import load_decoder
+    from saelineage.saes.run_weights import load_decoder
     from saelineage.run import RunDir
 
     run = RunDir(tmp_path / "run")

@@ -8,10 +8,11 @@ import pytest
 import scipy.sparse as sp
 
 from saelineage.contract import new_manifest
-from saelineage.data.importer import load_decoder, write_run
+from saelineage.data.importer import write_run
 from saelineage.data.store import iter_shards, list_shards, read_shard
 from saelineage.errors import SaelineageError
 from saelineage.run import RunDir
+from saelineage.saes.run_weights import load_decoder
 
 FEATURE_COLUMNS = ["layer", "feature", "n_active", "density", "act_sum", "act_sumsq", "act_max"]
 EXAMPLE_COLUMNS = ["layer", "feature", "rank", "value", "window", "pos"]

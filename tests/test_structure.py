@@ -20,29 +20,22 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def lazy_exports(tree: ast.Module) -> set[ast.AST]:
-    """Import nodes inside the top-level package's module `__getattr__` (PEP 562): `saelineage.Run` is
-    loaded on attribute access, never while a module is being imported, so it cannot take part in an
-    import cycle, and every module may import `saelineage` for `__version__`."""
-    return {
-        n
-        for f in tree.body
-        if isinstance(f, ast.FunctionDef) and f.name == "__getattr__"
-        for n in ast.walk(f)
-        if isinstance(n, (ast.Import, ast.ImportFrom))
-    }
+def lazy_modules() -> list[str]:
+    """The modules behind the top-level package's public names (`saelineage._LAZY`, loaded on
+    first access by its `__getattr__`): edges of the import graph like any import, since the
+    top-level package sits above every other."""
+    return sorted(set(saelineage._LAZY.values()))
 
 
 def imports(path: Path, name: str, known: dict[str, Path]) -> list[tuple[str, str, int]]:
-    """(target module, imported name, line) of every saelineage import in the file, at any depth
-    (the top-level package's lazy exports aside, see `lazy_exports`)."""
+    """(target module, imported name, line) of every saelineage import in the file, at any depth;
+    for the top-level package, also the modules of its lazy exports (`lazy_modules`)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out = []
     tree = ast.parse(path.read_text())
-    skip = lazy_exports(tree) if path == ROOT / "__init__.py" else set()
+    if path == ROOT / "__init__.py":
+        out += [(m, "", 0) for m in lazy_modules()]
     for node in ast.walk(tree):
-        if node in skip:
-            continue
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -131,20 +124,22 @@ def test_no_private_names_across_modules():
     assert bad == []
 
 
-def test_top_level_package_exports_run_lazily():
-    """`saelineage.Run` works, but `import saelineage` does not load the notebook API (nor pandas)."""
+def test_top_level_package_exports_lazily():
+    """`from saelineage import run_collect, CollectConfig, Run, ...` works for every public name,
+    but `import saelineage` loads none of them, nor torch, numba, pandas or pyarrow."""
     import subprocess
     import sys
 
+    heavy = ("torch", "numba", "pandas", "pyarrow", "typer", "saelineage.notebook.run", "saelineage.collect.stage")
     code = (
-        "import sys, saelineage; assert 'saelineage.notebook.run' not in sys.modules; "
-        "assert 'pandas' not in sys.modules; from saelineage import Run; "
+        f"import sys, saelineage; loaded = [m for m in {heavy!r} if m in sys.modules]; "
+        "assert not loaded, loaded; "
+        "assert all(getattr(saelineage, n).__module__ == m for n, m in saelineage._LAZY.items()); "
+        "from saelineage import Run, run_collect, CollectConfig; "
         "assert Run.__module__ == 'saelineage.notebook.run'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-    tree = ast.parse((ROOT / "__init__.py").read_text())
-    assert lazy_exports(tree), "the lazy export is found"
-    assert all(isinstance(n, ast.ImportFrom) and n.module == "saelineage.notebook.run" for n in lazy_exports(tree))
+    assert set(lazy_modules()) >= {"saelineage.notebook.run", "saelineage.collect.stage"}
 
 
 def test_package_inits_import_nothing():
@@ -160,3 +155,78 @@ def test_package_inits_import_nothing():
             and not (isinstance(n, ast.ImportFrom) and n.module == "__future__")
         ]
         assert code == [], f"{p.relative_to(ROOT)} holds code besides its docstring"
+
+
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "version"),
+    ("progress", "contract"),
+    ("config",),
+    ("stage configs",),
+    ("hints",),
+    ("run",),
+    ("feature_table",),
+    ("models", "cluster"),
+    ("data",),
+    ("saes",),
+    ("run_model",),
+    ("collect", "stats", "causal"),
+    ("ceiling",),
+    ("query",),
+    ("lineage",),
+    ("notebook", "web"),
+    ("demo", "testing"),
+    ("cli",),
+    ("saelineage",),
+)
+"""The package layering, bottom first (docs/design.md §2). A unit imports only units of lower
+layers: units of one layer are independent of each other. A unit is a package, or a module at
+the top level; each stage's `config` module is the stage's command-line contract and sits low, in
+"stage configs", so that fix lines (hints) can print any stage's command."""
+
+STAGE_CONFIGS = {"collect", "stats", "causal", "ceiling", "lineage", "web"}
+"""Packages whose `config` module belongs to the "stage configs" unit."""
+
+
+def unit_of(module: str) -> str:
+    """The layering unit of a module name (see LAYERS)."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "saelineage"
+    if len(parts) == 3 and parts[1] in STAGE_CONFIGS and parts[2] == "config":
+        return "stage configs"
+    return parts[1]
+
+
+def layering_violations(g: dict[str, set[str]], layers: tuple[tuple[str, ...], ...]) -> list[str]:
+    """Each import of module graph `g` that runs from a unit to one of the same or a higher layer,
+    and each unit missing from `layers`."""
+    rank = {u: k for k, layer in enumerate(layers) for u in layer}
+    bad = sorted({f"{unit_of(m)} is in no layer" for m in g if unit_of(m) not in rank})
+    for m, targets in sorted(g.items()):
+        for t in sorted(targets):
+            a, b = unit_of(m), unit_of(t)
+            if a != b and a in rank and b in rank and rank[b] >= rank[a]:
+                bad.append(f"{m} ({a}) imports {t} ({b}): a layer up or sideways")
+    return bad
+
+
+def test_layering_checker_finds_planted_violations():
+    g = {
+        "saelineage.errors": set(),
+        "saelineage.run": {"saelineage.errors"},
+        "saelineage.stats.engine": {"saelineage.run", "saelineage.collect.stage"},  # sideways
+        "saelineage.collect.stage": {"saelineage.collect.config"},
+        "saelineage.collect.config": {"saelineage.run"},  # up: stage configs sit below run
+        "saelineage.mystery": set(),
+    }
+    layers = (("errors",), ("stage configs",), ("run",), ("collect", "stats"))
+    assert layering_violations(g, layers) == [
+        "mystery is in no layer",
+        "saelineage.collect.config (stage configs) imports saelineage.run (run): a layer up or sideways",
+        "saelineage.stats.engine (stats) imports saelineage.collect.stage (collect): a layer up or sideways",
+    ]
+
+
+def test_packages_depend_one_way():
+    """No import (inside functions included) runs back up the layering of LAYERS."""
+    assert layering_violations(graph(), LAYERS) == []

@@ -1,25 +1,52 @@
 """saelineage: trace how SAE features connect across the layers of a language model.
 
-`saelineage.Run(path)` explores a finished run from Python (saelineage.notebook.run); it is loaded
-on first access, so `import saelineage` (and the command line) stays cheap.
+The whole pipeline from Python, in the names the command line uses::
+
+    from saelineage import CollectConfig, run_collect, run_stats, run_analyze, Run
+
+    run_collect("runs/r", CollectConfig(max_tokens=20_000))
+    run_stats("runs/r")
+    run_analyze("runs/r")
+    Run("runs/r").feature(3, 120)
+
+Each name is imported on first access (PEP 562), so `import saelineage` (and the command line)
+stays cheap: torch, numba and the stages load only when used.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import import_module
 
-try:
-    __version__ = version("saelineage")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+src"
+from saelineage.errors import SaelineageError
+from saelineage.version import __version__
 
-from saelineage.errors import SaelineageError  # noqa: E402
+_LAZY = {
+    "Run": "saelineage.notebook.run",
+    "RunDir": "saelineage.run",
+    "CollectConfig": "saelineage.collect.config",
+    "StatsConfig": "saelineage.stats.config",
+    "AnalyzeConfig": "saelineage.lineage.config",
+    "AblateConfig": "saelineage.causal.config",
+    "CeilingConfig": "saelineage.ceiling.config",
+    "ServeConfig": "saelineage.web.config",
+    "run_collect": "saelineage.collect.stage",
+    "run_stats": "saelineage.stats.stage",
+    "run_analyze": "saelineage.lineage.stage",
+    "run_ablate": "saelineage.causal.stage",
+    "run_ceiling": "saelineage.ceiling.stage",
+    "write_run": "saelineage.data.importer",
+}
+"""Public name → the module that defines it."""
 
-__all__ = ["Run", "SaelineageError", "__version__"]
+__all__ = ["SaelineageError", "__version__", *_LAZY]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - module __getattr__ (PEP 562)
-    """`saelineage.Run`, imported on first access (PEP 562), not at `import saelineage`."""
-    if name == "Run":
-        from saelineage.notebook.run import Run
-
-        return Run
+def __getattr__(name: str) -> object:
+    """A public name, imported from its module on first access."""
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value  # later accesses skip this function
+        return value
     raise AttributeError(f"module 'saelineage' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

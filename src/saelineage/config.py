@@ -44,6 +44,23 @@ class CliForm:
     """Not a command-line option (set from Python only)."""
 
 
+@dataclass
+class ClusterOptions:
+    """Where a stage runs: this process (default) or a Ray cluster. The configs of the stages that
+    can run on Ray (collect, stats, ablate) inherit these fields."""
+
+    ray: str | None = None
+    """Run on Ray: a cluster's address (host:port, or 'auto' inside a cluster), or 'local' to start
+    Ray on this machine. Every node must see the run directory at the same path (a shared
+    filesystem); needs `pip install 'saelineage[ray]'`."""
+    ray_workers: int | None = None
+    """Ray workers at once (default: one per GPU with --device cuda, else one per CPU of the cluster)."""
+
+
+CLUSTER_FIELDS = ("ray", "ray_workers")
+"""Fields that say where a stage runs, never what it computes (left out of identity hashes)."""
+
+
 def cli(**kw: Any) -> dict[str, CliForm]:
     """Field metadata: ``field(default=..., metadata=cli(flag="--examples"))``."""
     return {"cli": CliForm(**kw)}
@@ -75,6 +92,16 @@ def field_docs(cls: type) -> dict[str, str]:
             ):
                 docs[a.target.id] = " ".join(b.value.value.split())
     return docs
+
+
+def command_help(doc: str | None) -> str:
+    """A command's docstring as typer help: the hard-wrapped lines of each paragraph joined into
+    one, and rich markup escaped. typer (rich markup mode) keeps single line breaks, so lines
+    wrapped at 100 columns came out ragged in narrower terminals, and '[i]' vanished as a tag."""
+    from rich.markup import escape
+
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(escape(" ".join(p.split())) for p in paragraphs if p.strip())
 
 
 def default_of(f: dataclasses.Field) -> Any:

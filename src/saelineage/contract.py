@@ -209,7 +209,7 @@ def new_manifest(
 
     n_tokens defaults to n_windows × window; `optional` sets the other Manifest fields (an unknown
     name is a TypeError)."""
-    from saelineage import __version__
+    from saelineage.version import __version__
 
     layers = sorted(int(l) for l in layers)
     d_sae = {int(l): int(d) for l, d in d_sae.items()}

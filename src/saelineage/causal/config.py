@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from saelineage.cluster.config import ClusterOptions
-from saelineage.config import cli
+from saelineage.config import ClusterOptions, cli
 from saelineage.errors import SaelineageError
 
 

@@ -31,7 +31,7 @@ from saelineage.causal.window_choice import (
     window_rank,
 )
 from saelineage.causal.work import PART_COUNTS, PART_INFO, ablate_part, error_projections
-from saelineage.cluster.config import CLUSTER_FIELDS
+from saelineage.config import CLUSTER_FIELDS
 from saelineage.errors import SaelineageError
 from saelineage.progress import console
 from saelineage.progress import progress as make_progress
@@ -127,7 +127,7 @@ def run_ablate(
         with make_progress(transient=not progress) as bar:
             task = bar.add_task("ablate", total=len(blocks), completed=len(blocks) - len(todo), rate="")
             if cfg.ray:
-                from saelineage.cluster.ablate import ablate_on_ray
+                from saelineage.causal.ray import ablate_on_ray
 
                 info["ray"], hidden = ablate_on_ray(run, cfg, threshold, todo, lambda: bar.advance(task))
             else:

@@ -126,7 +126,8 @@ def dispatch(
     call: Callable[[Any, Any], Any],
     on_done: Callable[[Any, Any], None],
 ) -> list[Any]:
-    """Run every job on a pool of `n_workers` actors, one job per actor at a time.
+    """Run every job on a pool of `n_workers` workers, one job per worker at a time. A worker is
+    an actor, or any token standing for a slot when jobs are stateless tasks (`make_worker=object`).
 
     call(actor, job) returns an object ref; on_done(job, result) runs in the driver as each job
     finishes. A job whose actor died (its node was lost) goes back to the queue and the surviving

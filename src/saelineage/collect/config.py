@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from saelineage.cluster.config import CLUSTER_FIELDS, ClusterOptions
-from saelineage.config import cli
-from saelineage.saes.catalog import ReleaseChoice
+from saelineage.config import CLUSTER_FIELDS, ClusterOptions, cli
 
 
 def parse_layers(text: str) -> list[int]:
@@ -80,7 +78,3 @@ class CollectConfig(ClusterOptions):
             if d[key] is None:
                 d.pop(key)
         return d
-
-    def release_choice(self) -> ReleaseChoice:
-        """The `--sae-id` / `--width` / `--l0` choice among a release's SAEs."""
-        return ReleaseChoice(sae_id=self.sae_id, width=self.width, l0=self.l0)

@@ -84,6 +84,7 @@ def run_collect(
     cfg = cfg or CollectConfig()
     from saelineage.models.loading import load_model
     from saelineage.models.presets import SMOLLM2
+    from saelineage.saes.catalog import ReleaseChoice
     from saelineage.saes.resolve import release_model, resolve_saes
 
     if adapter is None:  # with a release, its model (a different --model is refused before any weights load)
@@ -107,7 +108,12 @@ def run_collect(
         )
     if saes is None:  # SAEs first: a wrong release choice is reported before the model loads
         saes = resolve_saes(
-            cfg.saes, cfg.model, device=cfg.device, dtype=cfg.dtype, layers=cfg.layers, choice=cfg.release_choice()
+            cfg.saes,
+            cfg.model,
+            device=cfg.device,
+            dtype=cfg.dtype,
+            layers=cfg.layers,
+            choice=ReleaseChoice(sae_id=cfg.sae_id, width=cfg.width, l0=cfg.l0),
         )
     adapter = adapter or load_model(
         cfg.model, dtype=cfg.dtype, device=cfg.device, center_residual=cfg.center_residual, blocks_path=cfg.blocks_path
@@ -196,7 +202,7 @@ def run_collect(
 
         spans = {i: (i * cfg.shard_windows, min((i + 1) * cfg.shard_windows, n_windows)) for i in todo}
         if cfg.ray:
-            from saelineage.cluster.collect import collect_on_ray
+            from saelineage.collect.ray import collect_on_ray
 
             info["ray"] = collect_on_ray(run, cfg, ids, spans, layers, advance)
         else:

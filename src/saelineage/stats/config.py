@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from saelineage.cluster.config import ClusterOptions
-from saelineage.config import cli
+from saelineage.config import ClusterOptions, cli
+from saelineage.contract import DATA_MEASURES, PRIMARY
 from saelineage.errors import SaelineageError
-from saelineage.stats.measures import MEASURES, PRIMARY
 
 DEFAULT_KEEP = {"sufficiency": 0.99, "necessity": 0.99}
 """Keep every supported pair with P(j|i) or P(i|j) >= 0.99 besides the top-k, so that
@@ -37,7 +36,7 @@ def _keep_item(text: str) -> tuple[str, float]:
 
 
 def _primary(text: str) -> tuple[str, ...]:
-    return MEASURES if text.strip() == "all" else tuple(m.strip() for m in text.split(",") if m.strip())
+    return DATA_MEASURES if text.strip() == "all" else tuple(m.strip() for m in text.split(",") if m.strip())
 
 
 @dataclass

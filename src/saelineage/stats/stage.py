@@ -133,7 +133,7 @@ class _Decoders:
             if self.given is not None:
                 th = (self.given_thresholds or {}).get(layer)
             else:
-                from saelineage.data.importer import load_threshold
+                from saelineage.saes.run_weights import load_threshold
 
                 th = load_threshold(self.run, layer)
             if th is not None:
@@ -155,7 +155,7 @@ class _Decoders:
             if self.given is not None:
                 w = self.given.get(layer)
             else:
-                from saelineage.data.importer import load_decoder
+                from saelineage.saes.run_weights import load_decoder
 
                 w = load_decoder(self.run, layer)
             if w is not None:
@@ -360,7 +360,7 @@ def run_stats(
         forced = {k: m.partner for k, m in matches.items()}
         with make_progress(transient=not progress) as bar:
             if cfg.ray:
-                from saelineage.cluster.stats import stats_on_ray
+                from saelineage.stats.ray import stats_on_ray
 
                 task = bar.add_task("stats on Ray", total=None, rate="", visible=progress)
 

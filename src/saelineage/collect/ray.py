@@ -22,6 +22,7 @@ class CollectWorker:
         import torch
 
         from saelineage.models.loading import load_model
+        from saelineage.saes.catalog import ReleaseChoice
         from saelineage.saes.resolve import resolve_saes
 
         torch.set_num_threads(threads)
@@ -37,7 +38,12 @@ class CollectWorker:
             blocks_path=cfg.blocks_path,
         )
         self.saes = resolve_saes(
-            cfg.saes, cfg.model, device=cfg.device, dtype=cfg.dtype, layers=layers, choice=cfg.release_choice()
+            cfg.saes,
+            cfg.model,
+            device=cfg.device,
+            dtype=cfg.dtype,
+            layers=layers,
+            choice=ReleaseChoice(sae_id=cfg.sae_id, width=cfg.width, l0=cfg.l0),
         )
 
     def shard(self, ids: np.ndarray, index: int, w0: int, w1: int) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from saelineage import contract
-from saelineage.cluster.session import RETRIES, ray_cluster, worker_count
+from saelineage.cluster.session import RETRIES, dispatch, ray_cluster, worker_count
 from saelineage.errors import SaelineageError
 from saelineage.run import RunDir, atomic_write_bytes, config_hash
 from saelineage.stats.batch import BufferPool
@@ -123,20 +123,22 @@ def stats_on_ray(
         todo = [u for u in units if not part_path(folder, u).is_file()]
         task = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(run_unit)
         layout_ref, budget_ref = ray.put(layout), ray.put(budget)
-        pending, queue, finished = {}, list(reversed(todo)), len(units) - len(todo)
+        finished = len(units) - len(todo)
         if on_unit:
             on_unit(finished, len(units))
-        while queue or pending:
-            while queue and len(pending) < n_workers:
-                u = queue.pop()
-                ref = task.remote(layout_ref, budget_ref, opts, u, forced.get(u.pair), str(part_path(folder, u)))
-                pending[ref] = u
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            pending.pop(ready[0])
-            ray.get(ready[0])
+
+        def submit(_slot: object, u: Unit):
+            return task.remote(layout_ref, budget_ref, opts, u, forced.get(u.pair), str(part_path(folder, u)))
+
+        def done(_u: Unit, _result: dict) -> None:
+            nonlocal finished
             finished += 1
             if on_unit:
                 on_unit(finished, len(units))
+
+        # Tasks keep no state between units (the part files do), so a worker "slot" is only a
+        # place in the pool: dispatch keeps n_workers tasks in flight and requeues a lost one.
+        dispatch(ray, object, n_workers, todo, submit, done)
     acc = merge_units(layout, opts, units, folder)
     info = {"address": address, "workers": n_workers, "units": len(units), "units_resumed": len(units) - len(todo)}
     return acc, budget, info
