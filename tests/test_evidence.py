@@ -47,15 +47,27 @@ def _brute_mi(x: np.ndarray, y: np.ndarray) -> float:
     return out
 
 
-def test_mutual_info_and_entropy_equal_brute_force():
+def test_entropy_equals_brute_force():
     rng = np.random.default_rng(2)
     for _ in range(20):
         x = rng.random(500) < rng.uniform(0.01, 0.5)
-        y = np.where(rng.random(500) < 0.7, x, rng.random(500) < 0.2)
-        mi = evidence.mutual_info(np.array([(x & y).sum()]), np.array([x.sum()]), np.array([y.sum()]), 500)[0]
-        assert mi == pytest.approx(_brute_mi(x, y), rel=1e-12, abs=1e-15)
-        h = evidence.entropy(np.array([x.sum()]), 500)[0]
-        assert h == pytest.approx(_brute_mi(x, x), rel=1e-12)
+        assert evidence.entropy(np.array([x.sum()]), 500)[0] == pytest.approx(_brute_mi(x, x), rel=1e-12)
+
+
+def test_gate_information_equals_brute_force():
+    """info_condition = I(j; C) / H(j) and info_single = max(I(j; a), I(j; b)) / H(j), against the
+    information computed here from the token vectors (C = a∧b or a∨b)."""
+    rng = np.random.default_rng(2)
+    n = 500
+    for _ in range(20):
+        a, b = rng.random((2, n)) < rng.uniform(0.05, 0.5, (2, 1))
+        for kind, cond in (("and", a & b), ("or", a | b)):
+            j = np.where(rng.random(n) < 0.8, cond, rng.random(n) < 0.1)
+            got = evidence.gate_evidence(kind, n, **_table_counts(a, b, j))
+            h = _brute_mi(j, j)
+            single = max(_brute_mi(j, a), _brute_mi(j, b)) / h
+            assert got["info_condition"][0] == pytest.approx(_brute_mi(j, cond) / h, rel=1e-12, abs=1e-15)
+            assert got["info_single"][0] == pytest.approx(single, rel=1e-12, abs=1e-15)
 
 
 def test_bh_qvalues_equal_scipy():

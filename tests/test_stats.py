@@ -79,7 +79,7 @@ def test_every_measure_matches_the_oracle(tmp_path, codes, decoders, span, rel, 
     x = {l: codes[l][mask] for l in layers}
     theta = {l: (rel * x[l].max(0).astype(np.float64) if rel else np.full(x[l].shape[1], thr)) for l in layers}
     edges = pq.read_table(run.file("edges.parquet")).to_pandas()
-    assert s.n_tokens == mask.sum() and s.dec_cosine
+    assert s.summary["n_tokens"] == mask.sum() and s.summary["dec_cosine"]
     keys = ["src_layer", "src", "dst_layer", "dst"]
     assert (edges[keys].to_records(index=False) == np.sort(edges[keys].to_records(index=False))).all()
     links = pq.read_table(run.file("feature_links.parquet")).to_pandas()
@@ -113,7 +113,7 @@ def test_every_measure_matches_the_oracle(tmp_path, codes, decoders, span, rel, 
                     gv, gid = row[f"best_{direction}_{meas}"].to_numpy(), row[f"best_{direction}_{meas}_id"].to_numpy()
                     assert_close(gv, v, f"best_{direction}_{meas} layer {layer}")
                     assert (gid == ids).all(), f"best_{direction}_{meas}_id layer {layer}: {gid} vs {ids}"
-    assert s.pairs == n_pairs
+    assert s.summary["pairs"] == n_pairs
     # no neighbour layer: NaN / -1
     assert links[links.layer == 0]["best_pred_jaccard_id"].eq(-1).all()
     assert links[links.layer == 5]["best_succ_pearson"].isna().all()
@@ -168,9 +168,9 @@ def test_identical_whatever_shards_workers_and_memory(tmp_path, codes, decoders,
             run.path, StatsConfig(span=2, workers=workers, memory_limit=mem), decoders=decoders, progress=False
         )
         if mem == 1:
-            assert s.passes == 40 + 40 + 30  # one source row per block: every row its own pass
+            assert s.summary["passes"] == 40 + 40 + 30  # one source row per block: every row its own pass
         if mem == mid:
-            assert 4 <= s.passes <= 6
+            assert 4 <= s.summary["passes"] <= 6
         got = _tables(run.path)
         if ref is None:
             ref = got
@@ -229,6 +229,23 @@ def test_scalar_kernels_agree_with_numpy_formulas():
         )
         got = np.array([ref[m][r] for m in MEASURES])
         numerics.assert_close(v, got, f"row {r}")
+
+
+def test_bundles_are_sized_as_allocated():
+    """The memory plan's sizes (kernels_scan.nbytes) are the bytes the bundle factories allocate."""
+    from saelineage.stats.edges import RowBest
+
+    for bundle, args in (
+        (ks.ColumnScratch, (3, 4, 50, 5, True)),
+        (ks.ColumnScratch, (3, 4, 50, 5, False)),
+        (ks.ColumnState, (4, 50, 5, True)),
+        (ks.ColumnState, (4, 50, 5, False)),
+        (ks.RowResults, (7, 4, 5, True)),
+        (ks.Edges, (11,)),
+        (RowBest, (9,)),
+    ):
+        arrays = ks.new(bundle, *args)
+        assert ks.nbytes(bundle, *args) == sum(a.nbytes for a in arrays), bundle.__name__
 
 
 def test_mutual_info_is_exact_near_independence():
@@ -292,7 +309,7 @@ def test_untouched_cells_match_the_oracle(tmp_path, monkeypatch, mem):
     run = make_run(tmp_path / "run", codes)
     s = run_stats(run.path, StatsConfig(memory_limit=mem), progress=False)
     if mem == 1:
-        assert s.passes == 120
+        assert s.summary["passes"] == 120
     mask = kept_tokens(len(codes[0]))
     x = {l: codes[l][mask] for l in (0, 1)}
     want = pair_oracle(x[0], x[1], np.zeros(120), np.zeros(90))
@@ -330,11 +347,11 @@ def test_finished_pairs_wait_on_disk(tmp_path, codes, monkeypatch):
     monkeypatch.setattr(PairResult, "spill", spy)
     run = make_run(tmp_path / "run", codes)
     s = run_stats(run.path, StatsConfig(span=2), progress=False)
-    assert len(spilled) == s.pairs == 3
+    assert len(spilled) == s.summary["pairs"] == 3
     for folder, before, after in spilled:
         assert folder.parent == run.file(contract.STATS_SPILL)
         for name in ("src", "dst", "n_co", "p"):
             assert isinstance(getattr(after, name), np.memmap)
             np.testing.assert_array_equal(getattr(after, name), getattr(before, name))
-    assert sum(len(after.src) for _, _, after in spilled) == s.edges
+    assert sum(len(after.src) for _, _, after in spilled) == s.summary["edges"]
     assert not run.file(contract.STATS_SPILL).exists()

@@ -7,9 +7,10 @@ of any cross-layer pass-through measured with such SAEs: if only 45% of a layer'
 reproduced by a second training of the same layer, a next-layer SAE cannot be expected to carry
 more than about that share either (docs/design.md, "Seed ceiling").
 
-Measures are computed exactly as the stats stage does (docs/design.md §4) from the sufficient
-statistics over the token set: counts c, sums s, squares q, co-counts c_ab and cross sums p_ab.
-Pure functions of sparse matrices; the work is one sparse product per statistic, [d_a, d_b].
+Measures are the stats stage's (`stats.measures.data_measure`, docs/design.md §4), from the
+sufficient statistics over the token set: per feature the `Marginals` the stats stage keeps, per
+pair co-counts c_ab and cross sums p_ab. Pure functions of sparse matrices; the work is one
+sparse product per pair statistic, [d_a, d_b].
 """
 
 from __future__ import annotations
@@ -18,20 +19,31 @@ import numpy as np
 import scipy.sparse as sp
 
 from saelineage import contract
-from saelineage.lineage.evidence import mutual_info
+from saelineage.stats import measures as ms
 
 MATCH_MEASURES = contract.DATA_MEASURES
 """The measures a match can be made by: the data measures of the stats stage."""
 
 
-def _stats(x: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per feature: active count, Σ a, Σ a² (positive entries)."""
-    xb = x.copy()
-    xb.data = (xb.data > 0).astype(np.float64)
-    return (
-        np.asarray(xb.sum(0)).ravel(),
-        np.asarray(x.sum(0)).ravel().astype(np.float64),
-        np.asarray(x.multiply(x).sum(0)).ravel().astype(np.float64),
+def _marginals(x: sp.csr_matrix) -> ms.Marginals:
+    """Per-feature statistics of codes x [T, d] (float64, explicit zeros removed): what the stats
+    stage keeps per feature, with "active" meaning a positive code. The extremes let
+    `ms.never_varies` tell a constant feature exactly (its n·q − s² need not round to 0)."""
+    d = x.shape[1]
+    col = sp.csc_matrix(x)
+    has = np.diff(col.indptr) > 0
+    starts = col.indptr[:-1][has]  # empty columns are skipped, so each run ends where the next starts
+    vmin, vmax = np.full(d, np.inf), np.zeros(d)
+    vmin[has] = np.minimum.reduceat(col.data, starts)
+    vmax[has] = np.maximum.reduceat(col.data, starts)
+    count = np.bincount(x.indices[x.data > 0], minlength=d).astype(np.int64)
+    return ms.Marginals(
+        count=count,
+        nonzero=count,
+        s=np.asarray(x.sum(0)).ravel(),
+        q=np.asarray(x.multiply(x).sum(0)).ravel(),
+        vmin=vmin,
+        vmax=vmax,
     )
 
 
@@ -49,8 +61,7 @@ def best_matches(
     a.eliminate_zeros()
     b.eliminate_zeros()
     n = a.shape[0]
-    ca, sa, qa = _stats(a)
-    cb, sb, qb = _stats(b)
+    side_a, side_b = ms.side(n, _marginals(a)), ms.side(n, _marginals(b))
     ab = a.copy()
     ab.data = np.ones_like(ab.data)
     bb = b.copy()
@@ -60,23 +71,15 @@ def best_matches(
     out = {m: (np.full(a.shape[1], np.nan), np.full(a.shape[1], -1, np.int64)) for m in measures}
     for lo in range(0, a.shape[1], block):
         hi = min(lo + block, a.shape[1])
-        c = np.asarray((actb[:, lo:hi].T @ bb).todense())
+        c = np.asarray((actb[:, lo:hi].T @ bb).todense())  # [B, d_b], exact integers in float64
         p = np.asarray((act[:, lo:hi].T @ b).todense())
-        ci, si, qi = ca[lo:hi, None], sa[lo:hi, None], qa[lo:hi, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            vals = {
-                "jaccard": c / (ci + cb - c),
-                "sufficiency": c / ci,
-                "necessity": c / cb,
-                "pearson": (n * p - si * sb) / np.sqrt((n * qi - si**2) * (n * qb - sb**2)),
-                "act_cosine": p / np.sqrt(qi * qb),
-            }
+        src = side_a.take(np.arange(lo, hi)[:, None])  # fields [B, 1] against side_b's [d_b]
         for m in measures:
-            v = mutual_info(c, ci, cb, n) if m == "mutual_info" else vals[m]
+            v = ms.data_measure(m, n, c, p, src, side_b)
             v = np.where(np.isfinite(v), v, -np.inf)
             idx = np.argmax(v, axis=1)
             best = v[np.arange(hi - lo), idx]
-            ok = np.isfinite(best) & (ca[lo:hi] > 0)
+            ok = np.isfinite(best) & (side_a.count[lo:hi] > 0)
             out[m][0][lo:hi] = np.where(ok, best, np.nan)
             out[m][1][lo:hi] = np.where(ok, idx, -1)
     return out

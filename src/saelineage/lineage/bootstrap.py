@@ -21,6 +21,7 @@ import numpy as np
 
 from saelineage.lineage import evidence, gates
 from saelineage.lineage.validate import Counts, Grouped
+from saelineage.stats import measures as ms
 
 INTERVAL = 0.95
 
@@ -74,26 +75,42 @@ def replicate_counts(g: Grouped, w: np.ndarray, triples: bool = True) -> Counts:
 
 
 # ---------------------------------------------------------------------------- lifecycle
-def link_measure(
-    measure: str, n: np.ndarray, c: np.ndarray, n_a: np.ndarray, n_j: np.ndarray, s: tuple, q: tuple, sxy: np.ndarray
+def _replicate_side(g: Grouped, w: np.ndarray, n: np.ndarray, layer: int, ids: np.ndarray, sums: bool) -> ms.Side:
+    """Per-feature inputs of `layer` under replicate weights w float64 [R, W] (n [R, 1] tokens per
+    replicate), gathered at feature ids [L]: fields [R, L].
+
+    sums=False leaves the value fields NaN (a count measure reads only the counts; the sums would
+    add a quarter to its time). No exact constancy test here (the groups keep no extremes): Pearson
+    is undefined where a replicate's n·q − s² is not positive, which covers a feature never active
+    in the replicate."""
+    if not sums:
+        count = (w @ g.n_active[layer])[:, ids]
+        unused = np.broadcast_to(np.nan, count.shape)
+        return ms.Side(count, unused, unused, unused)
+    s, q = w @ g.sums[layer][0], w @ g.sums[layer][1]
+    return ms.Side(w @ g.n_active[layer], s, ms.inv_sd(n, s, q), ms.inv_rms(q)).take(ids)
+
+
+def link_values(
+    g: Grouped,
+    w: np.ndarray,
+    pair: tuple[int, int],
+    links: np.ndarray,
+    measure: str,
+    idx: np.ndarray | slice = slice(None),
 ) -> np.ndarray:
-    """A data measure of links from (replicate) counts and sums, each [R, L]; s = (Σa_a, Σa_j),
-    q = (Σa_a², Σa_j²). Same formulas as the stats stage (docs/design.md §4)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if measure == "jaccard":
-            return c / (n_a + n_j - c)
-        if measure == "sufficiency":
-            return c / n_a
-        if measure == "necessity":
-            return c / n_j
-        if measure == "mutual_info":
-            return evidence.mutual_info(c, n_a, n_j, n)
-        if measure == "pearson":
-            den = np.sqrt((n * q[0] - s[0] ** 2) * (n * q[1] - s[1] ** 2))
-            return np.where(den > 0, (n * sxy - s[0] * s[1]) / den, np.nan)
-        if measure == "act_cosine":
-            return sxy / np.sqrt(q[0] * q[1])
-    raise ValueError(f"no bootstrap for measure {measure!r}")
+    """The data measure `measure` of links under replicate weights w float64 [R, W]: float64 [R, L].
+
+    links: [L, 2] (a, j) features of layer pair `pair`; idx: their positions in g.links[pair] (all
+    of them, in order, by default). Weighted sums of counts stay exact integers in float64 (far below
+    2^53), so the measures are the stats stage's on the replicate's counts (docs/design.md §4)."""
+    l, m = pair
+    cnt, sxy = g.links[pair]
+    n = (w @ g.n_tokens)[:, None]
+    sums = measure not in ms.COUNT_MEASURES
+    src = _replicate_side(g, w, n, l, links[:, 0], sums)
+    dst = _replicate_side(g, w, n, m, links[:, 1], sums)
+    return ms.data_measure(measure, n, (w @ cnt)[:, idx], (w @ sxy)[:, idx], src, dst)
 
 
 def _best_by(key: np.ndarray, values: np.ndarray, d: int) -> np.ndarray:
@@ -127,18 +144,9 @@ def lifecycle_replicates(
     has_pred = {l: np.zeros((nb, len(live[l])), bool) for l in layers}
     has_succ = {l: np.zeros((nb, len(live[l])), bool) for l in layers}
     for (l, m), q in links.items():
-        cnt, sxy = g.links[(l, m)]
         a, j = q[:, 0], q[:, 1]
         for lo in range(0, nb, chunk):
-            w = weights[lo : lo + chunk].astype(np.float64)
-            n = (w @ g.n_tokens)[:, None]
-            na, nj = (w @ g.n_active[l])[:, a], (w @ g.n_active[m])[:, j]
-            s = q2 = (None, None)
-            if measure in ("pearson", "act_cosine"):
-                sa, qa = w @ g.sums[l][0], w @ g.sums[l][1]
-                sj, qj = w @ g.sums[m][0], w @ g.sums[m][1]
-                s, q2 = (sa[:, a], sj[:, j]), (qa[:, a], qj[:, j])
-            r = link_measure(measure, n, w @ cnt, na, nj, s, q2, w @ sxy)
+            r = link_values(g, weights[lo : lo + chunk].astype(np.float64), (l, m), q, measure)
             has_succ[l][lo : lo + chunk] = _best_by(a, r, len(live[l])) >= threshold
             has_pred[m][lo : lo + chunk] = _best_by(j, r, len(live[m])) >= threshold
     out: dict[int, dict[str, np.ndarray]] = {}
@@ -371,20 +379,12 @@ def community_count_replicates(
     out = np.zeros(len(weights), np.int64)
     lay = (e["src_layer"][rows], e["dst_layer"][rows])
     for b, w in enumerate(weights):
-        wf = w.astype(np.float64)
+        wf = w.astype(np.float64)[None, :]  # one replicate, as link_values' [R = 1, W]
         vals = np.full(len(rows), np.nan)
-        n = float(wf @ g.n_tokens)
         for (l, m), idx in link_of.items():
             sel = (lay[0] == l) & (lay[1] == m)
-            a, j = e["src"][rows[sel]], e["dst"][rows[sel]]
-            cnt, sxy = g.links[(l, m)]
-            s = q = (None, None)
-            if measure in ("pearson", "act_cosine"):
-                s = ((wf @ g.sums[l][0])[a], (wf @ g.sums[m][0])[j])
-                q = ((wf @ g.sums[l][1])[a], (wf @ g.sums[m][1])[j])
-            vals[sel] = link_measure(
-                measure, n, (wf @ cnt)[idx], (wf @ g.n_active[l])[a], (wf @ g.n_active[m])[j], s, q, (wf @ sxy)[idx]
-            )
+            ends = np.stack([e["src"][rows[sel]], e["dst"][rows[sel]]], axis=1)
+            vals[sel] = link_values(g, wf, (l, m), ends, measure, idx)[0]
         sub = {k: e[k][rows] for k in ("src_layer", "src", "dst_layer", "dst")}
         sub[measure] = vals
         community, _ = leiden(sub)

@@ -7,13 +7,17 @@ already explains passes it. The tests here weigh support instead. Everything is 
 over candidates (millions of rows) and pure: counts in, columns out.
 
 Conventions: counts are int64 arrays of one length; probabilities are float64; a p-value is
-one-sided (the relation's direction), 1.0 where a test has no data.
+one-sided (the relation's direction), 1.0 where a test has no data. Mutual information is the
+stats stage's (`stats.measures.mutual_info`, exact in integer counts), so a gate's information
+terms and its edges' mutual_info are one computation.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import special, stats
+
+from saelineage.stats.measures import mutual_info
 
 
 def beta_bounds(k: np.ndarray, n: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -63,20 +67,6 @@ def greater_pvalue(k1: np.ndarray, n1: np.ndarray, k2: np.ndarray, n2: np.ndarra
         g = 2 * (_loglik(k1, n1, p1) + _loglik(k2, n2, p2) - _loglik(k1, n1, pool) - _loglik(k2, n2, pool))
     z = np.sign(p1 - p2) * np.sqrt(np.maximum(g, 0.0))
     return np.where(ok, stats.norm.sf(z), 1.0)
-
-
-def mutual_info(n_xy: np.ndarray, n_x: np.ndarray, n_y: np.ndarray, n: np.ndarray | int) -> np.ndarray:
-    """Mutual information (nats) of two binary variables from their 2×2 counts: both on (n_xy),
-    x on (n_x), y on (n_y), total n."""
-    n_xy, n_x, n_y = (np.asarray(a, np.float64) for a in (n_xy, n_x, n_y))
-    n = np.asarray(n, np.float64)
-    cells = ((n_xy, n_x, n_y), (n_x - n_xy, n_x, n - n_y), (n_y - n_xy, n - n_x, n_y),
-             (n - n_x - n_y + n_xy, n - n_x, n - n_y))  # fmt: skip
-    total = np.zeros(np.broadcast(n_xy, n).shape)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for c, rx, ry in cells:
-            total += np.where(c > 0, c / n * np.log(np.where(c > 0, c * n, 1) / np.where(c > 0, rx * ry, 1)), 0.0)
-    return np.maximum(total, 0.0)
 
 
 def entropy(n_x: np.ndarray, n: np.ndarray | int) -> np.ndarray:
@@ -188,8 +178,8 @@ def gate_core(
     p_dep = greater_pvalue(support, n_cond, n_j - support, n - n_cond)
     h = entropy(n_j, n)
     with np.errstate(invalid="ignore", divide="ignore"):
-        i_c = np.where(h > 0, mutual_info(support, n_cond, n_j, n) / h, 0.0)
-        i_s = np.where(h > 0, np.maximum(mutual_info(n_aj, n_a, n_j, n), mutual_info(n_bj, n_b, n_j, n)) / h, 0.0)
+        i_c = np.where(h > 0, mutual_info(n, support, n_cond, n_j) / h, 0.0)
+        i_s = np.where(h > 0, np.maximum(mutual_info(n, n_aj, n_a, n_j), mutual_info(n, n_bj, n_b, n_j)) / h, 0.0)
     return {
         "support": support,
         "n_condition": n_cond,

@@ -26,6 +26,13 @@ from saelineage.errors import SaelineageError
 from saelineage.stats.kernels import zero_fill
 
 _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64}
+_HEADER_SIZE = struct.Struct("<Q")  # safetensors: the JSON header's length, little-endian u64
+# the batch buffers' dtypes, which the kernels (kernels.py) and the pool's sizes both follow
+PTR_DTYPE = np.dtype(np.int64)  # CSR row pointers (ptr, colptr)
+ID_DTYPE = np.dtype(np.int32)  # feature ids of a token's entries (idx), token ids of a feature's (tok)
+VAL_DTYPE = np.dtype(np.float32)  # codes: float16 shards widen exactly; float64 ones widen the layer (Batch.add)
+ACT_DTYPE = np.dtype(np.uint8)  # active flags
+POS_DTYPE = np.dtype(np.int32)  # token positions in their windows
 
 
 def _bad_shard(path: Path, why: str) -> SaelineageError:
@@ -51,9 +58,9 @@ def read_layers(path: Path, layers: list[int], stage: dict | None = None):
     stage = {} if stage is None else stage
     try:
         with open(path, "rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
+            (size,) = _HEADER_SIZE.unpack(fh.read(_HEADER_SIZE.size))
             header = json.loads(fh.read(size))
-            base = 8 + size
+            base = _HEADER_SIZE.size + size
 
             def get(name: str, slot: str) -> np.ndarray:
                 if name not in header:
@@ -86,20 +93,22 @@ def read_layers(path: Path, layers: list[int], stage: dict | None = None):
 class LayerBuffer:
     """One layer's batch CSR (ptr, idx, val, act) and, for a source layer, its transpose."""
 
+    MAX_ARRAYS = 8  # a source layer's: ptr, idx, val, act, colptr, tok, cval, cact
+
     def __init__(self, tcap: int, ecap: int, vdtype, d: int, need_act: bool, is_src: bool, pool=None):
         """pool: a BufferPool to carve the arrays from (None: allocate them)."""
         self.d, self.need_act, self.is_src, self.vdtype = d, need_act, is_src, np.dtype(vdtype)
         new = pool.array if pool is not None else np.empty
-        self.ptr = new(tcap + 1, np.int64)
+        self.ptr = new(tcap + 1, PTR_DTYPE)
         self.ptr[0] = 0
-        self.idx = new(ecap, np.int32)
+        self.idx = new(ecap, ID_DTYPE)
         self.val = new(ecap, vdtype)
-        self.act = new(ecap if need_act else 0, np.uint8)
+        self.act = new(ecap if need_act else 0, ACT_DTYPE)
         if is_src:
-            self.colptr = new(d + 1, np.int64)
-            self.tok = new(ecap, np.int32)
+            self.colptr = new(d + 1, PTR_DTYPE)
+            self.tok = new(ecap, ID_DTYPE)
             self.cval = new(ecap, vdtype)
-            self.cact = new(ecap if need_act else 0, np.uint8)
+            self.cact = new(ecap if need_act else 0, ACT_DTYPE)
         self.nnz = 0
 
     @property
@@ -108,13 +117,15 @@ class LayerBuffer:
 
     @staticmethod
     def nbytes(tcap: int, ecap: int, vdtype, d: int, need_act: bool, is_src: bool) -> int:
-        """Bytes a BufferPool gives one LayerBuffer (with alignment padding)."""
+        """Bytes a BufferPool gives one LayerBuffer (with alignment padding, at most ALIGN per array)."""
         one = LayerBuffer.entry_bytes(vdtype, need_act, is_src) * ecap
-        return one + 8 * (tcap + 1) + (8 * (d + 1) if is_src else 0) + 8 * BufferPool.ALIGN
+        ptrs = PTR_DTYPE.itemsize * ((tcap + 1) + ((d + 1) if is_src else 0))
+        return one + ptrs + LayerBuffer.MAX_ARRAYS * BufferPool.ALIGN
 
     @staticmethod
     def entry_bytes(vdtype, need_act: bool, is_src: bool) -> int:
-        one = 4 + np.dtype(vdtype).itemsize + (1 if need_act else 0)
+        """Bytes per stored entry: id, value and flag, twice for a source layer (its transpose)."""
+        one = ID_DTYPE.itemsize + np.dtype(vdtype).itemsize + (ACT_DTYPE.itemsize if need_act else 0)
         return one * (2 if is_src else 1)
 
 
@@ -174,16 +185,16 @@ class Batch:
         self.tcap, self.ecap = tcap, ecap
         self.pool = pool or BufferPool()
         self.pool.reserve(Batch.nbytes(layers, src, d, ecap, tcap, need_act))
-        self.pos = self.pool.array(tcap, np.int32)
-        self.buf = {l: LayerBuffer(tcap, ecap, np.float32, d[l], need_act, l in src, self.pool) for l in layers}
+        self.pos = self.pool.array(tcap, POS_DTYPE)
+        self.buf = {l: LayerBuffer(tcap, ecap, VAL_DTYPE, d[l], need_act, l in src, self.pool) for l in layers}
         self.n_tok = 0
         self.n_shards = 0
 
     @staticmethod
     def nbytes(layers: list[int], src: set[int], d: dict[int, int], ecap: int, tcap: int, need_act: bool) -> int:
         """Pool bytes that a batch of these layers and capacities takes."""
-        pos = 4 * tcap + BufferPool.ALIGN
-        return pos + sum(LayerBuffer.nbytes(tcap, ecap, np.float32, d[l], need_act, l in src) for l in layers)
+        pos = POS_DTYPE.itemsize * tcap + BufferPool.ALIGN
+        return pos + sum(LayerBuffer.nbytes(tcap, ecap, VAL_DTYPE, d[l], need_act, l in src) for l in layers)
 
     def release(self) -> None:
         """Stop using the pool's memory (the next pass's batch carves it again)."""
@@ -202,7 +213,7 @@ class Batch:
     def grow(self, pos: np.ndarray, codes: dict) -> None:
         """Make an empty batch big enough for one shard (a shard larger than the planned batch)."""
         self.tcap = max(self.tcap, len(pos))
-        self.pos = np.empty(self.tcap, np.int32)
+        self.pos = np.empty(self.tcap, POS_DTYPE)
         for l in self.layers:
             b = self.buf[l]
             self.buf[l] = LayerBuffer(self.tcap, max(b.ecap, len(codes[l][1])), b.vdtype, b.d, b.need_act, b.is_src)

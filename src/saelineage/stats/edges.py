@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numba
 import numpy as np
 
 from saelineage.stats import kernels_scan as ks
-from saelineage.stats.measures import MEASURE_INDEX, MEASURES, PRIMARY, Side, mutual_info
+from saelineage.stats.measures import MEASURE_INDEX, PRIMARY, Side, mutual_info
 
 HIST_BINS = 20
 
@@ -40,7 +41,7 @@ class EdgeOptions:
         return np.array([MEASURE_INDEX[m] for m in self.primary], np.int64)
 
     def thresholds(self) -> np.ndarray:
-        thr = np.full(len(MEASURES), np.nan)
+        thr = np.full(ks.N_MEASURES, np.nan)
         for m, t in self.keep.items():
             thr[MEASURE_INDEX[m]] = t
         return thr
@@ -50,27 +51,46 @@ def _threads() -> int:
     return int(numba.config.NUMBA_NUM_THREADS)
 
 
+class RowBest(NamedTuple):
+    """Best partner of each feature per measure (arrays [d, N_MEASURES]): partner id (-1: none)
+    and the pair's c_ij, p_ij. A pair keeps one for its source rows (best successors) and, once
+    finished, one for its target columns (best predecessors)."""
+
+    j: np.ndarray
+    """int32"""
+    c: np.ndarray
+    """int64"""
+    p: np.ndarray
+    """float64"""
+
+    @staticmethod
+    def spec(d: int) -> dict[str, ks.ArraySpec]:
+        shape = (d, ks.N_MEASURES)
+        return {"j": (shape, np.int32, -1), "c": (shape, np.int64, 0), "p": (shape, np.float64, 0.0)}
+
+
 def state_bytes(d_l: int, d_m: int, opts: EdgeOptions, do_best: bool) -> int:
     """Bytes held by a PairState plus the per-thread scratch of one block scan."""
     P, k = len(opts.primary), opts.top_k
-    pair = P * d_m * k * 28 + (6 * d_m * 24 + d_m * 24 + d_l * 6 * 20 if do_best else 0)
-    scratch = _threads() * (P * d_m * k * 12 + (6 * d_m * 12 + d_m * 16 if do_best else 0))
-    return pair + scratch
+    pair = ks.nbytes(ks.ColumnState, P, d_m, k, do_best)
+    if do_best:
+        pair += ks.nbytes(RowBest, d_l) + ks.nbytes(ks.Walk, d_m)
+    return pair + ks.nbytes(ks.ColumnScratch, _threads(), P, d_m, k, do_best)
 
 
 def result_bytes(d_l: int, d_m: int, opts: EdgeOptions) -> int:
-    """Bytes of a pair's kept edges while it is in progress (24 each: src, dst int32, n_co int64,
-    p float64, held once in the block parts and once more while `finish` joins them), bounded
-    by the top-k partners of every row and column under each primary measure plus the forced
-    partners. Edges kept by --keep thresholds come on top and are not bounded. A finished pair
-    keeps only its best-partner arrays in memory (PairResult.spill)."""
-    return 2 * 24 * ((d_l + d_m) * opts.top_k * len(opts.primary) + d_l)
+    """Bytes of a pair's kept edges while it is in progress (`ks.Edges`, held once in the block
+    parts and once more while `finish` joins them), bounded by the top-k partners of every row
+    and column under each primary measure plus the forced partners. Edges kept by --keep
+    thresholds come on top and are not bounded. A finished pair keeps only its best-partner
+    arrays in memory (PairResult.spill)."""
+    return 2 * ks.nbytes(ks.Edges, (d_l + d_m) * opts.top_k * len(opts.primary) + d_l)
 
 
 def spilled_bytes(d_l: int, d_m: int) -> int:
     """Bytes a finished pair keeps in memory once its edges are spilled: the best-partner
-    arrays of rows and columns (id, count, sum per measure)."""
-    return (d_l + d_m) * 6 * 20
+    arrays of rows and columns."""
+    return ks.nbytes(RowBest, d_l + d_m)
 
 
 class PairState:
@@ -80,186 +100,64 @@ class PairState:
         """forced: int [d_l], a partner in layer m kept as an edge for each source row (-1: none)."""
         self.d_l, self.d_m, self.opts, self.do_best = d_l, d_m, opts, do_best
         self.forced = forced
-        P, k = len(opts.primary), opts.top_k
-        nb = 1 if do_best else 0  # column-best arrays are only needed for span-1 pairs
-        self.pb_v = np.full((6 * nb, d_m), -np.inf)
-        self.pb_i = np.full((6 * nb, d_m), ks.NO_ID, np.int32)
-        self.pb_c = np.zeros((6 * nb, d_m), np.int64)
-        self.pb_p = np.zeros((6 * nb, d_m), np.float64)
-        self.pz_c = np.full(d_m * nb, -1, np.int64)
-        self.pz_i = np.full(d_m * nb, ks.NO_ID, np.int32)
-        self.pt_v = np.full((P, d_m, k), -np.inf)
-        self.pt_i = np.full((P, d_m, k), ks.NO_ID, np.int32)
-        self.pt_c = np.zeros((P, d_m, k), np.int64)
-        self.pt_p = np.zeros((P, d_m, k), np.float64)
-        # best successor of each source feature: partner id and its c_ij, p_ij, per measure
-        self.rb_j = np.full((d_l * nb, 6), -1, np.int32)
-        self.rb_c = np.zeros((d_l * nb, 6), np.int64)
-        self.rb_p = np.zeros((d_l * nb, 6), np.float64)
-        self.counters = np.zeros(3, np.int64)  # seen (c>0), touched (c>0 or p>0), supported
-        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.cols = ks.new(ks.ColumnState, len(opts.primary), d_m, opts.top_k, do_best)
+        self.succ = ks.new(RowBest, d_l if do_best else 0)  # best successors: span-1 pairs only
+        self.counters = np.zeros(ks.N_COUNTERS, np.int64)
+        self.parts: list[ks.Edges] = []
         self.rows_done = 0
-        self._col_orders: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._col_walk: ks.Walk | None = None  # the target layer's marginals are the same for every block
 
     def add_block(self, cnt: np.ndarray, psum: np.ndarray, lo: int, n: int, src: Side, dst: Side) -> None:
         """Scan accumulator rows lo..lo+B-1 (cnt, psum [B, d_m]) and fold them in."""
         B, dm = cnt.shape
         o = self.opts
-        prim, thr = o.prim_index(), o.thresholds()
-        P, k, T = len(prim), o.top_k, _threads()
-        db = dm if self.do_best else 0  # column-best state only for span-1 pairs
-        rbest = np.full((B if self.do_best else 0, 6), -1, np.int32)
-        rtop = np.full((B, P, k), -1, np.int32)
-        rkeep = np.zeros(B, np.int64)
-        cbest_v = np.full((T, 6, db), -np.inf)
-        cbest_i = np.full((T, 6, db), ks.NO_ID, np.int32)
-        # MI pruning starts from the pair's current column best (see kernels_scan)
-        cb_mie = np.tile(np.expm1(self.pb_v[3]), (T, 1)) if self.do_best else np.zeros((T, 0))
-        zc = np.full((T, db), -1, np.int64)
-        zi = np.full((T, db), ks.NO_ID, np.int32)
-        ctop_v = np.full((T, P, dm, k), -np.inf)
-        ctop_i = np.full((T, P, dm, k), ks.NO_ID, np.int32)
-        ckth = np.full((T, P, dm), -np.inf)
-        ck_mie = np.full((T, dm), -1.0)
-        floor_v, floor_i = self.pt_v[:, :, k - 1].copy(), self.pt_i[:, :, k - 1].copy()
-        q_mi = [q for q, m in enumerate(prim) if m == 3]
-        floor_mie = np.expm1(floor_v[q_mi[0]]) if q_mi else np.zeros(dm)
-        counters = np.zeros((T, 3), np.int64)
-        n = np.int64(n)
-        if self.do_best:  # the orders of the untouched-cell walks (kernels_scan._best_untouched)
-            if self._col_orders is None:  # the target layer's marginals are the same for every block
-                self._col_orders = (*_finite_order(dst.s * dst.isd), np.lexsort((np.arange(dm), -dst.count)))
-            h_order, h_val, cz_order = self._col_orders
-            g_order, g_val = _finite_order(src.s[lo : lo + B] * src.isd[lo : lo + B])
-            rz_order = np.lexsort((np.arange(B), -src.count[lo : lo + B]))
+        rules = ks.Rules(np.int64(n), o.min_support, o.prim_index(), o.thresholds(), self.do_best)
+        block = ks.Block(cnt, psum, lo)
+        P, k = len(rules.prim), o.top_k
+        rows = ks.new(ks.RowResults, B, P, k, self.do_best)
+        cols = ks.new(ks.ColumnScratch, _threads(), P, dm, k, self.do_best)
+        if self.do_best:
+            cols.best_mie[:] = np.expm1(self.cols.pb_v[ks.MI])  # MI pruning starts from the pair's column best
+            if self._col_walk is None:
+                self._col_walk = ks.Walk.of(dst)
+            col_walk, row_walk = self._col_walk, ks.Walk.of(Side(*(x[lo : lo + B] for x in src)))
         else:
-            h_order = cz_order = g_order = rz_order = np.zeros(0, np.int64)
-            h_val = g_val = np.zeros(0)
-        ks.scan_block(
-            cnt,
-            psum,
-            lo,
-            n,
-            src.count,
-            src.s,
-            src.isd,
-            src.irq,
-            dst.count,
-            dst.s,
-            dst.isd,
-            dst.irq,
-            _first(dst.count > 0),
-            _first(~np.isnan(dst.irq)),
-            self.do_best,
-            prim,
-            o.min_support,
-            thr,
-            floor_v,
-            floor_i,
-            floor_mie,
-            rbest,
-            rtop,
-            rkeep,
-            cbest_v,
-            cbest_i,
-            cb_mie,
-            zc,
-            zi,
-            ctop_v,
-            ctop_i,
-            ckth,
-            ck_mie,
-            counters,
-            h_order,
-            h_val,
-            cz_order,
-        )
+            col_walk = row_walk = ks.Walk.none()
+        ks.scan_block(block, src, dst, rules, col_walk, self.cols.floor(rules.prim), rows, cols)
         if self.do_best:
-            ks.untouched_columns(
-                cnt, psum, lo, np.float64(n), src.count, src.s, src.isd, dst.s, dst.isd, g_order, g_val, rz_order,
-                cbest_v[:, 4, :], cbest_i[:, 4, :], zc, zi,
-            )  # fmt: skip
-        ks.merge_columns(
-            cnt,
-            psum,
-            lo,
-            self.do_best,
-            cbest_v,
-            cbest_i,
-            zc,
-            zi,
-            ctop_v,
-            ctop_i,
-            self.pb_v,
-            self.pb_i,
-            self.pb_c,
-            self.pb_p,
-            self.pz_c,
-            self.pz_i,
-            self.pt_v,
-            self.pt_i,
-            self.pt_c,
-            self.pt_p,
-        )
-        self.counters += counters.sum(0)
+            ks.untouched_columns(block, rules.n, src, dst, row_walk, cols)
+        ks.merge_columns(block, self.do_best, cols, self.cols)
+        self.counters += cols.counters.sum(0)
         if self.do_best:
-            rows = np.arange(B)[:, None]
-            ok = rbest >= 0
-            safe = np.where(ok, rbest, 0)
-            self.rb_j[lo : lo + B] = rbest
-            self.rb_c[lo : lo + B] = np.where(ok, cnt[rows, safe], 0)
-            self.rb_p[lo : lo + B] = np.where(ok, psum[rows, safe], 0.0)
+            ok = rows.best >= 0
+            at = (np.arange(B)[:, None], np.where(ok, rows.best, 0))
+            self.succ.j[lo : lo + B] = rows.best
+            self.succ.c[lo : lo + B] = np.where(ok, cnt[at], 0)
+            self.succ.p[lo : lo + B] = np.where(ok, psum[at], 0.0)
         # kept cells of these rows: count, then fill
-        args = (
-            cnt,
-            psum,
-            lo,
-            n,
-            src.count,
-            src.s,
-            src.isd,
-            src.irq,
-            dst.count,
-            dst.s,
-            dst.isd,
-            dst.irq,
-            o.min_support,
-            thr,
-            rtop,
-            rkeep,
-        )
         offsets = np.zeros(B + 1, np.int64)
-        empty_i, empty_f = np.zeros(0, np.int32), np.zeros(0, np.float64)
-        ks.gather_rows(*args, offsets, empty_i, empty_i, np.zeros(0, np.int64), empty_f, True)
+        ks.gather_rows(block, src, dst, rules, rows, offsets, ks.new(ks.Edges, 0), True)
         np.cumsum(offsets, out=offsets)
-        K = int(offsets[-1])
-        out = (np.empty(K, np.int32), np.empty(K, np.int32), np.empty(K, np.int64), np.empty(K, np.float64))
-        ks.gather_rows(*args, offsets, *out, False)
+        out = ks.new(ks.Edges, int(offsets[-1]))
+        ks.gather_rows(block, src, dst, rules, rows, offsets, out, False)
         self.parts.append(out)
         if self.forced is not None:
             # the matched cells of these rows, whatever their counts; duplicates of kept cells
             # carry the same values and are dropped in `finish`
             r = np.flatnonzero(self.forced[lo : lo + B] >= 0)
             j = self.forced[lo + r].astype(np.int64)
-            self.parts.append(
-                (
-                    (lo + r).astype(np.int32),
-                    j.astype(np.int32),
-                    cnt[r, j].astype(np.int64),
-                    psum[r, j].astype(np.float64),
-                )
-            )
+            self.parts.append(_edges(lo + r, j, cnt[r, j], psum[r, j]))
         self.rows_done += B
 
-    STATE_FIELDS = ("pb_v", "pb_i", "pb_c", "pb_p", "pz_c", "pz_i", "pt_v", "pt_i", "pt_c", "pt_p", "counters")
+    PART_KEYS = tuple(f"part_{f}" for f in ("src", "dst", "c", "p"))  # block_arrays' names of the Edges fields
 
     def block_arrays(self, lo: int, hi: int) -> dict[str, np.ndarray]:
         """The state after folding only rows lo..hi-1, as arrays (for another process to `merge`)."""
         assert self.rows_done == hi - lo, (self.rows_done, lo, hi)
-        out = {f: getattr(self, f) for f in self.STATE_FIELDS}
-        out |= {"rb_j": self.rb_j[lo:hi], "rb_c": self.rb_c[lo:hi], "rb_p": self.rb_p[lo:hi]}
-        parts = self.parts or [(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))]
-        for x, name in enumerate(("part_src", "part_dst", "part_c", "part_p")):
+        out = self.cols._asdict() | {"counters": self.counters}
+        out |= {f"rb_{f}": x[lo:hi] for f, x in self.succ._asdict().items()}
+        parts = self.parts or [ks.new(ks.Edges, 0)]
+        for x, name in enumerate(self.PART_KEYS):
             out[name] = np.concatenate([p[x] for p in parts])
         out["rows"] = np.array([lo, hi], np.int64)
         return out
@@ -271,95 +169,84 @@ class PairState:
         `add_block` does, so folding blocks on separate workers and merging their states gives
         the state of one worker folding them all, in any order."""
         lo, hi = (int(v) for v in block["rows"])
+        st = self.cols
         if self.do_best:
             ov, oi = block["pb_v"], block["pb_i"]
-            take = (ov > self.pb_v) | ((ov == self.pb_v) & (oi < self.pb_i))
+            take = (ov > st.pb_v) | ((ov == st.pb_v) & (oi < st.pb_i))
             for f in ("pb_v", "pb_i", "pb_c", "pb_p"):
-                getattr(self, f)[take] = block[f][take]
+                getattr(st, f)[take] = block[f][take]
             oc, oi = block["pz_c"], block["pz_i"]
-            take = (oi != ks.NO_ID) & ((oc > self.pz_c) | ((oc == self.pz_c) & (oi < self.pz_i)))
-            self.pz_c[take] = oc[take]
-            self.pz_i[take] = oi[take]
-            self.rb_j[lo:hi], self.rb_c[lo:hi], self.rb_p[lo:hi] = block["rb_j"], block["rb_c"], block["rb_p"]
-        k = self.pt_v.shape[2]
-        v = np.concatenate([self.pt_v, block["pt_v"]], axis=2)
-        i = np.concatenate([self.pt_i, block["pt_i"]], axis=2)
+            take = (oi != ks.NO_ID) & ((oc > st.pz_c) | ((oc == st.pz_c) & (oi < st.pz_i)))
+            st.pz_c[take] = oc[take]
+            st.pz_i[take] = oi[take]
+            for f, x in self.succ._asdict().items():
+                x[lo:hi] = block[f"rb_{f}"]
+        k = st.pt_v.shape[2]
         # ids of two blocks never coincide, so (value desc, id asc) orders the 2k entries strictly
-        order = np.lexsort((i, -v), axis=2)[:, :, :k]
-        for f, both in (("pt_v", v), ("pt_i", i)):
-            setattr(self, f, np.take_along_axis(both, order, axis=2))
-        for f in ("pt_c", "pt_p"):
-            both = np.concatenate([getattr(self, f), block[f]], axis=2)
-            setattr(self, f, np.take_along_axis(both, order, axis=2))
+        v = np.concatenate([st.pt_v, block["pt_v"]], axis=2)
+        order = np.lexsort((np.concatenate([st.pt_i, block["pt_i"]], axis=2), -v), axis=2)[:, :, :k]
+        tops = ("pt_v", "pt_i", "pt_c", "pt_p")
+        self.cols = st._replace(
+            **{f: np.take_along_axis(np.concatenate([getattr(st, f), block[f]], axis=2), order, axis=2) for f in tops}
+        )
         self.counters = self.counters + block["counters"]
-        self.parts.append((block["part_src"], block["part_dst"], block["part_c"], block["part_p"]))
+        self.parts.append(ks.Edges(*(block[name] for name in self.PART_KEYS)))
         self.rows_done += hi - lo
 
     def finish(self, n: int, src: Side, dst: Side) -> PairResult:
         """Combine blocks: kept edges (sorted by src, dst) and best predecessors per measure."""
         assert self.rows_done == self.d_l, (self.rows_done, self.d_l)
-        P, dm, k = self.pt_i.shape
-        ok = self.pt_i != ks.NO_ID
+        st = self.cols
+        P, dm, k = st.pt_i.shape
+        ok = st.pt_i != ks.NO_ID
         jj = np.broadcast_to(np.arange(dm)[None, :, None], (P, dm, k))
-        parts = self.parts + [(self.pt_i[ok], jj[ok].astype(np.int32), self.pt_c[ok], self.pt_p[ok])]
-        src_i = np.concatenate([p[0] for p in parts])
-        dst_j = np.concatenate([p[1] for p in parts])
+        parts = self.parts + [_edges(st.pt_i[ok], jj[ok], st.pt_c[ok], st.pt_p[ok])]
+        src_i = np.concatenate([p.src for p in parts])
+        dst_j = np.concatenate([p.dst for p in parts])
         key = src_i.astype(np.int64) * dm + dst_j
         _, first = np.unique(key, return_index=True)  # sorted by (src, dst), one row per pair
-        edges = tuple(np.concatenate([p[x] for p in parts])[first] for x in range(4))
+        edges = tuple(np.concatenate([p[x] for p in parts])[first] for x in range(len(ks.Edges._fields)))
         self.parts = []
         pred = None
         if self.do_best:
             pred = self._best_pred(n, src, dst)
-        return PairResult(
-            *edges,
-            pred_j=pred,
-            counters=self.counters,
-            succ=(self.rb_j, self.rb_c, self.rb_p) if self.do_best else None,
-        )
+        return PairResult(*edges, pred_j=pred, counters=self.counters, succ=tuple(self.succ) if self.do_best else None)
 
     def _best_pred(self, n: int, src: Side, dst: Side):
-        """Best source row of each column per measure: (ids, c, p) [d_m, 6], -1 where none."""
-        ids, c, p = self.pb_i.T.copy(), self.pb_c.T.copy(), self.pb_p.T.copy()
+        """Best source row of each column per measure: (ids, c, p) [d_m, N_MEASURES], -1 where none."""
+        st = self.cols
+        ids, c, p = st.pb_i.T.copy(), st.pb_c.T.copy(), st.pb_p.T.copy()
         none = ids == ks.NO_ID
         # no positive value in a column: the best is 0 at the lowest row where it is defined
         # (see kernels_scan.zero_best; the roles of sufficiency and necessity swap here)
         live_j, q_j = dst.count > 0, ~np.isnan(dst.irq)
-        first_live_i, first_q_i = _first(src.count > 0), _first(~np.isnan(src.irq))
+        first_live_i, first_q_i = ks.first_index(src.count > 0), ks.first_index(~np.isnan(src.irq))
         zero = {
-            0: np.where(live_j, 0, first_live_i),
-            1: np.full(self.d_m, first_live_i),
-            2: np.where(live_j, 0, -1),
-            5: np.where(q_j, first_q_i, -1),
+            ks.JACCARD: np.where(live_j, 0, first_live_i),
+            ks.SUFFICIENCY: np.full(self.d_m, first_live_i),
+            ks.NECESSITY: np.where(live_j, 0, -1),
+            ks.ACT_COSINE: np.where(q_j, first_q_i, -1),
         }
         for m, cand in zero.items():
             ids[none[:, m], m] = cand[none[:, m]]
             c[none[:, m], m] = 0
             p[none[:, m], m] = 0.0
         # MI of never co-active pairs: the column's zero-count candidate (see kernels_scan)
-        cand = np.where(live_j, self.pz_i, 0)
+        cand = np.where(live_j, st.pz_i, 0)
         has = cand != ks.NO_ID
         mi0 = mutual_info(n, np.zeros(self.d_m, np.int64), src.count[np.where(has, cand, 0)], dst.count)
-        cur_v, cur_i = self.pb_v[3], self.pb_i[3]
+        cur_v, cur_i = st.pb_v[ks.MI], st.pb_i[ks.MI]
         take = has & ((mi0 > cur_v) | ((mi0 == cur_v) & (cand < cur_i)))
-        ids[take, 3] = cand[take]
-        c[take, 3] = 0
-        p[take, 3] = 0.0
+        ids[take, ks.MI] = cand[take]
+        c[take, ks.MI] = 0
+        p[take, ks.MI] = 0.0
         ids[ids == ks.NO_ID] = -1
         return ids, c, p
 
 
-def _finite_order(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the finite entries of h by value ascending (ties: index ascending), and their values."""
-    idx = np.flatnonzero(np.isfinite(h))
-    idx = idx[np.argsort(h[idx], kind="stable")]
-    return idx.astype(np.int64), h[idx].astype(np.float64)
-
-
-def _first(mask: np.ndarray) -> int:
-    """Lowest index where mask is True, -1 if none."""
-    hits = np.flatnonzero(mask)
-    return int(hits[0]) if len(hits) else -1
+def _edges(src: np.ndarray, dst: np.ndarray, n_co: np.ndarray, p: np.ndarray) -> ks.Edges:
+    """An `Edges` of these cells, in its dtypes."""
+    return ks.Edges(*(np.asarray(x).astype(dt) for x, dt in zip((src, dst, n_co, p), ks.EDGE_DTYPES.values())))
 
 
 @dataclass

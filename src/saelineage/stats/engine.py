@@ -24,12 +24,15 @@ import psutil
 
 from saelineage.errors import SaelineageError
 from saelineage.stats import kernels as kn
-from saelineage.stats.batch import Batch, BufferPool, LayerBuffer, batches
+from saelineage.stats.batch import POS_DTYPE, PTR_DTYPE, VAL_DTYPE, Batch, BufferPool, LayerBuffer, batches
 from saelineage.stats.edges import EdgeOptions, PairResult, PairState, result_bytes, spilled_bytes, state_bytes
 from saelineage.stats.measures import Marginals, side
 
 BATCH_MAX = 1536 << 20  # larger batches: fewer accumulator-row streams (see batch.py)
 BATCH_MIN_ENTRIES = 1 << 16
+BATCH_MIN_TOKENS = 1 << 12
+BATCH_MIN_L0 = 8  # entries per token that a batch's token capacity assumes (L0 is rarely lower)
+CHUNKS_PER_THREAD = 8  # row chunks of equal work per accumulation thread: slack for uneven timing
 SLACK_MAX = 192 << 20
 """Room left for the scans' and output tables' temporaries and the shard staging areas."""
 
@@ -70,7 +73,7 @@ class Budget:
 
     @property
     def cell_bytes(self) -> int:
-        return np.dtype(self.count_dtype).itemsize + 8
+        return np.dtype(self.count_dtype).itemsize + kn.PSUM_DTYPE.itemsize
 
 
 KERNELS_BYTES = 160 << 20
@@ -94,7 +97,7 @@ def plan(layout: Layout, opts: EdgeOptions, memory_limit: int, baseline: int | N
     per unit, so a tiny limit still runs (slowly, many passes) with identical results; batches
     never go below 64k entries, so limits under ~50 MB bound the accumulators only.
     """
-    count_dtype = np.int32 if layout.n_tokens_hint < 2**31 - 1 else np.int64
+    count_dtype = np.int32 if layout.n_tokens_hint < np.iinfo(np.int32).max else np.int64
     if baseline is None:
         baseline = process_baseline()
     limit, memory_limit = memory_limit, max(memory_limit - baseline, 0)
@@ -157,21 +160,16 @@ class Accumulated(NamedTuple):
     timings: dict[str, float]
 
 
-def _new_marginals(d: int) -> Marginals:
-    return Marginals(
-        np.zeros(d, np.int64), np.zeros(d, np.int64), np.zeros(d), np.zeros(d), np.full(d, np.inf), np.zeros(d)
-    )
-
-
 def _batch_shape(layout: Layout, layers: list[int], src: set[int], batch_bytes: int) -> tuple[int, int]:
     """(entries per layer, tokens) of a batch of these layers whose pool block (Batch.nbytes)
-    fits batch_bytes. Tokens: one per 8 entries (L0 is rarely under 8)."""
+    fits batch_bytes. Tokens: one per BATCH_MIN_L0 entries."""
     need_act = not layout.all_active
-    per_entry = sum(LayerBuffer.entry_bytes(np.float32, need_act, l in src) for l in layers)
-    per_entry += (8 * len(layers) + 4) / 8  # token pointers of each layer and positions
+    per_entry = sum(LayerBuffer.entry_bytes(VAL_DTYPE, need_act, l in src) for l in layers)
+    per_token = PTR_DTYPE.itemsize * len(layers) + POS_DTYPE.itemsize  # token pointers of each layer, position
+    per_entry += per_token / BATCH_MIN_L0
     fixed = Batch.nbytes(layers, src, layout.d, 0, 0, need_act)
     ecap = max(BATCH_MIN_ENTRIES, int(max(0, batch_bytes - fixed) // per_entry))
-    return ecap, max(ecap // 8, 1 << 12)
+    return ecap, max(ecap // BATCH_MIN_L0, BATCH_MIN_TOKENS)
 
 
 def _pass_layers(layout: Layout, units: list[Unit]) -> tuple[list[int], set[int]]:
@@ -246,7 +244,7 @@ class Arena:
 
     def __init__(self, count_dtype: type = np.int32):
         self.cnt = np.zeros(0, count_dtype)
-        self.psum = np.zeros(0)
+        self.psum = np.zeros(0, kn.PSUM_DTYPE)
         self.used = 0  # cells the last take handed out; every cell past them is zero
 
     def reserve(self, cells: int, count_dtype: type) -> None:
@@ -255,7 +253,7 @@ class Arena:
         if len(self.cnt) < cells or self.cnt.dtype != np.dtype(count_dtype):
             self.cnt = self.psum = None  # type: ignore[assignment]  # free before the new allocation
             self.cnt = np.empty(cells, count_dtype)
-            self.psum = np.empty(cells)
+            self.psum = np.empty(cells, kn.PSUM_DTYPE)
             kn.zero_fill(self.cnt)
             kn.zero_fill(self.psum)
             self.used = 0
@@ -326,7 +324,7 @@ def accumulate_pass(
         for u in units:
             s, m = batch.buf[pairs[u.pair].src], batch.buf[pairs[u.pair].dst]
             work = kn.row_work(s.colptr, s.tok, m.ptr, u.lo, u.hi)
-            bounds = kn.chunk_bounds(work, u.lo, 8 * numba.get_num_threads())
+            bounds = kn.chunk_bounds(work, u.lo, CHUNKS_PER_THREAD * numba.get_num_threads())
             kn.accumulate(
                 bounds,
                 u.lo,
@@ -356,7 +354,9 @@ def new_timings() -> dict[str, float]:
 
 def new_marginals(d: int) -> Marginals:
     """Zeroed marginals of a layer of d features, for `accumulate_pass` to fill."""
-    return _new_marginals(d)
+    return Marginals(
+        np.zeros(d, np.int64), np.zeros(d, np.int64), np.zeros(d), np.zeros(d), np.full(d, np.inf), np.zeros(d)
+    )
 
 
 def run_passes(
@@ -388,7 +388,7 @@ def run_passes(
     pool.reserve(budget.batch_bytes)
     tm["reserve"] += time.perf_counter() - t0
     for pass_no, units in enumerate(budget.passes):
-        fresh = {l: _new_marginals(d[l]) for l in _pass_layers(layout, units)[0] if l not in marg}
+        fresh = {l: new_marginals(d[l]) for l in _pass_layers(layout, units)[0] if l not in marg}
         before = increments
 
         def tick(n_sh: int, incr: int, pass_no=pass_no, before=before) -> None:

@@ -21,6 +21,13 @@ from numba.extending import intrinsic
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 PREFETCH_AHEAD = 4  # tokens; hides the DRAM latency of the next destination rows
+PREFETCH_ENTRIES = 64  # of a destination row: about two L0s, enough for most tokens
+CACHE_LINE = 64  # bytes; one prefetch or touch per line
+TYPICAL_L0 = 32  # destination entries per token, to guess a row's batch work from its tokens
+ZERO_FILL_CHUNK = 1 << 20  # items per parallel task of zero_fill
+PSUM_DTYPE = np.dtype(np.float64)
+"""Accumulated sums p_ij: products of float32 codes are exact in float64, and so the sums are
+the same in any batching (they are added in global token order)."""
 # A row whose batch work exceeds this fraction of its length is first read sequentially:
 # streaming it into cache at memory bandwidth beats one cache miss per first touch.
 TOUCH_FRACTION = 0.25
@@ -47,13 +54,14 @@ def _prefetch(typingctx, arr, idx):
 
 @numba.njit(inline="always")
 def _prefetch_row(m_indptr, m_idx, m_val, t):
-    """Prefetch destination token row t (indices and values, up to 64 entries)."""
+    """Prefetch destination token row t (indices and values, up to PREFETCH_ENTRIES entries)."""
     f = m_indptr[t]
     n = m_indptr[t + 1]
-    while f < n and f < m_indptr[t] + 64:
+    step = CACHE_LINE // m_idx.itemsize  # a line of indices per step; float32 values are as wide
+    while f < n and f < m_indptr[t] + PREFETCH_ENTRIES:
         _prefetch(m_idx, f)
         _prefetch(m_val, f)
-        f += 16
+        f += step
 
 
 @numba.njit(**_JIT)
@@ -155,7 +163,7 @@ def zero_fill(a):
     """a[:] = 0 (1-D) on every thread: faults fresh pages in parallel, and refills reused
     memory at memory bandwidth."""
     n = a.shape[0]
-    step = 1 << 20
+    step = ZERO_FILL_CHUNK
     for c in prange((n + step - 1) // step):
         a[c * step : min(n, (c + 1) * step)] = 0
 
@@ -188,9 +196,9 @@ def chunk_bounds(work: np.ndarray, lo: int, n_chunks: int) -> np.ndarray:
 def _touch(crow, prow):
     """Read a row sequentially so the hardware streams it into cache."""
     x = 0
-    for j in range(0, crow.shape[0], 16):
+    for j in range(0, crow.shape[0], CACHE_LINE // crow.itemsize):
         x += crow[j]
-    for j in range(0, prow.shape[0], 8):
+    for j in range(0, prow.shape[0], CACHE_LINE // prow.itemsize):
         x += prow[j] != 0.0
     return x
 
@@ -211,7 +219,7 @@ def accumulate(bounds, lo, colptr, tok, val, act, m_indptr, m_idx, m_val, m_act,
             prow = psum[i - lo]
             e0 = colptr[i]
             e1 = colptr[i + 1]
-            if (e1 - e0) * 32 > TOUCH_FRACTION * crow.shape[0]:  # ~32 entries per token
+            if (e1 - e0) * TYPICAL_L0 > TOUCH_FRACTION * crow.shape[0]:
                 if _touch(crow, prow) < 0:  # never true; keeps the compiler from dropping the reads
                     crow[0] = 0
             for e in range(e0, e1):

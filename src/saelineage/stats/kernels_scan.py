@@ -20,18 +20,280 @@ Jensen, MI = KL(joint || product) <= log(1 + chi2/n) with chi2/n = r = D² / (c_
 (n-c_j)), D = n c_ij - c_i c_j (a few multiplications). A cell whose bound is below every
 value it could displace (row best, column best, the k-th of the row and column top-k lists,
 the keep threshold) is skipped: r < expm1(that value), with a 1e-9 relative margin.
+
+The kernels take their arrays in bundles (NamedTuples, which numba passes as tuples of
+arrays): `Block` (the accumulators), `measures.Side` (per-feature marginals of each layer),
+`Rules` (what to keep), `Walk` (orders of the untouched-cell walks), `Floor` (what a column
+entry must beat), `RowResults` and `ColumnScratch` (one scan's outputs), `ColumnState` (a
+pair's running column results) and `Edges` (kept cells). Bundles of allocated arrays describe
+their arrays once, in `spec`; `new` allocates them and `nbytes` sizes them for the memory plan.
+
+numba (0.68) drops writes made through a bundle's attribute inside a `prange` loop (reads are
+fine), so the parallel kernels bind every array they write to a local name before the loop.
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple, TypeVar
 
 import numba
 import numpy as np
 from numba import prange
 
+from saelineage.stats.measures import MEASURE_INDEX, MEASURES, Side
+
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
-N_MEASURES = 6
-MI = 3  # index of mutual_info in measures.MEASURES
+N_MEASURES = len(MEASURES)
+# measure indices (measures.MEASURES order), frozen into the kernels at compile time
+JACCARD = MEASURE_INDEX["jaccard"]
+SUFFICIENCY = MEASURE_INDEX["sufficiency"]
+NECESSITY = MEASURE_INDEX["necessity"]
+MI = MEASURE_INDEX["mutual_info"]
+PEARSON = MEASURE_INDEX["pearson"]
+ACT_COSINE = MEASURE_INDEX["act_cosine"]
+# measures that are 0 or NaN on a never co-active pair (c = p = 0): their zero bests come in
+# closed form (zero_best), so the scan only ranks their positive values
+ZERO_IF_UNTOUCHED = (JACCARD, SUFFICIENCY, NECESSITY, ACT_COSINE)
+COUNTERS = ("seen", "touched", "supported")  # cells with c > 0; c > 0 or p > 0; c >= min_support
+SEEN, TOUCHED, SUPPORTED = range(len(COUNTERS))
+N_COUNTERS = len(COUNTERS)
 NO_ID = np.iinfo(np.int32).max  # "no row yet" in column states: loses every id tie
+
+ArraySpec = tuple[tuple[int, ...], type, float | int | None]
+"""One array of a bundle: (shape, dtype, initial value; None: uninitialised)."""
+BundleT = TypeVar("BundleT", bound=tuple)
+
+
+def new(bundle: type[BundleT], *shape_args: int | bool) -> BundleT:
+    """A bundle with every array of `bundle.spec(*shape_args)` allocated and filled."""
+
+    def make(shape: tuple[int, ...], dtype: type, fill: float | int | None) -> np.ndarray:
+        if fill is None:
+            return np.empty(shape, dtype)
+        return np.zeros(shape, dtype) if fill == 0 else np.full(shape, fill, dtype)
+
+    spec = bundle.spec(*shape_args)
+    return bundle(**{f: make(*spec[f]) for f in bundle._fields})
+
+
+def nbytes(bundle: type, *shape_args: int | bool) -> int:
+    """Bytes that `new(bundle, *shape_args)` allocates."""
+    return sum(math.prod(shape) * np.dtype(dt).itemsize for shape, dt, _ in bundle.spec(*shape_args).values())
+
+
+class Block(NamedTuple):
+    """Accumulator rows lo..lo+B-1 of one layer pair (engine.py)."""
+
+    cnt: np.ndarray
+    """int32 or int64 [B, d_m]: c_ij"""
+    psum: np.ndarray
+    """float64 [B, d_m]: p_ij"""
+    lo: int
+    """the block's first source row"""
+
+
+class Rules(NamedTuple):
+    """What a scan ranks and keeps (edges.EdgeOptions, as kernel inputs)."""
+
+    n: np.int64
+    """tokens"""
+    min_support: int
+    prim: np.ndarray
+    """int64 [P]: measure indices ranked for the top-k lists"""
+    thr: np.ndarray
+    """float64 [N_MEASURES]: keep thresholds (NaN: none)"""
+    do_best: bool
+    """also find best partners over all cells (span-1 pairs)"""
+
+
+class Walk(NamedTuple):
+    """One side's features ordered for the untouched-cell walks (`_best_untouched`, `_first_zero`)."""
+
+    order: np.ndarray
+    """int64: the features with a finite g = s·isd, by g ascending (ties: index ascending)"""
+    val: np.ndarray
+    """float64: g of those features, in that order"""
+    by_count: np.ndarray
+    """int64 [d]: every feature by count descending, index ascending"""
+    first_live: int
+    """lowest feature with count > 0 (-1: none)"""
+    first_q: int
+    """lowest feature with q > 0, i.e. a finite irq (-1: none)"""
+
+    @staticmethod
+    def of(side: Side) -> Walk:
+        g = side.s * side.isd
+        idx = np.flatnonzero(np.isfinite(g))
+        idx = idx[np.argsort(g[idx], kind="stable")]
+        return Walk(
+            idx.astype(np.int64),
+            g[idx].astype(np.float64),
+            np.lexsort((np.arange(len(side.count)), -side.count)).astype(np.int64),
+            first_index(side.count > 0),
+            first_index(~np.isnan(side.irq)),
+        )
+
+    @staticmethod
+    def spec(d: int) -> dict[str, ArraySpec]:
+        """The arrays' largest shapes (for the memory plan; `of` computes a walk)."""
+        return {"order": ((d,), np.int64, None), "val": ((d,), np.float64, None), "by_count": ((d,), np.int64, None)}
+
+    @staticmethod
+    def none() -> Walk:
+        """For span > 1 pairs, which take no walks."""
+        empty = np.zeros(0, np.int64)
+        return Walk(empty, np.zeros(0), empty, -1, -1)
+
+
+def first_index(mask: np.ndarray) -> int:
+    """Lowest index where mask is True, -1 if none."""
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if len(hits) else -1
+
+
+class Floor(NamedTuple):
+    """Per column, the pair's current k-th best of each top-k list: an entry that does not beat
+    it cannot enter."""
+
+    v: np.ndarray
+    """float64 [P, d_m]"""
+    i: np.ndarray
+    """int32 [P, d_m]"""
+    mie: np.ndarray
+    """float64 [d_m]: expm1 of the MI list's floor (zeros when MI is not primary)"""
+
+
+class RowResults(NamedTuple):
+    """What one scan finds per block row."""
+
+    best: np.ndarray
+    """int32 [B, N_MEASURES]: best partner j per measure (-1: none; [0, N_MEASURES] without do_best)"""
+    top: np.ndarray
+    """int32 [B, P, k]: top-k supported partners per primary measure (-1 padded)"""
+    keep: np.ndarray
+    """int64 [B]: supported cells passing a keep threshold"""
+
+    @staticmethod
+    def spec(rows: int, n_prim: int, k: int, do_best: bool) -> dict[str, ArraySpec]:
+        return {
+            "best": ((rows if do_best else 0, N_MEASURES), np.int32, -1),
+            "top": ((rows, n_prim, k), np.int32, -1),
+            "keep": ((rows,), np.int64, 0),
+        }
+
+
+class ColumnScratch(NamedTuple):
+    """Each thread's column results of one scan, merged into the pair's `ColumnState` after it.
+
+    Per thread th: column bests per measure (positive values only, except pearson and MI; empty
+    [.., 0] arrays without do_best), zero-count MI candidates, column top-k lists with their k-th
+    value, and the counters."""
+
+    best_v: np.ndarray
+    """float64 [T, N_MEASURES, d_m]"""
+    best_i: np.ndarray
+    """int32 [T, N_MEASURES, d_m]"""
+    best_mie: np.ndarray
+    """float64 [T, d_m]: expm1(column best MI); the caller starts it at the pair's best"""
+    zc: np.ndarray
+    """int64 [T, d_m]: c_i of the zero-count MI candidate"""
+    zi: np.ndarray
+    """int32 [T, d_m]: its row"""
+    top_v: np.ndarray
+    """float64 [T, P, d_m, k]"""
+    top_i: np.ndarray
+    """int32 [T, P, d_m, k]"""
+    kth: np.ndarray
+    """float64 [T, P, d_m]: top_v[..., k-1]"""
+    k_mie: np.ndarray
+    """float64 [T, d_m]: expm1(kth) of the MI list"""
+    counters: np.ndarray
+    """int64 [T, N_COUNTERS]"""
+
+    @staticmethod
+    def spec(threads: int, n_prim: int, d_m: int, k: int, do_best: bool) -> dict[str, ArraySpec]:
+        db = d_m if do_best else 0  # column bests only for span-1 pairs
+        return {
+            "best_v": ((threads, N_MEASURES, db), np.float64, -np.inf),
+            "best_i": ((threads, N_MEASURES, db), np.int32, NO_ID),
+            "best_mie": ((threads, db), np.float64, 0.0),
+            "zc": ((threads, db), np.int64, -1),
+            "zi": ((threads, db), np.int32, NO_ID),
+            "top_v": ((threads, n_prim, d_m, k), np.float64, -np.inf),
+            "top_i": ((threads, n_prim, d_m, k), np.int32, NO_ID),
+            "kth": ((threads, n_prim, d_m), np.float64, -np.inf),
+            "k_mie": ((threads, d_m), np.float64, -1.0),
+            "counters": ((threads, N_COUNTERS), np.int64, 0),
+        }
+
+
+class ColumnState(NamedTuple):
+    """A pair's running column results over the blocks folded so far. Field names are also the
+    keys of `edges.PairState.block_arrays`."""
+
+    pb_v: np.ndarray
+    """float64 [N_MEASURES, d_m]: best row per measure (empty [0, d_m] without do_best)"""
+    pb_i: np.ndarray
+    """int32 [N_MEASURES, d_m]: its id (NO_ID: none)"""
+    pb_c: np.ndarray
+    """int64 [N_MEASURES, d_m]: its c_ij"""
+    pb_p: np.ndarray
+    """float64 [N_MEASURES, d_m]: its p_ij"""
+    pz_c: np.ndarray
+    """int64 [d_m]: c_i of the zero-count MI candidate"""
+    pz_i: np.ndarray
+    """int32 [d_m]: its row (NO_ID: none)"""
+    pt_v: np.ndarray
+    """float64 [P, d_m, k]: column top-k lists"""
+    pt_i: np.ndarray
+    """int32 [P, d_m, k]"""
+    pt_c: np.ndarray
+    """int64 [P, d_m, k]"""
+    pt_p: np.ndarray
+    """float64 [P, d_m, k]"""
+
+    @staticmethod
+    def spec(n_prim: int, d_m: int, k: int, do_best: bool) -> dict[str, ArraySpec]:
+        nb = 1 if do_best else 0  # column bests only for span-1 pairs
+        return {
+            "pb_v": ((N_MEASURES * nb, d_m), np.float64, -np.inf),
+            "pb_i": ((N_MEASURES * nb, d_m), np.int32, NO_ID),
+            "pb_c": ((N_MEASURES * nb, d_m), np.int64, 0),
+            "pb_p": ((N_MEASURES * nb, d_m), np.float64, 0.0),
+            "pz_c": ((d_m * nb,), np.int64, -1),
+            "pz_i": ((d_m * nb,), np.int32, NO_ID),
+            "pt_v": ((n_prim, d_m, k), np.float64, -np.inf),
+            "pt_i": ((n_prim, d_m, k), np.int32, NO_ID),
+            "pt_c": ((n_prim, d_m, k), np.int64, 0),
+            "pt_p": ((n_prim, d_m, k), np.float64, 0.0),
+        }
+
+    def floor(self, prim: np.ndarray) -> Floor:
+        """The k-th entries of the top-k lists (copies: merging a block moves them)."""
+        v, i = self.pt_v[:, :, -1].copy(), self.pt_i[:, :, -1].copy()
+        q_mi = np.flatnonzero(prim == MI)
+        return Floor(v, i, np.expm1(v[q_mi[0]]) if len(q_mi) else np.zeros(v.shape[1]))
+
+
+EDGE_DTYPES = {"src": np.int32, "dst": np.int32, "n_co": np.int64, "p": np.float64}
+
+
+class Edges(NamedTuple):
+    """Kept cells (arrays [K]): the columns of edges.parquet that come from the accumulators."""
+
+    src: np.ndarray
+    """int32"""
+    dst: np.ndarray
+    """int32"""
+    n_co: np.ndarray
+    """int64: c_ij"""
+    p: np.ndarray
+    """float64: p_ij"""
+
+    @staticmethod
+    def spec(count: int) -> dict[str, ArraySpec]:
+        return {f: ((count,), dt, None) for f, dt in EDGE_DTYPES.items()}
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -57,14 +319,14 @@ def mi_scalar(n, c, ci, cj):
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def cell_values(v, n, c, p, ci, si, isdi, irqi, cj, sj, isdj, irqj, with_mi):
-    """Fill v[0..5] with the measures of one cell (measures.MEASURES order; MI NaN unless asked)."""
+    """Fill v[N_MEASURES] with the measures of one cell (measures.MEASURES order; MI NaN unless asked)."""
     fc = np.float64(c)
-    v[0] = fc / np.float64(ci + cj - c)
-    v[1] = fc / np.float64(ci)
-    v[2] = fc / np.float64(cj)
-    v[3] = mi_scalar(n, c, ci, cj) if with_mi else np.nan
-    v[4] = (np.float64(n) * p - si * sj) * isdi * isdj
-    v[5] = p * irqi * irqj
+    v[JACCARD] = fc / np.float64(ci + cj - c)
+    v[SUFFICIENCY] = fc / np.float64(ci)
+    v[NECESSITY] = fc / np.float64(cj)
+    v[MI] = mi_scalar(n, c, ci, cj) if with_mi else np.nan
+    v[PEARSON] = (np.float64(n) * p - si * sj) * isdi * isdj
+    v[ACT_COSINE] = p * irqi * irqj
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -81,15 +343,15 @@ def cell_passes(n, c, p, ci, si, isdi, irqi, cj, sj, isdj, irqj, thr, thr_mie):
     """passes(cell_values(...), thr), computing only the measures that have a threshold
     (mutual information only when its bound can reach the threshold)."""
     fc = np.float64(c)
-    if thr[0] == thr[0] and fc / np.float64(ci + cj - c) >= thr[0]:
+    if thr[JACCARD] == thr[JACCARD] and fc / np.float64(ci + cj - c) >= thr[JACCARD]:
         return True
-    if thr[1] == thr[1] and fc / np.float64(ci) >= thr[1]:
+    if thr[SUFFICIENCY] == thr[SUFFICIENCY] and fc / np.float64(ci) >= thr[SUFFICIENCY]:
         return True
-    if thr[2] == thr[2] and fc / np.float64(cj) >= thr[2]:
+    if thr[NECESSITY] == thr[NECESSITY] and fc / np.float64(cj) >= thr[NECESSITY]:
         return True
-    if thr[4] == thr[4] and (np.float64(n) * p - si * sj) * isdi * isdj >= thr[4]:
+    if thr[PEARSON] == thr[PEARSON] and (np.float64(n) * p - si * sj) * isdi * isdj >= thr[PEARSON]:
         return True
-    if thr[5] == thr[5] and p * irqi * irqj >= thr[5]:
+    if thr[ACT_COSINE] == thr[ACT_COSINE] and p * irqi * irqj >= thr[ACT_COSINE]:
         return True
     if thr[MI] == thr[MI] and c > 0 and mi_bound(n, c, ci, cj) / MARGIN >= thr_mie:
         return mi_scalar(n, c, ci, cj) >= thr[MI]
@@ -118,15 +380,16 @@ def zero_best(m, own_count, own_q_pos, first_live, first_q):
 
     With no positive value every pair has c_ij = 0 (p_ij = 0 for act_cosine), so the best
     is 0 at the lowest partner for which the measure is defined, or none (-1: all NaN).
-    m: measure index; own_count, own_q_pos: this feature's count and q > 0; first_live /
-    first_q: lowest partner with count > 0 / q > 0. Jaccard and the "own-side" ratio need own_count > 0 or
-    a live partner; the "partner-side" ratio needs a live partner.
+    m: measure index (one of ZERO_IF_UNTOUCHED); own_count, own_q_pos: this feature's count
+    and q > 0; first_live / first_q: lowest partner with count > 0 / q > 0. Jaccard and the
+    "own-side" ratio need own_count > 0 or a live partner; the "partner-side" ratio needs a
+    live partner.
     """
-    if m == 0:  # jaccard: c_i + c_j > 0
+    if m == JACCARD:  # c_i + c_j > 0
         return 0 if own_count > 0 else first_live
-    if m == 1:  # c / own count
+    if m == SUFFICIENCY:  # c / own count
         return 0 if own_count > 0 else -1
-    if m == 2:  # c / partner count
+    if m == NECESSITY:  # c / partner count
         return first_live
     return first_q if own_q_pos else -1  # act_cosine: q_i > 0 and q_j > 0
 
@@ -141,16 +404,18 @@ def _untouched_pearson(fn, s_own, isd_own, s_other, isd_other):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _best_untouched(cells_c, cells_p, order, val, fn, s_own, isd_own, s_other, isd_other, offset, own_is_row):
+def _best_untouched(cells_c, cells_p, walk, fn, s_own, isd_own, s_other, isd_other, offset, own_is_row):
     """The best untouched pearson along one row or one column: (value, index into cells), -1 for none.
 
-    cells_c/cells_p: the row's (or the column's) counts and sums; order: the walkable indices by
-    val = s·isd of the partner ascending; s_other/isd_other are read at offset + index. Untouched
-    pearson is −(s_i s_j)·isd_i·isd_j: for a live feature it falls as the partner's s·isd grows, so
-    the best is the first untouched index in order. Rounding can reorder values whose val differ by
-    a few ulps, so every untouched index within BAND of the first is evaluated and the exact
-    (value desc, index asc) best kept. The walk skips only touched cells: its cost is proportional
-    to the touched cells, not to the length."""
+    cells_c/cells_p: the row's (or the column's) counts and sums; walk: a `Walk` over the
+    cells' indices (walk.order by walk.val = s·isd of the partner ascending); s_other/isd_other
+    are read at offset + index. Untouched pearson is −(s_i s_j)·isd_i·isd_j: for a live feature
+    it falls as the partner's s·isd grows, so the best is the first untouched index in order.
+    Rounding can reorder values whose val differ by a few ulps, so every untouched index within
+    BAND of the first is evaluated and the exact (value desc, index asc) best kept. The walk
+    skips only touched cells: its cost is proportional to the touched cells, not to the length."""
+    order = walk.order
+    val = walk.val
     best = -np.inf
     best_k = -1
     if isd_own == isd_own:
@@ -175,9 +440,10 @@ def _best_untouched(cells_c, cells_p, order, val, fn, s_own, isd_own, s_other, i
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _first_zero(cells_c, order):
-    """First index in order whose count is 0 (-1 if none): the zero-count MI candidate when order
-    ranks partners by count descending, index ascending."""
+def _first_zero(cells_c, walk):
+    """First index in walk.by_count (count descending, index ascending) whose cell count is 0
+    (-1 if none): the zero-count MI candidate."""
+    order = walk.by_count
     for t in range(order.shape[0]):
         if cells_c[order[t]] == 0:
             return order[t]
@@ -185,21 +451,29 @@ def _first_zero(cells_c, order):
 
 
 @numba.njit(parallel=True, **_JIT)
-def untouched_columns(cnt, psum, lo, fn, ci, si, isdi, sj, isdj, g_order, g_val, c_order, cb_v, cb_i, zc, zi):
-    """Per column of a block (cnt, psum [B, d_m], rows lo..): the best pearson over untouched
-    cells and the zero-count MI candidate (c_ij = 0: largest c_i, lowest i), folded into this
-    thread's column state (cb_v/cb_i [th, d_m] for pearson, zc/zi [th, d_m]).
+def untouched_columns(block, n, src, dst, rows, cols):
+    """Per column of a block (a `Block`): the best pearson over untouched cells and the
+    zero-count MI candidate (c_ij = 0: largest c_i, lowest i), folded into this thread's
+    column state (`ColumnScratch` cols: best_v/best_i of pearson, zc/zi).
 
-    g_order: block rows (0..B-1) with finite g_i = s_i·isd_i, by g ascending (g_val their g);
-    c_order: block rows by c_i descending, row ascending (`_best_untouched`, `_first_zero`)."""
-    B, dm = cnt.shape
-    for j in prange(dm):
+    src, dst: the pair's `Side`s; rows: the `Walk` of the block's rows (indices 0..B-1 of
+    src's rows lo..lo+B-1)."""
+    cnt = block.cnt
+    psum = block.psum
+    lo = block.lo
+    fn = np.float64(n)
+    ci = src.count
+    cb_v = cols.best_v[:, PEARSON, :]
+    cb_i = cols.best_i[:, PEARSON, :]
+    zc = cols.zc
+    zi = cols.zi
+    for j in prange(cnt.shape[1]):
         th = numba.get_thread_id()
-        best, r = _best_untouched(cnt[:, j], psum[:, j], g_order, g_val, fn, sj[j], isdj[j], si, isdi, lo, False)
+        best, r = _best_untouched(cnt[:, j], psum[:, j], rows, fn, dst.s[j], dst.isd[j], src.s, src.isd, lo, False)
         if r >= 0 and (best > cb_v[th, j] or (best == cb_v[th, j] and lo + r < cb_i[th, j])):
             cb_v[th, j] = best
             cb_i[th, j] = lo + r
-        r = _first_zero(cnt[:, j], c_order)
+        r = _first_zero(cnt[:, j], rows)
         if r >= 0:
             c = np.int64(ci[lo + r])
             if c > zc[th, j] or (c == zc[th, j] and lo + r < zi[th, j]):
@@ -239,65 +513,44 @@ def _best(bv, bj, cb_v, cb_i, m, x, i, j):
 
 
 @numba.njit(parallel=True, **_JIT)
-def scan_block(
-    cnt,
-    psum,
-    lo,
-    n,
-    ci,
-    si,
-    isdi,
-    irqi,
-    cj,
-    sj,
-    isdj,
-    irqj,
-    first_live_j,
-    first_q_j,
-    do_best,
-    prim,
-    min_support,
-    thr,
-    floor_v,
-    floor_i,
-    floor_mie,
-    rbest,
-    rtop,
-    rkeep,
-    cbest_v,
-    cbest_i,
-    cb_mie,
-    zc,
-    zi,
-    ctop_v,
-    ctop_i,
-    ckth,
-    ck_mie,
-    counters,
-    h_order,
-    h_val,
-    cz_order,
-):
-    """Scan block rows lo..lo+B-1 (cnt, psum [B, d_m]); see the module docstring.
+def scan_block(block, src, dst, rules, walk, floor, rows, cols):
+    """Scan the rows of `block` (a `Block`: rows lo..lo+B-1, cnt/psum [B, d_m]); see the module
+    docstring.
 
-    Per-feature inputs are [d_l] (ci, si, isdi, irqi) and [d_m] (cj, ...); first_*_j:
-    lowest column with c_j > 0 / q_j > 0 (-1 if none). prim int64[P]: measure indices
-    ranked for edges; thr float64[6] keep thresholds (NaN = none); floor_v/floor_i
-    [P, d_m]: the pair's current k-th best per column (entries that do not beat it cannot
-    enter), floor_mie [d_m] = expm1(floor of the MI list). Outputs: rbest int32[B,6] (best
-    j per measure, do_best only), rtop int32[B,P,k] (-1 padded), rkeep int64[B] (threshold
-    cells); per thread th: cbest_v/cbest_i [th,6,d_m] (positive values only, except
-    pearson and MI) with cb_mie [th,d_m] = expm1(column best MI; start: the pair's best),
-    zc/zi [th,d_m] zero-count MI candidates, ctop_v/ctop_i [th,P,d_m,k] with ckth
-    [th,P,d_m] their k-th value and ck_mie [th,d_m] its expm1 for the MI list, counters
-    int64[th,3] (seen, touched, supported).
+    src, dst: `Side`s of the pair's layers ([d_l], [d_m]); rules: `Rules`; walk: the `Walk` of
+    dst's features (do_best only; its first_live / first_q resolve zero bests); floor: the
+    pair's `Floor`. Writes `RowResults` rows (best: do_best only) and this thread's part of
+    the `ColumnScratch` cols.
 
     Untouched cells (c = p = 0) are skipped: every measure but pearson is 0 or NaN there
     (resolved in closed form), and their pearson row and column bests come from the ordered walks
-    of `_best_untouched` / `untouched_columns` (h_order/h_val/cz_order over columns, passed in;
-    the column walk runs after this scan). Past one sequential sweep that finds the touched cells,
-    the cost is proportional to the touched cells.
+    of `_best_untouched` / `untouched_columns` (the column walk runs after this scan). Past one
+    sequential sweep that finds the touched cells, the cost is proportional to the touched cells.
     """
+    cnt = block.cnt
+    psum = block.psum
+    lo = block.lo
+    ci, si, isdi, irqi = src.count, src.s, src.isd, src.irq
+    cj, sj, isdj, irqj = dst.count, dst.s, dst.isd, dst.irq
+    n = rules.n
+    prim = rules.prim
+    thr = rules.thr
+    min_support = rules.min_support
+    do_best = rules.do_best
+    floor_v = floor.v
+    floor_i = floor.i
+    floor_mie = floor.mie
+    rbest = rows.best
+    rtop = rows.top
+    rkeep = rows.keep
+    cbest_v = cols.best_v
+    cbest_i = cols.best_i
+    cb_mie = cols.best_mie
+    ctop_v = cols.top_v
+    ctop_i = cols.top_i
+    ckth = cols.kth
+    ck_mie = cols.k_mie
+    counters = cols.counters
     B, dm = cnt.shape
     P = prim.shape[0]
     k = rtop.shape[2]
@@ -318,7 +571,7 @@ def scan_block(
         si_, isdi_, irqi_ = si[i], isdi[i], irqi[i]
         crow = cnt[r]
         prow = psum[r]
-        cb_v = cbest_v[th]  # [6, d_m], or [6, 0] for span > 1 pairs (never read then)
+        cb_v = cbest_v[th]  # [N_MEASURES, d_m], or [N_MEASURES, 0] for span > 1 pairs (never read then)
         cb_i = cbest_i[th]
         v = np.empty(N_MEASURES)
         bv = np.full(N_MEASURES, -np.inf)
@@ -333,8 +586,8 @@ def scan_block(
         ub = -np.inf
         ubj = -1
         if do_best:
-            ub, ubj = _best_untouched(crow, prow, h_order, h_val, fn, si_, isdi_, sj, isdj, 0, True)
-            zmax_j = _first_zero(crow, cz_order)
+            ub, ubj = _best_untouched(crow, prow, walk, fn, si_, isdi_, sj, isdj, 0, True)
+            zmax_j = _first_zero(crow, walk)
         seen = 0
         touched = 0
         supported = 0
@@ -349,12 +602,12 @@ def scan_block(
             sup = c >= min_support
             # the measures, as in cell_values / measures.py
             fc = np.float64(c)
-            v[0] = fc / np.float64(ci_ + cjj - c)
-            v[1] = fc / fci
-            v[2] = fc / np.float64(cjj)
-            v[4] = (fn * p - si_ * sj[j]) * isdi_ * isdj[j]
-            v[5] = p * irqi_ * irqj[j]
-            v[3] = np.nan
+            v[JACCARD] = fc / np.float64(ci_ + cjj - c)
+            v[SUFFICIENCY] = fc / fci
+            v[NECESSITY] = fc / np.float64(cjj)
+            v[PEARSON] = (fn * p - si_ * sj[j]) * isdi_ * isdj[j]
+            v[ACT_COSINE] = p * irqi_ * irqj[j]
+            v[MI] = np.nan
             if c > 0:
                 seen += 1
                 rb = mi_bound(n, c, ci_, cjj) / MARGIN
@@ -364,23 +617,23 @@ def scan_block(
                         q_mi >= 0 and (rb >= top_mie or (rb >= ck_mie[th, j] and rb >= floor_mie[j]))
                     )
                 if need:
-                    v[3] = mi_scalar(n, c, ci_, cjj)
+                    v[MI] = mi_scalar(n, c, ci_, cjj)
             if do_best:
-                for m in (0, 1, 2, 5):
+                for m in ZERO_IF_UNTOUCHED:
                     if v[m] > 0.0:  # zeros are resolved in closed form (zero_best)
                         _best(bv, bj, cb_v, cb_i, m, v[m], i, j)
-                x = v[4]
+                x = v[PEARSON]
                 if x > tb:
                     tb = x
                     tbj = j
-                if x > cb_v[4, j] or (x == cb_v[4, j] and i < cb_i[4, j]):
-                    cb_v[4, j] = x
-                    cb_i[4, j] = i
-                if v[3] == v[3]:
-                    if v[3] > bv[MI]:
-                        row_mie = np.expm1(v[3])
-                    if _best(bv, bj, cb_v, cb_i, MI, v[3], i, j):
-                        cb_mie[th, j] = np.expm1(v[3])
+                if x > cb_v[PEARSON, j] or (x == cb_v[PEARSON, j] and i < cb_i[PEARSON, j]):
+                    cb_v[PEARSON, j] = x
+                    cb_i[PEARSON, j] = i
+                if v[MI] == v[MI]:
+                    if v[MI] > bv[MI]:
+                        row_mie = np.expm1(v[MI])
+                    if _best(bv, bj, cb_v, cb_i, MI, v[MI], i, j):
+                        cb_mie[th, j] = np.expm1(v[MI])
             if not sup:
                 continue
             supported += 1
@@ -403,11 +656,11 @@ def scan_block(
             if ubj >= 0 and (ub > tb or (ub == tb and ubj < tbj)):
                 tb = ub
                 tbj = ubj
-            bv[4] = tb
-            bj[4] = tbj
-            for m in (0, 1, 2, 5):
+            bv[PEARSON] = tb
+            bj[PEARSON] = tbj
+            for m in ZERO_IF_UNTOUCHED:
                 if bj[m] < 0:
-                    bj[m] = zero_best(m, ci_, irqi_ == irqi_, first_live_j, first_q_j)
+                    bj[m] = zero_best(m, ci_, irqi_ == irqi_, walk.first_live, walk.first_q)
             cand = zmax_j if ci_ > 0 else 0  # c_i = 0: every partner has MI 0, lowest id wins
             if cand >= 0 and cand < dm:
                 x = mi_scalar(n, np.int64(0), ci_, np.int64(cj[cand]))
@@ -420,42 +673,32 @@ def scan_block(
             for s in range(k):
                 rtop[r, q, s] = tj[q, s] if tj[q, s] != NO_ID else -1
         rkeep[r] = n_thr
-        counters[th, 0] += seen
-        counters[th, 1] += touched
-        counters[th, 2] += supported
+        counters[th, SEEN] += seen
+        counters[th, TOUCHED] += touched
+        counters[th, SUPPORTED] += supported
 
 
 @numba.njit(parallel=True, **_JIT)
-def merge_columns(
-    cnt,
-    psum,
-    lo,
-    do_best,
-    cbest_v,
-    cbest_i,
-    zc,
-    zi,
-    ctop_v,
-    ctop_i,
-    pb_v,
-    pb_i,
-    pb_c,
-    pb_p,
-    pz_c,
-    pz_i,
-    pt_v,
-    pt_i,
-    pt_c,
-    pt_p,
-):
-    """Fold the per-thread column states of one block into the pair's running state.
+def merge_columns(block, do_best, cols, state):
+    """Fold the per-thread column results of one block (`ColumnScratch` cols) into the pair's
+    running `ColumnState` state.
 
-    Pair state: pb_* [6, d_m] best row per measure (value, id, c_ij, p_ij); pz_c/pz_i
-    [d_m] zero-count MI candidates; pt_* [P, d_m, k] column top-k with c_ij, p_ij. The
-    order (value desc, id asc) is total, so the result is independent of block and thread
-    order. c_ij and p_ij of newly taken rows are read from this block (cnt, psum).
+    The order (value desc, id asc) is total, so the result is independent of block and thread
+    order. c_ij and p_ij of newly taken rows are read from the block's accumulators.
     """
-    T = ctop_v.shape[0]  # cbest_* are empty for span > 1 pairs
+    cnt = block.cnt
+    psum = block.psum
+    lo = block.lo
+    cbest_v = cols.best_v  # empty without do_best
+    cbest_i = cols.best_i
+    zc = cols.zc
+    zi = cols.zi
+    ctop_v = cols.top_v
+    ctop_i = cols.top_i
+    pb_v, pb_i, pb_c, pb_p = state.pb_v, state.pb_i, state.pb_c, state.pb_p
+    pz_c, pz_i = state.pz_c, state.pz_i
+    pt_v, pt_i, pt_c, pt_p = state.pt_v, state.pt_i, state.pt_c, state.pt_p
+    T = ctop_v.shape[0]
     P = ctop_v.shape[1]
     dm = cnt.shape[1]
     k = ctop_v.shape[3]
@@ -496,36 +739,24 @@ def merge_columns(
 
 
 @numba.njit(parallel=True, **_JIT)
-def gather_rows(
-    cnt,
-    psum,
-    lo,
-    n,
-    ci,
-    si,
-    isdi,
-    irqi,
-    cj,
-    sj,
-    isdj,
-    irqj,
-    min_support,
-    thr,
-    rtop,
-    rkeep,
-    offsets,
-    out_i,
-    out_j,
-    out_c,
-    out_p,
-    count_only,
-):
-    """Kept cells of each block row: its top-k partners (any primary measure) and the
-    supported cells that pass a keep threshold, ascending j, without duplicates.
+def gather_rows(block, src, dst, rules, rows, offsets, out, count_only):
+    """Kept cells of each block row: its top-k partners (any primary measure: rows.top) and the
+    supported cells that pass a keep threshold (rows.keep > 0), ascending j, without duplicates.
 
-    With count_only, writes the number of kept cells of row r into offsets[r + 1];
-    otherwise fills out_* [K] from offsets (exclusive prefix sums of those counts).
+    With count_only, writes the number of kept cells of row r into offsets[r + 1] (int64 [B+1]);
+    otherwise fills the `Edges` out ([K]) from offsets (exclusive prefix sums of those counts).
     """
+    cnt = block.cnt
+    psum = block.psum
+    lo = block.lo
+    ci, si, isdi, irqi = src.count, src.s, src.isd, src.irq
+    cj, sj, isdj, irqj = dst.count, dst.s, dst.isd, dst.irq
+    n = rules.n
+    thr = rules.thr
+    min_support = rules.min_support
+    rtop = rows.top
+    rkeep = rows.keep
+    out_i, out_j, out_c, out_p = out.src, out.dst, out.n_co, out.p
     B, dm = cnt.shape
     thr_mie = np.expm1(thr[MI]) if thr[MI] == thr[MI] else np.inf
     for r in prange(B):

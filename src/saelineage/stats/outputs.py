@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from saelineage import contract
 from saelineage.run import temp_name
 from saelineage.stats import kernels as kn
+from saelineage.stats import kernels_scan as ks
 from saelineage.stats.edges import HIST_BINS, PairResult
 from saelineage.stats.engine import Pair
 from saelineage.stats.measures import MEASURE_RANGE, MEASURES, Marginals, Side, pair_measures, side
@@ -205,9 +206,9 @@ def pair_summary(p: Pair, r: PairResult, d: dict[int, int], hist_kept: dict | No
         "dst_layer": p.dst,
         "span": p.span,
         "candidate_pairs": d[p.src] * d[p.dst],
-        "pairs_seen": int(r.counters[0]),  # c_ij >= 1
-        "pairs_touched": int(r.counters[1]),  # c_ij >= 1 or p_ij > 0 (differs with a threshold)
-        "pairs_supported": int(r.counters[2]),  # c_ij >= min_support
+        "pairs_seen": int(r.counters[ks.SEEN]),  # c_ij >= 1
+        "pairs_touched": int(r.counters[ks.TOUCHED]),  # c_ij >= 1 or p_ij > 0 (differs with a threshold)
+        "pairs_supported": int(r.counters[ks.SUPPORTED]),  # c_ij >= min_support
         "pairs_kept": len(r.src),
         "hist_bins": {m: list(MEASURE_RANGE[m]) + [HIST_BINS] for m in MEASURES},  # [lo, hi, bins]
     }
