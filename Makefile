@@ -45,6 +45,7 @@ test-cluster: install
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 
 test-all: install
 	$(VENV)/bin/pytest -q

@@ -205,7 +205,7 @@ class _Acc:
 
 def _assemble(pairs, pair_windows, acc: _Acc, threshold, keep_tokens, info) -> AblationResult:
     cols: dict[str, list] = {c: [] for c in EFFECT_COLUMNS}
-    tokens = [] if keep_tokens else None
+    tokens: list[dict[str, np.ndarray]] | None = [] if keep_tokens else None
     for p in range(len(pairs)):
         c = np.concatenate(acc.clean[p]) if acc.clean[p] else np.zeros(0, np.float32)
         a = np.concatenate(acc.abl[p]) if acc.abl[p] else np.zeros(0, np.float32)
@@ -214,7 +214,7 @@ def _assemble(pairs, pair_windows, acc: _Acc, threshold, keep_tokens, info) -> A
         cols["n_windows_ablated"].append(int(acc.n_ablated[p]))
         for k, v in _effects(c, a, threshold).items():
             cols[k].append(v)
-        if keep_tokens:
+        if tokens is not None:
             wh = np.concatenate(acc.where[p]) if acc.where[p] else np.zeros((0, 2), np.int64)
             order = np.lexsort((wh[:, 1], wh[:, 0]))
             tokens.append({"window": wh[order, 0], "pos": wh[order, 1], "clean": c[order], "ablated": a[order]})

@@ -12,6 +12,7 @@ Windows are sorted by the deepest hook they are needed for, so chunks of shallow
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ class Engine:
 
         plan, seq, C = self.plan, self.ids.shape[1], len(W)
         mask = torch.from_numpy(self.mask[W])
-        st = {
+        st: dict[str, Any] = {
             "x": {},
             "codes_l": {l: torch.zeros(C, seq, len(plan.feats[l])) for l in src},
             "codes_m": {m: torch.zeros(C, seq, len(plan.targets[m])) for m in dst},

@@ -132,7 +132,7 @@ def project_errors(
 
 
 def _table(acc: dict, features: dict[int, np.ndarray], next_layer: dict[int, int]) -> pa.Table:
-    rows = {c: [] for c in ("layer", "feature", *ERROR_COLUMNS)}
+    rows: dict[str, list] = {c: [] for c in ("layer", "feature", *ERROR_COLUMNS)}
     for l in sorted(acc):
         n, sp, sw, sr, sb, nb = acc[l]
         with np.errstate(invalid="ignore", divide="ignore"):

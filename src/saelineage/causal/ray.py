@@ -48,7 +48,8 @@ def ablate_on_ray(
 ) -> tuple[dict, dict | None]:
     """Compute the missing parts `todo` ({part file: (pairs, windows)}) and, with cfg.hidden, the
     error projections on Ray. Returns what the manifest records and the projections' summary."""
-    device = cfg.device or run.load().config.get("device", "cpu")
+    assert cfg.ray is not None  # the ablate stage comes here only with --ray
+    device = cfg.device or (run.load().config or {}).get("device", "cpu")
     gpu = str(device).startswith("cuda")
     with ray_cluster(cfg.ray, run.path) as ray:
         n = worker_count(ray, cfg.ray_workers, gpu)

@@ -14,7 +14,7 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from saelineage.errors import SaelineageError
 
@@ -143,7 +143,7 @@ def load_corpus(spec: str | Path | None = None, text_column: str = "text") -> Co
     """Load documents from `spec`: None/'default' (bundled), a text file, a folder, .jsonl or .parquet."""
     if spec is None or str(spec) == DEFAULT:
         docs = bundled_docs()
-        ident = {"spec": DEFAULT, "source": "gensim test data: lee_background.cor + enwiki shortened"}
+        ident: dict[str, Any] = {"spec": DEFAULT, "source": "gensim test data: lee_background.cor + enwiki shortened"}
     else:
         path = Path(spec)
         if not path.exists():

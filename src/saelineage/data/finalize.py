@@ -97,7 +97,9 @@ def summarize_run(run: RunDir, k: int = 20, progress=None, write_missing: bool =
     task = progress.add_task("summarising", total=len(shards), rate="") if progress else None
     n_tokens = 0
     for path in shards:
-        index = int(SHARD_RE.match(path.name).group(1))
+        m = SHARD_RE.match(path.name)
+        assert m is not None  # list_shards only returns names SHARD_RE matches
+        index = int(m.group(1))
         part = read_partial(run, index, layers, k)
         if part is None:
             shard = read_shard(path, layers)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save
@@ -41,7 +42,7 @@ class LayerCodes(NamedTuple):
         return sp.csr_matrix((self.values, self.indices, self.indptr), shape=(t, d_sae))
 
     @classmethod
-    def from_csr(cls, m: sp.spmatrix, value_dtype: np.dtype = np.float32) -> LayerCodes:
+    def from_csr(cls, m: sp.spmatrix, value_dtype: npt.DTypeLike = np.float32) -> LayerCodes:
         m = sp.csr_matrix(m)
         m.sum_duplicates()
         m.sort_indices()
@@ -55,7 +56,7 @@ class LayerCodes(NamedTuple):
 class Shard(NamedTuple):
     """One shard: token metadata and per-layer codes."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # NamedTuple field shadows tuple.index (public name, kept)
     tokens: np.ndarray
     """int32 [T] token ids"""
     window: np.ndarray

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -138,7 +139,7 @@ def hook_site(block: nn.Module, kind: str) -> tuple[nn.Module, str]:
         return _child(block, _MLP_NAMES, "MLP"), "input"
     if kind == "mlp_out":
         if _is_sandwich(block):
-            return block.post_feedforward_layernorm, "output"
+            return _child(block, ("post_feedforward_layernorm",), "post-MLP norm"), "output"
         return _child(block, _MLP_NAMES, "MLP"), "output"
     if kind == "resid_mid":
         if _is_parallel(block):
@@ -209,14 +210,14 @@ class ModelAdapter:
 
     @property
     def d_model(self) -> int:
-        cfg = self.model.config
+        cfg: Any = self.model.config
         return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
 
     def width(self, hook: HookPoint) -> int:
         """Last dimension of the activation at `hook`: n_heads * head_dim for attn_z, else d_model."""
         if hook.kind != "attn_z":
             return self.d_model
-        cfg = self.model.config
+        cfg: Any = self.model.config
         n_heads = int(getattr(cfg, "num_attention_heads", None) or cfg.n_head)
         # Gemma sets head_dim explicitly (n_heads * head_dim != d_model); elsewhere it is derived.
         head_dim = getattr(cfg, "head_dim", None) or self.d_model // n_heads

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -96,8 +97,8 @@ def load_model(
             "connect to the internet once to cache it, or pass a local model folder; "
             "the embedded default needs no network: --model smollm2.",
         ) from exc
-    model.to(device)
-    identity = {"spec": spec, "path": path, "class": type(model).__name__, "dtype": dtype}
+    model.to(device)  # type: ignore[arg-type]  # transformers types PreTrainedModel.to via a wrapper mypy misreads
+    identity: dict[str, Any] = {"spec": spec, "path": path, "class": type(model).__name__, "dtype": dtype}
     if local:
         identity["sha256"] = weights_sha256(Path(path))
     else:

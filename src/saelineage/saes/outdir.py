@@ -46,7 +46,7 @@ def prepare_out(out: Path, digest: str, force: bool) -> None:
     sae_dirs = [d for d in out.iterdir() if d.is_dir() and (d / "cfg.json").is_file()]
     ours = info is not None and "config_hash" in info
     if not force:
-        if ours and info["config_hash"] != digest:
+        if ours and info is not None and info["config_hash"] != digest:
             raise SaelineageError(
                 f"{out} holds SAEs of another configuration (hash {info['config_hash']}, this one {digest}).",
                 "choose another --out folder, or pass --force to replace them.",

@@ -21,8 +21,9 @@ def releases_command(
 ) -> None:
     """List SAELens releases with their layers, site, widths, sparsity variants and second seeds.
 
-    Sites, widths and variants are read from the names each release publishes; the hook of each SAE comes from its own config when `collect --saes RELEASE` loads it.
-    """  # noqa: E501 - one line per paragraph: the terminal wraps it, a hard wrap would break mid-sentence
+    Sites, widths and variants are read from the names each release publishes; the hook of each
+    SAE comes from its own config when `collect --saes RELEASE` loads it.
+    """
     import json
 
     from rich.console import Console

@@ -115,6 +115,7 @@ class SAE:
                     f"(d_in={d_in}, d_sae={d_sae} from W_enc).",
                     "the weights file does not belong to this config, or is damaged; re-export the SAE.",
                 )
+        assert d_in is not None and d_sae is not None  # the shape checks above pinned W_enc to 2-D
         if self.architecture == "topk":
             if self.k is None or not 0 < int(self.k) <= d_sae:
                 raise SaelineageError(
@@ -152,8 +153,8 @@ class SAE:
         """A copy on `device` with float tensors in `dtype` (None keeps the current one)."""
         dt = None if dtype is None else to_dtype(dtype)
 
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device=device, dtype=dt or t.dtype)
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dt or t.dtype)
 
         return replace(
             self,
@@ -161,7 +162,7 @@ class SAE:
             b_enc=move(self.b_enc),
             W_dec=move(self.W_dec),
             b_dec=move(self.b_dec),
-            threshold=move(self.threshold),
+            threshold=None if self.threshold is None else move(self.threshold),
             meta=dict(self.meta),
         )
 
@@ -212,7 +213,9 @@ class SAE:
         if self.architecture == "standard":
             return torch.relu(pre)
         if self.architecture == "jumprelu":
+            assert self.threshold is not None  # __post_init__ requires it for jumprelu
             return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
+        assert self.k is not None  # __post_init__ requires it for topk
         vals, idx = torch.topk(pre, k=self.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
 
@@ -240,7 +243,9 @@ class SAE:
         counts, indices, values = [], [], []
         for r0 in range(0, n, step):
             c, i, v = self._extract(self._pre(x[r0 : r0 + step]))
-            counts.append(c), indices.append(i), values.append(v)
+            counts.append(c)
+            indices.append(i)
+            values.append(v)
         indptr = np.zeros(n + 1, dtype=np.int64)
         if n:
             np.cumsum(_cat(counts, np.int64), out=indptr[1:])
@@ -249,6 +254,7 @@ class SAE:
     def _extract(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Nonzero codes of a pre-activation block: (counts per row, feature ids, values), on CPU."""
         if self.architecture == "topk":
+            assert self.k is not None  # __post_init__ requires it for topk
             vals, idx = torch.topk(pre, k=self.k, dim=-1, sorted=False)
             idx, order = torch.sort(idx, dim=-1)  # feature-id order within each row
             vals = torch.gather(vals, -1, order)
@@ -256,7 +262,10 @@ class SAE:
             return keep.sum(-1).cpu(), idx[keep].cpu(), vals[keep].float().cpu()
         # relu(pre) is nonzero exactly where pre > 0, with value pre itself; jumprelu also needs
         # pre > threshold, i.e. pre > max(threshold, 0) in a single comparison.
-        bound = self.threshold.clamp_min(0) if self.architecture == "jumprelu" else 0
+        bound: torch.Tensor | int = 0
+        if self.architecture == "jumprelu":
+            assert self.threshold is not None  # __post_init__ requires it for jumprelu
+            bound = self.threshold.clamp_min(0)
         rc = (pre > bound).nonzero()  # [nnz, 2] in row-major order: feature ids ascend within a row
         rows, cols = rc[:, 0], rc[:, 1]
         counts = torch.bincount(rows, minlength=pre.shape[0])
@@ -280,6 +289,7 @@ class SAE:
             if x is None:
                 raise ValueError(f"decode of a '{self.normalize_activations}' SAE needs the original input x")
             _, state = self._normalize_in(x.to(device=self.device, dtype=self.dtype))
+            assert state is not None  # both normalisations return their state
             if self.normalize_activations == "constant_norm_rescale":
                 out = out / state[0]
             else:

@@ -99,7 +99,7 @@ class _TopKEncode(torch.autograd.Function):
     """relu(x W^T + b) then top-k: (values [B, k], indices [B, k], pre-activations [B, n])."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, k: int):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, k: int):
         pre = F.relu(F.linear(x, weight, bias))
         values, indices = pre.topk(k, dim=-1, sorted=False)
         ctx.save_for_backward(x, weight, indices)
@@ -107,7 +107,7 @@ class _TopKEncode(torch.autograd.Function):
         return values, indices, pre
 
     @staticmethod
-    def backward(ctx, g_values, _g_indices, _g_pre):  # type: ignore[override]
+    def backward(ctx, g_values, _g_indices, _g_pre):
         x, weight, indices = ctx.saved_tensors
         g_values = g_values.contiguous()
         gx = gw = gb = None
@@ -125,12 +125,12 @@ class _SparseDecode(torch.autograd.Function):
     """Σ_j acts[b, j] · W_dec[idx[b, j]]: [B, d]."""
 
     @staticmethod
-    def forward(ctx, indices, acts, W_dec):  # type: ignore[override]
+    def forward(ctx, indices, acts, W_dec):
         ctx.save_for_backward(indices, acts, W_dec)
         return F.embedding_bag(indices, W_dec, mode="sum", per_sample_weights=acts.to(W_dec.dtype))
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx, g):
         indices, acts, W_dec = ctx.saved_tensors
         g = g.contiguous()
         g_acts = gather_dot(indices, W_dec, g).to(acts.dtype) if ctx.needs_input_grad[1] else None
@@ -174,4 +174,4 @@ def coder_to_sae(coder: SparseCoder, hook: HookPoint, scale: float, meta: dict |
 def set_threads(n: int) -> None:
     """Use `n` threads in torch and in the numba kernels."""
     torch.set_num_threads(n)
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]  # set at import

@@ -310,7 +310,11 @@ def train_sets(cfgs: list[TrainConfig], progress: bool = True) -> list[Path]:
     with bar or nullcontext():
         task = bar.add_task(f"activations ({len(todo)} SAE sets)", total=n, rate="") if bar else None
         acts = cache_activations(
-            adapter, hooks, wins.ids[:n], wins.bos, on_batch=(lambda k: bar.advance(task, k)) if bar else None
+            adapter,
+            hooks,
+            wins.ids[:n],
+            wins.bos,
+            on_batch=(lambda k: bar.advance(task, k)) if bar and task is not None else None,
         )
     source = SharedSource(source_key(first), adapter, corpus, wins, acts, n)
     return [train_saes(c, progress=progress, source=source if c in todo else None) for c in cfgs]
@@ -416,24 +420,24 @@ def train_saes(
             if source is not None and source.covers(hooks, n_train):
                 acts = source.take(hooks, n_train)
             else:
-                task = bar.add_task("activations", total=n_train, rate="") if bar else None
+                act_task = bar.add_task("activations", total=n_train, rate="") if bar else None
                 acts = cache_activations(
                     adapter,
                     hooks,
                     wins.ids[:n_train],
                     wins.bos,
-                    on_batch=(lambda n: bar.advance(task, n)) if bar else None,
+                    on_batch=(lambda n: bar.advance(act_task, n)) if bar and act_task is not None else None,
                 )
             timings["activations"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
             steps = max(1, math.ceil(cfg.epochs * n_train * per / min(cfg.batch_size, n_train * per)))
-            task = bar.add_task(f"training {len(hooks)} SAEs", total=steps, rate="") if bar else None
+            fit_task = bar.add_task(f"training {len(hooks)} SAEs", total=steps, rate="") if bar else None
 
             def on_step(step, total, fvu):
                 if bar:
                     vals = [v for v in fvu.values() if not math.isnan(v)]
-                    bar.update(task, completed=step, rate=f"FVU mean {np.mean(vals):.3f} max {max(vals):.3f}")
+                    bar.update(fit_task, completed=step, rate=f"FVU mean {np.mean(vals):.3f} max {max(vals):.3f}")
 
             coders, scales, train_fvu = fit_saes(acts, cfg, d_sae, device=cfg.device, on_step=on_step)
             del acts
@@ -453,7 +457,7 @@ def train_saes(
 
             t0 = time.perf_counter()
             held = wins.ids[len(wins.ids) - n_held :]
-            task = bar.add_task("evaluating", total=n_held + n_ce, rate="") if bar else None
+            eval_task = bar.add_task("evaluating", total=n_held + n_ce, rate="") if bar else None
             on_device = {h: s.to(cfg.device) for h, s in saes.items()}
             metrics = evaluate_saes(
                 adapter,
@@ -461,7 +465,7 @@ def train_saes(
                 held,
                 wins.bos,
                 ce_windows=n_ce,
-                on_batch=(lambda phase, n: bar.advance(task, n)) if bar else None,
+                on_batch=(lambda phase, n: bar.advance(eval_task, n)) if bar and eval_task is not None else None,
             )
             timings["evaluation"] = time.perf_counter() - t0
         for h in hooks:

@@ -203,7 +203,7 @@ def noisy_codes(
     truth.lifecycle = _clean_lifecycle(acts, counted, threshold)
     if flip > 0 or jitter > 0:
         noise = np.random.default_rng([seed, 1])
-        pool = np.nonzero(counted)[0]
+        token_pool = np.nonzero(counted)[0]
         for l in range(n_layers):
             for f in range(d_sae):
                 col = acts[l, :, f]
@@ -212,7 +212,7 @@ def noisy_codes(
                     continue
                 if flip > 0:
                     col[on[noise.random(len(on)) < flip]] = 0
-                    extra = noise.choice(pool, int(round(flip * len(on))), replace=False)
+                    extra = noise.choice(token_pool, int(round(flip * len(on))), replace=False)
                     col[extra] = np.where(col[extra] > 0, col[extra], noise.uniform(0.5, 2.0, len(extra)))
                 if jitter > 0:
                     live = np.nonzero(col > 0)[0]
