@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = ap.parse_args(argv)
 
+    from saelineage.query.run_data import RunData
     from saelineage.web.app import create_app
-    from saelineage.web.queries import RunData
 
     run = a.run
     tmp = None

@@ -47,22 +47,23 @@ def main(spec: dict) -> None:
 
     os.replace = replace
     kwargs = spec.get("kwargs") or {}
+    force = bool(spec.get("force"))  # rerun a complete stage with other options
     stage = spec["stage"]
     if stage == "stats":
         from saelineage.stats.config import StatsConfig
         from saelineage.stats.stage import run_stats
 
-        run_stats(run, StatsConfig(**kwargs), progress=False)
+        run_stats(run, StatsConfig(**kwargs), force=force, progress=False)
     elif stage == "analyze":
         from saelineage.lineage.config import AnalyzeConfig
         from saelineage.lineage.stage import run_analyze
 
-        run_analyze(run, AnalyzeConfig(**kwargs), progress=False)
+        run_analyze(run, AnalyzeConfig(**kwargs), force=force, progress=False)
     elif stage == "ablate":
         import saelineage.causal.stage as ablate_stage
         from saelineage.causal.config import AblateConfig
 
-        ablate_stage.run_ablate(run, AblateConfig(**kwargs), progress=False)
+        ablate_stage.run_ablate(run, AblateConfig(**kwargs), force=force, progress=False)
     elif stage == "cli":  # the command line itself: its exit status and output are the result
         from saelineage.cli import main as cli_main
 

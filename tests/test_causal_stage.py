@@ -96,7 +96,7 @@ def test_stage_writes_every_sampled_pair_and_correlates(run):
         batch_rows=8,
         hidden=False,
     )
-    table = run_ablate(run.path, cfg, force=True).table
+    table = run_ablate(run.path, cfg, force=True).read("ablations.parquet")
     disk = pq.read_table(run.file("ablations.parquet"))
     assert disk.equals(table)
     # one row per sampled (measure, pair): pairs repeat across measures and upstream features repeat
@@ -133,7 +133,7 @@ def test_resume_from_parts_gives_same_file(run, monkeypatch):
     cfg = AblateConfig(
         measures=["jaccard"], bins=3, per_bin=4, windows_per_pair=2, hidden=False, plot=False, layers_per_part=1
     )
-    full = run_ablate(run.path, cfg, force=True).table
+    full = run_ablate(run.path, cfg, force=True).read("ablations.parquet")
     # simulate a crash after the first upstream layer: its part file exists, the stage is 'running'
     calls = []
     real = st.ablate_pairs
@@ -151,7 +151,7 @@ def test_resume_from_parts_gives_same_file(run, monkeypatch):
     finally:
         st.ablate_pairs = real
     assert run.stage_status("ablate") == "running" and len(list(run.file(".ablate-parts").iterdir())) == 1
-    resumed = run_ablate(run.path, cfg).table
+    resumed = run_ablate(run.path, cfg).read("ablations.parquet")
     assert resumed.equals(full)
 
 

@@ -77,6 +77,18 @@ def test_best_matches_equal_brute_force():
     assert match_rate(got["pearson"][0], (a.toarray() > 0).any(0), 0.99) == pytest.approx(6 / 12)
 
 
+def test_a_constant_feature_has_no_pearson_partner():
+    """A feature with one value on every token never varies: Pearson is undefined (NaN, no partner),
+    decided exactly as the stats stage does although n·q − s² rounds to a tiny number; the count
+    measures still match it, and no feature takes the constant one as its Pearson partner."""
+    a, b = _codes(0).toarray(), _codes(1).toarray()
+    a[:, 0] = b[:, 0] = 0.7
+    got = best_matches(sp.csr_matrix(a), sp.csr_matrix(b))
+    assert np.isnan(got["pearson"][0][0]) and got["pearson"][1][0] == -1
+    assert got["jaccard"][0][0] == 1.0 and got["jaccard"][1][0] == 0
+    assert (got["pearson"][1][1:] != 0).all()
+
+
 def test_best_matches_equal_the_stats_engine(tmp_path):
     a, b = _codes(2), _codes(3)
     run = write_run(tmp_path / "r", {0: a, 1: b}, np.arange(600) % 50 + 1, window_len=20, bos=False,
@@ -112,7 +124,7 @@ def test_same_saes_reproduce_every_feature(collected):
     for hook in ("blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre"):
         shutil.copytree(root / "saes" / hook, same / hook, dirs_exist_ok=True)
     r = run_ceiling(run.path, CeilingConfig(saes=str(same), tokens=400, batch_windows=4), progress=False)
-    assert sorted(r.rates) == [1, 2] and r.rates[1]["pearson"]["0.9"] == 1.0
+    assert sorted(r.summary["rates"]) == [1, 2] and r.summary["rates"][1]["pearson"]["0.9"] == 1.0
     t = pq.read_table(run.file(contract.SEED_CEILING))
     assert tuple(t.column_names) == contract.CEILING_COLUMNS
     rows = t.to_pandas()
@@ -121,8 +133,8 @@ def test_same_saes_reproduce_every_feature(collected):
     assert not (run.path / contract.CEILING_CODES).exists()
     # a different training of the same layers reproduces fewer features
     other = write_saes(root / "other", 64, [0, 1, 2, 3], archs=("standard", "jumprelu", "topk", "standard"))
-    r2 = run_ceiling(run.path, CeilingConfig(saes=str(other), tokens=400, batch_windows=4), progress=False)
-    assert sorted(r2.rates) == [0, 1, 2, 3] and r2.rates[1]["jaccard"]["0.9"] < 1.0
+    r2 = run_ceiling(run.path, CeilingConfig(saes=str(other), tokens=400, batch_windows=4), force=True, progress=False)
+    assert sorted(r2.summary["rates"]) == [0, 1, 2, 3] and r2.summary["rates"][1]["jaccard"]["0.9"] < 1.0
     assert run.load().stage("ceiling")["status"] == "complete"
 
 

@@ -109,9 +109,9 @@ def test_low_support_gate_never_reported(tmp_path):
     assert rare not in _gates(run)
     assert min(r["support"] for r in pq.read_table(run.file("gates.parquet")).to_pylist()) >= 5
     # the evidence test needs more than support: 3 of 3 tokens leave P(child | a∧b) ≥ 0.29 only
-    run_analyze(run.path, AnalyzeConfig(min_support=3), progress=False)
+    run_analyze(run.path, AnalyzeConfig(min_support=3), force=True, progress=False)
     assert rare not in _gates(run) and _gates(run) == truth.gates
-    run_analyze(run.path, AnalyzeConfig(min_support=3, gate_test="threshold"), progress=False)
+    run_analyze(run.path, AnalyzeConfig(min_support=3, gate_test="threshold"), force=True, progress=False)
     assert rare in _gates(run)
     assert _gates(run) - truth.gates == {rare}
 
@@ -127,7 +127,7 @@ def test_precision_recall_under_5_percent_noise(tmp_path, seed):
 
 
 def _check_recovery(run, truth, cfg):
-    run_analyze(run.path, cfg, progress=False)
+    run_analyze(run.path, cfg, force=True, progress=False)
     p, r = _pr(_gates(run), truth.gates)
     assert p >= 0.9 and r >= 0.9, (p, r)
     got_s = set(_splits(run).items())

@@ -17,8 +17,9 @@ from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
 from saelineage.lineage.command import prompt_command
 from saelineage.lineage.config import AnalyzeConfig
-from saelineage.lineage.prompt_graph import prompt
+from saelineage.lineage.export import prompt_nodelink
 from saelineage.lineage.stage import run_analyze
+from saelineage.query.prompt import ModelBackend, prompt
 from saelineage.run_model import load_run_model
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.stage import run_stats
@@ -73,7 +74,7 @@ def _expected_nodes(r, rm, position):
 
 def test_prompt_graph_matches_direct_encoding(run, model):
     want, n = _expected_nodes(run, model, -1)
-    g = prompt(run.path, TEXT, -1, model=model)
+    g = prompt_nodelink(*prompt(run.path, TEXT, -1, model=model))
     assert {x["id"] for x in g["nodes"]} == want and g["graph"]["position"] == n - 1
     edges = pq.read_table(run.file("edges.parquet"), columns=["src_layer", "src", "dst_layer", "dst", "jaccard"])
     expect = {
@@ -90,7 +91,29 @@ def test_prompt_graph_matches_direct_encoding(run, model):
     }
     assert all(x["community"] == comm[(x["layer"], x["feature"])] for x in g["nodes"])
     want3, _ = _expected_nodes(run, model, 3)
-    assert {x["id"] for x in prompt(run.path, TEXT, 3, model=model)["nodes"]} == want3
+    assert {x["id"] for x in prompt_nodelink(*prompt(run.path, TEXT, 3, model=model))["nodes"]} == want3
+
+
+def test_browser_and_command_make_one_graph(run, model):
+    """The browser's live graph (edges from the query cache) is the command's (edges.parquet): one selection."""
+    from fastapi.testclient import TestClient
+
+    from saelineage.web.app import create_app
+
+    app = create_app(run.path, allowed_hosts=None, prompt_backend=ModelBackend(run.path, run.load(), model))
+    c = TestClient(app)
+    n = len(c.post("/api/prompt/tokens", json={"text": TEXT}).json()["tokens"])
+    for position, rel, max_nodes in [(n - 1, 0.1, 500), (3, 0.0, 7)]:
+        body = {"text": TEXT, "position": position, "rel": rel, "max_nodes": max_nodes}
+        live = c.post("/api/prompt/graph", json=body).json()
+        graph, _ = prompt(run.path, TEXT, position, rel=rel, max_nodes=max_nodes, model=model)
+        nodes = live["nodes"]
+        assert list(zip(nodes["layer"], nodes["feature"])) == list(zip(graph.layer.tolist(), graph.feature.tolist()))
+        assert nodes["activation"] == graph.activation.tolist() and live["truncated"] == graph.truncated
+        pos = {(l, f): k for k, (l, f) in enumerate(zip(graph.layer.tolist(), graph.feature.tolist()))}
+        at = [pos[(nodes["layer"][i], nodes["feature"][i])] for i in range(len(nodes["layer"]))]
+        got = sorted((at[s], at[t], v) for s, t, v in zip(*(live["edges"][k] for k in ("src", "dst", "value"))))
+        assert got == sorted(zip(graph.src.tolist(), graph.dst.tolist(), graph.value.tolist()))
 
 
 def test_prompt_cli_json_and_summary(run, tmp_path):

@@ -14,13 +14,13 @@ import pytest
 import scipy.sparse as sp
 
 from saelineage.data.importer import write_run
+from saelineage.feature_table import feature_rows
 from saelineage.lineage import communities as comm
 from saelineage.lineage import evidence, gates
-from saelineage.lineage.export import graphml_bytes, nodelink
-from saelineage.lineage.index import feature_rows
+from saelineage.lineage.export import graphml_bytes, nodelink, prompt_nodelink
 from saelineage.lineage.lifecycle import classify
-from saelineage.lineage.prompt_graph import GraphContext, prompt_graph
 from saelineage.lineage.validate import Requests, count
+from saelineage.query.prompt_graph import GraphContext, prompt_graph
 
 
 def _random_run(tmp_path, rel=None, threshold=0.0):
@@ -219,13 +219,15 @@ def test_prompt_graph_pure_function():
         1: (np.array([0, 1]), np.array([2.0, 3.0])),
         2: (np.array([0]), np.array([1.0])),
     }
-    g = prompt_graph(codes, ctx, rel=0.1)
+    pg = prompt_graph(codes, ctx, rel=0.1)
+    assert pg.rows.tolist() == [0, 3, 4, 6] and pg.activation.tolist() == [5.0, 2.0, 3.0, 1.0]
+    g = prompt_nodelink(pg)
     assert [n["id"] for n in g["nodes"]] == ["0_0", "1_0", "1_1", "2_0"]  # 0_1 is below 0.1 × max
     assert {(x["source"], x["target"]) for x in g["links"]} == {("0_0", "1_0"), ("1_0", "2_0"), ("0_0", "1_1")}
     assert g["nodes"][0]["community"] == 0 and g["nodes"][0]["rel_activation"] == 0.5
-    g = prompt_graph(codes, ctx, rel=0.1, min_value=0.5)
+    g = prompt_nodelink(prompt_graph(codes, ctx, rel=0.1, min_value=0.5))
     assert {(x["source"], x["target"]) for x in g["links"]} == {("0_0", "1_0"), ("1_0", "2_0")}
-    g = prompt_graph(codes, ctx, rel=0.1, max_nodes=2)
+    g = prompt_nodelink(prompt_graph(codes, ctx, rel=0.1, max_nodes=2))
     assert [n["id"] for n in g["nodes"]] == ["0_0", "1_1"] and g["graph"]["truncated"]
 
 

@@ -12,10 +12,11 @@ import pytest
 
 from saelineage.errors import SaelineageError
 from saelineage.lineage.export import export
+from saelineage.query.neuronpedia import neuronpedia_list, neuronpedia_sources
+from saelineage.query.run_data import RunData
 from saelineage.run import RunDir
 from saelineage.testing.sample_run import HOSTILE_LABEL, build_sample_run
-from saelineage.web.labels import import_labels, neuronpedia_list, neuronpedia_sources, read_label_file
-from saelineage.web.queries import RunData
+from saelineage.web.labels import import_labels, read_label_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TEMPLATE = "smollm2-135m/{layer}-saelineage"

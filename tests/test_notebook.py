@@ -92,7 +92,7 @@ def test_feature_card_neighbours_and_examples(run, sample):
 
 
 def test_graph_figure_is_the_browsers_graph(run):
-    from saelineage.web.graph import graph
+    from saelineage.query.graph import graph
 
     fig = run.graph(measure="jaccard", edges_per_node=2)
     want = graph(run.data, "jaccard", 0.1, None, None, None, 400, "barycenter", 2)

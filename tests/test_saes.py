@@ -326,8 +326,8 @@ def test_load_release_from_hub_cache(sl, tmp_path, monkeypatch):
     assert torch.equal(sae.encode_dense(x), load_sae(folder).encode_dense(x))
     # a run collected with the release finds its decoder for dec_cosine (no local path in the manifest)
     from saelineage.contract import new_manifest
-    from saelineage.saes.run_weights import load_decoder
     from saelineage.run import RunDir
+    from saelineage.saes.run_weights import load_decoder
 
     run = RunDir(tmp_path / "run")
     run.save(

@@ -1,7 +1,8 @@
-"""`saelineage export-site`: the static copy of the browser. Its files (links all resolve, data records
-equal the API's answers, selections, size budget), then the site in chromium behind a plain static
-file server (python -m http.server on 127.0.0.1): every page loads without console errors or
-foreign requests, a feature page opens from the graph, and a hostile label stays text."""
+"""`saelineage export-site`: the static copy of the browser. Its files (links all resolve, feature pages
+are the server's pages, data files are the API's answers, selections, size budget), then the site in
+chromium behind a plain static file server (python -m http.server on 127.0.0.1): every page loads
+without console errors or foreign requests, a feature page opens from the graph, and a hostile label
+stays text."""
 
 from __future__ import annotations
 
@@ -19,14 +20,16 @@ import pytest
 from chromium import CHROMIUM, launch
 
 from saelineage.errors import SaelineageError
+from saelineage.query.run_data import RunData
 from saelineage.testing.sample_run import HOSTILE_LABEL, build_sample_run
+from saelineage.web import schema
+from saelineage.web.api import feature_answer, neighbours_answer
 from saelineage.web.config import SiteConfig
-from saelineage.web.queries import RunData
-from saelineage.web.site import export_site, round_sig, shown_rows
+from saelineage.web.site import ABSENT_FEATURE, PANEL_EXAMPLES, PANEL_NEIGHBOURS, Rewriter, export_site, shown_rows
 
-FEATURE_DATA_BUDGET = 4096
-"""Bytes of feature data per exported feature at the default options (examples, neighbours, context):
-the export's size grows with its features, and this keeps that growth in check (docs/design.md)."""
+FEATURE_BUDGET = 32768
+"""Bytes per exported feature at the default options (its page, rendered by the server's template, and the
+side panel's data): the export's size grows with its features, and this keeps that growth in check."""
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def test_every_link_resolves_to_a_file_of_the_site(site):
     pages = sorted(site.out.glob("*.html"))
     names = {p.name for p in pages}
     assert {"index.html", "graph.html", "communities.html", "gates.html", "splits.html", "prompt.html"} <= names
-    assert {"feature.html", "community-0.html"} <= names
+    assert {"feature-0-0.html", ABSENT_FEATURE, "community-0.html"} <= names
     tables = json.loads((site.out / "data" / "site.json").read_text())["tables"]
     for name, t in tables.items():  # one page per 100 rows shown, the browser's pager
         assert t["shown"] == min(t["total"], 100)  # 20 rows asked: one whole page
@@ -76,53 +79,69 @@ def test_table_rows_shown_in_whole_pages():
     ]  # fmt: skip
 
 
+def _records(out: Path) -> dict[tuple[int, int], dict]:
+    return {
+        (int(p.parent.name), int(f)): rec
+        for p in (out / "data" / "features").rglob("*.json")
+        for f, rec in json.loads(p.read_text())["features"].items()
+    }
+
+
 def test_feature_records_are_the_apis_answers(site, sample):
     info = json.loads((site.out / "data" / "site.json").read_text())
     data = RunData(sample.path)
     g = data.g
     live = [(int(l), int(f)) for l, f, n in zip(g.layer, g.feature, g.n_active) if n > 0]
     assert info["features"] == len(live) == site.features
-    found = {}
-    for p in (site.out / "data" / "features").rglob("*.json"):
-        for f, rec in json.loads(p.read_text())["features"].items():
-            layer, k = int(p.parent.name), int(p.stem)
-            assert int(f) // info["chunk"] == k
-            found[(layer, int(f))] = rec
+    found = _records(site.out)
     assert sorted(found) == sorted(live)
+    pages = {tuple(map(int, p.stem.split("-")[1:])) for p in site.out.glob("feature-*-*.html")}
+    assert pages == set(live)
     for layer, feature in [(0, 0), (2, 7), live[-1]]:
-        rec, api = found[(layer, feature)], data.feature(layer, feature)
-        assert rec["f"]["label"] == api["label"] and rec["f"]["n_active"] == api["n_active"]
-        assert rec["f"]["density"] == round_sig(api["density"])
-        down = data.neighbours(layer, feature, "down", "jaccard", 10)
-        assert [o[:2] for o in rec["down"]["other"]] == [[e["dst_layer"], e["dst"]] for e in down]
-        col = info["neighbour_columns"].index("jaccard")
-        assert [v[col] for v in rec["down"]["values"]] == [round_sig(e["jaccard"]) for e in down]
-        ex = data.examples(layer, feature, limit=10, before=10, after=3)
-        assert [e[6] for e in rec["ex"]] == [[t["text"] for t in e["tokens"]] for e in ex]
-        assert [e[6][e[3]] for e in rec["ex"]] == [next(t["text"] for t in e["tokens"] if t["hit"]) for e in ex]
-    assert found[(0, 0)]["f"]["label"] == HOSTILE_LABEL
+        rec = found[(layer, feature)]
+        assert rec["feature"] == json.loads(json.dumps(feature_answer(data, layer, feature, PANEL_EXAMPLES)))
+        nb = neighbours_answer(data, layer, feature, "both", "jaccard", PANEL_NEIGHBOURS)
+        assert rec["neighbours"] == json.loads(json.dumps(nb))
+        assert rec["feature"] == schema.dump(schema.Feature, rec["feature"])  # the files conform to the API's models
+    assert found[(0, 0)]["feature"]["label"] == HOSTILE_LABEL
+    for p in (site.out / "data" / "graph").glob("*.json"):
+        gr = json.loads(p.read_text())
+        assert gr == schema.dump(schema.Graph, gr), p.name
+
+
+def test_feature_page_is_the_servers_page(sample, tmp_path):
+    """With the server's sizes, an exported feature page is the server's page with its links mapped to files."""
+    from fastapi.testclient import TestClient
+
+    from saelineage.web.app import create_app
+
+    res = export_site(
+        sample.path,
+        tmp_path / "same",
+        SiteConfig(features="0:0, 2:7", examples=20, neighbours=50, context_before=12, context_after=4),
+    )
+    info = json.loads((res.out / "data" / "site.json").read_text())
+    rw = Rewriter(set(info["communities"]), {k: t["shown"] for k, t in info["tables"].items()}, {(0, 0), (2, 7)})
+    client = TestClient(create_app(sample.path, allowed_hosts=None))
+    for layer, feature in [(0, 0), (2, 7)]:
+        html = (res.out / f"feature-{layer}-{feature}.html").read_text()
+        assert html == rw.page(client.get(f"/feature/{layer}/{feature}").text)
+    assert f'href="{ABSENT_FEATURE}"' in (res.out / "feature-2-7.html").read_text()  # neighbours without a page
 
 
 def test_size_budget(site):
-    feature_bytes = sum(p.stat().st_size for p in (site.out / "data" / "features").rglob("*.json"))
-    assert feature_bytes / site.features < FEATURE_DATA_BUDGET, f"{feature_bytes / site.features:.0f} bytes per feature"
+    pages = sum(p.stat().st_size for p in site.out.glob("feature-*-*.html"))
+    data = sum(p.stat().st_size for p in (site.out / "data" / "features").rglob("*.json"))
+    assert (pages + data) / site.features < FEATURE_BUDGET, f"{(pages + data) / site.features:.0f} bytes per feature"
     assert site.bytes == sum(p.stat().st_size for p in site.out.rglob("*") if p.is_file())
 
 
 def test_selection_and_refusals(sample, tmp_path):
     res = export_site(sample.path, tmp_path / "sel", SiteConfig(features="0:1, 2:5"))
-    recs = {
-        (int(p.parent.name), int(f))
-        for p in (res.out / "data" / "features").rglob("*.json")
-        for f in json.loads(p.read_text())["features"]
-    }
-    assert recs == {(0, 1), (2, 5)}
+    assert set(_records(res.out)) == {(0, 1), (2, 5)}
+    assert {p.name for p in res.out.glob("feature-*-*.html")} == {"feature-0-1.html", "feature-2-5.html"}
     top = export_site(sample.path, tmp_path / "sel", SiteConfig(top_n=3))  # an earlier export is replaced
-    recs = {
-        (int(p.parent.name), int(f))
-        for p in (top.out / "data" / "features").rglob("*.json")
-        for f in json.loads(p.read_text())["features"]
-    }
+    recs = set(_records(top.out))
     feats = pq.read_table(sample.file("features.parquet")).to_pandas()
     want = {
         (int(r.layer), int(r.feature))
@@ -207,7 +226,8 @@ def test_every_page_loads_without_errors(page, server, site):
         "gates.html": "#gates-table tbody tr",
         "splits.html": "#splits-table tbody tr",
         "prompt.html": "#prompt-unavailable",
-        "feature.html?l=1&f=3": "#feature-root[data-ready='1']",
+        "feature-1-3.html": "#examples li",
+        ABSENT_FEATURE: ".error-message",
     }
     for path, selector in checks.items():
         page.goto(f"{server}/{path}")
@@ -233,8 +253,7 @@ def test_feature_page_from_the_graph(page, server):
     page.wait_for_selector("#open-feature")
     assert page.locator("#feature-panel .examples li").count() > 0  # the panel, from the feature's data file
     page.click("#open-feature")
-    page.wait_for_url(f"**/feature.html?l={node['layer']}&f={node['feature']}")
-    _ready(page, "#feature-root[data-ready='1']")
+    page.wait_for_url(f"**/feature-{node['layer']}-{node['feature']}.html")
     assert page.inner_text("#feature-label").strip() != ""
     assert page.locator("#examples li").count() > 0
     assert page.locator("#examples .tok.hit").count() == page.locator("#examples li").count()
@@ -243,18 +262,18 @@ def test_feature_page_from_the_graph(page, server):
     page.goto(f"{server}/graph.html?edges_per_node=1&measure=pearson")
     _ready(page, "#graph-info[data-ready='1']")
     assert "(pearson)" in page.inner_text("#graph-info")
-    page.goto(f"{server}/feature.html?l=0&f=95")  # a dead feature: not exported, and the page says so
-    _ready(page, "#feature-root[data-ready='error']")
-    assert "not in this export" in page.inner_text("#feature-error")
+    page.goto(f"{server}/{ABSENT_FEATURE}")  # where links to a feature without a page lead
+    assert "no page here" in page.inner_text(".error-message")
 
 
 @pytest.mark.browser
 def test_hostile_label_stays_text(page, server):
-    page.goto(f"{server}/feature.html?l=0&f=0")
-    _ready(page, "#feature-root[data-ready='1']")
+    page.goto(f"{server}/feature-0-0.html")
     assert page.inner_text("#feature-label") == HOSTILE_LABEL
     assert page.locator("main img").count() == 0 and page.locator("main script").count() == 0
-    comm = page.evaluate("fetch('data/features/0/0.json').then(r => r.json()).then(d => d.features['0'].f.community)")
+    comm = page.evaluate(
+        "fetch('data/features/0/0.json').then(r => r.json()).then(d => d.features['0'].feature.community)"
+    )
     page.goto(f"{server}/graph.html?community={comm}&min_value=")
     _ready(page, "#graph-info[data-ready='1']")
     page.evaluate("window.saelineageGraph.selectById(0, 0)")

@@ -58,7 +58,7 @@ def test_single_layer_run_is_refused(tmp_path, codes):
 
 def test_no_decoders_means_dec_cosine_absent_and_stated(run):
     s = run_stats(run.path, progress=False)
-    assert not s.dec_cosine
+    assert not s.summary["dec_cosine"]
     edges = pq.read_table(run.file("edges.parquet"))
     assert np.isnan(edges.column("dec_cosine").to_numpy()).all()
     summary = json.loads(run.file("stats_summary.json").read_text())
@@ -71,7 +71,7 @@ def test_decoders_from_the_run(tmp_path, codes):
     dec = {l: rng.normal(size=(x.shape[1], 8)).astype(np.float32) for l, x in codes.items() if l != 5}
     r = make_run(tmp_path / "dec", codes, decoders=dec)
     s = run_stats(r.path, StatsConfig(span=2), progress=False)
-    assert not s.dec_cosine  # layer 5 has none
+    assert not s.summary["dec_cosine"]  # layer 5 has none
     e = pq.read_table(r.file("edges.parquet")).to_pandas()
     has = e[(e.src_layer == 0) & (e.dst_layer == 2)]
     assert has.dec_cosine.notna().all() and e[e.dst_layer == 5].dec_cosine.isna().all()
@@ -88,13 +88,15 @@ def test_wrong_decoder_shape(run):
 def test_complete_is_skipped_other_options_refused_force_recomputes(run):
     s = run_stats(run.path, progress=False)
     m = run.load().stage("stats")
-    assert m["status"] == "complete" and m["options"]["min_support"] == 5 and m["summary"]["edges"] == s.edges
+    assert (
+        m["status"] == "complete" and m["options"]["min_support"] == 5 and m["summary"]["edges"] == s.summary["edges"]
+    )
     again = run_stats(run.path, progress=False)
-    assert again.skipped and again.edges == s.edges
+    assert again.skipped and again.summary["edges"] == s.summary["edges"]
     with pytest.raises(SaelineageError, match="other options"):
         run_stats(run.path, StatsConfig(top_k=2), progress=False)
     s2 = run_stats(run.path, StatsConfig(top_k=2), force=True, progress=False)
-    assert not s2.skipped and s2.edges < s.edges
+    assert not s2.skipped and s2.summary["edges"] < s.summary["edges"]
     assert run.load().stage("stats")["options"]["top_k"] == 2
 
 

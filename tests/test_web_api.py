@@ -12,10 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
+from saelineage.query.layout import crossings, order_rows
+from saelineage.query.neuronpedia import neuronpedia_ids, neuronpedia_url
 from saelineage.testing.sample_run import HOSTILE_LABEL, build_sample_run
 from saelineage.web.app import create_app
-from saelineage.web.graph import crossings, order_rows
-from saelineage.web.labels import import_labels, neuronpedia_ids, neuronpedia_url, read_label_file
+from saelineage.web.labels import import_labels, read_label_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -461,7 +462,7 @@ def test_serve_keeps_a_consistent_state_while_a_stage_rewrites_the_run(tmp_path,
     before = lifecycle_counts()
     assert shown_counts() == before
     overview = c.get("/api/overview").json()
-    spec = {"stage": "analyze", "run": str(copy), "mode": "pause", "k": 3, "kwargs": {"threshold": 0.95}}
+    spec = {"stage": "analyze", "run": str(copy), "mode": "pause", "k": 3, "kwargs": {"threshold": 0.95}, "force": True}
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("killpoint.py")), json.dumps(spec)],
         stdin=subprocess.PIPE,

@@ -67,17 +67,3 @@ def test_prompt_graph_matches_direct_encoding(run):
     assert set(got) == set(want)
     assert all(np.isclose(got[k], want[k], rtol=1e-4, atol=1e-5) for k in want)
     assert c.post("/api/prompt/graph", json={"text": text, "position": 999}).status_code == 400
-
-
-def test_prompt_graph_same_without_lineage_module(run, monkeypatch):
-    """The browser's own selection (used when saelineage.lineage is absent) agrees with prompt_graph's."""
-    import sys
-
-    c = TestClient(create_app(run.path, allowed_hosts=None))
-    body = {"text": "the dog ran to the river", "position": 3, "rel": 0.2, "max_nodes": 20}
-    with_lineage = c.post("/api/prompt/graph", json=body).json()
-    monkeypatch.setitem(sys.modules, "saelineage.lineage.prompt_graph", None)  # import now raises ImportError
-    without = c.post("/api/prompt/graph", json=body).json()
-    key = lambda g: sorted(zip(g["nodes"]["layer"], g["nodes"]["feature"]))  # noqa: E731
-    assert key(with_lineage) == key(without) and len(key(without)) <= 20
-    assert len(with_lineage["edges"]["src"]) == len(without["edges"]["src"])

@@ -9,6 +9,7 @@ import typer
 from saelineage.causal.command import ablate_command
 from saelineage.ceiling.command import ceiling_command
 from saelineage.collect.command import collect_command
+from saelineage.config import command_help
 from saelineage.demo import demo_command
 from saelineage.errors import SaelineageError
 from saelineage.lineage.command import analyze_command, export_command, prompt_command
@@ -47,6 +48,22 @@ app.command("serve")(serve_command)
 app.command("export-site")(export_site_command)
 app.add_typer(labels_app, name="labels")
 app.command("demo")(demo_command)
+
+
+def _unwrap_help(t: typer.Typer) -> None:
+    """Help of every command (and group) from its docstring, unwrapped once here for all of them
+    (see `command_help`) so that a terminal of any width wraps whole paragraphs."""
+    for info in t.registered_commands:
+        if info.help is None and info.callback is not None:
+            info.help = command_help(info.callback.__doc__)
+    for group in t.registered_groups:
+        if group.typer_instance is not None:
+            if isinstance(group.typer_instance.info.help, str):
+                group.typer_instance.info.help = command_help(group.typer_instance.info.help)
+            _unwrap_help(group.typer_instance)
+
+
+_unwrap_help(app)
 
 
 def main() -> None:

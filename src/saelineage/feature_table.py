@@ -11,13 +11,14 @@ Every run file has one writing stage (docs/design.md §3), so the per-feature co
 
 `read_features` joins them on (layer, feature) for readers that want one table (the browser, the
 exports, Python users). A column of a stage that has not run is absent; a row the stage did not
-cover is null in its columns.
+cover is null in its columns. `explanations` aligns the imported labels (labels.parquet) with such
+a table, and `feature_rows` is the one (layer, feature) → row lookup every reader uses.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,34 @@ import pyarrow.parquet as pq
 
 from saelineage import contract
 from saelineage.errors import SaelineageError
-from saelineage.lineage.index import feature_rows
 from saelineage.run import RunDir
 
 JOINED_FILES = (contract.FEATURE_ANALYSIS, contract.ERROR_PROJECTION)
 """Per-feature tables joined onto features.parquet, in the order their columns are appended."""
+
+
+def feature_rows(f_layer: np.ndarray, f_id: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A vectorised map (layer int [E], feature int [E]) → row of the table whose rows are
+    (f_layer [N], f_id [N]); −1 where the pair is not in the table."""
+    f_layer, f_id = np.asarray(f_layer, np.int64), np.asarray(f_id, np.int64)
+    top = int(f_layer.max()) + 1 if len(f_layer) else 0
+    size = np.zeros(top + 1, np.int64)
+    if len(f_layer):
+        np.maximum.at(size, f_layer, f_id + 1)
+    off = np.zeros(top + 1, np.int64)
+    off[1:] = np.cumsum(size)[:-1]
+    dense = np.full(int(size.sum()), -1, np.int64)
+    dense[off[f_layer] + f_id] = np.arange(len(f_layer))
+
+    def rows(layer: np.ndarray, feature: np.ndarray) -> np.ndarray:
+        layer, feature = np.asarray(layer, np.int64), np.asarray(feature, np.int64)
+        out = np.full(len(layer), -1, np.int64)
+        ok = (layer >= 0) & (layer < top) & (feature >= 0)
+        ok[ok] &= feature[ok] < size[layer[ok]]
+        out[ok] = dense[off[layer[ok]] + feature[ok]]
+        return out
+
+    return rows
 
 
 def read_features(run: RunDir | str | Path, columns: Sequence[str] | None = None) -> pa.Table:
@@ -71,6 +95,25 @@ def _left_join(left: pa.Table, right: pa.Table, columns: list[str]) -> pa.Table:
     for c, col in zip(columns, picked):
         left = left.append_column(right.schema.field(c), col)
     return left
+
+
+def explanations(run: RunDir, feats: pa.Table) -> np.ndarray | None:
+    """object [N] explanation per row of `feats` (layer, feature): the imported label
+    (labels.parquet, `saelineage labels import`), None where there is none; None when the run
+    has no labels."""
+    lp = run.file(contract.LABELS)
+    if not lp.is_file():
+        return None
+    lab = pq.read_table(lp)
+    if not ({"layer", "feature", "explanation"} <= set(lab.column_names) and lab.num_rows):
+        return None
+    out = np.full(feats.num_rows, None, dtype=object)
+    at = feature_rows(*(feats.column(c).to_numpy() for c in contract.KEY))(
+        *(lab.column(c).to_numpy() for c in contract.KEY)
+    )
+    vals = np.asarray(lab.column("explanation").to_pylist(), dtype=object)
+    out[at[at >= 0]] = vals[at >= 0]
+    return out
 
 
 def parse_feature_ids(text: str, layers: Iterable[int]) -> list[tuple[int, int]]:

@@ -4,10 +4,15 @@ Every stage reads what earlier stages wrote through this module, so paths and th
 manifest layout live in one place. Stages that write take `RunDir.writing` (or the
 `writes_run` decorator): one writer per run directory at a time, stale temporaries of a
 killed writer removed, and a full disk reported as one clear error.
+
+Every stage starts the same way (`settle`): its outputs complete with the same identity (the
+config fields that decide its results, `identity`) are skipped, another identity is refused
+unless forced, and interrupted work resumes; every stage returns a `StageResult`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -16,12 +21,12 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from saelineage.contract import ABLATE_PARTS, ACTIVATIONS, LOCK, MANIFEST, SCHEMA_VERSION, Manifest
+from saelineage.contract import ABLATE_PARTS, ACTIVATIONS, LOCK, MANIFEST, SCHEMA_VERSION, WRITER, Manifest
 from saelineage.errors import SaelineageError
 
 try:
@@ -421,3 +426,124 @@ class RunDir:
                 f"cannot write to the output directory {self.path} ({exc.strerror}).",
                 "choose a folder you can write to (--out/RUN argument) or fix its permissions.",
             ) from exc
+
+
+# ---- one stage lifecycle ---------------------------------------------------------------------
+
+
+def identity_of(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity part of the config values `values` of config class `cls` (a config, or one the
+    manifest recorded): every field but those `cls.NOT_IDENTITY` declares (where or how the stage
+    runs), the cluster options, and `cls.LATE_FIELDS` while unset. Field order is kept: the
+    manifest records these dicts as they are."""
+    from saelineage.config import CLUSTER_FIELDS  # config imports typer: only when a stage starts
+
+    skip = {*CLUSTER_FIELDS, *getattr(cls, "NOT_IDENTITY", ())}
+    late = getattr(cls, "LATE_FIELDS", ())
+    return {k: v for k, v in values.items() if k not in skip and not (k in late and v is None)}
+
+
+def identity(cfg: Any) -> dict[str, Any]:
+    """What stage config `cfg` computes (`identity_of` its fields), in the config's one spelling
+    when it defines `canonical` (two spellings of the same results must not count as two)."""
+    ident = identity_of(type(cfg), dataclasses.asdict(cfg))
+    canonical = getattr(cfg, "canonical", None)
+    return canonical(ident) if canonical is not None else ident
+
+
+def _plain(obj: Any) -> Any:
+    """`obj` as JSON gives it back (tuples as lists, keys as strings), so that a live identity and
+    one read from the manifest compare equal."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def same_identity(recorded: Mapping[str, Any] | str, ident: Mapping[str, Any]) -> bool:
+    """Whether `recorded` (an identity, or only its `config_hash`) is `ident`."""
+    if isinstance(recorded, str):
+        return recorded == config_hash(ident)
+    return _plain(recorded) == _plain(ident)
+
+
+def identity_differences(recorded: Mapping[str, Any] | str, ident: Mapping[str, Any]) -> str:
+    """The options that differ between `recorded` and `ident`, e.g. "top_k 16 → 3; span 1 → 2"."""
+    if isinstance(recorded, str):
+        return f"identity hash {recorded} vs {config_hash(ident)}"
+    old, new = _plain(recorded), _plain(ident)
+
+    def show(d: dict, k: str) -> str:
+        return json.dumps(d[k]) if k in d else "unset"
+
+    unset = object()  # a key only one side has differs, whatever its value
+    keys = [k for k in (*old, *(k for k in new if k not in old)) if old.get(k, unset) != new.get(k, unset)]
+    return "; ".join(f"{k} {show(old, k)} → {show(new, k)}" for k in keys) or "the same options in another form"
+
+
+def settle(
+    run: RunDir,
+    stage: str,
+    ident: Mapping[str, Any],
+    recorded: Mapping[str, Any] | str | None,
+    *,
+    complete: bool,
+    force: bool,
+    progress: bool = True,
+    discards: str = "its results",
+    otherwise: str = "run it with the options it was made with",
+) -> bool:
+    """How every stage starts: True when it may skip its work, False when it runs (docs/design.md §1).
+
+    recorded: the identity the run's earlier work on `stage` carries (only its hash where no more
+    is known), or None when there is nothing to protect (never run, or a restart that starts from
+    scratch anyway). complete: that work is complete and its outputs are on disk.
+
+    The same identity skips when complete; another identity is refused (SaelineageError naming
+    the options that differ, with `--force` as the fix) unless `force`. Everything else runs, and
+    each stage resumes or restarts an interrupted attempt as it always has. `discards` and
+    `otherwise` word the fix: what --force throws away, and the way that keeps it.
+    """
+    if force or recorded is None:
+        return False
+    if not same_identity(recorded, ident):
+        state = "is complete" if complete else "holds work"
+        raise SaelineageError(
+            f"{stage} of {run.path} {state} with other options, so its results belong to a different "
+            f"configuration: {identity_differences(recorded, ident)}.",
+            f"pass --force (force=True) to discard {discards} and run {stage} with these options, or {otherwise}.",
+        )
+    if complete and progress:
+        from saelineage.progress import console
+
+        console.print(f"{stage}: {run.path} is complete with these options; skipping (use --force to redo).")
+    return complete
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    """What a stage's `run_*` function did; one shape for every stage."""
+
+    stage: str
+    run: RunDir
+    skipped: bool
+    """The outputs were complete with the same identity, so nothing was computed."""
+    summary: dict[str, Any]
+    """The stage's counts (collect: n_tokens, n_shards; stats: n_tokens, pairs, edges, passes, ...;
+    analyze: lifecycle, gates, splits, ...; ablate: correlations; ceiling: rates by layer)."""
+    seconds: float
+    """Wall time of this call."""
+
+    @classmethod
+    def since(cls, t0: float, stage: str, run: RunDir, *, skipped: bool, summary: dict[str, Any]) -> StageResult:
+        """The result of a call that started at `time.perf_counter()` value `t0`."""
+        return cls(stage, run, skipped, summary, round(time.perf_counter() - t0, 3))
+
+    @property
+    def outputs(self) -> dict[str, Path]:
+        """The stage's files now in the run (its files in `contract.WRITER`), by name."""
+        paths = {name: self.run.file(name) for name, writer in WRITER.items() if writer == self.stage}
+        return {name: p for name, p in paths.items() if p.is_file()}
+
+    def read(self, name: str) -> Any:
+        """One of the stage's Parquet outputs (e.g. "ablations.parquet") as a pyarrow Table."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.outputs[name])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from saelineage.config import ClusterOptions, cli
 from saelineage.errors import SaelineageError
@@ -33,6 +34,10 @@ def _measures(text: str) -> list[str]:
 @dataclass
 class AblateConfig(ClusterOptions):
     """Options of the ablate stage (the README's "Causal checks" describes the method)."""
+
+    NOT_IDENTITY: ClassVar[tuple[str, ...]] = ("device", "batch_rows")
+    """Fields that say where or how ablate runs, not what it measures; with the cluster options they
+    are left out of the identity (saelineage.run.identity)."""
 
     measures: list[str] | None = field(default=None, metadata=cli(parse=_measures, show=",".join))
     """Comma-separated measures to sample edges by: jaccard, sufficiency, necessity, mutual_info, pearson,
@@ -77,3 +82,10 @@ class AblateConfig(ClusterOptions):
     """Write ablations.html (effect vs similarity)."""
     device: str | None = None
     """cpu or cuda (default: the device the run was collected on)."""
+
+    def __post_init__(self) -> None:
+        """Refuse impossible options when the config is made, from Python or the command line alike."""
+        if self.batch_rows < 1 or self.windows_per_pair < 1 or self.layers_per_part < 1:
+            raise SaelineageError(
+                "--batch-rows, --windows-per-pair and --layers-per-part must be at least 1.", "pass positive numbers."
+            )

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -31,20 +31,18 @@ from saelineage.causal.window_choice import (
     window_rank,
 )
 from saelineage.causal.work import PART_COUNTS, PART_INFO, ablate_part, error_projections
-from saelineage.config import CLUSTER_FIELDS
 from saelineage.errors import SaelineageError
-from saelineage.progress import console
 from saelineage.progress import progress as make_progress
-from saelineage.run import RunDir, config_hash, write_parquet, writes_run
-
-
-class AblateResult(NamedTuple):
-    """What `run_ablate` did: ablations.parquet's table, the correlations, and whether it was skipped."""
-
-    run: RunDir
-    table: pa.Table
-    correlations: list[dict]
-    skipped: bool
+from saelineage.run import (
+    RunDir,
+    StageResult,
+    config_hash,
+    identity,
+    identity_of,
+    settle,
+    write_parquet,
+    writes_run,
+)
 
 
 @writes_run("ablate")
@@ -55,29 +53,22 @@ def run_ablate(
     force: bool = False,
     progress: bool = True,
     model=None,
-) -> AblateResult:
-    """Sample edges, ablate their upstream features, measure the downstream drop; `model` = a preloaded RunModel."""
+) -> StageResult:
+    """Sample edges, ablate their upstream features, measure the downstream drop; `model` = a preloaded
+    RunModel. summary: the correlations (ablations.parquet holds the table, `StageResult.read`)."""
+    t_start = time.perf_counter()
     cfg = cfg or AblateConfig()
-    if cfg.batch_rows < 1 or cfg.windows_per_pair < 1 or cfg.layers_per_part < 1:
-        raise SaelineageError(
-            "--batch-rows, --windows-per-pair and --layers-per-part must be at least 1.", "pass positive numbers."
-        )
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     manifest = run.require("stats")
     prev = manifest.stage("ablate")
-    if prev.get("status") == "complete" and not force and run.file(contract.ABLATIONS).is_file():
-        if _identity(prev.get("config") or {}) != _identity(asdict(cfg)):
-            raise SaelineageError(
-                f"ablate of {run.path} is complete with other options ({prev.get('config')}).",
-                "pass --force to redo it with the new options.",
-            )
-        if progress:
-            console.print(f"ablate: {run.path} is complete; skipping (use --force to redo).")
-        table = pq.read_table(run.file(contract.ABLATIONS))
+    complete = prev.get("status") == "complete" and run.file(contract.ABLATIONS).is_file()
+    ident = identity(cfg)
+    recorded = identity_of(AblateConfig, prev.get("config") or {}) if complete else None
+    if settle(run, "ablate", ident, recorded, complete=complete, force=force, progress=progress):
         corr = prev.get("correlations", [])
         if progress:
             print_correlations(corr)
-        return AblateResult(run, table, corr, True)
+        return StageResult.since(t_start, "ablate", run, skipped=True, summary={"correlations": corr})
     tc = [l for l in manifest.layers if "transcoder" in str((manifest.saes.get(l) or {}).get("saelens_architecture"))]
     if tc:
         raise SaelineageError(
@@ -97,7 +88,7 @@ def run_ablate(
     pairs, inverse = unique_pairs(sample)
     key = config_hash(
         {
-            "cfg": _identity(asdict(cfg)),
+            "cfg": ident,
             "threshold": threshold,
             "pairs": pairs.tolist(),
             "collect": manifest.config_hash,
@@ -164,14 +155,7 @@ def run_ablate(
         shutil.rmtree(parts_dir, ignore_errors=True)
     if progress:
         print_correlations(corr)
-    return AblateResult(run, table, corr, False)
-
-
-def _identity(config: dict) -> dict:
-    """The options that decide the results (the device, the batch size and where it runs do not), as
-    JSON gives them back."""
-    skip = ("device", "batch_rows", *CLUSTER_FIELDS)
-    return json.loads(json.dumps({k: v for k, v in config.items() if k not in skip}))
+    return StageResult.since(t_start, "ablate", run, skipped=False, summary={"correlations": corr})
 
 
 def _join(sample: pa.Table, pairs: np.ndarray, inverse: np.ndarray, effects: pa.Table) -> pa.Table:
@@ -219,7 +203,7 @@ def demo_ablation(
         hidden_windows=64,
         hidden_windows_per_feature=1,
     )
-    table = run_ablate(run, cfg, model=model, progress=False, force=force).table
+    table = run_ablate(run, cfg, model=model, progress=False, force=force).read(contract.ABLATIONS)
     rows = correlations(table)
     print_correlations(rows)
     return rows

@@ -27,4 +27,6 @@ def ceiling_command(
 
     r = run_ceiling(run, cfg, force=force)
     if not r.skipped:
-        console.print(f"[green]ceiling complete[/]: layers {sorted(r.rates)} -> {r.run.path / 'seed_ceiling.parquet'}")
+        console.print(
+            f"[green]ceiling complete[/]: layers {sorted(r.summary['rates'])} -> {r.outputs['seed_ceiling.parquet']}"
+        )

@@ -14,9 +14,9 @@ windows, preprocessing) into RUN/.ceiling-codes, which is resumable and removed 
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, replace
+import time
+from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -28,17 +28,10 @@ from saelineage.ceiling.match import MATCH_MEASURES, best_matches, match_rate
 from saelineage.data.store import iter_shards, token_mask
 from saelineage.errors import SaelineageError
 from saelineage.progress import console
-from saelineage.run import RunDir, write_parquet, writes_run
+from saelineage.run import RunDir, StageResult, identity, settle, write_parquet, writes_run
 
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 """Thresholds at which the manifest records match rates (the file holds the values themselves)."""
-
-
-class CeilingResult(NamedTuple):
-    run: RunDir
-    rates: dict[int, dict[str, dict[str, float]]]
-    """{layer: {measure: {threshold: rate}}}"""
-    skipped: bool
 
 
 def codes_csr(run: RunDir, layer: int, d_sae: int, n_windows: int, bos: bool, include_bos: bool) -> sp.csr_matrix:
@@ -67,10 +60,10 @@ def ceiling_table(layer: int, best: dict[str, tuple[np.ndarray, np.ndarray]], li
 
 
 @writes_run("ceiling")
-def run_ceiling(
-    run_dir: str | Path, cfg: CeilingConfig, *, force: bool = False, progress: bool = True
-) -> CeilingResult:
-    """Measure the seed ceiling of the layers `cfg.saes` covers (module doc)."""
+def run_ceiling(run_dir: str | Path, cfg: CeilingConfig, *, force: bool = False, progress: bool = True) -> StageResult:
+    """Measure the seed ceiling of the layers `cfg.saes` covers (module doc); summary: `rates`,
+    {layer: {measure: {threshold: rate}}}."""
+    t_start = time.perf_counter()
     from saelineage.collect.config import CollectConfig
     from saelineage.collect.stage import run_collect
     from saelineage.config import config_from_dict
@@ -90,12 +83,13 @@ def run_ceiling(
             f"run {run.path} was not made by `saelineage collect` (no model or corpus is recorded).",
             "the ceiling re-runs the model: measure it on a run made by collect.",
         )
-    options = {k: v for k, v in asdict(cfg).items() if not (k == "sae_id" and v is None)}
+    options = identity(cfg)
     prev = manifest.stage("ceiling")
-    if not force and prev.get("status") == "complete" and prev.get("options") == options:
-        if progress:
-            console.print(f"ceiling: {run.path} is complete with these options; skipping (use --force to redo).")
-        return CeilingResult(run, _rates_from_json(prev.get("rates", {})), True)
+    done = prev.get("status") == "complete" and run.file(contract.SEED_CEILING).is_file()
+    if settle(run, "ceiling", options, prev.get("options") if done else None, complete=done, force=force,
+              progress=progress):  # fmt: skip
+        rates = {int(l): r for l, r in prev.get("rates", {}).items()}
+        return StageResult.since(t_start, "ceiling", run, skipped=True, summary={"rates": rates})
     base = config_from_dict(CollectConfig, manifest.config)
     work = run.path / contract.CEILING_CODES
     twin_layers, twin_template = (None, None) if is_folder(cfg.saes) else _second_seed(manifest, cfg)
@@ -135,7 +129,7 @@ def run_ceiling(
         info.update(rates={str(l): r for l, r in rates.items()}, tokens=other.n_tokens, layers=layers,
                     second_saes={str(l): other.saes[l] for l in layers})  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
-    return CeilingResult(run, rates, False)
+    return StageResult.since(t_start, "ceiling", run, skipped=False, summary={"rates": rates})
 
 
 def _second_seed(manifest, cfg: CeilingConfig) -> tuple[list[int], str]:
@@ -168,7 +162,3 @@ def _second_seed(manifest, cfg: CeilingConfig) -> tuple[list[int], str]:
             "pass --sae-id with one of them.",
         )
     return sorted(twins), templates.pop()
-
-
-def _rates_from_json(rates: dict) -> dict[int, dict[str, dict[str, float]]]:
-    return {int(l): r for l, r in rates.items()}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
-from saelineage.config import CLUSTER_FIELDS, ClusterOptions, cli
+from saelineage.config import ClusterOptions, cli
+from saelineage.errors import SaelineageError
 
 
 def parse_layers(text: str) -> list[int]:
@@ -26,7 +28,13 @@ def format_layers(layers: list[int]) -> str:
 
 @dataclass
 class CollectConfig(ClusterOptions):
-    """What `saelineage collect` runs; its hash guards a run directory against mixing configs."""
+    """What `saelineage collect` runs; its identity's hash guards a run directory against mixing configs."""
+
+    NOT_IDENTITY: ClassVar[tuple[str, ...]] = ("device", "extra", "batch_windows")
+    """Fields that say where or how collect runs (or record provenance), not what it collects; with
+    the cluster options they are left out of the identity (saelineage.run.identity)."""
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("sae_id", "width", "l0", "blocks_path")
+    """Identity fields added after runs existed: left out while unset, so those runs' hashes stay."""
 
     model: str | None = None
     """Preset name (`smollm2`, `gpt2`), local HF folder or hub id (default: the release's model with a release
@@ -70,11 +78,19 @@ class CollectConfig(ClusterOptions):
     extra: dict = field(default_factory=dict, metadata=cli(hidden=True))
     """Free-form provenance (not part of the identity hash)."""
 
-    def identity(self) -> dict:
-        d = asdict(self)
-        for key in ("device", "extra", "batch_windows", *CLUSTER_FIELDS):
-            d.pop(key)
-        for key in ("sae_id", "width", "l0", "blocks_path"):  # unset options leave earlier runs' hashes as they were
-            if d[key] is None:
-                d.pop(key)
-        return d
+    def __post_init__(self) -> None:
+        """Refuse impossible options when the config is made, from Python or the command line alike."""
+        for name, least in (("window", 2), ("batch_windows", 1), ("shard_windows", 1), ("first_window", 0),
+                            ("examples_k", 0)):  # fmt: skip
+            if getattr(self, name) < least:
+                flag = "--examples" if name == "examples_k" else f"--{name.replace('_', '-')}"
+                raise SaelineageError(
+                    f"{flag} must be at least {least} (got {getattr(self, name)}).", f"pass {flag} {least} or more."
+                )
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise SaelineageError(f"--max-tokens must be positive (got {self.max_tokens}).", "e.g. --max-tokens 20000.")
+        if self.shard_windows % self.batch_windows:
+            raise SaelineageError(
+                f"--shard-windows {self.shard_windows} is not a multiple of --batch-windows {self.batch_windows}.",
+                "choose shard windows as a multiple of batch windows.",
+            )

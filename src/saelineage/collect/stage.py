@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any
 
 from saelineage import contract
 from saelineage.collect.config import CollectConfig
@@ -25,16 +25,10 @@ from saelineage.data.windowing import make_windows
 from saelineage.errors import SaelineageError
 from saelineage.progress import console
 from saelineage.progress import progress as make_progress
-from saelineage.run import RunDir, config_hash, writes_run
+from saelineage.run import RunDir, StageResult, config_hash, identity, settle, writes_run
 
-
-class CollectResult(NamedTuple):
-    """What `run_collect` did."""
-
-    run: RunDir
-    n_tokens: int
-    n_shards: int
-    skipped: bool
+RECORDED_ONLY = ("device", "batch_windows")
+"""Manifest `config` keys recorded beside the identity (how the run was made, not what it holds)."""
 
 
 def _outputs_present(run: RunDir, manifest: Manifest) -> bool:
@@ -45,27 +39,36 @@ def _outputs_present(run: RunDir, manifest: Manifest) -> bool:
     return have >= set(range(n_shards)) and all(run.file(f).is_file() for f in (contract.FEATURES, contract.EXAMPLES))
 
 
-def _prepare_run(run: RunDir, cfg: CollectConfig, force: bool) -> str:
+def _recorded(manifest: Manifest) -> dict[str, Any] | str:
+    """The identity `manifest`'s run was collected with: the recorded config less `RECORDED_ONLY`,
+    or only its hash where that config does not give the hash back (another version, an import)."""
+    config = {k: v for k, v in (manifest.config or {}).items() if k not in RECORDED_ONLY}
+    return config if config_hash(config) == manifest.config_hash else manifest.config_hash
+
+
+def _prepare_run(run: RunDir, ident: dict[str, Any], force: bool, progress: bool) -> bool:
+    """Settle the run directory for collecting identity `ident` (saelineage.run.settle); True: it is complete.
+
+    The identity guards the whole run, partial or complete: shards of two configurations must never
+    mix. --force clears the run, even one whose manifest cannot be read at all."""
     run.check_writable()
-    ident = config_hash(cfg.identity())
+    old = None
     if run.exists():
         try:
             old = run.load()
         except SaelineageError:
             if not force:
                 raise
-            run.clear()  # --force rebuilds a run whose manifest cannot be read at all
-            return ident
-        if old.config_hash != ident:
-            if not force:
-                raise SaelineageError(
-                    f"{run.path} holds a run made with a different configuration (hash {old.config_hash} vs {ident}).",
-                    "choose another output directory, or pass --force to discard that run.",
-                )
-            run.clear()
-        elif force:
-            run.clear()
-    return ident
+    complete = old is not None and old.status("collect") == "complete" and _outputs_present(run, old)
+    skip = settle(
+        run, "collect", ident, None if old is None else _recorded(old), complete=complete, force=force,
+        progress=progress, discards="that run (every stage's results)", otherwise="choose another output directory",
+    )  # fmt: skip
+    if force and run.exists():
+        run.clear()
+    elif old is not None and old.status("collect") == "complete" and not skip:
+        console.print(f"collect: {run.path} lacks some of its files; recomputing them.")
+    return skip
 
 
 @writes_run("collect", create=True)
@@ -77,10 +80,12 @@ def run_collect(
     progress: bool = True,
     adapter=None,
     saes=None,
-) -> CollectResult:
-    """Collect sparse codes into `run_dir` (resumes an interrupted run of the same config).
+) -> StageResult:
+    """Collect sparse codes into `run_dir` (resumes an interrupted run of the same config); summary:
+    n_tokens, n_shards.
 
     adapter / saes: an already loaded model adapter and {layer: SAE} instead of loading cfg's."""
+    t_start = time.perf_counter()
     cfg = cfg or CollectConfig()
     from saelineage.models.loading import load_model
     from saelineage.models.presets import SMOLLM2
@@ -93,19 +98,10 @@ def run_collect(
         cfg = replace(cfg, model=adapter.name or SMOLLM2)
 
     run = RunDir(run_dir)
-    ident = _prepare_run(run, cfg, force)
-    done = run.load() if run.exists() else None
-    if done is not None and done.status("collect") == "complete":
-        if _outputs_present(run, done):
-            if progress:
-                console.print(f"collect: {run.path} is complete; skipping (use --force to redo).")
-            return CollectResult(run, done.n_tokens, len(list_shards(run)), True)
-        console.print(f"collect: {run.path} lacks some of its files; recomputing them.")
-    if cfg.shard_windows % cfg.batch_windows:
-        raise SaelineageError(
-            f"--shard-windows {cfg.shard_windows} is not a multiple of --batch-windows {cfg.batch_windows}.",
-            "choose shard windows as a multiple of batch windows.",
-        )
+    ident = identity(cfg)
+    if _prepare_run(run, ident, force, progress):
+        summary = {"n_tokens": run.load().n_tokens, "n_shards": len(list_shards(run))}
+        return StageResult.since(t_start, "collect", run, skipped=True, summary=summary)
     if saes is None:  # SAEs first: a wrong release choice is reported before the model loads
         saes = resolve_saes(
             cfg.saes,
@@ -152,8 +148,8 @@ def run_collect(
     # recorded and the keys a newer saelineage added
     old = run.load() if run.exists() else None
     manifest = new_manifest(
-        config_hash=ident,
-        config=cfg.identity() | {"device": cfg.device, "batch_windows": cfg.batch_windows},
+        config_hash=config_hash(ident),
+        config=ident | {k: getattr(cfg, k) for k in RECORDED_ONLY},
         model=adapter.identity,
         saes={
             l: saes[l].meta
@@ -212,4 +208,5 @@ def run_collect(
         info.update(summarize_run(run, cfg.examples_k, progress=bar, write_missing=True))
         elapsed = time.perf_counter() - t0
         info["tokens_per_second"] = round(n_new / elapsed, 1) if n_new else None
-    return CollectResult(run, n_windows * cfg.window, n_shards, False)
+    summary = {"n_tokens": n_windows * cfg.window, "n_shards": n_shards}
+    return StageResult.since(t_start, "collect", run, skipped=False, summary=summary)

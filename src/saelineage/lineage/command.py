@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Optional
@@ -14,15 +13,6 @@ from saelineage.errors import SaelineageError
 from saelineage.lineage.config import AnalyzeConfig
 
 
-def _help(fn):
-    """Join the wrapped lines of each docstring paragraph: typer keeps single line breaks
-    (rich markup mode), which would leave ragged help text."""
-    doc = inspect.cleandoc(fn.__doc__ or "")
-    fn.__doc__ = "\n\n".join(" ".join(p.split("\n")) for p in doc.split("\n\n"))
-    return fn
-
-
-@_help
 @with_config(AnalyzeConfig)
 def analyze_command(
     run: Path = typer.Argument(..., help="Run directory (after `saelineage stats`)."),
@@ -70,7 +60,6 @@ def _print_counts(run: Path) -> None:
     )
 
 
-@_help
 def prompt_command(
     run: Path = typer.Argument(..., help="Run directory (after `saelineage analyze`, collected with a model)."),
     text: str = typer.Argument(..., help="The prompt text."),
@@ -92,26 +81,29 @@ def prompt_command(
     (nodes {id "L_F", layer, feature, activation, rel_activation, community, explanation},
     links {source, target, similarity}).
     """
-    from saelineage.lineage.prompt_graph import prompt, summary_table
+    from saelineage.lineage.export import prompt_nodelink
     from saelineage.progress import console
+    from saelineage.query.prompt import prompt
+    from saelineage.query.prompt_graph import summary_table
 
     model = None
     if device is not None:
         from saelineage.run_model import load_run_model
 
         model = load_run_model(run, device=device)
-    g = prompt(run, text, position, rel=rel, measure=measure, min_value=min_value, max_nodes=max_nodes, model=model)
+    graph, meta = prompt(
+        run, text, position, rel=rel, measure=measure, min_value=min_value, max_nodes=max_nodes, model=model
+    )
     if json_out is not None:
-        data = json.dumps(g, indent=1, allow_nan=False)
+        data = json.dumps(prompt_nodelink(graph, meta), indent=1, allow_nan=False)
         if str(json_out) == "-":
             typer.echo(data)
         else:
             json_out.write_text(data)
             console.print(f"graph written to {json_out}")
-    console.print(summary_table(g))
+    console.print(summary_table(graph, meta["token"], meta["position"]))
 
 
-@_help
 def export_command(
     run: Path = typer.Argument(..., help="Run directory (after `saelineage stats`; communities after analyze)."),
     format: str = typer.Option(

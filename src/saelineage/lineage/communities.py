@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from saelineage.errors import SaelineageError
-from saelineage.lineage.index import feature_rows
+from saelineage.feature_table import feature_rows
 
 QUALITIES = ("modularity", "rb", "cpm")
 BACKENDS = ("igraph", "leidenalg")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saelineage.contract import DATA_MEASURES
+from saelineage.errors import SaelineageError
+
 
 @dataclass
 class AnalyzeConfig:
@@ -80,3 +83,26 @@ class AnalyzeConfig:
     """Most features kept in a precomputed prompt graph (strongest relative activation first)."""
     top_examples: int = 10
     """Top examples per member feature used for a community's top tokens."""
+
+    def __post_init__(self) -> None:
+        """Refuse impossible options when the config is made, from Python or the command line alike
+        (every field is identity; the checks that need the run's edges are the stage's)."""
+        if self.measure not in DATA_MEASURES:  # lifecycle.LIFECYCLE_MEASURES: feature_links has each
+            raise SaelineageError(
+                f"unknown lifecycle measure {self.measure!r}.", f"choose one of {', '.join(DATA_MEASURES)}."
+            )
+        if self.gate_test not in ("evidence", "threshold"):
+            raise SaelineageError(f"unknown --gate-test {self.gate_test!r}.", "choose evidence (default) or threshold.")
+        for name in ("gate_threshold", "exclusivity", "min_coverage", "fdr", "min_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise SaelineageError(
+                    f"--{name.replace('_', '-')} must lie in [0, 1] (got {getattr(self, name)}).", "pick a share."
+                )
+        if self.candidate_floor is not None and not 0 <= self.candidate_floor <= 1:
+            raise SaelineageError(
+                f"--candidate-floor must lie in [0, 1] (got {self.candidate_floor}).", "pick a share."
+            )
+        if not 0 < self.confidence < 1:
+            raise SaelineageError(f"--confidence must lie in (0, 1) (got {self.confidence}).", "use e.g. 0.95.")
+        if self.min_support < 1:
+            raise SaelineageError("--min-support must be at least 1.", "use e.g. --min-support 5.")

@@ -1,7 +1,8 @@
 """Exports of the feature graph: node-link JSON (networkx, D3), GraphML (Gephi), Parquet; of
 the joined per-feature table (format "features"); and of labels and feature lists in the formats
 Neuronpedia imports ("neuronpedia": explanation records; "neuronpedia-list": a feature list with a
-quick-list URL; formats and mapping in `web.labels`).
+quick-list URL; formats and mapping in `query.neuronpedia`); and of prompt graphs as node-link JSON
+(`prompt_nodelink`: the `saelineage prompt` command's --json, analyze's prompt_graphs.json).
 
 Nodes are the live features, with id "L_F" (layer_feature), layer, feature, explanation (imported
 labels, labels.parquet), community and lifecycle; links are the kept edges whose `measure` is
@@ -28,32 +29,12 @@ import pyarrow.parquet as pq
 
 from saelineage import contract
 from saelineage.errors import SaelineageError
-from saelineage.feature_table import read_features
+from saelineage.feature_table import explanations, read_features
+from saelineage.query.prompt_graph import Codes, FeatureGraph, PromptGraph, prompt_graph
 from saelineage.run import RunDir, atomic_write_bytes, write_json, write_parquet
 
 FORMATS = ("nodelink", "graphml", "parquet", "features", "neuronpedia", "neuronpedia-list")
 NEURONPEDIA_FILES = {"neuronpedia": "neuronpedia-explanations.json", "neuronpedia-list": "neuronpedia-list.json"}
-
-
-def explanations(run: RunDir, feats: pa.Table) -> np.ndarray | None:
-    """object [N] explanation per row of `feats` (layer, feature): the imported label
-    (labels.parquet, `saelineage labels import`), None where there is none; None when the run
-    has no labels."""
-    out = np.full(feats.num_rows, None, dtype=object)
-    have = False
-    lp = run.file(contract.LABELS)
-    if lp.is_file():
-        lab = pq.read_table(lp)
-        if {"layer", "feature", "explanation"} <= set(lab.column_names) and lab.num_rows:
-            key = feats.column("layer").to_numpy().astype(np.int64) * (1 << 32) + feats.column("feature").to_numpy()
-            order = np.argsort(key)
-            lk = lab.column("layer").to_numpy().astype(np.int64) * (1 << 32) + lab.column("feature").to_numpy()
-            pos = np.minimum(np.searchsorted(key[order], lk), len(key) - 1)
-            hit = key[order][pos] == lk
-            vals = np.asarray(lab.column("explanation").to_pylist(), dtype=object)
-            out[order[pos[hit]]] = vals[hit]
-            have = True
-    return out if have else None
 
 
 def graph_tables(
@@ -162,6 +143,54 @@ def graphml_bytes(nodes: pa.Table, links: pa.Table, meta: dict[str, Any]) -> byt
     return "".join(parts).encode()
 
 
+def prompt_nodelink(graph: PromptGraph, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A prompt graph as node-link JSON: nodes {id "L_F", layer, feature, activation, rel_activation,
+    community, explanation}, links {source, target, similarity}, and `graph` {measure, rel, min_value,
+    truncated} with `meta` appended."""
+    ids = [f"{a}_{b}" for a, b in zip(graph.layer.tolist(), graph.feature.tolist())]
+    expl = graph.explanation
+    nodes = [
+        {
+            "id": ids[k],
+            "layer": int(graph.layer[k]),
+            "feature": int(graph.feature[k]),
+            "activation": a,
+            "rel_activation": r if np.isfinite(r) else None,
+            "community": c if c >= 0 else None,
+            "explanation": None if expl is None or expl[k] is None else str(expl[k]),
+        }
+        for k, (a, r, c) in enumerate(
+            zip(graph.activation.tolist(), graph.rel_activation.tolist(), graph.community.tolist())
+        )
+    ]
+    links = [
+        {"source": ids[s], "target": ids[t], "similarity": v if np.isfinite(v) else None}
+        for s, t, v in zip(graph.src.tolist(), graph.dst.tolist(), graph.value.tolist())
+    ]
+    about = {"measure": graph.measure, "rel": graph.rel, "min_value": graph.min_value, "truncated": graph.truncated}
+    return {"directed": True, "multigraph": False, "graph": about | (meta or {}), "nodes": nodes, "links": links}
+
+
+def sample_graphs(
+    samples: list[dict[str, Any]],
+    ctx: FeatureGraph,
+    vocab: list[str] | None,
+    *,
+    rel: float = 0.1,
+    measure: str = "jaccard",
+    max_nodes: int | None = 256,
+) -> list[dict[str, Any]]:
+    """Node-link graphs of sampled corpus tokens (validate.Counts.samples: window, pos, token, raw codes)."""
+    out = []
+    for s in samples:
+        t = s["token"]
+        codes: Codes = s["codes"]
+        graph = prompt_graph(codes, ctx, rel=rel, measure=measure, max_nodes=max_nodes)
+        token = vocab[t] if vocab and 0 <= t < len(vocab) else str(t)
+        out.append(prompt_nodelink(graph, {"window": s["window"], "position": s["pos"], "token": token}))
+    return out
+
+
 def neuronpedia_export(
     run: RunDir, fmt: str, features: str = "", community: int | None = None, neuronpedia_id: str | None = None
 ) -> Any:
@@ -169,8 +198,8 @@ def neuronpedia_export(
     browser shows: imported explanations, else the feature's top tokens. Features: `features` (ids), or
     a `community`'s members, or (explanations only) every live feature."""
     from saelineage.feature_table import parse_feature_ids
-    from saelineage.web.labels import neuronpedia_explanations, neuronpedia_list
-    from saelineage.web.queries import RunData
+    from saelineage.query.neuronpedia import neuronpedia_explanations, neuronpedia_list
+    from saelineage.query.run_data import RunData
 
     manifest = run.require("collect")
     g = RunData(run.path).g

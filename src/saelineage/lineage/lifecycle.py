@@ -22,9 +22,9 @@ from rich.table import Table
 
 from saelineage import contract
 from saelineage.errors import SaelineageError
+from saelineage.feature_table import feature_rows
 from saelineage.lineage import bootstrap
 from saelineage.lineage.config import AnalyzeConfig
-from saelineage.lineage.index import feature_rows
 from saelineage.run import RunDir
 
 LIFECYCLE_MEASURES = contract.DATA_MEASURES
@@ -212,17 +212,21 @@ def _pct(x) -> str:
 
 
 def _n_pct(n, share, lo=None, hi=None) -> str:
+    """Count and share, with the share's interval on a second line: side by side, the interval
+    made the cell too wide for an 80-column terminal, which cut it into fragments. Both bounds are
+    kept (a median-shifted interval need not be symmetric, so `±` would misreport it)."""
     if n is None:
         return "—"
-    ci = "" if lo is None or hi is None else f" [{100 * lo:.1f}–{100 * hi:.1f}]"
+    ci = "" if lo is None or hi is None else f"\n[dim]{100 * lo:.1f}–{100 * hi:.1f}[/]"
     return f"{n:,} {_pct(share)}{ci}"
 
 
 def lifecycle_rich_table(table: pa.Table) -> Table:
-    """A rich table of the chosen threshold's per-layer rows of lifecycle.parquet.
+    """A rich table of the chosen threshold's per-layer rows of lifecycle.parquet, whole at 80 columns.
 
-    new / ending: count and share of live features (carried = live − new); ref: shares of all
-    features counting dead ones as new and as ending (the reference's way), side by side.
+    new / ending: count and share of live features (carried = live − new), the share's bootstrap
+    interval under them; ref: shares of all features counting dead ones as new and as ending (the
+    reference's way), side by side.
     """
     from rich import box
 
@@ -232,22 +236,23 @@ def lifecycle_rich_table(table: pa.Table) -> Table:
         title=f"Feature lifecycle per layer ({m} ≥ {t:g})",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
-        caption="% of live features (carried = live − new), [95% bootstrap interval over windows]; †: % of all "
-        "features, dead ones counted as new and ending (the reference's way)",
+        collapse_padding=True,  # two spaces between columns, not three: the ceiling columns fit in 80
+        caption="% of live features (carried = live − new); under it, its 95% bootstrap interval over windows",
     )
     has_ceiling = any(r.get("seed_ceiling") is not None for r in rows)
     names = ["layer", "dead", "live", "new", "ending"]
     if has_ceiling:
-        names += ["ceiling", "cont./ceil.", "unstable"]
+        names += ["ceiling", "cont÷ceil", "unstable"]
         out.caption += (
             "; ceiling: % of live features a second SAE training of the same layer reproduces, the most "
-            "pass-through these SAEs can show; cont./ceil.: continuing share ÷ ceiling; unstable: ending and "
+            "pass-through these SAEs can show; cont÷ceil: continuing share ÷ ceiling; unstable: ending and "
             "not reproduced (the reference's shares, counting dead features, are in lifecycle.parquet)"
         )
-    if not has_ceiling:  # the reference's shares give way to the ceiling columns on narrow terminals
+    else:  # the reference's shares give way to the ceiling columns (80 columns hold one set)
         names += ["new †", "end †"]
-    for name in names:
-        out.add_column(name, justify="right", no_wrap=name not in ("new", "ending"))
+        out.caption += "; †: % of all features, dead ones counted as new and ending (the reference's way)"
+    for name in names:  # no cell wraps: each line of a cell is one whole number or interval
+        out.add_column(name, justify="right", no_wrap=True)
     for r in rows:
         cells = [
             str(r["layer"]),
@@ -259,7 +264,7 @@ def lifecycle_rich_table(table: pa.Table) -> Table:
         if has_ceiling:
             cells += [_pct(r.get("seed_ceiling")), _pct(r.get("share_continuing_normalised")),
                       "—" if r.get("n_unstable") is None else f"{r['n_unstable']:,}"]  # fmt: skip
-        if not has_ceiling:
+        else:
             cells += [_pct(r["ref_share_new"]), _pct(r["ref_share_ending"])]
         out.add_row(*cells)
     return out

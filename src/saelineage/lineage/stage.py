@@ -5,15 +5,16 @@ store (two validation passes); writes lifecycle.parquet, gates.parquet, best_pai
 splits.parquet, communities.parquet, prompt_graphs.json, lifecycle.html and its per-feature
 table feature_analysis.parquet (`lifecycle`, `has_pred`, `has_succ`, `community`; collect's
 features.parquet is only read). Every file is written atomically; re-running with the same options after a
-complete run is skipped, and an interrupted run simply starts again (all outputs are pure
-functions of the inputs and the options).
+complete run is skipped (unless stats or the ceiling ran since), other options are refused without
+--force, and an interrupted run simply starts again (all outputs are pure functions of the inputs and
+the options).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,34 +25,28 @@ from saelineage import contract
 from saelineage.contract import Manifest
 from saelineage.data.finalize import read_vocab
 from saelineage.errors import SaelineageError
+from saelineage.feature_table import feature_rows
 from saelineage.lineage import bootstrap, evidence, gates, lifecycle, splits
 from saelineage.lineage import communities as comm
 from saelineage.lineage.config import AnalyzeConfig
+from saelineage.lineage.export import sample_graphs
 from saelineage.lineage.figures import write_lifecycle_html
-from saelineage.lineage.index import feature_rows
-from saelineage.lineage.prompt_graph import GraphContext, sample_graphs
 from saelineage.lineage.validate import Requests, count
 from saelineage.progress import console
-from saelineage.run import RunDir, write_json, write_parquet, writes_run
+from saelineage.query.prompt_graph import GraphContext
+from saelineage.run import RunDir, StageResult, identity, settle, write_json, write_parquet, writes_run
 
 EDGE_COLUMNS = (*contract.EDGE_KEY, "n_co", *contract.DATA_MEASURES)
 """The columns of edges.parquet that analyze reads (besides dec_cosine when present)."""
 
 
-class AnalyzeResult(NamedTuple):
-    """What `run_analyze` did: the run, the counts recorded in the manifest, and whether it was skipped."""
-
-    run: RunDir
-    counts: dict[str, Any]
-    skipped: bool
+OUTPUTS = tuple(name for name, writer in contract.WRITER.items() if writer == "analyze")
+"""Every file analyze writes: all of them on disk, or the stage is not complete."""
 
 
 def check_config(cfg: AnalyzeConfig, edge_names: list[str]) -> None:
-    """Refuse options that cannot work on this run's edges, before anything is written."""
-    if cfg.measure not in lifecycle.LIFECYCLE_MEASURES:
-        raise SaelineageError(
-            f"unknown lifecycle measure {cfg.measure!r}.", f"choose one of {', '.join(lifecycle.LIFECYCLE_MEASURES)}."
-        )
+    """Refuse options that cannot work on this run's edges, before anything is written (the config
+    checks its own fields when it is made)."""
     for name, m in (
         ("--pair-measure", cfg.pair_measure),
         ("--community-measure", cfg.community_measure),
@@ -62,20 +57,7 @@ def check_config(cfg: AnalyzeConfig, edge_names: list[str]) -> None:
                 f"{name} {m!r} is not a column of edges.parquet.",
                 f"choose one of {', '.join(c for c in edge_names if c not in EDGE_COLUMNS[:4])}.",
             )
-    comm.check_options(cfg.quality, cfg.leiden_backend)
-    if cfg.gate_test not in ("evidence", "threshold"):
-        raise SaelineageError(f"unknown --gate-test {cfg.gate_test!r}.", "choose evidence (default) or threshold.")
-    for name in ("gate_threshold", "exclusivity", "min_coverage", "fdr", "min_prob"):
-        if not 0 <= getattr(cfg, name) <= 1:
-            raise SaelineageError(
-                f"--{name.replace('_', '-')} must lie in [0, 1] (got {getattr(cfg, name)}).", "pick a share."
-            )
-    if cfg.candidate_floor is not None and not 0 <= cfg.candidate_floor <= 1:
-        raise SaelineageError(f"--candidate-floor must lie in [0, 1] (got {cfg.candidate_floor}).", "pick a share.")
-    if not 0 < cfg.confidence < 1:
-        raise SaelineageError(f"--confidence must lie in (0, 1) (got {cfg.confidence}).", "use e.g. 0.95.")
-    if cfg.min_support < 1:
-        raise SaelineageError("--min-support must be at least 1.", "use e.g. --min-support 5.")
+    comm.check_options(cfg.quality, cfg.leiden_backend)  # its choices live with the Leiden code
 
 
 def _edges(run: RunDir) -> dict[str, np.ndarray]:
@@ -125,8 +107,10 @@ def _merge_pairs(*dicts: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
 @writes_run("analyze")
 def run_analyze(
     run_dir: str | Path, cfg: AnalyzeConfig | None = None, *, force: bool = False, progress: bool = True
-) -> AnalyzeResult:
-    """Lifecycle, gates, splits, communities and sample prompt graphs of a run with complete stats."""
+) -> StageResult:
+    """Lifecycle, gates, splits, communities and sample prompt graphs of a run with complete stats;
+    summary: the counts recorded in the manifest (lifecycle, gates, splits, communities, ...)."""
+    t_start = time.perf_counter()
     opt = cfg or AnalyzeConfig()
     run = RunDir(run_dir)
     manifest = run.require("stats")
@@ -136,15 +120,17 @@ def run_analyze(
     if ceiling_entry.get("status") == "complete":  # a new ceiling changes the lifecycle
         stamp["ceiling"] = {k: ceiling_entry.get(k) for k in ("started", "seconds")}
     prev = manifest.stage("analyze")
-    if (
-        not force
-        and prev.get("status") == "complete"
-        and prev.get("options") == asdict(opt)
+    # results made from other inputs (stats or the ceiling ran since) are stale: nothing to keep or skip
+    done = (
+        prev.get("status") == "complete"
         and prev.get("stats_stamp") == stamp
+        and all(run.file(f).is_file() for f in OUTPUTS)
+    )
+    ident = identity(opt)
+    if settle(
+        run, "analyze", ident, prev.get("options") if done else None, complete=done, force=force, progress=progress
     ):
-        if progress:
-            console.print(f"analyze: {run.path} is complete with these options; skipping (use --force to redo).")
-        return AnalyzeResult(run, _counts(prev), True)
+        return StageResult.since(t_start, "analyze", run, skipped=True, summary=_counts(prev))
     from saelineage.hints import recollect, stats_command
 
     for name, writer in (
@@ -161,9 +147,10 @@ def run_analyze(
             raise SaelineageError(f"{run.file(name)} is missing.", fix)
     e = _edges(run)
     check_config(opt, list(e))
-    with run.stage("analyze", options=asdict(opt), stats_stamp=stamp) as info:
+    with run.stage("analyze", options=ident, stats_stamp=stamp) as info:
         info.update(_analyze(run, manifest, opt, e, progress))
-    return AnalyzeResult(run, _counts(run.load().stage("analyze")), False)
+    summary = _counts(run.load().stage("analyze"))
+    return StageResult.since(t_start, "analyze", run, skipped=False, summary=summary)
 
 
 def _counts(entry: dict[str, Any]) -> dict[str, Any]:
@@ -363,7 +350,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
         count_reps["communities"] = c_reps
 
     # sample prompt graphs from the stored codes (no model needed)
-    from saelineage.lineage.export import explanations
+    from saelineage.feature_table import explanations
 
     ctx = GraphContext(
         f_layer, f_id, feats.column("act_max").to_numpy().astype(np.float64), community, explanations(run, feats), e

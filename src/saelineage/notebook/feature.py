@@ -1,7 +1,7 @@
 """One feature in a notebook: its statistics, label, top examples as highlighted text, neighbours
 as DataFrames, and the browser's card as `_repr_html_`.
 
-Everything comes from the browser's queries (`web.queries.RunData`), so the notebook, the browser
+Everything comes from the browser's queries (`query.run_data.RunData`), so the notebook, the browser
 and the static site show the same numbers; the card is the browser's own template
 (`web/templates/_feature_card.html`), rendered with autoescaping, so a label is always text.
 """

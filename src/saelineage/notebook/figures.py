@@ -1,6 +1,6 @@
 """Plotly figures of layered feature graphs, for notebooks.
 
-Takes the graph dictionaries the browser draws (`web.graph.graph` for the run's graph, the prompt
+Takes the graph dictionaries the browser draws (`query.graph.graph` for the run's graph, the prompt
 service for a token's graph): nodes as columns with a row (layer) and a position in the row, edges as
 node positions. The same row order (crossing-reduced) as the browser, first layer at the bottom.
 """

@@ -6,7 +6,7 @@ column they hold (a column a newer stage adds comes through unchanged). `feature
 a feature's card (the browser's), `graph(...)` the layered graph as a plotly figure, and
 `prompt(text)` the live per-token graph when the run's model is at hand.
 
-Feature cards and graphs are answered by the browser's query layer (`web.queries.RunData`), which
+Feature cards and graphs are answered by the browser's query layer (`query.run_data.RunData`), which
 builds the browser's cache (``RUN/.browser-cache/``, or `cache_folder`) on first use.
 """
 
@@ -187,7 +187,7 @@ class Run:
     def data(self) -> Any:
         """The browser's query layer over this run (built on first use)."""
         if self._data is None:
-            from saelineage.web.queries import RunData
+            from saelineage.query.run_data import RunData
 
             self._data = RunData(self.path, cache_folder=self.cache_folder)
         return self._data
@@ -238,7 +238,7 @@ class Run:
     ) -> Any:
         """The layered graph as a plotly figure (shown inline in Jupyter), chosen as the browser's graph
         view chooses it (same defaults). `figure.layout.meta` holds the graph's nodes and edges."""
-        from saelineage.web.graph import graph
+        from saelineage.query.graph import graph
 
         if measure not in contract.EDGE_MEASURES:
             raise SaelineageError(
@@ -264,8 +264,8 @@ class Run:
     ) -> PromptGraph:
         """The live graph of one token of `text` (default: the last): features active above rel × their
         corpus maximum in every layer, joined by the run's edges (each feature's `edges_per_node`
-        strongest; 0 for all). Needs the run's model and SAEs (or a `backend`, see web.prompt)."""
-        from saelineage.web.prompt import PromptService
+        strongest; 0 for all). Needs the run's model and SAEs (or a `backend`, see query.prompt)."""
+        from saelineage.query.prompt import PromptService
 
         if self._prompts is None or backend is not None:
             self._prompts = PromptService(self.data, backend)

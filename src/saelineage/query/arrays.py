@@ -14,6 +14,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from saelineage.feature_table import feature_rows
+
 KEY_SHIFT = 32
 
 
@@ -21,14 +23,9 @@ def _key(layer: np.ndarray, feature: np.ndarray) -> np.ndarray:
     return np.asarray(layer, np.int64) << KEY_SHIFT | np.asarray(feature, np.int64)
 
 
-def _rows_of(fkey: np.ndarray, layer: np.ndarray, feature: np.ndarray) -> np.ndarray:
-    """Feature-table row of each (layer, feature); len(fkey) where the feature is unknown."""
-    k = _key(layer, feature)
-    i = np.minimum(np.searchsorted(fkey, k), max(len(fkey) - 1, 0))
-    return np.where((len(fkey) > 0) & (fkey[i] == k), i, len(fkey)) if len(fkey) else np.zeros(len(k), np.int64)
-
-
 def _ptr(sorted_rows: np.ndarray, n: int) -> np.ndarray:
+    """CSR offsets [n + 1] of sorted feature rows; rows of unknown features (−1) sort first and fall
+    before offset 0, so no feature's range holds them."""
     return np.searchsorted(sorted_rows, np.arange(n + 1)).astype(np.int64)
 
 
@@ -38,13 +35,13 @@ def write_arrays(con: duckdb.DuckDBPyConnection, folder: Path, tables: set[str])
     if "features" not in tables:
         return
     f = con.execute("SELECT layer, feature FROM features ORDER BY layer, feature").fetchnumpy()
-    fkey = _key(f["layer"], f["feature"])
-    n = len(fkey)
-    np.save(folder / "feat_key.npy", fkey)
+    np.save(folder / "feat_key.npy", _key(f["layer"], f["feature"]))
+    n = len(f["layer"])
+    rows_of = feature_rows(f["layer"], f["feature"])
     if "edges_dn" in tables:
         k = con.execute("SELECT src_layer, src, dst_layer, dst FROM edges_dn").fetchnumpy()
-        src = _rows_of(fkey, k["src_layer"], k["src"])
-        dst = _rows_of(fkey, k["dst_layer"], k["dst"])
+        src = rows_of(k["src_layer"], k["src"])
+        dst = rows_of(k["dst_layer"], k["dst"])
         order = np.argsort(src, kind="stable")
         np.save(folder / "e_src_ptr.npy", _ptr(src[order], n))
         perm = np.argsort(dst[order], kind="stable")  # positions in the source-ordered arrays
@@ -63,7 +60,7 @@ def write_arrays(con: duckdb.DuckDBPyConnection, folder: Path, tables: set[str])
             np.save(folder / f"e_{c}.npy", v[order])
     if "examples" in tables:
         x = con.execute('SELECT layer, feature, rank, value, "window", pos, token FROM examples').fetchnumpy()
-        rows = _rows_of(fkey, x["layer"], x["feature"])
+        rows = rows_of(x["layer"], x["feature"])
         order = np.lexsort((np.asarray(x["rank"]), rows))
         np.save(folder / "x_ptr.npy", _ptr(rows[order], n))
         for c in ("rank", "value", "window", "pos", "token"):

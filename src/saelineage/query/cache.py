@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 from saelineage import contract
 from saelineage.data.finalize import read_vocab
 from saelineage.feature_table import JOINED_FILES, read_features
+from saelineage.query.arrays import write_arrays
 from saelineage.run import RunDir
-from saelineage.web.arrays import write_arrays
 
 CACHE_VERSION = 7
 MEASURES = contract.EDGE_MEASURES

@@ -1,4 +1,4 @@
-"""One built generation of the browser's cache, opened read-only, with an in-memory feature index.
+"""One built generation of the query cache, opened read-only, with an in-memory feature index.
 
 Holds the shared constants and row helpers of the query modules.
 """
@@ -13,10 +13,11 @@ import duckdb
 import numpy as np
 
 from saelineage.data.finalize import read_vocab
+from saelineage.feature_table import feature_rows
+from saelineage.query import cache
+from saelineage.query.arrays import Arrays
+from saelineage.query.neuronpedia import neuronpedia_ids
 from saelineage.run import RunDir
-from saelineage.web import cache
-from saelineage.web.arrays import Arrays
-from saelineage.web.labels import neuronpedia_ids
 
 MEASURES = cache.MEASURES
 SORTABLE = MEASURES + ("n_co",)
@@ -93,6 +94,7 @@ class Generation:
     def _index_features(self) -> None:
         self.n = 0
         self.start: dict[int, int] = {}
+        self.rows = feature_rows(np.zeros(0, np.int64), np.zeros(0, np.int64))
         if "features" not in self.tables:
             return
         r = self.con.execute("""SELECT layer, feature, n_active, density, act_max,
@@ -114,9 +116,7 @@ class Generation:
         self.n = len(self.layer)
         for l in np.unique(self.layer):
             self.start[int(l)] = int(np.searchsorted(self.layer, l))
-        self.dense = all(self.feature[self.start[l]] == 0 for l in self.start) and bool(
-            np.all(np.diff(self.feature)[np.diff(self.layer) == 0] == 1)
-        )
+        self.rows = feature_rows(self.layer, self.feature)  # (layer [E], feature [E]) → index row [E], −1 if absent
         if not self.layers:
             self.layers = sorted(self.start)
         texts = [f"{lab}\n".lower() for lab in self.label]
@@ -145,16 +145,9 @@ class Generation:
             }
 
     def idx(self, layer: int, feature: int) -> int | None:
-        """Row of (layer, feature) in the feature index, or None."""
-        s = self.start.get(int(layer))
-        if s is None:
-            return None
-        if self.dense:
-            i = s + int(feature)
-            return i if i < self.n and self.layer[i] == layer and self.feature[i] == feature else None
-        end = self.start.get(int(layer) + 1, self.n)
-        j = s + int(np.searchsorted(self.feature[s:end], feature))
-        return j if j < self.n and self.layer[j] == layer and self.feature[j] == feature else None
+        """Row of one (layer, feature) in the feature index, or None (`rows` for many)."""
+        i = int(self.rows(np.array([layer]), np.array([feature]))[0])
+        return i if i >= 0 else None
 
     def row(self, i: int) -> dict[str, Any]:
         """Every column of features row `i` (JSON-safe)."""

@@ -18,44 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from saelineage.web.layout import crossings, order_rows
-from saelineage.web.queries import MEASURES, STAGE_HINTS, Generation, RunData
-
-__all__ = [
-    "MAX_NODES",
-    "NODE_COLUMNS",
-    "ORDERS",
-    "crossings",
-    "empty_layout",
-    "graph",
-    "order_rows",
-    "strongest_per_node",
-]
+from saelineage.query.generation import MEASURES, STAGE_HINTS, Generation
+from saelineage.query.layout import crossings, order_rows
+from saelineage.query.run_data import RunData
 
 ORDERS = ("barycenter", "community", "feature")
 NODE_COLUMNS = ("layer", "feature", "label", "community", "density", "lifecycle", "pos", "row", "n_row")
 """Node columns of a graph response: `nodes` maps each to a list (node i = position i); edges are
 `{"src": [...], "dst": [...], "value": [...]}` with src/dst = node positions."""
 MAX_NODES = 2000
-
-
-def feature_indices(g: Generation, layer: np.ndarray, feature: np.ndarray) -> np.ndarray:
-    """Feature-index rows of many (layer, feature) pairs; -1 where unknown."""
-    out = np.full(len(layer), -1, np.int64)
-    if not g.dense:
-        for i, (l, f) in enumerate(zip(layer.tolist(), feature.tolist())):
-            j = g.idx(l, f)
-            out[i] = -1 if j is None else j
-    elif len(layer):
-        starts = np.array([g.start.get(int(l), -1) for l in range(int(layer.max()) + 1)], np.int64)
-        s = starts[layer]
-        cand = s + feature
-        ok = (s >= 0) & (cand < g.n)
-        out[ok] = cand[ok]
-        bad = ok.copy()
-        bad[ok] = (g.layer[cand[ok]] != layer[ok]) | (g.feature[cand[ok]] != feature[ok])
-        out[bad] = -1
-    return out
 
 
 def graph(
@@ -90,8 +61,6 @@ def graph(
     if "edges_dn" not in g.tables or not g.n:
         out["missing"] = STAGE_HINTS["stats"]
         return out
-    nxt = np.full(max(g.layers + [0]) + 2, -1, np.int64)
-    nxt[layers[:-1]] = layers[1:]  # next shown layer of each shown layer; edges must join consecutive rows
     lo = -1e300 if min_value is None else float(min_value)
     if community is None:
         if len(layers) < 2:
@@ -101,7 +70,7 @@ def graph(
         limit = min(max_nodes, max(64, 4 * max_nodes // (len(layers) - 1)))
         while True:
             sl, s, dl, d, v, rk = _top_edges(top, layers, limit, lo)
-            u, w = feature_indices(g, sl, s), feature_indices(g, dl, d)
+            u, w = g.rows(sl, s), g.rows(dl, d)
             ok = (u >= 0) & (w >= 0)
             o = np.lexsort((-v[ok], rk[ok])) if ok.any() else np.zeros(0, np.int64)
             u, w, v = u[ok][o], w[ok][o], v[ok][o]
@@ -117,8 +86,8 @@ def graph(
         if len(mem) > max_nodes:
             out["truncated"] = True
             mem = mem[np.argsort(-g.n_active[mem], kind="stable")[:max_nodes]]
-        u, w, v = _edges_among(g, mem, measure, lo)
-        keep = nxt[g.layer[u]] == g.layer[w]
+        u, w, v = edges_among(g, mem, measure, lo)
+        keep = between_rows(g, layers, u, w)
         u, w, v = u[keep], w[keep], v[keep]
         nodes = mem
     inside = np.isin(u, nodes) & np.isin(w, nodes)  # every fetched edge among the chosen nodes
@@ -158,8 +127,16 @@ def _top_edges(top: dict, layers: list[int], limit: int, lo: float) -> tuple[np.
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(6))  # type: ignore[return-value]
 
 
-def _edges_among(g: Generation, nodes: np.ndarray, measure: str, lo: float) -> tuple[np.ndarray, ...]:
-    """Edges (feature rows u -> w, value) with both ends in `nodes` and value >= lo.
+def between_rows(g: Generation, layers: list[int], u: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """bool [E]: edge u[e] → w[e] (feature rows) joins a shown layer to the next shown one; the layered
+    view draws every edge from one row to the next."""
+    nxt = np.full(max(g.layers + [0]) + 2, -1, np.int64)
+    nxt[layers[:-1]] = layers[1:]
+    return nxt[g.layer[u]] == g.layer[w]
+
+
+def edges_among(g: Generation, nodes: np.ndarray, measure: str, lo: float) -> tuple[np.ndarray, ...]:
+    """Edges (feature rows u [E] -> w [E], value [E]) with both ends in `nodes` and value >= lo.
 
     Reads only the out-edges of `nodes` from the memory-mapped source-ordered edge arrays
     (CSR by source feature), so the cost follows the number of nodes shown, not the size
@@ -173,9 +150,7 @@ def _edges_among(g: Generation, nodes: np.ndarray, measure: str, lo: float) -> t
     cnt = b - a
     rows = np.repeat(a - np.cumsum(cnt) + cnt, cnt) + np.arange(int(cnt.sum()))  # concat of ranges [a, b)
     u = np.repeat(nodes, cnt)
-    w = feature_indices(
-        g, np.asarray(g.arr.col("dst_layer")[rows], np.int64), np.asarray(g.arr.col("dst")[rows], np.int64)
-    )
+    w = g.rows(np.asarray(g.arr.col("dst_layer")[rows], np.int64), np.asarray(g.arr.col("dst")[rows], np.int64))
     inside = np.zeros(g.n + 1, bool)
     inside[nodes] = True
     v = np.asarray(g.arr.col(measure)[rows], np.float64)

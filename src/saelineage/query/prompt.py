@@ -1,6 +1,8 @@
 """Live prompts: tokens of a typed text, and the graph of features active on one token.
 
-The model and SAEs the run was collected with are loaded through
+`PromptService` answers the browser's and the notebook's prompts; `prompt` is the `saelineage prompt`
+command's graph. Both select features and edges with `prompt_graph.prompt_graph`. The model and SAEs
+the run was collected with are loaded through
 `saelineage.run_model.load_run_model`: in the background as soon as `serve` starts (`preload`), so
 the first prompt does not wait for it, or else on first use. `status()` says which state the model
 is in (idle / loading / ready / unavailable). A run imported without a model, or whose model/SAE
@@ -20,10 +22,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from saelineage.contract import Manifest
+from saelineage.data.finalize import read_vocab
 from saelineage.errors import SaelineageError
-from saelineage.web.cache_view import Generation
-from saelineage.web.graph import MAX_NODES, empty_layout, feature_indices, layout, strongest_per_node
-from saelineage.web.queries import MEASURES, RunData
+from saelineage.query.generation import MEASURES, Generation
+from saelineage.query.graph import MAX_NODES, between_rows, edges_among, empty_layout, layout, strongest_per_node
+from saelineage.query.prompt_graph import PromptGraph, codes_at, load_context, prompt_graph
+from saelineage.query.run_data import RunData
+from saelineage.run import RunDir
 
 MAX_CHARS = 2000
 MAX_TOKENS = 256
@@ -45,11 +50,13 @@ the background, ready, or unavailable (`reason` says why)."""
 
 
 class ModelBackend:
-    """The run's own model and SAEs, loaded once: in the background (`preload`) or on first use."""
+    """The run's own model and SAEs, loaded once: in the background (`preload`) or on first use.
 
-    def __init__(self, run_path: Path, manifest: Manifest):
+    `model`: a `RunModel` loaded already (the prompt command's `--device`)."""
+
+    def __init__(self, run_path: Path, manifest: Manifest, model: Any = None):
         self.run_path, self.manifest = run_path, manifest
-        self._model = None
+        self._model = model
         self._lock = threading.Lock()
         self._loader: threading.Thread | None = None
         self.error: str | None = None
@@ -125,6 +132,25 @@ class ModelBackend:
                 c = saes[l].encode_sparse(x)
                 out[int(l)] = (np.asarray(c.indptr), np.asarray(c.indices), np.asarray(c.values))
         return out
+
+
+class CacheContext:
+    """The query cache as a prompt graph's context (live prompts): edges from its memory-mapped CSR
+    arrays, only those with a finite value between consecutive layers of the run, since the layered
+    view draws an edge from one row to the next."""
+
+    measures = MEASURES
+    explanation = None
+
+    def __init__(self, g: Generation):
+        self.g = g
+        self.layer, self.feature, self.act_max, self.community = g.layer, g.feature, g.act_max, g.community
+        self.rows = g.rows
+
+    def edges_among(self, nodes: np.ndarray, measure: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        u, w, v = edges_among(self.g, nodes, measure, -np.inf)  # −inf keeps every finite value, drops NaN
+        keep = between_rows(self.g, self.g.layers, u, w) & np.isfinite(v)
+        return u[keep], w[keep], v[keep]
 
 
 class PromptService:
@@ -206,31 +232,24 @@ class PromptService:
         codes = self._require().codes(ids)
         g = self.data.g
         measure = measure if measure in MEASURES else "jaccard"
-        rows, acts = [], []
-        for layer, (indptr, idx, val) in sorted(codes.items()):
-            a, b = int(indptr[position]), int(indptr[position + 1])
-            for f, v in zip(idx[a:b].tolist(), val[a:b].tolist()):
-                i = g.idx(layer, f)
-                mx = g.act_max[i] if i is not None else np.nan
-                if i is None or v <= 0 or (np.isfinite(mx) and mx > 0 and v < rel * mx):
-                    continue  # active = > 0 and >= rel x the feature's corpus max (as `saelineage prompt`)
-                rows.append(i)
-                acts.append(v)
-        nodes, act = np.array(rows, np.int64), np.array(acts, np.float64)
-        u, w, v = self._edges(nodes, measure, min_value)
-        nodes, act, u, w, v, truncated = _select(g, nodes, act, u, w, v, rel, measure, min(max_nodes, MAX_NODES))
+        pg = prompt_graph(
+            codes_at(codes, position),
+            CacheContext(g),
+            rel=rel,
+            measure=measure,
+            min_value=min_value,
+            max_nodes=min(max_nodes, MAX_NODES),
+        )
+        u, w, v = pg.rows[pg.src], pg.rows[pg.dst], pg.value
         cap: dict[str, int] = {"edges_per_node": int(max(edges_per_node, 0))}
         if edges_per_node > 0 and len(u):
             keep = strongest_per_node(u, w, v, edges_per_node)
             cap["edges_dropped"] = int((~keep).sum())
             u, w, v = u[keep], w[keep], v[keep]
-        out = layout(g, nodes, u, w, v, g.layers, order) if len(nodes) else empty_layout()
-        by_row = dict(zip(nodes.tolist(), act.tolist()))
-        shown = np.unique(nodes).tolist()
-        out["nodes"]["activation"] = [by_row[i] for i in shown]
-        out["nodes"]["rel_activation"] = [
-            by_row[i] / g.act_max[i] if np.isfinite(g.act_max[i]) and g.act_max[i] > 0 else None for i in shown
-        ]
+        # layout lists nodes by feature row, which is pg's (layer, feature) order in the cache's index
+        out = layout(g, pg.rows, u, w, v, g.layers, order) if len(pg.rows) else empty_layout()
+        out["nodes"]["activation"] = pg.activation.tolist()
+        out["nodes"]["rel_activation"] = [r if np.isfinite(r) else None for r in pg.rel_activation.tolist()]
         return (
             out
             | cap
@@ -238,7 +257,7 @@ class PromptService:
                 "measure": measure,
                 "order": order,
                 "layers": g.layers,
-                "truncated": truncated,
+                "truncated": pg.truncated,
                 "position": position,
                 "token": g.token_text(ids[position]),
                 "rel": rel,
@@ -246,75 +265,35 @@ class PromptService:
             }
         )
 
-    def _edges(self, nodes: np.ndarray, measure: str, min_value: float | None):
-        """Kept edges between the given feature rows in consecutive layers: (u, w, value)."""
-        g = self.data.g
-        if not g.arr.has_edges or len(nodes) == 0 or measure not in g.arr.edge_cols:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-        rows = np.concatenate([g.arr.edge_rows(int(i), "down") for i in nodes])
-        sl, s, dl, d = (np.asarray(g.arr.col(c)[rows], np.int64) for c in ("src_layer", "src", "dst_layer", "dst"))
-        v = np.asarray(g.arr.col(measure)[rows], np.float64)
-        nxt = np.full(max(g.layers + [0]) + 2, -1, np.int64)
-        nxt[g.layers[:-1]] = g.layers[1:]
-        u, w = feature_indices(g, sl, s), feature_indices(g, dl, d)
-        keep = np.isin(w, nodes) & (nxt[sl] == dl) & np.isfinite(v)
-        if min_value is not None:
-            keep &= v >= min_value
-        return u[keep], w[keep], v[keep]
 
-
-def _select(
-    g: Generation,
-    nodes: np.ndarray,
-    act: np.ndarray,
-    u: np.ndarray,
-    w: np.ndarray,
-    v: np.ndarray,
-    rel: float,
-    measure: str,
-    max_nodes: int,
-) -> tuple:
-    """Keep at most `max_nodes` nodes and the links among them, with the same rule as `saelineage prompt`
-    (saelineage.lineage.prompt_graph) when that module is present: strongest relative activation first."""
-    try:
-        from saelineage.lineage.prompt_graph import GraphContext, prompt_graph
-    except ImportError:
-        prompt_graph = None
-    if prompt_graph is not None and len(nodes):
-        ctx = GraphContext(
-            g.layer[nodes],
-            g.feature[nodes],
-            g.act_max[nodes],
-            g.community[nodes],
-            None,
-            {"src_layer": g.layer[u], "src": g.feature[u], "dst_layer": g.layer[w], "dst": g.feature[w], measure: v},
+def prompt(
+    run_dir: str | Path,
+    text: str,
+    position: int = -1,
+    *,
+    rel: float = 0.1,
+    measure: str = "jaccard",
+    min_value: float | None = None,
+    max_nodes: int | None = None,
+    model: Any = None,
+) -> tuple[PromptGraph, dict[str, Any]]:
+    """Run the run's model + SAEs (or `model`) on `text`; the graph at token `position` (−1: last), with
+    edges from edges.parquet, and what it was made from: {text, position, token, tokens}."""
+    run = RunDir(run_dir)
+    ctx = load_context(run)
+    backend = ModelBackend(run.path, run.load(), model)
+    ids = backend.tokenize(text)
+    if not ids:
+        raise SaelineageError("the prompt has no tokens.", "pass some text.")
+    p = position if position >= 0 else len(ids) + position
+    if not 0 <= p < len(ids):
+        raise SaelineageError(
+            f"token position {position} is outside the prompt ({len(ids)} tokens).",
+            f"choose a position between {-len(ids)} and {len(ids) - 1}.",
         )
-        codes: dict[int, tuple[list, list]] = {}
-        for i, a in zip(nodes.tolist(), act.tolist()):
-            codes.setdefault(int(g.layer[i]), ([], []))[0].append(int(g.feature[i]))
-            codes[int(g.layer[i])][1].append(a)
-        res = prompt_graph(
-            {l: (np.array(f), np.array(x)) for l, (f, x) in codes.items()},
-            ctx,
-            rel=rel,
-            measure=measure,
-            max_nodes=max_nodes,
-        )
-        kept = np.array([g.idx(n["layer"], n["feature"]) for n in res["nodes"]], np.int64)
-        act = np.array([n["activation"] for n in res["nodes"]], np.float64)
-        key = lambda node: g.idx(*(int(x) for x in node.split("_")))  # noqa: E731 - ids are "L_F"
-        links = [(key(e["source"]), key(e["target"]), e["similarity"]) for e in res["links"]]
-        u = np.array([a for a, _, _ in links], np.int64)
-        w = np.array([b for _, b, _ in links], np.int64)
-        v = np.array([np.nan if x is None else x for _, _, x in links], np.float64)
-        ok = np.isfinite(v)
-        return kept, act, u[ok], w[ok], v[ok], bool(res["graph"].get("truncated"))
-    truncated = len(nodes) > max_nodes
-    if truncated:
-        mx = g.act_max[nodes]
-        relv = np.where(np.isfinite(mx) & (mx > 0), act / np.where(mx > 0, mx, 1), np.inf)
-        keep = np.lexsort((nodes, -act, -relv))[:max_nodes]
-        nodes, act = nodes[keep], act[keep]
-        inside = np.isin(u, nodes) & np.isin(w, nodes)
-        u, w, v = u[inside], w[inside], v[inside]
-    return nodes, act, u, w, v, truncated
+    graph = prompt_graph(
+        codes_at(backend.codes(ids), p), ctx, rel=rel, measure=measure, min_value=min_value, max_nodes=max_nodes
+    )
+    vocab = read_vocab(run)
+    tokens = [vocab[i] if vocab and 0 <= i < len(vocab) else str(i) for i in ids]
+    return graph, {"text": text, "position": p, "token": tokens[p], "tokens": tokens}

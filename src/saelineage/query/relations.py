@@ -1,6 +1,6 @@
 """Queries about relations between features: gates, splits, communities, and search.
 
-A mixin of `RunData` (see `queries.py`); `self.g` is the current `Generation`.
+A mixin of `RunData` (see `run_data.py`); `self.g` is the current `Generation`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from saelineage.web.cache_view import ID_RE, STAGE_HINTS, Generation
+from saelineage.query.generation import ID_RE, STAGE_HINTS, Generation
 
 
 class RelationQueries:

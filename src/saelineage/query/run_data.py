@@ -1,4 +1,5 @@
-"""Data access for the browser: every request is answered from the cache (see `cache.py`).
+"""Queries over a run for the browser, the notebook and the exports: every answer comes from the
+query cache (see `cache.py`).
 
 `RunData` holds one *generation* of the cache (a read-only DuckDB connection, the token
 arrays, and a small in-memory index of per-feature columns). When a stage rewrites one of
@@ -19,22 +20,17 @@ from typing import Any
 import numpy as np
 
 from saelineage import contract
-from saelineage.run import RunDir
-from saelineage.web import cache
-from saelineage.web.cache_view import (
+from saelineage.query import cache
+from saelineage.query.generation import (
     ABLATION_SHOWN,
-    ID_RE,
-    MEASURES,
     SORTABLE,
     STAGE_HINTS,
     Generation,
     json_safe,
-    rows,
 )
-from saelineage.web.labels import neuronpedia_url
-from saelineage.web.relations import RelationQueries
-
-__all__ = ["ID_RE", "MEASURES", "SORTABLE", "STAGE_HINTS", "Generation", "RunData", "rows"]
+from saelineage.query.neuronpedia import neuronpedia_url
+from saelineage.query.relations import RelationQueries
+from saelineage.run import RunDir
 
 
 class RunData(RelationQueries):

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from saelineage.errors import SaelineageError
 from saelineage.models.adapter import ModelAdapter
-from saelineage.models.hooks import HookPoint
+from saelineage.models.hooks import HookPoint, parse_hook
 from saelineage.saes.sae import SAE
 
 
@@ -173,19 +174,29 @@ def evaluate_saes(
 
 
 def metrics_table(metrics: list[dict], title: str = "SAE evaluation on held-out tokens"):
-    """A rich Table of per-layer metrics (dicts as in metrics.json 'layers')."""
+    """A rich Table of per-layer metrics (dicts as in metrics.json 'layers'), readable at 80
+    columns: a layer column when every hook is of one kind (named in the title), short headers."""
+    from rich import box
     from rich.table import Table
 
     def f(v, fmt: str) -> str:
         return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
-    table = Table(title=title)
-    table.add_column("hook", no_wrap=True)
-    for col in ("d_sae", "k", "FVU", "train FVU", "L0", "dead %", "CE", "CE w/ SAE", "ΔCE"):
-        table.add_column(col, justify="right")
-    for m in metrics:
+    points = [_hook_point(m["hook"]) for m in metrics]
+    kinds = {p.kind for p in points if p is not None}
+    if None in points:  # a name that is no known hook: shown as written, folded to fit
+        names, head = [m["hook"] for m in metrics], "hook"
+    elif len(kinds) == 1:
+        names, head, title = [str(p.layer) for p in points if p], "layer", f"{title} ({kinds.pop()})"
+    else:
+        names, head = [f"{p.layer} {p.kind}" for p in points if p], "layer site"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column(head, overflow="fold")
+    for col in ("d_sae", "k", "FVU", "FVU tr.", "L0", "dead%", "CE", "CE+SAE", "ΔCE"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for m, name in zip(metrics, names):
         table.add_row(
-            m["hook"],
+            name,
             str(m["d_sae"]),
             str(m.get("k") or "–"),
             f(m["fvu"], ".3f"),
@@ -197,3 +208,11 @@ def metrics_table(metrics: list[dict], title: str = "SAE evaluation on held-out 
             f(m.get("ce_increase"), "+.3f"),
         )
     return table
+
+
+def _hook_point(hook: str) -> HookPoint | None:
+    """The hook's layer and kind, or None for a name that is not a known hook (shown as written)."""
+    try:
+        return parse_hook(hook)
+    except SaelineageError:
+        return None

@@ -26,14 +26,14 @@ def stats_command(
     from saelineage.progress import console
     from saelineage.stats.stage import run_stats
 
-    s = run_stats(run, cfg, force=force)
-    if s.skipped:
-        console.print(f"stats: {s.run} is complete; skipping (use --force to redo).")
+    r = run_stats(run, cfg, force=force)
+    if r.skipped:  # run_stats said so
         return
+    s = r.summary
     console.print(
-        f"[green]stats complete[/]: {s.n_tokens:,} tokens, {s.pairs} layer pairs, {s.edges:,} edges, "
-        f"{s.passes} pass(es), {s.increments / max(s.seconds, 1e-9) / 1e6:,.0f}M co-active pairs/s, "
-        f"{s.seconds:.1f}s -> {s.run / 'edges.parquet'}"
+        f"[green]stats complete[/]: {s['n_tokens']:,} tokens, {s['pairs']} layer pairs, {s['edges']:,} edges, "
+        f"{s['passes']} pass(es), {s['increments'] / max(r.seconds, 1e-9) / 1e6:,.0f}M co-active pairs/s, "
+        f"{r.seconds:.1f}s -> {r.outputs['edges.parquet']}"
     )
-    if not s.dec_cosine:
+    if not s["dec_cosine"]:
         console.print("note: some layers have no SAE decoder weights; dec_cosine is NaN for their pairs.")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from saelineage.config import ClusterOptions, cli
 from saelineage.contract import DATA_MEASURES, PRIMARY
@@ -43,6 +45,10 @@ def _primary(text: str) -> tuple[str, ...]:
 class StatsConfig(ClusterOptions):
     """Options of the stats stage."""
 
+    NOT_IDENTITY: ClassVar[tuple[str, ...]] = ("memory_limit", "workers")
+    """Fields that say how stats runs, not what it computes; with the cluster options they are left
+    out of the identity (saelineage.run.identity; `canonical` spells the rest)."""
+
     span: int = 1
     """Pair each layer with the next SPAN layers (1 = adjacent only)."""
     threshold: float = 0.0
@@ -74,6 +80,48 @@ class StatsConfig(ClusterOptions):
     """Data-free match of adjacent layers' features from SAE weights (arXiv:2410.07656): 'exact'
     (optimal assignment, ~2 s per pair at 4,608 features), 'greedy' (nearest candidates first; for
     wide SAEs) or 'off'. Matched pairs are kept as edges (column sae_match)."""
+
+    def __post_init__(self) -> None:
+        """Refuse impossible options when the config is made, from Python or the command line alike
+        (the checks that need the run, such as --span against its layers, are the stage's)."""
+        if self.span < 1:
+            raise SaelineageError(f"--span must be >= 1 (got {self.span}).", "use --span 1 for adjacent layers.")
+        if self.relative_threshold is not None and not 0 < self.relative_threshold <= 1:
+            raise SaelineageError(
+                f"--relative-threshold must be in (0, 1] (got {self.relative_threshold}).",
+                "e.g. --relative-threshold 0.2 (the choice of arXiv:2410.08869).",
+            )
+        if self.threshold < 0 or not math.isfinite(self.threshold):
+            raise SaelineageError(
+                f"--threshold must be a finite number >= 0 (got {self.threshold}).", "use 0 (default)."
+            )
+        if not self.primary:
+            raise SaelineageError("no primary measure given.", f"choose among {', '.join(DATA_MEASURES)}.")
+        if self.min_support < 1 or self.top_k < 1:
+            raise SaelineageError("--min-support and --top-k must be >= 1.", "e.g. --min-support 5 --top-k 16.")
+        bad = [m for m in [*self.keep_thresholds(), *self.primary] if m not in DATA_MEASURES]
+        if bad:
+            raise SaelineageError(f"unknown measure(s) {bad}.", f"choose among {', '.join(DATA_MEASURES)}.")
+        if self.workers < 1:
+            raise SaelineageError(
+                f"--workers must be >= 1 (got {self.workers}).", "use --workers 2 on a 2-core machine."
+            )
+
+    def canonical(self, ident: dict[str, Any]) -> dict[str, Any]:
+        """The identity in one spelling, recorded as the manifest's stats `options`: keep and no_keep
+        as the thresholds they mean, primary measures in contract order, numbers as numbers."""
+        keep = self.keep_thresholds()
+        return {
+            "span": int(ident["span"]),
+            "threshold": float(ident["threshold"]),
+            "relative_threshold": None if ident["relative_threshold"] is None else float(ident["relative_threshold"]),
+            "include_bos": bool(ident["include_bos"]),
+            "min_support": int(ident["min_support"]),
+            "top_k": int(ident["top_k"]),
+            "primary": [m for m in DATA_MEASURES if m in ident["primary"]],
+            "keep_thresholds": {m: float(keep[m]) for m in sorted(keep)},
+            "sae_match": ident["sae_match"],
+        }
 
     def keep_thresholds(self) -> dict[str, float]:
         """The threshold edges kept besides the top-k ({} with no_keep)."""

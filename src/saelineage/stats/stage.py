@@ -24,69 +24,20 @@ from saelineage import contract
 from saelineage.data.store import list_shards
 from saelineage.errors import SaelineageError
 from saelineage.progress import progress as make_progress
-from saelineage.run import RunDir, write_json, write_parquet, writes_run
+from saelineage.run import RunDir, StageResult, identity, settle, write_json, write_parquet, writes_run
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.edges import EdgeOptions
 from saelineage.stats.engine import Budget, Layout, Pair, plan, run_passes
-from saelineage.stats.measures import MAX_TOKENS, MEASURES, side
+from saelineage.stats.measures import MAX_TOKENS, side
 from saelineage.stats.outputs import feature_links, pair_summary, write_edges
 from saelineage.stats.sae_match import METHODS, Match, agreement, fold, match_layers
 
 OUTPUTS = (contract.EDGES, contract.FEATURE_LINKS, contract.STATS_SUMMARY)
 
 
-class StatsSummary(NamedTuple):
-    """What `run_stats` did."""
-
-    run: Path
-    n_tokens: int
-    pairs: int
-    edges: int
-    passes: int
-    increments: int
-    seconds: float
-    dec_cosine: bool  # False when some layer had no decoder weights (column NaN there)
-    skipped: bool  # outputs were already complete with the same options
-
-
 def default_memory_limit() -> int:
     """70% of the RAM available now (other processes share the machine)."""
     return int(0.7 * psutil.virtual_memory().available)
-
-
-def _options(cfg: StatsConfig) -> dict:
-    """The validated options that decide stats' results (recorded in the manifest)."""
-    keep = cfg.keep_thresholds()
-    span, threshold, relative_threshold, primary = cfg.span, cfg.threshold, cfg.relative_threshold, cfg.primary
-    if span < 1:
-        raise SaelineageError(f"--span must be >= 1 (got {span}).", "use --span 1 for adjacent layers.")
-    if relative_threshold is not None and not 0 < relative_threshold <= 1:
-        raise SaelineageError(
-            f"--relative-threshold must be in (0, 1] (got {relative_threshold}).",
-            "e.g. --relative-threshold 0.2 (the choice of arXiv:2410.08869).",
-        )
-    if threshold < 0 or not np.isfinite(threshold):
-        raise SaelineageError(f"--threshold must be a finite number >= 0 (got {threshold}).", "use 0 (default).")
-    if not primary:
-        raise SaelineageError("no primary measure given.", f"choose among {', '.join(MEASURES)}.")
-    if cfg.min_support < 1 or cfg.top_k < 1:
-        raise SaelineageError("--min-support and --top-k must be >= 1.", "e.g. --min-support 5 --top-k 16.")
-    if cfg.sae_match not in METHODS:
-        raise SaelineageError(f"unknown --sae-match {cfg.sae_match!r}.", f"choose one of {', '.join(METHODS)}.")
-    bad = [m for m in list(keep) + list(primary) if m not in MEASURES]
-    if bad:
-        raise SaelineageError(f"unknown measure(s) {bad}.", f"choose among {', '.join(MEASURES)}.")
-    return {
-        "span": int(span),
-        "threshold": float(threshold),
-        "relative_threshold": None if relative_threshold is None else float(relative_threshold),
-        "include_bos": bool(cfg.include_bos),
-        "min_support": int(cfg.min_support),
-        "top_k": int(cfg.top_k),
-        "primary": [m for m in MEASURES if m in primary],
-        "keep_thresholds": {m: float(keep[m]) for m in sorted(keep)},
-        "sae_match": cfg.sae_match,
-    }
 
 
 def _thresholds(run: RunDir, layers, d, opts) -> dict[int, np.ndarray]:
@@ -254,7 +205,9 @@ def stats_setup(run_dir: str | Path, cfg: StatsConfig) -> StatsSetup:
     """Check the run and the options; build the layout of the pass."""
     run = RunDir(run_dir)
     manifest = run.require("collect")
-    opts = _options(cfg)
+    if cfg.sae_match not in METHODS:  # its choices live with the match (the config's checks are in the config)
+        raise SaelineageError(f"unknown --sae-match {cfg.sae_match!r}.", f"choose one of {', '.join(METHODS)}.")
+    opts = identity(cfg)
     span = cfg.span
     layers = sorted(manifest.layers)
     d = {l: manifest.d_sae[l] for l in layers}
@@ -311,40 +264,25 @@ def run_stats(
     progress: bool = True,
     decoders: Mapping[int, np.ndarray] | None = None,
     thresholds: Mapping[int, np.ndarray] | None = None,
-) -> StatsSummary:
+) -> StageResult:
     """Co-activation statistics of every layer pair (l, l+s), s = 1..cfg.span, in one pass.
 
     Writes edges.parquet, feature_links.parquet and stats_summary.json into the run and
-    records the options in manifest ``stages.stats``. decoders: {layer: [d_sae, d_in]}
-    instead of the run's SAE weights (for dec_cosine and the data-free match); thresholds:
-    {layer: [d_sae]} JumpReLU thresholds to fold with those decoders.
+    records the options in manifest ``stages.stats``; summary: n_tokens, pairs, edges, passes,
+    increments, dec_cosine (False when some layer had no decoder weights: the column is NaN
+    there), memory. decoders: {layer: [d_sae, d_in]} instead of the run's SAE weights (for
+    dec_cosine and the data-free match); thresholds: {layer: [d_sae]} JumpReLU thresholds to
+    fold with those decoders. An incomplete stage restarts from scratch (module doc).
     """
     cfg = cfg or StatsConfig()
     memory_limit, workers = cfg.memory_limit, cfg.workers
     t_start = time.perf_counter()
-    if workers < 1:
-        raise SaelineageError(f"--workers must be >= 1 (got {workers}).", "use --workers 2 on a 2-core machine.")
     run, opts, layout, edge_opts = stats_setup(run_dir, cfg)
     layers, d, pairs, shards = layout.layers, layout.d, layout.pairs, layout.shards
     prev = run.load().stage("stats")
-    if prev.get("status") == "complete" and not force and all(run.file(f).is_file() for f in OUTPUTS):
-        if prev.get("options") != opts:
-            raise SaelineageError(
-                f"stats of {run.path} are complete with other options ({prev.get('options')}).",
-                "pass --force to recompute with the new options.",
-            )
-        s = prev.get("summary", {})
-        return StatsSummary(
-            run.path,
-            s.get("n_tokens", 0),
-            s.get("pairs", 0),
-            s.get("edges", 0),
-            s.get("passes", 0),
-            s.get("increments", 0),
-            0.0,
-            bool(s.get("dec_cosine", False)),
-            True,
-        )
+    done = prev.get("status") == "complete" and all(run.file(f).is_file() for f in OUTPUTS)
+    if settle(run, "stats", opts, prev.get("options") if done else None, complete=done, force=force, progress=progress):
+        return StageResult.since(t_start, "stats", run, skipped=True, summary=prev.get("summary", {}))
     dec = _Decoders(run, d, decoders, thresholds)
     manifest = run.load()
     manifest.stages["stats"] = {}  # drop what an earlier attempt recorded
@@ -435,14 +373,4 @@ def run_stats(
         info.update(summary=summary, timings=timings, dec_cosine_missing_layers=missing)
         shutil.rmtree(run.file(contract.STATS_PARTS), ignore_errors=True)
         shutil.rmtree(run.file(contract.STATS_SPILL), ignore_errors=True)
-    return StatsSummary(
-        run.path,
-        acc.n,
-        len(pairs),
-        n_edges,
-        len(budget.passes),
-        acc.increments,
-        round(time.perf_counter() - t_start, 3),
-        not missing,
-        False,
-    )
+    return StageResult.since(t_start, "stats", run, skipped=False, summary=summary)

@@ -14,10 +14,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, Field, StrictFloat, StrictStr
 
 from saelineage.errors import SaelineageError
+from saelineage.query.graph import MAX_NODES, graph
+from saelineage.query.prompt import MAX_CHARS, PromptService
+from saelineage.query.run_data import RunData
 from saelineage.web import schema as s
-from saelineage.web.graph import MAX_NODES, graph
-from saelineage.web.prompt import MAX_CHARS, PromptService
-from saelineage.web.queries import RunData
 from saelineage.web.schema import Measure, Order, SortKey
 
 LayerP = Path(..., ge=0, le=100_000, description="Layer index")
@@ -87,14 +87,31 @@ UNAVAILABLE = {
 }
 
 
+def feature_answer(data: RunData, layer: int, feature: int, examples: int = 20) -> dict[str, Any] | None:
+    """The answer of /api/features/{layer}/{feature} (`schema.Feature`); None when the run lacks the feature."""
+    f = data.feature(layer, feature)
+    if f is not None:
+        f["examples"] = data.examples(layer, feature, limit=examples)
+    return f
+
+
+def neighbours_answer(
+    data: RunData, layer: int, feature: int, direction: str = "both", sort: str = "jaccard", limit: int = 50
+) -> dict[str, Any]:
+    """The answer of /api/features/{layer}/{feature}/neighbours (`schema.Neighbours`)."""
+    out: dict[str, Any] = {}
+    for d in ("up", "down") if direction == "both" else (direction,):
+        out[d] = data.neighbours(layer, feature, d, sort, limit)
+    return out | {"sort": sort}
+
+
+def relations_answer(data: RunData, layer: int, feature: int) -> dict[str, Any]:
+    """The answer of /api/features/{layer}/{feature}/relations (`schema.Relations`)."""
+    return {"gates": data.feature_gates(layer, feature), "splits": data.splits(layer=layer, feature=feature)["rows"]}
+
+
 def build_router(data: RunData, prompts: PromptService) -> APIRouter:
     r = APIRouter(prefix="/api", default_response_class=JSON)
-
-    def _feature_or_404(layer: int, feature: int) -> dict[str, Any]:
-        f = data.feature(layer, feature)
-        if f is None:
-            raise HTTPException(404, f"feature {layer}:{feature} is not in this run")
-        return f
 
     def _exists_or_404(layer: int, feature: int) -> None:
         if data.g.idx(layer, feature) is None:
@@ -123,8 +140,9 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
         feature: int = FeatureP,
         examples: int = Query(20, ge=0, le=100, description="Top examples to return"),
     ) -> JSON:
-        f = _feature_or_404(layer, feature)
-        f["examples"] = data.examples(layer, feature, limit=examples)
+        f = feature_answer(data, layer, feature, examples)
+        if f is None:
+            raise HTTPException(404, f"feature {layer}:{feature} is not in this run")
         return JSON(f)
 
     @r.get(
@@ -141,10 +159,7 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
         limit: int = Query(50, ge=1, le=500),
     ) -> JSON:
         _exists_or_404(layer, feature)
-        out = {}
-        for d in ("up", "down") if direction == "both" else (direction,):
-            out[d] = data.neighbours(layer, feature, d, sort, limit)
-        return JSON(out | {"sort": sort})
+        return JSON(neighbours_answer(data, layer, feature, direction, sort, limit))
 
     @r.get(
         "/features/{layer}/{feature}/relations",
@@ -154,9 +169,7 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
     )
     async def relations(layer: int = LayerP, feature: int = FeatureP) -> JSON:
         _exists_or_404(layer, feature)
-        return JSON(
-            {"gates": data.feature_gates(layer, feature), "splits": data.splits(layer=layer, feature=feature)["rows"]}
-        )
+        return JSON(relations_answer(data, layer, feature))
 
     @r.get(
         "/graph",

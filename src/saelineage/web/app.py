@@ -21,12 +21,13 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from saelineage import __version__
+from saelineage.query.generation import MEASURES, SORTABLE
+from saelineage.query.layout import warm_up
+from saelineage.query.prompt import PromptBackend, PromptService
+from saelineage.query.run_data import RunData
+from saelineage.version import __version__
 from saelineage.web.api import MAX_BODY, build_router
 from saelineage.web.config import ServeConfig
-from saelineage.web.layout import warm_up
-from saelineage.web.prompt import PromptBackend, PromptService
-from saelineage.web.queries import MEASURES, SORTABLE, RunData
 
 HERE = Path(__file__).parent
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -57,7 +58,7 @@ def swagger_ui_dir() -> Optional[Path]:
     return path if (path / "swagger-ui-bundle.js").is_file() and (path / "swagger-ui.css").is_file() else None
 
 
-def page_context(data) -> dict[str, Any]:
+def page_context(data: RunData) -> dict[str, Any]:
     """What every page template gets (base.html): run name, version, measures, layers, status."""
     return {
         "run_name": data.run.path.name,
@@ -65,6 +66,37 @@ def page_context(data) -> dict[str, Any]:
         "measures": MEASURES,
         "layers": data.g.layers,
         "status": data.status(),
+    }
+
+
+def feature_page_context(
+    data: RunData,
+    f: dict[str, Any],
+    sort: str = "jaccard",
+    *,
+    examples: int = 20,
+    neighbours: int = 50,
+    context: tuple[int, int] = (12, 4),
+    relations: bool = True,
+) -> dict[str, Any]:
+    """What templates/feature.html gets besides `page_context`, for the feature `f` (`RunData.feature`):
+    the server's feature page and the static site's are both rendered from it.
+
+    examples, neighbours: rows shown; context: tokens shown before and after an example's token;
+    relations=False leaves out the gate and split queries for a feature known to be in none (the static
+    site knows which are, and skips two queries per feature)."""
+    layer, feature, layers = f["layer"], f["feature"], data.g.layers
+    return {
+        "f": f,
+        "sort": sort,
+        "examples": data.examples(layer, feature, limit=examples, before=context[0], after=context[1]),
+        "first": bool(layers) and layer == layers[0],
+        "last": bool(layers) and layer == layers[-1],
+        "up": data.neighbours(layer, feature, "up", sort, neighbours),
+        "down": data.neighbours(layer, feature, "down", sort, neighbours),
+        "gates": data.feature_gates(layer, feature) if relations else [],
+        "splits": data.splits(layer=layer, feature=feature)["rows"] if relations else [],
+        "sortable": SORTABLE,
     }
 
 
@@ -158,22 +190,7 @@ def create_app(
         f = data.feature(layer, feature)
         if f is None:
             raise StarletteHTTPException(404, f"Feature {layer}:{feature} is not in this run.")
-        sort = sort if sort in SORTABLE else "jaccard"
-        layers = data.g.layers
-        return page(
-            request,
-            "feature.html",
-            f=f,
-            sort=sort,
-            examples=data.examples(layer, feature),
-            first=bool(layers) and layer == layers[0],
-            last=bool(layers) and layer == layers[-1],
-            up=data.neighbours(layer, feature, "up", sort, 50),
-            down=data.neighbours(layer, feature, "down", sort, 50),
-            gates=data.feature_gates(layer, feature),
-            splits=data.splits(layer=layer, feature=feature)["rows"],
-            sortable=SORTABLE,
-        )
+        return page(request, "feature.html", **feature_page_context(data, f, sort if sort in SORTABLE else "jaccard"))
 
     @app.get("/communities", response_class=HTMLResponse, include_in_schema=False)
     async def communities_page(
@@ -245,8 +262,8 @@ def serve(run_dir: str | Path, cfg: ServeConfig | None = None, *, progress: bool
             f"[bold yellow]warning:[/] serving on {host}, reachable from other machines; the browser has "
             "no authentication. Bind to 127.0.0.1 (the default) unless you mean it."
         )
+    from saelineage.query.cache import CacheFiles, cache_dir_for, signature
     from saelineage.run import RunDir
-    from saelineage.web.cache import CacheFiles, cache_dir_for, signature
 
     run = RunDir(run_dir)
     if run.exists() and not CacheFiles(cache_dir_for(run), signature(run)).complete():

@@ -3,7 +3,8 @@
 The endpoints build plain dicts and encode them with orjson (see `api.JSON`); these models are
 declared as each route's `response_model` so the OpenAPI document describes the real payloads,
 but they are not applied per request (a 2,000-node graph would cost tens of milliseconds to
-validate). `tests/test_web_schema.py` checks that every response conforms.
+validate). `tests/test_web_schema.py` checks that every response conforms. The static site
+(`site.py`) writes its data files through them (`dump`), so a file it writes is an API answer.
 
 Keys that exist only in some runs (optional stages, columns a stage may or may not write) are
 not required; numbers computed from data are nullable wherever NaN or a missing value can occur
@@ -32,6 +33,12 @@ def _no_default(field_schema: dict[str, Any]) -> None:
 def absent(description: str, **kw: Any) -> Any:
     """A key that is left out rather than sent as null: neither required nor nullable in the schema."""
     return Field(None, description=description, json_schema_extra=_no_default, **kw)
+
+
+def dump(model: type[BaseModel], answer: dict[str, Any]) -> dict[str, Any]:
+    """An API answer as `model` writes it: validated (an answer that does not conform fails here, not in a
+    reader of the file), keys the answer leaves out left out, aliases (`_parent`, ...) as the API sends them."""
+    return model.model_validate(answer).model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 class Closed(BaseModel):

@@ -1,16 +1,17 @@
 """`saelineage export-site RUN OUT/`: a read-only copy of the browser as static files.
 
 The site is the browser itself, frozen: its pages (overview, layered graph, communities, gates,
-splits) are rendered by the app's own routes and templates, with root-relative links mapped to
-files (`/feature/3/17` → `feature.html?l=3&f=17`, `/community/5` → `community-5.html`, ...), and
-its scripts run unchanged: in a page marked ``data-site="static"``, `common.js` answers the few API
-calls they make from JSON files (`static/static_api.js`):
+splits, and one page per exported feature) are rendered by the app's own routes and templates, with
+root-relative links mapped to files (`/feature/3/17` → `feature-3-17.html`, `/community/5` →
+`community-5.html`, ...). Its scripts run unchanged: in a page marked ``data-site="static"``,
+`common.js` answers the few API calls they make from JSON files (`static/static_api.js`), each file
+an API answer written through its response model (`schema.dump`):
 
 - `data/site.json`: what the export holds (layers, selection, chunk size, graph variants);
-- `data/features/L/K.json`: records of features `K*chunk .. (K+1)*chunk - 1` of layer L (statistics,
-  label, top examples, strongest neighbours, gates and splits), fetched when a feature is opened;
-- `data/graph/MEASURE-K.json`: the layered graph per measure and "edges per node" K, as the browser
-  draws it with its default filters; `data/graph/community-C.json`: each community's subgraph.
+- `data/features/L/K.json`: for features `K*chunk .. (K+1)*chunk - 1` of layer L, the answers the
+  graph's side panel asks for (`/api/features/L/F` and its neighbours, at the panel's sizes);
+- `data/graph/MEASURE-K.json`: `/api/graph` per measure and "edges per node" K, with the graph
+  page's default filters; `data/graph/community-C.json`: each community's subgraph.
 
 Nothing is loaded from another host (plotly.js is copied from the installed wheel); every page
 carries a Content-Security-Policy that forbids inline and foreign scripts, and the scripts put
@@ -31,13 +32,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import jinja2
 import numpy as np
 
-from saelineage import __version__
 from saelineage.errors import SaelineageError
 from saelineage.feature_table import parse_feature_ids
+from saelineage.query.generation import MEASURES
+from saelineage.version import __version__
+from saelineage.web import schema
 from saelineage.web.config import SiteConfig
-from saelineage.web.queries import MEASURES
 
 GRAPH_EDGES_PER_NODE = (0, 1, 2, 3, 5)
 """The choices of the graph page's "edges per node" control, each exported per measure."""
@@ -45,17 +48,16 @@ GRAPH_DEFAULTS = {"min_value": 0.1, "max_nodes": 400, "order": "barycenter"}
 """The graph page's default filters (templates/graph.html): the exported graphs use them."""
 COMMUNITY_GRAPH_NODES = 2000
 """Nodes of a community's subgraph, as the community page asks for them."""
-GATES_PER_FEATURE = 10
-"""Gates on a feature page, largest support first (a feature of the demo takes part in up to 100)."""
-GATE_FIELDS = ("kind", "layer", "feature", "parent_layer", "parent_a", "parent_b", "support", "score_forward",
-               "score_backward", "child_label", "a_label", "b_label")  # fmt: skip
-"""What the feature page shows of a gate."""
+PANEL_EXAMPLES, PANEL_NEIGHBOURS = 6, 8
+"""Examples and neighbours (per direction, by jaccard) the graph's side panel shows (static/panel.js)."""
 PAGE_ROWS = 100
 """Rows per page of the gates, splits and communities tables (the browser's pager)."""
 STATIC_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'"
 )
+ABSENT_FEATURE = "feature-absent.html"
+"""Where links to a feature without a page of its own lead (a dead feature, or one outside --features/--top-n)."""
 MARKER = "site.json"
 """data/site.json marks a folder as an export (a later export may replace it)."""
 
@@ -71,13 +73,6 @@ class SiteResult:
     seconds: float
 
 
-def round_sig(v: Any, digits: int = 4) -> Any:
-    """A float to `digits` significant digits (JSON stays short); other values unchanged."""
-    if isinstance(v, float):
-        return float(f"{v:.{digits}g}") if np.isfinite(v) else None
-    return v
-
-
 def shown_rows(total: int, max_rows: int) -> int:
     """Rows of a table the export shows: the first `max_rows`, rounded up to whole pages of PAGE_ROWS
     (a page is the browser's own page of the table)."""
@@ -88,9 +83,10 @@ def shown_rows(total: int, max_rows: int) -> int:
 class Rewriter:
     """Maps the browser's root-relative URLs to the files of the export."""
 
-    def __init__(self, communities: set[int], pages: dict[str, int]):
+    def __init__(self, communities: set[int], pages: dict[str, int], features: set[tuple[int, int]]):
         self.communities = communities
         self.pages = pages  # "gates" -> rows exported (pages beyond it are absent)
+        self.features = features  # (layer, feature) of the exported feature pages
 
     def url(self, url: str) -> str:
         parts = urlsplit(url)
@@ -101,7 +97,8 @@ class Rewriter:
             return path[1:]
         m = re.fullmatch(r"/feature/(\d+)/(\d+)", path)
         if m:
-            return f"feature.html?l={m.group(1)}&f={m.group(2)}"
+            layer, feature = int(m.group(1)), int(m.group(2))
+            return f"feature-{layer}-{feature}.html" if (layer, feature) in self.features else ABSENT_FEATURE
         m = re.fullmatch(r"/community/(\d+)", path)
         if m:
             c = int(m.group(1))
@@ -125,6 +122,7 @@ class Rewriter:
             return f'{m.group(1)}="{self.url(m.group(2).replace("&amp;", "&")).replace("&", "&amp;")}"'
 
         html = html.replace('<a href="/docs">API</a>', "")  # no API in a static copy
+        html = re.sub(r'<a href="\?sort=[^"]*">(.*?)</a>', r"\1", html)  # re-sorting a table needs the server
         html = re.sub(r'\b(href|src|action)="(/[^"]*)"', sub, html)
         html = html.replace("<body ", '<body data-site="static" ', 1)
         html = html.replace(
@@ -159,53 +157,8 @@ def _select(g: Any, cfg: SiteConfig) -> np.ndarray:
     return np.sort(np.concatenate(keep)) if keep else live[:0]
 
 
-def _neighbour_block(rows: list[dict[str, Any]], cols: list[str]) -> dict[str, Any]:
-    """Neighbours of one direction as columns of numbers beside each other end's brief."""
-    return {
-        "other": [
-            [r["other"]["layer"], r["other"]["feature"], r["other"]["label"], r["other"]["community"]] for r in rows
-        ],
-        "values": [[round_sig(r.get(c)) for c in cols] for r in rows],
-        "ablation": [r.get("ablation") for r in rows] if any(r.get("ablation") for r in rows) else None,
-    }
-
-
-def _feature_record(
-    data: Any, layer: int, feature: int, cfg: SiteConfig, cols: list[str], related: bool, pages: set[int]
-) -> dict[str, Any]:
-    """One feature's record: the API's feature answer (numbers rounded), examples and neighbours in
-    columns (static_api.js expands them to the API's shapes), gates and splits where it has any."""
-    f = data.feature(layer, feature)
-    f["community_page"] = f["community"] in pages  # communities of one feature get no page
-    f = {k: round_sig(v) for k, v in f.items() if k != "extra"} | {
-        "extra": {k: round_sig(v) for k, v in (f.get("extra") or {}).items()}
-    }
-    ex = []
-    for e in data.examples(layer, feature, limit=cfg.examples, before=cfg.context_before, after=cfg.context_after):
-        hit = next((k for k, t in enumerate(e["tokens"]) if t["hit"]), -1)
-        ex.append(
-            [round_sig(e["value"]), e["window"], e["pos"], hit, int(e["truncated_left"]), int(e["truncated_right"]),
-             [t["text"] for t in e["tokens"]]]
-        )  # fmt: skip
-    rec: dict[str, Any] = {
-        "f": f,
-        "ex": ex,
-        "up": _neighbour_block(data.neighbours(layer, feature, "up", "jaccard", cfg.neighbours), cols),
-        "down": _neighbour_block(data.neighbours(layer, feature, "down", "jaccard", cfg.neighbours), cols),
-    }
-    if related:
-        gates = data.feature_gates(layer, feature)
-        splits = data.splits(layer=layer, feature=feature)["rows"]
-        if gates:
-            rec["gates"] = [{k: round_sig(r.get(k)) for k in GATE_FIELDS} for r in gates[:GATES_PER_FEATURE]]
-            rec["gates_total"] = len(gates)
-        if splits:
-            rec["splits"] = [{"parent": s["_parent"], "children": s["_children"]} for s in splits]
-    return rec
-
-
 def _related(data: Any) -> set[tuple[int, int]]:
-    """Features that take part in a gate or a split (their records carry those tables)."""
+    """Features that take part in a gate or a split (the others' pages skip those queries)."""
     g = data.g
     out: set[tuple[int, int]] = set()
     if "gates" in g.tables:
@@ -253,8 +206,9 @@ def export_site(
     """Write the static site of `run_dir` to `out` (replacing an earlier export there, atomically at the end)."""
     from fastapi.testclient import TestClient
 
-    from saelineage.web.app import HERE, create_app, plotly_js_path
-    from saelineage.web.graph import graph
+    from saelineage.query.graph import graph
+    from saelineage.web.api import feature_answer, neighbours_answer
+    from saelineage.web.app import HERE, create_app, feature_page_context, page_context, plotly_js_path
 
     cfg = cfg or SiteConfig()
     say = progress or (lambda _msg: None)
@@ -277,7 +231,13 @@ def export_site(
             "communities": len(comms),
         }
         pages = {k: shown_rows(v, cfg.max_table_rows) for k, v in totals.items()}
-        rw = Rewriter(community_ids, pages)
+        exported = {(int(g.layer[i]), int(g.feature[i])) for i in rows.tolist()}
+        rw = Rewriter(community_ids, pages, exported)
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True)
+        common = page_context(data)
+
+        def render(template: str, name: str, **ctx: Any) -> None:
+            (stage / name).write_text(rw.page(env.get_template(template).render(**common, **ctx)))
 
         # assets: the browser's own scripts and styles, plotly.js from the wheel
         shutil.copytree(HERE / "static", stage / "static")
@@ -307,13 +267,21 @@ def export_site(
         ):
             for offset in range(0, max(pages[name], 1), PAGE_ROWS):
                 page(f"{base}&offset={offset}", f"{name}.html" if offset == 0 else f"{name}-{offset}.html", name)
-        _render_shells(app, stage, rw)
+        # live prompts need the model: the prompt page says so
+        render("site_prompt.html", "prompt.html")
+        render(
+            "error.html",
+            ABSENT_FEATURE,
+            code="Not in this export",
+            message=f"This feature has no page here: the export holds {_selection(cfg)} features. "
+            "`saelineage serve RUN` shows every feature.",
+        )
         say(f"{len(community_ids)} community pages")
         for c in sorted(community_ids):
             page(f"/community/{c}", f"community-{c}.html")
             _write(
                 stage / "data" / "graph" / f"community-{c}.json",
-                graph(data, community=c, max_nodes=COMMUNITY_GRAPH_NODES),
+                schema.dump(schema.Graph, graph(data, community=c, max_nodes=COMMUNITY_GRAPH_NODES)),
             )
 
         say("layered graphs")
@@ -322,21 +290,33 @@ def export_site(
             for k in GRAPH_EDGES_PER_NODE:
                 gr = graph(data, m, GRAPH_DEFAULTS["min_value"], None, None, None, GRAPH_DEFAULTS["max_nodes"],
                            GRAPH_DEFAULTS["order"], k)  # fmt: skip
-                _write(stage / "data" / "graph" / f"{m}-{k}.json", gr)
+                _write(stage / "data" / "graph" / f"{m}-{k}.json", schema.dump(schema.Graph, gr))
 
-        say(f"{len(rows):,} feature records")
-        cols = [c for c in ("n_co", *MEASURES) if c in g.arr.edge_cols]
+        say(f"{len(rows):,} feature pages")
         related = _related(data)
         key, recs = None, {}  # rows are in (layer, feature) order: each chunk is written once it is complete
         for i in rows.tolist():
             layer, feature = int(g.layer[i]), int(g.feature[i])
+            f = data.feature(layer, feature)
+            page_of = feature_page_context(
+                data,
+                f,
+                examples=cfg.examples,
+                neighbours=cfg.neighbours,
+                context=(cfg.context_before, cfg.context_after),
+                relations=(layer, feature) in related,
+            )
+            render("feature.html", f"feature-{layer}-{feature}.html", **page_of)
             if key != (layer, feature // cfg.chunk) and recs:
                 _write(stage / "data" / "features" / str(key[0]) / f"{key[1]}.json", {"features": recs})
                 recs = {}
             key = (layer, feature // cfg.chunk)
-            recs[str(feature)] = _feature_record(
-                data, layer, feature, cfg, cols, (layer, feature) in related, community_ids
-            )
+            recs[str(feature)] = {
+                "feature": schema.dump(schema.Feature, feature_answer(data, layer, feature, PANEL_EXAMPLES)),
+                "neighbours": schema.dump(
+                    schema.Neighbours, neighbours_answer(data, layer, feature, "both", "jaccard", PANEL_NEIGHBOURS)
+                ),
+            }
         if recs:
             _write(stage / "data" / "features" / str(key[0]) / f"{key[1]}.json", {"features": recs})
         _write(
@@ -348,10 +328,7 @@ def export_site(
                 "chunk": cfg.chunk,
                 "features": len(rows),
                 "live": int((g.n_active > 0).sum()),
-                "selection": "features"
-                if cfg.features
-                else (f"top {cfg.top_n} per layer" if cfg.top_n > 0 else "all live"),
-                "neighbour_columns": cols,
+                "selection": _selection(cfg),
                 "examples": cfg.examples,
                 "neighbours": cfg.neighbours,
                 "graph": {"measures": measures, "edges_per_node": list(GRAPH_EDGES_PER_NODE), **GRAPH_DEFAULTS},
@@ -369,15 +346,6 @@ def export_site(
     return SiteResult(out, len(files), sum(p.stat().st_size for p in files), len(rows), time.perf_counter() - t0)
 
 
-def _render_shells(app: Any, stage: Path, rw: Rewriter) -> None:
-    """The feature page (filled in by static/site_feature.js from the feature chunks) and the prompt page
-    (live prompts need the model: the page says so), rendered with the app's templates and context."""
-    import jinja2
-
-    from saelineage.web.app import HERE, page_context
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True)
-    base = page_context(app.state.data)
-    for name in ("feature", "prompt"):
-        html = env.get_template(f"site_{name}.html").render(**base)
-        (stage / f"{name}.html").write_text(rw.page(html))
+def _selection(cfg: SiteConfig) -> str:
+    """Which features the export has pages for, in words."""
+    return "the chosen" if cfg.features else (f"the top {cfg.top_n} per layer" if cfg.top_n > 0 else "all live")

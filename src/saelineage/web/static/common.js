@@ -45,7 +45,7 @@ export function fmt(v, digits = 3) {
 }
 
 export function featureHref(layer, feature) {
-  return STATIC ? `feature.html?l=${Number(layer)}&f=${Number(feature)}` : `/feature/${Number(layer)}/${Number(feature)}`;
+  return STATIC ? `feature-${Number(layer)}-${Number(feature)}.html` : `/feature/${Number(layer)}/${Number(feature)}`;
 }
 
 export function communityHref(c) {

@@ -1,7 +1,7 @@
 // The browser's API, answered from the JSON files of a static export (saelineage export-site).
-// common.js routes api() here on pages marked data-site="static"; the answers have the shapes of
-// the server's answers, so the browser's scripts run unchanged. Data files are fetched on demand:
-// a feature page loads the one chunk that holds its feature.
+// common.js routes api() here on pages marked data-site="static". Each file holds the server's own
+// answers, written through the API's response models, so the browser's scripts run unchanged. The
+// files are fetched on demand: the graph's side panel loads the one chunk that holds its feature.
 
 let site = null;
 const chunks = new Map();
@@ -28,27 +28,10 @@ async function record(layer, feature) {
   return rec;
 }
 
-function examples(rec, limit) {
-  return rec.ex.slice(0, limit).map(([value, window, pos, hit, left, right, texts], rank) => ({
-    rank, value, window, pos, truncated_left: !!left, truncated_right: !!right,
-    tokens: texts.map((text, k) => ({text, id: null, hit: k === hit}))}));
-}
-
-function neighbours(rec, dir, layer, feature, cols, sort, limit) {
-  const block = rec[dir];
-  const rows = block.other.map(([l, f, label, community], i) => {
-    const row = {};
-    cols.forEach((c, k) => { row[c] = block.values[i][k]; });
-    const ends = dir === 'up' ? {src_layer: l, src: f, dst_layer: layer, dst: feature}
-      : {src_layer: layer, src: feature, dst_layer: l, dst: f};
-    return {...row, ...ends, other: {layer: l, feature: f, label, community},
-      ablation: block.ablation ? block.ablation[i] : null};
-  });
-  if (cols.includes(sort)) {
-    const v = x => (x[sort] === null || x[sort] === undefined ? -Infinity : x[sort]);
-    rows.sort((a, b) => v(b) - v(a));
-  }
-  return rows.slice(0, limit);
+/** The stored neighbours (strongest by jaccard) re-ordered by `sort`: a server would pick the strongest by it. */
+function neighbours(rows, sort, limit) {
+  const v = x => (x[sort] === null || x[sort] === undefined ? -Infinity : x[sort]);
+  return [...rows].sort((a, b) => v(b) - v(a)).slice(0, limit);
 }
 
 export async function staticApi(path, body) {
@@ -56,19 +39,19 @@ export async function staticApi(path, body) {
   const u = new URL(path, 'http://static.invalid/');
   const p = u.searchParams;
   const s = await siteInfo();
-  let m = u.pathname.match(/^\/api\/features\/(\d+)\/(\d+)(\/neighbours|\/relations)?$/);
+  const m = u.pathname.match(/^\/api\/features\/(\d+)\/(\d+)(\/neighbours)?$/);
   if (m) {
-    const layer = Number(m[1]), feature = Number(m[2]);
-    const rec = await record(layer, feature);
-    if (m[3] === '/neighbours') {
+    const rec = await record(Number(m[1]), Number(m[2]));
+    if (m[3]) {
       const sort = p.get('sort') || 'jaccard', limit = Number(p.get('limit') || 50);
       const dirs = p.get('direction') && p.get('direction') !== 'both' ? [p.get('direction')] : ['up', 'down'];
       const out = {sort};
-      for (const d of dirs) out[d] = neighbours(rec, d, layer, feature, s.neighbour_columns, sort, limit);
+      for (const d of dirs) out[d] = neighbours(rec.neighbours[d] || [], sort, limit);
       return out;
     }
-    if (m[3] === '/relations') return {gates: rec.gates || [], gates_total: rec.gates_total || 0, splits: rec.splits || []};
-    return {...rec.f, examples: examples(rec, Number(p.get('examples') || 20))};
+    const f = rec.feature;  // communities of one feature get no page of their own
+    return {...f, examples: f.examples.slice(0, Number(p.get('examples') || 20)),
+      community_page: s.communities.includes(f.community)};
   }
   if (u.pathname === '/api/graph') {
     if (p.get('community')) {
