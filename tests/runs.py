@@ -48,3 +48,28 @@ def write_saes(
         hook = f"blocks.{layer}.hook_{kind}"
         save_saelens(random_sae(d_in, d_sae, hook, archs[i % len(archs)], seed=layer), root / hook)
     return root
+
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
+
+
+def run_quickstart(run_path: Path, cwd: Path) -> list:
+    """Execute examples/quickstart.ipynb against `run_path` (as the README says: SAELINEAGE_RUN)
+    and return every code cell's outputs; a cell that raised is a test failure."""
+    import os
+
+    import pytest
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(QUICKSTART, as_version=4)
+    os.environ["SAELINEAGE_RUN"] = str(run_path)
+    try:
+        nbclient.NotebookClient(
+            nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+        ).execute()
+    finally:
+        del os.environ["SAELINEAGE_RUN"]
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    return outputs

@@ -5,19 +5,18 @@ a live prompt with a stand-in model, and examples/quickstart.ipynb executed end 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from runs import run_quickstart
 
 import saelineage
 from saelineage import SaelineageError
 from saelineage.testing.sample_run import HOSTILE_LABEL, build_sample_run
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
 
 
 @pytest.fixture(scope="module")
@@ -144,18 +143,7 @@ def test_not_a_run(tmp_path):
 
 
 def test_quickstart_notebook_runs(sample, tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    os.environ["SAELINEAGE_RUN"] = str(sample.path)
-    try:
-        nbclient.NotebookClient(
-            nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-        ).execute()
-    finally:
-        del os.environ["SAELINEAGE_RUN"]
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+    outputs = run_quickstart(sample.path, tmp_path)
     html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
     assert any('class="saelineage-card"' in h for h in html)  # the feature card rendered
     assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)  # the graph figure

@@ -5,10 +5,9 @@ run: test_notebook.py runs it on a synthetic run, imported without a model and n
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
-from runs import random_sae, write_corpus, write_saes
+from runs import random_sae, run_quickstart, write_corpus, write_saes
 from tinymodels import tiny_llama
 
 from saelineage import contract
@@ -24,7 +23,6 @@ from saelineage.saes.loading import save_saelens
 from saelineage.stats.stage import run_stats
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
 LAYERS = [0, 1, 2, 3]
 D = 64
 
@@ -56,22 +54,11 @@ def real_run(tmp_path_factory) -> RunDir:
 
 
 def test_quickstart_notebook_runs_on_a_real_run(real_run, tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     manifest = real_run.load()
     for stage in ("collect", "stats", "ceiling", "analyze", "ablate"):
         assert manifest.status(stage) == "complete", stage
     assert real_run.file(contract.ABLATIONS).is_file() and real_run.file(contract.SEED_CEILING).is_file()
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    os.environ["SAELINEAGE_RUN"] = str(real_run.path)
-    try:
-        nbclient.NotebookClient(
-            nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-        ).execute()
-    finally:
-        del os.environ["SAELINEAGE_RUN"]
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+    outputs = run_quickstart(real_run.path, tmp_path)
     html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
     assert any('class="saelineage-card"' in h for h in html)  # the feature card rendered
     assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)  # the graph figure

@@ -83,6 +83,20 @@ def test_feature_api(client):
     assert client.get("/feature/1/99999").status_code == 404
 
 
+def test_feature_card_is_the_top_of_the_feature_page(client):
+    """The graph's side panel shows /feature/L/F/card: the feature page's own card and edge tables."""
+    page = client.get("/feature/1/3?sort=pearson").text
+    card = client.get("/feature/1/3/card?sort=pearson&examples=20&neighbours=50")
+    assert card.status_code == 200 and "content-security-policy" in card.headers
+    assert card.text.strip() and card.text in page and "<html" not in card.text
+    small = client.get("/feature/1/3/card?examples=2&neighbours=3").text
+    assert small.count("<li>") == 2 and small.count('class="fref"') <= 6
+    assert '<th data-m="jaccard" class="sorted">' in small
+    r = client.get("/feature/1/99999/card")
+    assert r.status_code == 404 and "not in this run" in r.text
+    assert client.get("/feature/1/3/card?examples=1000").status_code == 422
+
+
 def test_graph_api(client):
     g = client.get("/api/graph?max_nodes=60&min_value=0.2").json()
     nodes, edges = node_rows(g), edge_rows(g)

@@ -168,6 +168,10 @@ def test_graph_hover_click_opens_feature(page, base_url):
     shot(page, "graph-hover")
     page.mouse.click(box["x"] + node["x"], box["y"] + node["y"])
     page.wait_for_selector("#open-feature")
+    # the panel: the feature page's card (server-rendered), its edges as lists strongest first
+    assert 0 < page.locator("#feature-panel .examples li").count() <= 6
+    vals = [float(v) for v in page.locator("#feature-panel ul.nb .nbv").all_inner_texts() if v != "n/a"]
+    assert vals and page.locator("#feature-panel ul.nb li").count() <= 16
     shot(page, "graph-panel")
     page.click("#open-feature")
     page.wait_for_url(f"**/feature/{node['layer']}/{node['feature']}")
@@ -226,8 +230,8 @@ def test_hostile_label_renders_as_text(page, base_url):
     page.goto(base_url + f"/graph?community={comm}&min_value=&max_nodes=2000")
     _wait_graph(page)
     page.evaluate("window.saelineageGraph.selectById(0, 0)")
-    page.wait_for_selector("#panel-label")
-    assert page.inner_text("#panel-label") == HOSTILE_LABEL
+    page.wait_for_selector("#feature-panel #feature-label")
+    assert page.inner_text("#feature-panel #feature-label") == HOSTILE_LABEL
     assert page.locator("#feature-panel img").count() == 0
     page.wait_for_timeout(300)
     assert page.dialogs == []  # nothing ran

@@ -19,11 +19,15 @@ import textwrap
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import typer
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 T = TypeVar("T")
+DataclassT = TypeVar("DataclassT", bound="DataclassInstance")
 _MISSING = dataclasses.MISSING
 
 
@@ -107,8 +111,8 @@ def command_help(doc: str | None) -> str:
 def default_of(f: dataclasses.Field) -> Any:
     if f.default is not _MISSING:
         return f.default
-    if f.default_factory is not _MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not _MISSING:
+        return f.default_factory()
     raise TypeError(f"config field {f.name} has no default")
 
 
@@ -138,6 +142,7 @@ def config_options(cls: type, *, skip: tuple[str, ...] = ()) -> list[inspect.Par
             continue
         form, default = _form(f), default_of(f)
         if form.parse is not None:  # given as text; the default is shown as its text form
+            shown: list[str] | str | None
             if form.repeat:
                 items = default.items() if isinstance(default, dict) else (default or [])
                 shown = [form.show(v) if form.show else str(v) for v in items] or None
@@ -183,7 +188,7 @@ def with_config(cls: type, *, skip: tuple[str, ...] = ()) -> Callable[[Callable[
 
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
-            cfg = from_options(cls, {k: v for k, v in kwargs.items() if k in names})
+            cfg: Any = from_options(cls, {k: v for k, v in kwargs.items() if k in names})
             return fn(**{k: v for k, v in kwargs.items() if k not in names}, cfg=cfg)
 
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + opts
@@ -216,7 +221,7 @@ def to_argv(cfg: Any) -> list[str]:
     return out
 
 
-def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+def config_from_dict(cls: type[DataclassT], data: dict[str, Any]) -> DataclassT:
     """A config from a dict read back from JSON (the manifest): keys of other versions are
     ignored, and lists become tuples where the field's default is a tuple."""
     kw = {}

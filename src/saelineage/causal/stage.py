@@ -192,7 +192,9 @@ def demo_ablation(
         edges = pq.read_table(run.file(contract.EDGES), columns=["src_layer", "dst_layer"])
         lp = sorted(set(zip(edges.column("src_layer").to_pylist(), edges.column("dst_layer").to_pylist())))
         lp = [p for p in lp if p[1] - p[0] == min(b - a for a, b in lp)] if lp else lp
-        pick = np.unique(np.linspace(0, len(lp) - 1, min(max_layer_pairs, len(lp))).round().astype(int)) if lp else []
+        pick: np.ndarray | list[int] = (
+            np.unique(np.linspace(0, len(lp) - 1, min(max_layer_pairs, len(lp))).round().astype(int)) if lp else []
+        )
         layer_pairs = [lp[i] for i in pick]
     cfg = AblateConfig(
         measures=None,

@@ -142,8 +142,8 @@ def _second_seed(manifest, cfg: CeilingConfig) -> tuple[list[int], str]:
     if cfg.sae_id is not None:
         ids = release_ids(cfg.saes, None, ReleaseChoice(sae_id=cfg.sae_id))
     else:
-        ids = {l: (manifest.saes.get(l) or {}).get("sae_id") for l in manifest.layers}
-        ids = {l: i for l, i in ids.items() if i and (manifest.saes[l].get("release") == cfg.saes)}
+        given = {l: (manifest.saes.get(l) or {}).get("sae_id") for l in manifest.layers}
+        ids = {l: i for l, i in given.items() if i and (manifest.saes[l].get("release") == cfg.saes)}
     twins = {}
     for l, sid in ids.items():
         twin = catalog.seed_twin(release, sid)

@@ -26,6 +26,7 @@ class CollectWorker:
         from saelineage.saes.resolve import resolve_saes
 
         torch.set_num_threads(threads)
+        assert cfg.model is not None  # collect() resolved it before starting workers
         self.run = RunDir(run_path)
         m = self.run.load()
         self.cfg, self.layers = cfg, layers
@@ -65,6 +66,7 @@ def collect_on_ray(
 ) -> dict:
     """Encode the shards `spans` ({index: (w0, w1)}) on Ray; returns what the manifest records."""
     gpu = cfg.device.startswith("cuda")
+    assert cfg.ray is not None  # collect() comes here only with --ray
     with ray_cluster(cfg.ray, run.path) as ray:
         n = worker_count(ray, cfg.ray_workers, gpu)
         if not spans:

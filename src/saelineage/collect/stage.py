@@ -96,6 +96,7 @@ def run_collect(
         cfg = replace(cfg, model=release_model(cfg.saes, cfg.model) or SMOLLM2)
     elif cfg.model is None:
         cfg = replace(cfg, model=adapter.name or SMOLLM2)
+    assert cfg.model is not None  # the release's, the adapter's or the given model
 
     run = RunDir(run_dir)
     ident = identity(cfg)

@@ -237,20 +237,21 @@ def lifecycle_rich_table(table: pa.Table) -> Table:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,  # two spaces between columns, not three: the ceiling columns fit in 80
-        caption="% of live features (carried = live − new); under it, its 95% bootstrap interval over windows",
     )
+    caption = "% of live features (carried = live − new); under it, its 95% bootstrap interval over windows"
     has_ceiling = any(r.get("seed_ceiling") is not None for r in rows)
     names = ["layer", "dead", "live", "new", "ending"]
     if has_ceiling:
         names += ["ceiling", "cont÷ceil", "unstable"]
-        out.caption += (
+        caption += (
             "; ceiling: % of live features a second SAE training of the same layer reproduces, the most "
             "pass-through these SAEs can show; cont÷ceil: continuing share ÷ ceiling; unstable: ending and "
             "not reproduced (the reference's shares, counting dead features, are in lifecycle.parquet)"
         )
     else:  # the reference's shares give way to the ceiling columns (80 columns hold one set)
         names += ["new †", "end †"]
-        out.caption += "; †: % of all features, dead ones counted as new and ending (the reference's way)"
+        caption += "; †: % of all features, dead ones counted as new and ending (the reference's way)"
+    out.caption = caption
     for name in names:  # no cell wraps: each line of a cell is one whole number or interval
         out.add_column(name, justify="right", no_wrap=True)
     for r in rows:

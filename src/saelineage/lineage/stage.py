@@ -83,7 +83,9 @@ def _best_ids(links: pa.Table, layers: list[int], measure: str) -> dict[tuple[in
     out = {}
     for l in layers[:-1]:
         sel = (lay == l) & (best >= 0)
-        out[(l, _next(layers, l))] = np.stack([fid[sel], best[sel]], axis=1)
+        nxt = _next(layers, l)
+        assert nxt is not None  # l is not the last layer
+        out[(l, nxt)] = np.stack([fid[sel], best[sel]], axis=1)
     return out
 
 
@@ -262,15 +264,16 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     life_reps: dict[int, dict[str, np.ndarray]] = {}
     count_reps: dict[str, np.ndarray] = {}
     if weights is not None:
+        assert wg is not None and counts.by_group is not None  # weights come with window groups
         say(
             f"analyze: {len(weights)} bootstrap replicates over {int(wg.max()) + 1} groups of windows; "
             f"{int(bootstrap.near_passing(scored, select).sum()):,} gate candidates near the bars re-tested"
         )
-        live = {l: lc.live[f_layer == l][np.argsort(f_id[f_layer == l])] for l in layers}
+        live_by_layer = {l: lc.live[f_layer == l][np.argsort(f_id[f_layer == l])] for l in layers}
         reps = bootstrap.lifecycle_replicates(
             counts.by_group,
             {k: v for k, v in link_req.items() if k[1] == _next(layers, k[0])},
-            weights, layers, live, opt.measure, opt.threshold,
+            weights, layers, live_by_layer, opt.measure, opt.threshold,
         )  # fmt: skip
         life_reps = reps
         rows = np.unique(gate_rows)
@@ -303,6 +306,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
         c2 = count(run, Requests(groups={k: g[:3] for k, g in groups.items()}, window_groups=wg))
         group_counts = c2.groups
         if weights is not None:
+            assert c2.by_group is not None and counts.by_group is not None  # counted per window group
             s_reps = bootstrap.split_count_replicates(
                 e, s_cand, p1, p2, pairs, groups, c2.by_group, counts.by_group, weights, d_sae,
                 (np.unique(s_cand["er"]), bootstrap.locate_links(e, np.unique(s_cand["er"]), link_req)),
@@ -333,6 +337,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     if ex is not None:
         ex_rows = feature_rows(f_layer, f_id)(ex.column("layer").to_numpy(), ex.column("feature").to_numpy())
         ex_tok = counts.example_tokens
+        assert ex_tok is not None  # counted for the example keys
     else:
         ex_rows = ex_tok = np.zeros(0, np.int64)
     comm_table = comm.community_table(f_layer, community, ex_rows, ex_tok, vocab)
@@ -343,6 +348,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
             return comm.leiden(f_layer, f_id, live, sub, opt.community_measure, opt.community_threshold, opt.quality,
                                opt.resolution, opt.seed, backend=opt.leiden_backend)  # fmt: skip
 
+        assert counts.by_group is not None  # weights come with window groups
         c_reps = bootstrap.community_count_replicates(
             e, c_rows, bootstrap.locate_links(e, c_rows, link_req), counts.by_group,
             weights[: opt.community_bootstrap], opt.community_measure, again,

@@ -342,9 +342,9 @@ def count(run: RunDir, req: Requests) -> Counts:
             _pair_kernel(act[l][0], act[l][1], tg, scratch[l], ptr, other, out)
         for (l, m), (ptr, _, ta, tb, o_and, o_or) in tri_plan.items():
             _triple_kernel(act[l][0], act[l][1], act[m][0], act[m][1], tg, scratch[l], ptr, ta, tb, o_and, o_or)
-        for (l, m), (ptr, gof, anchor, cnt, touched, out) in grp_plan.items():
+        for (l, m), (ptr, gof, anchor, cnt, touched, g_out) in grp_plan.items():
             _group_kernel(
-                act[l][0], act[l][1], act[m][0], act[m][1], tg, scratch[l], ptr, gof, anchor, cnt, touched, out
+                act[l][0], act[l][1], act[m][0], act[m][1], tg, scratch[l], ptr, gof, anchor, cnt, touched, g_out
             )
         for (l, m), (ptr, _, dst, lc, lx) in link_plan.items():
             pl = pos[l] if l in pos else positive_csr(shard.codes[l], mask)

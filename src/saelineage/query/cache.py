@@ -180,7 +180,7 @@ def build_cache(run: RunDir, files: CacheFiles) -> None:
     """Build the DuckDB cache and token arrays for `run` into `files` (atomic renames)."""
     arrays = read_window_tokens(run)
     tmp_tok = files.folder / f".tokens-{files.sig}.tmp-{os.getpid()}.npz"
-    np.savez(tmp_tok, **arrays)
+    np.savez(tmp_tok, **arrays)  # type: ignore[arg-type]  # numpy stub: a key could be allow_pickle
     fd, tmp_name = tempfile.mkstemp(prefix=f".cache-{files.sig}.", suffix=f".tmp-{os.getpid()}", dir=files.folder)
     os.close(fd)
     os.unlink(tmp_name)  # duckdb wants to create the file itself

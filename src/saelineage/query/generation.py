@@ -63,6 +63,9 @@ def rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 class Generation:
     """One built cache, opened read-only, plus the in-memory feature index."""
 
+    vocab_norm: dict[str, list[int]]
+    """token ids per normalised spelling; set on first use (relations.search_token)"""
+
     def __init__(self, run: RunDir, files: cache.CacheFiles):
         self.sig = files.sig
         self.con = duckdb.connect(str(files.db), read_only=True, config={"threads": 2})

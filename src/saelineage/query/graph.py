@@ -124,7 +124,7 @@ def _top_edges(top: dict, layers: list[int], limit: int, lo: float) -> tuple[np.
     if not parts:
         z = np.zeros(0, np.int64)
         return z, z, z, z, np.zeros(0), z
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(6))  # type: ignore[return-value]
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(6))
 
 
 def between_rows(g: Generation, layers: list[int], u: np.ndarray, w: np.ndarray) -> np.ndarray:

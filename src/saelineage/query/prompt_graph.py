@@ -42,13 +42,21 @@ class FeatureGraph(Protocol):
     `edges_among(nodes, measure)` values edges by. `edges_among` gets rows [M] and returns the edges
     with both ends among them as (source rows int64 [E], target rows int64 [E], values float64 [E])."""
 
-    layer: np.ndarray
-    feature: np.ndarray
-    act_max: np.ndarray
-    community: np.ndarray
-    explanation: np.ndarray | None
-    rows: Callable[[np.ndarray, np.ndarray], np.ndarray]
-    measures: Collection[str]
+    # read-only (properties), so that implementations may narrow the types (explanation = None)
+    @property
+    def layer(self) -> np.ndarray: ...
+    @property
+    def feature(self) -> np.ndarray: ...
+    @property
+    def act_max(self) -> np.ndarray: ...
+    @property
+    def community(self) -> np.ndarray: ...
+    @property
+    def explanation(self) -> np.ndarray | None: ...
+    @property
+    def rows(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray]: ...
+    @property
+    def measures(self) -> Collection[str]: ...
 
     def edges_among(self, nodes: np.ndarray, measure: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
@@ -210,7 +218,9 @@ def summary_table(graph: PromptGraph, token: str | None = None, position: int | 
     t = Table(title=title)
     for c in ("layer", "features", "links to later layers", "communities", "strongest (feature: rel. act, community)"):
         t.add_column(c)
-    out_links = np.bincount(graph.layer[graph.src], minlength=int(graph.layer.max()) + 1) if len(graph.layer) else []
+    out_links: np.ndarray | list[int] = (
+        np.bincount(graph.layer[graph.src], minlength=int(graph.layer.max()) + 1) if len(graph.layer) else []
+    )
     for layer in np.unique(graph.layer).tolist():
         mine = np.flatnonzero(graph.layer == layer)
         mine = mine[np.argsort(-graph.rel_activation[mine], kind="stable")]  # inf (no corpus max) first

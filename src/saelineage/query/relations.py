@@ -6,7 +6,7 @@ A mixin of `RunData` (see `run_data.py`); `self.g` is the current `Generation`.
 from __future__ import annotations
 
 import bisect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,7 +16,10 @@ from saelineage.query.generation import ID_RE, STAGE_HINTS, Generation
 class RelationQueries:
     """Gates, splits, communities and search over the current generation."""
 
-    g: Generation
+    if TYPE_CHECKING:
+
+        @property
+        def g(self) -> Generation: ...  # RunData's (read-only) current generation
 
     def feature_gates(self, layer: int, feature: int) -> list[dict[str, Any]]:
         if "gates" not in self.g.tables:
@@ -35,7 +38,8 @@ class RelationQueries:
     ) -> dict[str, Any]:
         if "gates" not in self.g.tables:
             return {"total": 0, "rows": [], "missing": STAGE_HINTS["analyze"]}
-        where, params = ["TRUE"], []
+        where: list[str] = ["TRUE"]
+        params: list[Any] = []
         if kind in ("and", "or"):
             where.append("kind = ?")
             params.append(kind)
@@ -145,7 +149,7 @@ class RelationQueries:
         keep = sizes >= min_size
         ids, sizes = ids[keep], sizes[keep]
         order = np.lexsort((ids, -sizes))
-        out = []
+        out: list[dict[str, Any]] = []
         for k in order[offset : offset + limit]:
             mem = g.members(int(ids[k]))
             top = mem[np.argsort(-g.density[mem], kind="stable")[:3]]
@@ -205,7 +209,8 @@ class RelationQueries:
         if m:
             i = g.idx(int(m.group(1)), int(m.group(2)))
             out["feature"] = g.brief(i) if i is not None else None
-        needle, pos, hits = q.lower(), 0, []
+        needle, pos = q.lower(), 0
+        hits: list[int] = []
         while len(hits) < limit:
             pos = g.blob.find(needle, pos)
             if pos < 0:

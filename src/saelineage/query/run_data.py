@@ -143,11 +143,11 @@ class RunData(RelationQueries):
             if s is None:
                 continue
             e = g.start.get(next((x for x in g.layers if x > l and x in g.start), -1), g.n)
-            counts = Counter(x for x in g.lifecycle[s:e] if x is not None)
+            kinds = Counter(x for x in g.lifecycle[s:e] if x is not None)
             per_layer.append(
-                {"layer": l, "features": e - s, "dead": int((g.n_active[s:e] == 0).sum()), "lifecycle": dict(counts)}
+                {"layer": l, "features": e - s, "dead": int((g.n_active[s:e] == 0).sum()), "lifecycle": dict(kinds)}
             )
-        hist = {}
+        hist: dict[str, list[list[Any]]] = {}
         if "hist" in g.tables:
             for r in g.q("SELECT measure, lo, hi, n FROM hist ORDER BY measure, bin"):
                 hist.setdefault(r["measure"], []).append([r["lo"], r["hi"], r["n"]])
@@ -167,7 +167,7 @@ class RunData(RelationQueries):
             if {"layer", "share_new", "share_ending"} <= set(want):
                 where = "WHERE chosen" if "chosen" in cols else ""
                 rates = g.q(f"SELECT {', '.join(want)} FROM lifecycle {where} ORDER BY layer")
-        counts = {
+        counts: dict[str, Any] = {
             "features": g.n,
             "live": int((g.n_active > 0).sum()) if g.n else 0,
             "edges": self._count("edges_dn"),

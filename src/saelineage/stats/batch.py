@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ def read_layers(path: Path, layers: list[int], stage: dict | None = None):
                 n = (end - begin) // np.dtype(dtype).itemsize
                 out = _grab(stage, slot, n, dtype)
                 fh.seek(base + begin)
-                if fh.readinto(memoryview(out).cast("B")) != end - begin:
+                if fh.readinto(out.data.cast("B")) != end - begin:
                     raise ValueError("file shorter than its header says")
                 return out
 
@@ -139,7 +140,7 @@ class BufferPool:
 
     ALIGN = 64
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.mem = np.zeros(0, np.uint8)
         self.at = 0
         self.stages: list[dict] = [{}, {}]  # shard staging areas of `batches`, kept likewise
@@ -258,9 +259,10 @@ def batches(shards: list[Path], batch: Batch) -> Iterator[Batch]:
         return
     stages = batch.pool.stages
     with ThreadPoolExecutor(max_workers=1) as pool:
-        fut = pool.submit(read_layers, shards[0], batch.layers, stages[0])
+        fut: Future[Any] | None = pool.submit(read_layers, shards[0], batch.layers, stages[0])
         batch.reset()
         for k in range(len(shards)):
+            assert fut is not None  # None only after the last shard
             pos, codes = fut.result()
             fut = (
                 pool.submit(read_layers, shards[k + 1], batch.layers, stages[(k + 1) % 2])

@@ -48,7 +48,7 @@ class EdgeOptions:
 
 
 def _threads() -> int:
-    return int(numba.config.NUMBA_NUM_THREADS)
+    return int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]  # set at import
 
 
 class RowBest(NamedTuple):
@@ -205,14 +205,15 @@ class PairState:
         dst_j = np.concatenate([p.dst for p in parts])
         key = src_i.astype(np.int64) * dm + dst_j
         _, first = np.unique(key, return_index=True)  # sorted by (src, dst), one row per pair
-        edges = tuple(np.concatenate([p[x] for p in parts])[first] for x in range(len(ks.Edges._fields)))
+        e = ks.Edges(*(np.concatenate([p[x] for p in parts])[first] for x in range(len(ks.Edges._fields))))
         self.parts = []
         pred = None
         if self.do_best:
             pred = self._best_pred(n, src, dst)
-        return PairResult(*edges, pred_j=pred, counters=self.counters, succ=tuple(self.succ) if self.do_best else None)
+        succ = (self.succ.j, self.succ.c, self.succ.p) if self.do_best else None
+        return PairResult(e.src, e.dst, e.n_co, e.p, pred_j=pred, counters=self.counters, succ=succ)
 
-    def _best_pred(self, n: int, src: Side, dst: Side):
+    def _best_pred(self, n: int, src: Side, dst: Side) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Best source row of each column per measure: (ids, c, p) [d_m, N_MEASURES], -1 where none."""
         st = self.cols
         ids, c, p = st.pb_i.T.copy(), st.pb_c.T.copy(), st.pb_p.T.copy()

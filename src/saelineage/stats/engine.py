@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numba
 import numpy as np
@@ -132,7 +132,8 @@ def _pass_state(units: list[Unit], held: list[int], finished: list[int]) -> int:
 def _fill(layout: Layout, cell_bytes: int, held: list[int], finished: list[int], room: int) -> list[list[Unit]]:
     """Units packed greedily into passes of at most `room` bytes of accumulators and state."""
     passes: list[list[Unit]] = []
-    free, current = room, []
+    current: list[Unit] = []
+    free = room
     for k, p in enumerate(layout.pairs):
         row = layout.d[p.dst] * cell_bytes
         lo, d_src = 0, layout.d[p.src]
@@ -164,7 +165,7 @@ def _batch_shape(layout: Layout, layers: list[int], src: set[int], batch_bytes: 
     """(entries per layer, tokens) of a batch of these layers whose pool block (Batch.nbytes)
     fits batch_bytes. Tokens: one per BATCH_MIN_L0 entries."""
     need_act = not layout.all_active
-    per_entry = sum(LayerBuffer.entry_bytes(VAL_DTYPE, need_act, l in src) for l in layers)
+    per_entry: float = sum(LayerBuffer.entry_bytes(VAL_DTYPE, need_act, l in src) for l in layers)
     per_token = PTR_DTYPE.itemsize * len(layers) + POS_DTYPE.itemsize  # token pointers of each layer, position
     per_entry += per_token / BATCH_MIN_L0
     fixed = Batch.nbytes(layers, src, layout.d, 0, 0, need_act)
@@ -195,9 +196,9 @@ def _prepare(
 
     def clean(l: int) -> tuple[int, int, int]:
         b, m = batch.buf[l], fresh.get(l)
-        marg = m if m is not None else (empty_i, empty_i, empty_f, empty_f, empty_f, empty_f)
+        mg = m if m is not None else Marginals(empty_i, empty_i, empty_f, empty_f, empty_f, empty_f)
         return kn.prepare_inplace(
-            b.ptr, b.idx, b.val, batch.n_tok, keep, layout.theta[l], d[l], m is not None, *marg, b.need_act, b.act
+            b.ptr, b.idx, b.val, batch.n_tok, keep, layout.theta[l], d[l], m is not None, *mg, b.need_act, b.act
         )
 
     layers = list(batch.buf)
@@ -243,7 +244,7 @@ class Arena:
     """
 
     def __init__(self, count_dtype: type = np.int32):
-        self.cnt = np.zeros(0, count_dtype)
+        self.cnt: np.ndarray = np.zeros(0, count_dtype)
         self.psum = np.zeros(0, kn.PSUM_DTYPE)
         self.used = 0  # cells the last take handed out; every cell past them is zero
 
@@ -373,7 +374,7 @@ def run_passes(
     forced: {pair index: int [d_src]} partners kept as edges whatever their counts (-1: none).
     spill: a folder where finished pairs' edges wait, memory-mapped (`PairResult.spill`); the
     plan counts on it. None keeps them in memory (small runs)."""
-    numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]  # set at import
     d, pairs = layout.d, layout.pairs
     marg: dict[int, Marginals] = {}
     n_tokens = None
@@ -418,4 +419,4 @@ def run_passes(
                 del states[u.pair]
         tm["finalize"] += time.perf_counter() - t0
     assert all(r is not None for r in results)
-    return Accumulated(int(n_tokens or 0), marg, results, increments, tm)
+    return Accumulated(int(n_tokens or 0), marg, cast(list[PairResult], results), increments, tm)

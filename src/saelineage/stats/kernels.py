@@ -12,6 +12,8 @@ workers or on the shard size.
 
 from __future__ import annotations
 
+from typing import Literal, TypedDict
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -19,7 +21,16 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_JIT = dict(cache=True, nogil=True, error_model="numpy")
+
+class _JitOptions(TypedDict):
+    """The keyword arguments every kernel passes to `numba.njit` (typed for its overloads)."""
+
+    cache: bool
+    nogil: bool
+    error_model: Literal["python", "numpy"]
+
+
+_JIT: _JitOptions = {"cache": True, "nogil": True, "error_model": "numpy"}
 PREFETCH_AHEAD = 4  # tokens; hides the DRAM latency of the next destination rows
 PREFETCH_ENTRIES = 64  # of a destination row: about two L0s, enough for most tokens
 CACHE_LINE = 64  # bytes; one prefetch or touch per line

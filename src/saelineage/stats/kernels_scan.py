@@ -35,7 +35,7 @@ fine), so the parallel kernels bind every array they write to a local name befor
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, Protocol, TypedDict, TypeVar
 
 import numba
 import numpy as np
@@ -43,7 +43,16 @@ from numba import prange
 
 from saelineage.stats.measures import MEASURE_INDEX, MEASURES, Side
 
-_JIT = dict(cache=True, nogil=True, error_model="numpy")
+
+class _JitOptions(TypedDict):
+    """The keyword arguments every kernel passes to `numba.njit` (typed for its overloads)."""
+
+    cache: bool
+    nogil: bool
+    error_model: Literal["python", "numpy"]
+
+
+_JIT: _JitOptions = {"cache": True, "nogil": True, "error_model": "numpy"}
 N_MEASURES = len(MEASURES)
 # measure indices (measures.MEASURES order), frozen into the kernels at compile time
 JACCARD = MEASURE_INDEX["jaccard"]
@@ -62,7 +71,19 @@ NO_ID = np.iinfo(np.int32).max  # "no row yet" in column states: loses every id 
 
 ArraySpec = tuple[tuple[int, ...], type, float | int | None]
 """One array of a bundle: (shape, dtype, initial value; None: uninitialised)."""
-BundleT = TypeVar("BundleT", bound=tuple)
+
+
+class Bundle(Protocol):
+    """A NamedTuple of arrays whose static `spec` gives each array's (shape, dtype, fill)."""
+
+    _fields: Any
+    """the NamedTuple's field names (mypy types each class's as its own fixed-length tuple)"""
+
+    @staticmethod
+    def spec(*shape_args: Any, **kwargs: Any) -> dict[str, ArraySpec]: ...
+
+
+BundleT = TypeVar("BundleT", bound=Bundle)
 
 
 def new(bundle: type[BundleT], *shape_args: int | bool) -> BundleT:
@@ -74,10 +95,11 @@ def new(bundle: type[BundleT], *shape_args: int | bool) -> BundleT:
         return np.zeros(shape, dtype) if fill == 0 else np.full(shape, fill, dtype)
 
     spec = bundle.spec(*shape_args)
-    return bundle(**{f: make(*spec[f]) for f in bundle._fields})
+    fields: tuple[str, ...] = bundle._fields
+    return bundle(**{f: make(*spec[f]) for f in fields})
 
 
-def nbytes(bundle: type, *shape_args: int | bool) -> int:
+def nbytes(bundle: type[Bundle], *shape_args: int | bool) -> int:
     """Bytes that `new(bundle, *shape_args)` allocates."""
     return sum(math.prod(shape) * np.dtype(dt).itemsize for shape, dt, _ in bundle.spec(*shape_args).values())
 

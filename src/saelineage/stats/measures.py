@@ -50,7 +50,7 @@ MAX_TOKENS = 3_000_000_000  # n·c_ij − c_i·c_j must fit in int64 (n² < 2^63
 class Marginals(NamedTuple):
     """Per-feature statistics of one layer over the token set (arrays of length d_sae)."""
 
-    count: np.ndarray
+    count: np.ndarray  # type: ignore[assignment]  # shadows tuple.count (a field name in the outputs)
     """int64: c_i, tokens where the feature is active (above its threshold)"""
     nonzero: np.ndarray
     """int64: tokens where the stored activation is > 0"""
@@ -161,7 +161,7 @@ def wilson_lower(k, m, z: float = WILSON_Z):
 class Side(NamedTuple):
     """Per-feature inputs for one side of a pair (arrays of one shape: [d], or gathered)."""
 
-    count: np.ndarray
+    count: np.ndarray  # type: ignore[assignment]  # shadows tuple.count
     s: np.ndarray
     isd: np.ndarray
     irq: np.ndarray

@@ -65,8 +65,8 @@ def _edge_table(
             sm[hit] = m.similarity[r.src[hit]]
         cols["sae_match"].append(sm)
         cols["p_sum"].append(r.p)
-        for m, v in vals.items():
-            cols[m].append(v)
+        for name, v in vals.items():
+            cols[name].append(v)
         hists[k] = {m: histogram(vals[m], m) for m in MEASURES}
     arrays = {c: np.concatenate(v) for c, v in cols.items()}
     order = np.lexsort((arrays["dst"], arrays["dst_layer"], arrays["src"]))
@@ -103,7 +103,8 @@ def write_edges(
             for c in contract.EDGE_COLUMNS
         ]
     )
-    total, hists = 0, {}
+    total = 0
+    hists: dict[int, dict] = {}
     sorting = [pq.SortingColumn(schema.get_field_index(c)) for c in ("src_layer", "src", "dst_layer", "dst")]
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd", sorting_columns=sorting) as w:
@@ -159,6 +160,7 @@ def feature_links(
             for mi, mname in enumerate(MEASURES):
                 val, ids = np.full(dl, np.nan), np.full(dl, -1, np.int32)
                 if best is not None:
+                    assert other is not None  # best comes from the neighbour layer's pair
                     bid, bc, bp = best[0][:, mi], best[1][:, mi], best[2][:, mi]
                     ok = bid >= 0
                     me = np.arange(dl)[ok]

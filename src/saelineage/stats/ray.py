@@ -88,7 +88,7 @@ def run_unit(layout: Layout, budget: Budget, opts: EdgeOptions, u: Unit, forced:
     arrays["info"] = np.array([n, done.increments], np.int64)
     arrays["timings"] = np.array([tm["read_prepare"], tm["accumulate"], tm["finalize"]])
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy stub: a key could be allow_pickle
     atomic_write_bytes(Path(out), buf.getvalue())
     return {"seconds": time.perf_counter() - t0}
 

@@ -73,7 +73,8 @@ class _Decoders:
         given: Mapping[int, np.ndarray] | None,
         given_thresholds: Mapping[int, np.ndarray] | None = None,
     ):
-        self.run, self.d, self.given, self.cache = run, d, given, {}
+        self.run, self.d, self.given = run, d, given
+        self.cache: dict[int, np.ndarray | None] = {}
         self.given_thresholds = given_thresholds
         self.available: dict[int, bool] = {}
         self.thresholds: dict[int, np.ndarray | None] = {}
@@ -154,11 +155,12 @@ def _matches(
                 th = dec.threshold(l)
                 folded[l] = "none" if th is None else "threshold"
                 rows.append(fold(dec(l), th))
+            src_rows, dst_rows = rows
             if pool is None:
-                out[k] = match_layers(*rows, method)
+                out[k] = match_layers(src_rows, dst_rows, method)
                 continue
-            jobs[k] = pool.submit(match_layers, *rows, method)
-            del rows
+            jobs[k] = pool.submit(match_layers, src_rows, dst_rows, method)
+            del rows, src_rows, dst_rows
             if len([j for j in jobs.values() if not j.done()]) > n_proc:
                 # bounded memory: a queued job holds two layers' folded rows
                 wait([j for j in jobs.values() if not j.done()], return_when=FIRST_COMPLETED)
@@ -178,7 +180,7 @@ def _match_summary(
         if p.span != 1:
             continue
         m = matches.get(k)
-        row = {"src_layer": p.src, "dst_layer": p.dst}
+        row: dict[str, int | float | None] = {"src_layer": p.src, "dst_layer": p.dst}
         if m is None:
             row |= {"n_live": None, "n_matched": None, "agreement": None, "mean_similarity": None}
         else:

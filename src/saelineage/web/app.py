@@ -192,6 +192,25 @@ def create_app(
             raise StarletteHTTPException(404, f"Feature {layer}:{feature} is not in this run.")
         return page(request, "feature.html", **feature_page_context(data, f, sort if sort in SORTABLE else "jaccard"))
 
+    @app.get("/feature/{layer}/{feature}/card", response_class=HTMLResponse, include_in_schema=False)
+    async def feature_card(
+        request: Request,
+        layer: int = PathParam(..., ge=0, le=100_000),
+        feature: int = PathParam(..., ge=0, le=10**9),
+        sort: str = Query("jaccard", max_length=32),
+        examples: int = Query(6, ge=0, le=100),
+        neighbours: int = Query(8, ge=1, le=500),
+    ) -> HTMLResponse:
+        """The top of the feature page alone (templates/_feature_summary.html): what the graph's side panel
+        shows, so that the panel and the page are one rendering (a static export's panel reads the page)."""
+        f = data.feature(layer, feature)
+        if f is None:
+            raise StarletteHTTPException(404, f"Feature {layer}:{feature} is not in this run.")
+        ctx = feature_page_context(
+            data, f, sort if sort in SORTABLE else "jaccard", examples=examples, neighbours=neighbours, relations=False
+        )
+        return page(request, "_feature_summary.html", **ctx)
+
     @app.get("/communities", response_class=HTMLResponse, include_in_schema=False)
     async def communities_page(
         request: Request, offset: int = Query(0, ge=0, le=10**9), min_size: int = Query(2, ge=1, le=10**6)

@@ -38,5 +38,3 @@ class SiteConfig:
     max_table_rows: int = 2000
     """Rows of the gates, splits and communities tables exported, rounded up to whole pages of 100 (the
     first ones in the browser's order; the notebook API and the Parquet files hold all)."""
-    chunk: int = 128
-    """Features per data file (a feature page loads one file)."""

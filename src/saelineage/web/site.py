@@ -3,13 +3,12 @@
 The site is the browser itself, frozen: its pages (overview, layered graph, communities, gates,
 splits, and one page per exported feature) are rendered by the app's own routes and templates, with
 root-relative links mapped to files (`/feature/3/17` → `feature-3-17.html`, `/community/5` →
-`community-5.html`, ...). Its scripts run unchanged: in a page marked ``data-site="static"``,
-`common.js` answers the few API calls they make from JSON files (`static/static_api.js`), each file
-an API answer written through its response model (`schema.dump`):
+`community-5.html`, ...). Its scripts run unchanged: the graphs' side panel shows the top of a feature's
+page (the live server renders that part alone), so it reads the exported page and no feature data is
+written twice; in a page marked ``data-site="static"``, `common.js` answers the graph calls from JSON
+files (`static/static_api.js`), each an API answer written through its response model (`schema.dump`):
 
-- `data/site.json`: what the export holds (layers, selection, chunk size, graph variants);
-- `data/features/L/K.json`: for features `K*chunk .. (K+1)*chunk - 1` of layer L, the answers the
-  graph's side panel asks for (`/api/features/L/F` and its neighbours, at the panel's sizes);
+- `data/site.json`: what the export holds (layers, selection, communities with a page, graph variants);
 - `data/graph/MEASURE-K.json`: `/api/graph` per measure and "edges per node" K, with the graph
   page's default filters; `data/graph/community-C.json`: each community's subgraph.
 
@@ -48,8 +47,6 @@ GRAPH_DEFAULTS = {"min_value": 0.1, "max_nodes": 400, "order": "barycenter"}
 """The graph page's default filters (templates/graph.html): the exported graphs use them."""
 COMMUNITY_GRAPH_NODES = 2000
 """Nodes of a community's subgraph, as the community page asks for them."""
-PANEL_EXAMPLES, PANEL_NEIGHBOURS = 6, 8
-"""Examples and neighbours (per direction, by jaccard) the graph's side panel shows (static/panel.js)."""
 PAGE_ROWS = 100
 """Rows per page of the gates, splits and communities tables (the browser's pager)."""
 STATIC_CSP = (
@@ -207,7 +204,6 @@ def export_site(
     from fastapi.testclient import TestClient
 
     from saelineage.query.graph import graph
-    from saelineage.web.api import feature_answer, neighbours_answer
     from saelineage.web.app import HERE, create_app, feature_page_context, page_context, plotly_js_path
 
     cfg = cfg or SiteConfig()
@@ -294,7 +290,6 @@ def export_site(
 
         say(f"{len(rows):,} feature pages")
         related = _related(data)
-        key, recs = None, {}  # rows are in (layer, feature) order: each chunk is written once it is complete
         for i in rows.tolist():
             layer, feature = int(g.layer[i]), int(g.feature[i])
             f = data.feature(layer, feature)
@@ -307,25 +302,12 @@ def export_site(
                 relations=(layer, feature) in related,
             )
             render("feature.html", f"feature-{layer}-{feature}.html", **page_of)
-            if key != (layer, feature // cfg.chunk) and recs:
-                _write(stage / "data" / "features" / str(key[0]) / f"{key[1]}.json", {"features": recs})
-                recs = {}
-            key = (layer, feature // cfg.chunk)
-            recs[str(feature)] = {
-                "feature": schema.dump(schema.Feature, feature_answer(data, layer, feature, PANEL_EXAMPLES)),
-                "neighbours": schema.dump(
-                    schema.Neighbours, neighbours_answer(data, layer, feature, "both", "jaccard", PANEL_NEIGHBOURS)
-                ),
-            }
-        if recs:
-            _write(stage / "data" / "features" / str(key[0]) / f"{key[1]}.json", {"features": recs})
         _write(
             stage / "data" / MARKER,
             {
                 "run": data.run.path.name,
                 "version": __version__,
                 "layers": g.layers,
-                "chunk": cfg.chunk,
                 "features": len(rows),
                 "live": int((g.n_active > 0).sum()),
                 "selection": _selection(cfg),

@@ -1,5 +1,6 @@
 // Shared helpers. Text from the run (labels, tokens) only ever enters the page through
-// textContent / createTextNode: never innerHTML.
+// textContent / createTextNode, or inside markup the server rendered with autoescaping (panel.js):
+// never innerHTML.
 
 import {staticApi} from './static_api.js';
 

@@ -1,23 +1,47 @@
-// The feature panel beside a graph: what a click on a node opens.
+// The feature panel beside a graph: what a click on a node opens. It shows the top of the feature's
+// page as the server renders it (templates/_feature_summary.html): live, the server renders that part
+// alone (/feature/L/F/card); in a static export, it is read from the feature's page, so the export
+// holds each feature's card once. The markup is the server's, autoescaped, and parsed by DOMParser,
+// where nothing runs; the CSP forbids inline scripts besides.
 
-import {api, communityHref, el, featureHref, featureLink, fmt} from './common.js';
+import {STATIC, communityHref, el, featureHref, fmt, paintSwatches} from './common.js';
+import {siteInfo} from './static_api.js';
 
-function exampleLine(ex) {
-  const ctx = el('span', {class: 'ctx'});
-  if (ex.truncated_left) ctx.append(el('span', {class: 'ell'}, '…'));
-  for (const t of ex.tokens) {
-    ctx.append(el('span', {class: t.hit ? 'tok hit' : 'tok', title: t.id === null ? null : `token ${t.id}`}, t.text.replaceAll('\n', '↵')));
+const EXAMPLES = 6, NEIGHBOURS = 8;
+
+/** The feature's summary as a parsed document: its card (#feature-card) and edge tables (#up-table, ...). */
+async function summary(layer, feature, measure) {
+  const url = STATIC ? featureHref(layer, feature)
+    : `/feature/${layer}/${feature}/card?sort=${encodeURIComponent(measure)}&examples=${EXAMPLES}&neighbours=${NEIGHBOURS}`;
+  const r = await fetch(url);
+  const doc = new DOMParser().parseFromString(await r.text(), 'text/html');
+  if (!r.ok) {
+    const why = doc.querySelector('.error-message');
+    throw new Error(why ? why.textContent.trim()
+      : (STATIC ? `feature ${layer}:${feature} has no page in this export (it holds ${(await siteInfo()).selection} features)` : `HTTP ${r.status}`));
   }
-  if (ex.truncated_right) ctx.append(el('span', {class: 'ell'}, '…'));
-  return el('li', {}, el('span', {class: 'val'}, fmt(ex.value)), ' ', ctx);
+  return doc;
 }
 
-function neighbourList(title, rows, measure) {
-  if (!rows || !rows.length) return el('p', {class: 'note'}, `${title}: none kept`);
+/** An edge table of the summary as a short list, strongest by `measure` first. A static page holds its
+ * edges by jaccard: re-ordering them is what a server would show for the strongest few. */
+function neighbourList(title, doc, dir, measure) {
+  const table = doc.getElementById(`${dir}-table`);
+  if (!table) {
+    const none = doc.getElementById(`${dir}-none`);
+    return el('p', {class: 'note'}, `${title}: ${none ? none.textContent : 'none kept'}`);
+  }
+  const col = [...table.tHead.rows[0].cells].findIndex(th => th.dataset.m === measure);
+  const rows = [...table.tBodies[0].rows].map(tr => {
+    const v = col < 0 ? NaN : parseFloat(tr.cells[col].textContent);
+    return {link: tr.cells[0].querySelector('a.fref'), v: Number.isNaN(v) ? -Infinity : v};
+  });
+  rows.sort((a, b) => b.v - a.v);  // stable: ties keep the page's order
   return el('div', {},
     el('h4', {}, title),
-    el('ul', {class: 'nb'}, rows.map(e => el('li', {},
-      el('span', {class: 'nbv', title: measure}, fmt(e[measure])), ' ', featureLink(e.other)))));
+    el('ul', {class: 'nb'}, rows.slice(0, NEIGHBOURS).map(x => el('li', {},
+      el('span', {class: 'nbv', title: measure}, fmt(x.v === -Infinity ? null : x.v)), ' ',
+      x.link ? document.importNode(x.link, true) : '—'))));
 }
 
 /** Fill `panel` with the feature (layer, feature); `measure` orders the neighbour lists. */
@@ -25,27 +49,23 @@ export async function showFeaturePanel(panel, layer, feature, {measure = 'jaccar
   panel.hidden = false;
   panel.replaceChildren(el('p', {class: 'note'}, `loading ${layer}:${feature}…`));
   try {
-    const [f, nb] = await Promise.all([
-      api(`/api/features/${layer}/${feature}?examples=6`),
-      api(`/api/features/${layer}/${feature}/neighbours?limit=8&sort=${encodeURIComponent(measure)}`)]);
+    const doc = await summary(layer, feature, measure);
+    const card = document.importNode(doc.getElementById('feature-card'), true);
+    card.querySelectorAll('ol.examples > li').forEach((li, i) => { if (i >= EXAMPLES) li.remove(); });
+    const comm = card.querySelector('a.comm[data-community]');
+    const c = comm ? Number(comm.dataset.community) : null;
+    // communities of one feature have no page in a static export
+    const hasPage = c !== null && (!STATIC || (await siteInfo()).communities.includes(c));
     const close = el('button', {class: 'close', type: 'button', title: 'close', onclick: () => { panel.hidden = true; }}, '×');
-    const comm = f.community === null ? 'none' : String(f.community);
-    panel.replaceChildren(
-      close,
-      el('h3', {}, el('span', {class: 'fid'}, `${f.layer}:${f.feature}`)),
-      el('p', {class: 'panel-label', id: 'panel-label'}, f.label || '(no label)'),
-      el('p', {class: 'meta'}, `density ${fmt(f.density)} · max ${fmt(f.act_max)} · ${f.lifecycle || 'lifecycle n/a'}`),
-      el('p', {class: 'actions'},
-        el('a', {href: featureHref(f.layer, f.feature), id: 'open-feature', class: 'button'}, 'Open feature page →'),
-        f.community !== null && f.community_page !== false ? el('a', {href: communityHref(f.community), class: 'button light',
-          onclick: onCommunity ? (e) => { e.preventDefault(); onCommunity(f.community); } : null},
-          `community ${comm}`) : null,
-        f.neuronpedia ? el('a', {href: f.neuronpedia, target: '_blank', rel: 'noopener noreferrer'}, 'Neuronpedia ↗') : null),
-      el('h4', {}, 'Top examples'),
-      f.examples.length ? el('ol', {class: 'examples compact'}, f.examples.map(exampleLine))
-        : el('p', {class: 'note'}, 'no examples'),
-      neighbourList('Upstream', nb.up, measure),
-      neighbourList('Downstream', nb.down, measure));
+    const actions = el('p', {class: 'actions'},
+      el('a', {href: featureHref(layer, feature), id: 'open-feature', class: 'button'}, 'Open feature page →'),
+      hasPage ? el('a', {href: communityHref(c), class: 'button light',
+        onclick: onCommunity ? (e) => { e.preventDefault(); onCommunity(c); } : null}, `community ${c}`) : null);
+    card.querySelector('.feature-head').after(actions);
+    paintSwatches(card);
+    panel.replaceChildren(close, card,
+      neighbourList('Upstream', doc, 'up', measure),
+      neighbourList('Downstream', doc, 'down', measure));
   } catch (err) {
     panel.replaceChildren(el('p', {class: 'error'}, `could not load the feature: ${err.message}`));
   }
