@@ -76,10 +76,13 @@ def _problem(description: str) -> dict[str, Any]:
     return {"model": s.Problem, "description": description}
 
 
-NO_FEATURE = {404: _problem("The feature is not in this run")}
-TOO_LARGE = {413: _problem(f"Request body larger than {MAX_BODY} bytes")}
+Responses = dict[int | str, dict[str, Any]]
+"""FastAPI's `responses=`: status code → OpenAPI description."""
+
+NO_FEATURE: Responses = {404: _problem("The feature is not in this run")}
+TOO_LARGE: Responses = {413: _problem(f"Request body larger than {MAX_BODY} bytes")}
 UNREADABLE = "The body could not be parsed (bytes that are not UTF-8 text)"
-UNAVAILABLE = {
+UNAVAILABLE: Responses = {
     503: _problem(
         "Live prompts are not available: the run has no model, its model or SAE files are "
         "gone, or the model failed to load (`reason` of /api/prompt/status says which)"
@@ -247,7 +250,7 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
     @r.post(
         "/prompt/tokens",
         response_model=s.PromptTokens,
-        responses={400: _problem(UNREADABLE)} | TOO_LARGE | UNAVAILABLE,
+        responses=Responses({400: _problem(UNREADABLE)}) | TOO_LARGE | UNAVAILABLE,
         summary="Tokens of a prompt",
     )
     def prompt_tokens(body: PromptText) -> JSON:
@@ -259,7 +262,9 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
     @r.post(
         "/prompt/graph",
         response_model=s.PromptGraph,
-        responses={400: _problem(f"`position` is outside the prompt's tokens. {UNREADABLE}")} | TOO_LARGE | UNAVAILABLE,
+        responses=Responses({400: _problem(f"`position` is outside the prompt's tokens. {UNREADABLE}")})
+        | TOO_LARGE
+        | UNAVAILABLE,
         summary="Graph of the features active on one token of a prompt",
     )
     def prompt_graph(body: PromptGraphRequest) -> JSON:

@@ -127,7 +127,7 @@ def create_app(
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     @app.middleware("http")
-    async def _guard(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def _guard(request: Request, call_next):
         size = request.headers.get("content-length")
         if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
             return JSONResponse({"detail": f"request body larger than {MAX_BODY} bytes"}, status_code=413)
@@ -153,7 +153,7 @@ def create_app(
         return templates.TemplateResponse(request, name, page_context(data) | ctx, status_code=status_code)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):  # type: ignore[no-untyped-def]
+    async def _http_error(request: Request, exc: StarletteHTTPException):
         if request.url.path.startswith("/api") or request.url.path.startswith("/static"):
             # exc.headers carries e.g. the Allow header a 405 must send
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)

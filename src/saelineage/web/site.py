@@ -43,8 +43,10 @@ from saelineage.web.config import SiteConfig
 
 GRAPH_EDGES_PER_NODE = (0, 1, 2, 3, 5)
 """The choices of the graph page's "edges per node" control, each exported per measure."""
-GRAPH_DEFAULTS = {"min_value": 0.1, "max_nodes": 400, "order": "barycenter"}
+GRAPH_MIN_VALUE, GRAPH_MAX_NODES, GRAPH_ORDER = 0.1, 400, "barycenter"
 """The graph page's default filters (templates/graph.html): the exported graphs use them."""
+GRAPH_DEFAULTS = {"min_value": GRAPH_MIN_VALUE, "max_nodes": GRAPH_MAX_NODES, "order": GRAPH_ORDER}
+"""The same, as site.json tells the graph page."""
 COMMUNITY_GRAPH_NODES = 2000
 """Nodes of a community's subgraph, as the community page asks for them."""
 PAGE_ROWS = 100
@@ -284,8 +286,7 @@ def export_site(
         measures = [m for m in g.arr.edge_cols if m in MEASURES] if g.arr.has_edges else []
         for m in measures:
             for k in GRAPH_EDGES_PER_NODE:
-                gr = graph(data, m, GRAPH_DEFAULTS["min_value"], None, None, None, GRAPH_DEFAULTS["max_nodes"],
-                           GRAPH_DEFAULTS["order"], k)  # fmt: skip
+                gr = graph(data, m, GRAPH_MIN_VALUE, None, None, None, GRAPH_MAX_NODES, GRAPH_ORDER, k)
                 _write(stage / "data" / "graph" / f"{m}-{k}.json", schema.dump(schema.Graph, gr))
 
         say(f"{len(rows):,} feature pages")
