@@ -90,3 +90,35 @@ def test_sae_metrics_table_reads_whole_at_80_columns(first_hook):
     rows_shown = [line for line in text.splitlines() if "16384" in line]
     assert len(rows_shown) == len(LAYERS)
     assert all(line.split()[-len(numbers) :] == numbers for line in rows_shown)
+
+
+def test_prompt_summary_reads_whole_at_80_columns():
+    """`saelineage prompt`'s table on a demo-sized graph (12 layers × 16 features, five-digit ids
+    and communities): every "feature rel.act community" item stands whole on one line, and each
+    layer's counts are the graph's."""
+    from saelineage.query.prompt_graph import PromptGraph, summary_table
+
+    rng = np.random.default_rng(1)
+    layer = np.repeat(np.arange(12), 16)
+    n = len(layer)
+    src = rng.integers(0, n - 16, 300)
+    dst = np.minimum(src + 16, n - 1)
+    graph = PromptGraph(
+        rows=np.arange(n), layer=layer, feature=rng.integers(10_000, 16_384, n), activation=rng.random(n),
+        rel_activation=rng.random(n), community=rng.integers(-1, 99_999, n), explanation=None, src=src, dst=dst,
+        value=rng.random(len(src)), measure="jaccard", rel=0.1, min_value=None, truncated=False,
+    )  # fmt: skip
+    console = Console(width=WIDTH, record=True)
+    console.print(summary_table(graph, " tired", 10))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= WIDTH and "…" not in text
+    body = " ".join(text.split())
+    for l in range(12):
+        assert f" {l} 16 {int((layer[src] == l).sum())} " in f" {body} "
+    for i in range(n):
+        order = np.flatnonzero(layer == layer[i])
+        top = order[np.argsort(-graph.rel_activation[order], kind="stable")][:5]
+        if i in top:
+            c = f"c{graph.community[i]}" if graph.community[i] >= 0 else "c-"
+            item = f"{graph.feature[i]} {graph.rel_activation[i]:.2f} {c}"
+            assert any(item in line for line in text.splitlines()), item

@@ -213,11 +213,16 @@ def _fmt(x: Any) -> str:
 
 
 def summary_table(graph: PromptGraph, token: str | None = None, position: int | None = None, top: int = 5) -> Table:
-    """Terminal summary: per layer, kept features, links out, strongest features with community."""
+    """Terminal summary: per layer, kept features, links out, communities, and the strongest
+    features (id, activation relative to the corpus max, community), two to a line so that no
+    item is ever split and the table reads whole at 80 columns."""
+    from rich import box
+
     title = f"features on token {token!r} (position {position}), activation ≥ {graph.rel:g} × max"
-    t = Table(title=title)
-    for c in ("layer", "features", "links to later layers", "communities", "strongest (feature: rel. act, community)"):
-        t.add_column(c)
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for c in ("layer", "feats", "links", "comms"):
+        t.add_column(c, justify="right", no_wrap=True)
+    t.add_column("strongest: feature rel.act community", no_wrap=True)
     out_links: np.ndarray | list[int] = (
         np.bincount(graph.layer[graph.src], minlength=int(graph.layer.max()) + 1) if len(graph.layer) else []
     )
@@ -225,14 +230,15 @@ def summary_table(graph: PromptGraph, token: str | None = None, position: int | 
         mine = np.flatnonzero(graph.layer == layer)
         mine = mine[np.argsort(-graph.rel_activation[mine], kind="stable")]  # inf (no corpus max) first
         comm = graph.community[mine]
-        strongest = ", ".join(
-            f"{graph.feature[i]}: {_fmt(_finite(graph.rel_activation[i]))} c{_fmt(_community(graph.community[i]))}"
+        items = [
+            f"{graph.feature[i]} {_fmt(_finite(graph.rel_activation[i]))} c{_fmt(_community(graph.community[i]))}"
             for i in mine[:top].tolist()
-        )
+        ]
+        strongest = "\n".join(", ".join(items[k : k + 2]) for k in range(0, len(items), 2))
         t.add_row(
             str(layer), str(len(mine)), str(int(out_links[layer])), str(len(set(comm[comm >= 0].tolist()))), strongest
         )
-    t.caption = f"{len(graph.rows)} features, {len(graph.src)} links ({graph.measure})"
+    t.caption = f"{len(graph.rows)} features, {len(graph.src)} links to later layers ({graph.measure})"
     return t
 
 
