@@ -126,7 +126,6 @@ ODD = {
         context_before=6,
         context_after=1,
         max_table_rows=300,
-        chunk=64,
     ),
 }
 COMMANDS = {

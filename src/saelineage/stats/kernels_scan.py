@@ -549,16 +549,10 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols):
     of `_best_untouched` / `untouched_columns` (the column walk runs after this scan). Past one
     sequential sweep that finds the touched cells, the cost is proportional to the touched cells.
     """
-    cnt = block.cnt
-    psum = block.psum
-    lo = block.lo
+    cnt, psum, lo = block
     ci, si, isdi, irqi = src.count, src.s, src.isd, src.irq
     cj, sj, isdj, irqj = dst.count, dst.s, dst.isd, dst.irq
-    n = rules.n
-    prim = rules.prim
-    thr = rules.thr
-    min_support = rules.min_support
-    do_best = rules.do_best
+    n, min_support, prim, thr, do_best = rules
     floor_v = floor.v
     floor_i = floor.i
     floor_mie = floor.mie
@@ -768,14 +762,10 @@ def gather_rows(block, src, dst, rules, rows, offsets, out, count_only):
     With count_only, writes the number of kept cells of row r into offsets[r + 1] (int64 [B+1]);
     otherwise fills the `Edges` out ([K]) from offsets (exclusive prefix sums of those counts).
     """
-    cnt = block.cnt
-    psum = block.psum
-    lo = block.lo
+    cnt, psum, lo = block
     ci, si, isdi, irqi = src.count, src.s, src.isd, src.irq
     cj, sj, isdj, irqj = dst.count, dst.s, dst.isd, dst.irq
-    n = rules.n
-    thr = rules.thr
-    min_support = rules.min_support
+    n, min_support, _, thr, _ = rules
     rtop = rows.top
     rkeep = rows.keep
     out_i, out_j, out_c, out_p = out.src, out.dst, out.n_co, out.p
