@@ -173,6 +173,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(run: Path, timeout: float = 300) -> tuple[subprocess.Popen, str]:
+    """`serve(run)` on 127.0.0.1 and a free port, in its own process as `saelineage serve` runs (no GIL
+    shared with the client); returns the process and its base URL once it accepts connections."""
+    port = _free_port()
+    code = (
+        "import sys; from saelineage.web.app import serve; from saelineage.web.config import ServeConfig; "
+        f"serve({str(run)!r}, ServeConfig(port={port}), progress=False)"
+    )
+    server = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return server, f"http://127.0.0.1:{port}"
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                raise SystemExit("the server did not start") from None
+            time.sleep(0.2)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # a stuck shutdown must not outlive the benchmark
+        server.kill()
+        server.wait()
+
+
 def measure(base: str, paths: list[str]) -> np.ndarray:
     import httpx
 
@@ -248,28 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         "search": [f"/api/search?q={q}" for q in (["w1", "carried", "3:17", "w42"] * a.n)[: a.n]],
         "overview": ["/api/overview"] * max(10, a.n // 10),
     }
-    port = _free_port()
-    # The server runs in its own process, as `saelineage serve` does (no GIL shared with this client).
-    code = (
-        "import sys; from saelineage.web.app import serve; from saelineage.web.config import ServeConfig; "
-        f"serve({str(run)!r}, ServeConfig(port={port}), progress=False)"
-    )
-    server = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.time() + 300
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if server.poll() is not None or time.time() > deadline:
-                raise SystemExit("the server did not start") from None
-            time.sleep(0.2)
+    server, base = start_server(run)
     # one warm-up request per graph kind and measure: first touch of its memory-mapped pages
-    measure(f"http://127.0.0.1:{port}", [p for k in graph_kinds.values() for p in k[:4]])
+    measure(base, [p for k in graph_kinds.values() for p in k[:4]])
     results = {}
     print(f"\n{'endpoint':<17}{'n':>6}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}")
     for name, paths in suites.items():
-        ms = measure(f"http://127.0.0.1:{port}", paths)
+        ms = measure(base, paths)
         results[name] = {
             "n": len(ms),
             "p50_ms": round(float(np.percentile(ms, 50)), 2),
@@ -278,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         r = results[name]
         print(f"{name:<17}{r['n']:>6}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['max_ms']:>10.1f}")
-    server.terminate()
-    server.wait(timeout=30)
+    stop_server(server)
     ok = all(results[k]["p95_ms"] <= 50 for k in ("feature", "neighbours", "graph"))
     print(f"\ntarget p95 <= 50 ms for feature, neighbours, graph: {'met' if ok else 'NOT met'}")
     if a.json:

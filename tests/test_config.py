@@ -117,7 +117,9 @@ ODD = {
         plot=False,
         device="cuda",
     ),
-    ServeConfig: dict(host="::1", port=8123, log_level="info"),
+    ServeConfig: dict(
+        host="::1", port=8123, log_level="info", prompt_queue=3, auth_token="t0ken-0f-16-chars+", insecure=True
+    ),
     SiteConfig: dict(
         features="3:17,4:2",
         top_n=50,

@@ -11,13 +11,21 @@ each feature's strongest links with the layered graph's own cap (`edges_per_node
 features of every layer whose activation on the chosen token exceeds `rel` × their maximum
 over the corpus (the reference work, arXiv:2410.08869, used 0.1), joined by the run's edges between consecutive
 layers, coloured by global community.
+
+Under load the server sends live prompts through a `PromptQueue`: one runs, a bounded number wait,
+and the rest are refused at once (`PromptBusy`, a 503 with Retry-After) rather than piling up
+behind a model that serves one prompt at a time.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -32,6 +40,13 @@ from saelineage.run import RunDir
 
 MAX_CHARS = 2000
 MAX_TOKENS = 256
+MAX_WAITING = 8
+"""Live prompts that may wait behind the running one by default (`ServeConfig.prompt_queue`)."""
+QUEUE_LIMIT = 32
+"""Largest queue accepted: each waiting prompt holds a worker thread, and the server's pool has 40
+(AnyIO's default), which the other synchronous routes and file responses share."""
+
+T = TypeVar("T")
 
 
 class PromptBackend(Protocol):
@@ -134,6 +149,76 @@ class ModelBackend:
         return out
 
 
+class PromptBusy(SaelineageError):
+    """Refused at once: one live prompt is running and the queue behind it is full."""
+
+    def __init__(self, waiting: int, retry_after: int):
+        self.waiting, self.retry_after = waiting, retry_after
+        super().__init__(
+            f"the model is busy: {waiting} live prompts are waiting already.",
+            f"try again in {retry_after} s.",
+        )
+
+
+class PromptQueue:
+    """Admission to the model: one live prompt runs at a time, at most `max_waiting` wait for it, and
+    the others are refused at once with `PromptBusy`.
+
+    The model runs one prompt at a time anyway (a forward pass uses every core), so an unbounded
+    queue would only turn a burst into minutes-long waits and threads held by clients that gave up;
+    a bounded one answers the excess in milliseconds with a time to come back.
+
+    `admit()` is the non-blocking check (the route calls it on the event loop, before taking a worker
+    thread); `run(fn)` waits for the turn and runs `fn` in the calling (worker) thread. Retry-After
+    is the mean service time of recent prompts times the prompts ahead, so that a client that
+    comes back then finds a free place."""
+
+    def __init__(self, max_waiting: int = MAX_WAITING):
+        if not 0 <= max_waiting <= QUEUE_LIMIT:
+            raise SaelineageError(
+                f"--prompt-queue must be between 0 and {QUEUE_LIMIT} (got {max_waiting}).",
+                f"use e.g. --prompt-queue {MAX_WAITING}.",
+            )
+        self.max_waiting = max_waiting
+        self.admitted = 0  # running + waiting
+        self.refused = 0
+        self._count = threading.Lock()  # guards admitted/refused: routes may run on several loops (tests)
+        self._turn = threading.Lock()  # held while a prompt runs
+        self._mean_s = 1.0  # before any prompt has run: a guess, corrected by the first one
+
+    @property
+    def waiting(self) -> int:
+        return max(self.admitted - 1, 0)
+
+    def retry_after(self) -> int:
+        """Seconds after which a refused client may expect a place: the prompts ahead × their mean time."""
+        return max(1, min(600, math.ceil(self._mean_s * (self.waiting + 1))))
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """A place in the queue for the `with` block, or `PromptBusy` at once when none is left."""
+        with self._count:
+            if self.admitted > self.max_waiting:  # one running and max_waiting waiting already
+                self.refused += 1
+                raise PromptBusy(self.waiting, self.retry_after())
+            self.admitted += 1
+        try:
+            yield
+        finally:
+            with self._count:
+                self.admitted -= 1
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Wait for the turn (inside `admit()`), then run `fn(*args)` and time it."""
+        with self._turn:
+            t = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                # a moving mean: follows a model that got faster once loaded, without one outlier ruling
+                self._mean_s = 0.7 * self._mean_s + 0.3 * (time.perf_counter() - t)
+
+
 class CacheContext:
     """The query cache as a prompt graph's context (live prompts): edges from its memory-mapped CSR
     arrays, only those with a finite value between consecutive layers of the run, since the layered
@@ -156,12 +241,20 @@ class CacheContext:
 class PromptService:
     """Availability, tokenisation and per-token graphs for the prompt view."""
 
-    def __init__(self, data: RunData, backend: PromptBackend | None = None, preload: bool = False):
+    def __init__(
+        self,
+        data: RunData,
+        backend: PromptBackend | None = None,
+        preload: bool = False,
+        max_waiting: int = MAX_WAITING,
+    ):
         """`preload`: start loading the run's model in the background now (`serve` does; tests and the
-        notebook API load it on first use). A given `backend` is ready as it is."""
+        notebook API load it on first use). A given `backend` is ready as it is. `max_waiting`: the
+        server's queue of live prompts (`queue`; direct calls of `tokens`/`graph` do not use it)."""
         self.data = data
         self.backend = backend
         self.reason: str | None = None
+        self.queue = PromptQueue(max_waiting)
         if backend is None:
             mb = ModelBackend(data.run.path, data.g.manifest)
             self.reason = mb.check()
@@ -187,7 +280,8 @@ class PromptService:
             "max_tokens": MAX_TOKENS,
         }
 
-    def _require(self) -> PromptBackend:
+    def require(self) -> PromptBackend:
+        """The backend, or the `SaelineageError` saying why live prompts are off."""
         if self.backend is None:
             raise SaelineageError(self.reason or "live prompts are not available for this run.")
         return self.backend
@@ -198,7 +292,7 @@ class PromptService:
         return [{"i": i, "id": t, "text": g.token_text(t)} for i, t in enumerate(ids)]
 
     def _ids(self, text: str) -> list[int]:
-        backend = self._require()
+        backend = self.require()
         try:
             ids = backend.tokenize(text[:MAX_CHARS])
         except SaelineageError:
@@ -229,7 +323,7 @@ class PromptService:
         ids = self._ids(text)
         if not 0 <= position < len(ids):
             raise SaelineageError(f"token position {position} is outside the prompt (0..{len(ids) - 1}).")
-        codes = self._require().codes(ids)
+        codes = self.require().codes(ids)
         g = self.data.g
         measure = measure if measure in MEASURES else "jaccard"
         pg = prompt_graph(

@@ -6,16 +6,18 @@ run directory is fixed when the app is created.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Optional, TypeVar
 
 import orjson
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, Field, StrictFloat, StrictStr
+from starlette.concurrency import run_in_threadpool
 
 from saelineage.errors import SaelineageError
 from saelineage.query.graph import MAX_NODES, graph
-from saelineage.query.prompt import MAX_CHARS, PromptService
+from saelineage.query.prompt import MAX_CHARS, PromptBusy, PromptService
 from saelineage.query.run_data import RunData
 from saelineage.web import schema as s
 from saelineage.web.schema import Measure, Order, SortKey
@@ -85,9 +87,21 @@ UNREADABLE = "The body could not be parsed (bytes that are not UTF-8 text)"
 UNAVAILABLE: Responses = {
     503: _problem(
         "Live prompts are not available: the run has no model, its model or SAE files are "
-        "gone, or the model failed to load (`reason` of /api/prompt/status says which)"
+        "gone, or the model failed to load (`reason` of /api/prompt/status says which). Or, with a "
+        "Retry-After header, the model is busy: one prompt runs at a time and the queue behind it "
+        "(`serve --prompt-queue`) is full; try again after that many seconds"
     )
+    | {
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before trying again (sent only when the model is busy)",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        }
+    }
 }
+
+T = TypeVar("T")
 
 
 def feature_answer(data: RunData, layer: int, feature: int, examples: int = 20) -> dict[str, Any] | None:
@@ -239,6 +253,16 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
     async def search(q: str = Query(..., min_length=1, max_length=200), limit: int = Query(50, ge=1, le=200)) -> JSON:
         return JSON(data.search(q, limit))
 
+    async def live(fn: Callable[..., T], *args: Any) -> T:
+        """Run a live prompt through the queue. The checks that need no model (available? room in the
+        queue?) answer on the event loop, so a refusal costs no worker thread and no wait."""
+        prompts.require()  # unavailable: its own 503, not a place in the queue
+        try:
+            with prompts.queue.admit():
+                return await run_in_threadpool(prompts.queue.run, fn, *args)
+        except PromptBusy as exc:
+            raise HTTPException(503, exc.problem, headers={"Retry-After": str(exc.retry_after)}) from exc
+
     @r.get(
         "/prompt/status",
         response_model=s.PromptStatus,
@@ -253,9 +277,9 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
         responses=Responses({400: _problem(UNREADABLE)}) | TOO_LARGE | UNAVAILABLE,
         summary="Tokens of a prompt",
     )
-    def prompt_tokens(body: PromptText) -> JSON:
+    async def prompt_tokens(body: PromptText) -> JSON:
         try:
-            return JSON({"tokens": prompts.tokens(body.text)})
+            return JSON({"tokens": await live(prompts.tokens, body.text)})
         except SaelineageError as exc:
             raise HTTPException(503, exc.problem) from exc
 
@@ -267,10 +291,11 @@ def build_router(data: RunData, prompts: PromptService) -> APIRouter:
         | UNAVAILABLE,
         summary="Graph of the features active on one token of a prompt",
     )
-    def prompt_graph(body: PromptGraphRequest) -> JSON:
+    async def prompt_graph(body: PromptGraphRequest) -> JSON:
         try:
             return JSON(
-                prompts.graph(
+                await live(
+                    prompts.graph,
                     body.text,
                     body.position,
                     body.rel,

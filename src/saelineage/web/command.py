@@ -20,7 +20,11 @@ def serve_command(
     run: Path = typer.Argument(..., help="Run directory (any stage complete; the browser says what is missing)."),
     cfg: ServeConfig = ServeConfig(),
 ) -> None:
-    """Serve the web feature browser over a run directory (offline; API docs at /docs)."""
+    """Serve the web feature browser over a run directory (offline; API docs at /docs).
+
+    On an address other than loopback (--host) every request must carry an access token: --auth-token,
+    or better $SAELINEAGE_AUTH_TOKEN, which stays out of shell history and process lists.
+    """
     from saelineage.web.app import serve
 
     serve(run, cfg)

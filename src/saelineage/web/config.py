@@ -10,12 +10,22 @@ class ServeConfig:
     """Options of the feature browser's server."""
 
     host: str = "127.0.0.1"
-    """Address to bind. The default (loopback) keeps the browser on this machine; anything else exposes it
-    without authentication."""
+    """Address to bind. The default (loopback) keeps the browser on this machine; any other address needs
+    --auth-token (or --insecure)."""
     port: int = 8000
     """Port."""
     log_level: str = "warning"
     """uvicorn's log level (debug, info, warning, error)."""
+    prompt_queue: int = 8
+    """Live prompts that may wait while one runs (0 to 32); more at once are answered 503 with a
+    Retry-After header instead of queueing without bound."""
+    auth_token: str = ""
+    """Access token every request must carry: header 'Authorization: Bearer TOKEN', or a browser cookie
+    set by opening any page once with ?token=TOKEN. Read from $SAELINEAGE_AUTH_TOKEN when not given
+    (keeps it out of shell history and process lists). At least 16 printable characters, no spaces."""
+    insecure: bool = False
+    """Serve to other machines without a token: anyone who reaches the port can use the browser and
+    its live prompts."""
 
 
 @dataclass
