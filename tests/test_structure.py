@@ -160,7 +160,7 @@ def test_package_inits_import_nothing():
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "version"),
     ("progress", "contract"),
-    ("config",),
+    ("config", "checksum"),
     ("stage configs",),
     ("hints",),
     ("run",),
@@ -174,7 +174,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("query",),
     ("lineage",),
     ("notebook", "web"),
-    ("demo", "testing"),
+    ("demo", "testing", "verify"),
     ("cli",),
     ("saelineage",),
 )

@@ -17,6 +17,7 @@ from saelineage.progress import console
 from saelineage.saes.releases_command import releases_command
 from saelineage.saes.train_command import train_command
 from saelineage.stats.command import stats_command
+from saelineage.verify import verify_command
 from saelineage.web.command import export_site_command, labels_app, serve_command
 
 app = typer.Typer(
@@ -46,6 +47,7 @@ app.command("export")(export_command)
 app.command("ablate")(ablate_command)
 app.command("serve")(serve_command)
 app.command("export-site")(export_site_command)
+app.command("verify")(verify_command)
 app.add_typer(labels_app, name="labels")
 app.command("demo")(demo_command)
 

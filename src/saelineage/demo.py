@@ -138,13 +138,11 @@ def _uses_quality_preset(run) -> bool:
 def convergence_statement(run_path: Path) -> str:
     """Whether the run's headline numbers are converged: interval widths (more tokens) and the seed
     ceiling (better SAEs), in a few sentences for the demo's summary."""
-    import pyarrow.parquet as pq
-
     from saelineage import contract
-    from saelineage.run import RunDir
+    from saelineage.run import RunDir, read_parquet
 
     run = RunDir(run_path)
-    rows = [r for r in pq.read_table(run.file(contract.LIFECYCLE)).to_pylist() if r["chosen"]]
+    rows = [r for r in read_parquet(run.file(contract.LIFECYCLE)).to_pylist() if r["chosen"]]
     entry = run.load().stage("analyze")
     out = []
     widths = [

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from saelineage import contract
 from saelineage.errors import SaelineageError
-from saelineage.run import RunDir
+from saelineage.run import RunDir, read_parquet
 
 JOINED_FILES = (contract.FEATURE_ANALYSIS, contract.ERROR_PROJECTION)
 """Per-feature tables joined onto features.parquet, in the order their columns are appended."""
@@ -72,11 +72,11 @@ def read_features(run: RunDir | str | Path, columns: Sequence[str] | None = None
     base_names = [
         c for c in pq.read_schema(run.file(contract.FEATURES)).names if c not in owned and (want is None or c in want)
     ]
-    table = pq.read_table(run.file(contract.FEATURES), columns=base_names)
+    table = read_parquet(run.file(contract.FEATURES), columns=base_names)
     for name, names in parts:
         take = [c for c in names if c not in contract.KEY and (want is None or c in want)]
         if take:
-            table = _left_join(table, pq.read_table(run.file(name), columns=[*contract.KEY, *take]), take)
+            table = _left_join(table, read_parquet(run.file(name), columns=[*contract.KEY, *take]), take)
     return table
 
 
@@ -104,7 +104,7 @@ def explanations(run: RunDir, feats: pa.Table) -> np.ndarray | None:
     lp = run.file(contract.LABELS)
     if not lp.is_file():
         return None
-    lab = pq.read_table(lp)
+    lab = read_parquet(lp)
     if not ({"layer", "feature", "explanation"} <= set(lab.column_names) and lab.num_rows):
         return None
     out = np.full(feats.num_rows, None, dtype=object)

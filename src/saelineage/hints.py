@@ -85,3 +85,25 @@ def stats_command(run_path: str | Path, *, force: bool = False, manifest: Manife
     recorded = ((m.get("stages") or {}).get("stats") or {}).get("config") or {}
     cfg = config_from_dict(StatsConfig, recorded)
     return shlex.join(["saelineage", "stats", str(run_path), *to_argv(cfg)] + (["--force"] if force else []))
+
+
+def regenerate(run_path: str | Path, stage: str, *, manifest: Manifest | None = None) -> str:
+    """A fix line that writes `stage`'s outputs of the run again, as exact as the manifest allows."""
+    if stage == "collect":
+        return recollect(run_path, force=True, manifest=manifest)
+    if stage == "stats":
+        return f"run `{stats_command(run_path, force=True, manifest=manifest)}`"
+    return f"run `{stage_command(run_path, stage, force=True)}` with the options it was made with"
+
+
+def corrupt_file(path: str | Path, stage: str, why: str) -> SaelineageError:
+    """The error for a run file whose bytes differ from the checksum its stage recorded: a shard is
+    deleted and recomputed (collect keeps the others); any other file is written again by its stage."""
+    from saelineage.checksum import run_root
+
+    path = Path(path)
+    run_path = run_root(path)
+    problem = f"{path} is not what {stage} wrote ({why}); results read from it would be silently wrong."
+    if path.name.startswith("shard-"):
+        return SaelineageError(problem, f"delete {path}, then {recollect(run_path)}.")
+    return SaelineageError(problem, f"{regenerate(run_path, stage)}.")

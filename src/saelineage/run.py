@@ -68,6 +68,61 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError) and exc.filename is None:
             exc.filename = str(path)  # ENOSPC from write(2) names no file
         raise
+    if path.name != MANIFEST:
+        _note_written(path, data)
+
+
+def _note_written(path: Path, data: bytes) -> None:
+    """Remember the digest of what was just written, for the stage that records it at its end;
+    a file a complete stage recorded, written again outside that stage (a repair through this
+    writer), gets its record updated, so the record always describes the project's own writes."""
+    from saelineage import checksum
+
+    checksum.remember(path, data)
+    known = checksum.expected(path)
+    if known is None:
+        return
+    stage, old = known
+    new = checksum.written_digest(path)
+    if new != old:
+        run = RunDir(checksum.run_root(path))
+        manifest = run.load()
+        manifest.stages[stage].setdefault(checksum.CHECKSUMS, {})[checksum.relative(path)] = new
+        run.save(manifest)
+
+
+def read_verified(path: Path) -> bytes:
+    """The bytes of run file `path`, read once and checked against the checksum its stage recorded
+    (a file without a record, as in runs written before checksums, is returned unverified)."""
+    data = Path(path).read_bytes()
+    check(path, data)
+    return data
+
+
+def check(path: Path, data: bytes | bytearray | memoryview) -> None:
+    """Raise the one SaelineageError naming `path` and the command that writes it again when
+    `data` (the file's bytes, as read) differs from what its stage recorded."""
+    from saelineage import checksum
+
+    known = checksum.expected(path)
+    if known is None:
+        return
+    stage, want = known
+    got = checksum.digest(data)
+    if got != want:
+        from saelineage import hints
+
+        raise hints.corrupt_file(path, stage, f"checksum {got}, recorded {want}")
+
+
+def read_parquet(path: Path, **kwargs: Any) -> Any:
+    """A run's Parquet file as a pyarrow Table (`kwargs`: pq.read_table's columns, filters, ...),
+    its bytes verified against the recorded checksum and its pages against their CRCs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = read_verified(path)
+    return pq.read_table(pa.BufferReader(data), page_checksum_verification=True, **kwargs)
 
 
 def write_json(path: Path, obj: Any, *, indent: int | None = 2, allow_nan: bool = True) -> None:
@@ -82,7 +137,8 @@ def write_parquet(path: Path, table: Any) -> None:
     import pyarrow.parquet as pq
 
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    # page CRCs: a reader without the manifest's record (a copied file) still detects damage
+    pq.write_table(table, buf, compression="zstd", write_page_checksum=True)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -330,6 +386,9 @@ class RunDir:
     def set_stage(self, stage: str, status: str, **info: Any) -> None:
         manifest = self.load()
         entry = manifest.stages.setdefault(stage, {})
+        if status != "complete":
+            # the files are about to change: their old record would refuse the new ones
+            entry.pop("checksums", None)
         entry["status"] = status
         entry.update(info)
         self.save(manifest)
@@ -341,7 +400,18 @@ class RunDir:
         t0 = time.perf_counter()
         extra: dict[str, Any] = {}
         yield extra
+        extra["checksums"] = self.written_checksums(stage)
         self.set_stage(stage, "complete", seconds=round(time.perf_counter() - t0, 3), **extra)
+
+    def written_checksums(self, stage: str) -> dict[str, str]:
+        """Digest of every file `stage` wrote into the run (contract.WRITER; collect: the shards
+        too), by relative path: what the stage's manifest entry records when it completes."""
+        from saelineage import checksum
+
+        paths = [self.file(n) for n, w in WRITER.items() if w == stage]
+        if stage == "collect" and self.activations.is_dir():
+            paths += sorted(self.activations.glob("shard-[0-9][0-9][0-9][0-9][0-9].safetensors"))
+        return {checksum.relative(p): checksum.written_digest(p) for p in paths if p.is_file()}
 
     # ---- write access ----------------------------------------------------------------
     @contextmanager
@@ -544,6 +614,4 @@ class StageResult:
 
     def read(self, name: str) -> Any:
         """One of the stage's Parquet outputs (e.g. "ablations.parquet") as a pyarrow Table."""
-        import pyarrow.parquet as pq
-
-        return pq.read_table(self.outputs[name])
+        return read_parquet(self.outputs[name])

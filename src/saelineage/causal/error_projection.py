@@ -19,13 +19,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from saelineage import contract
 from saelineage.errors import SaelineageError
 from saelineage.feature_table import read_features
-from saelineage.run import RunDir
+from saelineage.run import RunDir, read_parquet
 
 ERROR_COLUMNS = (
     "error_next_layer",
@@ -60,7 +59,7 @@ def ending_features(run: RunDir, measure: str = "pearson", threshold: float = 0.
             f"no lifecycle ({contract.FEATURE_ANALYSIS}) and no edges.parquet.",
             "run `saelineage stats RUN` (and `saelineage analyze RUN`) first.",
         )
-    edges = pq.read_table(run.file(contract.EDGES), columns=["src_layer", "src", "dst_layer", measure])
+    edges = read_parquet(run.file(contract.EDGES), columns=["src_layer", "src", "dst_layer", measure])
     live = feats.column("n_active").to_numpy() > 0
     for l, nl in nxt.items():
         e = edges.filter(

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from saelineage import contract
 from saelineage.causal.ablate import EFFECT_COLUMNS
@@ -39,6 +38,7 @@ from saelineage.run import (
     config_hash,
     identity,
     identity_of,
+    read_parquet,
     settle,
     write_parquet,
     writes_run,
@@ -78,7 +78,7 @@ def run_ablate(
             "ablate runs on SAEs (residual, attention or MLP outputs); stats and analyze work on transcoder runs.",
         )
     threshold = float(cfg.threshold if cfg.threshold is not None else manifest.thresholds.get("active", 0.0))
-    edges = pq.read_table(run.file(contract.EDGES))
+    edges = read_parquet(run.file(contract.EDGES))
     sample = sample_edges(edges, cfg.measures, cfg.bins, cfg.per_bin, cfg.seed, cfg.binning, cfg.layer_pairs)
     if sample.num_rows == 0:
         raise SaelineageError(
@@ -131,7 +131,7 @@ def run_ablate(
                     bar.advance(task)
         results, stats = [], dict.fromkeys(PART_COUNTS, 0)
         for path in jobs:
-            done = pq.read_table(path)
+            done = read_parquet(path)
             # the part's own pass counts, so a resumed run records the same totals
             counted = json.loads((done.schema.metadata or {}).get(PART_INFO.encode(), b"{}"))
             for k in stats:
@@ -189,7 +189,7 @@ def demo_ablation(
     run = RunDir(run_dir)
     run.require("stats")
     if layer_pairs is None:
-        edges = pq.read_table(run.file(contract.EDGES), columns=["src_layer", "dst_layer"])
+        edges = read_parquet(run.file(contract.EDGES), columns=["src_layer", "dst_layer"])
         lp = sorted(set(zip(edges.column("src_layer").to_pylist(), edges.column("dst_layer").to_pylist())))
         lp = [p for p in lp if p[1] - p[0] == min(b - a for a, b in lp)] if lp else lp
         pick: np.ndarray | list[int] = (

@@ -18,10 +18,10 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save
+from safetensors.numpy import load, save
 
 from saelineage.errors import SaelineageError
-from saelineage.run import RunDir, atomic_write_bytes
+from saelineage.run import RunDir, atomic_write_bytes, check
 
 SHARD_RE = re.compile(r"^shard-(\d{5})\.safetensors$")
 
@@ -109,16 +109,25 @@ def write_shard(
 
 
 def read_shard(path: Path, layers: Iterable[int] | None = None) -> Shard:
-    """Read one shard; a truncated or foreign file raises a clear error."""
+    """Read one shard; a truncated or foreign file raises a clear error, and so does one whose bytes
+    differ from the checksum collect recorded. The file is read once: hashed and parsed from the
+    same bytes, so verifying costs no second read."""
     m = SHARD_RE.match(path.name)
     if m is None:
         raise SaelineageError(f"{path} is not a shard file name.", "shards are named shard-NNNNN.safetensors")
     try:
-        data = load_file(str(path))
+        raw = path.read_bytes()
+    except OSError as exc:
+        from saelineage.hints import damaged_shard
+
+        raise damaged_shard(path, exc) from exc
+    try:
+        data = load(raw)
     except (SafetensorError, OSError, ValueError) as exc:
         from saelineage.hints import damaged_shard
 
         raise damaged_shard(path, exc) from exc
+    check(path, raw)  # after parsing, so a truncated file is reported as one
     want = sorted({int(k[1:].split(".")[0]) for k in data if k.startswith("l") and k.endswith(".indptr")})
     if layers is not None:
         missing = sorted(set(layers) - set(want))

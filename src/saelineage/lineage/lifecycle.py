@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.table import Table
 
 from saelineage import contract
@@ -25,7 +24,7 @@ from saelineage.errors import SaelineageError
 from saelineage.feature_table import feature_rows
 from saelineage.lineage import bootstrap
 from saelineage.lineage.config import AnalyzeConfig
-from saelineage.run import RunDir
+from saelineage.run import RunDir, read_parquet
 
 LIFECYCLE_MEASURES = contract.DATA_MEASURES
 """Measures a lifecycle can be classified by (feature_links holds the best match for each)."""
@@ -277,6 +276,6 @@ def print_lifecycle(run_dir: str | Path, console=None) -> Table:
 
     run = RunDir(run_dir)
     run.require("analyze")
-    table = lifecycle_rich_table(pq.read_table(run.file(contract.LIFECYCLE)))
+    table = lifecycle_rich_table(read_parquet(run.file(contract.LIFECYCLE)))
     (console or default_console).print(table)
     return table

@@ -34,7 +34,7 @@ from saelineage.lineage.figures import write_lifecycle_html
 from saelineage.lineage.validate import Requests, count
 from saelineage.progress import console
 from saelineage.query.prompt_graph import GraphContext
-from saelineage.run import RunDir, StageResult, identity, settle, write_json, write_parquet, writes_run
+from saelineage.run import RunDir, StageResult, identity, read_parquet, settle, write_json, write_parquet, writes_run
 
 EDGE_COLUMNS = (*contract.EDGE_KEY, "n_co", *contract.DATA_MEASURES)
 """The columns of edges.parquet that analyze reads (besides dec_cosine when present)."""
@@ -62,7 +62,7 @@ def check_config(cfg: AnalyzeConfig, edge_names: list[str]) -> None:
 
 def _edges(run: RunDir) -> dict[str, np.ndarray]:
     names = pq.read_schema(run.file(contract.EDGES)).names
-    t = pq.read_table(run.file(contract.EDGES), columns=[c for c in names if c in EDGE_COLUMNS or c == "dec_cosine"])
+    t = read_parquet(run.file(contract.EDGES), columns=[c for c in names if c in EDGE_COLUMNS or c == "dec_cosine"])
     out = {}
     for c in t.column_names:
         a = t.column(c).to_numpy(zero_copy_only=False)
@@ -171,13 +171,13 @@ def _feature_analysis(feats: pa.Table, lc: lifecycle.Lifecycle, community: np.nd
 
 def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, np.ndarray], progress: bool) -> dict:
     layers, d_sae = manifest.layers, manifest.d_sae
-    feats = pq.read_table(run.file(contract.FEATURES))
-    links = pq.read_table(run.file(contract.FEATURE_LINKS))
+    feats = read_parquet(run.file(contract.FEATURES))
+    links = read_parquet(run.file(contract.FEATURE_LINKS))
     say = console.print if progress else (lambda *_: None)
 
     # lifecycle (no pass over the codes: feature_links holds the best match over all pairs)
     ceiling = (
-        pq.read_table(run.file(contract.SEED_CEILING))
+        read_parquet(run.file(contract.SEED_CEILING))
         if manifest.status("ceiling") == "complete" and run.file(contract.SEED_CEILING).is_file()
         else None
     )
@@ -208,7 +208,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
         else None
     )
     ex = (
-        pq.read_table(run.file(contract.EXAMPLES), columns=["layer", "feature", "rank", "window", "pos"])
+        read_parquet(run.file(contract.EXAMPLES), columns=["layer", "feature", "rank", "window", "pos"])
         if run.file(contract.EXAMPLES).is_file()
         else None
     )

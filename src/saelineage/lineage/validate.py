@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 
 import numba
 import numpy as np
-import pyarrow.parquet as pq
 
 from saelineage import contract
 from saelineage.contract import Manifest
 from saelineage.data.store import LayerCodes, iter_shards, token_mask
 from saelineage.errors import SaelineageError
-from saelineage.run import RunDir
+from saelineage.run import RunDir, read_parquet
 
 
 # ---------------------------------------------------------------------------- thresholds
@@ -46,7 +45,7 @@ def active_thresholds(run: RunDir, manifest: Manifest) -> dict[int, np.ndarray]:
     absolute = float(opts.get("threshold") or 0.0)
     out = {l: np.full(d_sae[l], absolute if rel is None else 0.0, np.float64) for l in layers}
     if rel is not None:
-        feats = pq.read_table(run.file(contract.FEATURES), columns=["layer", "feature", "act_max"])
+        feats = read_parquet(run.file(contract.FEATURES), columns=["layer", "feature", "act_max"])
         lay = feats.column("layer").to_numpy()
         fid = feats.column("feature").to_numpy()
         mx = feats.column("act_max").to_numpy().astype(np.float64)

@@ -25,7 +25,7 @@ from saelineage.contract import Manifest
 from saelineage.errors import SaelineageError
 from saelineage.notebook.feature import Feature, example_text, neighbour_rows
 from saelineage.notebook.figures import layered_figure
-from saelineage.run import RunDir
+from saelineage.run import RunDir, read_parquet
 
 FRAMES = ("pandas", "polars")
 TABLES = {
@@ -149,7 +149,7 @@ class Run:
         elif layers is not None:
             keep = sorted({int(l) for l in layers})
             filters += [("src_layer", "in", keep), ("dst_layer", "in", keep)]
-        table = pq.read_table(path, filters=filters or None)
+        table = read_parquet(path, filters=filters or None)
         order = [(measure, "descending"), *((c, "ascending") for c in contract.EDGE_KEY)]
         return _frame(table.sort_by(order), self.frames)
 
@@ -171,7 +171,7 @@ class Run:
 
     def _table(self, name: str) -> Any:
         file, stage = TABLES[name]
-        return _frame(pq.read_table(self._file(file, stage)), self.frames)
+        return _frame(read_parquet(self._file(file, stage)), self.frames)
 
     def _file(self, name: str, stage: str) -> Path:
         p = self.dir.file(name)

@@ -35,7 +35,7 @@ from saelineage import contract
 from saelineage.data.finalize import read_vocab
 from saelineage.feature_table import JOINED_FILES, read_features
 from saelineage.query.arrays import write_arrays
-from saelineage.run import RunDir
+from saelineage.run import RunDir, read_parquet, read_verified
 
 CACHE_VERSION = 7
 MEASURES = contract.EDGE_MEASURES
@@ -218,6 +218,7 @@ def _build_tables(con: duckdb.DuckDBPyConnection, run: RunDir, arrays: dict[str,
         _build_edges(con, present["edges"])
     for t in ("gates", "splits", "communities", "lifecycle", "ablations", "feature_links"):
         if t in present:
+            read_verified(present[t])  # DuckDB reads the file itself: check its bytes first
             con.execute(f"CREATE TABLE {t} AS SELECT * FROM read_parquet({_sql_str(present[t])})")
 
 
@@ -270,7 +271,7 @@ def _is_sorted(*keys: np.ndarray) -> bool:
 def _build_examples(
     con: duckdb.DuckDBPyConnection, path: Path, arrays: dict[str, np.ndarray], vocab: list[str] | None
 ) -> None:
-    ex = pq.read_table(path, columns=["layer", "feature", "rank", "value", "window", "pos"])
+    ex = read_parquet(path, columns=["layer", "feature", "rank", "value", "window", "pos"])
     cols = {c: ex.column(c).to_numpy() for c in ("layer", "feature", "rank")}
     if not _is_sorted(cols["layer"], cols["feature"], cols["rank"]):
         ex = ex.take(pa.array(lexorder(cols["layer"], cols["feature"], cols["rank"])))
@@ -335,7 +336,7 @@ def _auto_labels(con: duckdb.DuckDBPyConnection, ex: pa.Table, vocab: list[str] 
 
 def _build_edges(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     src = _sql_str(path)
-    keys = pq.read_table(path, columns=["src_layer", "src", "dst_layer", "dst"])
+    keys = read_parquet(path, columns=["src_layer", "src", "dst_layer", "dst"])
     sl, s, dl, d = (keys.column(c).to_numpy().astype(np.int64) for c in ("src_layer", "src", "dst_layer", "dst"))
     order = "" if _is_sorted(sl, s, dl, d) else " ORDER BY src_layer, src, dst_layer, dst"
     con.execute(f"CREATE TABLE edges_dn AS SELECT * FROM read_parquet({src}){order}")

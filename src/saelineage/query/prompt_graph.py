@@ -25,7 +25,7 @@ from rich.table import Table
 from saelineage import contract
 from saelineage.errors import SaelineageError
 from saelineage.feature_table import explanations, feature_rows, read_features
-from saelineage.run import RunDir
+from saelineage.run import RunDir, read_parquet
 
 KEY = np.int64(1) << 32
 """(layer, feature) → one int64 key, the order nodes are listed in."""
@@ -188,8 +188,6 @@ def codes_at(codes: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], positi
 
 def load_context(run: RunDir) -> GraphContext:
     """GraphContext of an analysed run (communities from analyze; imported explanations if any)."""
-    import pyarrow.parquet as pq
-
     run.require("stats")
     feats = read_features(run, columns=["act_max", "community"])
     comm = (
@@ -197,7 +195,7 @@ def load_context(run: RunDir) -> GraphContext:
         if "community" in feats.column_names
         else np.full(feats.num_rows, -1, np.int64)
     )
-    edges = pq.read_table(run.file(contract.EDGES))
+    edges = read_parquet(run.file(contract.EDGES))
     return GraphContext(
         feats.column("layer").to_numpy().astype(np.int64),
         feats.column("feature").to_numpy().astype(np.int64),

@@ -7,13 +7,15 @@ a page fault per 4 KiB, which on a virtual machine is as slow as the work itself
 allocations of this size are also eligible for transparent huge pages, which cuts TLB
 misses on the random destination-row reads.
 
-Shards are read with `readinto` straight from the safetensors layout (8-byte header size,
-JSON header, raw little-endian data) into staging buffers, in a background thread.
+Shards are read whole with `readinto` into a staging buffer, checked against collect's checksum,
+and their tensors copied out of the safetensors layout (8-byte header size, JSON header, raw
+little-endian data) into staging buffers, in a background thread.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +26,7 @@ import numpy as np
 
 from saelineage.data.store import token_mask
 from saelineage.errors import SaelineageError
+from saelineage.run import check
 from saelineage.stats.kernels import zero_fill
 
 _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64}
@@ -58,29 +61,37 @@ def read_layers(path: Path, layers: list[int], stage: dict | None = None):
     """
     stage = {} if stage is None else stage
     try:
+        # the whole file, once: its checksum covers every byte (a tensor this pass skips included),
+        # and the tensors are copied out of the same bytes, so verifying costs no second read
         with open(path, "rb") as fh:
-            (size,) = _HEADER_SIZE.unpack(fh.read(_HEADER_SIZE.size))
-            header = json.loads(fh.read(size))
-            base = _HEADER_SIZE.size + size
+            size_all = os.fstat(fh.fileno()).st_size
+            raw = _grab(stage, "file", size_all, np.uint8)
+            if fh.readinto(raw.data.cast("B")) != size_all:
+                raise ValueError("file shorter than its size")
+        (size,) = _HEADER_SIZE.unpack_from(raw.data.cast("B"), 0)
+        header = json.loads(raw[_HEADER_SIZE.size : _HEADER_SIZE.size + size].tobytes())
+        base = _HEADER_SIZE.size + size
 
-            def get(name: str, slot: str) -> np.ndarray:
-                if name not in header:
-                    raise KeyError(name)
-                meta = header[name]
-                dtype = _DTYPES[meta["dtype"]]
-                begin, end = meta["data_offsets"]
-                n = (end - begin) // np.dtype(dtype).itemsize
-                out = _grab(stage, slot, n, dtype)
-                fh.seek(base + begin)
-                if fh.readinto(out.data.cast("B")) != end - begin:
-                    raise ValueError("file shorter than its header says")
-                return out
+        def get(name: str, slot: str) -> np.ndarray:
+            if name not in header:
+                raise KeyError(name)
+            meta = header[name]
+            dtype = _DTYPES[meta["dtype"]]
+            begin, end = meta["data_offsets"]
+            if base + end > size_all:
+                raise ValueError("file shorter than its header says")
+            n = (end - begin) // np.dtype(dtype).itemsize
+            out = _grab(stage, slot, n, dtype)
+            out.view(np.uint8)[:] = raw[base + begin : base + begin + n * np.dtype(dtype).itemsize]
+            return out
 
-            pos = get("pos", "pos")
-            out = {
-                l: tuple(get(f"l{l}.{part}", f"{k}.{part}") for part in ("indptr", "indices", "values"))
-                for k, l in enumerate(layers)
-            }
+        pos = get("pos", "pos")
+        out = {
+            l: tuple(get(f"l{l}.{part}", f"{k}.{part}") for part in ("indptr", "indices", "values"))
+            for k, l in enumerate(layers)
+        }
+        # after parsing, so a truncated file is reported as one (hints.damaged_shard)
+        check(path, raw.data.cast("B"))
     except KeyError as exc:
         raise _bad_shard(path, f"no tensor {exc}: it lacks layers among {layers}, which the manifest lists") from exc
     except (OSError, ValueError, struct.error) as exc:

@@ -18,13 +18,12 @@ from typing import NamedTuple
 
 import numpy as np
 import psutil
-import pyarrow.parquet as pq
 
 from saelineage import contract
 from saelineage.data.store import list_shards
 from saelineage.errors import SaelineageError
 from saelineage.progress import progress as make_progress
-from saelineage.run import RunDir, StageResult, identity, settle, write_json, write_parquet, writes_run
+from saelineage.run import RunDir, StageResult, identity, read_parquet, settle, write_json, write_parquet, writes_run
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.edges import EdgeOptions
 from saelineage.stats.engine import Budget, Layout, Pair, plan, run_passes
@@ -51,7 +50,7 @@ def _thresholds(run: RunDir, layers, d, opts) -> dict[int, np.ndarray]:
             f"{path} is missing; a relative threshold needs each feature's max activation.",
             f"{recollect(run.path)}: collect writes features.parquet.",
         )
-    t = pq.read_table(path, columns=["layer", "feature", "act_max"])
+    t = read_parquet(path, columns=["layer", "feature", "act_max"])
     lay, feat, mx_all = (t.column(c).to_numpy() for c in ("layer", "feature", "act_max"))
     out = {}
     for l in layers:
