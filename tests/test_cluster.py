@@ -188,13 +188,23 @@ def test_without_ray_the_flag_says_how_to_install(monkeypatch):
 # ---- a local Ray instance ----------------------------------------------------------------------
 
 
-def test_collect_on_ray_equals_one_process(system, single, local_ray):
+def test_collect_on_ray_equals_one_process(system, single, local_ray, monkeypatch):
+    from saelineage import checksum
+
+    hashed_from_disk: list[Path] = []
+    digest_file = checksum.digest_file
+    monkeypatch.setattr(checksum, "digest_file", lambda p, *a: hashed_from_disk.append(p) or digest_file(p, *a))
     run = system / "ray-collect"
     res = run_collect(run, collect_cfg(system, ray="local", ray_workers=2), progress=False)
     assert not res.skipped
     assert_same_collect(single, run)
     info = RunDir(run).load().stage("collect")["ray"]
     assert info["workers"] == 2 and info["shards"] == 4
+    # the workers reported each shard's digest: the driver recorded them without reading the shards
+    recorded = RunDir(run).load().stage("collect")["checksums"]
+    shards = {k: v for k, v in recorded.items() if k.startswith(f"{contract.ACTIVATIONS}/")}
+    assert len(shards) == 4 and shards == {k: digest_file(run / k) for k in shards}
+    assert not [p for p in hashed_from_disk if Path(p).name.startswith("shard-")], hashed_from_disk
 
 
 def test_stats_on_ray_equals_one_process_and_resumes(system, single, local_ray, tmp_path, monkeypatch):

@@ -57,7 +57,8 @@ ABLATE_KW = {
 #: interrupted-then-resumed run and an uninterrupted one, so those files are compared without
 #: it: wall-clock times, and stats' batch size, which the memory plan derives from the
 #: process's resident memory at start (a property of the process, like its timings).
-TIMING_KEYS = {"started", "seconds", "timings", "tokens_per_second", "batch_bytes"}
+TIMING_KEYS = {"started", "seconds", "timings", "tokens_per_second", "batch_bytes", "seal"}
+"""Keys whose values are timings (the manifest's seal digests them too)."""
 TIMED_JSON = {"manifest.json", "stats_summary.json"}
 
 

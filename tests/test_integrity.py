@@ -124,7 +124,10 @@ def test_a_bit_flip_in_a_parquet_output_is_refused_by_its_next_reader(base, tmp_
             run_analyze(run, progress=False)
         else:
             read_features(RunDir(run))
-    assert str(p) in err.value.problem and "--force" in (err.value.fix or "")
+    assert str(p) in err.value.problem
+    # a later stage's file: that stage again; collect's: delete it and collect recomputes just it
+    want = "--force" if name == contract.EDGES else f"delete {p}, then run `saelineage collect"
+    assert want in (err.value.fix or "")
     if name == contract.EDGES:  # analyze wrote nothing from it
         assert not (run / contract.GATES).exists()
     got = verify_cli(run)
@@ -145,6 +148,7 @@ def test_a_missing_file_is_flagged(base, tmp_path):
 def test_a_run_without_checksums_is_read_unverified(base, tmp_path):
     run = copy(base, tmp_path)
     m = json.loads((run / "manifest.json").read_text())
+    m.pop("seal")  # as written before checksums and seals
     for entry in m["stages"].values():
         entry.pop("checksums", None)
     (run / "manifest.json").write_text(json.dumps(m))
@@ -160,6 +164,7 @@ def test_verify_checks_the_manifest_against_the_shards(base, tmp_path):
     """Without checksums (an old run), damage that changes counts is still caught by consistency."""
     run = copy(base, tmp_path)
     m = json.loads((run / "manifest.json").read_text())
+    m.pop("seal")
     m["stages"]["collect"].pop("checksums")
     m["n_tokens"] += 16
     (run / "manifest.json").write_text(json.dumps(m))

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from runs import write_corpus, write_saes
 from tinymodels import tiny_llama
 
-from saelineage import __version__, contract
+from saelineage import __version__, checksum, contract
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.stage import run_collect
 from saelineage.contract import Manifest, new_manifest
@@ -86,7 +86,9 @@ def test_run_dir_reads_and_writes_an_existing_manifest(tmp_path):
     m = run.require("collect")
     assert isinstance(m, Manifest) and m.d_sae[2] == 64
     run.save(m)
-    assert json.loads(run.manifest_path.read_text()) == COLLECTED
+    saved = json.loads(run.manifest_path.read_text())
+    assert set(saved.pop("seal")) == {*COLLECTED.keys() - {"stages"}, *(f"stages.{s}" for s in COLLECTED["stages"])}
+    assert saved == COLLECTED
     run.set_stage("stats", "complete", edges=7)
     after = json.loads(run.manifest_path.read_text())
     assert after["stages"]["stats"] == {"status": "complete", "options": {"top_k": 2}, "edges": 7}
@@ -153,6 +155,8 @@ def test_collect_and_store_api_build_through_new_manifest(tmp_path, built):
 
     fields = {f.name for f in dataclasses.fields(Manifest)} - {"extra"}
     on_disk = {name: json.loads(r.manifest_path.read_text()) for name, r in (("collect", collected), ("store", stored))}
+    for data in on_disk.values():
+        assert data.pop("seal") == checksum.seal_of(data)
     assert set(on_disk["collect"]) == fields
     assert set(on_disk["store"]) == fields - COLLECT_ONLY
     for name, data in on_disk.items():

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from saelineage import contract
 from saelineage.errors import SaelineageError
-from saelineage.run import RunDir, read_parquet
+from saelineage.run import RunDir, parquet_file, present, read_parquet
 
 JOINED_FILES = (contract.FEATURE_ANALYSIS, contract.ERROR_PROJECTION)
 """Per-feature tables joined onto features.parquet, in the order their columns are appended."""
@@ -67,16 +66,16 @@ def read_features(run: RunDir | str | Path, columns: Sequence[str] | None = None
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
     want = None if columns is None else set(columns) | set(contract.KEY)
-    parts = [(name, pq.read_schema(run.file(name)).names) for name in JOINED_FILES if run.file(name).is_file()]
-    owned = {c for _, names in parts for c in names if c not in contract.KEY}
-    base_names = [
-        c for c in pq.read_schema(run.file(contract.FEATURES)).names if c not in owned and (want is None or c in want)
-    ]
-    table = read_parquet(run.file(contract.FEATURES), columns=base_names)
-    for name, names in parts:
-        take = [c for c in names if c not in contract.KEY and (want is None or c in want)]
+    # each file read once and verified; schema and columns come from the same bytes
+    parts = [(name, parquet_file(run.file(name))) for name in JOINED_FILES if present(run.file(name))]
+    owned = {c for _, f in parts for c in f.schema_arrow.names if c not in contract.KEY}
+    base = parquet_file(run.file(contract.FEATURES))
+    base_names = [c for c in base.schema_arrow.names if c not in owned and (want is None or c in want)]
+    table = base.read(columns=base_names)
+    for _name, f in parts:
+        take = [c for c in f.schema_arrow.names if c not in contract.KEY and (want is None or c in want)]
         if take:
-            table = _left_join(table, read_parquet(run.file(name), columns=[*contract.KEY, *take]), take)
+            table = _left_join(table, f.read(columns=[*contract.KEY, *take]), take)
     return table
 
 
@@ -102,7 +101,7 @@ def explanations(run: RunDir, feats: pa.Table) -> np.ndarray | None:
     (labels.parquet, `saelineage labels import`), None where there is none; None when the run
     has no labels."""
     lp = run.file(contract.LABELS)
-    if not lp.is_file():
+    if not present(lp):
         return None
     lab = read_parquet(lp)
     if not ({"layer", "feature", "explanation"} <= set(lab.column_names) and lab.num_rows):

@@ -23,6 +23,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +38,18 @@ except ImportError:  # Windows: no flock; runs there are not protected against a
 #: Folders (relative to the run) where writers put ``.NAME.tmp-PID`` temporaries.
 TEMP_DIRS = (".", ACTIVATIONS, ABLATE_PARTS)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_REWRITING: ContextVar[str | None] = ContextVar("rewriting", default=None)
+"""The stage this call runs with --force, if any: it rewrites its own manifest entry (collect:
+the whole run), so a hand edit there does not stop the command that repairs it."""
+
+
+def _refused_edits(edits: list[str]) -> list[str]:
+    """The edited manifest parts the current call may not read past (see `_REWRITING`)."""
+    stage = _REWRITING.get()
+    if stage == "collect":
+        return []
+    return [e for e in edits if e != f"stages.{stage}"]
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -93,10 +106,31 @@ def _note_written(path: Path, data: bytes) -> None:
 
 def read_verified(path: Path) -> bytes:
     """The bytes of run file `path`, read once and checked against the checksum its stage recorded
-    (a file without a record, as in runs written before checksums, is returned unverified)."""
-    data = Path(path).read_bytes()
+    (a file without a record, as in runs written before checksums, is returned unverified). A
+    recorded file that is gone is one clear error (`present`)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        present(path)  # raises the one clear error for a file its stage recorded
+        raise
     check(path, data)
     return data
+
+
+def present(path: Path) -> bool:
+    """Whether run file `path` exists; a file whose stage recorded it (so the run's results depend
+    on it) and that is gone raises the one error naming it and the command that writes it again,
+    where a reader would otherwise go on without it."""
+    if Path(path).is_file():
+        return True
+    from saelineage import checksum
+
+    known = checksum.expected(path)
+    if known is not None:
+        from saelineage import hints
+
+        raise hints.missing_file(path, known[0])
+    return False
 
 
 def check(path: Path, data: bytes | bytearray | memoryview) -> None:
@@ -104,6 +138,11 @@ def check(path: Path, data: bytes | bytearray | memoryview) -> None:
     `data` (the file's bytes, as read) differs from what its stage recorded."""
     from saelineage import checksum
 
+    edits = _refused_edits(checksum.manifest_edits(path))
+    if edits:
+        from saelineage import hints
+
+        raise hints.edited_manifest(checksum.run_root(path), edits)
     known = checksum.expected(path)
     if known is None:
         return
@@ -115,6 +154,20 @@ def check(path: Path, data: bytes | bytearray | memoryview) -> None:
         raise hints.corrupt_file(path, stage, f"checksum {got}, recorded {want}")
 
 
+def parquet_file(path: Path) -> Any:
+    """A run's Parquet file as a pyarrow ParquetFile over its bytes, read once and verified against
+    the recorded checksum (pages against their CRCs as they are read): its schema and any columns
+    come from the same checked bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = read_verified(path)
+    try:
+        return pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
 def read_parquet(path: Path, **kwargs: Any) -> Any:
     """A run's Parquet file as a pyarrow Table (`kwargs`: pq.read_table's columns, filters, ...),
     its bytes verified against the recorded checksum and its pages against their CRCs."""
@@ -122,7 +175,18 @@ def read_parquet(path: Path, **kwargs: Any) -> Any:
     import pyarrow.parquet as pq
 
     data = read_verified(path)
-    return pq.read_table(pa.BufferReader(data), page_checksum_verification=True, **kwargs)
+    try:
+        return pq.read_table(pa.BufferReader(data), page_checksum_verification=True, **kwargs)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> SaelineageError:
+    """The error for a run file that passed its checksum (or has none) but cannot be parsed."""
+    from saelineage import hints
+
+    name = Path(path).name
+    return hints.corrupt_file(path, WRITER.get(name, "its stage"), f"unreadable: {str(exc)[:80]}")
 
 
 def write_json(path: Path, obj: Any, *, indent: int | None = 2, allow_nan: bool = True) -> None:
@@ -279,8 +343,12 @@ def writes_run(stage: str, create: bool = False, again: str | None = None) -> Ca
         @functools.wraps(fn)
         def wrapper(run_dir, *args, **kwargs):
             run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-            with run.writing(stage, create=create, again=again):
-                return fn(run_dir, *args, **kwargs)
+            token = _REWRITING.set(stage if kwargs.get("force") else None)
+            try:
+                with run.writing(stage, create=create, again=again):
+                    return fn(run_dir, *args, **kwargs)
+            finally:
+                _REWRITING.reset(token)
 
         return wrapper  # type: ignore[return-value]
 
@@ -328,8 +396,16 @@ class RunDir:
     def exists(self) -> bool:
         return self.manifest_path.is_file()
 
-    def load(self) -> Manifest:
-        """The run's manifest, read now (a stage may have written it since the last call)."""
+    def load(self, *, edited: bool = False) -> Manifest:
+        """The run's manifest, read now (a stage may have written it since the last call).
+
+        A manifest changed since saelineage wrote it (its seal, `checksum.edited_parts`) is refused,
+        naming the parts, unless `edited` (verify, which reports them itself) or the call is the
+        --force run of the stage whose entry was edited (`_REWRITING`)."""
+        return self._load(edited)[0]
+
+    def _load(self, edited: bool = False) -> tuple[Manifest, list[str]]:
+        """The manifest and the parts edited since it was written (the tolerated ones)."""
         if not self.manifest_path.is_file():
             raise SaelineageError(
                 f"{self.path} is not a saelineage run directory (no {MANIFEST}).",
@@ -350,14 +426,29 @@ class RunDir:
             raise SaelineageError(
                 f"{self.path} was written by a newer saelineage (schema {schema}).", "upgrade saelineage."
             )
+        from saelineage import checksum
+
+        edits = checksum.edited_parts(data)
+        if edits and not edited and _refused_edits(edits):
+            from saelineage import hints
+
+            raise hints.edited_manifest(self.path, _refused_edits(edits))
+        if isinstance(data, dict):
+            data.pop(checksum.SEAL, None)
         try:
-            return Manifest.from_json(data)
+            return Manifest.from_json(data), edits
         except ValueError as exc:
             raise SaelineageError(f"{self.manifest_path} is not a saelineage manifest: {exc}.", again) from exc
 
     def save(self, manifest: Manifest) -> None:
+        """Write the manifest atomically, sealed: a digest of each part (`checksum.seal_of`) of the
+        object as it will read back, so a later edit is named part by part."""
+        from saelineage import checksum
+
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json(self.manifest_path, manifest.to_json())
+        data = json.loads(json.dumps(manifest.to_json(), default=str))  # as a reader will parse it
+        data[checksum.SEAL] = checksum.seal_of(data)
+        write_json(self.manifest_path, data)
 
     # ---- stages ----------------------------------------------------------------------
     def stage_status(self, stage: str) -> str | None:
@@ -384,7 +475,9 @@ class RunDir:
         return manifest
 
     def set_stage(self, stage: str, status: str, **info: Any) -> None:
-        manifest = self.load()
+        manifest, edits = self._load()
+        if f"stages.{stage}" in edits:  # hand-edited, and this --force run rewrites it: start it afresh
+            manifest.stages.pop(stage, None)
         entry = manifest.stages.setdefault(stage, {})
         if status != "complete":
             # the files are about to change: their old record would refuse the new ones
@@ -396,22 +489,38 @@ class RunDir:
     @contextmanager
     def stage(self, stage: str, **info: Any) -> Iterator[dict[str, Any]]:
         """Mark `stage` running, then complete with its wall time; leaves it 'running' on error."""
+        carried = self.load().stage(stage).get("checksums") or {}  # "running" drops it: keep it here
         self.set_stage(stage, "running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), **info)
         t0 = time.perf_counter()
         extra: dict[str, Any] = {}
         yield extra
-        extra["checksums"] = self.written_checksums(stage)
+        extra["checksums"] = self.written_checksums(stage, carried)
         self.set_stage(stage, "complete", seconds=round(time.perf_counter() - t0, 3), **extra)
 
-    def written_checksums(self, stage: str) -> dict[str, str]:
+    def written_checksums(self, stage: str, carried: Mapping[str, str] | None = None) -> dict[str, str]:
         """Digest of every file `stage` wrote into the run (contract.WRITER; collect: the shards
-        too), by relative path: what the stage's manifest entry records when it completes."""
+        too), by relative path: what the stage's manifest entry records when it completes.
+
+        carried: the record of the stage's last completion. A file this attempt did not write (a
+        resumed collect keeps the shards it finds) must still match it: a damaged one raises
+        instead of being recorded as if the stage had written it."""
         from saelineage import checksum
 
         paths = [self.file(n) for n, w in WRITER.items() if w == stage]
         if stage == "collect" and self.activations.is_dir():
             paths += sorted(self.activations.glob("shard-[0-9][0-9][0-9][0-9][0-9].safetensors"))
-        return {checksum.relative(p): checksum.written_digest(p) for p in paths if p.is_file()}
+        out = {}
+        for p in paths:
+            if not p.is_file():
+                continue
+            rel, st, noted = checksum.relative(p), os.stat(p), checksum.written(p)
+            out[rel] = got = checksum.written_digest(p)
+            kept = noted is None or noted[1:] != (st.st_mtime_ns, st.st_size)
+            if kept and carried and rel in carried and carried[rel] != got:
+                from saelineage import hints
+
+                raise hints.corrupt_file(p, stage, f"checksum {got}, recorded {carried[rel]}")
+        return out
 
     # ---- write access ----------------------------------------------------------------
     @contextmanager

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 #: Statuses that make `verify` fail; "ok" and "unverified" (no checksum recorded) do not.
-BAD = ("corrupt", "missing", "inconsistent", "unreadable")
+BAD = ("corrupt", "missing", "inconsistent", "unreadable", "edited", "stale")
 
 
 @dataclass
@@ -29,7 +29,8 @@ class Finding:
     file: str
     """Relative to the run ("edges.parquet", "activations/shard-00003.safetensors", "manifest.json")."""
     status: str
-    """ok | unverified | corrupt | missing | inconsistent | unreadable"""
+    """ok | unverified | corrupt | missing | inconsistent | unreadable | edited (the manifest, by hand) |
+    stale (a browser cache built from other inputs under this run's name) | unused (older cache builds)"""
     detail: str = ""
     fix: str = ""
 
@@ -42,15 +43,19 @@ def verify_run(run_path: str | Path) -> list[Finding]:
 
     run = RunDir(run_path)
     try:
-        manifest = run.load()
+        manifest = run.load(edited=True)
     except SaelineageError as exc:
         return [Finding(contract.MANIFEST, "unreadable", exc.problem, exc.fix or "")]
     recorded = checksum.records(manifest.to_json())
     out: list[Finding] = []
+    edits = checksum.manifest_edits(run.manifest_path)
+    if edits:  # reported first; the files are still checked against what it now records
+        err = hints.edited_manifest(run.path, edits)
+        out.append(Finding(contract.MANIFEST, "edited", ", ".join(edits) + " changed by hand", err.fix or ""))
 
     def fix_for(rel: str, stage: str) -> str:
         p = run.path / rel
-        if rel.startswith(f"{contract.ACTIVATIONS}/"):
+        if stage == "collect":  # collect recomputes what is gone and keeps the rest
             return f"delete {p} (if present), then {hints.recollect(run.path, manifest=manifest)}"
         return hints.regenerate(run.path, stage, manifest=manifest)
 
@@ -102,6 +107,28 @@ def verify_run(run_path: str | Path) -> list[Finding]:
             if bad:
                 found = Finding(name, "inconsistent", bad, fix_for(name, stage))
         out.append(found)
+    return out + _check_browser_cache(run)
+
+
+def _check_browser_cache(run: Any) -> list[Finding]:
+    """The browser's cache in the run, if any: the build for the run's current files must hold
+    what was written from them; builds of other inputs are unused (serve removes them)."""
+    from saelineage import contract
+    from saelineage.query.cache import CacheFiles, signature, stale_generations
+
+    folder = run.path / contract.BROWSER_CACHE
+    if not folder.is_dir():
+        return []
+    files = CacheFiles(folder, signature(run))
+    out = []
+    if files.complete():
+        damage = files.damage()
+        status = "ok" if not damage else "stale" if damage.startswith("stale") else "corrupt"
+        fix = f"delete {folder}, or just serve: `saelineage serve {run.path}` builds it again" if damage else ""
+        out.append(Finding(contract.BROWSER_CACHE, status, damage[:60], fix))
+    old = stale_generations(folder, files.sig)
+    if old:
+        out.append(Finding(contract.BROWSER_CACHE, "unused", f"{len(old)} files of builds from older inputs"))
     return out
 
 

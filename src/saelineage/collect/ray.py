@@ -2,7 +2,9 @@
 
 An actor writes its shards and their partial summaries straight into the run directory (a
 filesystem every node mounts), atomically, as single-process collect does; the driver only hands
-out shard indices and then merges the partial summaries (data/finalize.py)."""
+out shard indices and then merges the partial summaries (data/finalize.py). Each actor reports the
+digest of every shard it wrote (computed from the bytes it wrote), so the driver records collect's
+checksums without reading the shards again."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from saelineage import checksum
 from saelineage.cluster.session import dispatch, ray_cluster, worker_count
 from saelineage.collect.config import CollectConfig
+from saelineage.data.store import shard_path
 from saelineage.run import RunDir
 
 
@@ -47,13 +51,14 @@ class CollectWorker:
             choice=ReleaseChoice(sae_id=cfg.sae_id, width=cfg.width, l0=cfg.l0),
         )
 
-    def shard(self, ids: np.ndarray, index: int, w0: int, w1: int) -> int:
-        """Encode and store shard `index` (windows w0..w1-1); returns its token count."""
+    def shard(self, ids: np.ndarray, index: int, w0: int, w1: int) -> tuple[int, tuple[str, int, int] | None]:
+        """Encode and store shard `index` (windows w0..w1-1); returns its token count and what this
+        process noted when it wrote the shard: (digest, mtime_ns, size), for `checksum.note`."""
         from saelineage.collect.shard import encode_shard, store_shard
 
         shard = encode_shard(self.adapter, self.saes, self.layers, ids, index, w0, w1, self.cfg.batch_windows)
         store_shard(self.run, shard, self.d_sae, self.cfg.examples_k, self.bos, self.cfg.include_bos)
-        return len(shard.tokens)
+        return len(shard.tokens), checksum.written(shard_path(self.run, index))
 
 
 def collect_on_ray(
@@ -65,6 +70,13 @@ def collect_on_ray(
     advance: Callable[[int], None],
 ) -> dict:
     """Encode the shards `spans` ({index: (w0, w1)}) on Ray; returns what the manifest records."""
+
+    def done(index: int, result: tuple[int, tuple[str, int, int] | None]) -> None:
+        tokens, written = result
+        if written is not None:  # the driver's checksums then need not read the shard (checksum.written_digest)
+            checksum.note(shard_path(run, index), *written)
+        advance(tokens)
+
     gpu = cfg.device.startswith("cuda")
     assert cfg.ray is not None  # collect() comes here only with --ray
     with ray_cluster(cfg.ray, run.path) as ray:
@@ -81,6 +93,6 @@ def collect_on_ray(
             n,
             sorted(spans),
             lambda a, i: a.shard.remote(ids_ref, i, *spans[i]),
-            lambda i, tokens: advance(tokens),
+            done,
         )
         return {"workers": min(n, len(spans)), "shards": len(spans), "address": cfg.ray}

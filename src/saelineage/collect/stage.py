@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from saelineage import contract
+from saelineage import checksum, contract
 from saelineage.collect.config import CollectConfig
 from saelineage.collect.shard import encode_shard, store_shard
 from saelineage.contract import Manifest, new_manifest
@@ -36,7 +36,12 @@ def _outputs_present(run: RunDir, manifest: Manifest) -> bool:
     a damaged shard or a summary file; collect then recomputes just those)."""
     n_shards = manifest.n_shards or 0
     have = {int(p.name[6:11]) for p in list_shards(run)}
-    return have >= set(range(n_shards)) and all(run.file(f).is_file() for f in (contract.FEATURES, contract.EXAMPLES))
+    recorded = [rel for rel, (stage, _) in checksum.records(manifest.to_json()).items() if stage == "collect"]
+    return (
+        have >= set(range(n_shards))
+        and all(run.file(f).is_file() for f in (contract.FEATURES, contract.EXAMPLES))
+        and all((run.path / rel).is_file() for rel in recorded)  # vocab.json too, where it was written
+    )
 
 
 def _recorded(manifest: Manifest) -> dict[str, Any] | str:

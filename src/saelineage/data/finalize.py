@@ -127,12 +127,14 @@ def write_vocab(run: RunDir, tokenizer) -> None:
 
 def read_vocab(run: RunDir) -> list[str] | None:
     """Decoded string of every token id (vocab.json), or None when the run has none or it is unreadable."""
+    from saelineage.run import present, read_verified
+
     p = run.file(contract.VOCAB)
-    if not p.is_file():
+    if not present(p):  # a recorded one that is gone raises
         return None
     try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(read_verified(p))  # a damaged one raises, naming it
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     out = data.get("decoded") or data.get("tokens")
     return [str(s) for s in out] if isinstance(out, list) else None

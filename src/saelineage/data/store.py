@@ -9,8 +9,11 @@ temporary name and renamed, so a shard file that exists is complete.
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Iterable, Iterator
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from io import RawIOBase
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,6 +23,8 @@ import scipy.sparse as sp
 from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
+from saelineage import checksum
+from saelineage.contract import ACTIVATIONS
 from saelineage.errors import SaelineageError
 from saelineage.run import RunDir, atomic_write_bytes, check
 
@@ -78,6 +83,32 @@ def list_shards(run: RunDir) -> list[Path]:
     return found
 
 
+def collected_shards(run: RunDir) -> list[Path]:
+    """The shards a reader uses, in index order. When collect recorded what it wrote, exactly
+    those: a missing one is an error (reading the others would silently drop its tokens), and so is
+    a shard file it did not write (copied in from elsewhere). Unrecorded runs: every shard file."""
+    from saelineage.run import present
+
+    found = list_shards(run)
+    if run.load().status("collect") != "complete":
+        return found
+    recorded = sorted(
+        run.path / rel
+        for rel, (stage, _) in checksum.records_of(run.path).items()
+        if stage == "collect" and rel.startswith(f"{ACTIVATIONS}/")
+    )
+    if not recorded:  # written before checksums
+        return found
+    for p in recorded:
+        present(p)  # raises for a missing one
+    extra = sorted(set(found) - set(recorded))
+    if extra:
+        from saelineage.hints import damaged_shard
+
+        raise damaged_shard(extra[0], "collect did not write it: the manifest records no such shard")
+    return recorded
+
+
 def write_shard(
     run: RunDir,
     index: int,
@@ -110,44 +141,98 @@ def write_shard(
 
 def read_shard(path: Path, layers: Iterable[int] | None = None) -> Shard:
     """Read one shard; a truncated or foreign file raises a clear error, and so does one whose bytes
-    differ from the checksum collect recorded. The file is read once: hashed and parsed from the
-    same bytes, so verifying costs no second read."""
+    differ from the checksum collect recorded. The first read in a process reads the file whole:
+    hashed and parsed from the same bytes, so verifying costs no second read. Once verified
+    (checksum.verified: the file unchanged since, its record too), or when nothing is recorded for
+    it, only the header and the tensors asked for are read."""
     m = SHARD_RE.match(path.name)
     if m is None:
         raise SaelineageError(f"{path} is not a shard file name.", "shards are named shard-NNNNN.safetensors")
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
+        with open(path, "rb", buffering=0) as fh:
+            st = os.fstat(fh.fileno())  # before reading: a change while reading changes it
+            known = checksum.expected(path)
+            if known is not None and not checksum.verified(path, st, known[1]):
+                raw = fh.readall()
+                data = load(raw)
+                check(path, raw)  # after parsing, so a truncated file is reported as one
+                checksum.mark_verified(path, st, known[1])
+                names, get = list(data), data.__getitem__
+            else:
+                names, get = _tensor_reader(fh, st.st_size)
+            want = sorted({int(k[1:].split(".")[0]) for k in names if k.startswith("l") and k.endswith(".indptr")})
+            if layers is not None:
+                missing = sorted(set(layers) - set(want))
+                if missing:
+                    raise SaelineageError(
+                        f"shard {path} has no codes for layers {missing} (it has {want}).",
+                        "re-run `saelineage collect --force` with those layers.",
+                    )
+                want = sorted(set(layers))
+            codes = {
+                layer: LayerCodes(get(f"l{layer}.indptr"), get(f"l{layer}.indices"), get(f"l{layer}.values"))
+                for layer in want
+            }
+            return Shard(int(m.group(1)), get("tokens"), get("window"), get("pos"), codes)
+    except (SafetensorError, OSError, ValueError, struct.error) as exc:
         from saelineage.hints import damaged_shard
 
         raise damaged_shard(path, exc) from exc
-    try:
-        data = load(raw)
-    except (SafetensorError, OSError, ValueError) as exc:
-        from saelineage.hints import damaged_shard
 
-        raise damaged_shard(path, exc) from exc
-    check(path, raw)  # after parsing, so a truncated file is reported as one
-    want = sorted({int(k[1:].split(".")[0]) for k in data if k.startswith("l") and k.endswith(".indptr")})
-    if layers is not None:
-        missing = sorted(set(layers) - set(want))
-        if missing:
-            raise SaelineageError(
-                f"shard {path} has no codes for layers {missing} (it has {want}).",
-                "re-run `saelineage collect --force` with those layers.",
-            )
-        want = sorted(set(layers))
-    codes = {
-        layer: LayerCodes(data[f"l{layer}.indptr"], data[f"l{layer}.indices"], data[f"l{layer}.values"])
-        for layer in want
-    }
-    return Shard(int(m.group(1)), data["tokens"], data["window"], data["pos"], codes)
+
+_HEADER_SIZE = struct.Struct("<Q")  # safetensors: the JSON header's length, little-endian u64
+_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64}
+"""The dtypes a shard's tensors are stored in."""
+
+
+def read_into(fh: RawIOBase, out: np.ndarray, offset: int, short: str = "file shorter than its header says") -> None:
+    """Fill `out` (a contiguous array) with the bytes of the open file `fh` from `offset` on;
+    ValueError(`short`) if the file ends first."""
+    view = out.data.cast("B")
+    fh.seek(offset)
+    while view:
+        n = fh.readinto(view)
+        if not n:
+            raise ValueError(short)
+        view = view[n:]
+
+
+def _tensor_reader(fh: RawIOBase, size_all: int) -> tuple[list[str], Callable[[str], np.ndarray]]:
+    """The tensor names of the open safetensors file `fh` (of `size_all` bytes), from its header,
+    and a function that reads one of them (only its bytes)."""
+    fh.seek(0)
+    (size,) = _HEADER_SIZE.unpack(fh.read(_HEADER_SIZE.size) or b"")
+    if _HEADER_SIZE.size + size > size_all:
+        raise ValueError("file shorter than its header says")
+    text = np.empty(size, np.uint8)
+    read_into(fh, text, _HEADER_SIZE.size)
+    header = json.loads(text.tobytes())
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    base = _HEADER_SIZE.size + size
+
+    def get(name: str) -> np.ndarray:
+        meta = header[name]  # a tensor the file lacks: KeyError, as from load()'s dict
+        try:
+            dtype = np.dtype(_DTYPES[meta["dtype"]])
+            shape = [int(n) for n in meta["shape"]]
+            begin, end = (int(o) for o in meta["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"tensor {name}: unreadable header entry {meta!r}") from exc
+        count = int(np.prod(shape, dtype=np.int64))
+        if begin < 0 or end - begin != count * dtype.itemsize or base + end > size_all:
+            raise ValueError(f"tensor {name}: its data offsets do not fit its shape or the file")
+        out = np.empty(count, dtype)
+        read_into(fh, out.view(np.uint8), base + begin)
+        return out.reshape(shape)
+
+    return [k for k in header if k != "__metadata__"], get
 
 
 def iter_shards(run: RunDir, layers: Iterable[int] | None = None) -> Iterator[Shard]:
     """Read the run's shards in order."""
     layers = None if layers is None else list(layers)
-    for path in list_shards(run):
+    for path in collected_shards(run):
         yield read_shard(path, layers)
 
 

@@ -25,13 +25,12 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from saelineage import contract
 from saelineage.errors import SaelineageError
 from saelineage.feature_table import explanations, read_features
 from saelineage.query.prompt_graph import Codes, FeatureGraph, PromptGraph, prompt_graph
-from saelineage.run import RunDir, atomic_write_bytes, read_parquet, write_json, write_parquet
+from saelineage.run import RunDir, atomic_write_bytes, parquet_file, write_json, write_parquet
 
 FORMATS = ("nodelink", "graphml", "parquet", "features", "neuronpedia", "neuronpedia-list")
 NEURONPEDIA_FILES = {"neuronpedia": "neuronpedia-explanations.json", "neuronpedia-list": "neuronpedia-list.json"}
@@ -65,11 +64,11 @@ def graph_tables(
             else pa.array([None] * len(sel), pa.float64()),
         }
     )
-    schema = pq.read_schema(run.file(contract.EDGES))
-    if measure not in schema.names:
-        names = [n for n in schema.names if n not in ("src_layer", "src", "dst_layer", "dst")]
+    f = parquet_file(run.file(contract.EDGES))  # one verified read: schema and columns from its bytes
+    if measure not in f.schema_arrow.names:
+        names = [n for n in f.schema_arrow.names if n not in ("src_layer", "src", "dst_layer", "dst")]
         raise SaelineageError(f"edges.parquet has no column {measure!r}.", f"choose one of {', '.join(names)}.")
-    e = read_parquet(run.file(contract.EDGES), columns=["src_layer", "src", "dst_layer", "dst", measure])
+    e = f.read(columns=["src_layer", "src", "dst_layer", "dst", measure])
     v = e.column(measure).to_numpy(zero_copy_only=False).astype(np.float64)
     keep = np.isfinite(v) if min_value is None else (np.isfinite(v) & (v >= min_value))
     idx = np.nonzero(keep)[0]

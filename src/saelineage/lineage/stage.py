@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from saelineage import contract
 from saelineage.contract import Manifest
@@ -34,7 +33,18 @@ from saelineage.lineage.figures import write_lifecycle_html
 from saelineage.lineage.validate import Requests, count
 from saelineage.progress import console
 from saelineage.query.prompt_graph import GraphContext
-from saelineage.run import RunDir, StageResult, identity, read_parquet, settle, write_json, write_parquet, writes_run
+from saelineage.run import (
+    RunDir,
+    StageResult,
+    identity,
+    parquet_file,
+    present,
+    read_parquet,
+    settle,
+    write_json,
+    write_parquet,
+    writes_run,
+)
 
 EDGE_COLUMNS = (*contract.EDGE_KEY, "n_co", *contract.DATA_MEASURES)
 """The columns of edges.parquet that analyze reads (besides dec_cosine when present)."""
@@ -61,8 +71,9 @@ def check_config(cfg: AnalyzeConfig, edge_names: list[str]) -> None:
 
 
 def _edges(run: RunDir) -> dict[str, np.ndarray]:
-    names = pq.read_schema(run.file(contract.EDGES)).names
-    t = read_parquet(run.file(contract.EDGES), columns=[c for c in names if c in EDGE_COLUMNS or c == "dec_cosine"])
+    f = parquet_file(run.file(contract.EDGES))  # one verified read: schema and columns from its bytes
+    names = f.schema_arrow.names
+    t = f.read(columns=[c for c in names if c in EDGE_COLUMNS or c == "dec_cosine"])
     out = {}
     for c in t.column_names:
         a = t.column(c).to_numpy(zero_copy_only=False)
@@ -178,7 +189,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     # lifecycle (no pass over the codes: feature_links holds the best match over all pairs)
     ceiling = (
         read_parquet(run.file(contract.SEED_CEILING))
-        if manifest.status("ceiling") == "complete" and run.file(contract.SEED_CEILING).is_file()
+        if manifest.status("ceiling") == "complete" and present(run.file(contract.SEED_CEILING))
         else None
     )
     lc = lifecycle.classify(feats, links, layers, opt.measure, opt.threshold, ceiling)
@@ -209,7 +220,7 @@ def _analyze(run: RunDir, manifest: Manifest, opt: AnalyzeConfig, e: dict[str, n
     )
     ex = (
         read_parquet(run.file(contract.EXAMPLES), columns=["layer", "feature", "rank", "window", "pos"])
-        if run.file(contract.EXAMPLES).is_file()
+        if present(run.file(contract.EXAMPLES))
         else None
     )
     if ex is not None:

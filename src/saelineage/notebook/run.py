@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from saelineage import contract
 from saelineage.contract import Manifest
@@ -50,6 +49,13 @@ def _frame(table: pa.Table, frames: str) -> Any:
     except ImportError as exc:
         raise SaelineageError("pandas is not installed.", "pip install 'saelineage[notebook]'.") from exc
     return table.to_pandas()
+
+
+def _and(a: Any, b: Any) -> Any:
+    """a ∧ b of two boolean arrays, `a` None meaning no condition yet."""
+    import pyarrow.compute as pc
+
+    return b if a is None else pc.and_(a, b)
 
 
 def _rows_frame(rows: list[dict[str, Any]], frames: str, columns: Sequence[str] = ()) -> Any:
@@ -136,20 +142,24 @@ class Run:
 
         min: only edges with `measure` ≥ min. layers: an int l keeps the edges out of layer l; a list or
         range keeps the edges whose two ends both lie in it (None: every layer)."""
-        path = self._file(contract.EDGES, "stats")
-        names = pq.read_schema(path).names
+        import pyarrow.compute as pc
+
+        table = read_parquet(self._file(contract.EDGES, "stats"))  # one verified read; filtered in memory
+        names = table.schema.names
         if measure not in names or measure in contract.EDGE_KEY:
             choices = [c for c in contract.EDGE_MEASURES if c in names] + ["n_co"]
             raise SaelineageError(f"edges.parquet has no measure {measure!r}.", f"choose one of {', '.join(choices)}.")
-        filters: list[tuple[str, str, Any]] = []
+        keep_row = None
         if min is not None:
-            filters.append((measure, ">=", float(min)))
+            keep_row = pc.greater_equal(table[measure], float(min))
         if isinstance(layers, int):
-            filters.append(("src_layer", "=", layers))
+            keep_row = _and(keep_row, pc.equal(table["src_layer"], layers))
         elif layers is not None:
-            keep = sorted({int(l) for l in layers})
-            filters += [("src_layer", "in", keep), ("dst_layer", "in", keep)]
-        table = read_parquet(path, filters=filters or None)
+            keep = pa.array(sorted({int(l) for l in layers}), table.schema.field("src_layer").type)
+            both = pc.and_(pc.is_in(table["src_layer"], keep), pc.is_in(table["dst_layer"], keep))
+            keep_row = _and(keep_row, both)
+        if keep_row is not None:
+            table = table.filter(pc.fill_null(keep_row, False))
         order = [(measure, "descending"), *((c, "ascending") for c in contract.EDGE_KEY)]
         return _frame(table.sort_by(order), self.frames)
 

@@ -11,9 +11,13 @@ analyze's and ablate's per-feature tables in Arrow: on 737k features that plus t
 DuckDB takes about 0.45 s, a LEFT JOIN of the Parquet files inside DuckDB about 0.6 s) plus the
 browser's label columns.
 
-The cache is keyed by the size and mtime of every input file, lives in
-``RUN/.browser-cache/`` (or the user cache when the run is read-only), is written to a
-temporary name and renamed, and is rebuilt automatically when a stage rewrites its output.
+The cache is keyed by the content of every input file: the digest its stage recorded (size and
+mtime for a file written before checksums) and the manifest's bytes. So a cache built from other
+data (another run's, or this run's before a stage rewrote a file) is never used, even when sizes
+and mtimes agree. It lives in ``RUN/.browser-cache/`` (or the user cache when the run is
+read-only), is written to a temporary name and renamed, records the digest of each of its own
+files (``sums-SIG.json``, checked when the cache is opened: a damaged cache is built again), and
+is rebuilt automatically when a stage rewrites its output.
 """
 
 from __future__ import annotations
@@ -29,13 +33,13 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from saelineage import contract
+from saelineage import checksum, contract
 from saelineage.data.finalize import read_vocab
 from saelineage.feature_table import JOINED_FILES, read_features
 from saelineage.query.arrays import write_arrays
-from saelineage.run import RunDir, read_parquet, read_verified
+from saelineage.run import RunDir, parquet_file, read_parquet, read_verified
+from saelineage.run import present as is_present
 
 CACHE_VERSION = 7
 MEASURES = contract.EDGE_MEASURES
@@ -71,12 +75,18 @@ def input_files(run: RunDir) -> list[Path]:
 
 
 def signature(run: RunDir) -> str:
-    """Hash of (name, size, mtime) of every input; changes whenever a stage rewrites a file."""
+    """Hash of what the cache is built from (called every few seconds while serving: no file but
+    the manifest is read). Each input counts by the digest its stage recorded, else (a run written
+    before checksums, a stage still running) by its size and mtime; the manifest by its bytes."""
     parts: list[Any] = [CACHE_VERSION]
     for p in input_files(run):
         try:
+            if p == run.manifest_path:
+                parts.append((p.name, checksum.digest(p.read_bytes())))
+                continue
             st = p.stat()
-            parts.append((p.name, st.st_size, st.st_mtime_ns))
+            rec = checksum.expected(p)
+            parts.append((p.name, rec[1]) if rec is not None else (p.name, st.st_size, st.st_mtime_ns))
         except OSError:
             parts.append((p.name, None))
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
@@ -106,23 +116,67 @@ class CacheFiles:
         self.db = folder / f"cache-{sig}.duckdb"
         self.tokens = folder / f"tokens-{sig}.npz"
         self.arrays = folder / f"arrays-{sig}"
+        self.sums = folder / f"sums-{sig}.json"
 
     def complete(self) -> bool:
-        return self.db.is_file() and self.tokens.is_file() and (self.arrays / "feat_key.npy").is_file()
+        return (
+            self.db.is_file() and self.tokens.is_file() and (self.arrays / "feat_key.npy").is_file()
+        ) and self.sums.is_file()
+
+    def members(self) -> list[Path]:
+        """Every file of this generation but the sums themselves, in a fixed order."""
+        return (
+            [self.db, self.tokens, *sorted(self.arrays.iterdir())] if self.arrays.is_dir() else [self.db, self.tokens]
+        )
+
+    def digests(self) -> dict[str, str]:
+        """Digest of each member now, by its name relative to the cache folder."""
+        return {str(p.relative_to(self.folder)): checksum.digest_file(p) for p in self.members() if p.is_file()}
+
+    def damage(self) -> str:
+        """ "" when every member holds what was written from the inputs of this signature, else what
+        differs: another build's files under this name (stale), or the first few damaged names."""
+        try:
+            sums = json.loads(self.sums.read_bytes())
+            built_from, want = sums["signature"], sums["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"{self.sums.name} is unreadable"
+        if built_from != self.sig:
+            return f"stale: built from other inputs ({built_from})"
+        got = self.digests()
+        bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+        return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") if bad else ""
+
+
+def stale_generations(folder: Path, sig: str) -> list[Path]:
+    """Cache files of generations other than `sig` (built from other inputs: never used)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.name.startswith(("cache-", "tokens-", "arrays-", "sums-")) and sig not in p.name
+    )
 
 
 def ensure_cache(run: RunDir, folder: Path | None = None) -> CacheFiles:
-    """Return an up-to-date cache for `run`, building it when the inputs changed."""
+    """Return an up-to-date cache for `run`, building it when the inputs changed or when a file of
+    the cache no longer holds what was written (checked once per opening: ~0.1 s per GB)."""
     folder = folder or cache_dir_for(run)
+    folder.mkdir(parents=True, exist_ok=True)
     files = CacheFiles(folder, signature(run))
-    if not files.complete():
+    damage = files.damage() if files.complete() else None
+    if damage:
+        from saelineage.progress import console
+
+        console.print(f"[yellow]the browser's cache in {folder} is damaged ({damage}); building it again.[/]")
+    if damage is None or damage:
         build_cache(run, files)
-        for p in folder.iterdir():  # drop older generations
-            if p.name.startswith(("cache-", "tokens-", "arrays-")) and files.sig not in p.name:
-                try:
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-                except OSError:
-                    pass
+    for p in stale_generations(folder, files.sig):
+        try:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        except OSError:
+            pass
     return files
 
 
@@ -130,16 +184,26 @@ def ensure_cache(run: RunDir, folder: Path | None = None) -> CacheFiles:
 
 
 def read_window_tokens(run: RunDir) -> dict[str, np.ndarray]:
-    """Token ids, window ids and positions of every stored token, in store order (no codes read)."""
-    from safetensors import safe_open
+    """Token ids, window ids and positions of every stored token, in store order (codes are parsed
+    but not kept: each shard is read once, checked against collect's checksum, and parsed from
+    the same bytes)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    from saelineage.data.store import collected_shards
+    from saelineage.hints import damaged_shard
 
     toks, wins, poss = [], [], []
     if run.activations.is_dir():
-        for p in sorted(run.activations.glob("shard-*.safetensors")):
-            with safe_open(str(p), "numpy") as fh:
-                toks.append(fh.get_tensor("tokens"))
-                wins.append(fh.get_tensor("window"))
-                poss.append(fh.get_tensor("pos"))
+        for p in collected_shards(run):
+            raw = read_verified(p)
+            try:
+                t = load(raw)
+                toks.append(t["tokens"])
+                wins.append(t["window"])
+                poss.append(t["pos"])
+            except (SafetensorError, KeyError, ValueError) as exc:
+                raise damaged_shard(p, exc) from exc
     if not toks:
         z = np.zeros(0, np.int32)
         return {"tokens": z, "window": z, "pos": z}
@@ -172,10 +236,6 @@ def token_at(arrays: dict[str, np.ndarray], window: np.ndarray, pos: np.ndarray)
 # ---- build ------------------------------------------------------------------------------
 
 
-def _columns(path: Path) -> list[str]:
-    return pq.read_schema(path).names
-
-
 def build_cache(run: RunDir, files: CacheFiles) -> None:
     """Build the DuckDB cache and token arrays for `run` into `files` (atomic renames)."""
     arrays = read_window_tokens(run)
@@ -195,14 +255,18 @@ def build_cache(run: RunDir, files: CacheFiles) -> None:
         con.execute("CHECKPOINT")
     finally:
         con.close()
+    files.sums.unlink(missing_ok=True)  # the generation is incomplete until its sums are written
     os.replace(tmp_tok, files.tokens)
     os.replace(tmp_name, files.db)
     shutil.rmtree(files.arrays, ignore_errors=True)
     os.replace(tmp_arrays, files.arrays)
+    tmp_sums = files.folder / f".sums-{files.sig}.tmp-{os.getpid()}"
+    tmp_sums.write_text(json.dumps({"signature": files.sig, "files": files.digests()}, indent=1))
+    os.replace(tmp_sums, files.sums)
 
 
 def _build_tables(con: duckdb.DuckDBPyConnection, run: RunDir, arrays: dict[str, np.ndarray]) -> None:
-    present = {t: run.file(f"{t}.parquet") for t in TABLE_FILES if run.file(f"{t}.parquet").is_file()}
+    present = {t: run.file(f"{t}.parquet") for t in TABLE_FILES if is_present(run.file(f"{t}.parquet"))}
     con.execute("CREATE TABLE meta (key VARCHAR, value VARCHAR)")
     con.execute("INSERT INTO meta VALUES ('tables', ?)", [json.dumps(sorted(present))])
     if "features" in present:
@@ -241,6 +305,7 @@ def _build_features(con: duckdb.DuckDBPyConnection, run: RunDir, present: dict[s
     )
     con.unregister("feat_in")
     if "labels" in present:
+        read_verified(present["labels"])  # DuckDB reads the file itself: check its bytes first
         con.execute(f"""UPDATE features f SET imported_label = l.explanation
             FROM (SELECT layer, feature, first(explanation) AS explanation
                   FROM read_parquet({_sql_str(present["labels"])}) GROUP BY layer, feature) l
@@ -336,14 +401,15 @@ def _auto_labels(con: duckdb.DuckDBPyConnection, ex: pa.Table, vocab: list[str] 
 
 def _build_edges(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     src = _sql_str(path)
-    keys = read_parquet(path, columns=["src_layer", "src", "dst_layer", "dst"])
+    keys_file = parquet_file(path)  # verified; DuckDB then reads the same (checked) file for the table
+    keys = keys_file.read(columns=["src_layer", "src", "dst_layer", "dst"])
     sl, s, dl, d = (keys.column(c).to_numpy().astype(np.int64) for c in ("src_layer", "src", "dst_layer", "dst"))
     order = "" if _is_sorted(sl, s, dl, d) else " ORDER BY src_layer, src, dst_layer, dst"
     con.execute(f"CREATE TABLE edges_dn AS SELECT * FROM read_parquet({src}){order}")
     if order:
         keys = con.execute("SELECT src_layer, src, dst_layer, dst FROM edges_dn").fetchnumpy()
         sl, s, dl, d = (np.asarray(keys[c]).astype(np.int64) for c in ("src_layer", "src", "dst_layer", "dst"))
-    measures = [m for m in MEASURES if m in set(_columns(path))]
+    measures = [m for m in MEASURES if m in set(keys_file.schema_arrow.names)]
     pair = sl * (1 << 32) + dl
     pair_ids, inv = np.unique(pair, return_inverse=True)
     grouped = np.argsort(inv, kind="stable")

@@ -30,7 +30,7 @@ from saelineage.query.generation import (
 )
 from saelineage.query.neuronpedia import neuronpedia_url
 from saelineage.query.relations import RelationQueries
-from saelineage.run import RunDir
+from saelineage.run import RunDir, read_verified
 
 
 class RunData(RelationQueries):
@@ -204,7 +204,7 @@ class RunData(RelationQueries):
         """The data-free match's agreement table from stats_summary.json (None before stats or
         from a stats version without it)."""
         try:
-            s = json.loads(self.run.file(contract.STATS_SUMMARY).read_text()).get("sae_match")
+            s = json.loads(read_verified(self.run.file(contract.STATS_SUMMARY))).get("sae_match")
         except (OSError, ValueError, AttributeError):
             return None
         if not isinstance(s, dict):

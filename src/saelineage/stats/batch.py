@@ -7,9 +7,10 @@ a page fault per 4 KiB, which on a virtual machine is as slow as the work itself
 allocations of this size are also eligible for transparent huge pages, which cuts TLB
 misses on the random destination-row reads.
 
-Shards are read whole with `readinto` into a staging buffer, checked against collect's checksum,
-and their tensors copied out of the safetensors layout (8-byte header size, JSON header, raw
-little-endian data) into staging buffers, in a background thread.
+A shard is read whole with `readinto` into a staging buffer the first time a process reads it,
+checked against collect's checksum, and its tensors copied out of the safetensors layout (8-byte
+header size, JSON header, raw little-endian data) into staging buffers; later passes read only
+the header and their tensors straight into the staging buffers. In a background thread.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from saelineage.data.store import token_mask
+from saelineage import checksum
+from saelineage.data.store import read_into, token_mask
 from saelineage.errors import SaelineageError
 from saelineage.run import check
 from saelineage.stats.kernels import zero_fill
@@ -58,40 +60,64 @@ def read_layers(path: Path, layers: list[int], stage: dict | None = None):
 
     With `stage` (a dict), the arrays are views into reusable buffers kept there, one per
     tensor slot (the k-th listed layer's indices use the same buffer whatever the layer).
+
+    The first read of a shard in a process reads it whole, into the "file" staging buffer: its
+    checksum covers every byte (a tensor this pass skips included), and the tensors are copied out
+    of the same bytes, so verifying costs no second read. Once verified (checksum.verified: the
+    file unchanged since, its record too), or when nothing is recorded for it, only the header and
+    the requested tensors are read.
     """
     stage = {} if stage is None else stage
     try:
-        # the whole file, once: its checksum covers every byte (a tensor this pass skips included),
-        # and the tensors are copied out of the same bytes, so verifying costs no second read
-        with open(path, "rb") as fh:
-            size_all = os.fstat(fh.fileno()).st_size
-            raw = _grab(stage, "file", size_all, np.uint8)
-            if fh.readinto(raw.data.cast("B")) != size_all:
-                raise ValueError("file shorter than its size")
-        (size,) = _HEADER_SIZE.unpack_from(raw.data.cast("B"), 0)
-        header = json.loads(raw[_HEADER_SIZE.size : _HEADER_SIZE.size + size].tobytes())
-        base = _HEADER_SIZE.size + size
+        with open(path, "rb", buffering=0) as fh:
+            st = os.fstat(fh.fileno())  # before reading: a change while reading changes it
+            size_all = st.st_size
+            known = checksum.expected(path)
+            whole = known is not None and not checksum.verified(path, st, known[1])
+            if whole:
+                raw = _grab(stage, "file", size_all, np.uint8)
+                read_into(fh, raw, 0, "file shorter than its size")
 
-        def get(name: str, slot: str) -> np.ndarray:
-            if name not in header:
-                raise KeyError(name)
-            meta = header[name]
-            dtype = _DTYPES[meta["dtype"]]
-            begin, end = meta["data_offsets"]
-            if base + end > size_all:
-                raise ValueError("file shorter than its header says")
-            n = (end - begin) // np.dtype(dtype).itemsize
-            out = _grab(stage, slot, n, dtype)
-            out.view(np.uint8)[:] = raw[base + begin : base + begin + n * np.dtype(dtype).itemsize]
-            return out
+                def fill(out: np.ndarray, offset: int) -> None:
+                    out[:] = raw[offset : offset + len(out)]
 
-        pos = get("pos", "pos")
-        out = {
-            l: tuple(get(f"l{l}.{part}", f"{k}.{part}") for part in ("indptr", "indices", "values"))
-            for k, l in enumerate(layers)
-        }
-        # after parsing, so a truncated file is reported as one (hints.damaged_shard)
-        check(path, raw.data.cast("B"))
+                head = raw[: _HEADER_SIZE.size].tobytes()
+            else:
+
+                def fill(out: np.ndarray, offset: int) -> None:
+                    read_into(fh, out, offset)
+
+                fh.seek(0)
+                head = fh.read(_HEADER_SIZE.size) or b""
+            (size,) = _HEADER_SIZE.unpack_from(head, 0)
+            text = np.empty(max(0, min(size, size_all - _HEADER_SIZE.size)), np.uint8)
+            fill(text, _HEADER_SIZE.size)
+            header = json.loads(text.tobytes())
+            base = _HEADER_SIZE.size + size
+
+            def get(name: str, slot: str) -> np.ndarray:
+                if name not in header:
+                    raise KeyError(name)
+                meta = header[name]
+                dtype = _DTYPES[meta["dtype"]]
+                begin, end = meta["data_offsets"]
+                if base + end > size_all:
+                    raise ValueError("file shorter than its header says")
+                n = (end - begin) // np.dtype(dtype).itemsize
+                out = _grab(stage, slot, n, dtype)
+                fill(out.view(np.uint8), base + begin)
+                return out
+
+            pos = get("pos", "pos")
+            out = {
+                l: tuple(get(f"l{l}.{part}", f"{k}.{part}") for part in ("indptr", "indices", "values"))
+                for k, l in enumerate(layers)
+            }
+            if whole:
+                assert known is not None
+                # after parsing, so a truncated file is reported as one (hints.damaged_shard)
+                check(path, raw.data.cast("B"))
+                checksum.mark_verified(path, st, known[1])
     except KeyError as exc:
         raise _bad_shard(path, f"no tensor {exc}: it lacks layers among {layers}, which the manifest lists") from exc
     except (OSError, ValueError, struct.error) as exc:

@@ -20,7 +20,7 @@ import numpy as np
 import psutil
 
 from saelineage import contract
-from saelineage.data.store import list_shards
+from saelineage.data.store import collected_shards
 from saelineage.errors import SaelineageError
 from saelineage.progress import progress as make_progress
 from saelineage.run import RunDir, StageResult, identity, read_parquet, settle, write_json, write_parquet, writes_run
@@ -222,7 +222,7 @@ def stats_setup(run_dir: str | Path, cfg: StatsConfig) -> StatsSetup:
             f"--span {span} needs {span + 1} layers; run has {len(layers)} ({layers}).",
             f"use --span {len(layers) - 1} or less.",
         )
-    shards = list_shards(run)
+    shards = collected_shards(run)
     if not shards:
         raise SaelineageError(f"run {run.path} has no activation shards.", "run `saelineage collect RUN` first.")
     if manifest.n_tokens > MAX_TOKENS:

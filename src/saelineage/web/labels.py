@@ -123,15 +123,21 @@ def read_label_file(path: str | Path) -> list[tuple[int, int, str]]:
     return [(l, f, t.strip()[:MAX_LABEL_CHARS]) for l, f, t in rows]
 
 
-@writes_run("labels import", again="`saelineage labels import {run} FILE` with the same FILE")
-def import_labels(run_dir: str | Path, path: str | Path, replace: bool = False) -> dict[str, int]:
-    """Merge explanations from `path` into RUN/labels.parquet; returns counts (read, kept, unknown)."""
-    import pyarrow.parquet as pq
+STAGE = "labels import"
+"""The manifest entry of label imports (contract.WRITER names it as labels.parquet's writer)."""
 
-    from saelineage.run import write_parquet
+
+@writes_run(STAGE, again="`saelineage labels import {run} FILE` with the same FILE")
+def import_labels(run_dir: str | Path, path: str | Path, replace: bool = False) -> dict[str, int]:
+    """Merge explanations from `path` into RUN/labels.parquet; returns counts (read, kept, unknown).
+
+    The manifest's "labels import" entry records each imported file in order (`imports`), so the
+    labels can be written again from the same files (hints.regenerate) and the file's checksum."""
+    from saelineage.run import read_parquet, write_parquet
 
     run = RunDir(run_dir)
-    d_sae = run.load().d_sae
+    manifest = run.load()
+    d_sae = manifest.d_sae
     rows = read_label_file(path)
     if not rows:
         raise SaelineageError(
@@ -140,8 +146,9 @@ def import_labels(run_dir: str | Path, path: str | Path, replace: bool = False) 
         )
     merged: dict[tuple[int, int], tuple[str, str]] = {}
     out = run.file(contract.LABELS)
+    imports = [] if replace else list(manifest.stage(STAGE).get("imports") or [])
     if out.is_file() and not replace:
-        old = pq.read_table(out).to_pydict()
+        old = read_parquet(out).to_pydict()  # verified: a damaged file is not merged into a new one
         for l, f, e, s in zip(
             old["layer"], old["feature"], old["explanation"], old.get("source", [""] * len(old["layer"]))
         ):
@@ -160,15 +167,17 @@ def import_labels(run_dir: str | Path, path: str | Path, replace: bool = False) 
             "check that the export is for this model and these SAEs.",
         )
     keys = sorted(merged)
-    write_parquet(
-        out,
-        pa.table(
-            {
-                "layer": pa.array([k[0] for k in keys], pa.int64()),
-                "feature": pa.array([k[1] for k in keys], pa.int64()),
-                "explanation": [merged[k][0] for k in keys],
-                "source": [merged[k][1] for k in keys],
-            }
-        ),
-    )
+    imports.append({"file": str(Path(path).absolute()), "replace": bool(replace)})
+    with run.stage(STAGE, imports=imports):
+        write_parquet(
+            out,
+            pa.table(
+                {
+                    "layer": pa.array([k[0] for k in keys], pa.int64()),
+                    "feature": pa.array([k[1] for k in keys], pa.int64()),
+                    "explanation": [merged[k][0] for k in keys],
+                    "source": [merged[k][1] for k in keys],
+                }
+            ),
+        )
     return {"read": len(rows), "kept": len(rows) - unknown, "unknown": unknown, "total": len(keys)}
