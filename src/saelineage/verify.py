@@ -1,7 +1,8 @@
 """`saelineage verify RUN`: is every file of a run what its stage wrote? (docs/design.md §3)
 
-Each file is checked against the checksum its stage recorded (missing files too), and the
-manifest against the shards: shard indices contiguous and each holding its windows, token counts
+Each file is checked against the checksum its stage recorded (missing files too), the manifest
+against its seal (`checksum.edited_parts`: parts edited by hand), the browser's cache against its
+own sums (`query.cache.CacheFiles.damage`), and the manifest against the shards: shard indices contiguous and each holding its windows, token counts
 summing to the manifest's, each layer's codes sized by its d_sae, and features.parquet's
 n_active equal to the shards' counts. Every problem names its file and the command that writes
 it again (hints). A run written before checksums is reported unverified, which is no error.
@@ -219,9 +220,10 @@ def verify_command(
     run: Annotated[Path, typer.Argument(help="The run directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
 ) -> None:
-    """Check every file of a run against the checksum its stage recorded, and the manifest against
-    the shards (windows, token counts, layer shapes, feature counts). Exits 1 when anything is
-    corrupt, missing or inconsistent, and names the command that fixes each file."""
+    """Check every file of a run against the checksum its stage recorded, the manifest against its
+    seal (hand edits) and against the shards (windows, token counts, layer shapes, feature counts),
+    and the browser's cache against its own record. Exits 1 when anything is corrupt, missing,
+    edited, stale or inconsistent, and names the command that fixes each file."""
     findings = verify_run(run)
     bad = any(f.status in BAD for f in findings)
     if as_json:
