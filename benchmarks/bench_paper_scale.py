@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_stats import make_run, warm_up  # noqa: E402
 
 from saelineage import contract  # noqa: E402
+from saelineage.config import usable_cpus  # noqa: E402
 from saelineage.data.finalize import summarize_run  # noqa: E402
 from saelineage.run import RunDir  # noqa: E402
 from saelineage.stats.config import parse_size  # noqa: E402
@@ -132,7 +133,9 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=24576)
     ap.add_argument("--l0", type=float, default=50)
     ap.add_argument("--memory-limit", default="8G", help="Single process: this; Ray: this split over the workers.")
-    ap.add_argument("--workers", type=int, default=2, help="Threads of the single-process stats stage.")
+    ap.add_argument(
+        "--workers", type=int, default=usable_cpus(), help="Threads of the single-process stats (default: all CPUs)."
+    )
     ap.add_argument("--no-ray", action="store_true", help="Skip the 1- and 2-worker Ray runs.")
     ap.add_argument("--dir", type=Path, default=None, help="Keep (and reuse) the synthetic run here.")
     ap.add_argument("--json", type=Path, default=None, help="Also write the figures here.")

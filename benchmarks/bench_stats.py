@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from saelineage.config import usable_cpus
 from saelineage.contract import new_manifest
 from saelineage.data.store import LayerCodes, write_shard
 from saelineage.run import RunDir, config_hash
@@ -243,7 +244,7 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=24576)
     ap.add_argument("--l0", type=float, default=50)
     ap.add_argument("--memory-limit", default="8G")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=usable_cpus(), help="Threads (default: all usable CPUs).")
     ap.add_argument("--dense-seconds", type=float, default=60)
     ap.add_argument("--dir", type=Path, default=None, help="Keep the synthetic run here (default: a temp dir).")
     a = ap.parse_args()

@@ -15,6 +15,7 @@ from saelineage.ceiling.config import CeilingConfig
 from saelineage.cli import app
 from saelineage.collect.config import CollectConfig
 from saelineage.config import cli_fields, default_of, field_docs, flag_of, from_options, to_argv
+from saelineage.errors import SaelineageError
 from saelineage.lineage.config import AnalyzeConfig
 from saelineage.stats.config import StatsConfig
 from saelineage.web.config import ServeConfig, SiteConfig
@@ -177,3 +178,24 @@ def test_help_keeps_square_brackets():
     """Rendered help shows bracketed text literally (rich would drop '[ray]' as a markup tag)."""
     out = CliRunner().invoke(app, ["stats", "--help"], env={"COLUMNS": "300"}).output
     assert "saelineage[ray]" in out
+
+
+def test_thread_counts_follow_the_machine(monkeypatch):
+    """--workers defaults to the CPUs this process may use (its affinity, else the CPU count),
+    resolved when the stage runs; the default stays out of the command that reproduces a config."""
+    import os
+
+    from saelineage.config import usable_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert usable_cpus() == 3
+    assert StatsConfig().workers is None and StatsConfig().threads() == 3
+    assert StatsConfig(workers=1).threads() == 1
+    assert "--workers" not in to_argv(StatsConfig())
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert usable_cpus() == 64
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert usable_cpus() == 1
+    with pytest.raises(SaelineageError, match="workers"):
+        StatsConfig(workers=0)

@@ -14,7 +14,7 @@ from test_stats_oracle import pair_oracle, synthetic_codes, to_csr
 from saelineage.data.importer import write_run
 from saelineage.saes.run_weights import load_threshold
 from saelineage.stats.config import StatsConfig
-from saelineage.stats.sae_match import agreement, fold, match_layers
+from saelineage.stats.sae_match import agreement, fold, match_bytes, match_layers
 from saelineage.stats.stage import run_stats
 
 W = 16  # tokens per window; windows start with BOS
@@ -283,3 +283,11 @@ def test_unknown_method_is_refused(tmp_path, codes):
     run = make_run(tmp_path / "run", codes)
     with pytest.raises(SaelineageError, match="sae-match"):
         run_stats(run.path, StatsConfig(sae_match="hungarian"), progress=False)
+
+
+def test_match_memory_bounds_the_parallel_matches():
+    """How many matches run at once is bounded by memory as well as by --workers: the exact
+    match's dense float64 cost matrix is 4.8 GB at 24,576 latents; greedy holds one block."""
+    exact = match_bytes(24576, 24576, 768, "exact")
+    assert 24576**2 * 8 <= exact < 24576**2 * 8 * 1.2
+    assert match_bytes(24576, 24576, 768, "greedy") < exact / 3

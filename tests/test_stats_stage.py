@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numba
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -12,6 +13,7 @@ from test_stats_oracle import synthetic_codes
 from typer.testing import CliRunner
 
 from saelineage.cli import app
+from saelineage.config import usable_cpus
 from saelineage.errors import SaelineageError
 from saelineage.run import RunDir
 from saelineage.stats import outputs as stats_outputs
@@ -64,6 +66,8 @@ def test_no_decoders_means_dec_cosine_absent_and_stated(run):
     summary = json.loads(run.file("stats_summary.json").read_text())
     assert "no SAE decoder weights" in summary["dec_cosine_note"]
     assert run.load().stage("stats")["dec_cosine_missing_layers"] == [0, 2, 5]
+    # --workers left out: every usable CPU (within numba's pool)
+    assert run.load().stage("stats")["threads"] == min(usable_cpus(), numba.config.NUMBA_NUM_THREADS)
 
 
 def test_decoders_from_the_run(tmp_path, codes):

@@ -15,6 +15,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import os
 import textwrap
 import typing
 from collections.abc import Callable
@@ -29,6 +30,20 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 DataclassT = TypeVar("DataclassT", bound="DataclassInstance")
 _MISSING = dataclasses.MISSING
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its CPU affinity where the OS has one (Linux: a container's
+    cpuset, `taskset`), else the machine's count; at least 1. Every default thread count of the
+    package (stats --workers, DuckDB) comes from here. A CPU quota without a cpuset (docker
+    --cpus, a cgroup's cpu.max) is not seen: there, give the thread count explicitly."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        try:
+            return max(1, len(affinity(0)))
+        except OSError:
+            pass
+    return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

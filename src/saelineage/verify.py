@@ -4,8 +4,9 @@ Each file is checked against the checksum its stage recorded (missing files too)
 against its seal (`checksum.edited_parts`: parts edited by hand), the browser's cache against its
 own sums (`query.cache.CacheFiles.damage`), and the manifest against the shards: shard indices
 contiguous and each holding its windows, token counts summing to the manifest's, each layer's
-codes sized by its d_sae, and features.parquet's n_active equal to the shards' counts. Every problem names its file and the command that writes
-it again (hints). A run written before checksums is reported unverified, which is no error.
+codes sized by its d_sae, and features.parquet's n_active equal to the shards' counts. Every
+problem names its file and the command that writes it again (hints). A run written before
+checksums is reported unverified, which is no error.
 
 Module imports stay light (the CLI imports this module for --help); the work imports lazily.
 """

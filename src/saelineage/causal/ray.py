@@ -56,6 +56,7 @@ def ablate_on_ray(
         actor = ray.remote(AblateWorker).options(
             num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=0, scheduling_strategy="SPREAD"
         )
+        # one torch thread per actor, deliberately: an actor reserves one CPU (num_cpus=1)
         make = lambda: actor.remote(str(run.path), cfg.device, 1)  # noqa: E731
         alive = dispatch(
             ray,

@@ -87,6 +87,8 @@ def collect_on_ray(
             num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=0, scheduling_strategy="SPREAD"
         )
         ids_ref = ray.put(ids)
+        # one torch thread per actor, deliberately: an actor reserves one CPU (num_cpus=1), and the
+        # actors are the parallelism (more threads would oversubscribe the node's CPUs)
         dispatch(
             ray,
             lambda: actor.remote(str(run.path), cfg, layers, 1),

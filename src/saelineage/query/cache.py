@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from saelineage import checksum, contract
+from saelineage.config import usable_cpus
 from saelineage.data.finalize import read_vocab
 from saelineage.feature_table import JOINED_FILES, read_features
 from saelineage.query.arrays import write_arrays
@@ -248,7 +249,7 @@ def build_cache(run: RunDir, files: CacheFiles) -> None:
     shutil.rmtree(tmp_arrays, ignore_errors=True)
     con = duckdb.connect(tmp_name)
     try:
-        con.execute("SET threads=2")
+        con.execute(f"SET threads={usable_cpus()}")
         _build_tables(con, run, arrays)
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         write_arrays(con, tmp_arrays, tables)

@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from saelineage.config import usable_cpus
 from saelineage.data.finalize import read_vocab
 from saelineage.feature_table import feature_rows
 from saelineage.query import cache
@@ -68,7 +69,7 @@ class Generation:
 
     def __init__(self, run: RunDir, files: cache.CacheFiles):
         self.sig = files.sig
-        self.con = duckdb.connect(str(files.db), read_only=True, config={"threads": 2})
+        self.con = duckdb.connect(str(files.db), read_only=True, config={"threads": usable_cpus()})
         self.tables = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         self.manifest = run.load()
         self.vocab = read_vocab(run)

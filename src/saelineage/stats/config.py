@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from saelineage.config import ClusterOptions, cli
+from saelineage.config import ClusterOptions, cli, usable_cpus
 from saelineage.contract import DATA_MEASURES, PRIMARY
 from saelineage.errors import SaelineageError
 
@@ -72,10 +72,13 @@ class StatsConfig(ClusterOptions):
     primary: tuple[str, ...] = field(default=PRIMARY, metadata=cli(parse=_primary, show=",".join))
     """Measures whose top-K partners are kept (comma list, or 'all' to add mutual_info and act_cosine)."""
     memory_limit: int | None = field(default=None, metadata=cli(parse=parse_size, show=str))
-    """Memory for accumulators and buffers in bytes, e.g. 8G (default: 70% of available RAM). With
-    --ray: per worker (default: the cluster's memory shared among the workers)."""
-    workers: int = 2
-    """Threads for the compiled kernels."""
+    """Memory for accumulators and buffers in bytes, e.g. 8G (default: 70% of the RAM available
+    when the stage starts, as the OS reports it; the README's timings use 8G). More memory means
+    fewer passes over the shards; the result is the same under any limit. With --ray: per worker
+    (default: the cluster's memory shared among the workers)."""
+    workers: int | None = None
+    """Threads for the compiled kernels (default: every CPU this process may use, i.e. its CPU
+    affinity, else the machine's CPU count). The result is the same for any number."""
     sae_match: str = "exact"
     """Data-free match of adjacent layers' features from SAE weights (arXiv:2410.07656): 'exact'
     (optimal assignment, ~2 s per pair at 4,608 features), 'greedy' (nearest candidates first; for
@@ -102,9 +105,10 @@ class StatsConfig(ClusterOptions):
         bad = [m for m in [*self.keep_thresholds(), *self.primary] if m not in DATA_MEASURES]
         if bad:
             raise SaelineageError(f"unknown measure(s) {bad}.", f"choose among {', '.join(DATA_MEASURES)}.")
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise SaelineageError(
-                f"--workers must be >= 1 (got {self.workers}).", "use --workers 2 on a 2-core machine."
+                f"--workers must be >= 1 (got {self.workers}).",
+                f"leave it out to use every CPU this process may use ({usable_cpus()} here).",
             )
 
     def canonical(self, ident: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +126,10 @@ class StatsConfig(ClusterOptions):
             "keep_thresholds": {m: float(keep[m]) for m in sorted(keep)},
             "sae_match": ident["sae_match"],
         }
+
+    def threads(self) -> int:
+        """The kernels' thread count: --workers, else the CPUs this process may use."""
+        return self.workers or usable_cpus()
 
     def keep_thresholds(self) -> dict[str, float]:
         """The threshold edges kept besides the top-k ({} with no_keep)."""

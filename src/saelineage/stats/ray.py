@@ -69,7 +69,7 @@ def run_unit(layout: Layout, budget: Budget, opts: EdgeOptions, u: Unit, forced:
     state and both layers' marginals to `out`. Returns the task's counts and timings."""
     import numba
 
-    numba.set_num_threads(1)
+    numba.set_num_threads(1)  # deliberate: a task reserves one CPU (num_cpus=1); the tasks are the parallelism
     t0 = time.perf_counter()
     p = layout.pairs[u.pair]
     fresh = {l: new_marginals(layout.d[l]) for l in sorted({p.src, p.dst})}

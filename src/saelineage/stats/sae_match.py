@@ -37,6 +37,15 @@ GREEDY_CANDIDATES = 16
 _BLOCK = 2048  # rows of the cost matrix computed at once by the greedy matching (bounded memory)
 
 
+def match_bytes(d_l: int, d_m: int, d_in: int, method: str) -> int:
+    """Peak bytes of one `match_layers` call, a bound: the folded rows in float64 (and the usable
+    ones copied), plus the dense cost matrix (exact) or one block of it and the candidates (greedy)."""
+    rows = 2 * (d_l + d_m) * d_in * 8
+    if method == "exact":
+        return rows + d_l * d_m * 8
+    return rows + 2 * min(_BLOCK, d_l) * d_m * 8 + 2 * d_l * min(GREEDY_CANDIDATES, d_m) * 24
+
+
 class Match(NamedTuple):
     """The matching of one layer pair (l → m)."""
 

@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
+import numba
 import numpy as np
 import psutil
 
@@ -29,13 +30,15 @@ from saelineage.stats.edges import EdgeOptions
 from saelineage.stats.engine import Budget, Layout, Pair, plan, run_passes
 from saelineage.stats.measures import MAX_TOKENS, side
 from saelineage.stats.outputs import feature_links, pair_summary, write_edges
-from saelineage.stats.sae_match import METHODS, Match, agreement, fold, match_layers
+from saelineage.stats.sae_match import METHODS, Match, agreement, fold, match_bytes, match_layers
 
 OUTPUTS = (contract.EDGES, contract.FEATURE_LINKS, contract.STATS_SUMMARY)
 
 
 def default_memory_limit() -> int:
-    """70% of the RAM available now (other processes share the machine)."""
+    """70% of the RAM available now (psutil's `available`: free memory plus what the page cache
+    can give back), leaving room for other processes that share the machine. The README's
+    figures were measured with `--memory-limit 8G`."""
     return int(0.7 * psutil.virtual_memory().available)
 
 
@@ -129,10 +132,12 @@ assignment holds the GIL, and a process costs ~1 s to start."""
 
 
 def _matches(
-    pairs: list[Pair], dec: _Decoders, method: str, workers: int = 1
+    pairs: list[Pair], dec: _Decoders, method: str, workers: int = 1, memory: int | None = None
 ) -> tuple[dict[int, Match], dict[int, str]]:
     """The data-free match of every span-1 pair whose layers both have decoder weights, and
-    what was folded per layer ("threshold" or "none"; docs/design.md §5.12)."""
+    what was folded per layer ("threshold" or "none"; docs/design.md §5.12). Processes at once:
+    at most `workers`, and no more than `memory` bytes hold (an exact match holds a dense
+    float64 cost matrix, 4.8 GB at 24,576 latents, so all cores at once could exhaust RAM)."""
     out: dict[int, Match] = {}
     folded: dict[int, str] = {}
     if method == "off":
@@ -140,11 +145,15 @@ def _matches(
     todo = [k for k, p in enumerate(pairs) if p.span == 1 and not dec.missing([p.src, p.dst])]
     pool = None
     smallest = min((min(dec.d[pairs[k].src], dec.d[pairs[k].dst]) for k in todo), default=0)
-    if workers > 1 and len(todo) > 1 and smallest >= POOL_MIN_FEATURES:
+    n_proc = min(workers, len(todo)) if smallest >= POOL_MIN_FEATURES else 1
+    if n_proc > 1 and memory is not None:
+        d_in = dec(pairs[todo[0]].src).shape[1]
+        need = max(match_bytes(dec.d[pairs[k].src], dec.d[pairs[k].dst], d_in, method) for k in todo)
+        n_proc = max(1, min(n_proc, memory // need))
+    if n_proc > 1:
         import multiprocessing
 
         # spawn, not fork: this process runs numba and BLAS threads
-        n_proc = min(workers, len(todo))
         pool = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn"))
     try:
         jobs = {}
@@ -276,7 +285,7 @@ def run_stats(
     fold with those decoders. An incomplete stage restarts from scratch (module doc).
     """
     cfg = cfg or StatsConfig()
-    memory_limit, workers = cfg.memory_limit, cfg.workers
+    memory_limit, workers = cfg.memory_limit, cfg.threads()
     t_start = time.perf_counter()
     run, opts, layout, edge_opts = stats_setup(run_dir, cfg)
     layers, d, pairs, shards = layout.layers, layout.d, layout.pairs, layout.shards
@@ -294,7 +303,7 @@ def run_stats(
         for f in OUTPUTS:
             run.file(f).unlink(missing_ok=True)
         t_m = time.perf_counter()
-        matches, folded = _matches(pairs, dec, opts["sae_match"], workers)
+        matches, folded = _matches(pairs, dec, opts["sae_match"], workers, int(memory_limit or default_memory_limit()))
         t_match = time.perf_counter() - t_m
         forced = {k: m.partner for k, m in matches.items()}
         with make_progress(transient=not progress) as bar:
@@ -371,7 +380,9 @@ def run_stats(
                 ],
             },
         )
-        info.update(summary=summary, timings=timings, dec_cosine_missing_layers=missing)
+        # the kernels' threads: --workers (default: every usable CPU) within numba's pool
+        threads = min(workers, int(numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]  # set at import
+        info.update(summary=summary, timings=timings, dec_cosine_missing_layers=missing, threads=threads)
         shutil.rmtree(run.file(contract.STATS_PARTS), ignore_errors=True)
         shutil.rmtree(run.file(contract.STATS_SPILL), ignore_errors=True)
     return StageResult.since(t_start, "stats", run, skipped=False, summary=summary)
