@@ -37,6 +37,8 @@ every model. Layers are noised alike; only `correlated` ties them together.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 NOISE_MODELS = ("flips", "swap", "density", "correlated")
@@ -86,17 +88,30 @@ def _move(col: np.ndarray, on: np.ndarray, off: np.ndarray, n_drop: int, n_add: 
 def swap(acts: np.ndarray, counted: np.ndarray, r: float, rng: np.random.Generator) -> np.ndarray:
     """Swap noise (module doc): per feature of n activations, exactly round(r·n) removed and as many
     added on counted tokens where it was inactive. [L, T, d] → [L, T, d]."""
+    return _move_per_feature(acts, counted, r, rng, lambda l: np.rint(r * (acts[l] > 0).sum(axis=0)))
+
+
+def _move_per_feature(
+    acts: np.ndarray,
+    counted: np.ndarray,
+    r: float,
+    rng: np.random.Generator,
+    added: Callable[[int], np.ndarray],
+) -> np.ndarray:
+    """Per live feature f of layer l with n activations, round(r·n) removed and added(l)[f] (an
+    array [d]) added on counted tokens where it was inactive. [L, T, d] → [L, T, d]; layers and
+    features are visited in order, so the draws are reproducible."""
     out = acts.copy()
     n_layers, _, d = out.shape
     for l in range(n_layers):
+        add = added(l)
         for f in range(d):
             col = out[l, :, f]
             active = col > 0
             on = np.nonzero(active)[0]
             if len(on) == 0:
                 continue
-            k = int(round(r * len(on)))
-            _move(col, on, np.nonzero(counted & ~active)[0], k, k, rng)
+            _move(col, on, np.nonzero(counted & ~active)[0], int(round(r * len(on))), int(add[f]), rng)
     return out
 
 
@@ -114,20 +129,10 @@ def density_added(n: np.ndarray, p: np.ndarray, r: float) -> np.ndarray:
 def density(acts: np.ndarray, counted: np.ndarray, r: float, rng: np.random.Generator) -> np.ndarray:
     """Density-proportional noise (module doc): per feature, exactly round(r·n) removed and
     `density_added` spurious ones added on counted tokens where it was inactive. [L, T, d] → [L, T, d]."""
-    out = acts.copy()
-    n_layers, _, d = out.shape
     dens = densities(acts, counted)
-    for l in range(n_layers):
-        n = (acts[l][counted] > 0).sum(axis=0)
-        added = density_added(n, dens[l], r)
-        for f in range(d):
-            col = out[l, :, f]
-            active = col > 0
-            on = np.nonzero(active)[0]
-            if len(on) == 0:
-                continue
-            _move(col, on, np.nonzero(counted & ~active)[0], int(round(r * len(on))), int(added[f]), rng)
-    return out
+    return _move_per_feature(
+        acts, counted, r, rng, lambda l: density_added((acts[l][counted] > 0).sum(axis=0), dens[l], r)
+    )
 
 
 def corruption_plan(
