@@ -122,6 +122,16 @@ print(json.dumps({"seconds": time.perf_counter() - t, "cpu": time.process_time()
 """
 
 
+def synthetic_run(keep: Path | None, prefix: str, tokens: int, layers: int, d: int, l0: float):
+    """(temporary folder, run, seconds to make it): the run kept at `keep` when it is complete there,
+    else a new synthetic run (`make_run`) at `keep` or in the temporary folder (also used for warm-up)."""
+    tmp = tempfile.TemporaryDirectory(prefix=prefix)
+    path = keep or Path(tmp.name) / "run"
+    t = time.perf_counter()
+    run = RunDir(path) if (keep and RunDir(path).is_complete("collect")) else make_run(path, tokens, layers, d, l0)
+    return tmp, run, time.perf_counter() - t
+
+
 def warm_up(path: Path) -> None:
     """Compile (and cache) the kernels on a tiny run so no compile time lands in the timings."""
     run = make_run(path, 8192, 3, 256, 20, seed=1)
@@ -249,17 +259,10 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="Keep the synthetic run here (default: a temp dir).")
     a = ap.parse_args()
     limit = parse_size(a.memory_limit)
-    tmp = tempfile.TemporaryDirectory(prefix="bench_stats_")
-    path = a.dir or Path(tmp.name) / "run"
-    t = time.perf_counter()
-    run = (
-        RunDir(path)
-        if (a.dir and RunDir(path).is_complete("collect"))
-        else make_run(path, a.tokens, a.layers, a.d, a.l0)
-    )
+    tmp, run, took = synthetic_run(a.dir, "bench_stats_", a.tokens, a.layers, a.d, a.l0)
     print(
         f"synthetic run: {a.tokens:,} tokens x {a.layers} layers x {a.d:,} latents, L0 ~ {a.l0:g} "
-        f"({time.perf_counter() - t:.0f}s to generate)"
+        f"({took:.0f}s to generate)"
     )
 
     warm_up(Path(tmp.name) / "warm")

@@ -34,7 +34,6 @@ import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stats import make_run, warm_up  # noqa: E402
+from bench_stats import synthetic_run, warm_up  # noqa: E402
 
 from saelineage.config import usable_cpus  # noqa: E402
 from saelineage.run import RunDir  # noqa: E402
@@ -192,17 +191,10 @@ def main() -> None:
     else:
         counts = sorted({1, cpus} | {2**k for k in range(1, 8) if 2**k < cpus})
     limit = parse_size(a.memory_limit)
-    tmp = tempfile.TemporaryDirectory(prefix="bench_threads_")
-    path = a.dir or Path(tmp.name) / "run"
-    t = time.perf_counter()
-    run = (
-        RunDir(path)
-        if (a.dir and RunDir(path).is_complete("collect"))
-        else make_run(path, a.tokens, a.layers, a.d, a.l0)
-    )
+    tmp, run, took = synthetic_run(a.dir, "bench_threads_", a.tokens, a.layers, a.d, a.l0)
     print(
         f"synthetic run: {a.tokens:,} tokens x {a.layers} layers x {a.d:,} latents, L0 ~ {a.l0:g} "
-        f"({time.perf_counter() - t:.0f}s to generate); {cpus} usable CPU(s); limit {limit / 2**30:.1f} GiB"
+        f"({took:.0f}s to generate); {cpus} usable CPU(s); limit {limit / 2**30:.1f} GiB"
     )
 
     print("\nmemory bandwidth (GB/s = 1e9 bytes/s; copy counts read + write):")
@@ -266,8 +258,9 @@ def main() -> None:
     refill, swept = refill_bytes(run, limit)
     for n in counts:
         z, fin = best[n]["zero"], best[n]["finalize"]
+        rate = refill / max(z, 1e-9) / 1e9  # a tiny run refills in no measurable time
         print(
-            f"  {n:>2} thread(s): zero phase refills {refill / 1e9:.1f} GB in {z:.2f}s ({refill / z / 1e9:.1f} GB/s); "
+            f"  {n:>2} thread(s): zero phase refills {refill / 1e9:.1f} GB in {z:.2f}s ({rate:.1f} GB/s); "
             f"finalize reads the {swept / 1e9:.1f} GB of accumulators once in {fin:.2f}s ({swept / fin / 1e9:.1f} GB/s)"
         )
     print(

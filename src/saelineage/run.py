@@ -158,25 +158,27 @@ def parquet_file(path: Path) -> Any:
     """A run's Parquet file as a pyarrow ParquetFile over its bytes, read once and verified against
     the recorded checksum (pages against their CRCs as they are read): its schema and any columns
     come from the same checked bytes."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    data = read_verified(path)
-    try:
-        return pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
-    except (pa.ArrowException, OSError) as exc:
-        raise _unreadable(path, exc) from exc
+    return _parse_parquet(path, lambda buf: pq.ParquetFile(buf, page_checksum_verification=True))
 
 
 def read_parquet(path: Path, **kwargs: Any) -> Any:
     """A run's Parquet file as a pyarrow Table (`kwargs`: pq.read_table's columns, filters, ...),
     its bytes verified against the recorded checksum and its pages against their CRCs."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    return _parse_parquet(path, lambda buf: pq.read_table(buf, page_checksum_verification=True, **kwargs))
+
+
+def _parse_parquet(path: Path, parse: Callable[[Any], Any]) -> Any:
+    """`parse` of the verified bytes of `path` (a pyarrow BufferReader); a file that cannot be
+    parsed is one clear error."""
+    import pyarrow as pa
 
     data = read_verified(path)
     try:
-        return pq.read_table(pa.BufferReader(data), page_checksum_verification=True, **kwargs)
+        return parse(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as exc:
         raise _unreadable(path, exc) from exc
 
