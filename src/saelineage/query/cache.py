@@ -185,26 +185,17 @@ def ensure_cache(run: RunDir, folder: Path | None = None) -> CacheFiles:
 
 
 def read_window_tokens(run: RunDir) -> dict[str, np.ndarray]:
-    """Token ids, window ids and positions of every stored token, in store order (codes are parsed
-    but not kept: each shard is read once, checked against collect's checksum, and parsed from
-    the same bytes)."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
-
-    from saelineage.data.store import collected_shards
-    from saelineage.hints import damaged_shard
+    """Token ids, window ids and positions of every stored token, in store order (no codes read;
+    each shard checked against collect's checksum by `store.read_shard`)."""
+    from saelineage.data.store import collected_shards, read_shard
 
     toks, wins, poss = [], [], []
     if run.activations.is_dir():
         for p in collected_shards(run):
-            raw = read_verified(p)
-            try:
-                t = load(raw)
-                toks.append(t["tokens"])
-                wins.append(t["window"])
-                poss.append(t["pos"])
-            except (SafetensorError, KeyError, ValueError) as exc:
-                raise damaged_shard(p, exc) from exc
+            shard = read_shard(p, layers=[])
+            toks.append(shard.tokens)
+            wins.append(shard.window)
+            poss.append(shard.pos)
     if not toks:
         z = np.zeros(0, np.int32)
         return {"tokens": z, "window": z, "pos": z}
