@@ -63,14 +63,24 @@ CASES = [  # span, relative threshold, absolute threshold, primary measures (Non
 ]
 
 
+@pytest.mark.parametrize("accumulate", ["dense", "sparse"])
 @pytest.mark.parametrize("span,rel,thr,primary", CASES)
-def test_every_measure_matches_the_oracle(tmp_path, codes, decoders, span, rel, thr, primary):
+def test_every_measure_matches_the_oracle(tmp_path, codes, decoders, span, rel, thr, primary, accumulate):
     run = make_run(tmp_path / "run", codes)
     k, ms_, keep = 3, 3, {"pearson": 0.6, "necessity": 0.95, "mutual_info": 0.05}
     kw = {} if primary is None else {"primary": primary}
     s = run_stats(
         run.path,
-        StatsConfig(span=span, threshold=thr, relative_threshold=rel, min_support=ms_, top_k=k, keep=keep, **kw),
+        StatsConfig(
+            span=span,
+            threshold=thr,
+            relative_threshold=rel,
+            min_support=ms_,
+            top_k=k,
+            keep=keep,
+            accumulate=accumulate,
+            **kw,
+        ),
         decoders=decoders,
         progress=False,
     )
@@ -80,6 +90,7 @@ def test_every_measure_matches_the_oracle(tmp_path, codes, decoders, span, rel, 
     theta = {l: (rel * x[l].max(0).astype(np.float64) if rel else np.full(x[l].shape[1], thr)) for l in layers}
     edges = pq.read_table(run.file("edges.parquet")).to_pandas()
     assert s.summary["n_tokens"] == mask.sum() and s.summary["dec_cosine"]
+    assert s.summary["sparse_pairs"] == (s.summary["pairs"] if accumulate == "sparse" else 0)
     keys = ["src_layer", "src", "dst_layer", "dst"]
     assert (edges[keys].to_records(index=False) == np.sort(edges[keys].to_records(index=False))).all()
     links = pq.read_table(run.file("feature_links.parquet")).to_pandas()
@@ -158,18 +169,32 @@ def limit_for_passes(run, lo, hi, span=2):
     return b
 
 
-def test_identical_whatever_shards_workers_and_memory(tmp_path, codes, decoders, monkeypatch):
+def test_identical_whatever_shards_workers_memory_and_storage(tmp_path, codes, decoders, monkeypatch):
+    """Dense and sparse accumulators, in any blocking of rows, batching of tokens, sharding and
+    threads, give the same tables bit for bit (the same additions in the same order per cell)."""
     monkeypatch.setattr("saelineage.stats.engine.process_baseline", lambda: 256 << 20)  # deterministic plans
+    monkeypatch.setattr("saelineage.stats.engine.check_fits", lambda *a: None)  # a 1-byte limit: a row per pass
     ref = None
     mid = limit_for_passes(make_run(tmp_path / "probe", codes), 4, 6)
-    for k, (sw, workers, mem) in enumerate([(7, 2, None), (1, 2, None), (64, 1, None), (64, 2, 1), (5, 2, mid)]):
+    cases = [(7, 2, None, "dense"), (1, 2, None, "dense"), (64, 1, None, "dense"), (64, 2, 1, "dense")]
+    cases += [(5, 2, mid, "dense"), (7, 2, None, "sparse"), (3, 1, 1, "sparse"), (5, 2, mid, "sparse")]
+    cases += [(2, 2, None, "sparse-batches"), (3, 2, 1, "dense-batches")]
+    for k, (sw, workers, mem, acc) in enumerate(cases):
         run = make_run(tmp_path / f"run{k}", codes, shard_windows=sw)
-        s = run_stats(
-            run.path, StatsConfig(span=2, workers=workers, memory_limit=mem), decoders=decoders, progress=False
-        )
+        with monkeypatch.context() as m:
+            if acc.endswith("-batches"):  # batches of a few hundred tokens: sparse rows grow batch by batch
+                m.setattr("saelineage.stats.engine.BATCH_MIN_ENTRIES", 1 << 10)
+                m.setattr("saelineage.stats.engine.BATCH_MIN_TOKENS", 1 << 6)
+                m.setattr("saelineage.stats.engine.BATCH_MAX", 1 << 14)
+            s = run_stats(
+                run.path,
+                StatsConfig(span=2, workers=workers, memory_limit=mem, accumulate=acc.split("-")[0]),
+                decoders=decoders,
+                progress=False,
+            )
         if mem == 1:
             assert s.summary["passes"] == 40 + 40 + 30  # one source row per block: every row its own pass
-        if mem == mid:
+        if mem == mid and acc == "dense":
             assert 4 <= s.summary["passes"] <= 6
         got = _tables(run.path)
         if ref is None:
@@ -300,14 +325,16 @@ def sparse_codes(seed: int = 7, t: int = 960, dims=(120, 90)) -> dict[int, np.nd
     return out
 
 
+@pytest.mark.parametrize("accumulate", ["dense", "sparse"])
 @pytest.mark.parametrize("mem", [None, 1])
-def test_untouched_cells_match_the_oracle(tmp_path, monkeypatch, mem):
+def test_untouched_cells_match_the_oracle(tmp_path, monkeypatch, mem, accumulate):
     """Best partners over all pairs when almost every cell is untouched, in one block or one
     source row per block (the column walks then fold across blocks)."""
     monkeypatch.setattr("saelineage.stats.engine.process_baseline", lambda: 256 << 20)
+    monkeypatch.setattr("saelineage.stats.engine.check_fits", lambda *a: None)
     codes = sparse_codes()
     run = make_run(tmp_path / "run", codes)
-    s = run_stats(run.path, StatsConfig(memory_limit=mem), progress=False)
+    s = run_stats(run.path, StatsConfig(memory_limit=mem, accumulate=accumulate), progress=False)
     if mem == 1:
         assert s.summary["passes"] == 120
     mask = kept_tokens(len(codes[0]))

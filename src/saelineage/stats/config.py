@@ -11,6 +11,9 @@ from saelineage.config import ClusterOptions, cli, usable_cpus
 from saelineage.contract import DATA_MEASURES, PRIMARY
 from saelineage.errors import SaelineageError
 
+ACCUMULATE = ("auto", "dense", "sparse")
+"""How a pair's accumulators are stored (StatsConfig.accumulate; stats/engine.py)."""
+
 DEFAULT_KEEP = {"sufficiency": 0.99, "necessity": 0.99}
 """Keep every supported pair with P(j|i) or P(i|j) >= 0.99 besides the top-k, so that
 quasi-boolean gates (AND: necessity, OR: sufficiency, docs/design.md) never lose a parent to
@@ -45,7 +48,7 @@ def _primary(text: str) -> tuple[str, ...]:
 class StatsConfig(ClusterOptions):
     """Options of the stats stage."""
 
-    NOT_IDENTITY: ClassVar[tuple[str, ...]] = ("memory_limit", "workers")
+    NOT_IDENTITY: ClassVar[tuple[str, ...]] = ("memory_limit", "workers", "accumulate")
     """Fields that say how stats runs, not what it computes; with the cluster options they are left
     out of the identity (saelineage.run.identity; `canonical` spells the rest)."""
 
@@ -79,6 +82,11 @@ class StatsConfig(ClusterOptions):
     workers: int | None = None
     """Threads for the compiled kernels (default: every CPU this process may use, i.e. its CPU
     affinity, else the machine's CPU count). The result is the same for any number."""
+    accumulate: str = "auto"
+    """How co-activation counts are held: 'dense' (every cell of a pair), 'sparse' (only the cells
+    each feature touches, bounded by a census pass over the shards: wide SAEs) or 'auto' (dense
+    when it fits one pass, else sparse for the pairs where that takes half the memory or less).
+    The results are the same."""
     sae_match: str = "exact"
     """Data-free match of adjacent layers' features from SAE weights (arXiv:2410.07656): 'exact'
     (optimal assignment, ~2 s per pair at 4,608 features), 'greedy' (nearest candidates first; for
@@ -105,6 +113,11 @@ class StatsConfig(ClusterOptions):
         bad = [m for m in [*self.keep_thresholds(), *self.primary] if m not in DATA_MEASURES]
         if bad:
             raise SaelineageError(f"unknown measure(s) {bad}.", f"choose among {', '.join(DATA_MEASURES)}.")
+        if self.accumulate not in ACCUMULATE:
+            raise SaelineageError(
+                f"--accumulate must be one of {', '.join(ACCUMULATE)} (got {self.accumulate!r}).",
+                "leave it out (auto) unless you are comparing the two paths.",
+            )
         if self.workers is not None and self.workers < 1:
             raise SaelineageError(
                 f"--workers must be >= 1 (got {self.workers}).",

@@ -107,12 +107,16 @@ class PairState:
         self.rows_done = 0
         self._col_walk: ks.Walk | None = None  # the target layer's marginals are the same for every block
 
-    def add_block(self, cnt: np.ndarray, psum: np.ndarray, lo: int, n: int, src: Side, dst: Side) -> None:
-        """Scan accumulator rows lo..lo+B-1 (cnt, psum [B, d_m]) and fold them in."""
-        B, dm = cnt.shape
+    def add_block(self, block: ks.Block | ks.SparseBlock, n: int, src: Side, dst: Side) -> None:
+        """Scan a block of accumulator rows lo..lo+B-1 (dense or sparse) and fold them in."""
+        sparse = isinstance(block, ks.SparseBlock)
+        lo, dm = block.lo, self.d_m
+        B = len(block.nnz) if isinstance(block, ks.SparseBlock) else block.cnt.shape[0]
+        if isinstance(block, ks.SparseBlock) and self.do_best and len(block.colptr) == 0:
+            block = sparse_columns(block)
+        marks = np.zeros((2, _threads(), max(dm, B) if sparse else 0), np.uint8)
         o = self.opts
         rules = ks.Rules(np.int64(n), o.min_support, o.prim_index(), o.thresholds(), self.do_best)
-        block = ks.Block(cnt, psum, lo)
         P, k = len(rules.prim), o.top_k
         rows = ks.new(ks.RowResults, B, P, k, self.do_best)
         cols = ks.new(ks.ColumnScratch, _threads(), P, dm, k, self.do_best)
@@ -123,30 +127,32 @@ class PairState:
             col_walk, row_walk = self._col_walk, ks.Walk.of(Side(*(x[lo : lo + B] for x in src)))
         else:
             col_walk = row_walk = ks.Walk.none()
-        ks.scan_block(block, src, dst, rules, col_walk, self.cols.floor(rules.prim), rows, cols)
+        ks.scan_block(block, src, dst, rules, col_walk, self.cols.floor(rules.prim), rows, cols, marks)
         if self.do_best:
-            ks.untouched_columns(block, rules.n, src, dst, row_walk, cols)
+            ks.untouched_columns(block, rules.n, src, dst, row_walk, cols, marks)
         ks.merge_columns(block, self.do_best, cols, self.cols)
         self.counters += cols.counters.sum(0)
         if self.do_best:
             ok = rows.best >= 0
-            at = (np.arange(B)[:, None], np.where(ok, rows.best, 0))
+            r_at = np.broadcast_to(np.arange(B, dtype=np.int64)[:, None], ok.shape).ravel()
+            c_at, p_at = ks.cells(block, r_at, np.where(ok, rows.best, 0).astype(np.int64).ravel())
             self.succ.j[lo : lo + B] = rows.best
-            self.succ.c[lo : lo + B] = np.where(ok, cnt[at], 0)
-            self.succ.p[lo : lo + B] = np.where(ok, psum[at], 0.0)
+            self.succ.c[lo : lo + B] = np.where(ok, c_at.reshape(ok.shape), 0)
+            self.succ.p[lo : lo + B] = np.where(ok, p_at.reshape(ok.shape), 0.0)
         # kept cells of these rows: count, then fill
+        gather = ks.gather_sparse if sparse else ks.gather_rows
         offsets = np.zeros(B + 1, np.int64)
-        ks.gather_rows(block, src, dst, rules, rows, offsets, ks.new(ks.Edges, 0), True)
+        gather(block, src, dst, rules, rows, offsets, ks.new(ks.Edges, 0), True)
         np.cumsum(offsets, out=offsets)
         out = ks.new(ks.Edges, int(offsets[-1]))
-        ks.gather_rows(block, src, dst, rules, rows, offsets, out, False)
+        gather(block, src, dst, rules, rows, offsets, out, False)
         self.parts.append(out)
         if self.forced is not None:
             # the matched cells of these rows, whatever their counts; duplicates of kept cells
             # carry the same values and are dropped in `finish`
             r = np.flatnonzero(self.forced[lo : lo + B] >= 0)
             j = self.forced[lo + r].astype(np.int64)
-            self.parts.append(_edges(lo + r, j, cnt[r, j], psum[r, j]))
+            self.parts.append(_edges(lo + r, j, *ks.cells(block, r.astype(np.int64), j)))
         self.rows_done += B
 
     PART_KEYS = tuple(f"part_{f}" for f in ("src", "dst", "c", "p"))  # block_arrays' names of the Edges fields
@@ -243,6 +249,14 @@ class PairState:
         p[take, ks.MI] = 0.0
         ids[ids == ks.NO_ID] = -1
         return ids, c, p
+
+
+def sparse_columns(block: ks.SparseBlock) -> ks.SparseBlock:
+    """The block with its column index (`SparseBlock.colptr`, `.rows`), for the column walks."""
+    colptr = np.zeros(block.d_m + 1, np.int64)
+    rows = np.empty(int(block.nnz.sum()), np.int32)
+    ks.sparse_columns(block.ptr, block.nnz, block.j, block.d_m, colptr, rows)
+    return block._replace(colptr=colptr, rows=rows)
 
 
 def _edges(src: np.ndarray, dst: np.ndarray, n_co: np.ndarray, p: np.ndarray) -> ks.Edges:

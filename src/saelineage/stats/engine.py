@@ -1,7 +1,9 @@
 """The accumulation pass: every layer pair at once, in bounded memory.
 
 A *unit* is a block of source rows [lo, hi) of one layer pair; its accumulators are
-cnt (int32, or int64 past 2^31 tokens) and psum (float64), both [hi-lo, d_dst]. Units are
+cnt (int32, or int64 past 2^31 tokens) and psum (float64), both [hi-lo, d_dst] (dense), or
+the same cells stored per row, touched cells only (sparse: a pair whose rows touch few of their
+d_dst cells, as wide SAEs' do; a census pass over the shards bounds each row's cells). Units are
 packed into *passes* so that each pass fits the memory budget; when everything fits
 there is one pass over the shards. Each pass streams the shards in order, gathers them
 into batches of about `batch_bytes` of buffers (large batches let an accumulator row
@@ -24,10 +26,14 @@ import psutil
 
 from saelineage.errors import SaelineageError
 from saelineage.stats import kernels as kn
+from saelineage.stats import kernels_scan as ks
 from saelineage.stats.batch import POS_DTYPE, PTR_DTYPE, VAL_DTYPE, Batch, BufferPool, LayerBuffer, batches
 from saelineage.stats.edges import EdgeOptions, PairResult, PairState, result_bytes, spilled_bytes, state_bytes
 from saelineage.stats.measures import Marginals, side
 
+SPARSE_CELL_BYTES = 4 + 8  # a sparse cell's column (int32) and sum (float64), besides its count
+SPARSE_ROW_BYTES = 2 * 8  # a sparse row's start and length
+SPARSE_GAIN = 2  # auto: a pair is stored sparse when that takes this many times less memory
 BATCH_MAX = 1536 << 20  # larger batches: fewer accumulator-row streams (see batch.py)
 BATCH_MIN_ENTRIES = 1 << 16
 BATCH_MIN_TOKENS = 1 << 12
@@ -62,6 +68,9 @@ class Layout:
     include_bos: bool
     all_active: bool  # threshold 0: every stored entry > 0 is active
     n_tokens_hint: int
+    work: dict[int, np.ndarray] | None = None
+    """{pair index: int64 [d_src]} the census: increments of each source row over the kept tokens,
+    which bound the cells a sparse row can touch (`census`); None before it is taken."""
 
 
 @dataclass
@@ -70,10 +79,43 @@ class Budget:
     batch_bytes: int
     count_dtype: type
     passes: list[list[Unit]] = field(default_factory=list)
+    caps: dict[int, np.ndarray] = field(default_factory=dict)
+    """{pair index: int64 [d_src]} cells each source row may hold, for the pairs stored sparse"""
+    needed: int = 0
+    """bytes the plan needs at least (one row of its widest pair beside the state); over `limit`:
+    no plan fits (`check_fits`)"""
+    sparse_cell: int = 0
+    """bytes of a sparse cell (`sparse_row_bytes`)"""
+    sparse_row: int = 0
+    """bytes of a sparse row besides its cells"""
+    census_seconds: float = 0.0
+    """time the census took (`plan_run`)"""
 
     @property
     def cell_bytes(self) -> int:
         return np.dtype(self.count_dtype).itemsize + kn.PSUM_DTYPE.itemsize
+
+    def unit_cells(self, layout: Layout, u: Unit) -> tuple[int, int]:
+        """(dense cells, sparse cells) of a unit's accumulators."""
+        cap = self.caps.get(u.pair)
+        if cap is not None:
+            return 0, int(cap[u.lo : u.hi].sum())
+        return (u.hi - u.lo) * layout.d[layout.pairs[u.pair].dst], 0
+
+    def pass_cells(self, layout: Layout, units: list[Unit]) -> tuple[int, int]:
+        """(dense cells, sparse cells) of one pass's units."""
+        cells = [self.unit_cells(layout, u) for u in units]
+        return sum(c[0] for c in cells), sum(c[1] for c in cells)
+
+    def pass_bytes(self, layout: Layout, units: list[Unit]) -> int:
+        """Accumulator bytes of one pass (the arena holds the largest)."""
+        dense, sparse = self.pass_cells(layout, units)
+        rows = sum(u.hi - u.lo for u in units if u.pair in self.caps)
+        return dense * self.cell_bytes + sparse * self.sparse_cell + rows * self.sparse_row
+
+    def accumulator_bytes(self, layout: Layout) -> int:
+        """Accumulator bytes of every unit of every pass."""
+        return sum(self.pass_bytes(layout, units) for units in self.passes)
 
 
 KERNELS_BYTES = 160 << 20
@@ -87,8 +129,27 @@ def process_baseline() -> int:
     return max(256 << 20, psutil.Process().memory_info().rss) + KERNELS_BYTES
 
 
-def plan(layout: Layout, opts: EdgeOptions, memory_limit: int, baseline: int | None = None) -> Budget:
+def sparse_row_bytes(count_dtype: type, opts: EdgeOptions) -> tuple[int, int]:
+    """(bytes per cell, bytes per row) of a sparse unit: the cell (column, count, sum) and its
+    entry in the column index the scan builds; the row's start, length and scan results."""
+    cell = SPARSE_CELL_BYTES + np.dtype(count_dtype).itemsize + 4
+    row = SPARSE_ROW_BYTES + 4 * (ks.N_MEASURES + opts.top_k * len(opts.primary)) + 8
+    return cell, row
+
+
+def scratch_bytes(d_m: int) -> int:
+    """Per-thread scratch of sparse accumulation and scans (dense row, marks, id list) for d_m columns."""
+    threads = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]  # set at import
+    return threads * d_m * (8 + kn.PSUM_DTYPE.itemsize + 1 + 4 + 1)
+
+
+def plan(
+    layout: Layout, opts: EdgeOptions, memory_limit: int, baseline: int | None = None, accumulate: str = "dense"
+) -> Budget:
     """Split the pairs into units and passes that fit `memory_limit` bytes of process memory.
+
+    accumulate: 'dense', 'sparse' (the pairs whose census is known, `layout.work`), or 'auto'
+    (those of them that take SPARSE_GAIN times less memory sparse than dense).
 
     Accumulators get limit - (baseline: the process's resident memory now, at least
     256 MiB, and the kernels'; batch buffers: 15%, capped at 1.5 GiB; slack: 5%, capped at
@@ -101,7 +162,7 @@ def plan(layout: Layout, opts: EdgeOptions, memory_limit: int, baseline: int | N
     if baseline is None:
         baseline = process_baseline()
     limit, memory_limit = memory_limit, max(memory_limit - baseline, 0)
-    batch_bytes = int(min(BATCH_MAX, 0.15 * memory_limit))
+    batch_bytes = _batch_bytes(memory_limit)
     budget = Budget(limit, batch_bytes, count_dtype)
     held = [
         state_bytes(layout.d[p.src], layout.d[p.dst], opts, p.span == 1)
@@ -109,18 +170,48 @@ def plan(layout: Layout, opts: EdgeOptions, memory_limit: int, baseline: int | N
         for p in layout.pairs
     ]
     finished = [spilled_bytes(layout.d[p.src], layout.d[p.dst]) for p in layout.pairs]
+    row_bytes = []
+    cell_b, row_b = budget.sparse_cell, budget.sparse_row = sparse_row_bytes(count_dtype, opts)
+    for k, p in enumerate(layout.pairs):
+        dense = np.full(layout.d[p.src], layout.d[p.dst] * budget.cell_bytes, np.int64)
+        work = (layout.work or {}).get(k)
+        if accumulate != "dense" and work is not None:
+            cap = np.minimum(work, layout.d[p.dst])
+            sparse = cap * cell_b + row_b
+            if accumulate == "sparse" or SPARSE_GAIN * int(sparse.sum()) < int(dense.sum()):
+                budget.caps[k], dense = cap, sparse
+                held[k] += scratch_bytes(layout.d[p.dst])
+        row_bytes.append(np.cumsum(dense))
     free0 = memory_limit - batch_bytes - int(min(SLACK_MAX, 0.05 * memory_limit))
+    budget.needed = baseline + _room_for(max(held[k] + int(c[0]) + sum(finished[:k]) for k, c in enumerate(row_bytes)))
+    if budget.needed > limit:  # nothing fits (`check_fits` refuses it): one source row per pass
+        budget.passes = [[Unit(k, r, r + 1)] for k, p in enumerate(layout.pairs) for r in range(layout.d[p.src])]
+        return budget
     # The accumulators are one Arena sized for the largest pass and kept through every pass, so
     # the largest pass plus the most state any pass holds must fit: refill until it does.
     room = free0
     for _ in range(8):
-        budget.passes = _fill(layout, budget.cell_bytes, held, finished, room)
-        arena = max((pass_cells(layout, units) for units in budget.passes), default=0) * budget.cell_bytes
+        budget.passes = _fill(layout, row_bytes, held, finished, room)
+        arena = max((budget.pass_bytes(layout, units) for units in budget.passes), default=0)
         over = arena + max((_pass_state(units, held, finished) for units in budget.passes), default=0) - free0
         if over <= 0:
             break
         room -= over
     return budget
+
+
+def _batch_bytes(room: int) -> int:
+    """The batch buffers' share of the memory past the baseline."""
+    return int(min(BATCH_MAX, 0.15 * room))
+
+
+def _room_for(state: int) -> int:
+    """The memory past the baseline whose share left after batch buffers and slack (as `plan`
+    takes them) holds `state` bytes."""
+    x = state / 0.8
+    for _ in range(4):  # the caps only lower the shares: iterate to the fixed point from above
+        x = state + min(BATCH_MAX, 0.15 * x) + min(SLACK_MAX, 0.05 * x)
+    return int(x) + 1
 
 
 def _pass_state(units: list[Unit], held: list[int], finished: list[int]) -> int:
@@ -129,24 +220,29 @@ def _pass_state(units: list[Unit], held: list[int], finished: list[int]) -> int:
     return sum(held[k] for k in ks) + sum(finished[: min(ks)])
 
 
-def _fill(layout: Layout, cell_bytes: int, held: list[int], finished: list[int], room: int) -> list[list[Unit]]:
-    """Units packed greedily into passes of at most `room` bytes of accumulators and state."""
+def _fill(
+    layout: Layout, row_bytes: list[np.ndarray], held: list[int], finished: list[int], room: int
+) -> list[list[Unit]]:
+    """Units packed greedily into passes of at most `room` bytes of accumulators and state.
+
+    row_bytes[k]: cumulative bytes of pair k's source rows (int64 [d_src])."""
     passes: list[list[Unit]] = []
     current: list[Unit] = []
     free = room
     for k, p in enumerate(layout.pairs):
-        row = layout.d[p.dst] * cell_bytes
+        cum = row_bytes[k]
         lo, d_src = 0, layout.d[p.src]
         free -= held[k]
         while lo < d_src:
-            rows = min(d_src - lo, max(0, free) // row)
+            base = int(cum[lo - 1]) if lo else 0
+            rows = min(d_src - lo, int(np.searchsorted(cum[lo:], base + max(0, free), side="right")))
             if rows == 0 and current:
                 passes.append(current)
                 free, current = room - sum(finished[:k]) - held[k], []
                 continue
             rows = max(rows, 1)
             current.append(Unit(k, lo, lo + rows))
-            free -= rows * row
+            free -= int(cum[lo + rows - 1]) - base
             lo += rows
     if current:
         passes.append(current)
@@ -235,6 +331,10 @@ def _prepare(
             )
 
 
+SparseRows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""Empty sparse rows from `Arena.take`: (ptr, nnz, j, cnt, psum), the leading fields of ks.SparseBlock."""
+
+
 class Arena:
     """Accumulator memory kept across passes (and tasks) and refilled with zeros for each.
 
@@ -246,11 +346,12 @@ class Arena:
     def __init__(self, count_dtype: type = np.int32):
         self.cnt: np.ndarray = np.zeros(0, count_dtype)
         self.psum = np.zeros(0, kn.PSUM_DTYPE)
-        self.used = 0  # cells the last take handed out; every cell past them is zero
+        self.j = np.zeros(0, np.int32)  # sparse cells' columns
+        self.used = 0  # cells handed out since the last refill reached them: every cell past them is zero
 
-    def reserve(self, cells: int, count_dtype: type) -> None:
-        """Hold at least `cells` cells of count_dtype; a larger need reallocates and faults the
-        new pages in on every thread (zeroed)."""
+    def reserve(self, cells: int, count_dtype: type, sparse: int = 0) -> None:
+        """Hold at least `cells` cells of count_dtype, `sparse` of them with a column; a larger need
+        reallocates and faults the new pages in on every thread (zeroed)."""
         if len(self.cnt) < cells or self.cnt.dtype != np.dtype(count_dtype):
             self.cnt = self.psum = None  # type: ignore[assignment]  # free before the new allocation
             self.cnt = np.empty(cells, count_dtype)
@@ -258,32 +359,51 @@ class Arena:
             kn.zero_fill(self.cnt)
             kn.zero_fill(self.psum)
             self.used = 0
+        if len(self.j) < sparse:
+            self.j = None  # type: ignore[assignment]
+            self.j = np.empty(sparse, np.int32)
+            kn.zero_fill(self.j)
 
-    def take(self, shapes: list[tuple[int, int]], count_dtype: type) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Zeroed (cnt, psum) views of each [rows, cols] shape, laid out one after another;
-        only the cells a previous take handed out are refilled."""
-        total = sum(r * c for r, c in shapes)
-        self.reserve(total, count_dtype)
-        kn.zero_fill(self.cnt[: self.used])
-        kn.zero_fill(self.psum[: self.used])
-        self.used = total
+    def take(
+        self, shapes: list[tuple[int, int]], caps: list[np.ndarray], count_dtype: type
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[SparseRows]]:
+        """Zeroed (cnt, psum) views of each dense [rows, cols] shape, laid out one after another,
+        then empty sparse rows of each capacity array caps (int64 [rows]): (ptr, nnz, j, cnt, psum)
+        with nnz zero (their cells are not refilled: a sparse row reads only its first nnz). Only
+        the cells a previous take handed out are refilled."""
+        dense = sum(r * c for r, c in shapes)
+        sparse = sum(int(c.sum()) for c in caps)
+        self.reserve(dense + sparse, count_dtype, sparse)
+        kn.zero_fill(self.cnt[: min(self.used, dense)])
+        kn.zero_fill(self.psum[: min(self.used, dense)])
+        self.used = max(self.used, dense + sparse)  # cells past the dense ones stay as they were
         out, at = [], 0
         for r, c in shapes:
             out.append((self.cnt[at : at + r * c].reshape(r, c), self.psum[at : at + r * c].reshape(r, c)))
             at += r * c
-        return out
-
-
-def pass_cells(layout: Layout, units: list[Unit]) -> int:
-    """Accumulator cells of one pass's units."""
-    return sum((u.hi - u.lo) * layout.d[layout.pairs[u.pair].dst] for u in units)
+        rows, at_j = [], 0
+        for cap in caps:
+            ptr = np.zeros(len(cap) + 1, np.int64)
+            np.cumsum(cap, out=ptr[1:])
+            n = int(ptr[-1])
+            rows.append(
+                (
+                    ptr,
+                    np.zeros(len(cap), np.int64),
+                    self.j[at_j : at_j + n],
+                    self.cnt[at : at + n],
+                    self.psum[at : at + n],
+                )
+            )
+            at, at_j = at + n, at_j + n
+        return out, rows
 
 
 class PassResult(NamedTuple):
     """One pass over the shards: kept tokens, the accumulators of each unit, and the work done."""
 
     n: int
-    acc: dict[Unit, tuple[np.ndarray, np.ndarray]]
+    acc: dict[Unit, ks.Block | ks.SparseBlock]
     increments: int
 
 
@@ -310,8 +430,14 @@ def accumulate_pass(
         for l in src
     }
     t_zero = time.perf_counter()
-    shapes = [(u.hi - u.lo, d[pairs[u.pair].dst]) for u in units]
-    acc = dict(zip(units, (arena or Arena()).take(shapes, budget.count_dtype), strict=True))
+    acc = _take(layout, budget, units, arena or Arena())
+    sparse_d = [d[pairs[u.pair].dst] for u in units if u.pair in budget.caps]
+    threads = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]  # set at import
+    scratch = tuple(
+        np.zeros((threads, max(sparse_d, default=0)), dt)
+        for dt in (budget.count_dtype, kn.PSUM_DTYPE, np.uint8, np.int32)
+    )
+    full = np.zeros(1, np.uint8)
     tm["zero"] += time.perf_counter() - t_zero
     n_pass, increments = 0, 0
     t0 = time.perf_counter()
@@ -326,27 +452,89 @@ def accumulate_pass(
             s, m = batch.buf[pairs[u.pair].src], batch.buf[pairs[u.pair].dst]
             work = kn.row_work(s.colptr, s.tok, m.ptr, u.lo, u.hi)
             bounds = kn.chunk_bounds(work, u.lo, CHUNKS_PER_THREAD * numba.get_num_threads())
-            kn.accumulate(
-                bounds,
-                u.lo,
-                s.colptr,
-                s.tok,
-                s.cval,
-                s.cact,
-                m.ptr,
-                m.idx,
-                m.val,
-                m.act,
-                layout.all_active,
-                *acc[u],
-            )
+            args = (bounds, u.lo, s.colptr, s.tok, s.cval, s.cact, m.ptr, m.idx, m.val, m.act, layout.all_active)
+            blk = acc[u]
+            if isinstance(blk, ks.SparseBlock):
+                kn.accumulate_sparse(*args, (blk.ptr, blk.nnz, blk.j), blk.cnt, blk.psum, scratch, full)
+            else:
+                kn.accumulate(*args, blk.cnt, blk.psum)
             increments += int(work.sum())
         t0 = time.perf_counter()
         tm["accumulate"] += t0 - t1
         if on_batch:
             on_batch(batch.n_shards, increments)
     buffers.release()
+    if full[0]:
+        raise SaelineageError("the shards changed while stats was reading them.", "re-run `saelineage stats`.")
     return PassResult(n_pass, acc, increments)
+
+
+def _take(layout: Layout, budget: Budget, units: list[Unit], arena: Arena) -> dict[Unit, ks.Block | ks.SparseBlock]:
+    """Each unit's accumulators, from the arena: zeroed dense blocks, empty sparse rows."""
+    d, pairs, caps = layout.d, layout.pairs, budget.caps
+    dense = [u for u in units if u.pair not in caps]
+    sparse = [u for u in units if u.pair in caps]
+    blocks, rows = arena.take(
+        [(u.hi - u.lo, d[pairs[u.pair].dst]) for u in dense],
+        [caps[u.pair][u.lo : u.hi] for u in sparse],
+        budget.count_dtype,
+    )
+    acc: dict[Unit, ks.Block | ks.SparseBlock] = {u: ks.Block(*b, u.lo) for u, b in zip(dense, blocks, strict=True)}
+    for u, (ptr, nnz, j, cnt, psum) in zip(sparse, rows, strict=True):
+        dm = d[pairs[u.pair].dst]
+        acc[u] = ks.SparseBlock(ptr, nnz, j, cnt, psum, u.lo, dm, np.zeros(0, np.int64), np.zeros(0, np.int32))
+    return acc
+
+
+def census(layout: Layout, batch_bytes: int, pool: BufferPool | None = None) -> dict[int, np.ndarray]:
+    """{pair index: int64 [d_src]}: each source row's increments over the kept tokens (one read of
+    the shards, `kn.census`), which bound the cells a sparse row touches (`plan`)."""
+    d, pairs = layout.d, layout.pairs
+    work = {k: np.zeros(d[p.src], np.int64) for k, p in enumerate(pairs)}
+    pool = pool or BufferPool()
+    layers = sorted({p.src for p in pairs} | {p.dst for p in pairs})
+    buffers = _batch_for(layout, layers, set(), batch_bytes, pool)
+    for batch in batches(layout.shards, buffers):
+        keep = batch.keep(layout.bos, layout.include_bos)
+        _prepare(batch, layout, keep, {}, {})
+        for k, p in enumerate(pairs):
+            s, m = batch.buf[p.src], batch.buf[p.dst]
+            kn.census(s.ptr, s.idx, batch.n_tok, keep, m.ptr, work[k])
+    buffers.release()
+    return work
+
+
+def plan_run(
+    layout: Layout, opts: EdgeOptions, memory_limit: int, accumulate: str = "auto", workers: int = 1
+) -> Budget:
+    """The plan of a run: dense when that fits one pass ('auto') or is asked for; otherwise the
+    census is taken (into layout.work) and the pairs that gain from it are stored sparse. Refuses
+    a plan that cannot fit (`check_fits`)."""
+    budget = plan(layout, opts, memory_limit) if accumulate != "sparse" else None
+    if budget is None or (accumulate == "auto" and len(budget.passes) > 1):
+        t0 = time.perf_counter()
+        if layout.work is None:
+            layout.work = census(layout, _batch_bytes(max(memory_limit - process_baseline(), 0)))
+        took = time.perf_counter() - t0
+        budget = plan(layout, opts, memory_limit, accumulate=accumulate)
+        budget.census_seconds = took
+    check_fits(budget, opts, workers)
+    return budget
+
+
+def check_fits(budget: Budget, opts: EdgeOptions, workers: int) -> None:
+    """Refuse a plan that cannot fit its memory limit, even one source row per pass."""
+    if budget.needed <= budget.limit:
+        return
+    gib = 1 << 30
+    raise SaelineageError(
+        f"stats needs at least {budget.needed / gib:.1f} GiB under this plan (one source row of the widest pair "
+        f"beside its running state: top-{opts.top_k} lists of {len(opts.primary)} measures per feature, per "
+        f"thread scratch, the batch buffers), more than --memory-limit {budget.limit / gib:.1f} GiB.",
+        f"raise --memory-limit to {-(-budget.needed // gib)}G or more, or shrink the state: --top-k "
+        f"{max(1, opts.top_k // 2)}, fewer --primary measures, --workers 1 (now {workers}); or spread the pairs "
+        "over machines with --ray.",
+    )
 
 
 def new_timings() -> dict[str, float]:
@@ -385,7 +573,8 @@ def run_passes(
     pool = BufferPool()
     arena = Arena(budget.count_dtype)
     t0 = time.perf_counter()  # sized for the largest pass, so that no later pass reallocates
-    arena.reserve(max((pass_cells(layout, units) for units in budget.passes), default=0), budget.count_dtype)
+    cells = [budget.pass_cells(layout, units) for units in budget.passes]
+    arena.reserve(max((a + b for a, b in cells), default=0), budget.count_dtype, max((b for _, b in cells), default=0))
     pool.reserve(budget.batch_bytes)
     tm["reserve"] += time.perf_counter() - t0
     for pass_no, units in enumerate(budget.passes):
@@ -410,9 +599,7 @@ def run_passes(
             st = states.get(u.pair) or states.setdefault(
                 u.pair, PairState(d[p.src], d[p.dst], opts, p.span == 1, (forced or {}).get(u.pair))
             )
-            cnt, psum = acc.pop(u)
-            st.add_block(cnt, psum, u.lo, n_tokens, side(n_tokens, marg[p.src]), side(n_tokens, marg[p.dst]))
-            del cnt, psum
+            st.add_block(acc.pop(u), n_tokens, side(n_tokens, marg[p.src]), side(n_tokens, marg[p.dst]))
             if st.rows_done == d[p.src]:
                 res = st.finish(n_tokens, side(n_tokens, marg[p.src]), side(n_tokens, marg[p.dst]))
                 results[u.pair] = res.spill(spill / f"pair{u.pair:03d}") if spill is not None else res

@@ -255,6 +255,115 @@ def accumulate(bounds, lo, colptr, tok, val, act, m_indptr, m_idx, m_val, m_act,
                         prow[m_idx[f]] += a * np.float64(m_val[f])
 
 
+SWEEP_RATIO = 32
+"""A sparse row touching more than d_m / SWEEP_RATIO cells is written back by one sweep over its
+marks (sequential bytes) instead of sorting its new cells (n log n random work)."""
+
+
+@numba.njit(**_JIT)
+def census(ptr, idx, n_tok, keep, m_indptr, work):
+    """work[f] += Σ over the kept tokens t where feature f is stored of layer m's entries at t.
+
+    ptr/idx: a cleaned batch CSR of the source layer; m_indptr: the destination layer's token
+    pointers (cleaned). work int64 [d_l] then bounds, per source row, the increments of a pass and
+    so the cells a sparse row can touch (engine.plan)."""
+    for t in range(n_tok):
+        if keep[t]:
+            w = m_indptr[t + 1] - m_indptr[t]
+            for e in range(ptr[t], ptr[t + 1]):
+                work[idx[e]] += w
+
+
+@numba.njit(parallel=True, **_JIT)
+def accumulate_sparse(
+    bounds, lo, colptr, tok, val, act, m_indptr, m_idx, m_val, m_act, all_active, rows, cnt, psum, scratch, full
+):
+    """`accumulate` into rows stored sparse: the same additions, in the same order, per cell.
+
+    rows = (ptr int64 [B+1], nnz int64 [B], j int32): row r's cells are j[ptr[r] : ptr[r] + nnz[r]]
+    (ascending) with counts cnt and sums psum at the same positions; it may grow to ptr[r+1] -
+    ptr[r] cells (the census bound). Each row is expanded into its thread's dense scratch
+    (scratch = (c [T, d_m], p [T, d_m], mark uint8 [T, d_m], list int32 [T, d_m]); c, p and
+    mark zero and left zero), the batch's increments are added there, and its touched cells written back in
+    ascending j. A row that would outgrow its capacity (the shards changed since the census) sets
+    full[0] = 1 and is left as it was.
+    """
+    ptr, nnz, js = rows
+    sc_c, sc_p, sc_m, sc_l = scratch
+    dm = sc_c.shape[1]
+    for ch in prange(bounds.shape[0] - 1):
+        th = numba.get_thread_id()
+        crow = sc_c[th]
+        prow = sc_p[th]
+        mk = sc_m[th]
+        ls = sc_l[th]
+        for i in range(bounds[ch], bounds[ch + 1]):
+            e0 = colptr[i]
+            e1 = colptr[i + 1]
+            if e0 == e1:
+                continue
+            r = i - lo
+            s0 = ptr[r]
+            u = nnz[r]
+            for x in range(u):
+                j = js[s0 + x]
+                crow[j] = cnt[s0 + x]
+                prow[j] = psum[s0 + x]
+                mk[j] = 1
+                ls[x] = j
+            nl = u
+            for e in range(e0, e1):
+                if e + PREFETCH_AHEAD < e1:
+                    _prefetch_row(m_indptr, m_idx, m_val, tok[e + PREFETCH_AHEAD])
+                t = tok[e]
+                a = np.float64(val[e])
+                both = all_active or act[e]
+                for f in range(m_indptr[t], m_indptr[t + 1]):
+                    j = m_idx[f]
+                    if mk[j] == 0:
+                        mk[j] = 1
+                        ls[nl] = j
+                        nl += 1
+                    if both:
+                        crow[j] += 1 if all_active else m_act[f]
+                    prow[j] += a * np.float64(m_val[f])
+            ok = nl <= ptr[r + 1] - s0
+            if not ok:
+                full[0] = 1
+            if nl * SWEEP_RATIO > dm:
+                w = 0
+                for j in range(dm):
+                    if mk[j]:
+                        ls[w] = j
+                        w += 1
+            elif nl > u:
+                ls[u:nl].sort()
+                if u > 0:  # merge the old (sorted) and new (sorted) ids, from the back, in place
+                    a_ = u - 1
+                    b_ = nl - 1
+                    tmp = ls[u:nl].copy()
+                    for w in range(nl - 1, -1, -1):
+                        if b_ < u or (a_ >= 0 and ls[a_] > tmp[b_ - u]):
+                            ls[w] = ls[a_]
+                            a_ -= 1
+                        else:
+                            ls[w] = tmp[b_ - u]
+                            b_ -= 1
+                        if b_ < u:
+                            break
+            for x in range(nl):
+                j = ls[x]
+                if ok:
+                    js[s0 + x] = j
+                    cnt[s0 + x] = crow[j]
+                    psum[s0 + x] = prow[j]
+                crow[j] = 0
+                prow[j] = 0.0
+                mk[j] = 0
+            if ok:
+                nnz[r] = nl
+
+
 @numba.njit(**_JIT)
 def dec_cosine(w_src, w_dst, src, dst):
     """float64[K]: cosine of decoder rows w_src[src[k]] and w_dst[dst[k]] (float64 sums).

@@ -40,6 +40,7 @@ from typing import Any, Literal, NamedTuple, Protocol, TypedDict, TypeVar
 import numba
 import numpy as np
 from numba import prange
+from numba.extending import overload
 
 from saelineage.stats.measures import MEASURE_INDEX, MEASURES, Side
 
@@ -113,6 +114,199 @@ class Block(NamedTuple):
     """float64 [B, d_m]: p_ij"""
     lo: int
     """the block's first source row"""
+
+
+class SparseBlock(NamedTuple):
+    """Accumulator rows lo..lo+B-1 of one layer pair stored sparse (engine.py: pairs whose rows
+    touch few of their cells): row r's touched cells are j[ptr[r] : ptr[r] + nnz[r]], ascending,
+    with their c_ij and p_ij at the same positions. Untouched cells are c = p = 0, as in a `Block`."""
+
+    ptr: np.ndarray
+    """int64 [B+1]: where each row's cells start (rows may hold spare room up to the next start)"""
+    nnz: np.ndarray
+    """int64 [B]: touched cells of each row"""
+    j: np.ndarray
+    """int32: their columns"""
+    cnt: np.ndarray
+    """int32 or int64: c_ij"""
+    psum: np.ndarray
+    """float64: p_ij"""
+    lo: int
+    """the block's first source row"""
+    d_m: int
+    """columns"""
+    colptr: np.ndarray
+    """int64 [d_m+1] (do_best; else empty): column j's touched rows are rows[colptr[j] : colptr[j+1]]"""
+    rows: np.ndarray
+    """int32: block rows r, ascending within each column (`sparse_columns`)"""
+
+
+def _is_sparse(block: Any) -> bool:
+    """At compile time: the numba type of `block` is a SparseBlock's."""
+    return getattr(block, "instance_class", None) is SparseBlock
+
+
+# The scan kernels take a Block or a SparseBlock; these helpers are the only places that tell the
+# two apart (numba compiles each kernel once per block type, so the dense code is unchanged).
+def n_cols(block):
+    """d_m of a block."""
+    raise NotImplementedError  # numba only (overloaded below)
+
+
+def row_span(block, r):
+    """(first, stop) positions of row r's cells for `row_cell`."""
+    raise NotImplementedError
+
+
+def row_cell(block, r, x):
+    """(j, c_ij, p_ij) at position x of row r."""
+    raise NotImplementedError
+
+
+def cell(block, r, j):
+    """(c_ij, p_ij) of block row r, column j (0, 0.0 when untouched)."""
+    raise NotImplementedError
+
+
+def row_cells(block, r, mc, mp):
+    """(counts, sums) of row r indexable by j [d_m], for the walks (`_best_untouched`, `_first_zero`):
+    a sparse row marks mc where c > 0 and mp where touched (c > 0 or p > 0)."""
+    raise NotImplementedError
+
+
+def col_cells(block, j, mc, mp):
+    """As `row_cells`, for column j, indexable by block row [B]."""
+    raise NotImplementedError
+
+
+def clear_row(block, r, mc, mp):
+    """Undo `row_cells`'s marks."""
+    raise NotImplementedError
+
+
+def clear_col(block, j, mc, mp):
+    """Undo `col_cells`'s marks."""
+    raise NotImplementedError
+
+
+@overload(n_cols, inline="always")
+def _ov_n_cols(block):
+    if _is_sparse(block):
+        return lambda block: block.d_m
+    return lambda block: block.cnt.shape[1]
+
+
+@overload(row_span, inline="always")
+def _ov_row_span(block, r):
+    if _is_sparse(block):
+        return lambda block, r: (block.ptr[r], block.ptr[r] + block.nnz[r])
+    return lambda block, r: (0, block.cnt.shape[1])
+
+
+@overload(row_cell, inline="always")
+def _ov_row_cell(block, r, x):
+    if _is_sparse(block):
+        return lambda block, r, x: (np.int64(block.j[x]), block.cnt[x], block.psum[x])
+    return lambda block, r, x: (np.int64(x), block.cnt[r, x], block.psum[r, x])
+
+
+@overload(cell, inline="always")
+def _ov_cell(block, r, j):
+    if _is_sparse(block):
+
+        def sparse(block, r, j):
+            a = block.ptr[r]
+            b = a + block.nnz[r]
+            x = a + np.searchsorted(block.j[a:b], j)
+            if x < b and block.j[x] == j:
+                return np.int64(block.cnt[x]), block.psum[x]
+            return np.int64(0), 0.0
+
+        return sparse
+    return lambda block, r, j: (np.int64(block.cnt[r, j]), block.psum[r, j])
+
+
+@overload(row_cells, inline="always")
+def _ov_row_cells(block, r, mc, mp):
+    if _is_sparse(block):
+
+        def sparse(block, r, mc, mp):
+            for x in range(block.ptr[r], block.ptr[r] + block.nnz[r]):
+                mc[block.j[x]] = block.cnt[x] != 0
+                mp[block.j[x]] = 1
+            return mc, mp
+
+        return sparse
+    return lambda block, r, mc, mp: (block.cnt[r], block.psum[r])
+
+
+@overload(col_cells, inline="always")
+def _ov_col_cells(block, j, mc, mp):
+    if _is_sparse(block):
+
+        def sparse(block, j, mc, mp):
+            for x in range(block.colptr[j], block.colptr[j + 1]):
+                r = block.rows[x]
+                mc[r] = cell(block, r, j)[0] != 0
+                mp[r] = 1
+            return mc, mp
+
+        return sparse
+    return lambda block, j, mc, mp: (block.cnt[:, j], block.psum[:, j])
+
+
+@overload(clear_row, inline="always")
+def _ov_clear_row(block, r, mc, mp):
+    if _is_sparse(block):
+
+        def sparse(block, r, mc, mp):
+            for x in range(block.ptr[r], block.ptr[r] + block.nnz[r]):
+                mc[block.j[x]] = 0
+                mp[block.j[x]] = 0
+
+        return sparse
+    return lambda block, r, mc, mp: None
+
+
+@overload(clear_col, inline="always")
+def _ov_clear_col(block, j, mc, mp):
+    if _is_sparse(block):
+
+        def sparse(block, j, mc, mp):
+            for x in range(block.colptr[j], block.colptr[j + 1]):
+                mc[block.rows[x]] = 0
+                mp[block.rows[x]] = 0
+
+        return sparse
+    return lambda block, j, mc, mp: None
+
+
+@numba.njit(**_JIT)
+def sparse_columns(ptr, nnz, js, d_m, colptr, rows):
+    """Column index of a sparse block (`SparseBlock.colptr`, `.rows`): a counting sort by column,
+    rows ascending within each. colptr int64 [d_m+1] zero; rows int32 [Σ nnz]."""
+    B = nnz.shape[0]
+    for r in range(B):
+        for x in range(ptr[r], ptr[r] + nnz[r]):
+            colptr[js[x] + 1] += 1
+    for j in range(d_m):
+        colptr[j + 1] += colptr[j]
+    fill = colptr[:d_m].copy()
+    for r in range(B):
+        for x in range(ptr[r], ptr[r] + nnz[r]):
+            j = js[x]
+            rows[fill[j]] = r
+            fill[j] += 1
+
+
+@numba.njit(parallel=True, **_JIT)
+def cells(block, r, j):
+    """(c [K], p [K]) of block rows r[k], columns j[k] (either block type)."""
+    c = np.zeros(r.shape[0], np.int64)
+    p = np.zeros(r.shape[0])
+    for k in prange(r.shape[0]):
+        c[k], p[k] = cell(block, r[k], j[k])
+    return c, p
 
 
 class Rules(NamedTuple):
@@ -473,15 +667,13 @@ def _first_zero(cells_c, walk):
 
 
 @numba.njit(parallel=True, **_JIT)
-def untouched_columns(block, n, src, dst, rows, cols):
-    """Per column of a block (a `Block`): the best pearson over untouched cells and the
-    zero-count MI candidate (c_ij = 0: largest c_i, lowest i), folded into this thread's
+def untouched_columns(block, n, src, dst, rows, cols, marks):
+    """Per column of a block (a `Block` or `SparseBlock`): the best pearson over untouched cells
+    and the zero-count MI candidate (c_ij = 0: largest c_i, lowest i), folded into this thread's
     column state (`ColumnScratch` cols: best_v/best_i of pearson, zc/zi).
 
     src, dst: the pair's `Side`s; rows: the `Walk` of the block's rows (indices 0..B-1 of
-    src's rows lo..lo+B-1)."""
-    cnt = block.cnt
-    psum = block.psum
+    src's rows lo..lo+B-1); marks: uint8 [2, T, >= B] zeros (sparse blocks), left zero."""
     lo = block.lo
     fn = np.float64(n)
     ci = src.count
@@ -489,13 +681,15 @@ def untouched_columns(block, n, src, dst, rows, cols):
     cb_i = cols.best_i[:, PEARSON, :]
     zc = cols.zc
     zi = cols.zi
-    for j in prange(cnt.shape[1]):
+    for j in prange(n_cols(block)):
         th = numba.get_thread_id()
-        best, r = _best_untouched(cnt[:, j], psum[:, j], rows, fn, dst.s[j], dst.isd[j], src.s, src.isd, lo, False)
+        cc, cp = col_cells(block, j, marks[0, th], marks[1, th])
+        best, r = _best_untouched(cc, cp, rows, fn, dst.s[j], dst.isd[j], src.s, src.isd, lo, False)
         if r >= 0 and (best > cb_v[th, j] or (best == cb_v[th, j] and lo + r < cb_i[th, j])):
             cb_v[th, j] = best
             cb_i[th, j] = lo + r
-        r = _first_zero(cnt[:, j], rows)
+        r = _first_zero(cc, rows)
+        clear_col(block, j, marks[0, th], marks[1, th])
         if r >= 0:
             c = np.int64(ci[lo + r])
             if c > zc[th, j] or (c == zc[th, j] and lo + r < zi[th, j]):
@@ -535,9 +729,9 @@ def _best(bv, bj, cb_v, cb_i, m, x, i, j):
 
 
 @numba.njit(parallel=True, **_JIT)
-def scan_block(block, src, dst, rules, walk, floor, rows, cols):
-    """Scan the rows of `block` (a `Block`: rows lo..lo+B-1, cnt/psum [B, d_m]); see the module
-    docstring.
+def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
+    """Scan the rows of `block` (a `Block`: rows lo..lo+B-1, cnt/psum [B, d_m], or a `SparseBlock`);
+    see the module docstring. marks: uint8 [2, T, >= d_m] zeros (sparse blocks), left zero.
 
     src, dst: `Side`s of the pair's layers ([d_l], [d_m]); rules: `Rules`; walk: the `Walk` of
     dst's features (do_best only; its first_live / first_q resolve zero bests); floor: the
@@ -549,7 +743,7 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols):
     of `_best_untouched` / `untouched_columns` (the column walk runs after this scan). Past one
     sequential sweep that finds the touched cells, the cost is proportional to the touched cells.
     """
-    cnt, psum, lo = block
+    lo = block.lo
     ci, si, isdi, irqi = src.count, src.s, src.isd, src.irq
     cj, sj, isdj, irqj = dst.count, dst.s, dst.isd, dst.irq
     n, min_support, prim, thr, do_best = rules
@@ -567,7 +761,7 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols):
     ckth = cols.kth
     ck_mie = cols.k_mie
     counters = cols.counters
-    B, dm = cnt.shape
+    B = rtop.shape[0]
     P = prim.shape[0]
     k = rtop.shape[2]
     fn = np.float64(n)
@@ -585,8 +779,6 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols):
         ci_ = np.int64(ci[i])
         fci = np.float64(ci_)
         si_, isdi_, irqi_ = si[i], isdi[i], irqi[i]
-        crow = cnt[r]
-        prow = psum[r]
         cb_v = cbest_v[th]  # [N_MEASURES, d_m], or [N_MEASURES, 0] for span > 1 pairs (never read then)
         cb_i = cbest_i[th]
         v = np.empty(N_MEASURES)
@@ -602,15 +794,18 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols):
         ub = -np.inf
         ubj = -1
         if do_best:
-            ub, ubj = _best_untouched(crow, prow, walk, fn, si_, isdi_, sj, isdj, 0, True)
-            zmax_j = _first_zero(crow, walk)
+            rc, rp = row_cells(block, r, marks[0, th], marks[1, th])
+            ub, ubj = _best_untouched(rc, rp, walk, fn, si_, isdi_, sj, isdj, 0, True)
+            zmax_j = _first_zero(rc, walk)
+            clear_row(block, r, marks[0, th], marks[1, th])
         seen = 0
         touched = 0
         supported = 0
         n_thr = 0
-        for j in range(dm):
-            c = np.int64(crow[j])
-            p = prow[j]
+        x0, x1 = row_span(block, r)
+        for x in range(x0, x1):
+            j, c, p = row_cell(block, r, x)
+            c = np.int64(c)
             if c == 0 and p == 0.0:
                 continue
             touched += 1
@@ -678,7 +873,7 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols):
                 if bj[m] < 0:
                     bj[m] = zero_best(m, ci_, irqi_ == irqi_, walk.first_live, walk.first_q)
             cand = zmax_j if ci_ > 0 else 0  # c_i = 0: every partner has MI 0, lowest id wins
-            if cand >= 0 and cand < dm:
+            if cand >= 0 and cand < n_cols(block):
                 x = mi_scalar(n, np.int64(0), ci_, np.int64(cj[cand]))
                 if x > bv[MI] or (x == bv[MI] and cand < bj[MI]):
                     bv[MI] = x
@@ -700,10 +895,8 @@ def merge_columns(block, do_best, cols, state):
     running `ColumnState` state.
 
     The order (value desc, id asc) is total, so the result is independent of block and thread
-    order. c_ij and p_ij of newly taken rows are read from the block's accumulators.
+    order. c_ij and p_ij of newly taken rows are read from the block's accumulators (either type).
     """
-    cnt = block.cnt
-    psum = block.psum
     lo = block.lo
     cbest_v = cols.best_v  # empty without do_best
     cbest_i = cols.best_i
@@ -716,7 +909,7 @@ def merge_columns(block, do_best, cols, state):
     pt_v, pt_i, pt_c, pt_p = state.pt_v, state.pt_i, state.pt_c, state.pt_p
     T = ctop_v.shape[0]
     P = ctop_v.shape[1]
-    dm = cnt.shape[1]
+    dm = n_cols(block)
     k = ctop_v.shape[3]
     for j in prange(dm):
         for th in range(T):
@@ -727,8 +920,7 @@ def merge_columns(block, do_best, cols, state):
                     if i != NO_ID and (x > pb_v[m, j] or (x == pb_v[m, j] and i < pb_i[m, j])):
                         pb_v[m, j] = x
                         pb_i[m, j] = i
-                        pb_c[m, j] = cnt[i - lo, j]
-                        pb_p[m, j] = psum[i - lo, j]
+                        pb_c[m, j], pb_p[m, j] = cell(block, i - lo, j)
                 i = zi[th, j]
                 if i != NO_ID and (zc[th, j] > pz_c[j] or (zc[th, j] == pz_c[j] and i < pz_i[j])):
                     pz_c[j] = zc[th, j]
@@ -750,8 +942,7 @@ def merge_columns(block, do_best, cols, state):
                         u -= 1
                     pt_v[q, j, u] = x
                     pt_i[q, j, u] = i
-                    pt_c[q, j, u] = cnt[i - lo, j]
-                    pt_p[q, j, u] = psum[i - lo, j]
+                    pt_c[q, j, u], pt_p[q, j, u] = cell(block, i - lo, j)
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -762,7 +953,7 @@ def gather_rows(block, src, dst, rules, rows, offsets, out, count_only):
     With count_only, writes the number of kept cells of row r into offsets[r + 1] (int64 [B+1]);
     otherwise fills the `Edges` out ([K]) from offsets (exclusive prefix sums of those counts).
     """
-    cnt, psum, lo = block
+    cnt, psum, lo = block.cnt, block.psum, block.lo
     ci, si, isdi, irqi = src.count, src.s, src.isd, src.irq
     cj, sj, isdj, irqj = dst.count, dst.s, dst.isd, dst.irq
     n, min_support, _, thr, _ = rules
@@ -821,5 +1012,63 @@ def gather_rows(block, src, dst, rules, rows, offsets, out, count_only):
             if nxt < ids.shape[0] and ids[nxt] == cand:
                 nxt += 1
             j = max(j, cand + 1)
+        if count_only:
+            offsets[r + 1] = u
+
+
+@numba.njit(parallel=True, **_JIT)
+def gather_sparse(block, src, dst, rules, rows, offsets, out, count_only):
+    """`gather_rows` for a `SparseBlock`: the same cells (top-k partners and threshold cells,
+    ascending j), visiting only the touched cells of each row (every top-k partner is supported,
+    so touched)."""
+    ptr, nnz, js, cnt, psum, lo = block.ptr, block.nnz, block.j, block.cnt, block.psum, block.lo
+    ci, si, isdi, irqi = src.count, src.s, src.isd, src.irq
+    cj, sj, isdj, irqj = dst.count, dst.s, dst.isd, dst.irq
+    n, min_support, _, thr, _ = rules
+    rtop = rows.top
+    rkeep = rows.keep
+    out_i, out_j, out_c, out_p = out.src, out.dst, out.n_co, out.p
+    thr_mie = np.expm1(thr[MI]) if thr[MI] == thr[MI] else np.inf
+    for r in prange(nnz.shape[0]):
+        i = lo + r
+        ids = np.sort(rtop[r].ravel())
+        nxt = 0
+        while nxt < ids.shape[0] and ids[nxt] < 0:
+            nxt += 1
+        scan = rkeep[r] > 0
+        w = offsets[r]
+        u = 0
+        for x in range(ptr[r], ptr[r] + nnz[r]):
+            j = js[x]
+            c = np.int64(cnt[x])
+            top = False
+            while nxt < ids.shape[0] and ids[nxt] <= j:
+                top = top or ids[nxt] == j
+                nxt += 1
+            if not top:
+                if not scan or c < min_support:
+                    continue
+                if not cell_passes(
+                    n,
+                    c,
+                    psum[x],
+                    np.int64(ci[i]),
+                    si[i],
+                    isdi[i],
+                    irqi[i],
+                    np.int64(cj[j]),
+                    sj[j],
+                    isdj[j],
+                    irqj[j],
+                    thr,
+                    thr_mie,
+                ):
+                    continue
+            if not count_only:
+                out_i[w + u] = i
+                out_j[w + u] = j
+                out_c[w + u] = c
+                out_p[w + u] = psum[x]
+            u += 1
         if count_only:
             offsets[r + 1] = u

@@ -75,12 +75,12 @@ def run_unit(layout: Layout, budget: Budget, opts: EdgeOptions, u: Unit, forced:
     fresh = {l: new_marginals(layout.d[l]) for l in sorted({p.src, p.dst})}
     tm = new_timings()
     done = accumulate_pass(layout, budget, [u], fresh, _POOL, tm, arena=_ARENA)
-    cnt, psum = done.acc.pop(u)
+    block = done.acc.pop(u)
     t1 = time.perf_counter()
     st = PairState(layout.d[p.src], layout.d[p.dst], opts, p.span == 1, forced)
     n = done.n
-    st.add_block(cnt, psum, u.lo, n, side(n, fresh[p.src]), side(n, fresh[p.dst]))
-    del cnt, psum
+    st.add_block(block, n, side(n, fresh[p.src]), side(n, fresh[p.dst]))
+    del block
     arrays = st.block_arrays(u.lo, u.hi)
     for l, m in fresh.items():
         arrays |= {f"marg{l}.{f}": getattr(m, f) for f in Marginals._fields}

@@ -27,7 +27,7 @@ from saelineage.progress import progress as make_progress
 from saelineage.run import RunDir, StageResult, identity, read_parquet, settle, write_json, write_parquet, writes_run
 from saelineage.stats.config import StatsConfig
 from saelineage.stats.edges import EdgeOptions
-from saelineage.stats.engine import Budget, Layout, Pair, plan, run_passes
+from saelineage.stats.engine import Budget, Layout, Pair, plan_run, run_passes
 from saelineage.stats.measures import MAX_TOKENS, side
 from saelineage.stats.outputs import feature_links, pair_summary, write_edges
 from saelineage.stats.sae_match import METHODS, Match, agreement, fold, match_bytes, match_layers
@@ -262,7 +262,8 @@ def plan_stats(run_dir: str | Path, cfg: StatsConfig | None = None) -> Budget:
     """The passes `run_stats` would make under `cfg.memory_limit` (nothing is computed)."""
     cfg = cfg or StatsConfig()
     st = stats_setup(run_dir, cfg)
-    return plan(st.layout, st.edge_opts, int(cfg.memory_limit or default_memory_limit()))
+    limit = int(cfg.memory_limit or default_memory_limit())
+    return plan_run(st.layout, st.edge_opts, limit, cfg.accumulate, cfg.threads())
 
 
 @writes_run("stats")
@@ -319,7 +320,9 @@ def run_stats(
                     run, cfg.ray, cfg.ray_workers, memory_limit, layout, edge_opts, opts, forced, units_done
                 )
             else:
-                budget = plan(layout, edge_opts, int(memory_limit or default_memory_limit()))
+                budget = plan_run(
+                    layout, edge_opts, int(memory_limit or default_memory_limit()), cfg.accumulate, workers
+                )
                 task = bar.add_task("stats", total=len(budget.passes) * len(shards), rate="", visible=progress)
                 t0 = time.perf_counter()
 
@@ -354,11 +357,11 @@ def run_stats(
             "dec_cosine": not missing,
             "memory_limit": budget.limit,
             "batch_bytes": budget.batch_bytes,
-            "accumulator_bytes": int(
-                sum((u.hi - u.lo) * d[pairs[u.pair].dst] for p_ in budget.passes for u in p_) * budget.cell_bytes
-            ),
+            "accumulator_bytes": budget.accumulator_bytes(layout),
+            "sparse_pairs": len(budget.caps),
         }
         timings = {k: round(v, 3) for k, v in acc.timings.items()} | {
+            "census": round(budget.census_seconds, 3),
             "write": round(time.perf_counter() - t_w, 3),
             "sae_match": round(t_match, 3),
         }
