@@ -112,7 +112,7 @@ class PairState:
         sparse = isinstance(block, ks.SparseBlock)
         lo, dm = block.lo, self.d_m
         B = len(block.nnz) if isinstance(block, ks.SparseBlock) else block.cnt.shape[0]
-        if isinstance(block, ks.SparseBlock) and self.do_best and len(block.colptr) == 0:
+        if isinstance(block, ks.SparseBlock) and len(block.colptr) == 0:
             block = sparse_columns(block)
         marks = np.zeros((2, _threads(), max(dm, B) if sparse else 0), np.uint8)
         o = self.opts
@@ -127,7 +127,10 @@ class PairState:
             col_walk, row_walk = self._col_walk, ks.Walk.of(Side(*(x[lo : lo + B] for x in src)))
         else:
             col_walk = row_walk = ks.Walk.none()
-        ks.scan_block(block, src, dst, rules, col_walk, self.cols.floor(rules.prim), rows, cols, marks)
+        floor = self.cols.floor(rules.prim)
+        ks.scan_block(block, src, dst, rules, col_walk, floor, rows, cols, marks)
+        if sparse:
+            ks.scan_columns(block, src, dst, rules, floor, cols)
         if self.do_best:
             ks.untouched_columns(block, rules.n, src, dst, row_walk, cols, marks)
         ks.merge_columns(block, self.do_best, cols, self.cols)
@@ -254,9 +257,9 @@ class PairState:
 def sparse_columns(block: ks.SparseBlock) -> ks.SparseBlock:
     """The block with its column index (`SparseBlock.colptr`, `.rows`), for the column walks."""
     colptr = np.zeros(block.d_m + 1, np.int64)
-    rows = np.empty(int(block.nnz.sum()), np.int32)
-    ks.sparse_columns(block.ptr, block.nnz, block.j, block.d_m, colptr, rows)
-    return block._replace(colptr=colptr, rows=rows)
+    rows, pos = np.empty(int(block.nnz.sum()), np.int32), np.empty(int(block.nnz.sum()), np.int64)
+    ks.sparse_columns(block.ptr, block.nnz, block.j, block.d_m, colptr, rows, pos)
+    return block._replace(colptr=colptr, rows=rows, pos=pos)
 
 
 def _edges(src: np.ndarray, dst: np.ndarray, n_co: np.ndarray, p: np.ndarray) -> ks.Edges:

@@ -139,6 +139,8 @@ class SparseBlock(NamedTuple):
     """int64 [d_m+1] (do_best; else empty): column j's touched rows are rows[colptr[j] : colptr[j+1]]"""
     rows: np.ndarray
     """int32: block rows r, ascending within each column (`sparse_columns`)"""
+    pos: np.ndarray
+    """int64: where each of those cells sits in j/cnt/psum"""
 
 
 def _is_sparse(block: Any) -> bool:
@@ -247,7 +249,7 @@ def _ov_col_cells(block, j, mc, mp):
         def sparse(block, j, mc, mp):
             for x in range(block.colptr[j], block.colptr[j + 1]):
                 r = block.rows[x]
-                mc[r] = cell(block, r, j)[0] != 0
+                mc[r] = block.cnt[block.pos[x]] != 0
                 mp[r] = 1
             return mc, mp
 
@@ -282,9 +284,9 @@ def _ov_clear_col(block, j, mc, mp):
 
 
 @numba.njit(**_JIT)
-def sparse_columns(ptr, nnz, js, d_m, colptr, rows):
-    """Column index of a sparse block (`SparseBlock.colptr`, `.rows`): a counting sort by column,
-    rows ascending within each. colptr int64 [d_m+1] zero; rows int32 [Σ nnz]."""
+def sparse_columns(ptr, nnz, js, d_m, colptr, rows, pos):
+    """Column index of a sparse block (`SparseBlock.colptr`, `.rows`, `.pos`): a counting sort by
+    column, rows ascending within each. colptr int64 [d_m+1] zero; rows int32, pos int64 [Σ nnz]."""
     B = nnz.shape[0]
     for r in range(B):
         for x in range(ptr[r], ptr[r] + nnz[r]):
@@ -296,6 +298,7 @@ def sparse_columns(ptr, nnz, js, d_m, colptr, rows):
         for x in range(ptr[r], ptr[r] + nnz[r]):
             j = js[x]
             rows[fill[j]] = r
+            pos[fill[j]] = x
             fill[j] += 1
 
 
@@ -714,18 +717,38 @@ MARGIN = 1.0 - 1e-9  # safety margin on the MI bound test (rounding of r and of 
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _best(bv, bj, cb_v, cb_i, m, x, i, j):
-    """Row best (j ascending: ties keep the earlier j) and column best (value desc, id asc).
-
-    Returns True when the column best changed."""
-    if x > bv[m]:
-        bv[m] = x
-        bj[m] = j
+def _col_best(cb_v, cb_i, m, x, i, j):
+    """Column best (value desc, id asc); True when it changed."""
     if x > cb_v[m, j] or (x == cb_v[m, j] and i < cb_i[m, j]):
         cb_v[m, j] = x
         cb_i[m, j] = i
         return True
     return False
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _col_top(ctop_v, ctop_i, ckth, ck_mie, floor_v, floor_i, th, q, q_mi, x, i, j):
+    """Offer source row i with value x to this thread's top-k list of column j under primary q
+    (`ColumnScratch` arrays, passed one by one: see the module docstring on prange writes)."""
+    k = ctop_v.shape[3]
+    if x >= ckth[th, q, j] and (x > floor_v[q, j] or (x == floor_v[q, j] and i < floor_i[q, j])):
+        _insert_desc(ctop_v[th, q, j], ctop_i[th, q, j], x, i)
+        ckth[th, q, j] = ctop_v[th, q, j, k - 1]
+        if q == q_mi:
+            ck_mie[th, j] = np.expm1(ckth[th, q, j])
+
+
+def cols_in_rows(block):
+    """Whether the row scan also updates the column results (dense blocks); a sparse block's
+    columns are scanned column by column (`scan_columns`), whose state then stays in cache."""
+    raise NotImplementedError
+
+
+@overload(cols_in_rows, inline="always")
+def _ov_cols_in_rows(block):
+    if _is_sparse(block):
+        return lambda block: False
+    return lambda block: True
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -765,6 +788,7 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
     P = prim.shape[0]
     k = rtop.shape[2]
     fn = np.float64(n)
+    dense_cols = cols_in_rows(block)
     q_mi = -1
     for q in range(P):
         if prim[q] == MI:
@@ -822,28 +846,33 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
             if c > 0:
                 seen += 1
                 rb = mi_bound(n, c, ci_, cjj) / MARGIN
-                need = do_best and (rb >= row_mie or rb >= cb_mie[th, j])
+                need = do_best and (rb >= row_mie or (dense_cols and rb >= cb_mie[th, j]))
                 if sup and not need:
                     need = rb >= thr_mie or (
-                        q_mi >= 0 and (rb >= top_mie or (rb >= ck_mie[th, j] and rb >= floor_mie[j]))
+                        q_mi >= 0 and (rb >= top_mie or (dense_cols and rb >= ck_mie[th, j] and rb >= floor_mie[j]))
                     )
                 if need:
                     v[MI] = mi_scalar(n, c, ci_, cjj)
             if do_best:
                 for m in ZERO_IF_UNTOUCHED:
                     if v[m] > 0.0:  # zeros are resolved in closed form (zero_best)
-                        _best(bv, bj, cb_v, cb_i, m, v[m], i, j)
+                        if v[m] > bv[m]:  # j ascends along the row: ties keep the earlier j
+                            bv[m] = v[m]
+                            bj[m] = j
+                        if dense_cols:
+                            _col_best(cb_v, cb_i, m, v[m], i, j)
                 x = v[PEARSON]
                 if x > tb:
                     tb = x
                     tbj = j
-                if x > cb_v[PEARSON, j] or (x == cb_v[PEARSON, j] and i < cb_i[PEARSON, j]):
-                    cb_v[PEARSON, j] = x
-                    cb_i[PEARSON, j] = i
+                if dense_cols:
+                    _col_best(cb_v, cb_i, PEARSON, x, i, j)
                 if v[MI] == v[MI]:
                     if v[MI] > bv[MI]:
                         row_mie = np.expm1(v[MI])
-                    if _best(bv, bj, cb_v, cb_i, MI, v[MI], i, j):
+                        bv[MI] = v[MI]
+                        bj[MI] = j
+                    if dense_cols and _col_best(cb_v, cb_i, MI, v[MI], i, j):
                         cb_mie[th, j] = np.expm1(v[MI])
             if not sup:
                 continue
@@ -856,11 +885,8 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
                     _insert_desc(tv[q], tj[q], x, j)
                     if q == q_mi:
                         top_mie = np.expm1(tv[q, k - 1])
-                if x >= ckth[th, q, j] and (x > floor_v[q, j] or (x == floor_v[q, j] and i < floor_i[q, j])):
-                    _insert_desc(ctop_v[th, q, j], ctop_i[th, q, j], x, i)
-                    ckth[th, q, j] = ctop_v[th, q, j, k - 1]
-                    if q == q_mi:
-                        ck_mie[th, j] = np.expm1(ckth[th, q, j])
+                if dense_cols:
+                    _col_top(ctop_v, ctop_i, ckth, ck_mie, floor_v, floor_i, th, q, q_mi, x, i, j)
             if any_thr and passes(v, thr):
                 n_thr += 1
         if do_best:
@@ -1072,3 +1098,71 @@ def gather_sparse(block, src, dst, rules, rows, offsets, out, count_only):
             u += 1
         if count_only:
             offsets[r + 1] = u
+
+
+@numba.njit(parallel=True, **_JIT)
+def scan_columns(block, src, dst, rules, floor, cols):
+    """The column half of `scan_block` for a `SparseBlock`, one column at a time over its touched
+    rows (the column index), so that each column's results stay in cache: column bests per measure
+    (do_best) and the column top-k lists, into this thread's part of `ColumnScratch` cols. The
+    same cells, values and total orders as the dense scan's column updates."""
+    lo = block.lo
+    colptr, rows, pos, cnt, psum = block.colptr, block.rows, block.pos, block.cnt, block.psum
+    ci, si, isdi, irqi = src.count, src.s, src.isd, src.irq
+    cj, sj, isdj, irqj = dst.count, dst.s, dst.isd, dst.irq
+    n, min_support, prim, _, do_best = rules
+    floor_v = floor.v
+    floor_i = floor.i
+    floor_mie = floor.mie
+    cbest_v = cols.best_v
+    cbest_i = cols.best_i
+    cb_mie = cols.best_mie
+    ctop_v = cols.top_v
+    ctop_i = cols.top_i
+    ckth = cols.kth
+    ck_mie = cols.k_mie
+    P = prim.shape[0]
+    fn = np.float64(n)
+    q_mi = -1
+    for q in range(P):
+        if prim[q] == MI:
+            q_mi = q
+    for j in prange(block.d_m):
+        th = numba.get_thread_id()
+        cb_v = cbest_v[th]
+        cb_i = cbest_i[th]
+        cjj = np.int64(cj[j])
+        sj_, isdj_, irqj_ = sj[j], isdj[j], irqj[j]
+        v = np.empty(N_MEASURES)
+        for x in range(colptr[j], colptr[j + 1]):
+            i = lo + rows[x]
+            e = pos[x]
+            c = np.int64(cnt[e])
+            p = psum[e]
+            ci_ = np.int64(ci[i])
+            sup = c >= min_support
+            fc = np.float64(c)
+            v[JACCARD] = fc / np.float64(ci_ + cjj - c)
+            v[SUFFICIENCY] = fc / np.float64(ci_)
+            v[NECESSITY] = fc / np.float64(cjj)
+            v[PEARSON] = (fn * p - si[i] * sj_) * isdi[i] * isdj_
+            v[ACT_COSINE] = p * irqi[i] * irqj_
+            v[MI] = np.nan
+            if c > 0:
+                rb = mi_bound(n, c, ci_, cjj) / MARGIN
+                if (do_best and rb >= cb_mie[th, j]) or (
+                    sup and q_mi >= 0 and rb >= ck_mie[th, j] and rb >= floor_mie[j]
+                ):
+                    v[MI] = mi_scalar(n, c, ci_, cjj)
+            if do_best:
+                for m in ZERO_IF_UNTOUCHED:
+                    if v[m] > 0.0:
+                        _col_best(cb_v, cb_i, m, v[m], i, j)
+                _col_best(cb_v, cb_i, PEARSON, v[PEARSON], i, j)
+                if v[MI] == v[MI] and _col_best(cb_v, cb_i, MI, v[MI], i, j):
+                    cb_mie[th, j] = np.expm1(v[MI])
+            if sup:
+                for q in range(P):
+                    y = v[prim[q]]
+                    if y == y:
+                        _col_top(ctop_v, ctop_i, ckth, ck_mie, floor_v, floor_i, th, q, q_mi, y, i, j)
