@@ -106,6 +106,7 @@ class PairState:
         self.parts: list[ks.Edges] = []
         self.rows_done = 0
         self._col_walk: ks.Walk | None = None  # the target layer's marginals are the same for every block
+        self._row_bands: tuple[np.ndarray, np.ndarray] | None = None  # and so are the source layer's
 
     def add_block(self, block: ks.Block | ks.SparseBlock, n: int, src: Side, dst: Side) -> None:
         """Scan a block of accumulator rows lo..lo+B-1 (dense or sparse) and fold them in."""
@@ -123,8 +124,8 @@ class PairState:
         if self.do_best:
             cols.best_mie[:] = np.expm1(self.cols.pb_v[ks.MI])  # MI pruning starts from the pair's column best
             if self._col_walk is None:
-                self._col_walk = ks.Walk.of(dst)
-            col_walk, row_walk = self._col_walk, ks.Walk.of(Side(*(x[lo : lo + B] for x in src)))
+                self._col_walk, self._row_bands = ks.Walk.of(dst), ks.Walk.bands(src)
+            col_walk, row_walk = self._col_walk, ks.Walk.of(src, lo, lo + B, self._row_bands)
         else:
             col_walk = row_walk = ks.Walk.none()
         floor = self.cols.floor(rules.prim)

@@ -327,12 +327,20 @@ class Rules(NamedTuple):
 
 
 class Walk(NamedTuple):
-    """One side's features ordered for the untouched-cell walks (`_best_untouched`, `_first_zero`)."""
+    """Features lo..hi-1 of one side, ordered for the untouched-cell walks (`_best_untouched`,
+    `_first_zero`); indices count from lo.
+
+    Untouched pearson is −g_i·g_j mathematically (g = s·isd), so the best untouched partner has
+    the smallest g. Features whose g lie within BAND of each other form a *band* (over the whole
+    side, so that every block of rows sees the same bands): their untouched values differ only by
+    rounding (a layer's singletons all have g = 1/sqrt(n-1)), so a band ranks as one value, the
+    expression at its first feature, and its lowest index wins. A walk then stops at its first
+    untouched feature, whatever the size of the band."""
 
     order: np.ndarray
-    """int64: the features with a finite g = s·isd, by g ascending (ties: index ascending)"""
-    val: np.ndarray
-    """float64: g of those features, in that order"""
+    """int64: the features with a finite g, by band (g ascending), then index ascending"""
+    rep: np.ndarray
+    """int64: for each of them, the feature (index on the whole side) whose s and isd value its band"""
     by_count: np.ndarray
     """int64 [d]: every feature by count descending, index ascending"""
     first_live: int
@@ -341,28 +349,64 @@ class Walk(NamedTuple):
     """lowest feature with q > 0, i.e. a finite irq (-1: none)"""
 
     @staticmethod
-    def of(side: Side) -> Walk:
+    def bands(side: Side) -> tuple[np.ndarray, np.ndarray]:
+        """(band number, the band's first feature) of every feature of the side, int64 [d] each
+        (-1 where g is not finite); bands are numbered by g ascending."""
         g = side.s * side.isd
         idx = np.flatnonzero(np.isfinite(g))
-        idx = idx[np.argsort(g[idx], kind="stable")]
+        idx = idx[np.argsort(g[idx], kind="stable")].astype(np.int64)
+        band, first = np.full(len(g), -1, np.int64), np.full(len(g), -1, np.int64)
+        _bands(g, idx, band, first)
+        return band, first
+
+    @staticmethod
+    def of(side: Side, lo: int = 0, hi: int | None = None, bands: tuple[np.ndarray, np.ndarray] | None = None) -> Walk:
+        """The walk of features lo..hi-1 (default: all); bands: `Walk.bands(side)`, when known."""
+        hi = len(side.count) if hi is None else hi
+        band, first = bands if bands is not None else Walk.bands(side)
+        idx = lo + np.flatnonzero(band[lo:hi] >= 0)
+        idx = idx[np.lexsort((idx, band[idx]))]
+        count = side.count[lo:hi]
         return Walk(
-            idx.astype(np.int64),
-            g[idx].astype(np.float64),
-            np.lexsort((np.arange(len(side.count)), -side.count)).astype(np.int64),
-            first_index(side.count > 0),
-            first_index(~np.isnan(side.irq)),
+            (idx - lo).astype(np.int64),
+            first[idx],
+            np.lexsort((np.arange(len(count)), -count)).astype(np.int64),
+            first_index(count > 0),
+            first_index(~np.isnan(side.irq[lo:hi])),
         )
 
     @staticmethod
     def spec(d: int) -> dict[str, ArraySpec]:
         """The arrays' largest shapes (for the memory plan; `of` computes a walk)."""
-        return {"order": ((d,), np.int64, None), "val": ((d,), np.float64, None), "by_count": ((d,), np.int64, None)}
+        return {"order": ((d,), np.int64, None), "rep": ((d,), np.int64, None), "by_count": ((d,), np.int64, None)}
 
     @staticmethod
     def none() -> Walk:
         """For span > 1 pairs, which take no walks."""
         empty = np.zeros(0, np.int64)
-        return Walk(empty, np.zeros(0), empty, -1, -1)
+        return Walk(empty, empty, empty, -1, -1)
+
+
+BAND = 1.0 + 5e-13
+"""Features whose g = s·isd lie within this factor of their band's first share one untouched
+pearson (`Walk`); 5e-13 leaves the values of a band within 1e-12 of each other after rounding."""
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _bands(g, idx, band, first):
+    """Number the bands along idx (features by g ascending): a band starts at a feature whose g
+    exceeds BAND times the current band's first g."""
+    b = -1
+    start = 0.0
+    f0 = -1
+    for t in range(idx.shape[0]):
+        f = idx[t]
+        if b < 0 or g[f] > start * BAND:
+            b += 1
+            start = g[f]
+            f0 = f
+        band[f] = b
+        first[f] = f0
 
 
 def first_index(mask: np.ndarray) -> int:
@@ -613,9 +657,6 @@ def zero_best(m, own_count, own_q_pos, first_live, first_q):
     return first_q if own_q_pos else -1  # act_cosine: q_i > 0 and q_j > 0
 
 
-BAND = 1.0 + 1e-12  # candidates within this factor of the first untouched one are all evaluated
-
-
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _untouched_pearson(fn, s_own, isd_own, s_other, isd_other):
     """pearson of a cell with c = p = 0, the same expression as cell_values with p = 0."""
@@ -623,39 +664,24 @@ def _untouched_pearson(fn, s_own, isd_own, s_other, isd_other):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _best_untouched(cells_c, cells_p, walk, fn, s_own, isd_own, s_other, isd_other, offset, own_is_row):
+def _best_untouched(cells_c, cells_p, walk, fn, s_own, isd_own, s_other, isd_other, own_is_row):
     """The best untouched pearson along one row or one column: (value, index into cells), -1 for none.
 
     cells_c/cells_p: the row's (or the column's) counts and sums; walk: a `Walk` over the
-    cells' indices (walk.order by walk.val = s·isd of the partner ascending); s_other/isd_other
-    are read at offset + index. Untouched pearson is −(s_i s_j)·isd_i·isd_j: for a live feature
-    it falls as the partner's s·isd grows, so the best is the first untouched index in order.
-    Rounding can reorder values whose val differ by a few ulps, so every untouched index within
-    BAND of the first is evaluated and the exact (value desc, index asc) best kept. The walk
+    cells' indices; s_other/isd_other: the partner side's whole arrays. The first untouched
+    feature of the walk is the best (see `Walk`), valued by its band's first feature. The walk
     skips only touched cells: its cost is proportional to the touched cells, not to the length."""
     order = walk.order
-    val = walk.val
-    best = -np.inf
-    best_k = -1
     if isd_own == isd_own:
-        v0 = -1.0
         for t in range(order.shape[0]):
-            if v0 >= 0.0 and val[t] > v0 * BAND:
-                break
             k = order[t]
             if cells_c[k] != 0 or cells_p[k] != 0.0:
                 continue
-            if v0 < 0.0:
-                v0 = val[t]
-            o = offset + k
+            o = walk.rep[t]
             if own_is_row:  # the cell's expression with the row's factors first, as in cell_values
-                x = _untouched_pearson(fn, s_own, isd_own, s_other[o], isd_other[o])
-            else:
-                x = _untouched_pearson(fn, s_other[o], isd_other[o], s_own, isd_own)
-            if x > best or (x == best and k < best_k):
-                best = x
-                best_k = k
-    return best, best_k
+                return _untouched_pearson(fn, s_own, isd_own, s_other[o], isd_other[o]), k
+            return _untouched_pearson(fn, s_other[o], isd_other[o], s_own, isd_own), k
+    return -np.inf, -1
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -687,7 +713,7 @@ def untouched_columns(block, n, src, dst, rows, cols, marks):
     for j in prange(n_cols(block)):
         th = numba.get_thread_id()
         cc, cp = col_cells(block, j, marks[0, th], marks[1, th])
-        best, r = _best_untouched(cc, cp, rows, fn, dst.s[j], dst.isd[j], src.s, src.isd, lo, False)
+        best, r = _best_untouched(cc, cp, rows, fn, dst.s[j], dst.isd[j], src.s, src.isd, False)
         if r >= 0 and (best > cb_v[th, j] or (best == cb_v[th, j] and lo + r < cb_i[th, j])):
             cb_v[th, j] = best
             cb_i[th, j] = lo + r
@@ -819,7 +845,7 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
         ubj = -1
         if do_best:
             rc, rp = row_cells(block, r, marks[0, th], marks[1, th])
-            ub, ubj = _best_untouched(rc, rp, walk, fn, si_, isdi_, sj, isdj, 0, True)
+            ub, ubj = _best_untouched(rc, rp, walk, fn, si_, isdi_, sj, isdj, True)
             zmax_j = _first_zero(rc, walk)
             clear_row(block, r, marks[0, th], marks[1, th])
         seen = 0
