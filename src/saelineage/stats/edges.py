@@ -257,10 +257,11 @@ class PairState:
 
 def sparse_columns(block: ks.SparseBlock) -> ks.SparseBlock:
     """The block with its column index (`SparseBlock.colptr`, `.rows`), for the column walks."""
-    colptr = np.zeros(block.d_m + 1, np.int64)
-    rows, pos = np.empty(int(block.nnz.sum()), np.int32), np.empty(int(block.nnz.sum()), np.int64)
-    ks.sparse_columns(block.ptr, block.nnz, block.j, block.d_m, colptr, rows, pos)
-    return block._replace(colptr=colptr, rows=rows, pos=pos)
+    colptr, n = np.zeros(block.d_m + 1, np.int64), int(block.nnz.sum())
+    rows, ccnt, cpsum = np.empty(n, np.int32), np.empty(n, block.cnt.dtype), np.empty(n, block.psum.dtype)
+    args = (block.ptr, block.nnz, block.j, block.cnt, block.psum, block.d_m, colptr, rows, ccnt, cpsum)
+    ks.sparse_columns(*args, numba.get_num_threads())
+    return block._replace(colptr=colptr, rows=rows, ccnt=ccnt, cpsum=cpsum)
 
 
 def _edges(src: np.ndarray, dst: np.ndarray, n_co: np.ndarray, p: np.ndarray) -> ks.Edges:

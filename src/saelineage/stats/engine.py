@@ -131,9 +131,9 @@ def process_baseline() -> int:
 
 def sparse_row_bytes(count_dtype: type, opts: EdgeOptions) -> tuple[int, int]:
     """(bytes per cell, bytes per row) of a sparse unit: the cell (column, count, sum) and its
-    entry in the column index the scan builds (row, position); the row's start, length and scan
+    copy in column order that the scan builds (row, count, sum); the row's start, length and scan
     results."""
-    cell = SPARSE_CELL_BYTES + np.dtype(count_dtype).itemsize + 4 + 8
+    cell = 2 * (SPARSE_CELL_BYTES + np.dtype(count_dtype).itemsize)
     row = SPARSE_ROW_BYTES + 4 * (ks.N_MEASURES + opts.top_k * len(opts.primary)) + 8
     return cell, row
 
@@ -483,7 +483,7 @@ def _take(layout: Layout, budget: Budget, units: list[Unit], arena: Arena) -> di
     acc: dict[Unit, ks.Block | ks.SparseBlock] = {u: ks.Block(*b, u.lo) for u, b in zip(dense, blocks, strict=True)}
     for u, (ptr, nnz, j, cnt, psum) in zip(sparse, rows, strict=True):
         dm = d[pairs[u.pair].dst]
-        none = np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
+        none = np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, cnt.dtype), np.zeros(0)
         acc[u] = ks.SparseBlock(ptr, nnz, j, cnt, psum, u.lo, dm, *none)
     return acc
 

@@ -139,8 +139,10 @@ class SparseBlock(NamedTuple):
     """int64 [d_m+1] (do_best; else empty): column j's touched rows are rows[colptr[j] : colptr[j+1]]"""
     rows: np.ndarray
     """int32: block rows r, ascending within each column (`sparse_columns`)"""
-    pos: np.ndarray
-    """int64: where each of those cells sits in j/cnt/psum"""
+    ccnt: np.ndarray
+    """c_ij of those cells, in column order (copies: the column scan then reads memory in order)"""
+    cpsum: np.ndarray
+    """float64: p_ij of those cells, in column order"""
 
 
 def _is_sparse(block: Any) -> bool:
@@ -249,7 +251,7 @@ def _ov_col_cells(block, j, mc, mp):
         def sparse(block, j, mc, mp):
             for x in range(block.colptr[j], block.colptr[j + 1]):
                 r = block.rows[x]
-                mc[r] = block.cnt[block.pos[x]] != 0
+                mc[r] = block.ccnt[x] != 0
                 mp[r] = 1
             return mc, mp
 
@@ -283,23 +285,39 @@ def _ov_clear_col(block, j, mc, mp):
     return lambda block, j, mc, mp: None
 
 
-@numba.njit(**_JIT)
-def sparse_columns(ptr, nnz, js, d_m, colptr, rows, pos):
-    """Column index of a sparse block (`SparseBlock.colptr`, `.rows`, `.pos`): a counting sort by
-    column, rows ascending within each. colptr int64 [d_m+1] zero; rows int32, pos int64 [Σ nnz]."""
+@numba.njit(parallel=True, **_JIT)
+def sparse_columns(ptr, nnz, js, cnt, psum, d_m, colptr, rows, ccnt, cpsum, nch):
+    """Column copy of a sparse block (`SparseBlock.colptr`, `.rows`, `.ccnt`, `.cpsum`): a counting
+    sort by column, rows ascending within each. colptr int64 [d_m+1] zero; rows int32, ccnt and
+    cpsum [Σ nnz]. nch threads take consecutive row ranges and write each column's cells at
+    offsets counted beforehand (as kernels.transpose_into), so the copy is the same for any nch."""
     B = nnz.shape[0]
-    for r in range(B):
-        for x in range(ptr[r], ptr[r] + nnz[r]):
-            colptr[js[x] + 1] += 1
+    rb = np.searchsorted(np.cumsum(nnz), (np.arange(nch + 1) * nnz.sum()) // nch)
+    rb[0], rb[nch] = 0, B
+    start = np.zeros((nch, d_m), np.int64)
+    for c in prange(nch):
+        cnt_c = start[c]
+        for r in range(rb[c], rb[c + 1]):
+            for x in range(ptr[r], ptr[r] + nnz[r]):
+                cnt_c[js[x]] += 1
+    at = 0
     for j in range(d_m):
-        colptr[j + 1] += colptr[j]
-    fill = colptr[:d_m].copy()
-    for r in range(B):
-        for x in range(ptr[r], ptr[r] + nnz[r]):
-            j = js[x]
-            rows[fill[j]] = r
-            pos[fill[j]] = x
-            fill[j] += 1
+        colptr[j] = at
+        for c in range(nch):
+            n = start[c, j]
+            start[c, j] = at
+            at += n
+    colptr[d_m] = at
+    for c in prange(nch):
+        fill = start[c]
+        for r in range(rb[c], rb[c + 1]):
+            for x in range(ptr[r], ptr[r] + nnz[r]):
+                j = js[x]
+                w = fill[j]
+                rows[w] = r
+                ccnt[w] = cnt[x]
+                cpsum[w] = psum[x]
+                fill[j] = w + 1
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -1133,7 +1151,7 @@ def scan_columns(block, src, dst, rules, floor, cols):
     (do_best) and the column top-k lists, into this thread's part of `ColumnScratch` cols. The
     same cells, values and total orders as the dense scan's column updates."""
     lo = block.lo
-    colptr, rows, pos, cnt, psum = block.colptr, block.rows, block.pos, block.cnt, block.psum
+    colptr, rows, ccnt, cpsum = block.colptr, block.rows, block.ccnt, block.cpsum
     ci, si, isdi, irqi = src.count, src.s, src.isd, src.irq
     cj, sj, isdj, irqj = dst.count, dst.s, dst.isd, dst.irq
     n, min_support, prim, _, do_best = rules
@@ -1162,9 +1180,8 @@ def scan_columns(block, src, dst, rules, floor, cols):
         v = np.empty(N_MEASURES)
         for x in range(colptr[j], colptr[j + 1]):
             i = lo + rows[x]
-            e = pos[x]
-            c = np.int64(cnt[e])
-            p = psum[e]
+            c = np.int64(ccnt[x])
+            p = cpsum[x]
             ci_ = np.int64(ci[i])
             sup = c >= min_support
             fc = np.float64(c)
