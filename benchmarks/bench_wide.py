@@ -15,6 +15,11 @@ RSS and the phases (census, read+prepare, zeroing, accumulate, finalize, write).
 
     python benchmarks/bench_wide.py                          # 200k tokens, 8G, both paths
     python benchmarks/bench_wide.py --tokens 1000000 --no-dense
+    python benchmarks/bench_wide.py --plan-table             # passes at 65k / 262k / 1M latents
+
+--plan-table prints the plans alone (nothing runs): passes of the dense and the sparse path at
+8 GiB for wide SAE sets, with the census taken from the synthetic densities (each source row's
+increments = tokens × its density × L0).
 """
 
 from __future__ import annotations
@@ -32,13 +37,15 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stats import synthetic_run  # noqa: E402  (a sibling script)
+from bench_stats import densities, synthetic_run  # noqa: E402  (a sibling script)
 
 from saelineage.config import usable_cpus  # noqa: E402
 from saelineage.data.store import collected_shards  # noqa: E402
 from saelineage.run import RunDir  # noqa: E402
 from saelineage.stats.batch import read_layers  # noqa: E402
 from saelineage.stats.config import parse_size  # noqa: E402
+from saelineage.stats.edges import EdgeOptions  # noqa: E402
+from saelineage.stats.engine import Layout, Pair, plan  # noqa: E402
 from saelineage.stats.measures import MEASURES, Marginals, data_measure, side  # noqa: E402
 
 CHILD = """
@@ -145,6 +152,40 @@ def _row(s):
     return type(s)(*(x[None, :] for x in s))
 
 
+PLAN_SETS = [  # name, layers, latents
+    ("GPT-2 small / res-jb", 12, 24_576),
+    ("Gemma Scope 2B (65k)", 26, 65_536),
+    ("Llama Scope 8B (131k)", 32, 131_072),
+    ("2 layers, 262k", 2, 262_144),
+    ("Gemma Scope 2, 262k", 26, 262_144),
+    ("Gemma Scope 2, 1M", 4, 1_048_576),
+]
+
+
+def plan_table(limit: int, l0: float, token_counts: tuple[int, ...] = (200_000, 1_000_000, 10_000_000)) -> None:
+    """Passes of the dense and the sparse plan (adjacent pairs) under `limit`, census modelled."""
+    print(f"plans at --memory-limit {limit / 2**30:.0f} GiB (adjacent pairs; census: tokens x density x L0 {l0:g})")
+    print("| SAE set | layers × latents | tokens | dense passes | sparse passes | sparse accumulators |")
+    print("|---|---|---|---|---|---|")
+    for name, layers, d in PLAN_SETS:
+        dens = densities(np.random.default_rng(0), d, l0)
+        for tokens in token_counts:
+            pairs = [Pair(l, l + 1, 1) for l in range(layers - 1)]
+            work = np.round(tokens * dens * l0).astype(np.int64)
+            lay = Layout([], list(range(layers)), dict.fromkeys(range(layers), d), pairs, {}, True, False, True, tokens)
+            dense = plan(lay, EdgeOptions(), limit, baseline=512 << 20)
+            lay.work = dict.fromkeys(range(len(pairs)), work)
+            sparse = plan(lay, EdgeOptions(), limit, baseline=512 << 20, accumulate="sparse")
+
+            def passes(b) -> str:
+                return f"{len(b.passes):,}" if b.needed <= limit else f"does not fit (needs {b.needed / 2**30:.1f} GiB)"
+
+            print(
+                f"| {name} | {layers} × {d:,} | {tokens / 1e6:g}M | {passes(dense)} | "
+                f"{passes(sparse)} | {sparse.accumulator_bytes(lay) / 2**30:,.0f} GiB |"
+            )
+
+
 def phases(s: dict) -> str:
     tm = s["timings"]
     keys = ("census", "reserve", "read_prepare", "zero", "accumulate", "finalize", "write")
@@ -162,8 +203,12 @@ def main() -> None:
     ap.add_argument("--no-dense", action="store_true", help="Skip the dense path (and the comparison).")
     ap.add_argument("--oracle-columns", type=int, default=64, help="Target columns checked by brute force (0: none).")
     ap.add_argument("--dir", type=Path, default=None, help="Keep (and reuse) the synthetic run here.")
+    ap.add_argument("--plan-table", action="store_true", help="Print the plans at wide widths and stop.")
     a = ap.parse_args()
     limit = parse_size(a.memory_limit)
+    if a.plan_table:
+        plan_table(limit, a.l0)
+        return
     tmp, run, took = synthetic_run(a.dir, "bench_wide_", a.tokens, a.layers, a.d, a.l0)
     out = Path(tempfile.mkdtemp(prefix="bench_wide_tables_"))
     print(

@@ -184,20 +184,20 @@ def plan(
                 held[k] += scratch_bytes(layout.d[p.dst])
         row_bytes.append(np.cumsum(dense))
     free0 = memory_limit - batch_bytes - int(min(SLACK_MAX, 0.05 * memory_limit))
-    budget.needed = baseline + _room_for(max(held[k] + int(c[0]) + sum(finished[:k]) for k, c in enumerate(row_bytes)))
+    state = max((held[k] + sum(finished[:k]) for k in range(len(layout.pairs))), default=0)
+    first_row = max((int(c[0]) for c in row_bytes), default=0)
+    budget.needed = baseline + _room_for(state + first_row)
     if budget.needed > limit:  # nothing fits (`check_fits` refuses it): one source row per pass
         budget.passes = [[Unit(k, r, r + 1)] for k, p in enumerate(layout.pairs) for r in range(layout.d[p.src])]
         return budget
     # The accumulators are one Arena sized for the largest pass and kept through every pass, so
-    # the largest pass plus the most state any pass holds must fit: refill until it does.
-    room = free0
+    # every pass gets the room left beside the most state any pass holds: refill until it does.
     for _ in range(8):
-        budget.passes = _fill(layout, row_bytes, held, finished, room)
-        arena = max((budget.pass_bytes(layout, units) for units in budget.passes), default=0)
-        over = arena + max((_pass_state(units, held, finished) for units in budget.passes), default=0) - free0
-        if over <= 0:
+        budget.passes = _fill(layout, row_bytes, held, free0 - state)
+        most = max((_pass_state(units, held, finished) for units in budget.passes), default=0)
+        if most <= state:
             break
-        room -= over
+        state = most
     return budget
 
 
@@ -221,10 +221,9 @@ def _pass_state(units: list[Unit], held: list[int], finished: list[int]) -> int:
     return sum(held[k] for k in ks) + sum(finished[: min(ks)])
 
 
-def _fill(
-    layout: Layout, row_bytes: list[np.ndarray], held: list[int], finished: list[int], room: int
-) -> list[list[Unit]]:
-    """Units packed greedily into passes of at most `room` bytes of accumulators and state.
+def _fill(layout: Layout, row_bytes: list[np.ndarray], held: list[int], room: int) -> list[list[Unit]]:
+    """Units packed greedily into passes of at most `room` bytes of accumulators; a pair that joins
+    a pass begun by another also takes its state from that room.
 
     row_bytes[k]: cumulative bytes of pair k's source rows (int64 [d_src])."""
     passes: list[list[Unit]] = []
@@ -233,13 +232,14 @@ def _fill(
     for k, p in enumerate(layout.pairs):
         cum = row_bytes[k]
         lo, d_src = 0, layout.d[p.src]
-        free -= held[k]
+        if current:
+            free -= held[k]
         while lo < d_src:
             base = int(cum[lo - 1]) if lo else 0
             rows = min(d_src - lo, int(np.searchsorted(cum[lo:], base + max(0, free), side="right")))
             if rows == 0 and current:
                 passes.append(current)
-                free, current = room - sum(finished[:k]) - held[k], []
+                free, current = room, []
                 continue
             rows = max(rows, 1)
             current.append(Unit(k, lo, lo + rows))
