@@ -135,3 +135,33 @@ def test_a_plan_that_cannot_fit_is_one_error_with_the_memory_needed():
 def test_accumulate_option_is_checked():
     with pytest.raises(SaelineageError, match="--accumulate"):
         StatsConfig(accumulate="csr")
+
+
+def test_auto_takes_the_census_only_where_sparse_can_pay(tmp_path, monkeypatch):
+    """'auto' with several dense passes samples the first shard: codes whose rows touch every
+    column stay dense without the full census; codes that touch few cells go sparse, with the
+    dense path's tables."""
+    from test_stats import _tables, limit_for_passes, make_run, same_table, sparse_codes
+    from test_stats_oracle import synthetic_codes
+
+    from saelineage.stats import engine
+    from saelineage.stats.stage import run_stats
+
+    monkeypatch.setattr(engine, "process_baseline", lambda: 256 << 20)
+    monkeypatch.setattr(engine, "check_fits", lambda *a: None)  # the bisection below tries limits that cannot fit
+    shards, real = [], engine.census
+    monkeypatch.setattr(engine, "census", lambda lay, b, pool=None: shards.append(len(lay.shards)) or real(lay, b))
+    wide = sparse_codes(dims=(300, 6000))  # rows touch ~15% of their cells: a third of the dense bytes
+    for name, codes, want_sparse in (("dense", synthetic_codes(), False), ("sparse", wide, True)):
+        run = make_run(tmp_path / name, codes, shard_windows=5)
+        n_shards = len(list(run.activations.glob("shard-*")))
+        limit = limit_for_passes(run, 3, 6, span=1)
+        shards.clear()
+        s = run_stats(run.path, StatsConfig(memory_limit=limit), progress=False)
+        assert s.summary["passes"] > 1 or want_sparse
+        assert (s.summary["sparse_pairs"] > 0) == want_sparse, name
+        assert shards == ([1, n_shards] if want_sparse else [1]), name
+        ref = make_run(tmp_path / f"{name}-dense", codes, shard_windows=5)
+        run_stats(ref.path, StatsConfig(accumulate="dense"), progress=False)
+        got, want = _tables(run.path), _tables(ref.path)
+        assert all(same_table(got[t], want[t]) for t in want)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple, cast
 
@@ -27,7 +27,16 @@ import psutil
 from saelineage.errors import SaelineageError
 from saelineage.stats import kernels as kn
 from saelineage.stats import kernels_scan as ks
-from saelineage.stats.batch import POS_DTYPE, PTR_DTYPE, VAL_DTYPE, Batch, BufferPool, LayerBuffer, batches
+from saelineage.stats.batch import (
+    POS_DTYPE,
+    PTR_DTYPE,
+    VAL_DTYPE,
+    Batch,
+    BufferPool,
+    LayerBuffer,
+    batches,
+    read_layers,
+)
 from saelineage.stats.edges import EdgeOptions, PairResult, PairState, result_bytes, spilled_bytes, state_bytes
 from saelineage.stats.measures import Marginals, side
 
@@ -510,18 +519,47 @@ def plan_run(
     layout: Layout, opts: EdgeOptions, memory_limit: int, accumulate: str = "auto", workers: int = 1
 ) -> Budget:
     """The plan of a run: dense when that fits one pass ('auto') or is asked for; otherwise the
-    census is taken (into layout.work) and the pairs that gain from it are stored sparse. Refuses
-    a plan that cannot fit (`check_fits`)."""
+    census is taken (into layout.work) and the pairs that gain from it are stored sparse. 'auto'
+    first takes the census of the first shard, scaled to the run: when even that shows no pair
+    gaining, the run stays dense without reading the rest. Refuses a plan that cannot fit
+    (`check_fits`)."""
     budget = plan(layout, opts, memory_limit) if accumulate != "sparse" else None
     if budget is None or (accumulate == "auto" and len(budget.passes) > 1):
         t0 = time.perf_counter()
+        batch = _batch_bytes(max(memory_limit - process_baseline(), 0))
+        if budget is not None and layout.work is None and not _sparse_may_pay(layout, opts, memory_limit, batch):
+            budget.census_seconds = time.perf_counter() - t0
+            check_fits(budget, opts, workers)
+            return budget
         if layout.work is None:
-            layout.work = census(layout, _batch_bytes(max(memory_limit - process_baseline(), 0)))
+            layout.work = census(layout, batch)
         took = time.perf_counter() - t0
         budget = plan(layout, opts, memory_limit, accumulate=accumulate)
         budget.census_seconds = took
     check_fits(budget, opts, workers)
     return budget
+
+
+def _sparse_may_pay(layout: Layout, opts: EdgeOptions, memory_limit: int, batch_bytes: int) -> bool:
+    """Whether the census of the first shard, scaled to the run's tokens, stores any pair sparse.
+
+    Scaling a shard's increments by the token ratio estimates the run's; a row the estimate
+    saturates is saturated (its increments only grow with tokens), so 'no pair gains' is safe to
+    act on up to the estimate's sampling error, which only decides between two exact paths."""
+    first = replace(layout, shards=layout.shards[:1], work=None)
+    sample = census(first, batch_bytes)
+    tokens = _kept_tokens(layout.shards[0])
+    if tokens == 0:
+        return True
+    scale = layout.n_tokens_hint / tokens
+    first.work = {k: np.ceil(w * scale).astype(np.int64) for k, w in sample.items()}
+    return bool(plan(first, opts, memory_limit, accumulate="auto").caps)
+
+
+def _kept_tokens(shard: Path) -> int:
+    """Tokens of one shard (its positions' count; a bound on the kept ones)."""
+    pos, _ = read_layers(shard, [])
+    return len(pos)
 
 
 def check_fits(budget: Budget, opts: EdgeOptions, workers: int) -> None:
