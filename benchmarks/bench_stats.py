@@ -13,12 +13,18 @@ the next layer with a jittered value; the rest are new). Prints, from one run:
 
     python benchmarks/bench_stats.py                 # ~1M tokens, 3 layers, 8G limit
     python benchmarks/bench_stats.py --tokens 200000 --dense-seconds 20   # quicker
+    python benchmarks/bench_stats.py --baseline abeb3ed --dense-seconds 0  # this code vs a revision
+
+--baseline REV also runs the stats stage of git revision REV (checked out in a temporary
+worktree, its kernels compiled beforehand) on the same run, right after this code's, and prints
+both stages' phases and the ratio of their wall times.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -132,21 +138,23 @@ def synthetic_run(keep: Path | None, prefix: str, tokens: int, layers: int, d: i
     return tmp, run, time.perf_counter() - t
 
 
-def warm_up(path: Path) -> None:
+def warm_up(path: Path, env: dict | None = None) -> None:
     """Compile (and cache) the kernels on a tiny run so no compile time lands in the timings."""
     run = make_run(path, 8192, 3, 256, 20, seed=1)
     subprocess.run(
-        [sys.executable, "-c", STATS_CHILD, str(run.path), str(1 << 30), "2"], check=True, capture_output=True
+        [sys.executable, "-c", STATS_CHILD, str(run.path), str(1 << 30), "2"], check=True, capture_output=True, env=env
     )
 
 
-def run_stats(run: RunDir, limit: int, workers: int) -> dict:
-    """run_stats in a child process (its peak RSS is then the stage's alone)."""
+def run_stats(run: RunDir, limit: int, workers: int, env: dict | None = None) -> dict:
+    """run_stats in a child process (its peak RSS is then the stage's alone); env: e.g. another
+    revision's source on PYTHONPATH."""
     out = subprocess.run(
         [sys.executable, "-c", STATS_CHILD, str(run.path), str(limit), str(workers)],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     )
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["summary"] = json.loads(run.file("stats_summary.json").read_text())
@@ -227,6 +235,32 @@ def check_same(acc_c, acc_p, n_batches: int, run: RunDir, d: int, rows: int = 10
     }
 
 
+def compare(rev: str, run: RunDir, limit: int, workers: int, ours: dict, tmp: Path) -> None:
+    """The stats stage of revision `rev` on the same run, right after ours: phases and wall ratio."""
+    repo = Path(__file__).resolve().parents[1]
+    tree = tmp / "baseline"
+    subprocess.run(
+        ["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), rev], check=True, capture_output=True
+    )
+    try:
+        env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+        warm_up(tmp / "warm-baseline", env)
+        theirs = run_stats(run, limit, workers, env)
+    finally:
+        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], check=False)
+    print(f"\nside by side on this run (limit {limit / 2**30:.1f} GiB, {workers} threads):")
+    for name, r in (("this code", ours), (f"revision {rev}", theirs)):
+        tm = r["summary"]["timings"]
+        phases = ", ".join(
+            f"{k} {tm.get(k, 0):.1f}s" for k in ("census", "read_prepare", "zero", "accumulate", "finalize")
+        )
+        print(
+            f"  {name}: {r['seconds']:.1f}s wall, {r['summary']['passes']} passes, "
+            f"peak {r['rss'] / 2**30:.2f} GiB; {phases}"
+        )
+    print(f"  ratio (revision / this code): {theirs['seconds'] / ours['seconds']:.2f}x")
+
+
 def paper_plan(limit: int, workers: int):
     """Passes the engine would make at paper scale under `limit`."""
     from saelineage.stats.edges import EdgeOptions
@@ -257,6 +291,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=usable_cpus(), help="Threads (default: all usable CPUs).")
     ap.add_argument("--dense-seconds", type=float, default=60)
     ap.add_argument("--dir", type=Path, default=None, help="Keep the synthetic run here (default: a temp dir).")
+    ap.add_argument("--baseline", default=None, help="A git revision whose stats stage runs beside this code's.")
     a = ap.parse_args()
     limit = parse_size(a.memory_limit)
     tmp, run, took = synthetic_run(a.dir, "bench_stats_", a.tokens, a.layers, a.d, a.l0)
@@ -267,6 +302,8 @@ def main() -> None:
 
     warm_up(Path(tmp.name) / "warm")
     res = run_stats(run, limit, a.workers)
+    if a.baseline:
+        compare(a.baseline, run, limit, a.workers, res, Path(tmp.name))
     s = res["summary"]
     n, pairs, incr, tm = s["n_tokens"], s["pairs"], s["increments"], s["timings"]
     rate_acc = incr / tm["accumulate"]
