@@ -52,7 +52,7 @@ from saelineage.verify import BAD, verify_run
 from saelineage.web.labels import import_labels
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-STATS = StatsConfig(memory_limit=1 << 30)
+STATS = StatsConfig(memory_limit=4 << 30)  # past a test process's baseline (stats refuses a plan that cannot fit)
 ABLATE = AblateConfig(
     measures=("jaccard",),
     bins=2,
