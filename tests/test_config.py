@@ -57,6 +57,7 @@ ODD = {
         primary=("jaccard", "pearson"),
         memory_limit=3 << 30,
         workers=1,
+        accumulate="sparse",
         sae_match="greedy",
         ray="local",
         ray_workers=4,
