@@ -155,7 +155,7 @@ def test_cli(run):
             "--span",
             "2",
             "--memory-limit",
-            "1G",
+            "4G",
             "--keep",
             "pearson=0.5",
             "--relative-threshold",
@@ -168,7 +168,7 @@ def test_cli(run):
     m = RunDir(run.path).load().stage("stats")
     assert m["options"]["keep_thresholds"] == {"pearson": 0.5} and m["options"]["relative_threshold"] == 0.2
     assert m["options"]["primary"] == list(MEASURES)
-    assert m["summary"]["memory_limit"] == 1 << 30
+    assert m["summary"]["memory_limit"] == 4 << 30
 
 
 def test_parse_size():
