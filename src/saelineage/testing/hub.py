@@ -12,6 +12,10 @@ run their real code paths, offline, within `use_hub_cache(root)`.
 Weights are random but calibrated: each SAE's encoder thresholds (or biases) are set on real
 residuals of its tiny model at its hook, so that about the release's expected L0 latents fire
 per token. Everything derives from `seed` (no global RNG state is touched).
+
+`build_full_size_cache(root, setup)` writes the same formats at the published sizes instead
+(FULL_SIZE_SETUPS: GPT-2 small + gpt2-small-res-jb, Gemma 3 270M + Gemma Scope 2 at 16k or
+262k latents), for benchmarks of the real shapes (benchmarks/bench_real_shapes.py).
 """
 
 from __future__ import annotations
@@ -348,11 +352,19 @@ def _depth(model_id: str, n_layers: int) -> int:
     return max(n_layers, _MODELS[model_id].min_layers)
 
 
-def _write_model(repo: _Repo, root: Path, model_id: str, n_layers: int, seed: int):
-    """Build the tiny model (seeded), save it and its tokenizer into `repo`; returns (model, tokenizer)."""
+def _write_model(
+    repo: _Repo,
+    root: Path,
+    model_id: str,
+    n_layers: int,
+    seed: int,
+    build: Callable[[int], tuple[Any, Any]] | None = None,
+):
+    """Build the model (seeded; `build`, default the tiny one of `model_id`), save it and its tokenizer
+    into `repo`; returns (model, tokenizer)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed(seed, "model", model_id))
-        model, tok = _MODELS[model_id].build(n_layers)
+        model, tok = (build or _MODELS[model_id].build)(n_layers)
     model.eval()
     with _staging(root) as stage:
         model.save_pretrained(stage)
@@ -420,15 +432,24 @@ def _fabricate(plan: _Plan, X: torch.Tensor, W_enc: torch.Tensor) -> _Weights:
     """Biases / thresholds of encoder `W_enc` set on residuals X [N, d_in] so ~plan.l0 latents fire per token.
 
     Each latent's pre-activation over X is taken as normal; its cut is mean + z * std with z the
-    normal quantile of 1 - l0 / d_sae. The decoder is the encoder's directions at unit norm, and
-    b_dec the residuals' mean (what trained SAEs come close to).
+    normal quantile of 1 - l0 / d_sae (full-size builds, `plan.extra['match_l0']`: z found by
+    bisection on held-out windows of X instead). The decoder is the encoder's directions at unit
+    norm, and b_dec the residuals' mean (what trained SAEs come close to).
     """
     X = X.float()
     d_sae = W_enc.shape[1]
     b_dec = X.mean(0)
     pre = (X - b_dec if plan.apply_b_dec else X) @ W_enc  # [N, d_sae]
     z = torch.special.ndtri(torch.tensor(1.0 - min(plan.l0 / d_sae, _MAX_DENSITY), dtype=torch.float64)).float()
-    mean, std = pre.mean(0), pre.std(0)
+    if plan.extra.get("match_l0") and plan.encoder in ("relu", "jumprelu"):
+        # cross-fitted: cuts from the even windows' rows, z matched on the odd ones' (X holds whole windows of
+        # _CAL_LEN - 1 rows): matched on the rows they were fitted on, the cuts let ~1.2x the L0 fire elsewhere
+        by_window = pre.view(-1, _CAL_LEN - 1, d_sae)
+        fit = by_window[0::2]
+        mean, std = fit.mean((0, 1)), fit.std((0, 1))
+        z = _match_z(by_window[1::2], mean, std, plan.l0, z)
+    else:
+        mean, std = pre.mean(0), pre.std(0)
     b_enc = torch.zeros(d_sae)
     threshold = None
     if plan.encoder == "relu":
@@ -448,6 +469,22 @@ def _fabricate(plan: _Plan, X: torch.Tensor, W_enc: torch.Tensor) -> _Weights:
     W_dec = (W_enc / W_enc.norm(dim=0, keepdim=True)).T.contiguous()
     log_sparsity = acts.float().mean(0).clamp_min(1e-10).log10()
     return _Weights(W_enc.contiguous(), W_dec, b_enc, b_dec, threshold, log_sparsity)
+
+
+def _match_z(pre: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, l0: float, z: torch.Tensor) -> torch.Tensor:
+    """The z at which latents cut at mean + z * std fire l0 times per row of `pre` [..., d_sae] on average
+    (bisection). Full-size builds use it (`extra['match_l0']`) instead of the normal quantile, which
+    assumes normal pre-activations and exact means and deviations."""
+    rows = pre.numel() // pre.shape[-1]
+
+    def l0_at(zz: float) -> float:
+        return float((pre > mean + zz * std).sum()) / rows
+
+    lo, hi = float(z) - 4.0, float(z) + 4.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if l0_at(mid) > l0 else (lo, mid)
+    return torch.tensor(hi, dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- release file formats
@@ -900,6 +937,233 @@ def build_hub_cache(root: Path, releases: Iterable[str] | None = None, n_layers:
         )
         del model
     return HubCache(root, out, models)
+
+
+# ---------------------------------------------------------------- full-size set-ups
+
+# Part of every commit hash of a full-size cache (a cache folder may hold tiny and full-size repos apart).
+FULL_FORMAT = "saelineage-full-size-hub-v1"
+# Calibration of a full-size build: 12 windows (~1,500 residuals), spread evenly over the first _FULL_CAL_SPAN
+# tokens of the bundled English text, so the thresholds of 262k-wide SAEs are estimated from ~1,500
+# tokens while the [tokens, d_sae] pre-activations stay near 1.5 GB.
+_FULL_CAL_BATCH, _FULL_CAL_SPAN = 12, 100_000
+
+
+def _text_calibration_ids(tok: Any, batch: int = _FULL_CAL_BATCH, span: int = _FULL_CAL_SPAN) -> torch.Tensor:
+    """[batch, _CAL_LEN] windows (BOS first, as collect cuts them) spread evenly over the first `span`
+    tokens of the bundled English text (`--corpus default`).
+
+    Text, and this text: on a random-weight model a latent's mean pre-activation follows the token
+    frequencies of the text it reads, so thresholds set on uniformly drawn ids let 1.3x (GPT-2) to
+    2x (Gemma 3) the intended L0 fire on text, and thresholds set on the corpus's later (Wikipedia)
+    half let 1.3x fire on its first (news) half. Calibrated here, L0 is right where benchmarks
+    measure it: the windows `collect --corpus default --max-tokens N` reads, N up to `span`.
+    """
+    from saelineage.data.corpus import bundled_docs
+    from saelineage.data.windowing import make_windows
+
+    ids = make_windows(tok, bundled_docs(), _CAL_LEN, span).ids
+    pick = np.linspace(0, len(ids) - 1, min(batch, len(ids))).round().astype(np.int64)
+    return torch.from_numpy(ids[pick]).long()
+
+
+def _full_gpt2(n_layers: int):
+    """GPT-2 small at its published size: 768 wide, 12 heads, 1,024 positions, the 50,257-token BPE."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = _gpt2_tokenizer()
+    cfg = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=n_layers, n_head=12)
+    return GPT2LMHeadModel(cfg), tok
+
+
+def _full_gemma3(n_layers: int):
+    """Gemma 3 270M at its published size (google/gemma-3-270m's config.json): 640 wide, MLP 2,048,
+    4 query heads and 1 key/value head of 256, a 262,144-token vocabulary (tied embeddings), sliding
+    window 512 with every 6th layer global (RoPE bases 10,000 local, 1,000,000 global).
+
+    The tokenizer is the byte-level one of the tiny builds: the real 262k SentencePiece vocabulary
+    cannot be made offline, so text costs ~4x the tokens it would, and only ids < 262 occur; the
+    model's embedding and shapes are full size all the same."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = _gemma_tokenizer()
+    cfg = Gemma3TextConfig(
+        vocab_size=262144,
+        hidden_size=640,
+        intermediate_size=2048,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        hidden_activation="gelu_pytorch_tanh",
+        max_position_embeddings=32768,
+        sliding_window=512,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        attn_logit_softcapping=None,
+        final_logit_softcapping=None,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    return Gemma3ForCausalLM(cfg), tok
+
+
+_FULL_MODELS: dict[str, _ModelSpec] = {
+    "gpt2": _ModelSpec("GPT2LMHeadModel", _full_gpt2),
+    "google/gemma-3-270m": _ModelSpec("Gemma3ForCausalLM", _full_gemma3),
+}
+
+
+@dataclass(frozen=True)
+class FullSizeSetup:
+    """A published model and SAE release at their real sizes (random weights)."""
+
+    release: str
+    model_id: str
+    n_layers: int
+    """Depth of the model (all of it is written, whatever layers get SAEs)."""
+    sae_ids: dict[int, str]
+    """SAE width → the release's SAE id, a template with {layer}."""
+    hook: str
+    """Hook the SAEs read (template with {layer}), as sae_lens derives it from the release."""
+    width: int
+    """Default width."""
+    layers: tuple[int, ...]
+    """Default layers."""
+    encoder: str
+    apply_b_dec: bool
+
+
+FULL_SIZE_SETUPS: dict[str, FullSizeSetup] = {
+    # res-jb: ReLU SAEs of 32 x 768 on resid_pre of blocks 0-11 (the paper's system), L0 10-70 as published
+    "gpt2": FullSizeSetup(
+        "gpt2-small-res-jb",
+        "gpt2",
+        12,
+        {24576: "blocks.{layer}.hook_resid_pre"},
+        "blocks.{layer}.hook_resid_pre",
+        24576,
+        tuple(range(12)),
+        "relu",
+        True,
+    ),
+    # Gemma Scope 2, every layer's resid_post: JumpReLU, the big-L0 variant (published L0 60-120 per token)
+    "gemma3": FullSizeSetup(
+        "gemma-scope-2-270m-pt-res-all",
+        "google/gemma-3-270m",
+        18,
+        {16384: "layer_{layer}_width_16k_l0_big", 262144: "layer_{layer}_width_262k_l0_big"},
+        "blocks.{layer}.hook_resid_post",
+        16384,
+        tuple(range(18)),
+        "jumprelu",
+        False,
+    ),
+}
+# 262k latents on 4 layers: 5, 9, 12 and 15, the layers Gemma Scope 2 publishes its every width at
+# (release gemma-scope-2-270m-pt-res: 16k to 1m); the `-all` release has them all at 262k.
+FULL_SIZE_SETUPS["gemma3-262k"] = replace(FULL_SIZE_SETUPS["gemma3"], width=262144, layers=(5, 9, 12, 15))
+
+
+@dataclass(frozen=True)
+class FullSizeCache:
+    """What `build_full_size_cache` wrote: `path` is the HF_HUB_CACHE folder (holding models--*)."""
+
+    path: Path
+    setup: str
+    release: str
+    model_id: str
+    sae_ids: tuple[str, ...]
+    layers: tuple[int, ...]
+    hooks: tuple[str, ...]
+    d_model: int
+    d_sae: int
+    n_layers: int
+    vocab_size: int
+    expected_l0: tuple[float, ...]
+    """Per SAE: the L0 its encoder was calibrated to (the release's published expected L0)."""
+
+    def collect_args(self) -> list[str]:
+        """Arguments of `saelineage collect RUN …` that select exactly these SAEs from the release."""
+        template = FULL_SIZE_SETUPS[self.setup].sae_ids[self.d_sae]
+        layers = ",".join(map(str, self.layers))
+        return ["--saes", self.release, "--sae-id", template, "--layers", layers]
+
+
+def _full_commit(repo_id: str, seed: int) -> str:
+    """One commit per repo and seed: every full-size set-up of a model (and widths, layers) shares it."""
+    return hashlib.sha1(f"{FULL_FORMAT}|{repo_id}|seed={seed}".encode()).hexdigest()
+
+
+def build_full_size_cache(
+    root: Path, setup: str, layers: Iterable[int] | None = None, width: int | None = None, seed: int = 0
+) -> FullSizeCache:
+    """Write a published model and SAEs at their full sizes, random weights, into the hub cache `root`.
+
+    setup: a key of FULL_SIZE_SETUPS: 'gpt2' (GPT-2 small + gpt2-small-res-jb, 12 x 24,576),
+    'gemma3' (Gemma 3 270M + gemma-scope-2-270m-pt-res-all, 18 x 16,384 JumpReLU) or
+    'gemma3-262k' (the same at 262,144 latents on layers 5, 9, 12, 15). layers / width: other
+    layers, or another of the release's widths (gemma3: 16384 or 262144). Files are in the
+    release's own on-hub format, as `build_hub_cache` writes them, so sae_lens, transformers and
+    `saelineage collect --saes RELEASE` read them offline within `use_hub_cache(root)` (or a child
+    process with `hub_env(root)`). Each SAE's thresholds (or biases) are set on the model's own
+    residuals of English text (the bundled corpus, `--corpus default`) so that about the release's
+    published L0 latents fire per token of such text.
+
+    The same arguments give the same files; what exists is kept, so a second call (or another
+    set-up of the same model, or more layers) writes only what is missing. Sizes: GPT-2 0.5 GB +
+    151 MB per SAE; Gemma 3 270M 1.1 GB + 84 MB per 16k SAE, 1.34 GB per 262k SAE.
+    """
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    if setup not in FULL_SIZE_SETUPS:
+        raise ValueError(f"unknown full-size set-up {setup!r}; known: {sorted(FULL_SIZE_SETUPS)}")
+    s = FULL_SIZE_SETUPS[setup]
+    d_sae = s.width if width is None else int(width)
+    if d_sae not in s.sae_ids:
+        raise ValueError(f"{s.release} has no width {d_sae} here; widths: {sorted(s.sae_ids)}")
+    chosen = tuple(sorted(set(s.layers if layers is None else layers)))
+    if not chosen or not all(0 <= l < s.n_layers for l in chosen):
+        raise ValueError(f"layers {chosen} are not within 0..{s.n_layers - 1} of {s.model_id}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    entry = get_pretrained_saes_directory()[s.release]
+    spec = _SPECS[s.release]
+    template = s.sae_ids[d_sae]
+    triples = [(template.format(layer=l), l, s.hook.format(layer=l)) for l in chosen]
+    plans = [
+        replace(p, extra={"match_l0": True}) for p in _plans(entry, triples, lambda _: d_sae, s.encoder, s.apply_b_dec)
+    ]
+
+    repo = _Repo(root, s.model_id, _full_commit(s.model_id, seed))
+    model = tok = None
+    if not repo.has(_MODEL_FILES):
+        model, tok = _write_model(repo, root, s.model_id, s.n_layers, seed, build=_FULL_MODELS[s.model_id].build)
+    sae_repo = _Repo(root, entry.repo_id, _full_commit(entry.repo_id, seed))
+    if not all(sae_repo.has(spec.files(p)) for p in plans):
+        if model is None:
+            model, tok = _load_cached_model(repo)
+        ids = _text_calibration_ids(tok)
+        with torch.no_grad():
+            _write_release(sae_repo, root, spec, plans, model, ids, seed)
+    del model
+    cfg = json.loads((repo.snapshot / "config.json").read_text())
+    return FullSizeCache(
+        root,
+        setup,
+        s.release,
+        s.model_id,
+        tuple(p.sae_id for p in plans),
+        chosen,
+        tuple(p.hook for p in plans),
+        int(cfg.get("hidden_size") or cfg["n_embd"]),
+        d_sae,
+        s.n_layers,
+        int(cfg["vocab_size"]),
+        tuple(p.l0 for p in plans),
+    )
 
 
 # ---------------------------------------------------------------- using the cache
