@@ -382,3 +382,43 @@ def test_finished_pairs_wait_on_disk(tmp_path, codes, monkeypatch):
             np.testing.assert_array_equal(getattr(after, name), getattr(before, name))
     assert sum(len(after.src) for _, _, after in spilled) == s.summary["edges"]
     assert not run.file(contract.STATS_SPILL).exists()
+
+
+def test_column_walks_past_the_masks_match_the_dense_path(tmp_path, monkeypatch):
+    """A sparse block answers a column's untouched walks from bit masks of the walks' first
+    ks.MASK_BITS rows, then by binary search (`untouched_sparse`). Here a target feature that fires
+    on 95% of the tokens co-occurs with 160 source features: 80 rare ones (the head of the pearson
+    walk, by s·isd) and 80 dense ones (the head of the count walk), so both walks run past the
+    masks to the three features that fire only on the other 5%. The tables equal the dense path's."""
+    from saelineage.stats import kernels_scan as ks
+
+    monkeypatch.setattr("saelineage.stats.engine.process_baseline", lambda: 256 << 20)
+    rng = np.random.default_rng(3)
+    t = 2000
+    off = rng.random(t) < 0.05  # tokens where target feature 0 is silent
+    src = np.zeros((t, 200), np.float32)
+    dens = np.r_[rng.uniform(0.01, 0.03, 80), rng.uniform(0.2, 0.6, 80)]
+    for f, d in enumerate(dens):
+        src[:, f] = (~off & (rng.random(t) < d)) * rng.exponential(1.0, t)
+    src[:, 160:163] = off[:, None] * rng.exponential(1.0, (t, 3))  # never with target 0
+    src[:, 163:] = (rng.random((t, 37)) < 0.02) * rng.exponential(1.0, (t, 37))
+    dst = ((rng.random((t, 50)) < 0.03) * rng.exponential(1.0, (t, 50))).astype(np.float32)
+    dst[:, 0] = ~off * rng.exponential(1.0, t)
+    codes = {0: src, 1: dst}
+    kept = kept_tokens(t)
+    on = src[kept] > 0
+    assert (on[:, :160] & (dst[kept, 0] > 0)[:, None]).any(0).all()  # the 160 all touch column 0
+    assert not (on[:, 160:163] & (dst[kept, 0] > 0)[:, None]).any()
+    assert 160 > ks.MASK_BITS + 16
+    tables = {}
+    for acc in ("dense", "sparse"):
+        run = make_run(tmp_path / acc, codes)
+        s = run_stats(run.path, StatsConfig(accumulate=acc), progress=False)
+        assert s.summary["passes"] == 1
+        tables[acc] = _tables(run.path)
+    for name in tables["dense"]:
+        assert same_table(tables["sparse"][name], tables["dense"][name]), name
+    links = tables["dense"]["feature_links.parquet"].to_pandas()
+    # the best MI predecessor of target 0 is the zero-count candidate found past the masks (its
+    # untouched pearson never wins with activations >= 0: test_stats_sparse covers signed ones)
+    assert links[(links.layer == 1)].best_pred_mutual_info_id.to_numpy()[0] in range(160, 163)

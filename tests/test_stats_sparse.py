@@ -165,3 +165,76 @@ def test_auto_takes_the_census_only_where_sparse_can_pay(tmp_path, monkeypatch):
         run_stats(ref.path, StatsConfig(accumulate="dense"), progress=False)
         got, want = _tables(run.path), _tables(ref.path)
         assert all(same_table(got[t], want[t]) for t in want)
+
+
+def _pair_blocks(rng, t: int, d_l: int, d_m: int):
+    """Codes of two layers with signed activations and an activity threshold (so cells with c = 0
+    but p != 0 exist), as dense accumulators [d_l, d_m] and the pair's `Side`s."""
+    from saelineage.stats.measures import Marginals, side
+
+    off = rng.random(t) < 0.05
+    third = d_l // 3
+    dens = np.r_[rng.uniform(0.01, 0.03, third), rng.uniform(0.2, 0.6, third), np.full(d_l - 2 * third, 0.02)]
+    x = (rng.random((t, d_l)) < dens) * rng.normal(0.0, 1.0, (t, d_l))
+    x[off, : 2 * (d_l // 3)] = 0.0  # the first two thirds never fire where target 0 is silent
+    x[:, -3:] = off[:, None] * rng.normal(0.0, 1.0, (t, 3))  # these fire only there
+    y = (rng.random((t, d_m)) < 0.05) * rng.normal(0.0, 1.0, (t, d_m))
+    y[:, 0] = ~off * rng.normal(0.0, 1.0, t)
+    sides = []
+    for a in (x, y):
+        active = np.abs(a) > 0.3
+        ones = np.ones(a.shape[1])
+        m = Marginals(active.sum(0), (a != 0).sum(0), a.sum(0), (a * a).sum(0), ones, ones)
+        sides.append(side(t, m))
+    ax, ay = (np.abs(x) > 0.3).astype(np.int64), (np.abs(y) > 0.3).astype(np.int64)
+    return ax.T @ ay, x.T @ y, sides
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sparse_scan_equals_the_dense_scan(seed):
+    """edges.PairState.add_block on a SparseBlock (`scan_sparse`, `untouched_sparse`: tiles, row
+    chunks, the column walks' masks and their binary-search tails) against the same accumulators
+    as a dense Block (`scan_block`, `untouched_columns`): every column result, best successor and
+    kept edge bit for bit, folded over two blocks of rows. Negative activations make untouched
+    pearson cells win, and the 2·d_l/3 rows at the head of both walks touch column 0, so its walks
+    run past ks.MASK_BITS."""
+    from saelineage.stats import edges as ed
+    from saelineage.stats import kernels_scan as ks
+
+    rng = np.random.default_rng(seed)
+    t, d_l, d_m = 3000, 240, 700
+    cnt, psum, (src, dst) = _pair_blocks(rng, t, d_l, d_m)
+    head = 2 * (d_l // 3)
+    assert ((cnt[:head, 0] > 0) | (psum[:head, 0] != 0)).all() and head > ks.MASK_BITS + 64
+    opts = EdgeOptions(primary=("jaccard", "pearson", "mutual_info"), top_k=5)
+    states = {}
+    for kind in ("dense", "sparse"):
+        st = ed.PairState(d_l, d_m, opts, True)
+        for lo, hi in ((0, 150), (150, d_l)):
+            c, p = cnt[lo:hi], psum[lo:hi]
+            if kind == "dense":
+                block = ks.Block(c.astype(np.int32), p.copy(), lo)
+            else:
+                on = (c != 0) | (p != 0)
+                nnz = on.sum(1).astype(np.int64)
+                ptr = np.r_[0, np.cumsum(nnz + 3)].astype(np.int64)  # spare room after each row
+                j = np.zeros(ptr[-1], np.int32)
+                cc, pp = np.zeros(ptr[-1], np.int32), np.zeros(ptr[-1])
+                for r in range(hi - lo):
+                    cols = np.flatnonzero(on[r])
+                    j[ptr[r] : ptr[r] + len(cols)], cc[ptr[r] : ptr[r] + len(cols)] = cols, c[r, cols]
+                    pp[ptr[r] : ptr[r] + len(cols)] = p[r, cols]
+                block = ks.SparseBlock(ptr[:-1], nnz, j, cc, pp, lo, d_m)
+            st.add_block(block, t, src, dst)
+        states[kind] = st
+    a, b = states["dense"], states["sparse"]
+    for f in ks.ColumnState._fields:
+        assert np.array_equal(getattr(a.cols, f), getattr(b.cols, f), equal_nan=True), f
+    for f in ("j", "c", "p"):
+        assert np.array_equal(getattr(a.succ, f), getattr(b.succ, f), equal_nan=True), f
+    assert np.array_equal(a.counters, b.counters)
+    ea, eb = (ks.Edges(*(np.concatenate([p[x] for p in s.parts]) for x in range(4))) for s in (a, b))
+    for x in range(4):
+        assert np.array_equal(ea[x], eb[x])
+    # column 0's best untouched pearson and zero-count MI rows come from past the masks
+    assert a.cols.pz_i[0] >= d_l - 3

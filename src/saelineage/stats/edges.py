@@ -110,12 +110,7 @@ class PairState:
 
     def add_block(self, block: ks.Block | ks.SparseBlock, n: int, src: Side, dst: Side) -> None:
         """Scan a block of accumulator rows lo..lo+B-1 (dense or sparse) and fold them in."""
-        sparse = isinstance(block, ks.SparseBlock)
-        lo, dm = block.lo, self.d_m
-        B = len(block.nnz) if isinstance(block, ks.SparseBlock) else block.cnt.shape[0]
-        if isinstance(block, ks.SparseBlock) and len(block.colptr) == 0:
-            block = sparse_columns(block)
-        marks = np.zeros((2, _threads(), max(dm, B) if sparse else 0), np.uint8)
+        lo, dm, B = block.lo, self.d_m, block.n_rows
         o = self.opts
         rules = ks.Rules(np.int64(n), o.min_support, o.prim_index(), o.thresholds(), self.do_best)
         P, k = len(rules.prim), o.top_k
@@ -129,11 +124,19 @@ class PairState:
         else:
             col_walk = row_walk = ks.Walk.none()
         floor = self.cols.floor(rules.prim)
-        ks.scan_block(block, src, dst, rules, col_walk, floor, rows, cols, marks)
-        if sparse:
-            ks.scan_columns(block, src, dst, rules, floor, cols)
-        if self.do_best:
-            ks.untouched_columns(block, rules.n, src, dst, row_walk, cols, marks)
+        if isinstance(block, ks.SparseBlock):
+            marks = np.zeros((2, _threads(), dm), np.uint8)
+            masks = np.zeros((2, _threads(), dm), np.uint64)
+            chunks, width = scan_tiles(block.nnz, P, k, _threads())
+            bits = walk_bits(row_walk, B)
+            args = (chunks, width, bits, masks)
+            ks.scan_sparse(block, src, dst, rules, col_walk, floor, rows, cols, marks, *args)
+            if self.do_best:
+                ks.untouched_sparse(block, rules.n, src, dst, row_walk, cols, masks)
+        else:
+            ks.scan_block(block, src, dst, rules, col_walk, floor, rows, cols, np.zeros((2, _threads(), 0), np.uint8))
+            if self.do_best:
+                ks.untouched_columns(block, rules.n, src, dst, row_walk, cols)
         ks.merge_columns(block, self.do_best, cols, self.cols)
         self.counters += cols.counters.sum(0)
         if self.do_best:
@@ -144,7 +147,7 @@ class PairState:
             self.succ.c[lo : lo + B] = np.where(ok, c_at.reshape(ok.shape), 0)
             self.succ.p[lo : lo + B] = np.where(ok, p_at.reshape(ok.shape), 0.0)
         # kept cells of these rows: count, then fill
-        gather = ks.gather_sparse if sparse else ks.gather_rows
+        gather = ks.gather_sparse if isinstance(block, ks.SparseBlock) else ks.gather_rows
         offsets = np.zeros(B + 1, np.int64)
         gather(block, src, dst, rules, rows, offsets, ks.new(ks.Edges, 0), True)
         np.cumsum(offsets, out=offsets)
@@ -255,13 +258,33 @@ class PairState:
         return ids, c, p
 
 
-def sparse_columns(block: ks.SparseBlock) -> ks.SparseBlock:
-    """The block with its column index (`SparseBlock.colptr`, `.rows`), for the column walks."""
-    colptr, n = np.zeros(block.d_m + 1, np.int64), int(block.nnz.sum())
-    rows, ccnt, cpsum = np.empty(n, np.int32), np.empty(n, block.cnt.dtype), np.empty(n, block.psum.dtype)
-    args = (block.ptr, block.nnz, block.j, block.cnt, block.psum, block.d_m, colptr, rows, ccnt, cpsum)
-    ks.sparse_columns(*args, numba.get_num_threads())
-    return block._replace(colptr=colptr, rows=rows, ccnt=ccnt, cpsum=cpsum)
+ROW_CHUNK = 128
+"""Rows per chunk of a sparse scan at most (`scan_tiles`): their running results stay in cache."""
+TILE_BYTES = 1 << 20
+"""Column results per tile of a sparse scan (about half of a 2 MiB L2 per core)."""
+
+
+def scan_tiles(nnz: np.ndarray, n_prim: int, k: int, threads: int) -> tuple[np.ndarray, int]:
+    """(row chunk bounds int64, tile width) of `ks.scan_sparse` for rows with nnz [B] touched cells:
+    chunks of at most ROW_CHUNK rows and of about equal cells (8 per thread at least), and tiles of
+    the columns whose per-thread results (top-k lists, bests, masks, marginals) take TILE_BYTES."""
+    B = len(nnz)
+    work = np.cumsum(nnz + 16)  # a row also costs its cursor and results
+    n_eq = 8 * threads
+    eq = np.searchsorted(work, np.arange(1, n_eq) * (work[-1] / n_eq)) if B else np.zeros(0, np.int64)
+    chunks = np.union1d(np.union1d(eq, np.arange(0, B, ROW_CHUNK)), [0, B]).astype(np.int64)
+    per_col = ks.N_MEASURES * 12 + 8 + n_prim * (k * 12 + 8) + 8 + 16 + 32
+    return chunks, max(256, TILE_BYTES // per_col)
+
+
+def walk_bits(walk: ks.Walk, B: int) -> np.ndarray:
+    """uint64 [2, B]: each block row's bit in the column masks of `ks.scan_sparse`: 1 << its position
+    in walk.order, resp. walk.by_count, for the first ks.MASK_BITS positions, else 0."""
+    bits = np.zeros((2, B), np.uint64)
+    for w, order in enumerate((walk.order, walk.by_count)):
+        t = min(len(order), ks.MASK_BITS)
+        bits[w, order[:t]] = np.left_shift(np.uint64(1), np.arange(t, dtype=np.uint64))
+    return bits
 
 
 def _edges(src: np.ndarray, dst: np.ndarray, n_co: np.ndarray, p: np.ndarray) -> ks.Edges:

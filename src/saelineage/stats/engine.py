@@ -139,18 +139,18 @@ def process_baseline() -> int:
 
 
 def sparse_row_bytes(count_dtype: type, opts: EdgeOptions) -> tuple[int, int]:
-    """(bytes per cell, bytes per row) of a sparse unit: the cell (column, count, sum) and its
-    copy in column order that the scan builds (row, count, sum); the row's start, length and scan
-    results."""
-    cell = 2 * (SPARSE_CELL_BYTES + np.dtype(count_dtype).itemsize)
+    """(bytes per cell, bytes per row) of a sparse unit: the cell (column, count, sum); the row's
+    start, length and scan results."""
+    cell = SPARSE_CELL_BYTES + np.dtype(count_dtype).itemsize
     row = SPARSE_ROW_BYTES + 4 * (ks.N_MEASURES + opts.top_k * len(opts.primary)) + 8
     return cell, row
 
 
 def scratch_bytes(d_m: int) -> int:
-    """Per-thread scratch of sparse accumulation and scans (dense row, marks, id list) for d_m columns."""
+    """Per-thread scratch of sparse accumulation and scans (dense row, marks, id list, the column
+    walks' masks) for d_m columns."""
     threads = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]  # set at import
-    return threads * d_m * (8 + kn.PSUM_DTYPE.itemsize + 1 + 4 + 1)
+    return threads * d_m * (8 + kn.PSUM_DTYPE.itemsize + 1 + 4 + 1 + 2 * 8)
 
 
 def plan(
@@ -491,9 +491,7 @@ def _take(layout: Layout, budget: Budget, units: list[Unit], arena: Arena) -> di
     )
     acc: dict[Unit, ks.Block | ks.SparseBlock] = {u: ks.Block(*b, u.lo) for u, b in zip(dense, blocks, strict=True)}
     for u, (ptr, nnz, j, cnt, psum) in zip(sparse, rows, strict=True):
-        dm = d[pairs[u.pair].dst]
-        none = np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, cnt.dtype), np.zeros(0)
-        acc[u] = ks.SparseBlock(ptr, nnz, j, cnt, psum, u.lo, dm, *none)
+        acc[u] = ks.SparseBlock(ptr, nnz, j, cnt, psum, u.lo, d[pairs[u.pair].dst])
     return acc
 
 

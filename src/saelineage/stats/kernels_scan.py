@@ -115,6 +115,11 @@ class Block(NamedTuple):
     lo: int
     """the block's first source row"""
 
+    @property
+    def n_rows(self) -> int:
+        """B"""
+        return int(self.cnt.shape[0])
+
 
 class SparseBlock(NamedTuple):
     """Accumulator rows lo..lo+B-1 of one layer pair stored sparse (engine.py: pairs whose rows
@@ -135,14 +140,11 @@ class SparseBlock(NamedTuple):
     """the block's first source row"""
     d_m: int
     """columns"""
-    colptr: np.ndarray
-    """int64 [d_m+1] (do_best; else empty): column j's touched rows are rows[colptr[j] : colptr[j+1]]"""
-    rows: np.ndarray
-    """int32: block rows r, ascending within each column (`sparse_columns`)"""
-    ccnt: np.ndarray
-    """c_ij of those cells, in column order (copies: the column scan then reads memory in order)"""
-    cpsum: np.ndarray
-    """float64: p_ij of those cells, in column order"""
+
+    @property
+    def n_rows(self) -> int:
+        """B"""
+        return len(self.nnz)
 
 
 def _is_sparse(block: Any) -> bool:
@@ -157,16 +159,6 @@ def n_cols(block):
     raise NotImplementedError  # numba only (overloaded below)
 
 
-def row_span(block, r):
-    """(first, stop) positions of row r's cells for `row_cell`."""
-    raise NotImplementedError
-
-
-def row_cell(block, r, x):
-    """(j, c_ij, p_ij) at position x of row r."""
-    raise NotImplementedError
-
-
 def cell(block, r, j):
     """(c_ij, p_ij) of block row r, column j (0, 0.0 when untouched)."""
     raise NotImplementedError
@@ -178,18 +170,8 @@ def row_cells(block, r, mc, mp):
     raise NotImplementedError
 
 
-def col_cells(block, j, mc, mp):
-    """As `row_cells`, for column j, indexable by block row [B]."""
-    raise NotImplementedError
-
-
 def clear_row(block, r, mc, mp):
     """Undo `row_cells`'s marks."""
-    raise NotImplementedError
-
-
-def clear_col(block, j, mc, mp):
-    """Undo `col_cells`'s marks."""
     raise NotImplementedError
 
 
@@ -198,20 +180,6 @@ def _ov_n_cols(block):
     if _is_sparse(block):
         return lambda block: block.d_m
     return lambda block: block.cnt.shape[1]
-
-
-@overload(row_span, inline="always")
-def _ov_row_span(block, r):
-    if _is_sparse(block):
-        return lambda block, r: (block.ptr[r], block.ptr[r] + block.nnz[r])
-    return lambda block, r: (0, block.cnt.shape[1])
-
-
-@overload(row_cell, inline="always")
-def _ov_row_cell(block, r, x):
-    if _is_sparse(block):
-        return lambda block, r, x: (np.int64(block.j[x]), block.cnt[x], block.psum[x])
-    return lambda block, r, x: (np.int64(x), block.cnt[r, x], block.psum[r, x])
 
 
 @overload(cell, inline="always")
@@ -244,21 +212,6 @@ def _ov_row_cells(block, r, mc, mp):
     return lambda block, r, mc, mp: (block.cnt[r], block.psum[r])
 
 
-@overload(col_cells, inline="always")
-def _ov_col_cells(block, j, mc, mp):
-    if _is_sparse(block):
-
-        def sparse(block, j, mc, mp):
-            for x in range(block.colptr[j], block.colptr[j + 1]):
-                r = block.rows[x]
-                mc[r] = block.ccnt[x] != 0
-                mp[r] = 1
-            return mc, mp
-
-        return sparse
-    return lambda block, j, mc, mp: (block.cnt[:, j], block.psum[:, j])
-
-
 @overload(clear_row, inline="always")
 def _ov_clear_row(block, r, mc, mp):
     if _is_sparse(block):
@@ -270,54 +223,6 @@ def _ov_clear_row(block, r, mc, mp):
 
         return sparse
     return lambda block, r, mc, mp: None
-
-
-@overload(clear_col, inline="always")
-def _ov_clear_col(block, j, mc, mp):
-    if _is_sparse(block):
-
-        def sparse(block, j, mc, mp):
-            for x in range(block.colptr[j], block.colptr[j + 1]):
-                mc[block.rows[x]] = 0
-                mp[block.rows[x]] = 0
-
-        return sparse
-    return lambda block, j, mc, mp: None
-
-
-@numba.njit(parallel=True, **_JIT)
-def sparse_columns(ptr, nnz, js, cnt, psum, d_m, colptr, rows, ccnt, cpsum, nch):
-    """Column copy of a sparse block (`SparseBlock.colptr`, `.rows`, `.ccnt`, `.cpsum`): a counting
-    sort by column, rows ascending within each. colptr int64 [d_m+1] zero; rows int32, ccnt and
-    cpsum [Σ nnz]. nch threads take consecutive row ranges and write each column's cells at
-    offsets counted beforehand (as kernels.transpose_into), so the copy is the same for any nch."""
-    B = nnz.shape[0]
-    rb = np.searchsorted(np.cumsum(nnz), (np.arange(nch + 1) * nnz.sum()) // nch)
-    rb[0], rb[nch] = 0, B
-    start = np.zeros((nch, d_m), np.int64)
-    for c in prange(nch):
-        cnt_c = start[c]
-        for r in range(rb[c], rb[c + 1]):
-            for x in range(ptr[r], ptr[r] + nnz[r]):
-                cnt_c[js[x]] += 1
-    at = 0
-    for j in range(d_m):
-        colptr[j] = at
-        for c in range(nch):
-            n = start[c, j]
-            start[c, j] = at
-            at += n
-    colptr[d_m] = at
-    for c in prange(nch):
-        fill = start[c]
-        for r in range(rb[c], rb[c + 1]):
-            for x in range(ptr[r], ptr[r] + nnz[r]):
-                j = js[x]
-                w = fill[j]
-                rows[w] = r
-                ccnt[w] = cnt[x]
-                cpsum[w] = psum[x]
-                fill[j] = w + 1
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -714,13 +619,13 @@ def _first_zero(cells_c, walk):
 
 
 @numba.njit(parallel=True, **_JIT)
-def untouched_columns(block, n, src, dst, rows, cols, marks):
-    """Per column of a block (a `Block` or `SparseBlock`): the best pearson over untouched cells
-    and the zero-count MI candidate (c_ij = 0: largest c_i, lowest i), folded into this thread's
-    column state (`ColumnScratch` cols: best_v/best_i of pearson, zc/zi).
+def untouched_columns(block, n, src, dst, rows, cols):
+    """Per column of a dense block (a `Block`; a `SparseBlock` goes through `untouched_sparse`):
+    the best pearson over untouched cells and the zero-count MI candidate (c_ij = 0: largest c_i,
+    lowest i), folded into this thread's column state (`ColumnScratch` cols: best_v/best_i of pearson, zc/zi).
 
     src, dst: the pair's `Side`s; rows: the `Walk` of the block's rows (indices 0..B-1 of
-    src's rows lo..lo+B-1); marks: uint8 [2, T, >= B] zeros (sparse blocks), left zero."""
+    src's rows lo..lo+B-1)."""
     lo = block.lo
     fn = np.float64(n)
     ci = src.count
@@ -728,15 +633,14 @@ def untouched_columns(block, n, src, dst, rows, cols, marks):
     cb_i = cols.best_i[:, PEARSON, :]
     zc = cols.zc
     zi = cols.zi
-    for j in prange(n_cols(block)):
+    for j in prange(block.cnt.shape[1]):
         th = numba.get_thread_id()
-        cc, cp = col_cells(block, j, marks[0, th], marks[1, th])
+        cc, cp = block.cnt[:, j], block.psum[:, j]
         best, r = _best_untouched(cc, cp, rows, fn, dst.s[j], dst.isd[j], src.s, src.isd, False)
         if r >= 0 and (best > cb_v[th, j] or (best == cb_v[th, j] and lo + r < cb_i[th, j])):
             cb_v[th, j] = best
             cb_i[th, j] = lo + r
         r = _first_zero(cc, rows)
-        clear_col(block, j, marks[0, th], marks[1, th])
         if r >= 0:
             c = np.int64(ci[lo + r])
             if c > zc[th, j] or (c == zc[th, j] and lo + r < zi[th, j]):
@@ -782,23 +686,11 @@ def _col_top(ctop_v, ctop_i, ckth, ck_mie, floor_v, floor_i, th, q, q_mi, x, i, 
             ck_mie[th, j] = np.expm1(ckth[th, q, j])
 
 
-def cols_in_rows(block):
-    """Whether the row scan also updates the column results (dense blocks); a sparse block's
-    columns are scanned column by column (`scan_columns`), whose state then stays in cache."""
-    raise NotImplementedError
-
-
-@overload(cols_in_rows, inline="always")
-def _ov_cols_in_rows(block):
-    if _is_sparse(block):
-        return lambda block: False
-    return lambda block: True
-
-
 @numba.njit(parallel=True, **_JIT)
 def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
-    """Scan the rows of `block` (a `Block`: rows lo..lo+B-1, cnt/psum [B, d_m], or a `SparseBlock`);
-    see the module docstring. marks: uint8 [2, T, >= d_m] zeros (sparse blocks), left zero.
+    """Scan the rows of a dense `block` (a `Block`: rows lo..lo+B-1, cnt/psum [B, d_m]; a
+    `SparseBlock` goes through `scan_sparse`); see the module docstring. marks: uint8 [2, T, 0]
+    (dense rows need none).
 
     src, dst: `Side`s of the pair's layers ([d_l], [d_m]); rules: `Rules`; walk: the `Walk` of
     dst's features (do_best only; its first_live / first_q resolve zero bests); floor: the
@@ -810,7 +702,7 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
     of `_best_untouched` / `untouched_columns` (the column walk runs after this scan). Past one
     sequential sweep that finds the touched cells, the cost is proportional to the touched cells.
     """
-    lo = block.lo
+    lo, cnt, psum = block.lo, block.cnt, block.psum
     ci, si, isdi, irqi = src.count, src.s, src.isd, src.irq
     cj, sj, isdj, irqj = dst.count, dst.s, dst.isd, dst.irq
     n, min_support, prim, thr, do_best = rules
@@ -832,7 +724,6 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
     P = prim.shape[0]
     k = rtop.shape[2]
     fn = np.float64(n)
-    dense_cols = cols_in_rows(block)
     q_mi = -1
     for q in range(P):
         if prim[q] == MI:
@@ -870,10 +761,9 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
         touched = 0
         supported = 0
         n_thr = 0
-        x0, x1 = row_span(block, r)
-        for x in range(x0, x1):
-            j, c, p = row_cell(block, r, x)
-            c = np.int64(c)
+        for j in range(cnt.shape[1]):
+            c = np.int64(cnt[r, j])
+            p = psum[r, j]
             if c == 0 and p == 0.0:
                 continue
             touched += 1
@@ -890,10 +780,10 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
             if c > 0:
                 seen += 1
                 rb = mi_bound(n, c, ci_, cjj) / MARGIN
-                need = do_best and (rb >= row_mie or (dense_cols and rb >= cb_mie[th, j]))
+                need = do_best and (rb >= row_mie or rb >= cb_mie[th, j])
                 if sup and not need:
                     need = rb >= thr_mie or (
-                        q_mi >= 0 and (rb >= top_mie or (dense_cols and rb >= ck_mie[th, j] and rb >= floor_mie[j]))
+                        q_mi >= 0 and (rb >= top_mie or (rb >= ck_mie[th, j] and rb >= floor_mie[j]))
                     )
                 if need:
                     v[MI] = mi_scalar(n, c, ci_, cjj)
@@ -903,20 +793,18 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
                         if v[m] > bv[m]:  # j ascends along the row: ties keep the earlier j
                             bv[m] = v[m]
                             bj[m] = j
-                        if dense_cols:
-                            _col_best(cb_v, cb_i, m, v[m], i, j)
+                        _col_best(cb_v, cb_i, m, v[m], i, j)
                 x = v[PEARSON]
                 if x > tb:
                     tb = x
                     tbj = j
-                if dense_cols:
-                    _col_best(cb_v, cb_i, PEARSON, x, i, j)
+                _col_best(cb_v, cb_i, PEARSON, x, i, j)
                 if v[MI] == v[MI]:
                     if v[MI] > bv[MI]:
                         row_mie = np.expm1(v[MI])
                         bv[MI] = v[MI]
                         bj[MI] = j
-                    if dense_cols and _col_best(cb_v, cb_i, MI, v[MI], i, j):
+                    if _col_best(cb_v, cb_i, MI, v[MI], i, j):
                         cb_mie[th, j] = np.expm1(v[MI])
             if not sup:
                 continue
@@ -929,8 +817,7 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
                     _insert_desc(tv[q], tj[q], x, j)
                     if q == q_mi:
                         top_mie = np.expm1(tv[q, k - 1])
-                if dense_cols:
-                    _col_top(ctop_v, ctop_i, ckth, ck_mie, floor_v, floor_i, th, q, q_mi, x, i, j)
+                _col_top(ctop_v, ctop_i, ckth, ck_mie, floor_v, floor_i, th, q, q_mi, x, i, j)
             if any_thr and passes(v, thr):
                 n_thr += 1
         if do_best:
@@ -1144,20 +1031,52 @@ def gather_sparse(block, src, dst, rules, rows, offsets, out, count_only):
             offsets[r + 1] = u
 
 
+MASK_BITS = 64
+"""Column walks of a sparse block (`untouched_sparse`) read the first MASK_BITS rows of each walk
+from per-column bit masks that the scan fills (one uint64 per column, thread and walk); a column
+whose first MASK_BITS rows are all touched walks on with binary searches in the rows."""
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _low_zero(m, length):
+    """Lowest bit position t < min(length, 64) that is 0 in the uint64 m; -1 if none."""
+    top = min(length, MASK_BITS)
+    t = 0
+    one = np.uint64(1)
+    while t < top:
+        if (m >> np.uint64(t)) & one == np.uint64(0):
+            return t
+        t += 1
+    return -1
+
+
 @numba.njit(parallel=True, **_JIT)
-def scan_columns(block, src, dst, rules, floor, cols):
-    """The column half of `scan_block` for a `SparseBlock`, one column at a time over its touched
-    rows (the column index), so that each column's results stay in cache: column bests per measure
-    (do_best) and the column top-k lists, into this thread's part of `ColumnScratch` cols. The
-    same cells, values and total orders as the dense scan's column updates."""
+def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, width, bits, masks):
+    """`scan_block` for a `SparseBlock`, rows and columns in one pass: each touched cell is
+    evaluated once and updates both its row's and its column's results.
+
+    Threads take chunks of rows (chunks: int64 bounds, block rows); a chunk sweeps the columns
+    in tiles of `width`, each row's cells of the tile read through a cursor (rows are sorted by
+    column), so that the tile's column results (this thread's `ColumnScratch`) and the chunk's
+    row results both stay in cache. Along each row the columns still ascend, so row ties keep
+    the earlier j as in the dense scan; column results use the total order (value desc, id asc)
+    and do not depend on the visiting order.
+
+    bits: uint64 [2, B]: 1 << (row's position in the block rows' `Walk`.order, resp. .by_count)
+    for the first MASK_BITS positions, else 0 (do_best; zeros otherwise). masks: uint64 [2, T,
+    d_m] zeros: each touched cell ORs its row's bits into its column (the second only where
+    c > 0), for `untouched_sparse`. marks: uint8 [2, T, >= d_m] zeros, left zero."""
     lo = block.lo
-    colptr, rows, ccnt, cpsum = block.colptr, block.rows, block.ccnt, block.cpsum
+    ptr, nnz, js, cnt, psum = block.ptr, block.nnz, block.j, block.cnt, block.psum
     ci, si, isdi, irqi = src.count, src.s, src.isd, src.irq
     cj, sj, isdj, irqj = dst.count, dst.s, dst.isd, dst.irq
-    n, min_support, prim, _, do_best = rules
+    n, min_support, prim, thr, do_best = rules
     floor_v = floor.v
     floor_i = floor.i
     floor_mie = floor.mie
+    rbest = rows.best
+    rtop = rows.top
+    rkeep = rows.keep
     cbest_v = cols.best_v
     cbest_i = cols.best_i
     cb_mie = cols.best_mie
@@ -1165,47 +1084,208 @@ def scan_columns(block, src, dst, rules, floor, cols):
     ctop_i = cols.top_i
     ckth = cols.kth
     ck_mie = cols.k_mie
+    counters = cols.counters
+    mask_o = masks[0]
+    mask_c = masks[1]
+    bit_o = bits[0]
+    bit_c = bits[1]
     P = prim.shape[0]
+    k = rtop.shape[2]
+    dm = block.d_m
     fn = np.float64(n)
     q_mi = -1
     for q in range(P):
         if prim[q] == MI:
             q_mi = q
-    for j in prange(block.d_m):
+    any_thr = False
+    for m in range(N_MEASURES):
+        any_thr = any_thr or thr[m] == thr[m]
+    thr_mie = np.expm1(thr[MI]) if thr[MI] == thr[MI] else np.inf
+    zero = np.uint64(0)
+    for ch in prange(chunks.shape[0] - 1):
         th = numba.get_thread_id()
+        r0 = chunks[ch]
+        R = chunks[ch + 1] - r0
+        cur = np.empty(R, np.int64)
+        for a in range(R):
+            cur[a] = ptr[r0 + a]
+        bv = np.full((R, N_MEASURES), -np.inf)
+        bj = np.full((R, N_MEASURES), -1, np.int32)
+        tv = np.full((R, P, k), -np.inf)
+        tj = np.full((R, P, k), np.int32(NO_ID), np.int32)
+        row_mie = np.full(R, -1.0)  # expm1 of each row's best MI so far
+        top_mie = np.full(R, -1.0)  # expm1 of the k-th of each row's MI top list
+        tb = np.full(R, -np.inf)  # pearson row best over touched cells
+        tbj = np.full(R, -1, np.int64)
+        tally = np.zeros((R, 4), np.int64)  # seen, touched, supported, passing a threshold
         cb_v = cbest_v[th]
         cb_i = cbest_i[th]
-        cjj = np.int64(cj[j])
-        sj_, isdj_, irqj_ = sj[j], isdj[j], irqj[j]
+        mo = mask_o[th]
+        mc = mask_c[th]
         v = np.empty(N_MEASURES)
-        for x in range(colptr[j], colptr[j + 1]):
-            i = lo + rows[x]
-            c = np.int64(ccnt[x])
-            p = cpsum[x]
-            ci_ = np.int64(ci[i])
-            sup = c >= min_support
-            fc = np.float64(c)
-            v[JACCARD] = fc / np.float64(ci_ + cjj - c)
-            v[SUFFICIENCY] = fc / np.float64(ci_)
-            v[NECESSITY] = fc / np.float64(cjj)
-            v[PEARSON] = (fn * p - si[i] * sj_) * isdi[i] * isdj_
-            v[ACT_COSINE] = p * irqi[i] * irqj_
-            v[MI] = np.nan
-            if c > 0:
-                rb = mi_bound(n, c, ci_, cjj) / MARGIN
-                if (do_best and rb >= cb_mie[th, j]) or (
-                    sup and q_mi >= 0 and rb >= ck_mie[th, j] and rb >= floor_mie[j]
-                ):
-                    v[MI] = mi_scalar(n, c, ci_, cjj)
-            if do_best:
-                for m in ZERO_IF_UNTOUCHED:
-                    if v[m] > 0.0:
-                        _col_best(cb_v, cb_i, m, v[m], i, j)
-                _col_best(cb_v, cb_i, PEARSON, v[PEARSON], i, j)
-                if v[MI] == v[MI] and _col_best(cb_v, cb_i, MI, v[MI], i, j):
-                    cb_mie[th, j] = np.expm1(v[MI])
-            if sup:
-                for q in range(P):
-                    y = v[prim[q]]
-                    if y == y:
+        for t0 in range(0, dm, width):
+            t1 = min(t0 + width, dm)
+            for a in range(R):
+                r = r0 + a
+                x = cur[a]
+                stop = ptr[r] + nnz[r]
+                if x >= stop or js[x] >= t1:
+                    continue
+                i = lo + r
+                ci_ = np.int64(ci[i])
+                fci = np.float64(ci_)
+                si_, isdi_, irqi_ = si[i], isdi[i], irqi[i]
+                bo = bit_o[r]
+                bc = bit_c[r]
+                while x < stop:
+                    j = np.int64(js[x])
+                    if j >= t1:
+                        break
+                    c = np.int64(cnt[x])
+                    p = psum[x]
+                    x += 1
+                    if c == 0 and p == 0.0:
+                        continue
+                    tally[a, 1] += 1
+                    if bo != zero:
+                        mo[j] |= bo
+                    cjj = np.int64(cj[j])
+                    sup = c >= min_support
+                    fc = np.float64(c)
+                    v[JACCARD] = fc / np.float64(ci_ + cjj - c)
+                    v[SUFFICIENCY] = fc / fci
+                    v[NECESSITY] = fc / np.float64(cjj)
+                    v[PEARSON] = (fn * p - si_ * sj[j]) * isdi_ * isdj[j]
+                    v[ACT_COSINE] = p * irqi_ * irqj[j]
+                    v[MI] = np.nan
+                    if c > 0:
+                        if bc != zero:
+                            mc[j] |= bc
+                        tally[a, 0] += 1
+                        rb = mi_bound(n, c, ci_, cjj) / MARGIN
+                        need = do_best and (rb >= row_mie[a] or rb >= cb_mie[th, j])
+                        if sup and not need:
+                            need = rb >= thr_mie or (
+                                q_mi >= 0 and (rb >= top_mie[a] or (rb >= ck_mie[th, j] and rb >= floor_mie[j]))
+                            )
+                        if need:
+                            v[MI] = mi_scalar(n, c, ci_, cjj)
+                    if do_best:
+                        for m in ZERO_IF_UNTOUCHED:
+                            if v[m] > 0.0:  # zeros are resolved in closed form (zero_best)
+                                if v[m] > bv[a, m]:  # j ascends along the row: ties keep the earlier j
+                                    bv[a, m] = v[m]
+                                    bj[a, m] = j
+                                _col_best(cb_v, cb_i, m, v[m], i, j)
+                        y = v[PEARSON]
+                        if y > tb[a]:
+                            tb[a] = y
+                            tbj[a] = j
+                        _col_best(cb_v, cb_i, PEARSON, y, i, j)
+                        if v[MI] == v[MI]:
+                            if v[MI] > bv[a, MI]:
+                                row_mie[a] = np.expm1(v[MI])
+                                bv[a, MI] = v[MI]
+                                bj[a, MI] = j
+                            if _col_best(cb_v, cb_i, MI, v[MI], i, j):
+                                cb_mie[th, j] = np.expm1(v[MI])
+                    if not sup:
+                        continue
+                    tally[a, 2] += 1
+                    for q in range(P):
+                        y = v[prim[q]]
+                        if not y == y:
+                            continue
+                        if y > tv[a, q, k - 1]:  # j ascends along the row: ties keep the earlier j
+                            _insert_desc(tv[a, q], tj[a, q], y, j)
+                            if q == q_mi:
+                                top_mie[a] = np.expm1(tv[a, q, k - 1])
                         _col_top(ctop_v, ctop_i, ckth, ck_mie, floor_v, floor_i, th, q, q_mi, y, i, j)
+                    if any_thr and passes(v, thr):
+                        tally[a, 3] += 1
+                cur[a] = x
+        for a in range(R):
+            r = r0 + a
+            if do_best:
+                i = lo + r
+                ci_ = np.int64(ci[i])
+                irqi_ = irqi[i]
+                rc, rp = row_cells(block, r, marks[0, th], marks[1, th])
+                ub, ubj = _best_untouched(rc, rp, walk, fn, si[i], isdi[i], sj, isdj, True)
+                zmax_j = _first_zero(rc, walk)
+                clear_row(block, r, marks[0, th], marks[1, th])
+                if ubj >= 0 and (ub > tb[a] or (ub == tb[a] and ubj < tbj[a])):
+                    tb[a] = ub
+                    tbj[a] = ubj
+                bv[a, PEARSON] = tb[a]
+                bj[a, PEARSON] = tbj[a]
+                for m in ZERO_IF_UNTOUCHED:
+                    if bj[a, m] < 0:
+                        bj[a, m] = zero_best(m, ci_, irqi_ == irqi_, walk.first_live, walk.first_q)
+                cand = zmax_j if ci_ > 0 else 0  # c_i = 0: every partner has MI 0, lowest id wins
+                if cand >= 0 and cand < dm:
+                    y = mi_scalar(n, np.int64(0), ci_, np.int64(cj[cand]))
+                    if y > bv[a, MI] or (y == bv[a, MI] and cand < bj[a, MI]):
+                        bv[a, MI] = y
+                        bj[a, MI] = cand
+                for m in range(N_MEASURES):
+                    rbest[r, m] = bj[a, m]
+            for q in range(P):
+                for s in range(k):
+                    rtop[r, q, s] = tj[a, q, s] if tj[a, q, s] != NO_ID else -1
+            rkeep[r] = tally[a, 3]
+            counters[th, SEEN] += tally[a, 0]
+            counters[th, TOUCHED] += tally[a, 1]
+            counters[th, SUPPORTED] += tally[a, 2]
+
+
+@numba.njit(parallel=True, **_JIT)
+def untouched_sparse(block, n, src, dst, rows, cols, masks):
+    """`untouched_columns` for a `SparseBlock`, from the column masks that `scan_sparse` filled:
+    a column's first untouched row of each walk is the lowest 0 bit of its masks (ORed over the
+    threads); past MASK_BITS touched rows, the walk goes on with a binary search per row."""
+    lo = block.lo
+    fn = np.float64(n)
+    ci = src.count
+    cb_v = cols.best_v[:, PEARSON, :]
+    cb_i = cols.best_i[:, PEARSON, :]
+    zc = cols.zc
+    zi = cols.zi
+    order, rep, by_count = rows.order, rows.rep, rows.by_count
+    T = masks.shape[1]
+    for j in prange(block.d_m):
+        th = numba.get_thread_id()
+        m_o = np.uint64(0)
+        m_c = np.uint64(0)
+        for t in range(T):
+            m_o |= masks[0, t, j]
+            m_c |= masks[1, t, j]
+        if dst.isd[j] == dst.isd[j]:
+            t = _low_zero(m_o, order.shape[0])
+            if t < 0 and order.shape[0] > MASK_BITS:
+                for u in range(MASK_BITS, order.shape[0]):
+                    c, p = cell(block, order[u], j)
+                    if c == 0 and p == 0.0:
+                        t = u
+                        break
+            if t >= 0:
+                r = order[t]
+                o = rep[t]
+                best = _untouched_pearson(fn, src.s[o], src.isd[o], dst.s[j], dst.isd[j])
+                if best > cb_v[th, j] or (best == cb_v[th, j] and lo + r < cb_i[th, j]):
+                    cb_v[th, j] = best
+                    cb_i[th, j] = lo + r
+        t = _low_zero(m_c, by_count.shape[0])
+        if t < 0 and by_count.shape[0] > MASK_BITS:
+            for u in range(MASK_BITS, by_count.shape[0]):
+                c, p = cell(block, by_count[u], j)
+                if c == 0:
+                    t = u
+                    break
+        if t >= 0:
+            r = by_count[t]
+            c = np.int64(ci[lo + r])
+            if c > zc[th, j] or (c == zc[th, j] and lo + r < zi[th, j]):
+                zc[th, j] = c
+                zi[th, j] = lo + r
+
