@@ -1288,4 +1288,3 @@ def untouched_sparse(block, n, src, dst, rows, cols, masks):
             if c > zc[th, j] or (c == zc[th, j] and lo + r < zi[th, j]):
                 zc[th, j] = c
                 zi[th, j] = lo + r
-
