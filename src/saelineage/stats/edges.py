@@ -129,7 +129,10 @@ class PairState:
             masks = np.zeros((2, _threads(), dm), np.uint64)
             chunks, width = scan_tiles(block.nnz, P, k, _threads())
             bits = walk_bits(row_walk, B)
-            args = (chunks, width, bits, masks, self.cols.pb_v[ks.MI] if self.do_best else np.zeros(0))
+            pair_mi = self.cols.pb_v[ks.MI] if self.do_best else np.zeros(0)
+            with np.errstate(divide="ignore"):
+                inv = 1.0 / np.stack([dst.count, n - dst.count]).astype(np.float64)
+            args = (chunks, width, bits, masks, pair_mi, inv)
             ks.scan_sparse(block, src, dst, rules, col_walk, floor, rows, cols, marks, *args)
             if self.do_best:
                 ks.untouched_sparse(block, rules.n, src, dst, row_walk, cols, masks)

@@ -687,6 +687,23 @@ def mi_upper(n, c, ci, cj):
     return (t1 - d + quad + 1e-9 * (abs(t1) + abs(d) + quad)) / fn + 1e-300
 
 
+LN2 = math.log(2.0)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def mi_upper_fast(c, fd, fn, inv_n, inv_ci, inv_nci, inv_cj, inv_ncj):
+    """`mi_upper` without its logarithm, for a first cut: log(c / e_11) <= e·ln 2, with e the
+    binary exponent of c / e_11 (within ln 2 of it). For 0 < c_i, c_j < n; fd = n·c - c_i·c_j;
+    inv_*: 1/n, 1/c_i, 1/(n - c_i), 1/c_j, 1/(n - c_j). The margin also covers c·ulp, the error
+    of the exponent when c / e_11 rounds across a power of two."""
+    fc = np.float64(c)
+    _, e = math.frexp(fc * fn * inv_ci * inv_cj)
+    t1 = fc * e * LN2
+    d = fd * inv_n
+    quad = d * d * fn * (inv_ci * inv_ncj + inv_nci * (inv_cj + inv_ncj))
+    return (t1 - d + quad + 1e-9 * (abs(t1) + abs(d) + quad + fc)) * inv_n + 1e-300
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _col_best(cb_v, cb_i, m, x, i, j):
     """Column best (value desc, id asc); True when it changed."""
@@ -1074,7 +1091,7 @@ def _low_zero(m, length):
 
 
 @numba.njit(parallel=True, **_JIT)
-def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, width, bits, masks, pair_mi):
+def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, width, bits, masks, pair_mi, inv):
     """`scan_block` for a `SparseBlock`, rows and columns in one pass: each touched cell is
     evaluated once and updates both its row's and its column's results.
 
@@ -1090,7 +1107,8 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
     d_m] zeros: each touched cell ORs its row's bits into its column (the second only where
     c > 0), for `untouched_sparse`. marks: uint8 [2, T, >= d_m] zeros, left zero. pair_mi: float64
     [d_m], the pair's column best MI so far (`ColumnState.pb_v[MI]`; empty without do_best): a cell
-    whose `mi_upper` is below both its row's and its column's best MI is not evaluated."""
+    whose `mi_upper` is below both its row's and its column's best MI is not evaluated. inv: float64
+    [2, d_m], 1/c_j and 1/(n - c_j) (for `mi_upper_fast`)."""
     lo = block.lo
     ptr, nnz, js, cnt, psum = block.ptr, block.nnz, block.j, block.cnt, block.psum
     ci, si, isdi, irqi = src.count, src.s, src.isd, src.irq
@@ -1118,6 +1136,8 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
     k = rtop.shape[2]
     dm = block.d_m
     fn = np.float64(n)
+    inv_n = 1.0 / fn
+    inv_cj, inv_ncj = inv[0], inv[1]
     q_mi = -1
     for q in range(P):
         if prim[q] == MI:
@@ -1159,6 +1179,7 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
                 i = lo + r
                 ci_ = np.int64(ci[i])
                 fci = np.float64(ci_)
+                inv_ci, inv_nci = 1.0 / fci, 1.0 / (fn - fci)
                 si_, isdi_, irqi_ = si[i], isdi[i], irqi[i]
                 bo = bit_o[r]
                 bc = bit_c[r]
@@ -1189,8 +1210,12 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
                         tally[a, 0] += 1
                         rb = mi_bound(n, c, ci_, cjj) / MARGIN
                         need = do_best and (rb >= row_mie[a] or rb >= cb_mie[th, j])
-                        if need:  # the chi2 bound is loose for rare features: the tighter one, then MI
-                            ub = mi_upper(n, c, ci_, cjj)
+                        if need and ci_ < n and cjj < n:
+                            # the chi2 bound is loose for rare features: two tighter ones, then MI
+                            fd = np.float64(n * c - ci_ * cjj)
+                            ub = mi_upper_fast(c, fd, fn, inv_n, inv_ci, inv_nci, inv_cj[j], inv_ncj[j])
+                            if ub >= bv[a, MI] or (ub >= cb_v[MI, j] and ub >= pair_mi[j]):
+                                ub = mi_upper(n, c, ci_, cjj)
                             need = ub >= bv[a, MI] or (ub >= cb_v[MI, j] and ub >= pair_mi[j])
                         if sup and not need:
                             need = rb >= thr_mie or (
