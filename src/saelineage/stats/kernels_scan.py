@@ -373,13 +373,13 @@ class ColumnScratch(NamedTuple):
     """Each thread's column results of one scan, merged into the pair's `ColumnState` after it.
 
     Per thread th: column bests per measure (positive values only, except pearson and MI; empty
-    [.., 0] arrays without do_best), zero-count MI candidates, column top-k lists with their k-th
+    [.., 0, ..] arrays without do_best), zero-count MI candidates, column top-k lists with their k-th
     value, and the counters."""
 
     best_v: np.ndarray
-    """float64 [T, N_MEASURES, d_m]"""
+    """float64 [T, d_m, N_MEASURES] (a column's bests share cache lines)"""
     best_i: np.ndarray
-    """int32 [T, N_MEASURES, d_m]"""
+    """int32 [T, d_m, N_MEASURES]"""
     best_mie: np.ndarray
     """float64 [T, d_m]: expm1(column best MI); the caller starts it at the pair's best"""
     zc: np.ndarray
@@ -401,8 +401,8 @@ class ColumnScratch(NamedTuple):
     def spec(threads: int, n_prim: int, d_m: int, k: int, do_best: bool) -> dict[str, ArraySpec]:
         db = d_m if do_best else 0  # column bests only for span-1 pairs
         return {
-            "best_v": ((threads, N_MEASURES, db), np.float64, -np.inf),
-            "best_i": ((threads, N_MEASURES, db), np.int32, NO_ID),
+            "best_v": ((threads, db, N_MEASURES), np.float64, -np.inf),
+            "best_i": ((threads, db, N_MEASURES), np.int32, NO_ID),
             "best_mie": ((threads, db), np.float64, 0.0),
             "zc": ((threads, db), np.int64, -1),
             "zi": ((threads, db), np.int32, NO_ID),
@@ -629,8 +629,8 @@ def untouched_columns(block, n, src, dst, rows, cols):
     lo = block.lo
     fn = np.float64(n)
     ci = src.count
-    cb_v = cols.best_v[:, PEARSON, :]
-    cb_i = cols.best_i[:, PEARSON, :]
+    cb_v = cols.best_v[:, :, PEARSON]
+    cb_i = cols.best_i[:, :, PEARSON]
     zc = cols.zc
     zi = cols.zi
     for j in prange(block.cnt.shape[1]):
@@ -707,9 +707,9 @@ def mi_upper_fast(c, fd, fn, inv_n, inv_ci, inv_nci, inv_cj, inv_ncj):
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _col_best(cb_v, cb_i, m, x, i, j):
     """Column best (value desc, id asc); True when it changed."""
-    if x > cb_v[m, j] or (x == cb_v[m, j] and i < cb_i[m, j]):
-        cb_v[m, j] = x
-        cb_i[m, j] = i
+    if x > cb_v[j, m] or (x == cb_v[j, m] and i < cb_i[j, m]):
+        cb_v[j, m] = x
+        cb_i[j, m] = i
         return True
     return False
 
@@ -778,7 +778,7 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
         ci_ = np.int64(ci[i])
         fci = np.float64(ci_)
         si_, isdi_, irqi_ = si[i], isdi[i], irqi[i]
-        cb_v = cbest_v[th]  # [N_MEASURES, d_m], or [N_MEASURES, 0] for span > 1 pairs (never read then)
+        cb_v = cbest_v[th]  # [d_m, N_MEASURES], or [0, N_MEASURES] for span > 1 pairs (never read then)
         cb_i = cbest_i[th]
         v = np.empty(N_MEASURES)
         bv = np.full(N_MEASURES, -np.inf)
@@ -912,8 +912,8 @@ def merge_columns(block, do_best, cols, state):
         for th in range(T):
             if do_best:
                 for m in range(N_MEASURES):
-                    x = cbest_v[th, m, j]
-                    i = cbest_i[th, m, j]
+                    x = cbest_v[th, j, m]
+                    i = cbest_i[th, j, m]
                     if i != NO_ID and (x > pb_v[m, j] or (x == pb_v[m, j] and i < pb_i[m, j])):
                         pb_v[m, j] = x
                         pb_i[m, j] = i
@@ -1122,7 +1122,6 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
     rkeep = rows.keep
     cbest_v = cols.best_v
     cbest_i = cols.best_i
-    cb_mie = cols.best_mie
     ctop_v = cols.top_v
     ctop_i = cols.top_i
     ckth = cols.kth
@@ -1146,6 +1145,7 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
     for m in range(N_MEASURES):
         any_thr = any_thr or thr[m] == thr[m]
     thr_mie = np.expm1(thr[MI]) if thr[MI] == thr[MI] else np.inf
+    mi_lists = q_mi >= 0 or thr[MI] == thr[MI]  # MI ranks in top-k lists or has a keep threshold
     zero = np.uint64(0)
     for ch in prange(chunks.shape[0] - 1):
         th = numba.get_thread_id()
@@ -1158,7 +1158,6 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
         bj = np.full((R, N_MEASURES), -1, np.int32)
         tv = np.full((R, P, k), -np.inf)
         tj = np.full((R, P, k), np.int32(NO_ID), np.int32)
-        row_mie = np.full(R, -1.0)  # expm1 of each row's best MI so far
         top_mie = np.full(R, -1.0)  # expm1 of the k-th of each row's MI top list
         tb = np.full(R, -np.inf)  # pearson row best over touched cells
         tbj = np.full(R, -1, np.int64)
@@ -1183,6 +1182,7 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
                 si_, isdi_, irqi_ = si[i], isdi[i], irqi[i]
                 bo = bit_o[r]
                 bc = bit_c[r]
+                n_seen = n_touched = n_sup = n_thr = 0
                 while x < stop:
                     j = np.int64(js[x])
                     if j >= t1:
@@ -1192,7 +1192,7 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
                     x += 1
                     if c == 0 and p == 0.0:
                         continue
-                    tally[a, 1] += 1
+                    n_touched += 1
                     if bo != zero:
                         mo[j] |= bo
                     cjj = np.int64(cj[j])
@@ -1207,17 +1207,21 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
                     if c > 0:
                         if bc != zero:
                             mc[j] |= bc
-                        tally[a, 0] += 1
-                        rb = mi_bound(n, c, ci_, cjj) / MARGIN
-                        need = do_best and (rb >= row_mie[a] or rb >= cb_mie[th, j])
-                        if need and ci_ < n and cjj < n:
-                            # the chi2 bound is loose for rare features: two tighter ones, then MI
-                            fd = np.float64(n * c - ci_ * cjj)
-                            ub = mi_upper_fast(c, fd, fn, inv_n, inv_ci, inv_nci, inv_cj[j], inv_ncj[j])
-                            if ub >= bv[a, MI] or (ub >= cb_v[MI, j] and ub >= pair_mi[j]):
-                                ub = mi_upper(n, c, ci_, cjj)
-                            need = ub >= bv[a, MI] or (ub >= cb_v[MI, j] and ub >= pair_mi[j])
-                        if sup and not need:
+                        n_seen += 1
+                        need = False
+                        if do_best:
+                            if ci_ < n and cjj < n:
+                                # against the row's and the column's best MI so far: the chi2 bound
+                                # (mi_bound) is loose for rare features, these two are not
+                                fd = np.float64(n * c - ci_ * cjj)
+                                ub = mi_upper_fast(c, fd, fn, inv_n, inv_ci, inv_nci, inv_cj[j], inv_ncj[j])
+                                if ub >= bv[a, MI] or (ub >= cb_v[j, MI] and ub >= pair_mi[j]):
+                                    ub = mi_upper(n, c, ci_, cjj)
+                                    need = ub >= bv[a, MI] or (ub >= cb_v[j, MI] and ub >= pair_mi[j])
+                            else:
+                                need = True  # a constant feature: MI 0, which may still rank
+                        if sup and not need and mi_lists:
+                            rb = mi_bound(n, c, ci_, cjj) / MARGIN
                             need = rb >= thr_mie or (
                                 q_mi >= 0 and (rb >= top_mie[a] or (rb >= ck_mie[th, j] and rb >= floor_mie[j]))
                             )
@@ -1237,14 +1241,12 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
                         _col_best(cb_v, cb_i, PEARSON, y, i, j)
                         if v[MI] == v[MI]:
                             if v[MI] > bv[a, MI]:
-                                row_mie[a] = np.expm1(v[MI])
                                 bv[a, MI] = v[MI]
                                 bj[a, MI] = j
-                            if _col_best(cb_v, cb_i, MI, v[MI], i, j):
-                                cb_mie[th, j] = np.expm1(v[MI])
+                            _col_best(cb_v, cb_i, MI, v[MI], i, j)
                     if not sup:
                         continue
-                    tally[a, 2] += 1
+                    n_sup += 1
                     for q in range(P):
                         y = v[prim[q]]
                         if not y == y:
@@ -1255,8 +1257,12 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
                                 top_mie[a] = np.expm1(tv[a, q, k - 1])
                         _col_top(ctop_v, ctop_i, ckth, ck_mie, floor_v, floor_i, th, q, q_mi, y, i, j)
                     if any_thr and passes(v, thr):
-                        tally[a, 3] += 1
+                        n_thr += 1
                 cur[a] = x
+                tally[a, 0] += n_seen
+                tally[a, 1] += n_touched
+                tally[a, 2] += n_sup
+                tally[a, 3] += n_thr
         for a in range(R):
             r = r0 + a
             if do_best:
@@ -1300,8 +1306,8 @@ def untouched_sparse(block, n, src, dst, rows, cols, masks):
     lo = block.lo
     fn = np.float64(n)
     ci = src.count
-    cb_v = cols.best_v[:, PEARSON, :]
-    cb_i = cols.best_i[:, PEARSON, :]
+    cb_v = cols.best_v[:, :, PEARSON]
+    cb_i = cols.best_i[:, :, PEARSON]
     zc = cols.zc
     zi = cols.zi
     order, rep, by_count = rows.order, rows.rep, rows.by_count
