@@ -107,6 +107,7 @@ class PairState:
         self.rows_done = 0
         self._col_walk: ks.Walk | None = None  # the target layer's marginals are the same for every block
         self._row_bands: tuple[np.ndarray, np.ndarray] | None = None  # and so are the source layer's
+        self._scratch: ks.ColumnScratch | None = None  # one block scan's column results
 
     def add_block(self, block: ks.Block | ks.SparseBlock, n: int, src: Side, dst: Side) -> None:
         """Scan a block of accumulator rows lo..lo+B-1 (dense or sparse) and fold them in."""
@@ -115,7 +116,10 @@ class PairState:
         rules = ks.Rules(np.int64(n), o.min_support, o.prim_index(), o.thresholds(), self.do_best)
         P, k = len(rules.prim), o.top_k
         rows = ks.new(ks.RowResults, B, P, k, self.do_best)
-        cols = ks.new(ks.ColumnScratch, _threads(), P, dm, k, self.do_best)
+        shape = (_threads(), P, dm, k, self.do_best)
+        if self._scratch is None:  # kept for the pair's next blocks: refilling beats page-faulting a new one
+            self._scratch = ks.new(ks.ColumnScratch, *shape)
+        cols = ks.refill(self._scratch, *shape)
         if self.do_best:
             cols.best_mie[:] = np.expm1(self.cols.pb_v[ks.MI])  # MI pruning starts from the pair's column best
             if self._col_walk is None:
@@ -223,6 +227,7 @@ class PairState:
         _, first = np.unique(key, return_index=True)  # sorted by (src, dst), one row per pair
         e = ks.Edges(*(np.concatenate([p[x] for p in parts])[first] for x in range(len(ks.Edges._fields))))
         self.parts = []
+        self._scratch = None
         pred = None
         if self.do_best:
             pred = self._best_pred(n, src, dst)

@@ -100,6 +100,17 @@ def new(bundle: type[BundleT], *shape_args: int | bool) -> BundleT:
     return bundle(**{f: make(*spec[f]) for f in fields})
 
 
+def refill(b: BundleT, *shape_args: int | bool) -> BundleT:
+    """`b` (made by `new(type(b), *shape_args)`) filled again as `new` fills it, in place: reusing
+    large scratch avoids the page faults of a fresh allocation."""
+    spec = type(b).spec(*shape_args)
+    for f in type(b)._fields:
+        fill = spec[f][2]
+        if fill is not None:
+            getattr(b, f).fill(fill)
+    return b
+
+
 def nbytes(bundle: type[Bundle], *shape_args: int | bool) -> int:
     """Bytes that `new(bundle, *shape_args)` allocates."""
     return sum(math.prod(shape) * np.dtype(dt).itemsize for shape, dt, _ in bundle.spec(*shape_args).values())
@@ -1035,6 +1046,25 @@ def gather_sparse(block, src, dst, rules, rows, offsets, out, count_only):
         scan = rkeep[r] > 0
         w = offsets[r]
         u = 0
+        if not scan:  # only the top-k partners: look each up instead of walking the row
+            a = ptr[r]
+            row_j = js[a : a + nnz[r]]
+            prev = -1
+            for t in range(nxt, ids.shape[0]):
+                j = ids[t]
+                if j == prev:
+                    continue
+                prev = j
+                x = a + np.searchsorted(row_j, j)
+                if not count_only:
+                    out_i[w + u] = i
+                    out_j[w + u] = j
+                    out_c[w + u] = cnt[x]
+                    out_p[w + u] = psum[x]
+                u += 1
+            if count_only:
+                offsets[r + 1] = u
+            continue
         for x in range(ptr[r], ptr[r] + nnz[r]):
             j = js[x]
             c = np.int64(cnt[x])
