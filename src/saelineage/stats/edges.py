@@ -108,6 +108,7 @@ class PairState:
         self._col_walk: ks.Walk | None = None  # the target layer's marginals are the same for every block
         self._row_bands: tuple[np.ndarray, np.ndarray] | None = None  # and so are the source layer's
         self._scratch: ks.ColumnScratch | None = None  # one block scan's column results
+        self._col_bits: np.ndarray | None = None  # sparse scans: the target walks' first columns
 
     def add_block(self, block: ks.Block | ks.SparseBlock, n: int, src: Side, dst: Side) -> None:
         """Scan a block of accumulator rows lo..lo+B-1 (dense or sparse) and fold them in."""
@@ -136,7 +137,9 @@ class PairState:
             pair_mi = self.cols.pb_v[ks.MI] if self.do_best else np.zeros(0)
             with np.errstate(divide="ignore"):
                 inv = 1.0 / np.stack([dst.count, n - dst.count]).astype(np.float64)
-            args = (chunks, width, bits, masks, pair_mi, inv)
+            if self._col_bits is None:
+                self._col_bits = walk_bits(col_walk, dm) if self.do_best else np.zeros((2, 0), np.uint64)
+            args = (chunks, width, bits, masks, pair_mi, inv, self._col_bits)
             ks.scan_sparse(block, src, dst, rules, col_walk, floor, rows, cols, marks, *args)
             if self.do_best:
                 ks.untouched_sparse(block, rules.n, src, dst, row_walk, cols, masks)

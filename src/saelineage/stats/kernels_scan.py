@@ -1121,7 +1121,9 @@ def _low_zero(m, length):
 
 
 @numba.njit(parallel=True, **_JIT)
-def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, width, bits, masks, pair_mi, inv):
+def scan_sparse(
+    block, src, dst, rules, walk, floor, rows, cols, marks, chunks, width, bits, masks, pair_mi, inv, col_bits
+):
     """`scan_block` for a `SparseBlock`, rows and columns in one pass: each touched cell is
     evaluated once and updates both its row's and its column's results.
 
@@ -1138,7 +1140,9 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
     c > 0), for `untouched_sparse`. marks: uint8 [2, T, >= d_m] zeros, left zero. pair_mi: float64
     [d_m], the pair's column best MI so far (`ColumnState.pb_v[MI]`; empty without do_best): a cell
     whose `mi_upper` is below both its row's and its column's best MI is not evaluated. inv: float64
-    [2, d_m], 1/c_j and 1/(n - c_j) (for `mi_upper_fast`)."""
+    [2, d_m], 1/c_j and 1/(n - c_j) (for `mi_upper_fast`). col_bits: uint64 [2, d_m], as bits for
+    the columns in `walk` (do_best): each row ORs the bits of its touched columns, and its own walks
+    read their first MASK_BITS steps from those masks; a row touching all of them walks its marks."""
     lo = block.lo
     ptr, nnz, js, cnt, psum = block.ptr, block.nnz, block.j, block.cnt, block.psum
     ci, si, isdi, irqi = src.count, src.s, src.isd, src.irq
@@ -1192,6 +1196,7 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
         tb = np.full(R, -np.inf)  # pearson row best over touched cells
         tbj = np.full(R, -1, np.int64)
         tally = np.zeros((R, 4), np.int64)  # seen, touched, supported, passing a threshold
+        row_mask = np.zeros((R, 2), np.uint64)
         cb_v = cbest_v[th]
         cb_i = cbest_i[th]
         mo = mask_o[th]
@@ -1225,6 +1230,10 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
                     n_touched += 1
                     if bo != zero:
                         mo[j] |= bo
+                    if do_best:
+                        row_mask[a, 0] |= col_bits[0, j]
+                        if c != 0:
+                            row_mask[a, 1] |= col_bits[1, j]
                     cjj = np.int64(cj[j])
                     sup = c >= min_support
                     fc = np.float64(c)
@@ -1299,10 +1308,19 @@ def scan_sparse(block, src, dst, rules, walk, floor, rows, cols, marks, chunks, 
                 i = lo + r
                 ci_ = np.int64(ci[i])
                 irqi_ = irqi[i]
-                rc, rp = row_cells(block, r, marks[0, th], marks[1, th])
-                ub, ubj = _best_untouched(rc, rp, walk, fn, si[i], isdi[i], sj, isdj, True)
-                zmax_j = _first_zero(rc, walk)
-                clear_row(block, r, marks[0, th], marks[1, th])
+                t = _low_zero(row_mask[a, 0], walk.order.shape[0])
+                tz = _low_zero(row_mask[a, 1], walk.by_count.shape[0])
+                if (t < 0 and walk.order.shape[0] > MASK_BITS) or (tz < 0 and walk.by_count.shape[0] > MASK_BITS):
+                    rc, rp = row_cells(block, r, marks[0, th], marks[1, th])
+                    ub, ubj = _best_untouched(rc, rp, walk, fn, si[i], isdi[i], sj, isdj, True)
+                    zmax_j = _first_zero(rc, walk)
+                    clear_row(block, r, marks[0, th], marks[1, th])
+                else:  # both walks end within the masks
+                    ub, ubj = -np.inf, -1
+                    if t >= 0 and isdi[i] == isdi[i]:
+                        o = walk.rep[t]
+                        ub, ubj = _untouched_pearson(fn, si[i], isdi[i], sj[o], isdj[o]), walk.order[t]
+                    zmax_j = walk.by_count[tz] if tz >= 0 else -1
                 if ubj >= 0 and (ub > tb[a] or (ub == tb[a] and ubj < tbj[a])):
                     tb[a] = ub
                     tbj[a] = ubj
