@@ -136,10 +136,11 @@ class PairState:
             bits = walk_bits(row_walk, B)
             pair_mi = self.cols.pb_v[ks.MI] if self.do_best else np.zeros(0)
             with np.errstate(divide="ignore"):
-                inv = 1.0 / np.stack([dst.count, n - dst.count]).astype(np.float64)
+                cj = dst.count.astype(np.float64)
+                inv = np.stack([1.0 / cj, 1.0 / (n - cj), np.log(cj)])
             if self._col_bits is None:
                 self._col_bits = walk_bits(col_walk, dm) if self.do_best else np.zeros((2, 0), np.uint64)
-            args = (chunks, width, bits, masks, pair_mi, inv, self._col_bits)
+            args = (chunks, width, bits, masks, pair_mi, inv, self._col_bits, _LOGS)
             ks.scan_sparse(block, src, dst, rules, col_walk, floor, rows, cols, marks, *args)
             if self.do_best:
                 ks.untouched_sparse(block, rules.n, src, dst, row_walk, cols, masks)
@@ -268,6 +269,8 @@ class PairState:
         ids[ids == ks.NO_ID] = -1
         return ids, c, p
 
+
+_LOGS = ks.log_table()
 
 ROW_CHUNK = 128
 """Rows per chunk of a sparse scan at most (`scan_tiles`): their running results stay in cache."""

@@ -675,44 +675,39 @@ def mi_bound(n, c, ci, cj):
 MARGIN = 1.0 - 1e-9  # safety margin on the MI bound test (rounding of r and of expm1)
 
 
+LOG_TABLE = 4096
+"""`mi_upper_logs` reads log c from a table below this count."""
+
+
+def log_table() -> np.ndarray:
+    """float64 [LOG_TABLE]: log c (log 0 = -inf, never read)."""
+    with np.errstate(divide="ignore"):
+        return np.log(np.arange(LOG_TABLE, dtype=np.float64))
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def mi_upper(n, c, ci, cj):
+def mi_upper_logs(c, fd, fn, log_n, inv_n, inv_ci, inv_nci, log_ci, inv_cj, inv_ncj, log_cj, logs):
     """An upper bound on MI (nats, as `mi_scalar`) that stays tight for rare features, where the
     chi2 bound (`mi_bound`) is loose by orders of magnitude (c = 4 of c_i = c_j = 100 in 10^6
-    tokens: log1p(chi2/n) is 100 times the MI; this, 1.25 times).
+    tokens: log1p(chi2/n) is 100 times the MI; this, 1.004 times), without a logarithm per cell.
 
     n·MI = Σ n_xy log(n_xy / e_xy) over the 2x2 table (e: the counts expected under independence).
-    The co-active cell's term is kept exact; each other term obeys n_xy log(n_xy/e_xy) <=
-    (n_xy - e_xy) n_xy / e_xy, and with δ = c - e_11 (the other cells deviate by ±δ) those sum to
-    δ²(1/e_12 + 1/e_21 + 1/e_22) - δ. One logarithm instead of `mi_scalar`'s four; a 1e-9 relative
-    margin on the terms' magnitudes covers the rounding of both."""
-    if ci <= 0 or cj <= 0 or ci >= n or cj >= n:
-        return 1e-300  # a constant variable: MI is 0
-    fn = np.float64(n)
-    fci = np.float64(ci)
-    fcj = np.float64(cj)
-    fd = np.float64(n * c - ci * cj)  # n·δ, exact in int64 as in mi_scalar
-    d = fd / fn
-    t1 = np.float64(c) * np.log1p(fd / (fci * fcj)) if c > 0 else 0.0  # log(c / e_11), without cancellation
-    quad = d * d * (fn / (fci * (fn - fcj)) + fn / ((fn - fci) * fcj) + fn / ((fn - fci) * (fn - fcj)))
-    return (t1 - d + quad + 1e-9 * (abs(t1) + abs(d) + quad)) / fn + 1e-300
+    The co-active cell's term is kept exact, with log(c / e_11) = log c + log n - log c_i - log c_j
+    from logarithms computed beforehand (logs: `log_table()`; log_ci, log_cj of the row and the
+    column). Each other term obeys n_xy log(n_xy/e_xy) <= (n_xy - e_xy) n_xy / e_xy, and with
+    δ = c - e_11 (the other cells deviate by ±δ) those sum to δ²(1/e_12 + 1/e_21 + 1/e_22) - δ.
+    A 1e-9 relative margin on the terms, and 1e-12 of c times the logarithms' sum (they cancel
+    when c is near e_11), cover the rounding of both sides.
 
-
-LN2 = math.log(2.0)
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def mi_upper_fast(c, fd, fn, inv_n, inv_ci, inv_nci, inv_cj, inv_ncj):
-    """`mi_upper` without its logarithm, for a first cut: log(c / e_11) <= e·ln 2, with e the
-    binary exponent of c / e_11 (within ln 2 of it). For 0 < c_i, c_j < n; fd = n·c - c_i·c_j;
-    inv_*: 1/n, 1/c_i, 1/(n - c_i), 1/c_j, 1/(n - c_j). The margin also covers c·ulp, the error
-    of the exponent when c / e_11 rounds across a power of two."""
+    For 0 < c_i, c_j < n and c > 0; fd = n·c - c_i·c_j (exact in int64); inv_*: 1/n, 1/c_i,
+    1/(n - c_i), 1/c_j, 1/(n - c_j)."""
     fc = np.float64(c)
-    _, e = math.frexp(fc * fn * inv_ci * inv_cj)
-    t1 = fc * e * LN2
+    lc = logs[c] if c < logs.shape[0] else np.log(fc)
+    t1 = fc * (lc + log_n - log_ci - log_cj)
     d = fd * inv_n
     quad = d * d * fn * (inv_ci * inv_ncj + inv_nci * (inv_cj + inv_ncj))
-    return (t1 - d + quad + 1e-9 * (abs(t1) + abs(d) + quad + fc)) * inv_n + 1e-300
+    err = 1e-9 * (abs(t1) + abs(d) + quad) + 1e-12 * fc * (lc + log_n + log_ci + log_cj)
+    return (t1 - d + quad + err) * inv_n + 1e-300
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -1122,7 +1117,7 @@ def _low_zero(m, length):
 
 @numba.njit(parallel=True, **_JIT)
 def scan_sparse(
-    block, src, dst, rules, walk, floor, rows, cols, marks, chunks, width, bits, masks, pair_mi, inv, col_bits
+    block, src, dst, rules, walk, floor, rows, cols, marks, chunks, width, bits, masks, pair_mi, inv, col_bits, logs
 ):
     """`scan_block` for a `SparseBlock`, rows and columns in one pass: each touched cell is
     evaluated once and updates both its row's and its column's results.
@@ -1139,10 +1134,11 @@ def scan_sparse(
     d_m] zeros: each touched cell ORs its row's bits into its column (the second only where
     c > 0), for `untouched_sparse`. marks: uint8 [2, T, >= d_m] zeros, left zero. pair_mi: float64
     [d_m], the pair's column best MI so far (`ColumnState.pb_v[MI]`; empty without do_best): a cell
-    whose `mi_upper` is below both its row's and its column's best MI is not evaluated. inv: float64
-    [2, d_m], 1/c_j and 1/(n - c_j) (for `mi_upper_fast`). col_bits: uint64 [2, d_m], as bits for
-    the columns in `walk` (do_best): each row ORs the bits of its touched columns, and its own walks
-    read their first MASK_BITS steps from those masks; a row touching all of them walks its marks."""
+    whose `mi_upper_logs` is below both its row's and its column's best MI is not evaluated. inv:
+    float64 [3, d_m], 1/c_j, 1/(n - c_j) and log c_j; logs: `log_table()`. col_bits: uint64 [2, d_m],
+    as bits for the columns in `walk` (do_best): each row ORs the bits of its touched columns, and
+    its own walks read their first MASK_BITS steps from those masks; a row touching all of them
+    walks its marks."""
     lo = block.lo
     ptr, nnz, js, cnt, psum = block.ptr, block.nnz, block.j, block.cnt, block.psum
     ci, si, isdi, irqi = src.count, src.s, src.isd, src.irq
@@ -1170,7 +1166,8 @@ def scan_sparse(
     dm = block.d_m
     fn = np.float64(n)
     inv_n = 1.0 / fn
-    inv_cj, inv_ncj = inv[0], inv[1]
+    log_n = np.log(fn)
+    inv_cj, inv_ncj, log_cj = inv[0], inv[1], inv[2]
     q_mi = -1
     for q in range(P):
         if prim[q] == MI:
@@ -1213,7 +1210,7 @@ def scan_sparse(
                 i = lo + r
                 ci_ = np.int64(ci[i])
                 fci = np.float64(ci_)
-                inv_ci, inv_nci = 1.0 / fci, 1.0 / (fn - fci)
+                inv_ci, inv_nci, log_ci = 1.0 / fci, 1.0 / (fn - fci), np.log(fci)
                 si_, isdi_, irqi_ = si[i], isdi[i], irqi[i]
                 bo = bit_o[r]
                 bc = bit_c[r]
@@ -1253,10 +1250,21 @@ def scan_sparse(
                                 # against the row's and the column's best MI so far: the chi2 bound
                                 # (mi_bound) is loose for rare features, these two are not
                                 fd = np.float64(n * c - ci_ * cjj)
-                                ub = mi_upper_fast(c, fd, fn, inv_n, inv_ci, inv_nci, inv_cj[j], inv_ncj[j])
-                                if ub >= bv[a, MI] or (ub >= cb_v[j, MI] and ub >= pair_mi[j]):
-                                    ub = mi_upper(n, c, ci_, cjj)
-                                    need = ub >= bv[a, MI] or (ub >= cb_v[j, MI] and ub >= pair_mi[j])
+                                ub = mi_upper_logs(
+                                    c,
+                                    fd,
+                                    fn,
+                                    log_n,
+                                    inv_n,
+                                    inv_ci,
+                                    inv_nci,
+                                    log_ci,
+                                    inv_cj[j],
+                                    inv_ncj[j],
+                                    log_cj[j],
+                                    logs,
+                                )
+                                need = ub >= bv[a, MI] or (ub >= cb_v[j, MI] and ub >= pair_mi[j])
                             else:
                                 need = True  # a constant feature: MI 0, which may still rank
                         if sup and not need and mi_lists:
