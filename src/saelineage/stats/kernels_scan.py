@@ -732,6 +732,23 @@ def _col_top(ctop_v, ctop_i, ckth, ck_mie, floor_v, floor_i, th, q, q_mi, x, i, 
             ck_mie[th, j] = np.expm1(ckth[th, q, j])
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _offer(v, prim, q_mi, tv, tj, top_mie, ctop_v, ctop_i, ckth, ck_mie, floor_v, floor_i, th, i, j):
+    """Offer a supported cell (row i, column j, measures v) to its row's top-k lists (tv, tj [P, k])
+    and to this thread's column lists; returns expm1 of the row's MI list floor (top_mie)."""
+    k = tv.shape[1]
+    for q in range(prim.shape[0]):
+        x = v[prim[q]]
+        if not x == x:
+            continue
+        if x > tv[q, k - 1]:  # j ascends along the row: ties keep the earlier j
+            _insert_desc(tv[q], tj[q], x, j)
+            if q == q_mi:
+                top_mie = np.expm1(tv[q, k - 1])
+        _col_top(ctop_v, ctop_i, ckth, ck_mie, floor_v, floor_i, th, q, q_mi, x, i, j)
+    return top_mie
+
+
 @numba.njit(parallel=True, **_JIT)
 def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
     """Scan the rows of a dense `block` (a `Block`: rows lo..lo+B-1, cnt/psum [B, d_m]; a
@@ -782,7 +799,6 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
         th = numba.get_thread_id()
         i = lo + r
         ci_ = np.int64(ci[i])
-        fci = np.float64(ci_)
         si_, isdi_, irqi_ = si[i], isdi[i], irqi[i]
         cb_v = cbest_v[th]  # [d_m, N_MEASURES], or [0, N_MEASURES] for span > 1 pairs (never read then)
         cb_i = cbest_i[th]
@@ -815,14 +831,8 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
             touched += 1
             cjj = np.int64(cj[j])
             sup = c >= min_support
-            # the measures, as in cell_values / measures.py
-            fc = np.float64(c)
-            v[JACCARD] = fc / np.float64(ci_ + cjj - c)
-            v[SUFFICIENCY] = fc / fci
-            v[NECESSITY] = fc / np.float64(cjj)
-            v[PEARSON] = (fn * p - si_ * sj[j]) * isdi_ * isdj[j]
-            v[ACT_COSINE] = p * irqi_ * irqj[j]
-            v[MI] = np.nan
+            # the measures, as measures.py computes them (MI below, only where it can matter)
+            cell_values(v, n, c, p, ci_, si_, isdi_, irqi_, cjj, sj[j], isdj[j], irqj[j], False)
             if c > 0:
                 seen += 1
                 rb = mi_bound(n, c, ci_, cjj) / MARGIN
@@ -855,15 +865,7 @@ def scan_block(block, src, dst, rules, walk, floor, rows, cols, marks):
             if not sup:
                 continue
             supported += 1
-            for q in range(P):
-                x = v[prim[q]]
-                if not x == x:
-                    continue
-                if x > tv[q, k - 1]:  # j ascends along the row: ties keep the earlier j
-                    _insert_desc(tv[q], tj[q], x, j)
-                    if q == q_mi:
-                        top_mie = np.expm1(tv[q, k - 1])
-                _col_top(ctop_v, ctop_i, ckth, ck_mie, floor_v, floor_i, th, q, q_mi, x, i, j)
+            top_mie = _offer(v, prim, q_mi, tv, tj, top_mie, ctop_v, ctop_i, ckth, ck_mie, floor_v, floor_i, th, i, j)
             if any_thr and passes(v, thr):
                 n_thr += 1
         if do_best:
@@ -1233,13 +1235,7 @@ def scan_sparse(
                             row_mask[a, 1] |= col_bits[1, j]
                     cjj = np.int64(cj[j])
                     sup = c >= min_support
-                    fc = np.float64(c)
-                    v[JACCARD] = fc / np.float64(ci_ + cjj - c)
-                    v[SUFFICIENCY] = fc / fci
-                    v[NECESSITY] = fc / np.float64(cjj)
-                    v[PEARSON] = (fn * p - si_ * sj[j]) * isdi_ * isdj[j]
-                    v[ACT_COSINE] = p * irqi_ * irqj[j]
-                    v[MI] = np.nan
+                    cell_values(v, n, c, p, ci_, si_, isdi_, irqi_, cjj, sj[j], isdj[j], irqj[j], False)
                     if c > 0:
                         if bc != zero:
                             mc[j] |= bc
@@ -1294,15 +1290,23 @@ def scan_sparse(
                     if not sup:
                         continue
                     n_sup += 1
-                    for q in range(P):
-                        y = v[prim[q]]
-                        if not y == y:
-                            continue
-                        if y > tv[a, q, k - 1]:  # j ascends along the row: ties keep the earlier j
-                            _insert_desc(tv[a, q], tj[a, q], y, j)
-                            if q == q_mi:
-                                top_mie[a] = np.expm1(tv[a, q, k - 1])
-                        _col_top(ctop_v, ctop_i, ckth, ck_mie, floor_v, floor_i, th, q, q_mi, y, i, j)
+                    top_mie[a] = _offer(
+                        v,
+                        prim,
+                        q_mi,
+                        tv[a],
+                        tj[a],
+                        top_mie[a],
+                        ctop_v,
+                        ctop_i,
+                        ckth,
+                        ck_mie,
+                        floor_v,
+                        floor_i,
+                        th,
+                        i,
+                        j,
+                    )
                     if any_thr and passes(v, thr):
                         n_thr += 1
                 cur[a] = x
